@@ -1,0 +1,1 @@
+"""The actor role: plays the game, streams transitions, shows and records it."""

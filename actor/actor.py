@@ -1,0 +1,181 @@
+"""The actor process: plays Mario epsilon-greedily, streams transitions, picks up new weights.
+
+Sockets (addresses from the config):
+- replay_in, PUSH (connects): "transitions" chunks (every `chunk_size` steps and at episode end)
+  and one "episode" message per finished episode.
+- weights, SUB with CONFLATE (connects): only the newest "weights" message is kept; the actor
+  checks for it between steps and never waits for it.
+It also writes log.txt (one line per episode) and TensorBoard scalars into the run folder.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from datetime import datetime
+
+import numpy as np
+import torch
+import zmq
+from torch.utils.tensorboard import SummaryWriter
+
+from actor.chunks import ChunkBuilder
+from actor.display import LiveWindow, display_available
+from actor.epsilon import linear_epsilon
+from common.envs import find_wrapper, make_env
+from common.network import build_network, load_arrays
+from common.protocol import ProtocolError, decode, encode
+from common.runtime import RoleRuntime
+from common.wrappers import FrameSkip
+
+
+class Actor:
+    def __init__(self, runtime: RoleRuntime, run_dir: str):
+        self.rt = runtime
+        c = self.config = runtime.config
+        self.index = runtime.index
+        self.env = make_env(c)
+        if self.env.action_space.n != c.num_actions:
+            raise ValueError(f"{c.env_id} has {self.env.action_space.n} actions but num_actions is {c.num_actions}")
+        self.frame_skip = find_wrapper(self.env, FrameSkip)
+        self.net = build_network(c).eval()
+        self.rng = np.random.default_rng(c.seed + self.index)
+        self.push = runtime.transport.socket(zmq.PUSH, connect=c.address("replay_in"), hwm=1000)
+        self.sub = runtime.transport.socket(zmq.SUB, connect=c.address("weights"), conflate=True, subscribe=True)
+        self.chunk = ChunkBuilder(c.frame_stack)
+        self.window = self._open_window()
+        self.log_path = os.path.join(run_dir, "log.txt")
+        self.writer = SummaryWriter(run_dir, filename_suffix=f".actor{self.index}")
+        self.steps = 0
+        self.episodes = 0
+        self.weights_version = 0
+        self.dropped = 0
+        self.step_cap = math.ceil(c.max_steps / c.num_actors) if c.max_steps else 0
+        self.episode_cap = math.ceil(c.max_episodes / c.num_actors) if c.max_episodes else 0
+
+    def _open_window(self) -> LiveWindow | None:
+        if self.index != 0 or self.config.headless:
+            return None
+        if not display_available():
+            self.rt.log("no display found (DISPLAY is not set): running without the live window")
+            return None
+        return LiveWindow()
+
+    # --- loop --------------------------------------------------------------------------------
+    def run(self) -> None:
+        obs = self._reset()
+        episode_reward, episode_steps = 0.0, 0
+        started, steps_at_report = time.monotonic(), 0
+        while not self.rt.should_stop() and not self._cap_reached():
+            self._poll_weights()
+            epsilon = self.epsilon()
+            action = self._act(obs, epsilon)
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            self.chunk.add(obs[-1], action, reward, terminated)
+            self.steps += 1
+            episode_reward += reward
+            episode_steps += 1
+            if self.window is not None:
+                self.window.show(self.frame_skip.last_rgb)
+            if terminated or truncated or len(self.chunk) >= self.config.chunk_size:
+                self._send(encode("transitions", actor=self.index, **self.chunk.take()))
+            if terminated or truncated:
+                self._finish_episode(episode_reward, episode_steps, info, epsilon)
+                obs = self._reset()
+                episode_reward, episode_steps = 0.0, 0
+            if self.rt.progress_due():
+                now = time.monotonic()
+                rate = (self.steps - steps_at_report) / max(now - started, 1e-9)
+                started, steps_at_report = now, self.steps
+                self.writer.add_scalar("Actor/StepsPerSec", rate, self.steps)
+                self._report_progress(rate, epsilon)
+        if len(self.chunk):
+            self._send(encode("transitions", actor=self.index, **self.chunk.take()))
+        self._report_progress(0.0, self.epsilon())
+        if self._cap_reached():
+            self.rt.report("done", {"steps": self.steps, "episodes": self.episodes})
+            self.rt.log(f"reached its limit after {self.steps} steps and {self.episodes} episodes")
+            while not self.rt.should_stop():   # wait for the launcher to stop everyone
+                time.sleep(0.1)
+
+    def epsilon(self) -> float:
+        c = self.config
+        return linear_epsilon(self.steps, c.epsilon_start, c.epsilon_end, c.epsilon_decay_steps)
+
+    def _cap_reached(self) -> bool:
+        return bool(self.step_cap and self.steps >= self.step_cap
+                    or self.episode_cap and self.episodes >= self.episode_cap)
+
+    def _reset(self) -> np.ndarray:
+        obs, _ = self.env.reset(seed=self.config.seed + self.index + 1000 * self.episodes)
+        self.chunk.start_episode(obs[-1])
+        if self.window is not None:
+            self.window.show(self.frame_skip.last_rgb)
+        return obs
+
+    def _act(self, obs: np.ndarray, epsilon: float) -> int:
+        if self.rng.random() < epsilon:
+            return int(self.rng.integers(self.config.num_actions))
+        with torch.inference_mode():
+            q = self.net(torch.from_numpy(obs).unsqueeze(0))
+        return int(q.argmax(dim=1).item())
+
+    def _send(self, payload: bytes) -> None:
+        try:
+            self.push.send(payload, zmq.NOBLOCK)
+        except zmq.Again:
+            self.dropped += 1     # replay server unreachable and the queue is full: drop, keep playing
+
+    def _poll_weights(self) -> None:
+        try:
+            payload = self.sub.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        try:
+            msg = decode(payload, self.config.max_message_bytes, expect=("weights",))
+            load_arrays(self.net, msg["tensors"])
+        except (ProtocolError, ValueError) as exc:
+            self.rt.log(f"ignored bad weights ({exc})")
+            return
+        self.weights_version = msg["version"]
+
+    def _finish_episode(self, reward: float, steps: int, info: dict, epsilon: float) -> None:
+        self.episodes += 1
+        x_pos, flag = int(info.get("x_pos", 0)), bool(info.get("flag_get", False))
+        values = {"actor": self.index, "episode": self.episodes, "reward": float(reward), "steps": steps,
+                  "x_pos": x_pos, "flag": flag, "epsilon": float(epsilon), "actor_steps": self.steps}
+        self._send(encode("episode", **values))
+        self.rt.report("episode", values)
+        stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+        line = (f"[{stamp}] Episode {self.episodes}, Reward: {reward:.2f}, Actor: {self.index}, "
+                f"Steps: {steps}, X: {x_pos}, Flag: {'yes' if flag else 'no'}, Epsilon: {epsilon:.3f}\n")
+        try:
+            with open(self.log_path, "a", encoding="utf-8") as f:
+                f.write(line)
+        except OSError as exc:
+            self.rt.log(f"could not write {self.log_path}: {exc.strerror}")
+        for tag, value in (("Episode/Reward", reward), ("Episode/Epsilon", epsilon), ("Episode/XPos", x_pos),
+                           ("Episode/Flag", float(flag)), ("Episode/Steps", steps)):
+            self.writer.add_scalar(tag, value, self.steps)
+
+    def _report_progress(self, rate: float, epsilon: float) -> None:
+        self.rt.report("progress", {"steps": self.steps, "episodes": self.episodes, "steps_per_s": rate,
+                                    "epsilon": epsilon, "weights_version": self.weights_version,
+                                    "dropped": self.dropped})
+
+    def close(self) -> None:
+        if self.window is not None:
+            self.window.close()
+        self.writer.close()
+        self.env.close()
+
+
+def main(runtime: RoleRuntime, run_dir: str) -> None:
+    warnings.filterwarnings("ignore", module="gym")
+    torch.set_num_threads(1)
+    actor = Actor(runtime, run_dir)
+    try:
+        actor.run()
+    finally:
+        actor.close()

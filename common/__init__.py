@@ -1,0 +1,1 @@
+"""mario-apex: code shared by every role (config, protocol, transport, network, envs)."""

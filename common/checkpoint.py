@@ -1,0 +1,44 @@
+"""The checkpoint file format, shared by the learner (which writes it) and anyone who plays it.
+
+A checkpoint is one dict of tensors and plain values, so it loads with
+`torch.load(..., weights_only=True)`: nothing in it is unpickled as arbitrary objects.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+CHECKPOINT_FORMAT = "mario-apex-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message names the file and the reason."""
+
+
+def save_checkpoint(state: dict, path: str) -> None:
+    """Write atomically: temporary file, fsync, rename; a crash mid-save keeps the old file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str) -> dict:
+    """torch.load with weights_only=True plus a format check. Raises CheckpointError."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file") from None
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a mario-apex checkpoint")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {state.get('version')}, expected {CHECKPOINT_VERSION}")
+    return state

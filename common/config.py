@@ -1,0 +1,244 @@
+"""One config object for every role: hyperparameters, addresses and run options.
+
+Every field has a default that makes sense for DQN on Super Mario Bros and a docstring
+(the string under it) that `launch.py --help-config` prints. Any field can be changed on
+the command line with `--set name=value`; the launcher saves the final config as
+`config.json` in the run folder.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+
+TEST_ENV_ID = "MarioApexTest-v0"
+"""Id of the tiny built-in test environment (see common/test_env.py)."""
+
+
+class ConfigError(ValueError):
+    """A config value that cannot be used; the message is one line, fit for the user."""
+
+
+@dataclass
+class Config:
+    # --- environment -------------------------------------------------------------------
+    env_id: str = "SuperMarioBros-1-1-v0"
+    """A gym-super-mario-bros id, or MarioApexTest-v0 for the built-in test environment."""
+    frame_skip: int = 4
+    """Emulator frames per agent step (the action repeats; rewards are summed)."""
+    frame_size: int = 84
+    """Observations are frame_size x frame_size grayscale frames."""
+    frame_stack: int = 4
+    """Frames stacked into one observation."""
+    num_actions: int = 7
+    """Size of the action set (SIMPLE_MOVEMENT has 7)."""
+    max_episode_steps: int = 4000
+    """Agent steps after which an episode is truncated (no bootstrap cut)."""
+
+    # --- actor -------------------------------------------------------------------------
+    epsilon_start: float = 1.0
+    """Exploration rate at the first step."""
+    epsilon_end: float = 0.05
+    """Exploration rate after the decay."""
+    epsilon_decay_steps: int = 250_000
+    """Actor env steps over which epsilon falls linearly from start to end."""
+    chunk_size: int = 64
+    """Transitions per message from actor to replay server (also sent at episode end)."""
+    seed: int = 0
+    """Base random seed; actor i uses seed + i."""
+
+    # --- replay ------------------------------------------------------------------------
+    replay_capacity: int = 100_000
+    """Transitions kept in the prioritized replay buffer."""
+    per_alpha: float = 0.6
+    """Priority exponent: P(i) = p_i^alpha / sum_k p_k^alpha."""
+    per_beta_start: float = 0.4
+    """Importance-sampling exponent at the first update, annealed to 1."""
+    per_beta_updates: int = 200_000
+    """Learner updates over which beta rises linearly to 1."""
+    per_eps: float = 1e-6
+    """Added to |TD error| so no transition gets zero priority."""
+    learning_starts: int = 10_000
+    """Stored transitions needed before the replay server serves sample batches."""
+
+    # --- learner -----------------------------------------------------------------------
+    batch_size: int = 32
+    """Transitions per gradient update."""
+    gamma: float = 0.99
+    """Discount factor."""
+    lr: float = 1e-4
+    """Adam learning rate at the start."""
+    lr_end_factor: float = 0.1
+    """The LR scheduler decays the learning rate linearly to lr * lr_end_factor ..."""
+    lr_decay_updates: int = 1_000_000
+    """... over this many learner updates, then holds it."""
+    adam_eps: float = 1.5e-4
+    """Adam epsilon (DQN-style, larger than the default for stability)."""
+    grad_clip_norm: float = 10.0
+    """Gradient-norm clipping threshold."""
+    double_dqn: bool = True
+    """Pick the next action with the online network, value it with the target network."""
+    target_update_every: int = 2_000
+    """Learner updates between copies of the online network into the target network."""
+    publish_every: int = 100
+    """Learner updates between weight broadcasts to the actors."""
+    prefetch_batches: int = 2
+    """Sample requests the learner keeps in flight so it never waits for data."""
+    checkpoint_every_episodes: int = 50
+    """Episodes between checkpoint.pth saves (0 = only the final checkpoint)."""
+    device: str = "auto"
+    """Learner device: auto (CUDA, then MPS, then CPU), cpu, cuda or mps."""
+
+    # --- processes and network ---------------------------------------------------------
+    host: str = "127.0.0.1"
+    """Address the replay server and learner bind to and the actors connect to."""
+    base_port: int = 47_555
+    """First of four consecutive TCP ports (replay-in, replay-sample, weights, reports)."""
+    max_message_bytes: int = 64 * 1024 * 1024
+    """Largest network message accepted; bigger ones are refused by ZeroMQ or dropped."""
+    report_interval_s: float = 1.0
+    """Seconds between progress reports from each process to the launcher."""
+
+    # --- run -----------------------------------------------------------------------------
+    runs_dir: str = "runs"
+    """Parent folder of the run folders (YYYY-MM-DD_HH-MM-SS_run)."""
+    headless: bool = False
+    """No live window."""
+    max_episodes: int = 0
+    """Stop cleanly after this many episodes (0 = no limit)."""
+    max_steps: int = 0
+    """Stop cleanly after this many env steps over all actors (0 = no limit)."""
+    num_actors: int = 1
+    """Actor processes to start."""
+
+    # ------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first unusable value."""
+        positive = ("frame_skip", "frame_size", "frame_stack", "num_actions", "max_episode_steps",
+                    "chunk_size", "replay_capacity", "per_beta_updates", "batch_size", "lr_decay_updates",
+                    "target_update_every", "publish_every", "prefetch_batches", "num_actors")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        non_negative = ("epsilon_decay_steps", "learning_starts", "checkpoint_every_episodes",
+                        "max_episodes", "max_steps", "seed")
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        unit = ("epsilon_start", "epsilon_end", "per_alpha", "per_beta_start", "lr_end_factor")
+        for name in unit:
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
+        if not 0.0 < self.gamma <= 1.0:
+            raise ConfigError(f"gamma must be in (0, 1], got {self.gamma}")
+        for name in ("lr", "adam_eps", "grad_clip_norm", "per_eps", "report_interval_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.device not in ("auto", "cpu", "cuda", "mps"):
+            raise ConfigError(f"device must be one of auto, cpu, cuda, mps, got {self.device!r}")
+        if not 1 <= self.base_port <= 65_532:
+            raise ConfigError(f"base_port must be between 1 and 65532, got {self.base_port}")
+        if self.max_message_bytes < 1024:
+            raise ConfigError(f"max_message_bytes must be at least 1024, got {self.max_message_bytes}")
+        if self.frame_size > 256:
+            raise ConfigError(f"frame_size must be at most 256, got {self.frame_size}")
+        if self.learning_starts > self.replay_capacity:
+            raise ConfigError(f"learning_starts ({self.learning_starts}) exceeds replay_capacity "
+                              f"({self.replay_capacity})")
+        if self.batch_size > self.replay_capacity:
+            raise ConfigError(f"batch_size ({self.batch_size}) exceeds replay_capacity ({self.replay_capacity})")
+
+    # --- addresses -----------------------------------------------------------------------
+    def address(self, channel: str) -> str:
+        """tcp:// address of one channel: 'replay_in', 'replay_sample', 'weights' or 'reports'."""
+        offset = {"replay_in": 0, "replay_sample": 1, "weights": 2, "reports": 3}[channel]
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"tcp://{host}:{self.base_port + offset}"
+
+    # --- (de)serialisation ---------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Config":
+        """Build from a dict (e.g. config.json); unknown keys are an error, missing ones default."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
+        kwargs = {name: _coerce(name, value) for name, value in data.items()}
+        return cls(**kwargs)
+
+    def replace(self, **changes) -> "Config":
+        """A validated copy with some fields changed."""
+        return Config.from_dict({**self.to_dict(), **changes})
+
+    def save(self, path) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+            f.write("\n")
+
+    @staticmethod
+    def describe() -> list[tuple[str, str, object, str]]:
+        """(name, type, default, doc) for every field, for --help-config."""
+        docs = _field_docs()
+        return [(f.name, f.type, f.default, docs.get(f.name, "")) for f in fields(Config)]
+
+
+def parse_assignment(text: str) -> tuple[str, object]:
+    """Parse one `--set name=value` into (name, typed value); ConfigError if unusable."""
+    name, sep, raw = text.partition("=")
+    name = name.strip()
+    if not sep or not name:
+        raise ConfigError(f"--set expects name=value, got {text!r}")
+    if name not in {f.name for f in fields(Config)}:
+        raise ConfigError(f"unknown config field {name!r} (see --help-config)")
+    return name, _coerce(name, raw.strip())
+
+
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _coerce(name: str, value):
+    """Convert value (possibly a string from the command line) to the field's type."""
+    kind = _TYPES[{f.name: f.type for f in fields(Config)}[name]]
+    if isinstance(value, str) and kind is not str:
+        text = value.strip().lower().replace("_", "")
+        if kind is bool:
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
+        try:
+            number = float(text) if kind is float else int(float(text)) if "e" in text else int(text)
+        except ValueError:
+            raise ConfigError(f"{name} must be {'a number' if kind is float else 'an integer'}, "
+                              f"got {value!r}") from None
+        return number
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is bool and not isinstance(value, bool) or kind is not bool and not isinstance(value, kind) \
+            or kind is int and isinstance(value, bool):
+        raise ConfigError(f"{name} must be of type {kind.__name__}, got {value!r}")
+    return value
+
+
+def _field_docs() -> dict[str, str]:
+    """Read the docstring under each field from this module's source."""
+    import inspect
+    tree = ast.parse(inspect.getsource(Config))
+    docs, last = {}, None
+    for node in tree.body[0].body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            last = node.target.id
+        elif last and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            docs[last] = node.value.value
+            last = None
+        else:
+            last = None
+    return docs

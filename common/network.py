@@ -1,0 +1,51 @@
+"""The Q-network (the Nature-DQN convolutional net) and its weights as plain arrays.
+
+Weights cross the network as raw float32 arrays keyed by parameter name (never pickles), so
+actors and the learner convert with `weights_to_arrays` / `load_arrays`.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class QNetwork(nn.Module):
+    """Maps a uint8 stack of frames (B, stack, size, size) to one Q-value per action."""
+
+    def __init__(self, frame_stack: int, frame_size: int, num_actions: int):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(frame_stack, 32, kernel_size=8, stride=4), nn.ReLU(),
+            nn.Conv2d(32, 64, kernel_size=4, stride=2), nn.ReLU(),
+            nn.Conv2d(64, 64, kernel_size=3, stride=1), nn.ReLU(),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            flat = self.features(torch.zeros(1, frame_stack, frame_size, frame_size)).shape[1]
+        self.head = nn.Sequential(nn.Linear(flat, 512), nn.ReLU(), nn.Linear(512, num_actions))
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(frames.float() / 255.0))
+
+
+def build_network(config) -> QNetwork:
+    return QNetwork(config.frame_stack, config.frame_size, config.num_actions)
+
+
+def weights_to_arrays(net: nn.Module) -> dict[str, np.ndarray]:
+    return {name: t.detach().cpu().numpy() for name, t in net.state_dict().items()}
+
+
+def load_arrays(net: nn.Module, arrays: dict[str, np.ndarray]) -> None:
+    """Load weights received from the network; ValueError if names or shapes do not match."""
+    expected = net.state_dict()
+    if set(arrays) != set(expected):
+        raise ValueError("weights do not match the network's parameter names")
+    state = {}
+    for name, ref in expected.items():
+        array = arrays[name]
+        if tuple(array.shape) != tuple(ref.shape) or array.dtype != np.float32:
+            raise ValueError(f"weight {name} has shape {array.shape}/{array.dtype}, expected {tuple(ref.shape)}")
+        state[name] = torch.from_numpy(array.copy())
+    net.load_state_dict(state)

@@ -1,0 +1,153 @@
+"""The wire protocol: versioned msgpack messages, numpy arrays as raw bytes, strict decoding.
+
+Every message is a msgpack map {"v": PROTOCOL_VERSION, "t": type, ...fields}. Arrays travel as
+{"dtype", "shape", "data"} with the raw buffer, never pickled. `decode` checks sizes, the version,
+the message type, every field's type, array dtypes against an allow-list and shapes against the
+data length; anything wrong raises ProtocolError, the one error servers catch, count and survive.
+"""
+from __future__ import annotations
+
+import math
+
+import msgpack
+import numpy as np
+
+PROTOCOL_VERSION = 1
+
+ALLOWED_DTYPES = frozenset({"uint8", "int8", "int16", "int32", "int64", "float32", "float64", "bool"})
+MAX_ARRAY_DIMS = 4
+
+
+class ProtocolError(ValueError):
+    """A message that cannot be used: malformed, truncated, oversized or of the wrong type."""
+
+
+# Field kinds: "int", "float", "str", "bool", "array", "arrays" (a map of name -> array),
+# "numbers" (a map of name -> int/float/bool; small metrics blobs). Optional fields end in "?".
+SCHEMAS: dict[str, dict[str, str]] = {
+    # actor -> replay server: one chunk of consecutive transitions from one episode.
+    # frames (m, H, W) uint8; stack (n, S+1) int32 indices into frames: obs = stack[:, :S],
+    # next obs = stack[:, 1:]; actions (n,) uint8; rewards (n,) float32; dones (n,) bool.
+    "transitions": {"actor": "int", "frames": "array", "stack": "array", "actions": "array",
+                    "rewards": "array", "dones": "array"},
+    # actor -> replay server and launcher: one finished episode.
+    "episode": {"actor": "int", "episode": "int", "reward": "float", "steps": "int", "x_pos": "int",
+                "flag": "bool", "epsilon": "float", "actor_steps": "int"},
+    # learner -> replay server: ask for a batch; the reply is "batch".
+    "sample": {"batch_size": "int", "beta": "float"},
+    # replay server -> learner
+    "batch": {"ids": "array", "frames": "array", "actions": "array", "rewards": "array",
+              "dones": "array", "weights": "array", "stats": "numbers"},
+    # learner -> replay server: new priorities for the transitions with these ids.
+    "priorities": {"ids": "array", "priorities": "array"},
+    # learner -> actors: network weights.
+    "weights": {"version": "int", "tensors": "arrays"},
+    # any process -> launcher: progress, the last words of a failing process, or a stop request.
+    "report": {"role": "str", "index": "int", "kind": "str", "values": "numbers", "text?": "str"},
+}
+
+
+def encode(msg_type: str, **fields) -> bytes:
+    """Pack one message; numpy arrays become {"dtype", "shape", "data"} maps."""
+    if msg_type not in SCHEMAS:
+        raise ProtocolError(f"unknown message type {msg_type!r}")
+    body = {"v": PROTOCOL_VERSION, "t": msg_type}
+    for name, value in fields.items():
+        if isinstance(value, np.ndarray):
+            value = _pack_array(value)
+        elif isinstance(value, dict) and value and all(isinstance(v, np.ndarray) for v in value.values()):
+            value = {k: _pack_array(v) for k, v in value.items()}
+        body[name] = value
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def decode(raw: bytes, max_bytes: int, expect: tuple[str, ...] | None = None) -> dict:
+    """Unpack and check one message; returns its fields plus "t". Raises ProtocolError."""
+    if not isinstance(raw, (bytes, bytearray, memoryview)):
+        raise ProtocolError("message is not bytes")
+    if len(raw) > max_bytes:
+        raise ProtocolError(f"message of {len(raw)} bytes exceeds the {max_bytes}-byte limit")
+    try:
+        body = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True,
+                               max_bin_len=max_bytes, max_str_len=1 << 16, max_array_len=64,
+                               max_map_len=256, max_ext_len=0)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise ProtocolError(f"undecodable message ({type(exc).__name__})") from None
+    if not isinstance(body, dict):
+        raise ProtocolError("message is not a map")
+    if body.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {body.get('v')!r}, expected {PROTOCOL_VERSION}")
+    msg_type = body.get("t")
+    if not isinstance(msg_type, str) or msg_type not in SCHEMAS:
+        raise ProtocolError(f"unknown message type {msg_type!r}")
+    if expect is not None and msg_type not in expect:
+        raise ProtocolError(f"unexpected message type {msg_type!r}")
+    out = {"t": msg_type}
+    schema = SCHEMAS[msg_type]
+    extra = set(body) - {"v", "t"} - {k.rstrip("?") for k in schema}
+    if extra:
+        raise ProtocolError(f"{msg_type}: unexpected field(s) {sorted(map(str, extra))}")
+    for key, kind in schema.items():
+        name, optional = key.rstrip("?"), key.endswith("?")
+        if name not in body:
+            if optional:
+                continue
+            raise ProtocolError(f"{msg_type}: missing field {name!r}")
+        out[name] = _check_field(msg_type, name, kind, body[name])
+    return out
+
+
+def _check_field(msg_type: str, name: str, kind: str, value):
+    where = f"{msg_type}.{name}"
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ProtocolError(f"{where} must be an integer")
+        return value
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ProtocolError(f"{where} must be a finite number")
+        return float(value)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ProtocolError(f"{where} must be a boolean")
+        return value
+    if kind == "str":
+        if not isinstance(value, str):
+            raise ProtocolError(f"{where} must be a string")
+        return value
+    if kind == "array":
+        return _unpack_array(where, value)
+    if kind == "arrays":
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ProtocolError(f"{where} must be a map of arrays")
+        return {k: _unpack_array(f"{where}.{k}", v) for k, v in value.items()}
+    if kind == "numbers":
+        if not isinstance(value, dict):
+            raise ProtocolError(f"{where} must be a map of numbers")
+        for k, v in value.items():
+            if not isinstance(k, str) or not isinstance(v, (int, float, bool)):
+                raise ProtocolError(f"{where} must map names to numbers")
+        return value
+    raise AssertionError(f"bad schema kind {kind}")
+
+
+def _pack_array(array: np.ndarray) -> dict:
+    array = np.ascontiguousarray(array)
+    return {"dtype": array.dtype.name, "shape": list(array.shape), "data": array.data}
+
+
+def _unpack_array(where: str, value) -> np.ndarray:
+    if not isinstance(value, dict) or set(value) != {"dtype", "shape", "data"}:
+        raise ProtocolError(f"{where} must be an array")
+    dtype, shape, data = value["dtype"], value["shape"], value["data"]
+    if dtype not in ALLOWED_DTYPES:
+        raise ProtocolError(f"{where} has disallowed dtype {dtype!r}")
+    if (not isinstance(shape, list) or len(shape) > MAX_ARRAY_DIMS
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d for d in shape)):
+        raise ProtocolError(f"{where} has a bad shape")
+    if not isinstance(data, bytes):
+        raise ProtocolError(f"{where} data must be bytes")
+    itemsize = np.dtype(dtype).itemsize
+    if math.prod(shape) * itemsize != len(data):
+        raise ProtocolError(f"{where} shape {shape} does not match {len(data)} data bytes")
+    return np.frombuffer(data, dtype=dtype).reshape(shape)

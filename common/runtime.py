@@ -1,0 +1,96 @@
+"""What every role process shares: its stop conditions, its ZeroMQ transport and its reports.
+
+A role stops when the launcher sets the shared stop event, when it gets SIGTERM, or when its
+parent (the launcher) disappears, e.g. after a SIGKILL. SIGINT is ignored in role processes: on
+Ctrl+C the terminal signals the whole process group, and the launcher alone decides the order in
+which things stop. Reports (progress, episodes, a failure's last words) go to the launcher over
+a PUSH socket and never block.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+import traceback
+
+import zmq
+
+from common.config import Config
+from common.protocol import encode
+from common.transport import Transport, TransportError
+
+
+class RoleRuntime:
+    def __init__(self, role: str, index: int, config: Config, stop_event, parent_pid: int):
+        self.role, self.index, self.config = role, index, config
+        self.name = f"{role}-{index}" if role == "actor" else role
+        self._stop_event = stop_event
+        self._parent_pid = parent_pid
+        self._terminated = False
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        self.transport = Transport(config.max_message_bytes)
+        self._reports = self.transport.socket(zmq.PUSH, connect=config.address("reports"), hwm=10_000)
+        self._last_progress = 0.0
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self._terminated = True
+
+    def should_stop(self) -> bool:
+        return self._terminated or self._stop_event.is_set() or os.getppid() != self._parent_pid
+
+    def report(self, kind: str, values: dict, text: str | None = None) -> None:
+        fields = {"role": self.role, "index": self.index, "kind": kind, "values": values}
+        if text is not None:
+            fields["text"] = text
+        try:
+            self._reports.send(encode("report", **fields), zmq.NOBLOCK)
+        except zmq.Again:
+            pass   # the launcher is gone or slow; reports are best effort
+
+    def progress_due(self) -> bool:
+        """True once per report interval: time to send a progress report."""
+        now = time.monotonic()
+        if now - self._last_progress >= self.config.report_interval_s:
+            self._last_progress = now
+            return True
+        return False
+
+    def log(self, message: str) -> None:
+        print(f"[{self.name}] {message}", flush=True)
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+def run_role(main, role: str, index: int, config_dict: dict, run_dir: str, stop_event, parent_pid: int) -> None:
+    """Process entry point: build the runtime, run `main(runtime, run_dir)`, turn failures into a report.
+
+    Exit status 0 on a clean stop, 1 on failure (the launcher prints the reason it was sent).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    runtime = None
+    try:
+        config = Config.from_dict(config_dict)
+        runtime = RoleRuntime(role, index, config, stop_event, parent_pid)
+        main(runtime, run_dir)
+    except TransportError as exc:
+        _fail(runtime, role, str(exc), show_traceback=False)
+    except Exception as exc:  # any crash: say which and why, once, then exit non-zero
+        _fail(runtime, role, f"{type(exc).__name__}: {exc}", show_traceback=True)
+    finally:
+        if runtime is not None:
+            runtime.close()
+    sys.exit(0)
+
+
+def _fail(runtime, role, reason: str, show_traceback: bool) -> None:
+    if show_traceback:
+        traceback.print_exc()
+    if runtime is not None:
+        runtime.report("failed", {}, text=reason)
+        runtime.close()
+    else:
+        print(f"[{role}] {reason}", file=sys.stderr, flush=True)
+    os._exit(1)

@@ -1,0 +1,134 @@
+"""Environment wrappers: frame skip, reward shaping, grayscale 84x84, frame stack.
+
+Actor-side only (imports gym and cv2); the learner and replay server never import this module.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+import cv2
+import numpy as np
+
+from common.quiet_gym import gym
+
+PROGRESS_BONUS = 1.0
+REGRESS_PENALTY = -1.0
+DEATH_PENALTY = -50.0
+FLAG_BONUS = 1000.0
+REWARD_SCALE = 10.0
+
+
+def shape_reward(env_reward: float, x_pos: int, prev_x_pos: int, terminated: bool, flag_get: bool) -> float:
+    """The original trainer's shaping: +1 forward, -1 backward, -50 death, +1000 flag, /10, clip [-1, 1].
+
+    The terms are added to the emulator's own reward, as the original did.
+    """
+    reward = float(env_reward)
+    if x_pos > prev_x_pos:
+        reward += PROGRESS_BONUS
+    elif x_pos < prev_x_pos:
+        reward += REGRESS_PENALTY
+    if flag_get:
+        reward += FLAG_BONUS
+    elif terminated:
+        reward += DEATH_PENALTY
+    return float(np.clip(reward / REWARD_SCALE, -1.0, 1.0))
+
+
+class FrameSkip(gym.Wrapper):
+    """Repeat each action `skip` emulator frames, summing rewards; keep the last RGB frame for display."""
+
+    def __init__(self, env: gym.Env, skip: int):
+        super().__init__(env)
+        self.skip = skip
+        self.last_rgb: np.ndarray | None = None
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self.last_rgb = obs
+        return obs, info
+
+    def step(self, action):
+        total = 0.0
+        for _ in range(self.skip):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            total += reward
+            if terminated or truncated:
+                break
+        self.last_rgb = obs
+        return obs, total, terminated, truncated, info
+
+
+class ShapedReward(gym.Wrapper):
+    """Replace the reward by `shape_reward`; keeps the raw episode return in info["raw_reward"]."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self._prev_x = 0
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self._prev_x = int(info.get("x_pos", 0))
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        x_pos = int(info.get("x_pos", self._prev_x))
+        shaped = shape_reward(reward, x_pos, self._prev_x, terminated, bool(info.get("flag_get", False)))
+        self._prev_x = x_pos
+        return obs, shaped, terminated, truncated, info
+
+
+class GrayResize(gym.ObservationWrapper):
+    """RGB (H, W, 3) -> grayscale (size, size) uint8, area interpolation."""
+
+    def __init__(self, env: gym.Env, size: int):
+        super().__init__(env)
+        self.size = size
+        self.observation_space = gym.spaces.Box(0, 255, (size, size), np.uint8)
+
+    def observation(self, observation):
+        gray = cv2.cvtColor(observation, cv2.COLOR_RGB2GRAY)
+        return cv2.resize(gray, (self.size, self.size), interpolation=cv2.INTER_AREA)
+
+
+class FrameStack(gym.Wrapper):
+    """Stack the last `k` frames into a (k, size, size) uint8 array; reset repeats the first frame."""
+
+    def __init__(self, env: gym.Env, k: int):
+        super().__init__(env)
+        self.k = k
+        self._frames: deque[np.ndarray] = deque(maxlen=k)
+        size = env.observation_space.shape
+        self.observation_space = gym.spaces.Box(0, 255, (k, *size), np.uint8)
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        for _ in range(self.k):
+            self._frames.append(obs)
+        return np.stack(self._frames), info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self._frames.append(obs)
+        return np.stack(self._frames), reward, terminated, truncated, info
+
+
+class TimeLimit(gym.Wrapper):
+    """Truncate an episode after `max_steps` agent steps (truncated=True, not terminated)."""
+
+    def __init__(self, env: gym.Env, max_steps: int):
+        super().__init__(env)
+        self.max_steps = max_steps
+        self._steps = 0
+
+    def reset(self, **kwargs):
+        self._steps = 0
+        return self.env.reset(**kwargs)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self._steps += 1
+        if self._steps >= self.max_steps and not terminated:
+            truncated = True
+        return obs, reward, terminated, truncated, info

@@ -1,0 +1,1 @@
+"""The launcher: command line, process supervision and the run-wide status line."""

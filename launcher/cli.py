@@ -1,0 +1,117 @@
+"""The command line of launch.py: flags -> a validated Config, or a one-line error and exit 2.
+
+Only light imports at module level: spawned children re-import launch.py, and the learner and
+replay server must stay free of gym, nes-py and cv2 (and quick to start).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from common.config import TEST_ENV_ID, Config, ConfigError, parse_assignment
+
+EPILOG = f"""\
+examples:
+  python launch.py                                  train on Super Mario Bros 1-1 with a live window
+  python launch.py --headless --max-steps 20000     no window, stop after 20,000 env steps
+  python launch.py --env {TEST_ENV_ID} --headless   the tiny built-in test environment
+  python launch.py --set lr=2.5e-4 --set batch_size=64   change any config field (see --help-config)
+
+Ctrl+C (or SIGTERM) stops every process cleanly and writes checkpoint_final.pth.
+Each run writes to <runs-dir>/YYYY-MM-DD_HH-MM-SS_run/: config.json, log.txt, checkpoints,
+TensorBoard events (tensorboard --logdir <run folder>) and summary.json.
+"""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad value in one line (no usage block) and exits 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= value <= 65_532:
+        raise argparse.ArgumentTypeError(f"expected a port between 1 and 65532, got {text!r}")
+    return value
+
+
+def build_parser() -> OneLineParser:
+    p = OneLineParser(prog="launch.py", description="mario-apex: distributed DQN for Super Mario Bros. "
+                      "Starts the replay server, the learner and the actors as separate processes "
+                      "connected over ZeroMQ.", epilog=EPILOG,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--env", metavar="ID", help="gym-super-mario-bros id (default SuperMarioBros-1-1-v0) "
+                   f"or {TEST_ENV_ID}, the built-in test environment")
+    p.add_argument("--headless", action="store_true", help="no live window (also automatic without a display)")
+    p.add_argument("--runs-dir", metavar="DIR", help="parent folder of the run folders (default: runs)")
+    p.add_argument("--max-episodes", type=_positive_int, metavar="N", help="stop cleanly after N episodes")
+    p.add_argument("--max-steps", type=_positive_int, metavar="N", help="stop cleanly after N env steps")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"),
+                   help="learner device (default auto: CUDA, then MPS, then CPU)")
+    p.add_argument("--actors", type=_positive_int, metavar="N", help="actor processes (default 1)")
+    p.add_argument("--base-port", type=_port, metavar="PORT",
+                   help="first of 4 consecutive loopback TCP ports the processes use (default 47555)")
+    p.add_argument("--seed", type=int, metavar="N", help="base random seed (default 0)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="set any config field, e.g. --set lr=2.5e-4 (repeatable; list: --help-config)")
+    p.add_argument("--help-config", action="store_true", help="list every config field with its default and exit")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Defaults, then --set values, then the dedicated flags (which win). Raises ConfigError."""
+    values = {}
+    for assignment in args.set:
+        name, value = parse_assignment(assignment)
+        values[name] = value
+    flags = {"env_id": args.env, "runs_dir": args.runs_dir, "max_episodes": args.max_episodes,
+             "max_steps": args.max_steps, "device": args.device, "num_actors": args.actors,
+             "base_port": args.base_port, "seed": args.seed}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    if args.headless:
+        values["headless"] = True
+    return Config.from_dict(values)
+
+
+def help_config() -> str:
+    lines = ["config fields (change with --set NAME=VALUE):"]
+    for name, kind, default, doc in Config.describe():
+        lines.append(f"  {name} ({kind}, default {default!r})\n      {doc}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.help_config:
+        print(help_config())
+        return 0
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    from launcher.supervisor import Supervisor, StartError
+    try:
+        supervisor = Supervisor(config)
+    except StartError as exc:
+        parser.error(str(exc))
+    return supervisor.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Run-wide progress as the launcher sees it, from the processes' reports: the status line and
+summary.json."""
+from __future__ import annotations
+
+import time
+
+
+class RunStatus:
+    def __init__(self, replay_capacity: int):
+        self.replay_capacity = replay_capacity
+        self.started = time.monotonic()
+        self.actors: dict[int, dict] = {}     # latest progress per actor
+        self.learner: dict = {}
+        self.replay: dict = {}
+        self.episodes = 0
+        self.best_reward: float | None = None
+        self.last_episode: dict = {}
+        self.done_actors: set[int] = set()
+        self._rate_mark = (time.monotonic(), 0, 0)
+        self.rates = (0.0, 0.0)
+
+    def on_report(self, msg: dict) -> None:
+        role, index, kind, values = msg["role"], msg["index"], msg["kind"], msg["values"]
+        if kind == "progress":
+            if role == "actor":
+                self.actors[index] = values
+            elif role == "learner":
+                self.learner.update(values)
+            elif role == "replay":
+                self.replay = values
+        elif kind == "episode":
+            self.episodes += 1
+            self.last_episode = values
+            reward = float(values.get("reward", 0.0))
+            self.best_reward = reward if self.best_reward is None else max(self.best_reward, reward)
+        elif kind == "done" and role == "actor":
+            self.done_actors.add(index)
+
+    @property
+    def env_steps(self) -> int:
+        return sum(int(a.get("steps", 0)) for a in self.actors.values())
+
+    @property
+    def updates(self) -> int:
+        return int(self.learner.get("updates", 0))
+
+    def line(self) -> str:
+        now, steps, updates = time.monotonic(), self.env_steps, self.updates
+        mark_t, mark_steps, mark_updates = self._rate_mark
+        if now - mark_t >= 1.0:
+            self.rates = ((steps - mark_steps) / (now - mark_t), (updates - mark_updates) / (now - mark_t))
+            self._rate_mark = (now, steps, updates)
+        elapsed = int(now - self.started)
+        eps = [a.get("epsilon") for a in self.actors.values() if "epsilon" in a]
+        parts = [f"{elapsed // 3600:02d}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d}",
+                 f"episodes {self.episodes:,}", f"steps {steps:,} ({self.rates[0]:.0f}/s)",
+                 f"updates {updates:,} ({self.rates[1]:.1f}/s)"]
+        if "loss" in self.learner:
+            parts.append(f"loss {self.learner['loss']:.4f}")
+        if eps:
+            parts.append(f"eps {min(eps):.2f}")
+        parts.append(f"replay {int(self.replay.get('size', 0)):,}/{self.replay_capacity:,}")
+        if self.best_reward is not None:
+            parts.append(f"best {self.best_reward:.2f}")
+        return " | ".join(parts)
+
+    def summary(self) -> dict:
+        return {"episodes": self.episodes, "env_steps": self.env_steps, "updates": self.updates,
+                "best_reward": self.best_reward, "seconds": round(time.monotonic() - self.started, 1),
+                "actors": {str(k): v for k, v in self.actors.items()}, "learner": self.learner,
+                "replay": self.replay}

@@ -1,0 +1,246 @@
+"""Starts the role processes with multiprocessing's spawn, watches them, and stops them together.
+
+Stop protocol: on Ctrl+C, SIGTERM, a reached --max-episodes/--max-steps, or a failed child, the
+launcher sets one shared stop event. Every role checks it between steps (and also stops if the
+launcher itself disappears), flushes what it holds, closes its files (the learner writes
+checkpoint_final.pth) and exits 0. Stragglers get SIGTERM after STOP_GRACE_S and SIGKILL after
+STOP_KILL_S, so everything is gone within 10 s. A second Ctrl+C skips the grace period.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+from datetime import datetime
+
+import zmq
+
+from common.config import Config
+from common.protocol import ProtocolError, decode
+from common.runtime import run_role
+from common.transport import Transport, TransportError
+from launcher.status import RunStatus
+
+STOP_GRACE_S = 7.0
+STOP_KILL_S = 8.5
+POLL_MS = 200
+
+
+class StartError(RuntimeError):
+    """The run cannot start (bad env id, device, ports, run folder); one-line message."""
+
+
+def _role_main(role: str):
+    """The process body of a role, imported lazily so each process loads only what it needs."""
+    if role == "replay":
+        from replay_server.server import main
+    elif role == "learner":
+        from learner.service import main
+    else:
+        from actor.actor import main
+    return main
+
+
+def role_entry(role: str, index: int, config_dict: dict, run_dir: str, stop_event, parent_pid: int) -> None:
+    run_role(_role_main(role), role, index, config_dict, run_dir, stop_event, parent_pid)
+
+
+def make_run_dir(runs_dir: str) -> str:
+    """Create <runs_dir>/YYYY-MM-DD_HH-MM-SS_run (waiting for the next second if it exists)."""
+    try:
+        os.makedirs(runs_dir, exist_ok=True)
+    except OSError as exc:
+        raise StartError(f"cannot create runs folder {runs_dir}: {exc.strerror}") from None
+    for _ in range(50):
+        path = os.path.join(runs_dir, datetime.now().strftime("%Y-%m-%d_%H-%M-%S_run"))
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            time.sleep(0.1)
+        except OSError as exc:
+            raise StartError(f"cannot create run folder {path}: {exc.strerror}") from None
+    raise StartError(f"cannot create a new run folder in {runs_dir}")
+
+
+class Supervisor:
+    def __init__(self, config: Config):
+        self.config = config
+        self._check_env_and_device()
+        self.transport = Transport(config.max_message_bytes)
+        try:
+            self.reports = self.transport.socket(zmq.PULL, bind=config.address("reports"), hwm=100_000)
+        except TransportError as exc:
+            self.transport.close()
+            raise StartError(str(exc)) from None
+        self.run_dir = make_run_dir(config.runs_dir)
+        config.save(os.path.join(self.run_dir, "config.json"))
+        self.status = RunStatus(config.replay_capacity)
+        self.processes: dict[str, mp.Process] = {}
+        self.failures: dict[str, str] = {}
+        self.stop_reason: str | None = None
+        self.signal_count = 0
+        self.exit_code = 0
+        self._tty = sys.stdout.isatty()
+
+    def _check_env_and_device(self) -> None:
+        from common.envs import is_known_env
+        from learner.device import DeviceError, pick_device
+        if not is_known_env(self.config.env_id):
+            raise StartError(f"unknown env id {self.config.env_id!r}: use a gym-super-mario-bros id such as "
+                             "SuperMarioBros-1-1-v0, or MarioApexTest-v0")
+        try:
+            pick_device(self.config.device)
+        except DeviceError as exc:
+            raise StartError(str(exc)) from None
+
+    # --- start ---------------------------------------------------------------------------------
+    def _start_all(self) -> None:
+        ctx = mp.get_context("spawn")
+        self.stop_event = ctx.Event()
+        roles = [("replay", 0), ("learner", 0)] + [("actor", i) for i in range(self.config.num_actors)]
+        # Children ignore SIGINT from birth (the setting survives exec); the launcher coordinates.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for role, index in roles:
+                name = f"{role}-{index}" if role == "actor" else role
+                proc = ctx.Process(target=role_entry, name=name, daemon=False,
+                                   args=(role, index, self.config.to_dict(), self.run_dir, self.stop_event, os.getpid()))
+                proc.start()
+                self.processes[name] = proc
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.signal_count += 1
+        if self.stop_reason is None:
+            self.stop_reason = "interrupted (Ctrl+C)" if signum == signal.SIGINT else "terminated (SIGTERM)"
+            self.exit_code = 130 if signum == signal.SIGINT else 0
+
+    # --- run -------------------------------------------------------------------------------------
+    def run(self) -> int:
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        print(f"mario-apex: run folder {self.run_dir}", flush=True)
+        print(f"mario-apex: env {self.config.env_id}, {self.config.num_actors} actor(s); "
+              f"Ctrl+C stops everything cleanly", flush=True)
+        try:
+            self._start_all()
+            self._monitor()
+        finally:
+            self._stop_all()
+            self._finish()
+        return self.exit_code
+
+    def _monitor(self) -> None:
+        last_line = 0.0
+        while self.stop_reason is None:
+            self._drain_reports(POLL_MS)
+            self._check_children()
+            c = self.config
+            if self.status.done_actors >= set(range(c.num_actors)):
+                self.stop_reason = "reached --max-steps" if c.max_steps and self.status.env_steps >= c.max_steps \
+                    else "reached --max-episodes" if c.max_episodes else "actors finished"
+            elif c.max_episodes and self.status.episodes >= c.max_episodes:
+                self.stop_reason = "reached --max-episodes"
+            elif c.max_steps and self.status.env_steps >= c.max_steps:
+                self.stop_reason = "reached --max-steps"
+            now = time.monotonic()
+            if now - last_line >= (0.5 if self._tty else 5.0):
+                last_line = now
+                self._print_status()
+
+    def _print_status(self) -> None:
+        line = self.status.line()
+        if self._tty:
+            sys.stdout.write("\r\x1b[2K" + line)
+            sys.stdout.flush()
+        else:
+            print(line, flush=True)
+
+    def _drain_reports(self, timeout_ms: int) -> None:
+        if not self.reports.poll(timeout_ms, zmq.POLLIN):
+            return
+        while True:
+            try:
+                raw = self.reports.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = decode(raw, self.config.max_message_bytes, expect=("report",))
+            except ProtocolError:
+                continue
+            if msg["kind"] == "failed":
+                name = msg["role"] if msg["role"] != "actor" else f"actor-{msg['index']}"
+                self.failures[name] = msg.get("text", "")
+            else:
+                self.status.on_report(msg)
+
+    def _check_children(self) -> None:
+        for name, proc in self.processes.items():
+            if proc.exitcode is None:
+                continue
+            self._drain_reports(300)     # its last words may still be on the way
+            if self.stop_reason is None:
+                self.stop_reason = f"{name} stopped unexpectedly"
+            self._newline()
+            print(f"mario-apex: {name} exited unexpectedly ({_describe_exit(proc.exitcode)})"
+                  + (f": {self.failures[name]}" if name in self.failures else ""), file=sys.stderr, flush=True)
+            self.exit_code = 1
+            return
+
+    # --- stop --------------------------------------------------------------------------------------
+    def _stop_all(self) -> None:
+        if not self.processes:
+            return
+        self._newline()
+        print(f"mario-apex: stopping ({self.stop_reason or 'launcher error'}) ...", flush=True)
+        self.stop_event.set()
+        deadline = time.monotonic() + STOP_GRACE_S
+        while any(p.is_alive() for p in self.processes.values()) and time.monotonic() < deadline:
+            if self.signal_count >= 2:
+                break   # a second Ctrl+C: no more waiting
+            self._drain_reports(100)
+        stragglers = [p for p in self.processes.values() if p.is_alive()]
+        for proc in stragglers:
+            print(f"mario-apex: {proc.name} did not stop in time; terminating it", file=sys.stderr, flush=True)
+            proc.terminate()
+        deadline = time.monotonic() + (STOP_KILL_S - STOP_GRACE_S)
+        for proc in stragglers:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join(1.0)
+        self._drain_reports(50)
+        for name, proc in self.processes.items():
+            if proc.exitcode not in (0, None) and self.exit_code == 0 and proc not in stragglers:
+                print(f"mario-apex: {name} exited with {_describe_exit(proc.exitcode)}"
+                      + (f": {self.failures[name]}" if name in self.failures else ""), file=sys.stderr, flush=True)
+                self.exit_code = 1
+
+    def _finish(self) -> None:
+        summary = {"stop_reason": self.stop_reason, "exit_code": self.exit_code, **self.status.summary()}
+        try:
+            with open(os.path.join(self.run_dir, "summary.json"), "w", encoding="utf-8") as f:
+                json.dump(summary, f, indent=2)
+        except OSError as exc:
+            print(f"mario-apex: could not write summary.json: {exc.strerror}", file=sys.stderr)
+        self.transport.close()
+        print(f"mario-apex: {self.status.line()}", flush=True)
+        print(f"mario-apex: stopped ({self.stop_reason}); results in {self.run_dir}", flush=True)
+
+    def _newline(self) -> None:
+        if self._tty:
+            sys.stdout.write("\n")
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"

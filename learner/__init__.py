@@ -1,0 +1,1 @@
+"""The learner role: trains the Q-network from prioritized batches and publishes weights."""

@@ -1,0 +1,113 @@
+"""DQN learning: the TD target, the prioritized Huber loss, the optimizer, the target network.
+
+No sockets here: the learner exposes `step(batch)`, `save(path)` and `restore(path)`, and one
+dict (`state_dict`) is the whole learner checkpoint.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from common.config import Config
+from common.network import build_network
+
+def td_targets(rewards: torch.Tensor, dones: torch.Tensor, next_q_target: torch.Tensor,
+               next_q_online: torch.Tensor | None, gamma: float) -> torch.Tensor:
+    """y = r + gamma * (1 - done) * Q_target(s', a'), with a' = argmax_a Q_online(s', a) for
+    double DQN (next_q_online given) or argmax_a Q_target(s', a) for plain DQN."""
+    if next_q_online is not None:
+        next_actions = next_q_online.argmax(dim=1, keepdim=True)
+    else:
+        next_actions = next_q_target.argmax(dim=1, keepdim=True)
+    next_value = next_q_target.gather(1, next_actions).squeeze(1)
+    return rewards + gamma * (1.0 - dones.float()) * next_value
+
+
+def linear_decay(end_factor: float, updates: int):
+    """LR multiplier: 1 at update 0, falling linearly to end_factor at `updates`, then held."""
+    def factor(step: int) -> float:
+        return 1.0 - (1.0 - end_factor) * min(step, updates) / updates
+    return factor
+
+
+class DQNLearner:
+    def __init__(self, config: Config, device: torch.device):
+        self.config = config
+        self.device = device
+        self.online = build_network(config).to(device)
+        self.target = build_network(config).to(device)
+        self.target.load_state_dict(self.online.state_dict())
+        self.target.requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.online.parameters(), lr=config.lr, eps=config.adam_eps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, linear_decay(config.lr_end_factor, config.lr_decay_updates))
+        self.updates = 0
+
+    def beta(self) -> float:
+        """Importance-sampling exponent, annealed linearly from per_beta_start to 1."""
+        c = self.config
+        return c.per_beta_start + (1.0 - c.per_beta_start) * min(1.0, self.updates / c.per_beta_updates)
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(np.array(array))    # a writable copy: network buffers are read-only
+        if self.device.type == "cuda":
+            tensor = tensor.pin_memory()
+        return tensor.to(self.device, non_blocking=True)
+
+    def step(self, frames: np.ndarray, actions: np.ndarray, rewards: np.ndarray, dones: np.ndarray,
+             weights: np.ndarray) -> tuple[dict, np.ndarray]:
+        """One gradient update on a batch; returns (metrics, new priorities |TD error| + eps)."""
+        s = self.config.frame_stack
+        frames_t = self._tensor(frames)
+        obs, next_obs = frames_t[:, :s], frames_t[:, 1:]
+        actions_t = self._tensor(actions.astype(np.int64))
+        rewards_t, dones_t = self._tensor(rewards), self._tensor(dones)
+        weights_t = self._tensor(weights)
+
+        q_all = self.online(obs)
+        q = q_all.gather(1, actions_t.unsqueeze(1)).squeeze(1)
+        with torch.no_grad():
+            next_q_target = self.target(next_obs)
+            next_q_online = self.online(next_obs) if self.config.double_dqn else None
+            y = td_targets(rewards_t, dones_t, next_q_target, next_q_online, self.config.gamma)
+        td_error = y - q
+        loss = (weights_t * F.smooth_l1_loss(q, y, reduction="none")).mean()
+
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.online.parameters(), self.config.grad_clip_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.updates += 1
+        if self.updates % self.config.target_update_every == 0:
+            self.target.load_state_dict(self.online.state_dict())
+
+        priorities = td_error.detach().abs().cpu().numpy().astype(np.float64) + self.config.per_eps
+        metrics = {"loss": loss.item(), "q_mean": q_all.detach().mean().item(),
+                   "grad_norm": grad_norm.item(), "lr": self.optimizer.param_groups[0]["lr"]}
+        return metrics, priorities
+
+    # --- checkpoints -------------------------------------------------------------------------
+    def state_dict(self, counters: dict | None = None) -> dict:
+        return {"config": self.config.to_dict(),
+                "online": self.online.state_dict(), "target": self.target.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "counters": {"updates": self.updates, **(counters or {})}}
+
+    def save(self, path: str, counters: dict | None = None) -> None:
+        save_checkpoint(self.state_dict(counters), path)
+
+    def restore(self, path: str) -> dict:
+        """Load a checkpoint saved by `save`; returns its counters. Raises CheckpointError."""
+        state = load_checkpoint(path)
+        try:
+            self.online.load_state_dict(state["online"])
+            self.target.load_state_dict(state["target"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: does not fit this network/config ({str(exc).splitlines()[0]})") from None
+        self.updates = int(state["counters"]["updates"])
+        return dict(state["counters"])

@@ -1,0 +1,1 @@
+"""The replay server role: the prioritized replay buffer behind a ZeroMQ service."""

@@ -1,0 +1,157 @@
+"""Prioritized replay that stores each frame once.
+
+Actors send chunks of consecutive transitions: the chunk's frames once each, plus for every
+transition the indices of its stack+1 frames (obs = first S, next obs = last S). The buffer keeps
+two rings, one of frames and one of transitions, and each transition stores the frame-ring slots
+of its stack, so stacks are rebuilt by index at sampling time. Chunks are evicted whole and
+oldest first, so a live transition never points at an overwritten frame.
+
+Priorities follow Schaul et al. (2016): P(i) = p_i^alpha / sum p^alpha, new transitions get the
+largest priority seen so far, and importance-sampling weights (N P(i))^-beta are normalised by
+their largest possible value (that of the smallest priority in the buffer).
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from replay_server.sum_tree import SumTree
+
+FRAME_SLACK = 8   # the frame ring holds capacity * (1 + 1/FRAME_SLACK) frames: room for chunk overlap
+
+
+class ChunkError(ValueError):
+    """A transitions chunk that cannot be stored (bad shapes, indices or values)."""
+
+
+@dataclass
+class Batch:
+    ids: np.ndarray        # (B,) int64 global transition ids, for priority updates
+    frames: np.ndarray     # (B, S+1, H, W) uint8: obs = [:, :S], next obs = [:, 1:]
+    actions: np.ndarray    # (B,) uint8
+    rewards: np.ndarray    # (B,) float32
+    dones: np.ndarray      # (B,) bool: terminal (no bootstrap)
+    weights: np.ndarray    # (B,) float32 importance-sampling weights, max 1
+
+
+class PrioritizedReplay:
+    def __init__(self, capacity: int, frame_size: int, frame_stack: int, alpha: float, num_actions: int):
+        self.capacity = capacity
+        self.frame_capacity = capacity + capacity // FRAME_SLACK + 1
+        self.frame_size = frame_size
+        self.frame_stack = frame_stack
+        self.alpha = alpha
+        self.num_actions = num_actions
+        self._frames = np.zeros((self.frame_capacity, frame_size, frame_size), dtype=np.uint8)
+        self._stack = np.zeros((capacity, frame_stack + 1), dtype=np.int32)
+        self._actions = np.zeros(capacity, dtype=np.uint8)
+        self._rewards = np.zeros(capacity, dtype=np.float32)
+        self._dones = np.zeros(capacity, dtype=bool)
+        self._ids = np.full(capacity, -1, dtype=np.int64)
+        self._tree = SumTree(capacity)
+        self._chunks: deque[tuple[int, int]] = deque()   # (transitions, frames) per stored chunk
+        self._t_head = 0          # transitions ever stored (next global id)
+        self._f_head = 0          # frames ever stored
+        self._t_live = 0
+        self._f_live = 0
+        self.max_priority = 1.0
+
+    def __len__(self) -> int:
+        return self._t_live
+
+    @property
+    def inserted(self) -> int:
+        return self._t_head
+
+    def nbytes(self) -> int:
+        arrays = (self._frames, self._stack, self._actions, self._rewards, self._dones, self._ids,
+                  self._tree._sum, self._tree._min)
+        return sum(a.nbytes for a in arrays)
+
+    # --- insert ------------------------------------------------------------------------------
+    def add_chunk(self, frames: np.ndarray, stack: np.ndarray, actions: np.ndarray,
+                  rewards: np.ndarray, dones: np.ndarray) -> int:
+        """Store one chunk; returns how many transitions were added. Raises ChunkError."""
+        n, m = self._check_chunk(frames, stack, actions, rewards, dones)
+        while self._t_live + n > self.capacity or self._f_live + m > self.frame_capacity:
+            self._evict_oldest_chunk()
+        frame_slots = (self._f_head + np.arange(m)) % self.frame_capacity
+        self._frames[frame_slots] = frames
+        slots = (self._t_head + np.arange(n)) % self.capacity
+        self._stack[slots] = (self._f_head + stack.astype(np.int64)) % self.frame_capacity
+        self._actions[slots] = actions
+        self._rewards[slots] = rewards
+        self._dones[slots] = dones
+        self._ids[slots] = self._t_head + np.arange(n)
+        self._tree.update(slots, self.max_priority ** self.alpha)
+        self._chunks.append((n, m))
+        self._t_head += n
+        self._f_head += m
+        self._t_live += n
+        self._f_live += m
+        return n
+
+    def _check_chunk(self, frames, stack, actions, rewards, dones) -> tuple[int, int]:
+        n, m, s, size = len(actions), len(frames), self.frame_stack, self.frame_size
+        if frames.dtype != np.uint8 or frames.shape[1:] != (size, size) or frames.ndim != 3:
+            raise ChunkError(f"frames must be uint8 (m, {size}, {size}), got {frames.dtype} {frames.shape}")
+        if stack.shape != (n, s + 1) or stack.dtype.kind not in "iu":
+            raise ChunkError(f"stack must be integer ({n}, {s + 1}), got {stack.dtype} {stack.shape}")
+        if actions.shape != (n,) or rewards.shape != (n,) or dones.shape != (n,):
+            raise ChunkError("actions, rewards and dones must be 1-D of equal length")
+        if n == 0 or m == 0:
+            raise ChunkError("empty chunk")
+        if n > self.capacity or m > self.frame_capacity or m > n + s:
+            raise ChunkError(f"chunk of {n} transitions and {m} frames is too large")
+        if stack.min() < 0 or stack.max() >= m:
+            raise ChunkError("stack indices out of range")
+        if actions.dtype.kind not in "iu" or actions.max() >= self.num_actions:
+            raise ChunkError("action out of range")
+        if rewards.dtype.kind != "f" or not np.all(np.isfinite(rewards)):
+            raise ChunkError("rewards must be finite floats")
+        if dones.dtype != np.bool_:
+            raise ChunkError("dones must be booleans")
+        return n, m
+
+    def _evict_oldest_chunk(self) -> None:
+        n, m = self._chunks.popleft()
+        slots = (self._t_head - self._t_live + np.arange(n)) % self.capacity
+        self._tree.update(slots, 0.0)
+        self._ids[slots] = -1
+        self._t_live -= n
+        self._f_live -= m
+
+    # --- sample ------------------------------------------------------------------------------
+    def sample(self, batch_size: int, beta: float, rng: np.random.Generator) -> Batch:
+        if self._t_live == 0:
+            raise ValueError("cannot sample from an empty buffer")
+        slots = self._tree.sample(batch_size, rng)
+        total = self._tree.total
+        probs = self._tree.get(slots) / total
+        min_prob = self._tree.min / total
+        weights = (probs / min_prob) ** (-beta)          # = (N P(i))^-beta / (N P_min)^-beta
+        return Batch(ids=self._ids[slots].copy(), frames=self._frames[self._stack[slots]],
+                     actions=self._actions[slots], rewards=self._rewards[slots],
+                     dones=self._dones[slots], weights=weights.astype(np.float32))
+
+    def update_priorities(self, ids: np.ndarray, priorities: np.ndarray) -> int:
+        """Set new priorities (|TD error| + eps) for still-stored ids; returns how many applied."""
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        priorities = np.asarray(priorities, dtype=np.float64).ravel()
+        if ids.shape != priorities.shape:
+            raise ChunkError("ids and priorities differ in length")
+        if not np.all(np.isfinite(priorities)) or np.any(priorities <= 0):
+            raise ChunkError("priorities must be finite and positive")
+        slots = ids % self.capacity
+        live = (ids >= 0) & (self._ids[slots] == ids)
+        if np.any(live):
+            self._tree.update(slots[live], priorities[live] ** self.alpha)
+            self.max_priority = max(self.max_priority, float(priorities[live].max()))
+        return int(live.sum())
+
+    def probabilities(self) -> np.ndarray:
+        """P(i) for every slot (for tests and diagnostics)."""
+        leaves = self._tree.leaves()
+        return leaves / leaves.sum()

@@ -1,0 +1,124 @@
+"""The replay server process: stores actors' transitions, serves prioritized batches to the learner.
+
+Sockets (addresses from the config):
+- replay_in, PULL (bound): actors push "transitions" chunks and "episode" results.
+- replay_sample, ROUTER (bound): the learner's DEALER sends "sample" (answered with "batch") and
+  "priorities" (no answer). Sample requests that arrive before `learning_starts` transitions are
+  stored wait, unanswered, until there are enough.
+Bad messages are dropped and counted, never fatal.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+
+import numpy as np
+import zmq
+
+from common.protocol import ProtocolError, decode, encode
+from common.runtime import RoleRuntime
+from replay_server.buffer import ChunkError, PrioritizedReplay
+
+MAX_SAMPLE_BATCH = 4096
+POLL_MS = 100
+
+
+class ReplayServer:
+    def __init__(self, runtime: RoleRuntime):
+        self.rt = runtime
+        c = runtime.config
+        self.config = c
+        self.buffer = PrioritizedReplay(c.replay_capacity, c.frame_size, c.frame_stack, c.per_alpha, c.num_actions)
+        self.rng = np.random.default_rng(c.seed + 10_000)
+        self.pull = runtime.transport.socket(zmq.PULL, bind=c.address("replay_in"), hwm=1000)
+        self.router = runtime.transport.socket(zmq.ROUTER, bind=c.address("replay_sample"), hwm=100)
+        self.pending: deque[tuple[bytes, int, float]] = deque()
+        self.counters = {"episodes": 0, "env_steps": 0, "sampled": 0, "dropped": 0, "batches": 0}
+        self.best_reward = float("-inf")
+        self._errors_seen: set[str] = set()
+
+    # --- loop --------------------------------------------------------------------------------
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.pull, zmq.POLLIN)
+        poller.register(self.router, zmq.POLLIN)
+        self.rt.log(f"listening on {self.config.address('replay_in')} and {self.config.address('replay_sample')}")
+        while not self.rt.should_stop():
+            events = dict(poller.poll(POLL_MS))
+            if self.pull in events:
+                self._drain(self.pull, self._on_actor_message, limit=64)
+            if self.router in events:
+                self._drain(self.router, self._on_learner_message, limit=64)
+            self._serve_pending()
+            if self.rt.progress_due():
+                self.rt.report("progress", self.stats())
+
+    def _drain(self, sock: zmq.Socket, handler, limit: int) -> None:
+        for _ in range(limit):
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            try:
+                handler(parts)
+            except (ProtocolError, ChunkError) as exc:
+                self._drop(str(exc))
+
+    def _drop(self, reason: str) -> None:
+        self.counters["dropped"] += 1
+        kind = reason.split(":")[0][:60]
+        if kind not in self._errors_seen:   # log each kind of problem once; the count goes on
+            self._errors_seen.add(kind)
+            self.rt.log(f"dropped a bad message ({reason}); further ones are only counted")
+
+    # --- actor side ----------------------------------------------------------------------------
+    def _on_actor_message(self, parts: list[bytes]) -> None:
+        if len(parts) != 1:
+            raise ProtocolError(f"expected 1 message part, got {len(parts)}")
+        msg = decode(parts[0], self.config.max_message_bytes, expect=("transitions", "episode"))
+        if msg["t"] == "transitions":
+            added = self.buffer.add_chunk(msg["frames"], msg["stack"], msg["actions"], msg["rewards"], msg["dones"])
+            self.counters["env_steps"] += added
+        else:
+            self.counters["episodes"] += 1
+            self.best_reward = max(self.best_reward, msg["reward"])
+
+    # --- learner side ----------------------------------------------------------------------------
+    def _on_learner_message(self, parts: list[bytes]) -> None:
+        if len(parts) != 2:
+            raise ProtocolError(f"expected 2 message parts on the sample socket, got {len(parts)}")
+        identity, payload = parts
+        msg = decode(payload, self.config.max_message_bytes, expect=("sample", "priorities"))
+        if msg["t"] == "sample":
+            if not 1 <= msg["batch_size"] <= MAX_SAMPLE_BATCH or not 0.0 <= msg["beta"] <= 1.0:
+                raise ProtocolError("sample: batch_size or beta out of range")
+            self.pending.append((identity, msg["batch_size"], msg["beta"]))
+        else:
+            self.buffer.update_priorities(msg["ids"], msg["priorities"])
+
+    def _serve_pending(self) -> None:
+        while self.pending and len(self.buffer) >= max(self.config.learning_starts, 1):
+            identity, batch_size, beta = self.pending.popleft()
+            batch = self.buffer.sample(batch_size, beta, self.rng)
+            self.counters["sampled"] += batch_size
+            self.counters["batches"] += 1
+            payload = encode("batch", ids=batch.ids, frames=batch.frames, actions=batch.actions,
+                             rewards=batch.rewards, dones=batch.dones, weights=batch.weights,
+                             stats=self.stats())
+            try:
+                self.router.send_multipart([identity, payload], zmq.NOBLOCK)
+            except zmq.Again:
+                pass   # that learner is gone or not reading; it will ask again
+
+    def stats(self) -> dict:
+        return {"size": len(self.buffer), "inserted": self.buffer.inserted, **self.counters,
+                "best_reward": self.best_reward if self.counters["episodes"] else 0.0}
+
+
+def main(runtime: RoleRuntime, run_dir: str) -> None:
+    server = ReplayServer(runtime)
+    started = time.monotonic()
+    server.run()
+    runtime.report("progress", server.stats())
+    runtime.log(f"stopped after {time.monotonic() - started:.0f} s: {server.buffer.inserted} transitions "
+                f"stored, {server.counters['dropped']} bad messages dropped")

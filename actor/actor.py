@@ -50,6 +50,7 @@ class Actor:
         self.steps = 0
         self.episodes = 0
         self.weights_version = 0
+        self.weights_updates = 0     # learner updates behind the weights in use (0 = initial)
         self.dropped = 0
         self.step_cap = math.ceil(c.max_steps / c.num_actors) if c.max_steps else 0
         self.episode_cap = math.ceil(c.max_episodes / c.num_actors) if c.max_episodes else 0
@@ -108,7 +109,7 @@ class Actor:
                     or self.episode_cap and self.episodes >= self.episode_cap)
 
     def _reset(self) -> np.ndarray:
-        obs, _ = self.env.reset(seed=self.config.seed + self.index + 1000 * self.episodes)
+        obs, _ = self.env.reset()      # nes-py takes no seed; exploration randomness comes from self.rng
         self.chunk.start_episode(obs[-1])
         if self.window is not None:
             self.window.show(self.frame_skip.last_rgb)
@@ -138,7 +139,7 @@ class Actor:
         except (ProtocolError, ValueError) as exc:
             self.rt.log(f"ignored bad weights ({exc})")
             return
-        self.weights_version = msg["version"]
+        self.weights_version, self.weights_updates = msg["version"], msg["updates"]
 
     def _finish_episode(self, reward: float, steps: int, info: dict, epsilon: float) -> None:
         self.episodes += 1
@@ -162,6 +163,7 @@ class Actor:
     def _report_progress(self, rate: float, epsilon: float) -> None:
         self.rt.report("progress", {"steps": self.steps, "episodes": self.episodes, "steps_per_s": rate,
                                     "epsilon": epsilon, "weights_version": self.weights_version,
+                                    "weights_updates": self.weights_updates,
                                     "dropped": self.dropped})
 
     def close(self) -> None:

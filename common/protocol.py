@@ -40,8 +40,8 @@ SCHEMAS: dict[str, dict[str, str]] = {
               "dones": "array", "weights": "array", "stats": "numbers"},
     # learner -> replay server: new priorities for the transitions with these ids.
     "priorities": {"ids": "array", "priorities": "array"},
-    # learner -> actors: network weights.
-    "weights": {"version": "int", "tensors": "arrays"},
+    # learner -> actors: network weights after `updates` learner updates.
+    "weights": {"version": "int", "updates": "int", "tensors": "arrays"},
     # any process -> launcher: progress, the last words of a failing process, or a stop request.
     "report": {"role": "str", "index": "int", "kind": "str", "values": "numbers", "text?": "str"},
 }

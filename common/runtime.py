@@ -70,6 +70,7 @@ def run_role(main, role: str, index: int, config_dict: dict, run_dir: str, stop_
     Exit status 0 on a clean stop, 1 on failure (the launcher prints the reason it was sent).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _set_process_name(f"mario-{role}-{index}" if role == "actor" else f"mario-{role}")
     runtime = None
     try:
         config = Config.from_dict(config_dict)
@@ -83,6 +84,15 @@ def run_role(main, role: str, index: int, config_dict: dict, run_dir: str, stop_
         if runtime is not None:
             runtime.close()
     sys.exit(0)
+
+
+def _set_process_name(name: str) -> None:
+    """Show the role in ps/top (Linux; elsewhere a no-op)."""
+    try:
+        with open("/proc/self/comm", "w") as f:
+            f.write(name[:15])
+    except OSError:
+        pass
 
 
 def _fail(runtime, role, reason: str, show_traceback: bool) -> None:

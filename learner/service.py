@@ -40,6 +40,8 @@ class LearnerService:
         self.writer = SummaryWriter(run_dir, filename_suffix=".learner")
         self.replay_stats: dict = {}
         self.weights_version = 0
+        self._published_updates = 0
+        self._weights_msg = b""
         self.last_publish = 0.0
         self.in_flight = 0
         self.dropped = 0
@@ -93,7 +95,6 @@ class LearnerService:
         self._window["loss"] += metrics["loss"]
         self._window["q_mean"] += metrics["q_mean"]
         self._window["n"] += 1
-        self.metrics = metrics
         if self.learner.updates % self.config.publish_every == 0:
             self.publish()
         self._maybe_checkpoint()
@@ -105,9 +106,13 @@ class LearnerService:
             self._log_progress(elapsed)
 
     def publish(self) -> None:
-        self.weights_version += 1
-        self.pub.send(encode("weights", version=self.weights_version,
-                             tensors=weights_to_arrays(self.learner.online)))
+        """Broadcast the online weights; a re-send of unchanged weights keeps its version."""
+        if self.learner.updates != self._published_updates or not self.weights_version:
+            self.weights_version += 1
+            self._published_updates = self.learner.updates
+            self._weights_msg = encode("weights", version=self.weights_version, updates=self.learner.updates,
+                                       tensors=weights_to_arrays(self.learner.online))
+        self.pub.send(self._weights_msg)
         self.last_publish = time.monotonic()
 
     def _log_progress(self, elapsed: float) -> None:

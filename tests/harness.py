@@ -1,0 +1,153 @@
+"""Runs the real launcher as a user would (its own process group, like a terminal job) and
+inspects what it leaves behind: run folder, processes, exit status, output."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_base_port() -> int:
+    """A base port with 4 consecutive free loopback ports."""
+    for _ in range(200):
+        base = random.randint(20_000, 60_000)
+        socks = []
+        try:
+            for port in range(base, base + 4):
+                s = socket.socket()
+                s.bind(("127.0.0.1", port))
+                socks.append(s)
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port range found")
+
+
+def process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (ppid, state) for every process, from /proc."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            table[int(entry)] = (int(fields[1]), fields[0])
+        except (OSError, IndexError):
+            continue
+    return table
+
+
+def alive(pids) -> set[int]:
+    """The pids that still exist and are not zombies."""
+    table = process_table()
+    return {p for p in pids if p in table and table[p][1] != "Z"}
+
+
+class LaunchedRun:
+    def __init__(self, tmp_path: Path, *args: str):
+        self.tmp_path = tmp_path
+        self.runs_dir = tmp_path / "runs"
+        self.base_port = free_base_port()
+        self.cmd = [sys.executable, "launch.py", "--runs-dir", str(self.runs_dir),
+                    "--base-port", str(self.base_port), *args]
+        self._out = open(tmp_path / "launcher.out", "w+")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("DISPLAY", None)
+        self.proc = subprocess.Popen(self.cmd, cwd=REPO, stdout=self._out, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+        self.seen_pids: set[int] = set()
+
+    # --- observing ---------------------------------------------------------------------------
+    def output(self) -> str:
+        self._out.flush()
+        return (self.tmp_path / "launcher.out").read_text()
+
+    def wait_for(self, predicate, timeout: float, what: str):
+        """Poll a condition until it holds; fail with the launcher's output if it never does."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.track_processes()
+            value = predicate()
+            if value:
+                return value
+            if self.proc.poll() is not None:
+                raise AssertionError(f"launcher exited ({self.proc.returncode}) before {what}:\n{self.output()}")
+            time.sleep(0.1)
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}:\n{self.output()}")
+
+    @property
+    def run_dir(self) -> Path:
+        dirs = sorted(self.runs_dir.glob("*_run")) if self.runs_dir.exists() else []
+        assert len(dirs) == 1, f"expected one run folder, found {dirs}"
+        return dirs[0]
+
+    def log_lines(self) -> list[str]:
+        dirs = sorted(self.runs_dir.glob("*_run/log.txt")) if self.runs_dir.exists() else []
+        return dirs[0].read_text().splitlines() if dirs else []
+
+    def wait_for_episodes(self, n: int, timeout: float = 90) -> None:
+        self.wait_for(lambda: len(self.log_lines()) >= n, timeout, f"{n} episodes in log.txt")
+
+    def descendants(self) -> set[int]:
+        table = process_table()
+        found, frontier = set(), {self.proc.pid}
+        while frontier:
+            children = {pid for pid, (ppid, _) in table.items() if ppid in frontier} - found
+            found |= children
+            frontier = children
+        return found
+
+    def track_processes(self) -> None:
+        self.seen_pids |= self.descendants()
+
+    def summary(self) -> dict:
+        return json.loads((self.run_dir / "summary.json").read_text())
+
+    # --- acting ------------------------------------------------------------------------------
+    def interrupt(self) -> None:
+        """Ctrl+C in a terminal: SIGINT to the whole foreground process group."""
+        self.track_processes()
+        os.killpg(self.proc.pid, signal.SIGINT)
+
+    def signal_launcher(self, signum: int) -> None:
+        self.track_processes()
+        os.kill(self.proc.pid, signum)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"launcher still running after {timeout} s:\n{self.output()}") from None
+
+    def wait_gone(self, pids: set[int], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while alive(pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(pids), f"processes still alive after {timeout} s: {alive(pids)}\n{self.output()}"
+
+    def cleanup(self) -> None:
+        """Leave nothing running, whatever the test did."""
+        self.track_processes()
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        for pid in alive(self.seen_pids):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(10)
+        self._out.close()

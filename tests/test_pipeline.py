@@ -1,0 +1,56 @@
+"""End to end: the real launcher, replay server, learner and actor over real ZeroMQ sockets."""
+import numpy as np
+import pytest
+
+from actor.evaluate import load_policy, play
+from common.checkpoint import load_checkpoint
+from tests.conftest import FAST_TEST_ENV
+
+pytestmark = pytest.mark.slow
+
+
+def test_test_env_greedy_policy_beats_random_after_a_short_run(launch):
+    """The whole loop learns: after ~20 s on the test env the greedy policy clearly beats random."""
+    run = launch(*FAST_TEST_ENV, "--max-steps", "15000")
+    assert run.wait(180) == 0, run.output()
+    summary = run.summary()
+    assert summary["stop_reason"] == "reached --max-steps"
+    assert summary["env_steps"] == 15000
+    assert summary["replay"]["inserted"] == 15000, "every transition reached the replay server"
+    assert summary["updates"] >= 50, summary
+    assert summary["actors"]["0"]["weights_updates"] > 0, "trained weights reached the actor"
+
+    net, config = load_policy(str(run.run_dir / "checkpoint_final.pth"))
+    greedy = play(net, config, episodes=3)
+    random_policy = play(net, config, episodes=200, epsilon=1.0, seed=1)
+    greedy_reward = np.mean([e.reward for e in greedy])
+    random_reward = np.mean([e.reward for e in random_policy])
+    random_flags = np.mean([e.flag for e in random_policy])
+    assert random_flags < 0.2
+    assert greedy_reward > random_reward + 3.0, (greedy, random_reward)
+    assert all(e.flag for e in greedy), greedy
+
+
+def test_mario_1_1_headless_bounded_run(launch):
+    """Real Super Mario Bros 1-1: transitions reach the replay server, the learner updates, and its
+    new weights reach the actor; run folder holds config, log, checkpoint and summary."""
+    run = launch("--headless", "--max-steps", "1500", "--set", "learning_starts=200",
+                 "--set", "publish_every=5", "--set", "batch_size=16", "--set", "replay_capacity=5000",
+                 "--set", "max_episode_steps=300")
+    assert run.wait(240) == 0, run.output()
+    summary = run.summary()
+    assert summary["env_steps"] == 1500
+    assert summary["replay"]["inserted"] == 1500
+    assert summary["replay"]["dropped"] == 0
+    assert summary["updates"] > 0
+    assert summary["actors"]["0"]["weights_updates"] > 0, "new weights reached the actor"
+    assert summary["episodes"] >= 1 and len(run.log_lines()) == summary["episodes"]
+    assert run.log_lines()[0].split("] ")[1].startswith("Episode 1, Reward: ")
+
+    files = {p.name for p in run.run_dir.iterdir()}
+    assert {"config.json", "log.txt", "checkpoint_final.pth", "summary.json"} <= files
+    assert any(name.startswith("events.out.tfevents") for name in files)
+    state = load_checkpoint(str(run.run_dir / "checkpoint_final.pth"))
+    assert state["counters"]["updates"] == summary["updates"]
+    assert state["config"]["env_id"] == "SuperMarioBros-1-1-v0"
+    assert "Traceback" not in run.output()

@@ -5,6 +5,7 @@ A checkpoint is one dict of tensors and plain values, so it loads with
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -20,11 +21,16 @@ class CheckpointError(ValueError):
 def save_checkpoint(state: dict, path: str) -> None:
     """Write atomically: temporary file, fsync, rename; a crash mid-save keeps the old file."""
     tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):     # no half-written file left behind
+            os.remove(tmp)
+        raise
 
 
 def load_checkpoint(path: str) -> dict:

@@ -136,8 +136,8 @@ class Config:
         if not 0.0 < self.gamma <= 1.0:
             raise ConfigError(f"gamma must be in (0, 1], got {self.gamma}")
         for name in ("lr", "adam_eps", "grad_clip_norm", "per_eps", "report_interval_s"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+            if not 0 < getattr(self, name) < float("inf"):
+                raise ConfigError(f"{name} must be positive and finite, got {getattr(self, name)}")
         if self.device not in ("auto", "cpu", "cuda", "mps"):
             raise ConfigError(f"device must be one of auto, cpu, cuda, mps, got {self.device!r}")
         if not 1 <= self.base_port <= 65_532:
@@ -215,7 +215,15 @@ def _coerce(name: str, value):
                 return False
             raise ConfigError(f"{name} must be true or false, got {value!r}")
         try:
-            number = float(text) if kind is float else int(float(text)) if "e" in text else int(text)
+            if kind is float:
+                number = float(text)
+            elif "e" in text:                   # "1e5" is an integer; "1.5e0" and "1e400" are not
+                number = float(text)
+                if not number.is_integer():
+                    raise ValueError(text)
+                number = int(number)
+            else:
+                number = int(text)
         except ValueError:
             raise ConfigError(f"{name} must be {'a number' if kind is float else 'an integer'}, "
                               f"got {value!r}") from None

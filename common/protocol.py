@@ -75,7 +75,7 @@ def decode(raw: bytes, max_bytes: int, expect: tuple[str, ...] | None = None) ->
         raise ProtocolError(f"undecodable message ({type(exc).__name__})") from None
     if not isinstance(body, dict):
         raise ProtocolError("message is not a map")
-    if body.get("v") != PROTOCOL_VERSION:
+    if type(body.get("v")) is not int or body["v"] != PROTOCOL_VERSION:   # not 1.0 or True
         raise ProtocolError(f"protocol version {body.get('v')!r}, expected {PROTOCOL_VERSION}")
     msg_type = body.get("t")
     if not isinstance(msg_type, str) or msg_type not in SCHEMAS:
@@ -132,7 +132,8 @@ def _check_field(msg_type: str, name: str, kind: str, value):
 
 
 def _pack_array(array: np.ndarray) -> dict:
-    array = np.ascontiguousarray(array)
+    # C order and native byte order (the dtype name does not say which); 0-d arrays stay 0-d.
+    array = np.asarray(array, dtype=array.dtype.newbyteorder("="), order="C")
     return {"dtype": array.dtype.name, "shape": list(array.shape), "data": array.data}
 
 
@@ -140,7 +141,7 @@ def _unpack_array(where: str, value) -> np.ndarray:
     if not isinstance(value, dict) or set(value) != {"dtype", "shape", "data"}:
         raise ProtocolError(f"{where} must be an array")
     dtype, shape, data = value["dtype"], value["shape"], value["data"]
-    if dtype not in ALLOWED_DTYPES:
+    if not isinstance(dtype, str) or dtype not in ALLOWED_DTYPES:
         raise ProtocolError(f"{where} has disallowed dtype {dtype!r}")
     if (not isinstance(shape, list) or len(shape) > MAX_ARRAY_DIMS
             or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d for d in shape)):

@@ -60,7 +60,7 @@ class FrameSkip(gym.Wrapper):
 
 
 class ShapedReward(gym.Wrapper):
-    """Replace the reward by `shape_reward`; keeps the raw episode return in info["raw_reward"]."""
+    """Replace the reward by `shape_reward` of the env reward and info's x_pos change; info passes unchanged."""
 
     def __init__(self, env: gym.Env):
         super().__init__(env)

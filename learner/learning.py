@@ -107,7 +107,7 @@ class DQNLearner:
             self.target.load_state_dict(state["target"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-        except (KeyError, RuntimeError, ValueError) as exc:
+            self.updates = int(state["counters"]["updates"])
+        except (KeyError, TypeError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"{path}: does not fit this network/config ({str(exc).splitlines()[0]})") from None
-        self.updates = int(state["counters"]["updates"])
         return dict(state["counters"])

@@ -107,7 +107,7 @@ class PrioritizedReplay:
             raise ChunkError(f"chunk of {n} transitions and {m} frames is too large")
         if stack.min() < 0 or stack.max() >= m:
             raise ChunkError("stack indices out of range")
-        if actions.dtype.kind not in "iu" or actions.max() >= self.num_actions:
+        if actions.dtype.kind not in "iu" or actions.min() < 0 or actions.max() >= self.num_actions:
             raise ChunkError("action out of range")
         if rewards.dtype.kind != "f" or not np.all(np.isfinite(rewards)):
             raise ChunkError("rewards must be finite floats")

@@ -21,6 +21,7 @@ from replay_server.buffer import ChunkError, PrioritizedReplay
 
 MAX_SAMPLE_BATCH = 4096
 POLL_MS = 100
+DROP_LOG_S = 30.0
 
 
 class ReplayServer:
@@ -35,7 +36,7 @@ class ReplayServer:
         self.pending: deque[tuple[bytes, int, float]] = deque()
         self.counters = {"episodes": 0, "env_steps": 0, "sampled": 0, "dropped": 0, "batches": 0}
         self.best_reward = float("-inf")
-        self._errors_seen: set[str] = set()
+        self._last_drop_log = 0.0
 
     # --- loop --------------------------------------------------------------------------------
     def run(self) -> None:
@@ -65,11 +66,12 @@ class ReplayServer:
                 self._drop(str(exc))
 
     def _drop(self, reason: str) -> None:
+        """Count a bad message; say so for the first one, then at most every DROP_LOG_S seconds."""
         self.counters["dropped"] += 1
-        kind = reason.split(":")[0][:60]
-        if kind not in self._errors_seen:   # log each kind of problem once; the count goes on
-            self._errors_seen.add(kind)
-            self.rt.log(f"dropped a bad message ({reason}); further ones are only counted")
+        now = time.monotonic()
+        if self.counters["dropped"] == 1 or now - self._last_drop_log >= DROP_LOG_S:
+            self._last_drop_log = now
+            self.rt.log(f"dropped a bad message ({reason}); {self.counters['dropped']} dropped so far")
 
     # --- actor side ----------------------------------------------------------------------------
     def _on_actor_message(self, parts: list[bytes]) -> None:

@@ -13,8 +13,8 @@ FAST_TEST_ENV = ("--env", "MarioApexTest-v0", "--headless", "--set", "learning_s
 def launch(tmp_path):
     runs = []
 
-    def start(*args: str) -> LaunchedRun:
-        run = LaunchedRun(tmp_path / f"launch{len(runs)}", *args)
+    def start(*args: str, base_port: int | None = None) -> LaunchedRun:
+        run = LaunchedRun(tmp_path / f"launch{len(runs)}", *args, base_port=base_port)
         runs.append(run)
         return run
 

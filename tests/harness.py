@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -56,10 +57,10 @@ def alive(pids) -> set[int]:
 
 
 class LaunchedRun:
-    def __init__(self, tmp_path: Path, *args: str):
+    def __init__(self, tmp_path: Path, *args: str, base_port: int | None = None):
         self.tmp_path = tmp_path
         self.runs_dir = tmp_path / "runs"
-        self.base_port = free_base_port()
+        self.base_port = base_port or free_base_port()
         self.cmd = [sys.executable, "launch.py", "--runs-dir", str(self.runs_dir),
                     "--base-port", str(self.base_port), *args]
         self._out = open(tmp_path / "launcher.out", "w+")
@@ -99,6 +100,14 @@ class LaunchedRun:
 
     def wait_for_episodes(self, n: int, timeout: float = 90) -> None:
         self.wait_for(lambda: len(self.log_lines()) >= n, timeout, f"{n} episodes in log.txt")
+
+    def status_value(self, name: str) -> int:
+        """The latest value of one counter in the launcher's status lines (e.g. "updates")."""
+        found = re.findall(rf"\| {name} ([\d,]+)", self.output())
+        return int(found[-1].replace(",", "")) if found else 0
+
+    def wait_for_updates(self, n: int = 1, timeout: float = 90) -> None:
+        self.wait_for(lambda: self.status_value("updates") >= n, timeout, f"{n} learner updates")
 
     def descendants(self) -> set[int]:
         table = process_table()

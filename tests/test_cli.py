@@ -1,0 +1,57 @@
+"""The command line: --help, --help-config, and one-line errors with exit status 2 for bad values."""
+import subprocess
+import sys
+
+import pytest
+
+from tests.harness import REPO
+
+
+def _launch(*args: str, tmp_path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "launch.py", "--runs-dir", str(tmp_path / "runs"), *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+
+def test_help_documents_every_flag(tmp_path):
+    result = _launch("--help", tmp_path=tmp_path)
+    assert result.returncode == 0
+    for flag in ("--headless", "--runs-dir", "--max-episodes", "--max-steps", "--device", "--env",
+                 "--actors", "--base-port", "--set", "--help-config"):
+        assert flag in result.stdout
+
+
+def test_help_config_lists_every_field_with_its_doc(tmp_path):
+    from common.config import Config
+    result = _launch("--help-config", tmp_path=tmp_path)
+    assert result.returncode == 0
+    for name, _, default, doc in Config.describe():
+        assert f"  {name} (" in result.stdout and doc in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--max-steps", "0"), "argument --max-steps: expected a positive integer, got '0'"),
+    (("--max-episodes", "ten"), "argument --max-episodes: expected a positive integer, got 'ten'"),
+    (("--device", "tpu"), "argument --device: invalid choice: 'tpu'"),
+    (("--base-port", "70000"), "argument --base-port: expected a port between 1 and 65532, got '70000'"),
+    (("--set", "lr=fast"), "lr must be a number, got 'fast'"),
+    (("--set", "nonsense=1"), "unknown config field 'nonsense' (see --help-config)"),
+    (("--set", "gamma=1.5"), "gamma must be in (0, 1], got 1.5"),
+    (("--set", "learning_starts=500", "--set", "replay_capacity=100"),
+     "learning_starts (500) exceeds replay_capacity (100)"),
+    (("--env", "Tetris-v0"), "unknown env id 'Tetris-v0'"),
+    (("--bogus",), "unrecognized arguments: --bogus"),
+])
+def test_bad_values_give_one_line_and_exit_2(tmp_path, args, message):
+    """Nothing starts: one line on stderr, status 2, no run folder."""
+    result = _launch(*args, tmp_path=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("launch.py: error: ") and message in lines[0], result.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_unavailable_device_is_refused(tmp_path):
+    result = _launch("--device", "cuda", tmp_path=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "launch.py: error: --device cuda was requested but this torch build sees no CUDA GPU"

@@ -1,0 +1,239 @@
+"""Config: defaults, validation with one-line errors, --set parsing, from_dict, addresses, describe, save."""
+import dataclasses
+import json
+import math
+
+import pytest
+
+from common.config import Config, ConfigError, _coerce, parse_assignment
+
+FIELDS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def config_error(**changes) -> str:
+    """Building a Config with these values raises a one-line ConfigError; returns its message."""
+    with pytest.raises(ConfigError) as info:
+        Config(**changes)
+    message = str(info.value)
+    assert message and "\n" not in message
+    return message
+
+
+def test_defaults_validate():
+    """The defaults are a usable config (validate() is also run by the constructor)."""
+    config = Config()
+    config.validate()
+    assert config.frame_stack == 4 and config.num_actions == 7
+
+
+@pytest.mark.parametrize("name,value", [
+    # positive integers
+    *[(n, v) for n in ("frame_skip", "frame_size", "frame_stack", "num_actions", "max_episode_steps", "chunk_size",
+                       "replay_capacity", "per_beta_updates", "batch_size", "lr_decay_updates",
+                       "target_update_every", "publish_every", "prefetch_batches", "num_actors") for v in (0, -3)],
+    # non-negative integers
+    *[(n, -1) for n in ("epsilon_decay_steps", "learning_starts", "checkpoint_every_episodes", "max_episodes",
+                        "max_steps", "seed")],
+    # fractions in [0, 1]
+    *[(n, v) for n in ("epsilon_start", "epsilon_end", "per_alpha", "per_beta_start", "lr_end_factor")
+      for v in (-0.1, 1.5, math.nan)],
+    # positive (and finite) floats
+    *[(n, v) for n in ("lr", "adam_eps", "grad_clip_norm", "per_eps", "report_interval_s")
+      for v in (0.0, -1e-3, math.nan, math.inf)],
+    ("gamma", 0.0), ("gamma", 1.01), ("gamma", -0.5), ("gamma", math.nan),
+    ("device", "gpu"), ("device", "CUDA"), ("device", ""),
+    ("base_port", 0), ("base_port", 65_533), ("base_port", 70_000),
+    ("max_message_bytes", 1023), ("max_message_bytes", 0),
+    ("frame_size", 257),
+])
+def test_invalid_value_raises_config_error_naming_the_field(name, value):
+    """Each kind of unusable value is refused with a one-line message that names the field."""
+    assert name in config_error(**{name: value})
+
+
+@pytest.mark.parametrize("name,value", [
+    ("gamma", 1.0), ("epsilon_end", 0.0), ("epsilon_start", 1.0), ("base_port", 1), ("base_port", 65_532),
+    ("max_message_bytes", 1024), ("frame_size", 256), ("seed", 0), ("learning_starts", 0), ("device", "cpu"),
+])
+def test_boundary_values_are_accepted(name, value):
+    assert getattr(Config(**{name: value}), name) == value
+
+
+@pytest.mark.parametrize("changes,names", [
+    ({"learning_starts": 1001, "replay_capacity": 1000}, ("learning_starts", "replay_capacity")),
+    ({"batch_size": 64, "replay_capacity": 32, "learning_starts": 0}, ("batch_size", "replay_capacity")),
+])
+def test_cross_field_checks_name_both_fields(changes, names):
+    message = config_error(**changes)
+    assert all(n in message for n in names)
+
+
+def test_learning_starts_equal_to_capacity_is_fine():
+    assert Config(learning_starts=1000, replay_capacity=1000).learning_starts == 1000
+
+
+# --- parse_assignment (--set name=value) ----------------------------------------------------------
+
+@pytest.mark.parametrize("text,expected", [
+    ("replay_capacity=1e5", ("replay_capacity", 100_000)),
+    ("replay_capacity=2.5E4", ("replay_capacity", 25_000)),
+    ("replay_capacity=100_000", ("replay_capacity", 100_000)),
+    ("seed=-1", ("seed", -1)),
+    ("seed= 42 ", ("seed", 42)),
+    (" batch_size =64", ("batch_size", 64)),
+    ("lr=2.5e-4", ("lr", 2.5e-4)),
+    ("lr=1", ("lr", 1.0)),
+    ("gamma=.9", ("gamma", 0.9)),
+    ("headless=true", ("headless", True)),
+    ("headless=True", ("headless", True)),
+    ("headless=yes", ("headless", True)),
+    ("headless=1", ("headless", True)),
+    ("headless=on", ("headless", True)),
+    ("double_dqn=false", ("double_dqn", False)),
+    ("double_dqn=NO", ("double_dqn", False)),
+    ("double_dqn=0", ("double_dqn", False)),
+    ("double_dqn=off", ("double_dqn", False)),
+    ("env_id=SuperMarioBros-2-1-v0", ("env_id", "SuperMarioBros-2-1-v0")),
+    ("host=::1", ("host", "::1")),
+    ("runs_dir=a=b", ("runs_dir", "a=b")),
+    ("device=cpu", ("device", "cpu")),
+])
+def test_parse_assignment_types_the_value(text, expected):
+    name, value = parse_assignment(text)
+    assert (name, value) == expected
+    assert type(value) is type(expected[1])
+
+
+def test_parse_assignment_float_field_gets_float_type():
+    """An integer-looking value for a float field is still a float (lr=1 -> 1.0)."""
+    assert type(parse_assignment("lr=1")[1]) is float
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("no_such_field=1", "no_such_field"),
+    ("batchsize=32", "batchsize"),
+    ("lr", "name=value"),
+    ("=5", "name=value"),
+    ("", "name=value"),
+    ("batch_size=", "batch_size"),
+    ("batch_size=abc", "batch_size"),
+    ("batch_size=1.5", "batch_size"),
+    ("batch_size=0x10", "batch_size"),
+    ("batch_size=true", "batch_size"),
+    ("batch_size=1.5e0", "batch_size"),      # not a whole number
+    ("batch_size=1e-3", "batch_size"),
+    ("batch_size=1e400", "batch_size"),      # infinite
+    ("batch_size=nan", "batch_size"),
+    ("lr=fast", "lr"),
+    ("lr=", "lr"),
+    ("headless=maybe", "headless"),
+    ("headless=2", "headless"),
+    ("headless=", "headless"),
+])
+def test_parse_assignment_rejects_unknown_names_and_garbage(text, fragment):
+    """Unknown names, missing '=' and unparsable values give a one-line ConfigError naming the problem."""
+    with pytest.raises(ConfigError) as info:
+        parse_assignment(text)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_parse_assignment_result_goes_through_validation():
+    """parse_assignment types the value; building the config then validates it."""
+    name, value = parse_assignment("seed=-1")
+    with pytest.raises(ConfigError, match="seed"):
+        Config.from_dict({name: value})
+
+
+# --- from_dict / _coerce -----------------------------------------------------------------------------
+
+def test_from_dict_empty_gives_defaults():
+    assert Config.from_dict({}) == Config()
+
+
+def test_from_dict_rejects_unknown_keys_listing_them():
+    with pytest.raises(ConfigError) as info:
+        Config.from_dict({"lr": 1e-3, "zeta": 1, "alpha": 2})
+    assert "alpha" in str(info.value) and "zeta" in str(info.value)
+
+
+@pytest.mark.parametrize("name,value", [
+    ("batch_size", True), ("batch_size", 32.0), ("batch_size", "many"), ("batch_size", None), ("batch_size", [32]),
+    ("lr", True), ("lr", "fast"), ("lr", None), ("lr", [1e-4]),
+    ("headless", 1), ("headless", 0), ("headless", "perhaps"), ("headless", None),
+    ("env_id", 5), ("env_id", None), ("env_id", ["SuperMarioBros-1-1-v0"]), ("device", True),
+])
+def test_from_dict_rejects_wrong_types(name, value):
+    """A JSON value of the wrong type (an int field given a bool, a float or a non-number string; a bool
+    field given 0/1; a str field given a number) is a ConfigError naming the field."""
+    with pytest.raises(ConfigError) as info:
+        Config.from_dict({name: value})
+    assert name in str(info.value) and "\n" not in str(info.value)
+
+
+def test_from_dict_widens_int_to_float():
+    """JSON writes 1.0 as 1 in some tools; a float field accepts an int and stores a float."""
+    config = Config.from_dict({"lr": 1, "gamma": 1})
+    assert type(config.lr) is float and config.lr == 1.0
+
+
+@pytest.mark.parametrize("name", sorted(FIELDS))
+def test_coerce_keeps_each_default_unchanged(name):
+    """Every field's own default passes _coerce unchanged and with its declared type."""
+    default = getattr(Config(), name)
+    assert _coerce(name, default) == default
+    assert type(_coerce(name, default)).__name__ == FIELDS[name]
+
+
+def test_replace_validates():
+    config = Config()
+    assert config.replace(batch_size=8).batch_size == 8
+    assert config.batch_size == 32, "replace returns a copy"
+    with pytest.raises(ConfigError, match="batch_size"):
+        config.replace(batch_size=0)
+
+
+# --- addresses, describe, save ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("host,base,expected", [
+    ("127.0.0.1", 47_555, ["tcp://127.0.0.1:47555", "tcp://127.0.0.1:47556", "tcp://127.0.0.1:47557",
+                           "tcp://127.0.0.1:47558"]),
+    ("localhost", 1, ["tcp://localhost:1", "tcp://localhost:2", "tcp://localhost:3", "tcp://localhost:4"]),
+    ("::1", 6000, ["tcp://[::1]:6000", "tcp://[::1]:6001", "tcp://[::1]:6002", "tcp://[::1]:6003"]),
+    ("fe80::1:2", 65_532, ["tcp://[fe80::1:2]:65532", "tcp://[fe80::1:2]:65533", "tcp://[fe80::1:2]:65534",
+                           "tcp://[fe80::1:2]:65535"]),
+])
+def test_address_for_each_channel(host, base, expected):
+    """Four consecutive ports in a fixed channel order; IPv6 hosts are bracketed."""
+    config = Config(host=host, base_port=base)
+    channels = ["replay_in", "replay_sample", "weights", "reports"]
+    assert [config.address(c) for c in channels] == expected
+
+
+def test_address_unknown_channel_fails():
+    with pytest.raises(KeyError):
+        Config().address("video")
+
+
+def test_describe_has_a_doc_for_every_field():
+    """--help-config lists every field, in order, with its type, default and a non-empty docstring."""
+    rows = Config.describe()
+    assert [r[0] for r in rows] == list(FIELDS)
+    defaults = Config()
+    for name, kind, default, doc in rows:
+        assert kind == FIELDS[name] and default == getattr(defaults, name)
+        assert isinstance(doc, str) and doc.strip(), f"{name} has no docstring"
+    docs = {r[0]: r[3] for r in rows}
+    assert docs["gamma"] == "Discount factor."
+    assert "frame skip" in docs["frame_skip"].lower() or "frames" in docs["frame_skip"].lower()
+
+
+def test_save_then_from_dict_round_trips(tmp_path):
+    """config.json written by save() loads back into an equal Config, non-defaults included."""
+    config = Config(env_id="MarioApexTest-v0", lr=2.5e-4, headless=True, seed=7, host="::1", gamma=0.9,
+                    replay_capacity=5000, learning_starts=100, per_eps=1e-8)
+    path = tmp_path / "config.json"
+    config.save(path)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert set(data) == set(FIELDS)
+    assert Config.from_dict(data) == config
+    assert path.read_text(encoding="utf-8").endswith("}\n")

@@ -1,0 +1,398 @@
+"""The wire protocol: every message round-trips; every malformed input raises ProtocolError, nothing else."""
+import math
+import random
+
+import msgpack
+import numpy as np
+import pytest
+
+from common.protocol import (ALLOWED_DTYPES, MAX_ARRAY_DIMS, PROTOCOL_VERSION, SCHEMAS, ProtocolError, decode,
+                             encode)
+
+MAX = 1 << 22   # max_bytes for decode in these tests (4 MiB)
+RNG = np.random.default_rng(1234)
+
+
+def _frames(n: int, size: int = 84) -> np.ndarray:
+    return RNG.integers(0, 256, (n, size, size), dtype=np.uint8)
+
+
+# Realistic messages, as the actor, replay server, learner and launcher send them.
+EXAMPLES = {
+    "transitions": dict(actor=3, frames=_frames(8), stack=np.arange(20, dtype=np.int32).reshape(4, 5) % 8,
+                        actions=np.array([0, 2, 6, 4], np.uint8),
+                        rewards=np.array([0.5, -1.0, 0.0, 1.0], np.float32),
+                        dones=np.array([False, False, False, True])),
+    "episode": dict(actor=0, episode=17, reward=12.5, steps=400, x_pos=1234, flag=False, epsilon=0.37,
+                    actor_steps=123_456),
+    "sample": dict(batch_size=32, beta=0.4),
+    "batch": dict(ids=np.array([5, 99, 100_000, 2**40], np.int64), frames=RNG.integers(0, 256, (4, 5, 84, 84),
+                                                                                         dtype=np.uint8),
+                  actions=np.array([1, 2, 3, 0], np.uint8), rewards=np.array([0.1, 0, -1, 1], np.float32),
+                  dones=np.array([True, False, False, True]), weights=np.array([1, .5, .25, .125], np.float32),
+                  stats={"size": 1000, "mean_priority": 0.5, "full": False}),
+    "priorities": dict(ids=np.array([3, 1, 4], np.int64), priorities=np.array([1e-6, 0.5, 12.25], np.float64)),
+    "weights": dict(version=3, updates=300,
+                    tensors={"features.0.weight": RNG.standard_normal((32, 4, 8, 8)).astype(np.float32),
+                             "head.2.bias": RNG.standard_normal(7).astype(np.float32)}),
+    "report": dict(role="actor", index=2, kind="failed", values={"steps": 10, "rate": 1.5, "ok": True},
+                   text="RuntimeError: boom ✓"),
+}
+EMPTY_TRANSITIONS = dict(actor=0, frames=np.zeros((0, 84, 84), np.uint8), stack=np.zeros((0, 5), np.int32),
+                         actions=np.zeros(0, np.uint8), rewards=np.zeros(0, np.float32), dones=np.zeros(0, bool))
+
+# A value of each kind, for fields (of a future schema) without a hand-written example.
+BY_KIND = {"int": 7, "float": 0.25, "str": "text", "bool": True, "array": np.arange(6, dtype=np.int16).reshape(2, 3),
+           "arrays": {"a": np.ones((2, 2), np.float32)}, "numbers": {"n": 1}}
+
+
+def fields_for(msg_type: str) -> dict:
+    """The example message's fields, filled by kind for any field the example lacks; only schema fields."""
+    example = EXAMPLES.get(msg_type, {})
+    out = {}
+    for key, kind in SCHEMAS[msg_type].items():
+        name = key.rstrip("?")
+        out[name] = example[name] if name in example else BY_KIND[kind]
+    return out
+
+
+def body_for(msg_type: str) -> dict:
+    """The raw msgpack map of a valid message, to corrupt one part of it."""
+    return msgpack.unpackb(encode(msg_type, **fields_for(msg_type)), raw=False)
+
+
+def pack(body) -> bytes:
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def assert_same(decoded, sent):
+    if isinstance(sent, np.ndarray):
+        assert isinstance(decoded, np.ndarray)
+        assert decoded.dtype == sent.dtype and decoded.shape == sent.shape
+        np.testing.assert_array_equal(decoded, sent)
+    elif isinstance(sent, dict):
+        assert set(decoded) == set(sent)
+        for k in sent:
+            assert_same(decoded[k], sent[k])
+    else:
+        assert type(decoded) is type(sent) and decoded == sent
+
+
+def small_messages() -> list[bytes]:
+    """Valid messages with tiny arrays: structure bytes dominate, which is what fuzzing should hit."""
+    tiny = {"array": np.array([[1, 2, 3]], np.int32), "arrays": {"w": np.array([0.5, -2.0], np.float32)}}
+    out = []
+    for msg_type, schema in SCHEMAS.items():
+        f = fields_for(msg_type)
+        for key, kind in schema.items():
+            if kind in tiny:
+                f[key.rstrip("?")] = tiny[kind]
+        out.append(encode(msg_type, **f))
+    return out
+
+
+# --- round trips ------------------------------------------------------------------------------------
+
+def test_every_schema_has_an_example():
+    """The examples cover every message type in SCHEMAS (so a new type gets a realistic example)."""
+    assert set(EXAMPLES) == set(SCHEMAS)
+
+
+@pytest.mark.parametrize("msg_type", sorted(SCHEMAS))
+def test_round_trip_every_message_type(msg_type):
+    """decode(encode(...)) gives back the type and every field with the same values, dtypes and shapes."""
+    sent = fields_for(msg_type)
+    out = decode(encode(msg_type, **sent), max_bytes=MAX)
+    assert out.pop("t") == msg_type
+    assert set(out) == set(sent)
+    for name, value in sent.items():
+        assert_same(out[name], value)
+
+
+def test_round_trip_zero_length_arrays():
+    """An empty chunk (0 transitions, 0 frames) survives with its shapes, e.g. (0, 84, 84)."""
+    out = decode(encode("transitions", **EMPTY_TRANSITIONS), max_bytes=MAX, expect=("transitions",))
+    for name, value in EMPTY_TRANSITIONS.items():
+        assert_same(out[name], value)
+
+
+@pytest.mark.parametrize("dtype", sorted(ALLOWED_DTYPES))
+@pytest.mark.parametrize("shape", [(), (0,), (5,), (2, 3), (2, 0, 3), (1, 2, 3, 4)])
+def test_round_trip_every_allowed_dtype_and_shape(dtype, shape):
+    """Every allowed dtype travels in 0-d to 4-d arrays, empty ones included, bit for bit."""
+    array = (np.arange(math.prod(shape)) % 3 - 1).astype(dtype).reshape(shape)
+    out = decode(encode("priorities", ids=array, priorities=array), max_bytes=MAX)
+    assert_same(out["ids"], array)
+
+
+def test_round_trip_non_contiguous_array():
+    """A transposed/strided view is sent as its values, not as its underlying buffer."""
+    base = np.arange(24, dtype=np.float32).reshape(4, 6)
+    view = base.T[::2]
+    out = decode(encode("priorities", ids=view, priorities=base), max_bytes=MAX)
+    assert_same(out["ids"], view)
+
+
+@pytest.mark.parametrize("dtype", [">f4", ">i8", ">f8", "<f4"])
+def test_round_trip_keeps_values_of_any_byte_order(dtype):
+    """A big-endian array is not silently reinterpreted: the receiver gets the same numbers."""
+    array = np.array([1.5, -2.0, 3.0e4], dtype=dtype)
+    out = decode(encode("priorities", ids=array, priorities=array), max_bytes=MAX)
+    np.testing.assert_array_equal(out["ids"], array)
+
+
+def test_optional_field_may_be_left_out():
+    """report.text is optional: absent it is simply not in the result."""
+    sent = {k: v for k, v in fields_for("report").items() if k != "text"}
+    out = decode(encode("report", **sent), max_bytes=MAX)
+    assert "text" not in out and out["role"] == "actor"
+
+
+def test_float_field_accepts_an_integer_and_returns_a_float():
+    """beta=1 (an int on the wire) is a valid float field and comes back as 1.0."""
+    out = decode(encode("sample", batch_size=4, beta=1), max_bytes=MAX)
+    assert out["beta"] == 1.0 and type(out["beta"]) is float
+
+
+@pytest.mark.parametrize("wrap", [bytes, bytearray, memoryview])
+def test_decode_accepts_bytes_like(wrap):
+    """ZeroMQ frames may arrive as bytes, bytearray or memoryview."""
+    raw = encode("sample", batch_size=8, beta=0.5)
+    assert decode(wrap(raw), max_bytes=MAX) == {"t": "sample", "batch_size": 8, "beta": 0.5}
+
+
+def test_expect_accepts_listed_type():
+    """expect=(...) lets the listed types through."""
+    raw = encode("sample", batch_size=8, beta=0.5)
+    assert decode(raw, max_bytes=MAX, expect=("batch", "sample"))["t"] == "sample"
+
+
+def test_encoded_message_is_a_versioned_map():
+    """On the wire: a msgpack map with "v" = PROTOCOL_VERSION, "t" = the type, then the fields."""
+    body = body_for("sample")
+    assert body == {"v": PROTOCOL_VERSION, "t": "sample", "batch_size": 32, "beta": 0.4}
+
+
+def test_encode_rejects_unknown_type():
+    with pytest.raises(ProtocolError):
+        encode("no-such-type", x=1)
+
+
+# --- rejections --------------------------------------------------------------------------------------
+
+def reject(raw, **kwargs) -> str:
+    """decode must raise ProtocolError (and only that); returns the message."""
+    with pytest.raises(ProtocolError) as info:
+        decode(raw, max_bytes=kwargs.pop("max_bytes", MAX), **kwargs)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_random_garbage_is_rejected(seed):
+    """Random bytes of random length (0..300) never decode into a message."""
+    rng = random.Random(seed)
+    reject(rng.randbytes(rng.randrange(301)))
+
+
+@pytest.mark.parametrize("index", range(len(SCHEMAS)))
+def test_every_truncation_of_a_small_message_is_rejected(index):
+    """Each proper prefix (every length) of a valid message is refused."""
+    raw = small_messages()[index]
+    decode(raw, max_bytes=MAX)
+    for n in range(len(raw)):
+        reject(raw[:n])
+
+
+@pytest.mark.parametrize("msg_type", ["batch", "weights", "transitions"])
+def test_dense_truncations_of_a_large_message_are_rejected(msg_type):
+    """Prefixes of a large message, every 97 bytes plus the last 64, are refused."""
+    raw = encode(msg_type, **fields_for(msg_type))
+    lengths = sorted(set(range(0, len(raw), 97)) | set(range(max(0, len(raw) - 64), len(raw))))
+    for n in lengths:
+        reject(raw[:n])
+
+
+def test_message_over_max_bytes_is_rejected_and_exactly_max_is_fine():
+    raw = encode("transitions", **EXAMPLES["transitions"])
+    assert decode(raw, max_bytes=len(raw))["t"] == "transitions"
+    assert "exceeds" in reject(raw, max_bytes=len(raw) - 1)
+
+
+@pytest.mark.parametrize("value", ["text", None, 12, [b"x"]])
+def test_non_bytes_input_is_rejected(value):
+    reject(value)
+
+
+@pytest.mark.parametrize("body", [[1, 2], 1, "transitions", None, b"bytes", 1.5, True, []])
+def test_non_map_top_level_is_rejected(body):
+    assert "not a map" in reject(pack(body))
+
+
+@pytest.mark.parametrize("version", [0, 2, -1, "1", None, 1.0, True, [1]])
+def test_wrong_version_is_rejected(version):
+    """Only the integer PROTOCOL_VERSION is accepted (not 1.0 or True, which equal 1 in Python)."""
+    body = body_for("sample")
+    body["v"] = version
+    assert "version" in reject(pack(body))
+
+
+def test_missing_version_is_rejected():
+    body = body_for("sample")
+    del body["v"]
+    assert "version" in reject(pack(body))
+
+
+@pytest.mark.parametrize("msg_type", ["nope", "", "Sample", 5, None, ["sample"], b"sample"])
+def test_unknown_type_is_rejected(msg_type):
+    body = body_for("sample")
+    body["t"] = msg_type
+    assert "unknown message type" in reject(pack(body))
+
+
+def test_missing_type_is_rejected():
+    body = body_for("sample")
+    del body["t"]
+    reject(pack(body))
+
+
+@pytest.mark.parametrize("msg_type", sorted(SCHEMAS))
+def test_unexpected_type_is_rejected(msg_type):
+    """A valid message of a type the receiver did not ask for is refused."""
+    raw = encode(msg_type, **fields_for(msg_type))
+    others = tuple(t for t in SCHEMAS if t != msg_type)
+    assert "unexpected message type" in reject(raw, expect=others)
+    assert "unexpected message type" in reject(raw, expect=())
+
+
+REQUIRED = [(t, k) for t, schema in SCHEMAS.items() for k in schema if not k.endswith("?")]
+
+
+@pytest.mark.parametrize("msg_type,name", REQUIRED)
+def test_missing_field_is_rejected(msg_type, name):
+    body = body_for(msg_type)
+    del body[name]
+    assert f"missing field {name!r}" in reject(pack(body))
+
+
+@pytest.mark.parametrize("msg_type", sorted(SCHEMAS))
+@pytest.mark.parametrize("extra", ["bogus", "text?", "V"])
+def test_extra_field_is_rejected(msg_type, extra):
+    body = body_for(msg_type)
+    body[extra] = 1
+    assert "unexpected field" in reject(pack(body))
+
+
+WRONG_BY_KIND = {
+    "int": ["3", 3.0, 3.5, True, False, None, [1], {"a": 1}, b"\x03"],
+    "float": ["0.5", True, None, math.nan, math.inf, -math.inf, [0.5], {"x": 0.5}],
+    "bool": [1, 0, "true", None, 1.0, [True]],
+    "str": [1, b"bytes", None, ["a"], {"a": "b"}, True],
+    "array": [5, "x", b"raw", [1, 2], None, {"dtype": "uint8", "shape": [1]},
+              {"dtype": "uint8", "shape": [1], "data": b"\x00", "extra": 1}],
+    "arrays": [5, [], "x", {"a": 5}, {"a": None}, {b"a": {"dtype": "uint8", "shape": [1], "data": b"\x00"}}],
+    "numbers": [5, [1], "x", {"a": "x"}, {"a": None}, {"a": [1]}, {"a": {"b": 1}}, {b"k": 1}],
+}
+WRONG_KIND_CASES = [(t, k.rstrip("?"), v) for t, schema in SCHEMAS.items() for k, kind in schema.items()
+                    for v in WRONG_BY_KIND[kind]]
+
+
+@pytest.mark.parametrize("msg_type,name,value", WRONG_KIND_CASES,
+                         ids=[f"{t}.{n}={v!r}"[:60] for t, n, v in WRONG_KIND_CASES])
+def test_field_of_the_wrong_kind_is_rejected(msg_type, name, value):
+    """Every field of every message refuses values of the wrong kind, naming message and field."""
+    body = body_for(msg_type)
+    body[name] = value
+    assert f"{msg_type}.{name}" in reject(pack(body))
+
+
+def array_body(**changes) -> dict:
+    """A 'priorities' message whose ids array has some parts replaced."""
+    body = body_for("priorities")
+    body["ids"] = {"dtype": "int64", "shape": [3], "data": np.arange(3, dtype=np.int64).tobytes()}
+    decode(pack(body), max_bytes=MAX)                                # valid before the change
+    body["ids"].update(changes)
+    return body
+
+
+@pytest.mark.parametrize("dtype", ["object", "float16", "<U4", "complex64", "S3", "V8", "uint64", "O",
+                                   "int64 ", "INT64", "", 5, None, b"int64", ["int64"], {"a": 1}])
+def test_disallowed_dtype_is_rejected(dtype):
+    assert not (isinstance(dtype, str) and dtype in ALLOWED_DTYPES)
+    reject(pack(array_body(dtype=dtype, data=b"\x00" * 24)))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "complex64", "uint64"])
+def test_encoding_a_disallowed_dtype_gives_a_message_that_decode_refuses(dtype):
+    raw = encode("priorities", ids=np.zeros(3, dtype), priorities=np.zeros(3))
+    assert "disallowed dtype" in reject(raw)
+
+
+@pytest.mark.parametrize("shape", [[-1], [3, -1], [1] * (MAX_ARRAY_DIMS + 1), [3.0], ["3"], [True, 3], [None],
+                                   [[3]], 3, "3", None, {"0": 3}])
+def test_bad_shape_is_rejected(shape):
+    assert "bad shape" in reject(pack(array_body(shape=shape)))
+
+
+@pytest.mark.parametrize("shape,data", [([4], 24), ([2], 24), ([3], 23), ([3], 25), ([0], 8), ([3, 0], 24),
+                                        ([2, 2], 24), ([2**63, 2], 24), ([], 24)])
+def test_shape_and_data_length_mismatch_is_rejected(shape, data):
+    """shape x itemsize must equal the number of data bytes (int64: 3 items = 24 bytes)."""
+    assert "does not match" in reject(pack(array_body(shape=shape, data=b"\x01" * data)))
+
+
+@pytest.mark.parametrize("data", ["x" * 24, [0] * 24, None, 24, {"a": 1}])
+def test_array_data_that_is_not_bytes_is_rejected(data):
+    assert "bytes" in reject(pack(array_body(data=data)))
+
+
+def test_ext_types_are_rejected():
+    """msgpack extension types (e.g. timestamps) are never accepted."""
+    body = body_for("sample")
+    body["extra"] = msgpack.ExtType(5, b"1234")
+    reject(pack(body))
+    reject(pack(msgpack.ExtType(1, b"")))
+
+
+def test_deeply_nested_input_is_rejected():
+    """A pathologically nested value cannot crash the decoder."""
+    reject(b"\x91" * 100_000 + b"\x00")
+    reject(b"\x81\xa1a" * 50_000 + b"\x00")
+
+
+# --- fuzzing ------------------------------------------------------------------------------------------
+
+def mutate(raw: bytes, rng: random.Random) -> bytes:
+    data = bytearray(raw)
+    for _ in range(rng.randint(1, 3)):
+        op = rng.randrange(4)
+        pos = rng.randrange(len(data) + 1)
+        if op == 0 and pos < len(data):
+            data[pos] ^= 1 << rng.randrange(8)                  # flip a bit
+        elif op == 1 and pos < len(data):
+            data[pos] = rng.randrange(256)                      # replace a byte
+        elif op == 2:
+            data.insert(pos, rng.randrange(256))                # insert a byte
+        elif pos < len(data):
+            del data[pos]                                       # delete a byte
+    return bytes(data)
+
+
+def test_fuzzed_messages_raise_only_protocol_error():
+    """6000 mutated valid messages (bit flips, replaced/inserted/deleted bytes) either decode to a
+    well-formed message or raise ProtocolError, never any other exception."""
+    rng = random.Random(20240601)
+    seeds = small_messages()
+    accepted = rejected = 0
+    for i in range(6000):
+        raw = mutate(seeds[i % len(seeds)], rng)
+        try:
+            out = decode(raw, max_bytes=MAX)
+        except ProtocolError:
+            rejected += 1
+            continue
+        accepted += 1
+        assert out["t"] in SCHEMAS
+        required = {k for k in SCHEMAS[out["t"]] if not k.endswith("?")}
+        assert required <= set(out) - {"t"}
+    # Both outcomes happen, so the loop really explores near-valid inputs.
+    assert accepted > 100 and rejected > 1000, (accepted, rejected)

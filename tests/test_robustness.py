@@ -1,0 +1,91 @@
+"""Bad input from the network and from the machine: servers drop and count, never die."""
+import socket
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from common.protocol import encode
+from tests.conftest import FAST_TEST_ENV
+from tests.harness import free_base_port
+
+pytestmark = pytest.mark.slow
+
+
+def _bad_messages(rng: np.random.Generator) -> list[list[bytes]]:
+    """Malformed, truncated, wrong-type and wrong-shape messages, each one ZeroMQ message."""
+    valid_chunk = encode("transitions", actor=0, frames=np.zeros((5, 84, 84), np.uint8),
+                         stack=np.array([[0, 0, 0, 0, 1]], np.int32), actions=np.zeros(1, np.uint8),
+                         rewards=np.zeros(1, np.float32), dones=np.zeros(1, bool))
+    messages = [[rng.bytes(int(rng.integers(1, 300)))] for _ in range(40)]                # garbage
+    messages += [[valid_chunk[:cut]] for cut in rng.integers(1, len(valid_chunk), 40)]    # truncated
+    messages += [[msgpack.packb([1, 2, 3])], [msgpack.packb({"v": 99, "t": "transitions"})],
+                 [msgpack.packb({"v": 1, "t": "exec"})], [encode("sample", batch_size=32, beta=0.5)],
+                 [valid_chunk, valid_chunk],                                              # two parts
+                 [encode("transitions", actor=0, frames=np.zeros((1, 84, 84), np.uint8),   # index out of range
+                         stack=np.array([[0, 0, 0, 0, 7]], np.int32), actions=np.zeros(1, np.uint8),
+                         rewards=np.zeros(1, np.float32), dones=np.zeros(1, bool))],
+                 [encode("transitions", actor=0, frames=np.zeros((2, 84, 84), np.float32),  # wrong dtype
+                         stack=np.array([[0, 0, 0, 0, 1]], np.int32), actions=np.zeros(1, np.uint8),
+                         rewards=np.zeros(1, np.float32), dones=np.zeros(1, bool))]]
+    return messages
+
+
+def test_servers_survive_bad_messages_and_count_them(launch):
+    """Hundreds of bad messages at the replay server's two bound sockets while training runs: every
+    one is dropped and counted, nothing dies, and training goes on afterwards."""
+    run = launch(*FAST_TEST_ENV)
+    run.wait_for_updates(1)
+    rng = np.random.default_rng(7)
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.connect(f"tcp://127.0.0.1:{run.base_port}")
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.connect(f"tcp://127.0.0.1:{run.base_port + 1}")
+    sent = 0
+    for _ in range(3):
+        for parts in _bad_messages(rng):
+            push.send_multipart(parts)
+            sent += 1
+        for parts in _bad_messages(rng)[:-4]:     # the last four are valid on the sample socket or actor-only
+            dealer.send_multipart(parts)
+            sent += 1
+    dealer.send_multipart([b"x"] * 3)              # ROUTER sees 4 parts: dropped too
+    sent += 1
+    oversized = ctx.socket(zmq.PUSH)               # over max_message_bytes: refused by ZeroMQ itself
+    oversized.connect(f"tcp://127.0.0.1:{run.base_port}")
+    oversized.send(b"\0" * (64 * 1024 * 1024 + 1))
+    for sock in (push, dealer, oversized):
+        sock.close(linger=2000)
+    ctx.term()
+
+    episodes_after_fuzz = len(run.log_lines())
+    run.wait_for_episodes(episodes_after_fuzz + 20)     # the actor keeps playing and sending
+    run.interrupt()
+    assert run.wait(10) == 130, run.output()
+    summary = run.summary()
+    assert summary["replay"]["dropped"] == sent, (summary["replay"], sent)
+    assert summary["updates"] > 0
+    assert summary["replay"]["batches"] > summary["updates"] // 2, "the learner kept getting batches"
+    assert summary["replay"]["inserted"] == summary["env_steps"], "the actor's data all got in"
+    assert "exited unexpectedly" not in run.output()
+
+
+BUSY = "cannot bind tcp://127.0.0.1:{port}: address already in use (is another run using these ports? try --base-port)"
+
+
+@pytest.mark.parametrize("offset, expected_status, message", [
+    (3, 2, "launch.py: error: " + BUSY),
+    (0, 1, "mario-apex: replay exited unexpectedly (exit code 1): " + BUSY),
+])
+def test_busy_port_is_a_clear_error(launch, offset, expected_status, message):
+    """A port already taken: the launcher's own (offset 3) is a one-line usage error with exit 2;
+    the replay server's (offset 0) makes the launcher name the process and the reason, exit 1."""
+    base_port = free_base_port()
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", base_port + offset))
+        blocker.listen()
+        run = launch(*FAST_TEST_ENV, "--max-steps", "100", base_port=base_port)
+        assert run.wait(60) == expected_status, run.output()
+    assert message.format(port=base_port + offset) in run.output().splitlines()

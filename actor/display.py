@@ -25,7 +25,7 @@ class LiveWindow:
         import cv2
         self._cv2 = cv2
         self.open = True
-        cv2.namedWindow(WINDOW_NAME, cv2.WINDOW_AUTOSIZE)
+        cv2.namedWindow(WINDOW_NAME, cv2.WINDOW_AUTOSIZE | cv2.WINDOW_GUI_NORMAL)   # no Qt toolbar
 
     def show(self, rgb: np.ndarray) -> None:
         if not self.open:

@@ -58,7 +58,8 @@ class RoleRuntime:
         return False
 
     def log(self, message: str) -> None:
-        print(f"[{self.name}] {message}", flush=True)
+        """A line for the user; the launcher prints it (so nothing draws over its status bar)."""
+        self.report("log", {}, text=message)
 
     def close(self) -> None:
         self.transport.close()

@@ -44,17 +44,25 @@ class RunStatus:
     def updates(self) -> int:
         return int(self.learner.get("updates", 0))
 
-    def line(self) -> str:
+    def _update_rates(self) -> None:
         now, steps, updates = time.monotonic(), self.env_steps, self.updates
         mark_t, mark_steps, mark_updates = self._rate_mark
         if now - mark_t >= 1.0:
             self.rates = ((steps - mark_steps) / (now - mark_t), (updates - mark_updates) / (now - mark_t))
             self._rate_mark = (now, steps, updates)
-        elapsed = int(now - self.started)
+
+    def line(self) -> str:
+        """The plain status line: elapsed time, steps and every field."""
+        self._update_rates()
+        elapsed = int(time.monotonic() - self.started)
+        clock = f"{elapsed // 3600:02d}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d}"
+        return " | ".join([clock, f"steps {self.env_steps:,} ({self.rates[0]:.0f}/s)", *self.fields()])
+
+    def fields(self) -> list[str]:
+        """Everything but time and steps (the live bar shows those itself)."""
+        self._update_rates()
         eps = [a.get("epsilon") for a in self.actors.values() if "epsilon" in a]
-        parts = [f"{elapsed // 3600:02d}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d}",
-                 f"episodes {self.episodes:,}", f"steps {steps:,} ({self.rates[0]:.0f}/s)",
-                 f"updates {updates:,} ({self.rates[1]:.1f}/s)"]
+        parts = [f"episodes {self.episodes:,}", f"updates {self.updates:,} ({self.rates[1]:.1f}/s)"]
         if "loss" in self.learner:
             parts.append(f"loss {self.learner['loss']:.4f}")
         if eps:
@@ -62,7 +70,7 @@ class RunStatus:
         parts.append(f"replay {int(self.replay.get('size', 0)):,}/{self.replay_capacity:,}")
         if self.best_reward is not None:
             parts.append(f"best {self.best_reward:.2f}")
-        return " | ".join(parts)
+        return parts
 
     def summary(self) -> dict:
         return {"episodes": self.episodes, "env_steps": self.env_steps, "updates": self.updates,

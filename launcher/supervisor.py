@@ -22,6 +22,7 @@ from common.config import Config
 from common.protocol import ProtocolError, decode
 from common.runtime import run_role
 from common.transport import Transport, TransportError
+from launcher.console import Console
 from launcher.status import RunStatus
 
 STOP_GRACE_S = 7.0
@@ -84,7 +85,7 @@ class Supervisor:
         self.stop_reason: str | None = None
         self.signal_count = 0
         self.exit_code = 0
-        self._tty = sys.stdout.isatty()
+        self.console: Console | None = None
 
     def _check_env_and_device(self) -> None:
         from common.envs import is_known_env
@@ -127,6 +128,7 @@ class Supervisor:
         print(f"mario-apex: run folder {self.run_dir}", flush=True)
         print(f"mario-apex: env {self.config.env_id}, {self.config.num_actors} actor(s); "
               f"Ctrl+C stops everything cleanly", flush=True)
+        self.console = Console(self.config.max_steps)
         try:
             self._start_all()
             self._monitor()
@@ -136,7 +138,6 @@ class Supervisor:
         return self.exit_code
 
     def _monitor(self) -> None:
-        last_line = 0.0
         while self.stop_reason is None:
             self._drain_reports(POLL_MS)
             self._check_children()
@@ -148,18 +149,7 @@ class Supervisor:
                 self.stop_reason = "reached --max-episodes"
             elif c.max_steps and self.status.env_steps >= c.max_steps:
                 self.stop_reason = "reached --max-steps"
-            now = time.monotonic()
-            if now - last_line >= (0.5 if self._tty else 5.0):
-                last_line = now
-                self._print_status()
-
-    def _print_status(self) -> None:
-        line = self.status.line()
-        if self._tty:
-            sys.stdout.write("\r\x1b[2K" + line)
-            sys.stdout.flush()
-        else:
-            print(line, flush=True)
+            self.console.update(self.status)
 
     def _drain_reports(self, timeout_ms: int) -> None:
         if not self.reports.poll(timeout_ms, zmq.POLLIN):
@@ -173,9 +163,11 @@ class Supervisor:
                 msg = decode(raw, self.config.max_message_bytes, expect=("report",))
             except ProtocolError:
                 continue
+            name = msg["role"] if msg["role"] != "actor" else f"actor-{msg['index']}"
             if msg["kind"] == "failed":
-                name = msg["role"] if msg["role"] != "actor" else f"actor-{msg['index']}"
                 self.failures[name] = msg.get("text", "")
+            elif msg["kind"] == "log":
+                self.console.say(f"[{name}] {msg.get('text', '')}")
             else:
                 self.status.on_report(msg)
 
@@ -186,9 +178,8 @@ class Supervisor:
             self._drain_reports(300)     # its last words may still be on the way
             if self.stop_reason is None:
                 self.stop_reason = f"{name} stopped unexpectedly"
-            self._newline()
-            print(f"mario-apex: {name} exited unexpectedly ({_describe_exit(proc.exitcode)})"
-                  + (f": {self.failures[name]}" if name in self.failures else ""), file=sys.stderr, flush=True)
+            self.console.say(f"mario-apex: {name} exited unexpectedly ({_describe_exit(proc.exitcode)})"
+                             + (f": {self.failures[name]}" if name in self.failures else ""), error=True)
             self.exit_code = 1
             return
 
@@ -196,8 +187,7 @@ class Supervisor:
     def _stop_all(self) -> None:
         if not self.processes:
             return
-        self._newline()
-        print(f"mario-apex: stopping ({self.stop_reason or 'launcher error'}) ...", flush=True)
+        self.console.say(f"mario-apex: stopping ({self.stop_reason or 'launcher error'}) ...")
         self.stop_event.set()
         deadline = time.monotonic() + STOP_GRACE_S
         while any(p.is_alive() for p in self.processes.values()) and time.monotonic() < deadline:
@@ -206,7 +196,7 @@ class Supervisor:
             self._drain_reports(100)
         stragglers = [p for p in self.processes.values() if p.is_alive()]
         for proc in stragglers:
-            print(f"mario-apex: {proc.name} did not stop in time; terminating it", file=sys.stderr, flush=True)
+            self.console.say(f"mario-apex: {proc.name} did not stop in time; terminating it", error=True)
             proc.terminate()
         deadline = time.monotonic() + (STOP_KILL_S - STOP_GRACE_S)
         for proc in stragglers:
@@ -217,8 +207,8 @@ class Supervisor:
         self._drain_reports(50)
         for name, proc in self.processes.items():
             if proc.exitcode not in (0, None) and self.exit_code == 0 and proc not in stragglers:
-                print(f"mario-apex: {name} exited with {_describe_exit(proc.exitcode)}"
-                      + (f": {self.failures[name]}" if name in self.failures else ""), file=sys.stderr, flush=True)
+                self.console.say(f"mario-apex: {name} exited with {_describe_exit(proc.exitcode)}"
+                                 + (f": {self.failures[name]}" if name in self.failures else ""), error=True)
                 self.exit_code = 1
 
     def _finish(self) -> None:
@@ -229,12 +219,11 @@ class Supervisor:
         except OSError as exc:
             print(f"mario-apex: could not write summary.json: {exc.strerror}", file=sys.stderr)
         self.transport.close()
+        if self.console is not None:
+            self.console.update(self.status, force=True)
+            self.console.close()
         print(f"mario-apex: {self.status.line()}", flush=True)
         print(f"mario-apex: stopped ({self.stop_reason}); results in {self.run_dir}", flush=True)
-
-    def _newline(self) -> None:
-        if self._tty:
-            sys.stdout.write("\n")
 
 
 def _describe_exit(code: int) -> str:

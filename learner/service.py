@@ -46,6 +46,7 @@ class LearnerService:
         self.in_flight = 0
         self.dropped = 0
         self.wait_s = 0.0
+        self._rate_mark = (time.monotonic(), 0)
         self._checkpointed_at_episode = 0
         self._window = {"loss": 0.0, "q_mean": 0.0, "n": 0}
 
@@ -117,6 +118,9 @@ class LearnerService:
 
     def _log_progress(self, elapsed: float) -> None:
         updates = self.learner.updates
+        now = time.monotonic()
+        rate = (updates - self._rate_mark[1]) / max(now - self._rate_mark[0], 1e-9)
+        self._rate_mark = (now, updates)
         values = {"updates": updates, "weights_version": self.weights_version, "dropped": self.dropped,
                   "lr": self.learner.optimizer.param_groups[0]["lr"],
                   "wait_fraction": self.wait_s / elapsed if elapsed > 0 else 0.0}
@@ -127,7 +131,11 @@ class LearnerService:
             self.writer.add_scalar("Loss/Optimize", values["loss"], updates)
             self.writer.add_scalar("Q_Value/Mean", values["q_mean"], updates)
             self.writer.add_scalar("Learning_Rate", values["lr"], updates)
+            self.writer.add_scalar("Learner/UpdatesPerSec", rate, updates)
             self.writer.add_scalar("Replay/Size", self.replay_stats.get("size", 0), updates)
+            inserted = self.replay_stats.get("inserted", 0)
+            if inserted:
+                self.writer.add_scalar("Replay/SamplesPerInsert", self.replay_stats.get("sampled", 0) / inserted, updates)
             self._window = {"loss": 0.0, "q_mean": 0.0, "n": 0}
         self.rt.report("progress", values)
 

@@ -1,4 +1,8 @@
 """Shared fixtures: `launch` starts the real launcher and guarantees nothing outlives the test."""
+import os
+import subprocess
+import time
+
 import pytest
 
 from tests.harness import LaunchedRun
@@ -13,8 +17,8 @@ FAST_TEST_ENV = ("--env", "MarioApexTest-v0", "--headless", "--set", "learning_s
 def launch(tmp_path):
     runs = []
 
-    def start(*args: str, base_port: int | None = None) -> LaunchedRun:
-        run = LaunchedRun(tmp_path / f"launch{len(runs)}", *args, base_port=base_port)
+    def start(*args: str, base_port: int | None = None, display: str | None = None) -> LaunchedRun:
+        run = LaunchedRun(tmp_path / f"launch{len(runs)}", *args, base_port=base_port, display=display)
         runs.append(run)
         return run
 
@@ -23,3 +27,19 @@ def launch(tmp_path):
     yield start
     for run in runs:
         run.cleanup()
+
+
+@pytest.fixture
+def xvfb():
+    """A real X server (Xvfb) on a free display number; yields the DISPLAY value."""
+    number = next(n for n in range(90, 200) if not os.path.exists(f"/tmp/.X11-unix/X{n}")
+                  and not os.path.exists(f"/tmp/.X{n}-lock"))
+    server = subprocess.Popen(["Xvfb", f":{number}", "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while not os.path.exists(f"/tmp/.X11-unix/X{number}"):
+        assert server.poll() is None and time.monotonic() < deadline, "Xvfb did not start"
+        time.sleep(0.05)
+    yield f":{number}"
+    server.terminate()
+    server.wait(10)

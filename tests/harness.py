@@ -57,7 +57,7 @@ def alive(pids) -> set[int]:
 
 
 class LaunchedRun:
-    def __init__(self, tmp_path: Path, *args: str, base_port: int | None = None):
+    def __init__(self, tmp_path: Path, *args: str, base_port: int | None = None, display: str | None = None):
         self.tmp_path = tmp_path
         self.runs_dir = tmp_path / "runs"
         self.base_port = base_port or free_base_port()
@@ -66,6 +66,8 @@ class LaunchedRun:
         self._out = open(tmp_path / "launcher.out", "w+")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("DISPLAY", None)
+        if display:
+            env["DISPLAY"] = display
         self.proc = subprocess.Popen(self.cmd, cwd=REPO, stdout=self._out, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True, env=env)
         self.seen_pids: set[int] = set()

@@ -5,15 +5,13 @@ Sockets (addresses from the config):
   and one "episode" message per finished episode.
 - weights, SUB with CONFLATE (connects): only the newest "weights" message is kept; the actor
   checks for it between steps and never waits for it.
-It also writes log.txt (one line per episode) and TensorBoard scalars into the run folder.
+It reports each episode to the launcher (which writes log.txt) and writes TensorBoard scalars.
 """
 from __future__ import annotations
 
 import math
-import os
 import time
 import warnings
-from datetime import datetime
 
 import numpy as np
 import torch
@@ -45,9 +43,14 @@ class Actor:
         self.sub = runtime.transport.socket(zmq.SUB, connect=c.address("weights"), conflate=True, subscribe=True)
         self.chunk = ChunkBuilder(c.frame_stack)
         self.window = self._open_window()
-        self.log_path = os.path.join(run_dir, "log.txt")
         self.writer = SummaryWriter(run_dir, filename_suffix=f".actor{self.index}")
-        self.steps = 0
+        resume = runtime.resume
+        self.steps = int(resume.get("steps", 0))        # this actor's env steps over the whole run
+        self.session_steps = 0                           # ... and since this launch (what limits count)
+        self.epsilon_origin = self.steps if resume.get("reset_epsilon") is not None else 0
+        self.epsilon_start = resume.get("reset_epsilon")
+        if self.epsilon_start is None:
+            self.epsilon_start = c.epsilon_start
         self.episodes = 0
         self.weights_version = 0
         self.weights_updates = 0     # learner updates behind the weights in use (0 = initial)
@@ -67,7 +70,7 @@ class Actor:
     def run(self) -> None:
         obs = self._reset()
         episode_reward, episode_steps = 0.0, 0
-        started, steps_at_report = time.monotonic(), 0
+        started, steps_at_report = time.monotonic(), 0    # for the steps/s figure
         while not self.rt.should_stop() and not self._cap_reached():
             self._poll_weights()
             epsilon = self.epsilon()
@@ -75,6 +78,7 @@ class Actor:
             obs, reward, terminated, truncated, info = self.env.step(action)
             self.chunk.add(obs[-1], action, reward, terminated)
             self.steps += 1
+            self.session_steps += 1
             episode_reward += reward
             episode_steps += 1
             if self.window is not None:
@@ -87,25 +91,26 @@ class Actor:
                 episode_reward, episode_steps = 0.0, 0
             if self.rt.progress_due():
                 now = time.monotonic()
-                rate = (self.steps - steps_at_report) / max(now - started, 1e-9)
-                started, steps_at_report = now, self.steps
+                rate = (self.session_steps - steps_at_report) / max(now - started, 1e-9)
+                started, steps_at_report = now, self.session_steps
                 self.writer.add_scalar("Actor/StepsPerSec", rate, self.steps)
                 self._report_progress(rate, epsilon)
         if len(self.chunk):
             self._send(encode("transitions", actor=self.index, **self.chunk.take()))
         self._report_progress(0.0, self.epsilon())
         if self._cap_reached():
-            self.rt.report("done", {"steps": self.steps, "episodes": self.episodes})
-            self.rt.log(f"reached its limit after {self.steps} steps and {self.episodes} episodes")
+            self.rt.report("done", {"steps": self.session_steps, "episodes": self.episodes})
+            self.rt.log(f"reached its limit after {self.session_steps} steps and {self.episodes} episodes")
             while not self.rt.should_stop():   # wait for the launcher to stop everyone
                 time.sleep(0.1)
 
     def epsilon(self) -> float:
         c = self.config
-        return linear_epsilon(self.steps, c.epsilon_start, c.epsilon_end, c.epsilon_decay_steps)
+        return linear_epsilon(self.steps - self.epsilon_origin, self.epsilon_start, c.epsilon_end,
+                              c.epsilon_decay_steps)
 
     def _cap_reached(self) -> bool:
-        return bool(self.step_cap and self.steps >= self.step_cap
+        return bool(self.step_cap and self.session_steps >= self.step_cap
                     or self.episode_cap and self.episodes >= self.episode_cap)
 
     def _reset(self) -> np.ndarray:
@@ -147,21 +152,14 @@ class Actor:
         values = {"actor": self.index, "episode": self.episodes, "reward": float(reward), "steps": steps,
                   "x_pos": x_pos, "flag": flag, "epsilon": float(epsilon), "actor_steps": self.steps}
         self._send(encode("episode", **values))
-        self.rt.report("episode", values)
-        stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-        line = (f"[{stamp}] Episode {self.episodes}, Reward: {reward:.2f}, Actor: {self.index}, "
-                f"Steps: {steps}, X: {x_pos}, Flag: {'yes' if flag else 'no'}, Epsilon: {epsilon:.3f}\n")
-        try:
-            with open(self.log_path, "a", encoding="utf-8") as f:
-                f.write(line)
-        except OSError as exc:
-            self.rt.log(f"could not write {self.log_path}: {exc.strerror}")
+        self.rt.report("episode", values)     # the launcher writes log.txt
         for tag, value in (("Episode/Reward", reward), ("Episode/Epsilon", epsilon), ("Episode/XPos", x_pos),
                            ("Episode/Flag", float(flag)), ("Episode/Steps", steps)):
             self.writer.add_scalar(tag, value, self.steps)
 
     def _report_progress(self, rate: float, epsilon: float) -> None:
-        self.rt.report("progress", {"steps": self.steps, "episodes": self.episodes, "steps_per_s": rate,
+        self.rt.report("progress", {"steps": self.steps, "session_steps": self.session_steps,
+                                    "episodes": self.episodes, "steps_per_s": rate,
                                     "epsilon": epsilon, "weights_version": self.weights_version,
                                     "weights_updates": self.weights_updates,
                                     "dropped": self.dropped})

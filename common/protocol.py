@@ -40,6 +40,10 @@ SCHEMAS: dict[str, dict[str, str]] = {
               "dones": "array", "weights": "array", "stats": "numbers"},
     # learner -> replay server: new priorities for the transitions with these ids.
     "priorities": {"ids": "array", "priorities": "array"},
+    # learner -> replay server: snapshot the buffer now into <run folder>/<name> (a plain file name);
+    # answered with "snapshot_done" once the file is complete.
+    "snapshot": {"name": "str"},
+    "snapshot_done": {"name": "str", "ok": "bool", "stats": "numbers", "text?": "str"},
     # learner -> actors: network weights after `updates` learner updates.
     "weights": {"version": "int", "updates": "int", "tensors": "arrays"},
     # any process -> launcher: progress, the last words of a failing process, or a stop request.

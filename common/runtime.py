@@ -1,6 +1,6 @@
 """What every role process shares: its stop conditions, its ZeroMQ transport and its reports.
 
-A role stops when the launcher sets the shared stop event, when it gets SIGTERM, or when its
+A role stops when the launcher sets its role's stop event, when it gets SIGTERM, or when its
 parent (the launcher) disappears, e.g. after a SIGKILL. SIGINT is ignored in role processes: on
 Ctrl+C the terminal signals the whole process group, and the launcher alone decides the order in
 which things stop. Reports (progress, episodes, a failure's last words) go to the launcher over
@@ -22,8 +22,9 @@ from common.transport import Transport, TransportError
 
 
 class RoleRuntime:
-    def __init__(self, role: str, index: int, config: Config, stop_event, parent_pid: int):
+    def __init__(self, role: str, index: int, config: Config, stop_event, parent_pid: int, resume: dict | None = None):
         self.role, self.index, self.config = role, index, config
+        self.resume = resume or {}     # what this role continues from (see launcher/resume.py)
         self.name = f"{role}-{index}" if role == "actor" else role
         self._stop_event = stop_event
         self._parent_pid = parent_pid
@@ -65,7 +66,8 @@ class RoleRuntime:
         self.transport.close()
 
 
-def run_role(main, role: str, index: int, config_dict: dict, run_dir: str, stop_event, parent_pid: int) -> None:
+def run_role(main, role: str, index: int, config_dict: dict, run_dir: str, stop_event, parent_pid: int,
+             resume: dict | None = None) -> None:
     """Process entry point: build the runtime, run `main(runtime, run_dir)`, turn failures into a report.
 
     Exit status 0 on a clean stop, 1 on failure (the launcher prints the reason it was sent).
@@ -75,7 +77,7 @@ def run_role(main, role: str, index: int, config_dict: dict, run_dir: str, stop_
     runtime = None
     try:
         config = Config.from_dict(config_dict)
-        runtime = RoleRuntime(role, index, config, stop_event, parent_pid)
+        runtime = RoleRuntime(role, index, config, stop_event, parent_pid, resume)
         main(runtime, run_dir)
     except TransportError as exc:
         _fail(runtime, role, str(exc), show_traceback=False)

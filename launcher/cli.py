@@ -50,6 +50,16 @@ def _port(text: str) -> int:
     return value
 
 
+def _unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}")
+    return value
+
+
 def build_parser() -> OneLineParser:
     p = OneLineParser(prog="launch.py", description="mario-apex: distributed DQN for Super Mario Bros. "
                       "Starts the replay server, the learner and the actors as separate processes "
@@ -67,15 +77,20 @@ def build_parser() -> OneLineParser:
     p.add_argument("--base-port", type=_port, metavar="PORT",
                    help="first of 4 consecutive loopback TCP ports the processes use (default 47555)")
     p.add_argument("--seed", type=int, metavar="N", help="base random seed (default 0)")
+    p.add_argument("--resume", metavar="PATH", help="continue from a checkpoint file or a run folder (the newer of "
+                   "checkpoint_final.pth and checkpoint.pth); the run goes on in that folder")
+    p.add_argument("--resume-reset-exploration", type=_unit_float, metavar="EPS",
+                   help="with --resume: restart epsilon from EPS (it decays again from there)")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="set any config field, e.g. --set lr=2.5e-4 (repeatable; list: --help-config)")
     p.add_argument("--help-config", action="store_true", help="list every config field with its default and exit")
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
-    """Defaults, then --set values, then the dedicated flags (which win). Raises ConfigError."""
-    values = {}
+def config_from_args(args: argparse.Namespace, base: dict | None = None) -> Config:
+    """Defaults (or a resumed run's config), then --set values, then the dedicated flags (which win).
+    Raises ConfigError."""
+    values = dict(base or {})
     for assignment in args.set:
         name, value = parse_assignment(assignment)
         values[name] = value
@@ -101,16 +116,39 @@ def main(argv: list[str] | None = None) -> int:
     if args.help_config:
         print(help_config())
         return 0
+    if args.resume_reset_exploration is not None and not args.resume:
+        parser.error("--resume-reset-exploration needs --resume")
     try:
         config = config_from_args(args)
     except ConfigError as exc:
         parser.error(str(exc))
+    from launcher.resume import ResumeError, ResumePlan, latest_checkpoint, plan_resume
+    resume_from = args.resume or _ask_to_resume(latest_checkpoint(config.runs_dir))
+    plan = ResumePlan()
+    if resume_from:
+        try:
+            from launcher.resume import find_checkpoint
+            from common.checkpoint import load_checkpoint
+            saved = load_checkpoint(find_checkpoint(resume_from))["config"]
+            config = config_from_args(args, base={**saved, "runs_dir": config.runs_dir})
+            plan = plan_resume(resume_from, config, args.resume_reset_exploration)
+        except (ResumeError, ConfigError, ValueError) as exc:
+            parser.error(str(exc))
     from launcher.supervisor import Supervisor, StartError
     try:
-        supervisor = Supervisor(config)
+        supervisor = Supervisor(config, plan)
     except StartError as exc:
         parser.error(str(exc))
     return supervisor.run()
+
+
+def _ask_to_resume(latest: str | None) -> str | None:
+    """Like the original trainer, ask whether to continue, but only on a terminal."""
+    if latest is None or not sys.stdin.isatty():
+        return None
+    answer = input(f"Found a checkpoint in {latest}.\n"
+                   "Start new training (n) or load the latest checkpoint (l)? [n/l]: ").strip().lower()
+    return latest if answer == "l" else None
 
 
 if __name__ == "__main__":

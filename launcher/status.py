@@ -6,8 +6,9 @@ import time
 
 
 class RunStatus:
-    def __init__(self, replay_capacity: int):
+    def __init__(self, replay_capacity: int, episodes_before: int = 0):
         self.replay_capacity = replay_capacity
+        self.episodes_before = episodes_before      # from the checkpoint this run resumed from
         self.started = time.monotonic()
         self.actors: dict[int, dict] = {}     # latest progress per actor
         self.learner: dict = {}
@@ -38,7 +39,17 @@ class RunStatus:
 
     @property
     def env_steps(self) -> int:
+        """Env steps of the whole run, resumed sessions included."""
         return sum(int(a.get("steps", 0)) for a in self.actors.values())
+
+    @property
+    def session_steps(self) -> int:
+        """Env steps since this launcher started (what --max-steps counts)."""
+        return sum(int(a.get("session_steps", 0)) for a in self.actors.values())
+
+    @property
+    def total_episodes(self) -> int:
+        return self.episodes_before + self.episodes
 
     @property
     def updates(self) -> int:
@@ -62,7 +73,7 @@ class RunStatus:
         """Everything but time and steps (the live bar shows those itself)."""
         self._update_rates()
         eps = [a.get("epsilon") for a in self.actors.values() if "epsilon" in a]
-        parts = [f"episodes {self.episodes:,}", f"updates {self.updates:,} ({self.rates[1]:.1f}/s)"]
+        parts = [f"episodes {self.total_episodes:,}", f"updates {self.updates:,} ({self.rates[1]:.1f}/s)"]
         if "loss" in self.learner:
             parts.append(f"loss {self.learner['loss']:.4f}")
         if eps:
@@ -73,7 +84,8 @@ class RunStatus:
         return parts
 
     def summary(self) -> dict:
-        return {"episodes": self.episodes, "env_steps": self.env_steps, "updates": self.updates,
+        return {"episodes": self.episodes, "total_episodes": self.total_episodes, "env_steps": self.env_steps,
+                "session_steps": self.session_steps, "updates": self.updates,
                 "best_reward": self.best_reward, "seconds": round(time.monotonic() - self.started, 1),
                 "actors": {str(k): v for k, v in self.actors.items()}, "learner": self.learner,
                 "replay": self.replay}

@@ -23,10 +23,14 @@ from common.protocol import ProtocolError, decode
 from common.runtime import run_role
 from common.transport import Transport, TransportError
 from launcher.console import Console
+from launcher.episode_log import EpisodeLog
+from launcher.resume import ResumePlan
 from launcher.status import RunStatus
 
-STOP_GRACE_S = 7.0
-STOP_KILL_S = 8.5
+STOP_GRACE_S = 7.5
+STOP_KILL_S = 9.0
+STOP_ORDER = ("actor", "learner", "replay")
+STOP_SHARE = {"actor": 0.3, "learner": 0.9, "replay": 1.0}   # cumulative shares of STOP_GRACE_S
 POLL_MS = 200
 
 
@@ -45,8 +49,9 @@ def _role_main(role: str):
     return main
 
 
-def role_entry(role: str, index: int, config_dict: dict, run_dir: str, stop_event, parent_pid: int) -> None:
-    run_role(_role_main(role), role, index, config_dict, run_dir, stop_event, parent_pid)
+def role_entry(role: str, index: int, config_dict: dict, run_dir: str, stop_event, parent_pid: int,
+               resume: dict) -> None:
+    run_role(_role_main(role), role, index, config_dict, run_dir, stop_event, parent_pid, resume)
 
 
 def make_run_dir(runs_dir: str) -> str:
@@ -68,8 +73,9 @@ def make_run_dir(runs_dir: str) -> str:
 
 
 class Supervisor:
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, resume: ResumePlan | None = None):
         self.config = config
+        self.resume = resume or ResumePlan()
         self._check_env_and_device()
         self.transport = Transport(config.max_message_bytes)
         try:
@@ -77,9 +83,10 @@ class Supervisor:
         except TransportError as exc:
             self.transport.close()
             raise StartError(str(exc)) from None
-        self.run_dir = make_run_dir(config.runs_dir)
+        self.run_dir = self.resume.run_dir or make_run_dir(config.runs_dir)
         config.save(os.path.join(self.run_dir, "config.json"))
-        self.status = RunStatus(config.replay_capacity)
+        self.status = RunStatus(config.replay_capacity, episodes_before=int(self.resume.counters.get("episodes", 0)))
+        self.episode_log = EpisodeLog(os.path.join(self.run_dir, "log.txt"))
         self.processes: dict[str, mp.Process] = {}
         self.failures: dict[str, str] = {}
         self.stop_reason: str | None = None
@@ -101,7 +108,7 @@ class Supervisor:
     # --- start ---------------------------------------------------------------------------------
     def _start_all(self) -> None:
         ctx = mp.get_context("spawn")
-        self.stop_event = ctx.Event()
+        self.stop_events = {role: ctx.Event() for role in STOP_ORDER}
         roles = [("replay", 0), ("learner", 0)] + [("actor", i) for i in range(self.config.num_actors)]
         # Children ignore SIGINT from birth (the setting survives exec); the launcher coordinates.
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -109,7 +116,8 @@ class Supervisor:
             for role, index in roles:
                 name = f"{role}-{index}" if role == "actor" else role
                 proc = ctx.Process(target=role_entry, name=name, daemon=False,
-                                   args=(role, index, self.config.to_dict(), self.run_dir, self.stop_event, os.getpid()))
+                                   args=(role, index, self.config.to_dict(), self.run_dir, self.stop_events[role],
+                                         os.getpid(), self.resume.for_role(role, index, self.config.num_actors)))
                 proc.start()
                 self.processes[name] = proc
         finally:
@@ -126,6 +134,10 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
         print(f"mario-apex: run folder {self.run_dir}", flush=True)
+        if self.resume.checkpoint:
+            c = self.resume.counters
+            print(f"mario-apex: resuming from {os.path.basename(self.resume.checkpoint)}: {c.get('episodes', 0):,} "
+                  f"episodes, {c.get('env_steps', 0):,} env steps, {c.get('updates', 0):,} updates", flush=True)
         print(f"mario-apex: env {self.config.env_id}, {self.config.num_actors} actor(s); "
               f"Ctrl+C stops everything cleanly", flush=True)
         self.console = Console(self.config.max_steps)
@@ -143,11 +155,11 @@ class Supervisor:
             self._check_children()
             c = self.config
             if self.status.done_actors >= set(range(c.num_actors)):
-                self.stop_reason = "reached --max-steps" if c.max_steps and self.status.env_steps >= c.max_steps \
+                self.stop_reason = "reached --max-steps" if c.max_steps and self.status.session_steps >= c.max_steps \
                     else "reached --max-episodes" if c.max_episodes else "actors finished"
             elif c.max_episodes and self.status.episodes >= c.max_episodes:
                 self.stop_reason = "reached --max-episodes"
-            elif c.max_steps and self.status.env_steps >= c.max_steps:
+            elif c.max_steps and self.status.session_steps >= c.max_steps:
                 self.stop_reason = "reached --max-steps"
             self.console.update(self.status)
 
@@ -170,6 +182,10 @@ class Supervisor:
                 self.console.say(f"[{name}] {msg.get('text', '')}")
             else:
                 self.status.on_report(msg)
+                if msg["kind"] == "episode":
+                    error = self.episode_log.write(self.status.total_episodes, msg["values"])
+                    if error:
+                        self.console.say(f"mario-apex: {error}", error=True)
 
     def _check_children(self) -> None:
         for name, proc in self.processes.items():
@@ -188,12 +204,13 @@ class Supervisor:
         if not self.processes:
             return
         self.console.say(f"mario-apex: stopping ({self.stop_reason or 'launcher error'}) ...")
-        self.stop_event.set()
-        deadline = time.monotonic() + STOP_GRACE_S
-        while any(p.is_alive() for p in self.processes.values()) and time.monotonic() < deadline:
-            if self.signal_count >= 2:
-                break   # a second Ctrl+C: no more waiting
-            self._drain_reports(100)
+        started = time.monotonic()
+        for role in STOP_ORDER:     # actors first (they flush), the learner (its final checkpoint needs
+            self.stop_events[role].set()   # the replay server), then the replay server
+            group = [p for name, p in self.processes.items() if name.split("-")[0] == role]
+            deadline = started + STOP_GRACE_S * STOP_SHARE[role]
+            while any(p.is_alive() for p in group) and time.monotonic() < deadline and self.signal_count < 2:
+                self._drain_reports(100)     # a second Ctrl+C skips the waiting
         stragglers = [p for p in self.processes.values() if p.is_alive()]
         for proc in stragglers:
             self.console.say(f"mario-apex: {proc.name} did not stop in time; terminating it", error=True)

@@ -5,7 +5,8 @@ Sockets (addresses from the config):
   next batch is on its way while this one trains; "priorities" are sent without waiting.
 - weights, PUB (bound): "weights" messages after every `publish_every` updates, at start, and
   again every few seconds so actors that join late get them.
-Checkpoints: checkpoint.pth every `checkpoint_every_episodes` episodes, checkpoint_final.pth on stop.
+Checkpoints: checkpoint.pth every `checkpoint_every_episodes` episodes, checkpoint_final.pth on stop,
+each with a replay snapshot beside it (protocol below, at `checkpoint`).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from learner.learning import DQNLearner
 
 POLL_MS = 100
 REPUBLISH_S = 5.0
+SNAPSHOT_TIMEOUT_S = 5.0
 
 
 class LearnerService:
@@ -65,19 +67,26 @@ class LearnerService:
                 continue
             if self.learner.updates:
                 self.wait_s += time.monotonic() - t0
-            payload = self.dealer.recv()
-            self.in_flight -= 1
-            try:
-                batch = decode(payload, self.config.max_message_bytes, expect=("batch",))
-            except ProtocolError as exc:
-                self.dropped += 1
-                self.rt.log(f"dropped a bad batch ({exc})")
-                continue
-            if self.learner.updates == 0:
-                self.rt.log("first batch arrived: training")
+            else:
                 started = time.monotonic()
-            self._train(batch)
+            self._receive(train=True)
             self._idle_duties(elapsed=time.monotonic() - started)
+
+    def _receive(self, train: bool) -> dict | None:
+        """Take one message from the replay server; batches are trained on (or dropped)."""
+        try:
+            msg = decode(self.dealer.recv(), self.config.max_message_bytes, expect=("batch", "snapshot_done"))
+        except ProtocolError as exc:
+            self.dropped += 1
+            self.rt.log(f"dropped a bad message from the replay server ({exc})")
+            return None
+        if msg["t"] == "batch":
+            self.in_flight -= 1
+            if train:
+                if self.learner.updates == 0:
+                    self.rt.log("first batch arrived: training")
+                self._train(msg)
+        return msg
 
     def _request_batches(self) -> None:
         request = encode("sample", batch_size=self.config.batch_size, beta=self.learner.beta())
@@ -140,10 +149,14 @@ class LearnerService:
         self.rt.report("progress", values)
 
     # --- checkpoints -------------------------------------------------------------------------
+    # Protocol for one consistent moment: (1) stop asking for batches and train on the ones in
+    # flight, so every priority update is sent; (2) ask the replay server for a snapshot on the same
+    # socket, so it arrives after those updates; the server forks, and the snapshot is the buffer at
+    # that instant; (3) once it is on disk, write the .pth naming it. Actors never wait.
     def counters(self) -> dict:
-        return {"episodes": int(self.replay_stats.get("episodes", 0)),
-                "env_steps": int(self.replay_stats.get("env_steps", 0)),
-                "best_reward": float(self.replay_stats.get("best_reward", 0.0)),
+        stats = self.replay_stats
+        return {"episodes": int(stats.get("episodes", 0)), "env_steps": int(stats.get("env_steps", 0)),
+                "best_reward": float(stats.get("best_reward", 0.0)), "replay_size": int(stats.get("size", 0)),
                 "weights_version": self.weights_version}
 
     def _maybe_checkpoint(self) -> None:
@@ -151,21 +164,70 @@ class LearnerService:
         episodes = int(self.replay_stats.get("episodes", 0))
         if every and episodes // every > self._checkpointed_at_episode // every:
             self._checkpointed_at_episode = episodes
-            self.save("checkpoint.pth")
+            self.checkpoint("checkpoint")
 
-    def save(self, name: str) -> str:
-        path = os.path.join(self.run_dir, name)
+    def checkpoint(self, base: str) -> str:
+        """Write <base>.pth and its replay snapshot; returns the .pth path ("" if it failed)."""
+        started = time.monotonic()
+        self._drain_in_flight()
+        replay_file = f"{base}-{time.time_ns()}.replay.npz"     # unique: never overwrites a referenced one
+        done = self._request_snapshot(replay_file)
+        if done is not None:
+            self.replay_stats = {**self.replay_stats, **done["stats"]}
+        counters = {**self.counters(), "replay_file": replay_file if done is not None else ""}
+        path = os.path.join(self.run_dir, f"{base}.pth")
         try:
-            self.learner.save(path, self.counters())
+            self.learner.save(path, counters)
         except OSError as exc:
             self.rt.log(f"could not write {path}: {exc.strerror}; training goes on")
             return ""
+        self._remove_old_snapshots(base, keep=counters["replay_file"])
+        what = "with" if done is not None else "WITHOUT"
+        self.rt.log(f"saved {os.path.basename(path)} {what} replay memory ({counters['replay_size']:,} transitions) "
+                    f"in {time.monotonic() - started:.1f} s")
         return path
 
+    def _drain_in_flight(self) -> None:
+        deadline = time.monotonic() + SNAPSHOT_TIMEOUT_S
+        while self.in_flight and time.monotonic() < deadline:
+            if self.dealer.poll(POLL_MS, zmq.POLLIN):
+                self._receive(train=True)
+        self.in_flight = 0     # the replay server is gone if anything is still missing
+
+    def _request_snapshot(self, name: str) -> dict | None:
+        self.dealer.send(encode("snapshot", name=name))
+        deadline = time.monotonic() + SNAPSHOT_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if not self.dealer.poll(POLL_MS, zmq.POLLIN):
+                continue
+            msg = self._receive(train=False)
+            if msg is not None and msg["t"] == "snapshot_done" and msg["name"] == name:
+                if not msg["ok"]:
+                    self.rt.log(f"replay snapshot failed: {msg.get('text', '')}")
+                    return None
+                return msg
+        self.rt.log("the replay server did not answer the snapshot request")
+        return None
+
+    def _remove_old_snapshots(self, base: str, keep: str) -> None:
+        for name in os.listdir(self.run_dir):
+            if name.startswith(f"{base}-") and name.endswith((".replay.npz", ".replay.npz.tmp")) and name != keep:
+                try:
+                    os.remove(os.path.join(self.run_dir, name))
+                except OSError:
+                    pass
+
+    def restore(self, path: str) -> None:
+        counters = self.learner.restore(path)
+        self.replay_stats = {"episodes": counters.get("episodes", 0), "env_steps": counters.get("env_steps", 0),
+                             "best_reward": counters.get("best_reward", 0.0)}
+        self._checkpointed_at_episode = int(counters.get("episodes", 0))
+        self.weights_version = int(counters.get("weights_version", 0))
+        self._published_updates = -1
+        self.rt.log(f"resumed from {os.path.basename(path)} at update {self.learner.updates:,}")
+
     def close(self) -> None:
-        path = self.save("checkpoint_final.pth")
-        if path:
-            self.rt.log(f"saved {path} after {self.learner.updates} updates")
+        self.checkpoint("checkpoint_final")
         self.rt.report("progress", {"updates": self.learner.updates, "weights_version": self.weights_version,
                                     "dropped": self.dropped})
         self.writer.close()
@@ -173,6 +235,8 @@ class LearnerService:
 
 def main(runtime: RoleRuntime, run_dir: str) -> None:
     service = LearnerService(runtime, run_dir)
+    if runtime.resume.get("checkpoint"):
+        service.restore(runtime.resume["checkpoint"])
     try:
         service.run()
     finally:

@@ -155,3 +155,52 @@ class PrioritizedReplay:
         """P(i) for every slot (for tests and diagnostics)."""
         leaves = self._tree.leaves()
         return leaves / leaves.sum()
+
+    # --- snapshots -----------------------------------------------------------------------------
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The live contents as plain arrays (frames once each, oldest first) for a snapshot file."""
+        f_slots = (self._f_head - self._f_live + np.arange(self._f_live)) % self.frame_capacity
+        t_slots = (self._t_head - self._t_live + np.arange(self._t_live)) % self.capacity
+        return {
+            "frames": self._frames[f_slots], "stack": self._stack[t_slots], "actions": self._actions[t_slots],
+            "rewards": self._rewards[t_slots], "dones": self._dones[t_slots], "ids": self._ids[t_slots],
+            "priorities": self._tree.get(t_slots), "chunks": np.array(self._chunks, dtype=np.int64).reshape(-1, 2),
+            "heads": np.array([self._t_head, self._f_head, self._t_live, self._f_live], dtype=np.int64),
+            "shape": np.array([self.capacity, self.frame_capacity, self.frame_size, self.frame_stack,
+                               self.num_actions], dtype=np.int64),
+            "max_priority": np.array(self.max_priority), "alpha": np.array(self.alpha),
+        }
+
+    def load_state_arrays(self, arrays) -> None:
+        """Restore `state_arrays` output into this (empty, same-shaped) buffer. Raises ChunkError."""
+        try:
+            shape = tuple(int(v) for v in arrays["shape"])
+            if shape != (self.capacity, self.frame_capacity, self.frame_size, self.frame_stack, self.num_actions):
+                raise ChunkError(f"replay snapshot has capacity/frame/stack/actions {shape[0]}/{shape[2]}/{shape[3]}/"
+                                 f"{shape[4]}, this run {self.capacity}/{self.frame_size}/{self.frame_stack}/"
+                                 f"{self.num_actions}")
+            t_head, f_head, t_live, f_live = (int(v) for v in arrays["heads"])
+            chunks = arrays["chunks"]
+            if (len(arrays["frames"]) != f_live or len(arrays["ids"]) != t_live
+                    or chunks[:, 0].sum() != t_live or chunks[:, 1].sum() != f_live):
+                raise ChunkError("replay snapshot is inconsistent (counts do not match)")
+            f_slots = (f_head - f_live + np.arange(f_live)) % self.frame_capacity
+            t_slots = (t_head - t_live + np.arange(t_live)) % self.capacity
+            self._frames[f_slots] = arrays["frames"]
+            for name in ("stack", "actions", "rewards", "dones", "ids"):
+                getattr(self, f"_{name}")[t_slots] = arrays[name]
+            self._tree.update(t_slots, arrays["priorities"])
+        except (KeyError, ValueError, IndexError, TypeError) as exc:
+            raise ChunkError(f"replay snapshot is damaged ({type(exc).__name__})") from None
+        self._chunks = deque((int(n), int(m)) for n, m in chunks)
+        self._t_head, self._f_head, self._t_live, self._f_live = t_head, f_head, t_live, f_live
+        self.max_priority = float(arrays["max_priority"])
+
+    def content_hash(self) -> str:
+        """A digest of the live contents and priorities: equal hashes mean identical replay memory."""
+        import hashlib
+        digest = hashlib.sha256()
+        for name, array in sorted(self.state_arrays().items()):
+            digest.update(name.encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()

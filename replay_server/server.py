@@ -9,6 +9,8 @@ Bad messages are dropped and counted, never fatal.
 """
 from __future__ import annotations
 
+import os
+import re
 import time
 from collections import deque
 
@@ -18,15 +20,19 @@ import zmq
 from common.protocol import ProtocolError, decode, encode
 from common.runtime import RoleRuntime
 from replay_server.buffer import ChunkError, PrioritizedReplay
+from replay_server.snapshot import read_snapshot, start_snapshot
 
 MAX_SAMPLE_BATCH = 4096
 POLL_MS = 100
 DROP_LOG_S = 30.0
+SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}\.replay\.npz$")   # a file name, never a path
+SNAPSHOT_WAIT_AT_STOP_S = 6.0
 
 
 class ReplayServer:
-    def __init__(self, runtime: RoleRuntime):
+    def __init__(self, runtime: RoleRuntime, run_dir: str, resume_snapshot: str | None = None):
         self.rt = runtime
+        self.run_dir = run_dir
         c = runtime.config
         self.config = c
         self.buffer = PrioritizedReplay(c.replay_capacity, c.frame_size, c.frame_stack, c.per_alpha, c.num_actions)
@@ -37,6 +43,16 @@ class ReplayServer:
         self.counters = {"episodes": 0, "env_steps": 0, "sampled": 0, "dropped": 0, "batches": 0}
         self.best_reward = float("-inf")
         self._last_drop_log = 0.0
+        self.snapshot: tuple[bytes, str, int | None, dict] | None = None   # (learner, name, pid, stats)
+        if resume_snapshot:
+            self._restore(resume_snapshot)
+
+    def _restore(self, path: str) -> None:
+        saved = read_snapshot(path, self.buffer)
+        for key in ("episodes", "env_steps"):
+            self.counters[key] = int(saved.get(key, 0))
+        self.best_reward = float(saved.get("best_reward", float("-inf"))) if self.counters["episodes"] else float("-inf")
+        self.rt.log(f"restored {len(self.buffer):,} transitions from {os.path.basename(path)}")
 
     # --- loop --------------------------------------------------------------------------------
     def run(self) -> None:
@@ -51,8 +67,13 @@ class ReplayServer:
             if self.router in events:
                 self._drain(self.router, self._on_learner_message, limit=64)
             self._serve_pending()
+            self._check_snapshot()
             if self.rt.progress_due():
                 self.rt.report("progress", self.stats())
+        deadline = time.monotonic() + SNAPSHOT_WAIT_AT_STOP_S
+        while self.snapshot is not None and time.monotonic() < deadline:   # let a final snapshot finish
+            time.sleep(0.05)
+            self._check_snapshot()
 
     def _drain(self, sock: zmq.Socket, handler, limit: int) -> None:
         for _ in range(limit):
@@ -90,13 +111,53 @@ class ReplayServer:
         if len(parts) != 2:
             raise ProtocolError(f"expected 2 message parts on the sample socket, got {len(parts)}")
         identity, payload = parts
-        msg = decode(payload, self.config.max_message_bytes, expect=("sample", "priorities"))
+        msg = decode(payload, self.config.max_message_bytes, expect=("sample", "priorities", "snapshot"))
         if msg["t"] == "sample":
             if not 1 <= msg["batch_size"] <= MAX_SAMPLE_BATCH or not 0.0 <= msg["beta"] <= 1.0:
                 raise ProtocolError("sample: batch_size or beta out of range")
             self.pending.append((identity, msg["batch_size"], msg["beta"]))
-        else:
+        elif msg["t"] == "priorities":
             self.buffer.update_priorities(msg["ids"], msg["priorities"])
+        else:
+            self._start_snapshot(identity, msg["name"])
+
+    # --- snapshots (see learner/service.py for the protocol) --------------------------------------
+    def _start_snapshot(self, identity: bytes, name: str) -> None:
+        if not SNAPSHOT_NAME.match(name):
+            raise ProtocolError(f"snapshot: bad file name {name[:80]!r}")
+        if self.snapshot is not None:
+            self._reply_snapshot(identity, name, False, self.stats(), "another snapshot is in progress")
+            return
+        stats = self.stats()
+        try:
+            pid = start_snapshot(self.buffer, stats, os.path.join(self.run_dir, name))
+        except OSError as exc:
+            self._reply_snapshot(identity, name, False, stats, f"cannot write {name}: {exc.strerror}")
+            return
+        self.snapshot = (identity, name, pid, stats)
+
+    def _check_snapshot(self) -> None:
+        if self.snapshot is None:
+            return
+        identity, name, pid, stats = self.snapshot
+        if pid is not None:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if not done:
+                return
+            ok = os.waitstatus_to_exitcode(status) == 0
+        else:
+            ok = True
+        self.snapshot = None
+        self._reply_snapshot(identity, name, ok, stats, "" if ok else f"writing {name} failed (disk full?)")
+
+    def _reply_snapshot(self, identity: bytes, name: str, ok: bool, stats: dict, text: str) -> None:
+        if not ok:
+            self.rt.log(f"snapshot failed: {text}")
+        try:
+            self.router.send_multipart([identity, encode("snapshot_done", name=name, ok=ok, stats=stats, text=text)],
+                                       zmq.NOBLOCK)
+        except zmq.Again:
+            pass
 
     def _serve_pending(self) -> None:
         while self.pending and len(self.buffer) >= max(self.config.learning_starts, 1):
@@ -118,7 +179,7 @@ class ReplayServer:
 
 
 def main(runtime: RoleRuntime, run_dir: str) -> None:
-    server = ReplayServer(runtime)
+    server = ReplayServer(runtime, run_dir, runtime.resume.get("replay_snapshot"))
     started = time.monotonic()
     server.run()
     runtime.report("progress", server.stats())

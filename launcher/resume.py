@@ -1,0 +1,126 @@
+"""Resuming a run: which checkpoint, is it usable, and what each role continues from.
+
+A checkpoint is `<base>.pth` (networks, optimizer, scheduler, counters, config; weights_only
+loadable) plus the replay snapshot it names (`<base>-<updates>.replay.npz`). A run folder
+resumes from the newer of checkpoint_final.pth and checkpoint.pth by their saved counters, not
+by name. Every problem is a ResumeError with one line naming the file; nothing is written
+before all checks pass.
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from common.checkpoint import CheckpointError, load_checkpoint
+from common.config import Config, ConfigError
+
+CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint.pth")
+STRUCTURAL = ("frame_stack", "frame_size", "num_actions", "replay_capacity")
+
+
+class ResumeError(ValueError):
+    """The checkpoint cannot be resumed from; one-line message naming the file and the reason."""
+
+
+@dataclass
+class ResumePlan:
+    """Nothing to resume when `checkpoint` is None."""
+    checkpoint: str | None = None
+    replay_snapshot: str | None = None
+    counters: dict = field(default_factory=dict)
+    reset_epsilon: float | None = None
+
+    @property
+    def run_dir(self) -> str | None:
+        return os.path.dirname(self.checkpoint) if self.checkpoint else None
+
+    def for_role(self, role: str, index: int, num_actors: int = 1) -> dict:
+        if self.checkpoint is None:
+            return {}
+        if role == "learner":
+            return {"checkpoint": self.checkpoint}
+        if role == "replay":
+            return {"replay_snapshot": self.replay_snapshot} if self.replay_snapshot else {}
+        steps = int(self.counters.get("env_steps", 0)) // max(1, num_actors)
+        return {"steps": steps, "reset_epsilon": self.reset_epsilon}
+
+
+def find_checkpoint(path: str) -> str:
+    """The checkpoint file itself, or the newest valid one in a run folder."""
+    if not os.path.exists(path):
+        raise ResumeError(f"{path}: no such file or folder")
+    if not os.path.isdir(path):
+        return path
+    candidates = []
+    for name in CHECKPOINT_NAMES:
+        candidate = os.path.join(path, name)
+        if os.path.exists(candidate):
+            try:
+                counters = load_checkpoint(candidate).get("counters", {})
+            except CheckpointError:
+                continue
+            candidates.append(((int(counters.get("updates", 0)), int(counters.get("env_steps", 0))), candidate))
+    if not candidates:
+        raise ResumeError(f"{path}: no loadable checkpoint_final.pth or checkpoint.pth in this folder")
+    return max(candidates)[1]
+
+
+def latest_checkpoint(runs_dir: str) -> str | None:
+    """The newest run folder under runs_dir that holds a checkpoint (for the start-up question)."""
+    if not os.path.isdir(runs_dir):
+        return None
+    for name in sorted(os.listdir(runs_dir), reverse=True):
+        folder = os.path.join(runs_dir, name)
+        if name.endswith("_run") and any(os.path.exists(os.path.join(folder, c)) for c in CHECKPOINT_NAMES):
+            return folder
+    return None
+
+
+def plan_resume(path: str, config: Config, reset_epsilon: float | None) -> ResumePlan:
+    """Check that the checkpoint at `path` can continue under `config`; ResumeError if not."""
+    checkpoint = find_checkpoint(path)
+    try:
+        state = load_checkpoint(checkpoint)
+        saved = Config.from_dict(state["config"])
+        counters = dict(state["counters"])
+    except CheckpointError as exc:
+        raise ResumeError(str(exc)) from None
+    except (KeyError, TypeError, ConfigError) as exc:
+        raise ResumeError(f"{checkpoint}: damaged checkpoint ({type(exc).__name__}: {exc})") from None
+    for name in STRUCTURAL:
+        if getattr(saved, name) != getattr(config, name):
+            raise ResumeError(f"{checkpoint}: incompatible: it was trained with {name}={getattr(saved, name)}, "
+                              f"this run has {name}={getattr(config, name)}")
+    _check_networks(checkpoint, state, config)
+    replay_snapshot = None
+    if counters.get("replay_file"):
+        replay_snapshot = os.path.join(os.path.dirname(checkpoint), counters["replay_file"])
+        _check_snapshot(replay_snapshot, config)
+    return ResumePlan(checkpoint, replay_snapshot, counters, reset_epsilon)
+
+
+def _check_networks(path: str, state: dict, config: Config) -> None:
+    from common.network import build_network
+    net = build_network(config)
+    for key in ("online", "target"):
+        try:
+            net.load_state_dict(state[key])
+        except (KeyError, RuntimeError, TypeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ResumeError(f"{path}: incompatible {key} network ({first})") from None
+
+
+def _check_snapshot(path: str, config: Config) -> None:
+    """A cheap look at the replay snapshot (its header arrays, not the frames)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            shape = [int(v) for v in data["shape"]]
+    except FileNotFoundError:
+        raise ResumeError(f"{path}: the replay snapshot this checkpoint names is missing") from None
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+        raise ResumeError(f"{path}: not a readable replay snapshot ({type(exc).__name__})") from None
+    if shape[0] != config.replay_capacity or shape[2:] != [config.frame_size, config.frame_stack, config.num_actions]:
+        raise ResumeError(f"{path}: replay snapshot does not fit this run's replay capacity or frames")

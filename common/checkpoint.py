@@ -5,10 +5,10 @@ A checkpoint is one dict of tensors and plain values, so it loads with
 """
 from __future__ import annotations
 
-import contextlib
-import os
 
 import torch
+
+from common.atomic_file import write_atomically
 
 CHECKPOINT_FORMAT = "mario-apex-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -19,18 +19,9 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(state: dict, path: str) -> None:
-    """Write atomically: temporary file, fsync, rename; a crash mid-save keeps the old file."""
-    tmp = f"{path}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):     # no half-written file left behind
-            os.remove(tmp)
-        raise
+    """Write atomically; a crash mid-save keeps the previous checkpoint."""
+    write_atomically(path, lambda f: torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+                                                 **state}, f))
 
 
 def load_checkpoint(path: str) -> dict:

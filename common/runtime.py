@@ -39,7 +39,11 @@ class RoleRuntime:
         self._terminated = True
 
     def should_stop(self) -> bool:
-        return self._terminated or self._stop_event.is_set() or os.getppid() != self._parent_pid
+        return self._terminated or self._stop_event.is_set() or self.orphaned()
+
+    def orphaned(self) -> bool:
+        """The launcher is gone (e.g. SIGKILLed): stop fast, with no help from the other roles."""
+        return os.getppid() != self._parent_pid
 
     def report(self, kind: str, values: dict, text: str | None = None) -> None:
         fields = {"role": self.role, "index": self.index, "kind": kind, "values": values}

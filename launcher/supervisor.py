@@ -32,6 +32,7 @@ STOP_KILL_S = 9.0
 STOP_ORDER = ("actor", "learner", "replay")
 STOP_SHARE = {"actor": 0.3, "learner": 0.9, "replay": 1.0}   # cumulative shares of STOP_GRACE_S
 POLL_MS = 200
+ACTIONS_PER_ENV = 7     # SIMPLE_MOVEMENT, for Mario and the test env alike
 
 
 class StartError(RuntimeError):
@@ -100,6 +101,9 @@ class Supervisor:
         if not is_known_env(self.config.env_id):
             raise StartError(f"unknown env id {self.config.env_id!r}: use a gym-super-mario-bros id such as "
                              "SuperMarioBros-1-1-v0, or MarioApexTest-v0")
+        if self.config.num_actions != ACTIONS_PER_ENV:
+            raise StartError(f"num_actions is {self.config.num_actions} but the env's action set "
+                             f"(SIMPLE_MOVEMENT) has {ACTIONS_PER_ENV}")
         try:
             pick_device(self.config.device)
         except DeviceError as exc:

@@ -166,15 +166,17 @@ class LearnerService:
             self._checkpointed_at_episode = episodes
             self.checkpoint("checkpoint")
 
-    def checkpoint(self, base: str) -> str:
+    def checkpoint(self, base: str, with_replay: bool = True) -> str:
         """Write <base>.pth and its replay snapshot; returns the .pth path ("" if it failed)."""
         started = time.monotonic()
-        self._drain_in_flight()
-        replay_file = f"{base}-{time.time_ns()}.replay.npz"     # unique: never overwrites a referenced one
-        done = self._request_snapshot(replay_file)
+        done = None
+        if with_replay:
+            self._drain_in_flight()
+            replay_file = f"{base}-{time.time_ns()}.replay.npz"     # unique: never overwrites a referenced one
+            done = self._request_snapshot(replay_file)
         if done is not None:
             self.replay_stats = {**self.replay_stats, **done["stats"]}
-        counters = {**self.counters(), "replay_file": replay_file if done is not None else ""}
+        counters = {**self.counters(), "replay_file": done["name"] if done else ""}
         path = os.path.join(self.run_dir, f"{base}.pth")
         try:
             self.learner.save(path, counters)
@@ -227,7 +229,8 @@ class LearnerService:
         self.rt.log(f"resumed from {os.path.basename(path)} at update {self.learner.updates:,}")
 
     def close(self) -> None:
-        self.checkpoint("checkpoint_final")
+        # Orphaned (the launcher was killed): the replay server is stopping too, so save what is ours.
+        self.checkpoint("checkpoint_final", with_replay=not self.rt.orphaned())
         self.rt.report("progress", {"updates": self.learner.updates, "weights_version": self.weights_version,
                                     "dropped": self.dropped})
         self.writer.close()

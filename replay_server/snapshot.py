@@ -13,6 +13,7 @@ import zipfile
 
 import numpy as np
 
+from common.atomic_file import write_atomically
 from replay_server.buffer import ChunkError, PrioritizedReplay
 
 
@@ -21,14 +22,9 @@ class SnapshotError(ValueError):
 
 
 def write_snapshot(buffer: PrioritizedReplay, counters: dict, path: str) -> None:
-    tmp = f"{path}.tmp"
     arrays = buffer.state_arrays()
     arrays["counters"] = np.array(json.dumps(counters))          # a unicode array: no pickle needed
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomically(path, lambda f: np.savez(f, **arrays))
 
 
 def read_snapshot(path: str, buffer: PrioritizedReplay) -> dict:

@@ -1,0 +1,122 @@
+"""Checkpoints: replay snapshot write/read seconds and bytes per stored transition (84x84, stack 4), the
+time start_snapshot's fork blocks the server, and the learner checkpoint's size and save/load seconds.
+Checks the requirement that a replay snapshot takes at most 8192 bytes per stored transition."""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from actor.chunks import ChunkBuilder
+from benchmarks.common import machine, parser
+from common.config import Config
+from learner.learning import DQNLearner
+from replay_server.buffer import PrioritizedReplay
+from replay_server.snapshot import read_snapshot, start_snapshot, write_snapshot
+
+MAX_SNAPSHOT_BYTES_PER_TRANSITION = 8192
+FRAME_SIZE, FRAME_STACK, NUM_ACTIONS, CHUNK = 84, 4, 7, 64
+
+
+def fill(buffer: PrioritizedReplay, rng: np.random.Generator) -> None:
+    """Actor-like chunks (ChunkBuilder, random frames): 64 transitions, shorter at an episode's end."""
+    builder = ChunkBuilder(FRAME_STACK)
+    builder.start_episode(rng.integers(0, 256, (FRAME_SIZE, FRAME_SIZE), dtype=np.uint8))
+    episode_left = int(rng.integers(200, 2000))
+    while buffer.inserted < buffer.capacity:
+        frames = rng.integers(0, 256, (CHUNK, FRAME_SIZE, FRAME_SIZE), dtype=np.uint8)
+        for frame in frames:
+            episode_left -= 1
+            builder.add(frame, int(rng.integers(NUM_ACTIONS)), float(rng.normal()), episode_left == 0)
+            if len(builder) == CHUNK or episode_left == 0:
+                c = builder.take()
+                buffer.add_chunk(c["frames"], c["stack"], c["actions"], c["rewards"], c["dones"])
+            if episode_left == 0:
+                builder.start_episode(rng.integers(0, 256, (FRAME_SIZE, FRAME_SIZE), dtype=np.uint8))
+                episode_left = int(rng.integers(200, 2000))
+    batch = buffer.sample(1024, 0.4, rng)                       # priorities that are not all equal
+    buffer.update_priorities(batch.ids, rng.random(1024) + 1e-3)
+
+
+def timed(fn) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def bench_replay(capacity: int, folder: str) -> bool:
+    rng = np.random.default_rng(0)
+    new_buffer = lambda: PrioritizedReplay(capacity, FRAME_SIZE, FRAME_STACK, alpha=0.6,  # noqa: E731
+                                           num_actions=NUM_ACTIONS)
+    buffer = new_buffer()
+    fill(buffer, rng)
+    counters = {"episodes": 100, "env_steps": buffer.inserted}
+    path = os.path.join(folder, "replay.npz")
+
+    write_s, _ = timed(lambda: write_snapshot(buffer, counters, path))
+    size = os.path.getsize(path)
+    per_transition = size / len(buffer)
+    restored = new_buffer()
+    read_s, _ = timed(lambda: read_snapshot(path, restored))
+    assert restored.content_hash() == buffer.content_hash(), "the snapshot did not read back identical"
+    del restored
+    os.remove(path)
+    print(f"replay snapshot: {len(buffer):,} transitions, {size / 1e6:.1f} MB, write {write_s:.2f} s, "
+          f"read {read_s:.2f} s ({size / 1e6 / write_s:.0f} / {size / 1e6 / read_s:.0f} MB/s)")
+    print(f"replay snapshot: {per_transition:.0f} bytes per stored transition "
+          f"(in memory {buffer.nbytes() / capacity:.0f} bytes/transition)")
+
+    forked_path = os.path.join(folder, "replay_forked.npz")
+    fork_s, pid = timed(lambda: start_snapshot(buffer, counters, forked_path))
+    child_start = time.perf_counter()
+    if pid is not None:
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"snapshot child failed ({status})"
+    child_s = time.perf_counter() - child_start
+    print(f"start_snapshot: parent blocked {fork_s * 1e3:.1f} ms by the fork; "
+          f"child wrote the file in {child_s:.2f} s more" if pid is not None
+          else f"start_snapshot: no fork here, written synchronously in {fork_s:.2f} s")
+    os.remove(forked_path)
+
+    ok = per_transition <= MAX_SNAPSHOT_BYTES_PER_TRANSITION
+    print(f"{'PASS' if ok else 'FAIL'}: replay snapshot {per_transition:.0f} bytes per stored transition "
+          f"{'<=' if ok else '>'} {MAX_SNAPSHOT_BYTES_PER_TRANSITION} at {FRAME_SIZE}x{FRAME_SIZE}")
+    return ok
+
+
+def bench_learner(folder: str, repeats: int) -> None:
+    config = Config(device="cpu")
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    learner = DQNLearner(config, cpu)
+    rng = np.random.default_rng(0)
+    b, s = 4, config.frame_stack
+    learner.step(rng.integers(0, 256, (b, s + 1, config.frame_size, config.frame_size), dtype=np.uint8),
+                 rng.integers(0, config.num_actions, b).astype(np.uint8), np.zeros(b, np.float32),
+                 np.zeros(b, bool), np.ones(b, np.float32))     # one update: Adam's moments exist, as in a run
+    path = os.path.join(folder, "checkpoint.pth")
+    fresh = DQNLearner(config, cpu)
+    save_s = min(timed(lambda: learner.save(path, {"episodes": 1}))[0] for _ in range(repeats))
+    load_s = min(timed(lambda: fresh.restore(path))[0] for _ in range(repeats))
+    params = sum(p.numel() for p in learner.online.parameters())
+    print(f"learner checkpoint: {os.path.getsize(path) / 1e6:.1f} MB ({params:,} parameters x online, target, "
+          f"2 Adam moments), save {save_s:.3f} s, load {load_s:.3f} s (best of {repeats})")
+
+
+def main() -> None:
+    args = parser(__doc__).parse_args()
+    capacity = 5_000 if args.smoke else 100_000
+    print(f"machine: {machine()}; capacity {capacity:,}, {FRAME_SIZE}x{FRAME_SIZE} frames, stack {FRAME_STACK}")
+    with tempfile.TemporaryDirectory(prefix="bench_checkpoint_", dir="/tmp") as folder:
+        ok = bench_replay(capacity, folder)
+        bench_learner(folder, 1 if args.smoke else 3)
+    if not ok:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

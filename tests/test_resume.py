@@ -1,0 +1,164 @@
+"""Checkpoints and resume through the real processes: counters continue, state is identical,
+snapshots are consistent with their .pth, and bad checkpoints are refused cleanly."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from common.checkpoint import load_checkpoint, save_checkpoint
+from common.config import Config
+from learner.learning import DQNLearner
+from replay_server.buffer import PrioritizedReplay
+from replay_server.snapshot import read_snapshot
+from tests.conftest import FAST_TEST_ENV
+from tests.harness import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def _replay(path, config: Config) -> tuple[PrioritizedReplay, dict]:
+    buffer = PrioritizedReplay(config.replay_capacity, config.frame_size, config.frame_stack,
+                               config.per_alpha, config.num_actions)
+    return buffer, read_snapshot(path, buffer)
+
+
+def _transitions(buffer: PrioritizedReplay) -> dict[int, tuple]:
+    """id -> (5 frames, action, reward, done, priority) for every stored transition."""
+    state = buffer.state_arrays()
+    frames_by_slot = {}
+    f_head, f_live = int(state["heads"][1]), int(state["heads"][3])
+    for k, frame in enumerate(state["frames"]):
+        frames_by_slot[(f_head - f_live + k) % buffer.frame_capacity] = frame
+    return {int(i): (np.stack([frames_by_slot[int(s)] for s in stack]), int(a), float(r), bool(d), float(p))
+            for i, stack, a, r, d, p in zip(state["ids"], state["stack"], state["actions"], state["rewards"],
+                                            state["dones"], state["priorities"])}
+
+
+def _folder_state(folder) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.fixture
+def finished_run(launch):
+    """A short test-env run that trained and wrote checkpoint_final.pth with its replay snapshot."""
+    run = launch(*FAST_TEST_ENV, "--max-steps", "4000")
+    assert run.wait(120) == 0, run.output()
+    return run
+
+
+def test_resume_continues_counters_and_restores_identical_state(launch, finished_run):
+    first = finished_run
+    folder = first.run_dir
+    before = load_checkpoint(str(folder / "checkpoint_final.pth"))
+    config = Config.from_dict(before["config"])
+    replay_before, _ = _replay(folder / before["counters"]["replay_file"], config)
+    log_before = first.log_lines()
+    assert before["counters"]["episodes"] == len(log_before) and before["counters"]["env_steps"] == 4000
+
+    # The resumed session trains no further (learning_starts = capacity), so the learner state must
+    # come back bit for bit, and the old replay contents must still be there, unchanged.
+    second = launch("--resume", str(folder), "--max-steps", "600", "--set", "learning_starts=20000")
+    assert second.wait(120) == 0, second.output()
+    assert sorted(first.runs_dir.iterdir()) == [folder], "no new run folder"
+    after = load_checkpoint(str(folder / "checkpoint_final.pth"))
+    for key in ("online", "target"):
+        for name, tensor in before[key].items():
+            assert torch.equal(tensor, after[key][name]), f"{key}.{name} changed"
+    assert after["optimizer"]["state"].keys() == before["optimizer"]["state"].keys()
+    for index, slot in before["optimizer"]["state"].items():
+        for name, value in slot.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(after["optimizer"]["state"][index][name]))
+    assert after["counters"]["updates"] == before["counters"]["updates"]
+    assert after["counters"]["env_steps"] == 4600
+
+    replay_after, _ = _replay(folder / after["counters"]["replay_file"], config)
+    old, new = _transitions(replay_before), _transitions(replay_after)
+    assert len(new) == len(old) + 600
+    for transition_id, (frames, action, reward, done, priority) in old.items():
+        got = new[transition_id]
+        assert np.array_equal(frames, got[0]) and (action, reward, done, priority) == got[1:], transition_id
+
+    log_after = (folder / "log.txt").read_text().splitlines()
+    assert log_after[:len(log_before)] == log_before, "log.txt appended, not rewritten"
+    numbers = [int(line.split("Episode ")[1].split(",")[0]) for line in log_after]
+    assert numbers == list(range(1, len(log_after) + 1)), "episode numbers continue"
+    assert after["counters"]["episodes"] == len(log_after)
+    assert "resuming from checkpoint_final.pth" in second.output()
+
+
+def test_checkpoints_taken_while_training_are_consistent(launch):
+    """checkpoint.pth taken every 100 episodes while actor and learner run: its counters and its
+    replay snapshot describe the same moment."""
+    run = launch(*FAST_TEST_ENV, "--max-steps", "6000", "--set", "checkpoint_every_episodes=100")
+    assert run.wait(120) == 0, run.output()
+    assert run.output().count("saved checkpoint.pth with replay memory") >= 2
+    state = load_checkpoint(str(run.run_dir / "checkpoint.pth"))
+    counters = state["counters"]
+    buffer, saved = _replay(run.run_dir / counters["replay_file"], Config.from_dict(state["config"]))
+    assert len(buffer) == counters["replay_size"] == saved["size"]
+    assert (saved["episodes"], saved["env_steps"]) == (counters["episodes"], counters["env_steps"])
+    assert counters["episodes"] >= 100 and counters["updates"] > 0
+    assert sorted(p.name for p in run.run_dir.glob("*.replay.npz*")) == sorted(
+        [counters["replay_file"], load_checkpoint(str(run.run_dir / "checkpoint_final.pth"))["counters"]["replay_file"]]
+    ), "old snapshots are cleaned up"
+
+
+def _resume_cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "launch.py", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, stdin=subprocess.DEVNULL)
+
+
+def _write(path, kind: str, source) -> None:
+    if kind == "truncated":
+        data = source.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "corrupt":
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif kind == "wrong-format":
+        torch.save({"weights": torch.zeros(3)}, path)
+    elif kind == "other-actions":
+        DQNLearner(Config(num_actions=12), torch.device("cpu")).save(str(path))
+    elif kind == "networks-for-other-frames":      # 64x64 networks under a config that says 84x84
+        state = DQNLearner(Config(frame_size=64), torch.device("cpu")).state_dict()
+        save_checkpoint({**state, "config": Config().to_dict()}, str(path))
+
+
+@pytest.mark.parametrize("kind, reason", [
+    ("missing", "no such file or folder"),
+    ("truncated", "not a readable checkpoint"),
+    ("corrupt", "not a readable checkpoint"),
+    ("wrong-format", "not a mario-apex checkpoint"),
+    ("other-actions", "num_actions is 12 but the env's action set (SIMPLE_MOVEMENT) has 7"),
+    ("networks-for-other-frames", "incompatible online network"),
+])
+def test_bad_checkpoint_is_refused_with_one_line_and_nothing_overwritten(finished_run, tmp_path, kind, reason):
+    folder = finished_run.run_dir
+    bad = tmp_path / "bad" / "checkpoint.pth"
+    bad.parent.mkdir()
+    if kind != "missing":
+        _write(bad, kind, folder / "checkpoint_final.pth")
+    before = _folder_state(bad.parent) if bad.exists() else {}
+    result = _resume_cli("--resume", str(bad), "--headless", "--base-port", "40000")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("launch.py: error: "), result.stderr
+    if kind != "other-actions":
+        assert str(bad) in lines[0]
+    assert reason in lines[0]
+    assert (_folder_state(bad.parent) if bad.exists() else {}) == before, "nothing was written"
+
+
+def test_incompatible_override_is_refused(finished_run):
+    """Resuming with a different frame size than the checkpoint was trained with."""
+    folder = finished_run.run_dir
+    before = _folder_state(folder)
+    result = _resume_cli("--resume", str(folder), "--set", "frame_size=64", "--headless")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"launch.py: error: {folder / 'checkpoint_final.pth'}: incompatible: it was "
+                                     "trained with frame_size=84, this run has frame_size=64")
+    assert _folder_state(folder) == before

@@ -10,6 +10,7 @@ It reports each episode to the launcher (which writes log.txt) and writes Tensor
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 
@@ -21,6 +22,7 @@ from torch.utils.tensorboard import SummaryWriter
 from actor.chunks import ChunkBuilder
 from actor.display import LiveWindow, display_available
 from actor.epsilon import linear_epsilon
+from actor.recorder import EpisodeRecorder, RecordingError, VideoWriter
 from common.envs import find_wrapper, make_env
 from common.network import build_network, load_arrays
 from common.protocol import ProtocolError, decode, encode
@@ -43,6 +45,7 @@ class Actor:
         self.sub = runtime.transport.socket(zmq.SUB, connect=c.address("weights"), conflate=True, subscribe=True)
         self.chunk = ChunkBuilder(c.frame_stack)
         self.window = self._open_window()
+        self.run_video, self.episode_video = self._open_recorders(run_dir)
         self.writer = SummaryWriter(run_dir, filename_suffix=f".actor{self.index}")
         resume = runtime.resume
         self.steps = int(resume.get("steps", 0))        # this actor's env steps over the whole run
@@ -66,6 +69,39 @@ class Actor:
             return None
         return LiveWindow()
 
+    def _open_recorders(self, run_dir: str):
+        """mario_run.mp4 for the display actor (a new mario_run_N.mp4 segment on resume); every
+        actor records its episodes so the run's best one can be kept."""
+        if not self.config.record_video:
+            return None, None
+        height, width = self.frame_skip.env.observation_space.shape[:2]
+        fps = 60.0 / self.config.frame_skip          # one frame per agent step plays at the game's speed
+        run_video = None
+        try:
+            if self.index == 0:
+                run_video = VideoWriter(_next_segment(run_dir), fps, width, height)
+            return run_video, EpisodeRecorder(run_dir, self.index, fps, width, height)
+        except RecordingError as exc:
+            self.rt.log(f"{exc}; recording is off, training goes on")
+            if run_video is not None:
+                run_video.close()
+            return None, None
+
+    def _show_and_record(self) -> None:
+        rgb = self.frame_skip.last_rgb
+        if self.window is not None:
+            self.window.show(rgb)
+        for name in ("run_video", "episode_video"):
+            recorder = getattr(self, name)
+            if recorder is None:
+                continue
+            try:
+                recorder.write(rgb)
+            except RecordingError as exc:
+                self.rt.log(f"{exc}; recording stops, training goes on")
+                recorder.close()
+                setattr(self, name, None)
+
     # --- loop --------------------------------------------------------------------------------
     def run(self) -> None:
         obs = self._reset()
@@ -81,8 +117,7 @@ class Actor:
             self.session_steps += 1
             episode_reward += reward
             episode_steps += 1
-            if self.window is not None:
-                self.window.show(self.frame_skip.last_rgb)
+            self._show_and_record()
             if terminated or truncated or len(self.chunk) >= self.config.chunk_size:
                 self._send(encode("transitions", actor=self.index, **self.chunk.take()))
             if terminated or truncated:
@@ -116,8 +151,9 @@ class Actor:
     def _reset(self) -> np.ndarray:
         obs, _ = self.env.reset()      # nes-py takes no seed; exploration randomness comes from self.rng
         self.chunk.start_episode(obs[-1])
-        if self.window is not None:
-            self.window.show(self.frame_skip.last_rgb)
+        if self.episode_video is not None:
+            self.episode_video.start_episode()
+        self._show_and_record()
         return obs
 
     def _act(self, obs: np.ndarray, epsilon: float) -> int:
@@ -153,6 +189,16 @@ class Actor:
                   "x_pos": x_pos, "flag": flag, "epsilon": float(epsilon), "actor_steps": self.steps}
         self._send(encode("episode", **values))
         self.rt.report("episode", values)     # the launcher writes log.txt
+        if self.episode_video is not None:
+            try:
+                best = self.episode_video.end_episode(reward)
+            except RecordingError as exc:
+                self.rt.log(f"{exc}; recording stops, training goes on")
+                self.episode_video.close()
+                self.episode_video = None
+                best = None
+            if best:
+                self.rt.log(f"new best episode (reward {reward:.2f}): {os.path.basename(best)}")
         for tag, value in (("Episode/Reward", reward), ("Episode/Epsilon", epsilon), ("Episode/XPos", x_pos),
                            ("Episode/Flag", float(flag)), ("Episode/Steps", steps)):
             self.writer.add_scalar(tag, value, self.steps)
@@ -167,8 +213,20 @@ class Actor:
     def close(self) -> None:
         if self.window is not None:
             self.window.close()
+        for recorder in (self.run_video, self.episode_video):
+            if recorder is not None:
+                recorder.close()
         self.writer.close()
         self.env.close()
+
+
+def _next_segment(run_dir: str) -> str:
+    """mario_run.mp4, or on a resumed run the first free mario_run_N.mp4: never overwrite a video."""
+    path, n = os.path.join(run_dir, "mario_run.mp4"), 1
+    while os.path.exists(path):
+        n += 1
+        path = os.path.join(run_dir, f"mario_run_{n}.mp4")
+    return path
 
 
 def main(runtime: RoleRuntime, run_dir: str) -> None:

@@ -6,6 +6,8 @@ A checkpoint is one dict of tensors and plain values, so it loads with
 from __future__ import annotations
 
 
+import io
+
 import torch
 
 from common.atomic_file import write_atomically
@@ -19,9 +21,13 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(state: dict, path: str) -> None:
-    """Write atomically; a crash mid-save keeps the previous checkpoint."""
-    write_atomically(path, lambda f: torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-                                                 **state}, f))
+    """Write atomically; a crash mid-save keeps the previous checkpoint.
+
+    Serialised in memory first (tens of MB): torch.save writing to a full disk fails with an
+    opaque RuntimeError, a plain file write with OSError "No space left on device"."""
+    buffer = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}, buffer)
+    write_atomically(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def load_checkpoint(path: str) -> dict:

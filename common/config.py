@@ -105,6 +105,8 @@ class Config:
     """Parent folder of the run folders (YYYY-MM-DD_HH-MM-SS_run)."""
     headless: bool = False
     """No live window."""
+    record_video: bool = True
+    """Record mario_run.mp4 (actor 0) and keep the best episode as mario_best_run_<reward>.mp4."""
     max_episodes: int = 0
     """Stop cleanly after this many episodes (0 = no limit)."""
     max_steps: int = 0

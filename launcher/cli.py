@@ -68,6 +68,7 @@ def build_parser() -> OneLineParser:
     p.add_argument("--env", metavar="ID", help="gym-super-mario-bros id (default SuperMarioBros-1-1-v0) "
                    f"or {TEST_ENV_ID}, the built-in test environment")
     p.add_argument("--headless", action="store_true", help="no live window (also automatic without a display)")
+    p.add_argument("--no-video", action="store_true", help="record no videos (mario_run.mp4, mario_best_run_*.mp4)")
     p.add_argument("--runs-dir", metavar="DIR", help="parent folder of the run folders (default: runs)")
     p.add_argument("--max-episodes", type=_positive_int, metavar="N", help="stop cleanly after N episodes")
     p.add_argument("--max-steps", type=_positive_int, metavar="N", help="stop cleanly after N env steps")
@@ -100,6 +101,8 @@ def config_from_args(args: argparse.Namespace, base: dict | None = None) -> Conf
     values.update({k: v for k, v in flags.items() if v is not None})
     if args.headless:
         values["headless"] = True
+    if args.no_video:
+        values["record_video"] = False
     return Config.from_dict(values)
 
 

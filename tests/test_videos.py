@@ -1,0 +1,114 @@
+"""What the user keeps: H.264 videos that play, the best run, log.txt and TensorBoard scalars,
+and a full disk that stops recording but not training."""
+import json
+import os
+import re
+import signal
+import subprocess
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import FAST_TEST_ENV
+
+pytestmark = pytest.mark.slow
+
+LOG_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] Episode (\d+), Reward: (-?\d+\.\d\d), Actor: (\d+), "
+                      r"Steps: (\d+), X: (\d+), Flag: (yes|no), Epsilon: (\d\.\d{3})$")
+
+
+def probe(path) -> dict:
+    """Decode the whole file with ffprobe; returns codec, size, pixel format and frames decoded."""
+    result = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_frames", "-show_entries",
+                             "stream=codec_name,width,height,pix_fmt,nb_read_frames,avg_frame_rate", "-of", "json",
+                             str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["streams"][0]
+
+
+def episodes(run_dir) -> list[tuple]:
+    lines = (run_dir / "log.txt").read_text().splitlines()
+    parsed = [LOG_LINE.match(line) for line in lines]
+    assert all(parsed), [line for line, m in zip(lines, parsed) if not m][:3]
+    return [(int(m[1]), float(m[2]), int(m[3]), int(m[4]), int(m[5]), m[6] == "yes", float(m[7])) for m in parsed]
+
+
+def test_videos_log_and_tensorboard_after_a_run(launch):
+    run = launch(*FAST_TEST_ENV, "--max-steps", "1500")
+    assert run.wait(120) == 0, run.output()
+    summary = run.summary()
+    log = episodes(run.run_dir)
+    assert [e[0] for e in log] == list(range(1, len(log) + 1)) and len(log) == summary["episodes"]
+
+    video = probe(run.run_dir / "mario_run.mp4")
+    assert (video["codec_name"], video["pix_fmt"], video["width"], video["height"]) == ("h264", "yuv420p", 256, 240)
+    assert video["avg_frame_rate"] == "15/1", "one frame per agent step at frame skip 4 = the game's speed"
+    assert int(video["nb_read_frames"]) == 1500 + len(log) + 1, "every step plus each reset frame"
+
+    best_files = sorted(run.run_dir.glob("mario_best_run_*.mp4"))
+    best_reward = max(e[1] for e in log)
+    assert [p.name for p in best_files] == [f"mario_best_run_{best_reward:.2f}.mp4"]
+    first_best = next(e for e in log if e[1] == best_reward)
+    assert int(probe(best_files[0])["nb_read_frames"]) == first_best[3] + 1
+    assert not list(run.run_dir.glob(".episode_*")), "no temporary episode files left"
+
+    tags = {}
+    for events in run.run_dir.glob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            tags[tag] = tags.get(tag, 0) + len(accumulator.Scalars(tag))
+    for tag in ("Episode/Reward", "Episode/Epsilon", "Episode/XPos", "Episode/Flag", "Loss/Optimize",
+                "Q_Value/Mean", "Learning_Rate", "Actor/StepsPerSec", "Learner/UpdatesPerSec", "Replay/Size",
+                "Replay/SamplesPerInsert"):
+        assert tags.get(tag, 0) > 0, f"no values for {tag}: {sorted(tags)}"
+    assert tags["Episode/Reward"] == len(log)
+
+
+def test_ctrl_c_leaves_videos_that_play_to_the_end(launch):
+    run = launch(*FAST_TEST_ENV)
+    run.wait_for_episodes(30)
+    run.interrupt()
+    assert run.wait(10) == 130, run.output()
+    steps = run.summary()["actors"]["0"]["steps"]
+    log = episodes(run.run_dir)
+    assert int(probe(run.run_dir / "mario_run.mp4")["nb_read_frames"]) == steps + len(log) + 1
+
+
+def test_sigkill_of_the_actor_leaves_a_playable_run_video(launch):
+    run = launch(*FAST_TEST_ENV, "--set", "learning_starts=20000")
+    run.wait_for(lambda: (run.runs_dir.exists() and any(run.runs_dir.glob("*_run/mario_run.mp4"))
+                          and run.status_value("steps") >= 600), 60, "600 steps recorded")
+    actor = next(pid for pid in run.descendants() if _comm(pid) == "mario-actor-0")
+    os.kill(actor, signal.SIGKILL)
+    assert run.wait(15) == 1, run.output()
+    assert "actor-0 exited unexpectedly (killed by SIGKILL)" in run.output()
+    video = probe(run.run_dir / "mario_run.mp4")
+    assert video["codec_name"] == "h264" and int(video["nb_read_frames"]) >= 400, video
+
+
+def test_full_disk_stops_recording_but_not_training(launch, tmp_path):
+    """Runs folder on a 3 MB tmpfs: videos and checkpoints fail with a clear message; the run goes on."""
+    disk = tmp_path / "tiny"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)]).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    try:
+        run = launch(*FAST_TEST_ENV, "--max-steps", "12000", "--runs-dir", str(disk))
+        assert run.wait(120) == 0, run.output()
+        output = run.output()
+        assert re.search(r"\[actor-0\] recording \S+ failed: No space left on device; recording stops, "
+                         r"training goes on", output), output
+        assert re.search(r"could not write \S+checkpoint_final\S*: No space left on device", output), output
+        assert "Traceback" not in output
+        assert "reached --max-steps" in output
+    finally:
+        subprocess.run(["umount", "-l", str(disk)])
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""

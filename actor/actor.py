@@ -67,7 +67,8 @@ class Actor:
         if not display_available():
             self.rt.log("no display found (DISPLAY is not set): running without the live window")
             return None
-        return LiveWindow()
+        height, width = self.frame_skip.env.observation_space.shape[:2]
+        return LiveWindow(height, width)
 
     def _open_recorders(self, run_dir: str):
         """mario_run.mp4 for the display actor (a new mario_run_N.mp4 segment on resume); every
@@ -89,7 +90,7 @@ class Actor:
 
     def _show_and_record(self) -> None:
         rgb = self.frame_skip.last_rgb
-        if self.window is not None:
+        if self.window is not None and self.window.open:
             self.window.show(rgb)
         for name in ("run_video", "episode_video"):
             recorder = getattr(self, name)

@@ -1,63 +1,104 @@
-"""Actor env steps/s on Super Mario Bros 1-1 (window and video off): the bare emulator with frame
-skip 4 (the limit), the wrapper chain, and the wrapper chain plus network inference."""
+"""Actor env steps/s on Super Mario Bros 1-1 against the emulator's limit, in one run:
+
+- the bare emulator stepping with frame skip 4 (the limit);
+- the real actor loop (wrappers, network inference, epsilon-greedy, chunks sent over ZeroMQ to a
+  drained PULL socket) with window and video off, with video only, and with window and video
+  (the window needs a display: run under `xvfb-run -a` on a headless machine).
+Goals: actor loop >= 0.90 of the emulator; video on >= 0.75 of both off.
+"""
 from __future__ import annotations
 
+import os
+import tempfile
+import threading
+import time
 import warnings
 
 import numpy as np
-import torch
+import zmq
 
+from actor.actor import Actor
+from actor.display import display_available
 from benchmarks.common import machine, parser
 from common.config import Config
-from common.envs import _make_raw, make_env
-from common.network import build_network
+from common.envs import _make_raw
+from common.runtime import RoleRuntime
+from common.transport import Transport
 
 
-def steps_per_s(step, reset, steps: int) -> float:
-    import time
-    reset()
+def bare_emulator(config: Config, steps: int) -> float:
+    env = _make_raw(config.env_id)
+    rng = np.random.default_rng(0)
+    env.reset()
     start = time.perf_counter()
     for _ in range(steps):
-        if step():
-            reset()
-    return steps / (time.perf_counter() - start)
+        action = int(rng.integers(config.num_actions))
+        for _ in range(config.frame_skip):
+            _, _, terminated, truncated, _ = env.step(action)
+            if terminated or truncated:
+                env.reset()
+                break
+    rate = steps / (time.perf_counter() - start)
+    env.close()
+    return rate
+
+
+class _StopAtCap:
+    """The actor's stop event: set once the actor has taken its steps."""
+    actor: Actor | None = None
+
+    def is_set(self) -> bool:
+        return self.actor is not None and self.actor._cap_reached()
+
+
+def actor_loop(config: Config, run_dir: str) -> float:
+    """Steps/s of the real Actor.run loop, its chunks drained by a PULL socket in a thread."""
+    transport = Transport(config.max_message_bytes)
+    pull = transport.socket(zmq.PULL, bind=config.address("replay_in"))
+    stop_draining = threading.Event()
+
+    def drain():
+        while not stop_draining.is_set():
+            if pull.poll(50):
+                pull.recv()
+    drainer = threading.Thread(target=drain, daemon=True)
+    drainer.start()
+    stop = _StopAtCap()
+    runtime = RoleRuntime("actor", 0, config, stop, os.getppid())
+    actor = stop.actor = Actor(runtime, run_dir)
+    start = time.perf_counter()
+    actor.run()
+    rate = actor.session_steps / (time.perf_counter() - start)
+    actor.close()
+    runtime.close()
+    stop_draining.set()
+    drainer.join()
+    transport.close()
+    return rate
 
 
 def main() -> None:
     args = parser(__doc__).parse_args()
     warnings.filterwarnings("ignore")
-    torch.set_num_threads(1)
-    steps = 200 if args.smoke else 3000
-    config = Config()
-    rng = np.random.default_rng(0)
-    print(f"machine: {machine()}; {steps} agent steps each, frame skip {config.frame_skip}")
-
-    raw = _make_raw(config.env_id)
-    def raw_step():
-        action = int(rng.integers(7))
-        for _ in range(config.frame_skip):
-            _, _, terminated, truncated, _ = raw.step(action)
-            if terminated or truncated:
-                return True
-        return False
-    print(f"bare emulator, frame skip 4:   {steps_per_s(raw_step, raw.reset, steps):7.1f} steps/s")
-    raw.close()
-
-    env = make_env(config)
-    net = build_network(config).eval()
-    state = {"obs": None}
-    def reset():
-        state["obs"], _ = env.reset()
-    def wrapped_step(infer: bool):
-        action = int(rng.integers(7))
-        if infer:
-            with torch.inference_mode():
-                action = int(net(torch.from_numpy(state["obs"]).unsqueeze(0)).argmax(dim=1).item())
-        state["obs"], _, terminated, truncated, _ = env.step(action)
-        return terminated or truncated
-    print(f"wrappers (gray 84x84, stack):  {steps_per_s(lambda: wrapped_step(False), reset, steps):7.1f} steps/s")
-    print(f"wrappers + greedy inference:   {steps_per_s(lambda: wrapped_step(True), reset, steps):7.1f} steps/s")
-    env.close()
+    steps = 150 if args.smoke else 3000
+    base = Config(max_steps=steps, epsilon_start=0.5, epsilon_end=0.5, base_port=47_655)
+    print(f"machine: {machine()}; {steps} agent steps each, frame skip {base.frame_skip}, epsilon 0.5")
+    limit = bare_emulator(base, steps)
+    print(f"bare emulator, frame skip 4:       {limit:7.1f} steps/s   (the limit)")
+    modes = [("actor loop, window+video off", dict(headless=True, record_video=False)),
+             ("actor loop, video on", dict(headless=True, record_video=True))]
+    if display_available():
+        modes.append(("actor loop, window+video on", dict(headless=False, record_video=True)))
+    rates = {}
+    with tempfile.TemporaryDirectory(dir="/tmp") as run_dir:
+        for name, changes in modes:
+            rates[name] = actor_loop(base.replace(**changes), run_dir)
+            print(f"{name + ':':34s} {rates[name]:7.1f} steps/s   {rates[name] / limit:5.2f} of the limit")
+    off = rates["actor loop, window+video off"]
+    for name in list(rates)[1:]:
+        print(f"{name}: {rates[name] / off:.2f} of the window+video-off rate (goal >= 0.75)")
+    if len(modes) == 2:
+        print("actor loop, window+video on: skipped (no display; run under xvfb-run -a)")
 
 
 if __name__ == "__main__":

@@ -17,13 +17,13 @@ import warnings
 import numpy as np
 import torch
 import zmq
-from torch.utils.tensorboard import SummaryWriter
 
 from actor.chunks import ChunkBuilder
 from actor.display import LiveWindow, display_available
 from actor.epsilon import linear_epsilon
 from actor.recorder import EpisodeRecorder, RecordingError, VideoWriter
 from common.envs import find_wrapper, make_env
+from common.metrics import Metrics
 from common.network import build_network, load_arrays
 from common.protocol import ProtocolError, decode, encode
 from common.runtime import RoleRuntime
@@ -46,7 +46,7 @@ class Actor:
         self.chunk = ChunkBuilder(c.frame_stack)
         self.window = self._open_window()
         self.run_video, self.episode_video = self._open_recorders(run_dir)
-        self.writer = SummaryWriter(run_dir, filename_suffix=f".actor{self.index}")
+        self.metrics = Metrics(run_dir, f".actor{self.index}", runtime.log)
         resume = runtime.resume
         self.steps = int(resume.get("steps", 0))        # this actor's env steps over the whole run
         self.session_steps = 0                           # ... and since this launch (what limits count)
@@ -129,7 +129,7 @@ class Actor:
                 now = time.monotonic()
                 rate = (self.session_steps - steps_at_report) / max(now - started, 1e-9)
                 started, steps_at_report = now, self.session_steps
-                self.writer.add_scalar("Actor/StepsPerSec", rate, self.steps)
+                self.metrics.scalar("Actor/StepsPerSec", rate, self.steps)
                 self._report_progress(rate, epsilon)
         if len(self.chunk):
             self._send(encode("transitions", actor=self.index, **self.chunk.take()))
@@ -202,7 +202,7 @@ class Actor:
                 self.rt.log(f"new best episode (reward {reward:.2f}): {os.path.basename(best)}")
         for tag, value in (("Episode/Reward", reward), ("Episode/Epsilon", epsilon), ("Episode/XPos", x_pos),
                            ("Episode/Flag", float(flag)), ("Episode/Steps", steps)):
-            self.writer.add_scalar(tag, value, self.steps)
+            self.metrics.scalar(tag, value, self.steps)
 
     def _report_progress(self, rate: float, epsilon: float) -> None:
         self.rt.report("progress", {"steps": self.steps, "session_steps": self.session_steps,
@@ -217,7 +217,7 @@ class Actor:
         for recorder in (self.run_video, self.episode_video):
             if recorder is not None:
                 recorder.close()
-        self.writer.close()
+        self.metrics.close()
         self.env.close()
 
 

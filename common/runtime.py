@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 
@@ -31,12 +32,18 @@ class RoleRuntime:
         self._terminated = False
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, self._on_sigterm)
+        threading.excepthook = self._on_thread_error
         self.transport = Transport(config.max_message_bytes)
         self._reports = self.transport.socket(zmq.PUSH, connect=config.address("reports"), hwm=10_000)
         self._last_progress = 0.0
 
     def _on_sigterm(self, signum, frame) -> None:
         self._terminated = True
+
+    def _on_thread_error(self, args) -> None:
+        """A library's background thread died (e.g. on a full disk): one line, not a traceback."""
+        self.log(f"background thread {args.thread.name if args.thread else '?'} stopped: "
+                 f"{args.exc_type.__name__}: {args.exc_value}")
 
     def should_stop(self) -> bool:
         return self._terminated or self._stop_event.is_set() or self.orphaned()

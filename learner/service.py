@@ -15,8 +15,8 @@ import time
 
 import torch
 import zmq
-from torch.utils.tensorboard import SummaryWriter
 
+from common.metrics import Metrics
 from common.network import weights_to_arrays
 from common.protocol import ProtocolError, decode, encode
 from common.runtime import RoleRuntime
@@ -39,7 +39,7 @@ class LearnerService:
         self.learner = DQNLearner(c, self.device)
         self.dealer = runtime.transport.socket(zmq.DEALER, connect=c.address("replay_sample"), hwm=100)
         self.pub = runtime.transport.socket(zmq.PUB, bind=c.address("weights"), hwm=2)
-        self.writer = SummaryWriter(run_dir, filename_suffix=".learner")
+        self.metrics = Metrics(run_dir, ".learner", runtime.log)
         self.replay_stats: dict = {}
         self.weights_version = 0
         self._published_updates = 0
@@ -137,14 +137,14 @@ class LearnerService:
         if n:
             values["loss"] = self._window["loss"] / n
             values["q_mean"] = self._window["q_mean"] / n
-            self.writer.add_scalar("Loss/Optimize", values["loss"], updates)
-            self.writer.add_scalar("Q_Value/Mean", values["q_mean"], updates)
-            self.writer.add_scalar("Learning_Rate", values["lr"], updates)
-            self.writer.add_scalar("Learner/UpdatesPerSec", rate, updates)
-            self.writer.add_scalar("Replay/Size", self.replay_stats.get("size", 0), updates)
+            self.metrics.scalar("Loss/Optimize", values["loss"], updates)
+            self.metrics.scalar("Q_Value/Mean", values["q_mean"], updates)
+            self.metrics.scalar("Learning_Rate", values["lr"], updates)
+            self.metrics.scalar("Learner/UpdatesPerSec", rate, updates)
+            self.metrics.scalar("Replay/Size", self.replay_stats.get("size", 0), updates)
             inserted = self.replay_stats.get("inserted", 0)
             if inserted:
-                self.writer.add_scalar("Replay/SamplesPerInsert", self.replay_stats.get("sampled", 0) / inserted, updates)
+                self.metrics.scalar("Replay/SamplesPerInsert", self.replay_stats.get("sampled", 0) / inserted, updates)
             self._window = {"loss": 0.0, "q_mean": 0.0, "n": 0}
         self.rt.report("progress", values)
 
@@ -233,7 +233,7 @@ class LearnerService:
         self.checkpoint("checkpoint_final", with_replay=not self.rt.orphaned())
         self.rt.report("progress", {"updates": self.learner.updates, "weights_version": self.weights_version,
                                     "dropped": self.dropped})
-        self.writer.close()
+        self.metrics.close()
 
 
 def main(runtime: RoleRuntime, run_dir: str) -> None:

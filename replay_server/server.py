@@ -151,8 +151,7 @@ class ReplayServer:
         self._reply_snapshot(identity, name, ok, stats, "" if ok else f"writing {name} failed (disk full?)")
 
     def _reply_snapshot(self, identity: bytes, name: str, ok: bool, stats: dict, text: str) -> None:
-        if not ok:
-            self.rt.log(f"snapshot failed: {text}")
+        """Answer the learner (which reports a failure to the user)."""
         try:
             self.router.send_multipart([identity, encode("snapshot_done", name=name, ok=ok, stats=stats, text=text)],
                                        zmq.NOBLOCK)

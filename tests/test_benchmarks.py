@@ -10,7 +10,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("name, expected", [
-    ("bench_actor", ["bare emulator, frame skip 4:", "wrappers + greedy inference:"]),
+    ("bench_actor", ["bare emulator, frame skip 4:", "actor loop, window+video off:", "actor loop, video on:"]),
     ("bench_replay", ["insert:", "sample+update batch  32:", "sample+update batch 256:"]),
     ("bench_learner", ["learner batch  32:", "learner batch 256:"]),
     ("bench_checkpoint", ["replay snapshot:", "PASS:", "learner checkpoint:"]),

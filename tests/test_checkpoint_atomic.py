@@ -95,11 +95,14 @@ import sys
 from replay_server.snapshot import write_snapshot
 
 path, g = sys.argv[1], int(sys.argv[2])
-write_snapshot(replay_generation(g), {"generation": g}, path)
+# Two contents built once, written alternately: the loop's time goes to writing, so kills land mid-write.
+contents = [replay_generation(g), replay_generation(g + 1)]
+first = g
+write_snapshot(contents[0], {"generation": g}, path)
 print("first done", flush=True)
 while True:
     g += 1
-    write_snapshot(replay_generation(g), {"generation": g}, path)
+    write_snapshot(contents[(g - first) % 2], {"generation": g}, path)
 '''
 
 # Delays (s) after the child's first complete save; then a few more kills while none has hit a write.
@@ -172,7 +175,8 @@ def check_snapshot(path: str, first: int) -> None:
     counters = read_snapshot(path, buffer)
     g = counters["generation"]
     assert isinstance(g, int) and g >= first, f"generation {g}: older than the child's finished first save {first}"
-    assert buffer.content_hash() == replay_generation(g).content_hash(), f"snapshot generation {g} is torn"
+    expected = replay_generation(first + (g - first) % 2)      # the writer alternates two contents
+    assert buffer.content_hash() == expected.content_hash(), f"snapshot generation {g} is torn"
 
 
 def test_sigkill_during_replay_snapshot_keeps_a_complete_snapshot(tmp_path):

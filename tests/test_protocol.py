@@ -35,6 +35,9 @@ EXAMPLES = {
     "weights": dict(version=3, updates=300,
                     tensors={"features.0.weight": RNG.standard_normal((32, 4, 8, 8)).astype(np.float32),
                              "head.2.bias": RNG.standard_normal(7).astype(np.float32)}),
+    "snapshot": dict(name="checkpoint-1795622647063481164.replay.npz"),
+    "snapshot_done": dict(name="checkpoint_final-17.replay.npz", ok=False, stats={"size": 10, "episodes": 2},
+                          text="writing checkpoint_final-17.replay.npz failed (disk full?)"),
     "report": dict(role="actor", index=2, kind="failed", values={"steps": 10, "rate": 1.5, "ok": True},
                    text="RuntimeError: boom ✓"),
 }

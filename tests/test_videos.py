@@ -88,18 +88,28 @@ def test_sigkill_of_the_actor_leaves_a_playable_run_video(launch):
 
 
 def test_full_disk_stops_recording_but_not_training(launch, tmp_path):
-    """Runs folder on a 3 MB tmpfs: videos and checkpoints fail with a clear message; the run goes on."""
+    """Runs folder on a tmpfs that fills up once the run has started: videos, log.txt and checkpoints
+    fail with a clear message each, and the run goes on to its end."""
     disk = tmp_path / "tiny"
     disk.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)]).returncode != 0:
         pytest.skip("mounting a tmpfs needs root (CI runs as root)")
     try:
-        run = launch(*FAST_TEST_ENV, "--max-steps", "12000", "--runs-dir", str(disk))
+        run = launch(*FAST_TEST_ENV, "--max-steps", "6000", "--runs-dir", str(disk))
+        run.wait_for(lambda: any(disk.glob("*_run/mario_run.mp4")), 60, "the run video to be opened")
+        with open(disk / "filler", "wb") as filler:      # take every free byte
+            try:
+                while True:
+                    filler.write(b"\0" * 65536)
+            except OSError:
+                pass
         assert run.wait(120) == 0, run.output()
         output = run.output()
         assert re.search(r"\[actor-0\] recording \S+ failed: No space left on device; recording stops, "
                          r"training goes on", output), output
-        assert re.search(r"could not write \S+checkpoint_final\S*: No space left on device", output), output
+        assert re.search(r"mario-apex: could not write \S+log.txt: No space left on device; training goes on",
+                         output), output
+        assert re.search(r"could not write \S+checkpoint_final.pth: No space left on device", output), output
         assert "Traceback" not in output
         assert "reached --max-steps" in output
     finally:

@@ -5,14 +5,16 @@ Used by the tests to check that learning happened, and the base of the play mode
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 
 from common.checkpoint import load_checkpoint
 from common.config import Config
-from common.envs import make_env
+from common.envs import find_wrapper, make_env
 from common.network import build_network
+from common.wrappers import FrameSkip
 
 
 @dataclass
@@ -32,27 +34,40 @@ def load_policy(path: str, config: Config | None = None) -> tuple[torch.nn.Modul
     return net.eval(), config
 
 
-def play(net: torch.nn.Module, config: Config, episodes: int, epsilon: float = 0.0,
-         seed: int = 0) -> list[EpisodeResult]:
-    """Play `episodes` episodes; epsilon 0 is fully greedy, 1 is a uniformly random policy."""
+def greedy_action(net: torch.nn.Module, obs: np.ndarray) -> int:
+    """argmax_a Q(obs, a) for one stacked observation."""
+    with torch.inference_mode():
+        return int(net(torch.from_numpy(obs).unsqueeze(0)).argmax(dim=1).item())
+
+
+def play(net: torch.nn.Module, config: Config, episodes: int, epsilon: float = 0.0, seed: int = 0,
+         on_frame: Callable[[np.ndarray], None] | None = None,
+         on_episode: Callable[[int, EpisodeResult], None] | None = None) -> list[EpisodeResult]:
+    """Play `episodes` episodes; epsilon 0 is fully greedy, 1 is a uniformly random policy.
+    on_frame gets every RGB frame shown (for a window or a video), on_episode each result."""
     env = make_env(config)
+    frame_skip = find_wrapper(env, FrameSkip)
     rng = np.random.default_rng(seed)
     results = []
     try:
-        for _ in range(episodes):
+        for episode in range(1, episodes + 1):
             obs, info = env.reset()
+            if on_frame:
+                on_frame(frame_skip.last_rgb)
             total, steps, done = 0.0, 0, False
             while not done:
-                if rng.random() < epsilon:
-                    action = int(rng.integers(config.num_actions))
-                else:
-                    with torch.inference_mode():
-                        action = int(net(torch.from_numpy(obs).unsqueeze(0)).argmax(dim=1).item())
+                explore = rng.random() < epsilon
+                action = int(rng.integers(config.num_actions)) if explore else greedy_action(net, obs)
                 obs, reward, terminated, truncated, info = env.step(action)
+                if on_frame:
+                    on_frame(frame_skip.last_rgb)
                 total += reward
                 steps += 1
                 done = terminated or truncated
-            results.append(EpisodeResult(total, int(info.get("x_pos", 0)), bool(info.get("flag_get", False)), steps))
+            result = EpisodeResult(total, int(info.get("x_pos", 0)), bool(info.get("flag_get", False)), steps)
+            results.append(result)
+            if on_episode:
+                on_episode(episode, result)
     finally:
         env.close()
     return results

@@ -16,6 +16,9 @@ examples:
   python launch.py --headless --max-steps 20000     no window, stop after 20,000 env steps
   python launch.py --env {TEST_ENV_ID} --headless   the tiny built-in test environment
   python launch.py --set lr=2.5e-4 --set batch_size=64   change any config field (see --help-config)
+  python launch.py --resume runs/2026-11-25_15-37-25_run   continue a run where it stopped
+  python launch.py --play runs/2026-11-25_15-37-25_run/checkpoint_final.pth   watch the trained agent
+  python launch.py --plot runs/2026-11-25_15-37-25_run    learning_curve.png of a run
 
 Ctrl+C (or SIGTERM) stops every process cleanly and writes checkpoint_final.pth.
 Each run writes to <runs-dir>/YYYY-MM-DD_HH-MM-SS_run/: config.json, log.txt, checkpoints,
@@ -82,6 +85,11 @@ def build_parser() -> OneLineParser:
                    "checkpoint_final.pth and checkpoint.pth); the run goes on in that folder")
     p.add_argument("--resume-reset-exploration", type=_unit_float, metavar="EPS",
                    help="with --resume: restart epsilon from EPS (it decays again from there)")
+    p.add_argument("--play", metavar="CHECKPOINT", help="watch a trained agent: play greedy episodes with the "
+                   "checkpoint's network (window unless --headless), record mario_play.mp4 beside it; no training")
+    p.add_argument("--episodes", type=_positive_int, default=3, metavar="N", help="episodes for --play (default 3)")
+    p.add_argument("--plot", metavar="RUN_FOLDER", help="write RUN_FOLDER/learning_curve.png (reward and x position "
+                   "over env steps, evaluations marked) and exit")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="set any config field, e.g. --set lr=2.5e-4 (repeatable; list: --help-config)")
     p.add_argument("--help-config", action="store_true", help="list every config field with its default and exit")
@@ -119,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.help_config:
         print(help_config())
         return 0
+    if args.plot:
+        return _plot(parser, args.plot)
+    if args.play:
+        return _play(parser, args)
     if args.resume_reset_exploration is not None and not args.resume:
         parser.error("--resume-reset-exploration needs --resume")
     try:
@@ -143,6 +155,31 @@ def main(argv: list[str] | None = None) -> int:
     except StartError as exc:
         parser.error(str(exc))
     return supervisor.run()
+
+
+def _plot(parser: OneLineParser, run_dir: str) -> int:
+    from launcher.plot import PlotError, plot_run
+    try:
+        print(f"mario-apex: wrote {plot_run(run_dir)}")
+    except PlotError as exc:
+        parser.error(str(exc))
+    return 0
+
+
+def _play(parser: OneLineParser, args: argparse.Namespace) -> int:
+    from actor.play import play_checkpoint
+    from common.checkpoint import CheckpointError
+    try:
+        results = play_checkpoint(args.play, args.episodes, headless=args.headless, record=not args.no_video,
+                                  say=lambda text: print(f"mario-apex: {text}", flush=True))
+    except CheckpointError as exc:
+        parser.error(str(exc))
+    except KeyboardInterrupt:
+        return 130
+    flags = sum(r.flag for r in results)
+    print(f"mario-apex: {len(results)} episode(s), mean x_pos {sum(r.x_pos for r in results) / len(results):.0f}, "
+          f"flag reached {flags} time(s)")
+    return 0
 
 
 def _ask_to_resume(latest: str | None) -> str | None:

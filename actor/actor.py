@@ -43,7 +43,7 @@ class Actor:
         self.rng = np.random.default_rng(c.seed + self.index)
         self.push = runtime.transport.socket(zmq.PUSH, connect=c.address("replay_in"), hwm=1000)
         self.sub = runtime.transport.socket(zmq.SUB, connect=c.address("weights"), conflate=True, subscribe=True)
-        self.chunk = ChunkBuilder(c.frame_stack)
+        self.chunk = ChunkBuilder(c.frame_stack, c.n_step, c.gamma)
         self.window = self._open_window()
         self.run_video, self.episode_video = self._open_recorders(run_dir)
         self.metrics = Metrics(run_dir, f".actor{self.index}", runtime.log)
@@ -88,11 +88,12 @@ class Actor:
                 run_video.close()
             return None, None
 
-    def _show_and_record(self) -> None:
+    def _show_and_record(self, episode: bool = True) -> None:
+        """Window and run video always; the episode video (best-run candidate) for training episodes."""
         rgb = self.frame_skip.last_rgb
         if self.window is not None and self.window.open:
             self.window.show(rgb)
-        for name in ("run_video", "episode_video"):
+        for name in ("run_video", "episode_video") if episode else ("run_video",):
             recorder = getattr(self, name)
             if recorder is None:
                 continue
@@ -113,7 +114,7 @@ class Actor:
             epsilon = self.epsilon()
             action = self._act(obs, epsilon)
             obs, reward, terminated, truncated, info = self.env.step(action)
-            self.chunk.add(obs[-1], action, reward, terminated)
+            self.chunk.add(obs[-1], action, reward, terminated, truncated)
             self.steps += 1
             self.session_steps += 1
             episode_reward += reward
@@ -123,6 +124,8 @@ class Actor:
                 self._send(encode("transitions", actor=self.index, **self.chunk.take()))
             if terminated or truncated:
                 self._finish_episode(episode_reward, episode_steps, info, epsilon)
+                if self._evaluation_due():
+                    self._evaluate()
                 obs = self._reset()
                 episode_reward, episode_steps = 0.0, 0
             if self.rt.progress_due():
@@ -131,6 +134,7 @@ class Actor:
                 started, steps_at_report = now, self.session_steps
                 self.metrics.scalar("Actor/StepsPerSec", rate, self.steps)
                 self._report_progress(rate, epsilon)
+        self.chunk.flush_pending()      # stopping mid-episode is a truncation: nothing is lost
         if len(self.chunk):
             self._send(encode("transitions", actor=self.index, **self.chunk.take()))
         self._report_progress(0.0, self.epsilon())
@@ -148,6 +152,34 @@ class Actor:
     def _cap_reached(self) -> bool:
         return bool(self.step_cap and self.session_steps >= self.step_cap
                     or self.episode_cap and self.episodes >= self.episode_cap)
+
+    def _evaluation_due(self) -> bool:
+        every = self.config.eval_every_episodes
+        return self.index == 0 and every > 0 and self.episodes % every == 0 and not self._cap_reached()
+
+    def _evaluate(self) -> None:
+        """Greedy episodes (epsilon eval_epsilon) with the newest weights. Nothing is sent for
+        training and no training counter moves; the window and mario_run.mp4 show them."""
+        c = self.config
+        results = []
+        for _ in range(c.eval_episodes):
+            obs, _ = self.env.reset()
+            self._show_and_record(episode=False)
+            total, steps, done, info = 0.0, 0, False, {}
+            while not done:
+                if self.rt.should_stop():
+                    return
+                self._poll_weights()
+                obs, reward, terminated, truncated, info = self.env.step(self._act(obs, c.eval_epsilon))
+                self._show_and_record(episode=False)
+                total, steps, done = total + reward, steps + 1, terminated or truncated
+            result = {"actor": self.index, "reward": float(total), "steps": steps, "x_pos": int(info.get("x_pos", 0)),
+                      "flag": bool(info.get("flag_get", False)), "env_steps": self.steps}
+            self.rt.report("eval", result)        # the launcher logs it to log.txt
+            results.append(result)
+        self.metrics.scalar("Eval/Reward", float(np.mean([r["reward"] for r in results])), self.steps)
+        self.metrics.scalar("Eval/XPos", float(np.mean([r["x_pos"] for r in results])), self.steps)
+        self.metrics.scalar("Eval/FlagRate", float(np.mean([r["flag"] for r in results])), self.steps)
 
     def _reset(self) -> np.ndarray:
         obs, _ = self.env.reset()      # nes-py takes no seed; exploration randomness comes from self.rng

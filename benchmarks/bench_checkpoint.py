@@ -31,10 +31,10 @@ def fill(buffer: PrioritizedReplay, rng: np.random.Generator) -> None:
         frames = rng.integers(0, 256, (CHUNK, FRAME_SIZE, FRAME_SIZE), dtype=np.uint8)
         for frame in frames:
             episode_left -= 1
-            builder.add(frame, int(rng.integers(NUM_ACTIONS)), float(rng.normal()), episode_left == 0)
+            builder.add(frame, int(rng.integers(NUM_ACTIONS)), float(rng.normal()), episode_left == 0, False)
             if len(builder) == CHUNK or episode_left == 0:
                 c = builder.take()
-                buffer.add_chunk(c["frames"], c["stack"], c["actions"], c["rewards"], c["dones"])
+                buffer.add_chunk(c["frames"], c["stack"], c["actions"], c["rewards"], c["bootstraps"])
             if episode_left == 0:
                 builder.start_episode(rng.integers(0, 256, (FRAME_SIZE, FRAME_SIZE), dtype=np.uint8))
                 episode_left = int(rng.integers(200, 2000))

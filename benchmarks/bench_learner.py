@@ -17,14 +17,14 @@ def main() -> None:
     rng = np.random.default_rng(0)
     for batch_size in (32, 256):
         learner = DQNLearner(Config(batch_size=batch_size), device)
-        frames = rng.integers(0, 255, (batch_size, 5, 84, 84), dtype=np.uint8)
+        frames = rng.integers(0, 255, (batch_size, 8, 84, 84), dtype=np.uint8)   # obs and next obs stacks
         actions = rng.integers(0, 7, batch_size).astype(np.uint8)
         rewards = rng.standard_normal(batch_size).astype(np.float32)
-        dones = np.zeros(batch_size, bool)
+        bootstraps = np.full(batch_size, 0.99 ** 3, np.float32)
         weights = np.ones(batch_size, np.float32)
 
         def update():
-            learner.step(frames, actions, rewards, dones, weights)
+            learner.step(frames, actions, rewards, bootstraps, weights)
             if device.type == "cuda":
                 torch.cuda.synchronize()
         per_s = rate(update, 0.5 if args.smoke else 10.0)

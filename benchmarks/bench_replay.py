@@ -13,7 +13,7 @@ def make_chunks(count: int, chunk_size: int, rng) -> list[dict]:
     builder, chunks = ChunkBuilder(4), []
     builder.start_episode(rng.integers(0, 255, (84, 84), dtype=np.uint8))
     while len(chunks) < count:
-        builder.add(rng.integers(0, 255, (84, 84), dtype=np.uint8), int(rng.integers(7)), 0.1, False)
+        builder.add(rng.integers(0, 255, (84, 84), dtype=np.uint8), int(rng.integers(7)), 0.1, False, False)
         if len(builder) == chunk_size:
             chunks.append(builder.take())
     return chunks
@@ -33,7 +33,7 @@ def main() -> None:
         nonlocal i
         c = chunks[i % len(chunks)]
         i += 1
-        buffer.add_chunk(c["frames"], c["stack"], c["actions"], c["rewards"], c["dones"])
+        buffer.add_chunk(c["frames"], c["stack"], c["actions"], c["rewards"], c["bootstraps"])
     per_s = rate(insert, seconds)
     print(f"insert: {per_s * 64:10.0f} transitions/s (chunks of 64); buffer holds {len(buffer):,}, "
           f"{buffer.nbytes() / capacity:.0f} bytes/transition")

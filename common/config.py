@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field, fields
 
 TEST_ENV_ID = "MarioApexTest-v0"
+MAX_N_STEP = 16
 """Id of the tiny built-in test environment (see common/test_env.py)."""
 
 
@@ -43,6 +44,12 @@ class Config:
     """Exploration rate after the decay."""
     epsilon_decay_steps: int = 250_000
     """Actor env steps over which epsilon falls linearly from start to end."""
+    eval_every_episodes: int = 50
+    """Actor 0 plays greedy evaluation episodes after every N training episodes (0 = never)."""
+    eval_episodes: int = 1
+    """Evaluation episodes each time (their transitions are not trained on)."""
+    eval_epsilon: float = 0.0
+    """Exploration rate during evaluation (0 = fully greedy)."""
     chunk_size: int = 64
     """Transitions per message from actor to replay server (also sent at episode end)."""
     seed: int = 0
@@ -63,6 +70,10 @@ class Config:
     """Stored transitions needed before the replay server serves sample batches."""
 
     # --- learner -----------------------------------------------------------------------
+    n_step: int = 3
+    """Steps of real rewards before bootstrapping: R = sum_i gamma^i r_(t+i) + gamma^n Q(s_(t+n)) (Ape-X uses 3)."""
+    dueling: bool = True
+    """Dueling head: Q = V + A - mean(A)."""
     batch_size: int = 32
     """Transitions per gradient update."""
     gamma: float = 0.99
@@ -80,7 +91,9 @@ class Config:
     double_dqn: bool = True
     """Pick the next action with the online network, value it with the target network."""
     target_update_every: int = 2_000
-    """Learner updates between copies of the online network into the target network."""
+    """Learner updates between copies of the online network into the target network (when target_tau is 0)."""
+    target_tau: float = 0.0
+    """0: hard target updates (above); > 0: soft updates every step, target += tau * (online - target)."""
     publish_every: int = 100
     """Learner updates between weight broadcasts to the actors."""
     prefetch_batches: int = 2
@@ -120,18 +133,18 @@ class Config:
 
     def validate(self) -> None:
         """Raise ConfigError naming the first unusable value."""
-        positive = ("frame_skip", "frame_size", "frame_stack", "num_actions", "max_episode_steps",
+        positive = ("eval_episodes", "frame_skip", "frame_size", "frame_stack", "num_actions", "max_episode_steps",
                     "chunk_size", "replay_capacity", "per_beta_updates", "batch_size", "lr_decay_updates",
                     "target_update_every", "publish_every", "prefetch_batches", "num_actors")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        non_negative = ("epsilon_decay_steps", "learning_starts", "checkpoint_every_episodes",
+        non_negative = ("eval_every_episodes", "epsilon_decay_steps", "learning_starts", "checkpoint_every_episodes",
                         "max_episodes", "max_steps", "seed")
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
-        unit = ("epsilon_start", "epsilon_end", "per_alpha", "per_beta_start", "lr_end_factor")
+        unit = ("eval_epsilon", "epsilon_start", "epsilon_end", "per_alpha", "per_beta_start", "lr_end_factor", "target_tau")
         for name in unit:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
@@ -146,6 +159,8 @@ class Config:
             raise ConfigError(f"base_port must be between 1 and 65532, got {self.base_port}")
         if self.max_message_bytes < 1024:
             raise ConfigError(f"max_message_bytes must be at least 1024, got {self.max_message_bytes}")
+        if not 1 <= self.n_step <= MAX_N_STEP:
+            raise ConfigError(f"n_step must be between 1 and {MAX_N_STEP}, got {self.n_step}")
         if self.frame_size > 256:
             raise ConfigError(f"frame_size must be at most 256, got {self.frame_size}")
         if self.learning_starts > self.replay_capacity:

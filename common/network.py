@@ -11,9 +11,12 @@ from torch import nn
 
 
 class QNetwork(nn.Module):
-    """Maps a uint8 stack of frames (B, stack, size, size) to one Q-value per action."""
+    """Maps a uint8 stack of frames (B, stack, size, size) to one Q-value per action.
 
-    def __init__(self, frame_stack: int, frame_size: int, num_actions: int):
+    With `dueling`, two heads estimate the state's value V and each action's advantage A, and
+    Q = V + A - mean(A) (Wang et al., 2016)."""
+
+    def __init__(self, frame_stack: int, frame_size: int, num_actions: int, dueling: bool = False):
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(frame_stack, 32, kernel_size=8, stride=4), nn.ReLU(),
@@ -24,13 +27,18 @@ class QNetwork(nn.Module):
         with torch.no_grad():
             flat = self.features(torch.zeros(1, frame_stack, frame_size, frame_size)).shape[1]
         self.head = nn.Sequential(nn.Linear(flat, 512), nn.ReLU(), nn.Linear(512, num_actions))
+        self.value = nn.Sequential(nn.Linear(flat, 512), nn.ReLU(), nn.Linear(512, 1)) if dueling else None
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(frames.float() / 255.0))
+        features = self.features(frames.float() / 255.0)
+        q = self.head(features)                      # advantages, for the dueling head
+        if self.value is not None:
+            q = self.value(features) + q - q.mean(dim=1, keepdim=True)
+        return q
 
 
 def build_network(config) -> QNetwork:
-    return QNetwork(config.frame_stack, config.frame_size, config.num_actions)
+    return QNetwork(config.frame_stack, config.frame_size, config.num_actions, config.dueling)
 
 
 def weights_to_arrays(net: nn.Module) -> dict[str, np.ndarray]:

@@ -25,19 +25,21 @@ class ProtocolError(ValueError):
 # Field kinds: "int", "float", "str", "bool", "array", "arrays" (a map of name -> array),
 # "numbers" (a map of name -> int/float/bool; small metrics blobs). Optional fields end in "?".
 SCHEMAS: dict[str, dict[str, str]] = {
-    # actor -> replay server: one chunk of consecutive transitions from one episode.
-    # frames (m, H, W) uint8; stack (n, S+1) int32 indices into frames: obs = stack[:, :S],
-    # next obs = stack[:, 1:]; actions (n,) uint8; rewards (n,) float32; dones (n,) bool.
+    # actor -> replay server: a chunk of n-step transitions from one episode (see actor/chunks.py).
+    # frames (m, H, W) uint8; stack (n, 2S) int32 indices into frames: obs = stack[:, :S],
+    # next obs = stack[:, S:]; actions (n,) uint8; rewards (n,) float32 discounted n-step returns;
+    # bootstraps (n,) float32: gamma^k for the next obs k steps on, 0 after a terminal step.
     "transitions": {"actor": "int", "frames": "array", "stack": "array", "actions": "array",
-                    "rewards": "array", "dones": "array"},
+                    "rewards": "array", "bootstraps": "array"},
     # actor -> replay server and launcher: one finished episode.
     "episode": {"actor": "int", "episode": "int", "reward": "float", "steps": "int", "x_pos": "int",
                 "flag": "bool", "epsilon": "float", "actor_steps": "int"},
     # learner -> replay server: ask for a batch; the reply is "batch".
     "sample": {"batch_size": "int", "beta": "float"},
     # replay server -> learner
+    # frames (B, 2S, H, W): obs = [:, :S], next obs = [:, S:]
     "batch": {"ids": "array", "frames": "array", "actions": "array", "rewards": "array",
-              "dones": "array", "weights": "array", "stats": "numbers"},
+              "bootstraps": "array", "weights": "array", "stats": "numbers"},
     # learner -> replay server: new priorities for the transitions with these ids.
     "priorities": {"ids": "array", "priorities": "array"},
     # learner -> replay server: snapshot the buffer now into <run folder>/<name> (a plain file name);

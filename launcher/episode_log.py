@@ -11,11 +11,20 @@ class EpisodeLog:
         self._failed = False
 
     def write(self, number: int, episode: dict) -> str | None:
-        """Append one line; returns an error message the first time writing fails, else None."""
-        stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-        line = (f"[{stamp}] Episode {number}, Reward: {episode['reward']:.2f}, Actor: {episode['actor']}, "
-                f"Steps: {episode['steps']}, X: {episode['x_pos']}, Flag: {'yes' if episode['flag'] else 'no'}, "
-                f"Epsilon: {episode['epsilon']:.3f}\n")
+        """A training episode's line; returns an error message the first time writing fails."""
+        return self._append(f"Episode {number}, {self._common(episode)}, Epsilon: {episode['epsilon']:.3f}")
+
+    def write_eval(self, number: int, episode: dict) -> str | None:
+        """A greedy evaluation episode's line, marked "Eval", with the env steps trained so far."""
+        return self._append(f"Eval {number}, {self._common(episode)}, Env steps: {episode['env_steps']}")
+
+    @staticmethod
+    def _common(e: dict) -> str:
+        return (f"Reward: {e['reward']:.2f}, Actor: {e['actor']}, Steps: {e['steps']}, X: {e['x_pos']}, "
+                f"Flag: {'yes' if e['flag'] else 'no'}")
+
+    def _append(self, text: str) -> str | None:
+        line = f"[{datetime.now().strftime('%Y-%m-%d %H:%M:%S')}] {text}\n"
         try:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(line)

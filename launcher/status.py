@@ -17,6 +17,8 @@ class RunStatus:
         self.best_reward: float | None = None
         self.last_episode: dict = {}
         self.done_actors: set[int] = set()
+        self.evaluations = 0
+        self.last_eval: dict = {}
         self._rate_mark = (time.monotonic(), 0, 0)
         self.rates = (0.0, 0.0)
 
@@ -34,6 +36,9 @@ class RunStatus:
             self.last_episode = values
             reward = float(values.get("reward", 0.0))
             self.best_reward = reward if self.best_reward is None else max(self.best_reward, reward)
+        elif kind == "eval":
+            self.evaluations += 1
+            self.last_eval = values
         elif kind == "done" and role == "actor":
             self.done_actors.add(index)
 
@@ -81,11 +86,14 @@ class RunStatus:
         parts.append(f"replay {int(self.replay.get('size', 0)):,}/{self.replay_capacity:,}")
         if self.best_reward is not None:
             parts.append(f"best {self.best_reward:.2f}")
+        if self.last_eval:
+            parts.append(f"eval x {self.last_eval.get('x_pos', 0)}{' FLAG' if self.last_eval.get('flag') else ''}")
         return parts
 
     def summary(self) -> dict:
         return {"episodes": self.episodes, "total_episodes": self.total_episodes, "env_steps": self.env_steps,
                 "session_steps": self.session_steps, "updates": self.updates,
-                "best_reward": self.best_reward, "seconds": round(time.monotonic() - self.started, 1),
+                "best_reward": self.best_reward, "evaluations": self.evaluations, "last_eval": self.last_eval,
+                "seconds": round(time.monotonic() - self.started, 1),
                 "actors": {str(k): v for k, v in self.actors.items()}, "learner": self.learner,
                 "replay": self.replay}

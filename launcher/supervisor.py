@@ -186,10 +186,13 @@ class Supervisor:
                 self.console.say(f"[{name}] {msg.get('text', '')}")
             else:
                 self.status.on_report(msg)
+                error = None
                 if msg["kind"] == "episode":
                     error = self.episode_log.write(self.status.total_episodes, msg["values"])
-                    if error:
-                        self.console.say(f"mario-apex: {error}", error=True)
+                elif msg["kind"] == "eval":
+                    error = self.episode_log.write_eval(self.status.evaluations, msg["values"])
+                if error:
+                    self.console.say(f"mario-apex: {error}", error=True)
 
     def _check_children(self) -> None:
         for name, proc in self.processes.items():

@@ -13,16 +13,17 @@ from common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from common.config import Config
 from common.network import build_network
 
-def td_targets(rewards: torch.Tensor, dones: torch.Tensor, next_q_target: torch.Tensor,
-               next_q_online: torch.Tensor | None, gamma: float) -> torch.Tensor:
-    """y = r + gamma * (1 - done) * Q_target(s', a'), with a' = argmax_a Q_online(s', a) for
-    double DQN (next_q_online given) or argmax_a Q_target(s', a) for plain DQN."""
+def td_targets(rewards: torch.Tensor, bootstraps: torch.Tensor, next_q_target: torch.Tensor,
+               next_q_online: torch.Tensor | None) -> torch.Tensor:
+    """y = R + bootstrap * Q_target(s', a'), where R is the discounted n-step return, bootstrap is
+    gamma^k for the next obs k steps on (0 after a terminal step), and a' = argmax_a Q_online(s', a)
+    for double DQN (next_q_online given) or argmax_a Q_target(s', a) for plain DQN."""
     if next_q_online is not None:
         next_actions = next_q_online.argmax(dim=1, keepdim=True)
     else:
         next_actions = next_q_target.argmax(dim=1, keepdim=True)
     next_value = next_q_target.gather(1, next_actions).squeeze(1)
-    return rewards + gamma * (1.0 - dones.float()) * next_value
+    return rewards + bootstraps * next_value
 
 
 def linear_decay(end_factor: float, updates: int):
@@ -56,14 +57,15 @@ class DQNLearner:
             tensor = tensor.pin_memory()
         return tensor.to(self.device, non_blocking=True)
 
-    def step(self, frames: np.ndarray, actions: np.ndarray, rewards: np.ndarray, dones: np.ndarray,
+    def step(self, frames: np.ndarray, actions: np.ndarray, rewards: np.ndarray, bootstraps: np.ndarray,
              weights: np.ndarray) -> tuple[dict, np.ndarray]:
-        """One gradient update on a batch; returns (metrics, new priorities |TD error| + eps)."""
+        """One gradient update on a batch (frames (B, 2S, H, W): obs then next obs); returns
+        (metrics, new priorities |TD error| + eps)."""
         s = self.config.frame_stack
         frames_t = self._tensor(frames)
-        obs, next_obs = frames_t[:, :s], frames_t[:, 1:]
+        obs, next_obs = frames_t[:, :s], frames_t[:, s:]
         actions_t = self._tensor(actions.astype(np.int64))
-        rewards_t, dones_t = self._tensor(rewards), self._tensor(dones)
+        rewards_t, bootstraps_t = self._tensor(rewards), self._tensor(bootstraps)
         weights_t = self._tensor(weights)
 
         q_all = self.online(obs)
@@ -71,7 +73,7 @@ class DQNLearner:
         with torch.no_grad():
             next_q_target = self.target(next_obs)
             next_q_online = self.online(next_obs) if self.config.double_dqn else None
-            y = td_targets(rewards_t, dones_t, next_q_target, next_q_online, self.config.gamma)
+            y = td_targets(rewards_t, bootstraps_t, next_q_target, next_q_online)
         td_error = y - q
         loss = (weights_t * F.smooth_l1_loss(q, y, reduction="none")).mean()
 
@@ -81,13 +83,22 @@ class DQNLearner:
         self.optimizer.step()
         self.scheduler.step()
         self.updates += 1
-        if self.updates % self.config.target_update_every == 0:
-            self.target.load_state_dict(self.online.state_dict())
+        self._update_target()
 
         priorities = td_error.detach().abs().cpu().numpy().astype(np.float64) + self.config.per_eps
         metrics = {"loss": loss.item(), "q_mean": q_all.detach().mean().item(),
                    "grad_norm": grad_norm.item(), "lr": self.optimizer.param_groups[0]["lr"]}
         return metrics, priorities
+
+    def _update_target(self) -> None:
+        """Hard copy every target_update_every updates, or soft (Polyak) updates with target_tau."""
+        tau = self.config.target_tau
+        if tau > 0:
+            with torch.no_grad():
+                for target, online in zip(self.target.parameters(), self.online.parameters()):
+                    target.lerp_(online, tau)
+        elif self.updates % self.config.target_update_every == 0:
+            self.target.load_state_dict(self.online.state_dict())
 
     # --- checkpoints -------------------------------------------------------------------------
     def state_dict(self, counters: dict | None = None) -> dict:

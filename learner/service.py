@@ -96,7 +96,7 @@ class LearnerService:
 
     def _train(self, batch: dict) -> None:
         metrics, priorities = self.learner.step(batch["frames"], batch["actions"], batch["rewards"],
-                                                batch["dones"], batch["weights"])
+                                                batch["bootstraps"], batch["weights"])
         try:
             self.dealer.send(encode("priorities", ids=batch["ids"], priorities=priorities), zmq.NOBLOCK)
         except zmq.Again:

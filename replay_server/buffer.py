@@ -1,7 +1,7 @@
 """Prioritized replay that stores each frame once.
 
-Actors send chunks of consecutive transitions: the chunk's frames once each, plus for every
-transition the indices of its stack+1 frames (obs = first S, next obs = last S). The buffer keeps
+Actors send chunks of n-step transitions: the chunk's frames once each, plus for every
+transition the indices of 2S frames (obs = first S, next obs = last S). The buffer keeps
 two rings, one of frames and one of transitions, and each transition stores the frame-ring slots
 of its stack, so stacks are rebuilt by index at sampling time. Chunks are evicted whole and
 oldest first, so a live transition never points at an overwritten frame.
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.config import MAX_N_STEP
 from replay_server.sum_tree import SumTree
 
 FRAME_SLACK = 8   # the frame ring holds capacity * (1 + 1/FRAME_SLACK) frames: room for chunk overlap
@@ -29,10 +30,10 @@ class ChunkError(ValueError):
 @dataclass
 class Batch:
     ids: np.ndarray        # (B,) int64 global transition ids, for priority updates
-    frames: np.ndarray     # (B, S+1, H, W) uint8: obs = [:, :S], next obs = [:, 1:]
+    frames: np.ndarray     # (B, 2S, H, W) uint8: obs = [:, :S], next obs (n steps on) = [:, S:]
     actions: np.ndarray    # (B,) uint8
     rewards: np.ndarray    # (B,) float32
-    dones: np.ndarray      # (B,) bool: terminal (no bootstrap)
+    bootstraps: np.ndarray  # (B,) float32: discount of the next obs's value (0 after a terminal step)
     weights: np.ndarray    # (B,) float32 importance-sampling weights, max 1
 
 
@@ -45,10 +46,10 @@ class PrioritizedReplay:
         self.alpha = alpha
         self.num_actions = num_actions
         self._frames = np.zeros((self.frame_capacity, frame_size, frame_size), dtype=np.uint8)
-        self._stack = np.zeros((capacity, frame_stack + 1), dtype=np.int32)
+        self._stack = np.zeros((capacity, 2 * frame_stack), dtype=np.int32)
         self._actions = np.zeros(capacity, dtype=np.uint8)
         self._rewards = np.zeros(capacity, dtype=np.float32)
-        self._dones = np.zeros(capacity, dtype=bool)
+        self._bootstraps = np.zeros(capacity, dtype=np.float32)
         self._ids = np.full(capacity, -1, dtype=np.int64)
         self._tree = SumTree(capacity)
         self._chunks: deque[tuple[int, int]] = deque()   # (transitions, frames) per stored chunk
@@ -66,15 +67,15 @@ class PrioritizedReplay:
         return self._t_head
 
     def nbytes(self) -> int:
-        arrays = (self._frames, self._stack, self._actions, self._rewards, self._dones, self._ids,
+        arrays = (self._frames, self._stack, self._actions, self._rewards, self._bootstraps, self._ids,
                   self._tree._sum, self._tree._min)
         return sum(a.nbytes for a in arrays)
 
     # --- insert ------------------------------------------------------------------------------
     def add_chunk(self, frames: np.ndarray, stack: np.ndarray, actions: np.ndarray,
-                  rewards: np.ndarray, dones: np.ndarray) -> int:
+                  rewards: np.ndarray, bootstraps: np.ndarray) -> int:
         """Store one chunk; returns how many transitions were added. Raises ChunkError."""
-        n, m = self._check_chunk(frames, stack, actions, rewards, dones)
+        n, m = self._check_chunk(frames, stack, actions, rewards, bootstraps)
         while self._t_live + n > self.capacity or self._f_live + m > self.frame_capacity:
             self._evict_oldest_chunk()
         frame_slots = (self._f_head + np.arange(m)) % self.frame_capacity
@@ -83,7 +84,7 @@ class PrioritizedReplay:
         self._stack[slots] = (self._f_head + stack.astype(np.int64)) % self.frame_capacity
         self._actions[slots] = actions
         self._rewards[slots] = rewards
-        self._dones[slots] = dones
+        self._bootstraps[slots] = bootstraps
         self._ids[slots] = self._t_head + np.arange(n)
         self._tree.update(slots, self.max_priority ** self.alpha)
         self._chunks.append((n, m))
@@ -93,17 +94,17 @@ class PrioritizedReplay:
         self._f_live += m
         return n
 
-    def _check_chunk(self, frames, stack, actions, rewards, dones) -> tuple[int, int]:
+    def _check_chunk(self, frames, stack, actions, rewards, bootstraps) -> tuple[int, int]:
         n, m, s, size = len(actions), len(frames), self.frame_stack, self.frame_size
         if frames.dtype != np.uint8 or frames.shape[1:] != (size, size) or frames.ndim != 3:
             raise ChunkError(f"frames must be uint8 (m, {size}, {size}), got {frames.dtype} {frames.shape}")
-        if stack.shape != (n, s + 1) or stack.dtype.kind not in "iu":
-            raise ChunkError(f"stack must be integer ({n}, {s + 1}), got {stack.dtype} {stack.shape}")
-        if actions.shape != (n,) or rewards.shape != (n,) or dones.shape != (n,):
-            raise ChunkError("actions, rewards and dones must be 1-D of equal length")
+        if stack.shape != (n, 2 * s) or stack.dtype.kind not in "iu":
+            raise ChunkError(f"stack must be integer ({n}, {2 * s}), got {stack.dtype} {stack.shape}")
+        if actions.shape != (n,) or rewards.shape != (n,) or bootstraps.shape != (n,):
+            raise ChunkError("actions, rewards and bootstraps must be 1-D of equal length")
         if n == 0 or m == 0:
             raise ChunkError("empty chunk")
-        if n > self.capacity or m > self.frame_capacity or m > n + s:
+        if n > self.capacity or m > self.frame_capacity or m > n + s + MAX_N_STEP:
             raise ChunkError(f"chunk of {n} transitions and {m} frames is too large")
         if stack.min() < 0 or stack.max() >= m:
             raise ChunkError("stack indices out of range")
@@ -111,8 +112,8 @@ class PrioritizedReplay:
             raise ChunkError("action out of range")
         if rewards.dtype.kind != "f" or not np.all(np.isfinite(rewards)):
             raise ChunkError("rewards must be finite floats")
-        if dones.dtype != np.bool_:
-            raise ChunkError("dones must be booleans")
+        if bootstraps.dtype.kind != "f" or not np.all((bootstraps >= 0) & (bootstraps <= 1)):
+            raise ChunkError("bootstraps must be floats between 0 and 1")
         return n, m
 
     def _evict_oldest_chunk(self) -> None:
@@ -134,7 +135,7 @@ class PrioritizedReplay:
         weights = (probs / min_prob) ** (-beta)          # = (N P(i))^-beta / (N P_min)^-beta
         return Batch(ids=self._ids[slots].copy(), frames=self._frames[self._stack[slots]],
                      actions=self._actions[slots], rewards=self._rewards[slots],
-                     dones=self._dones[slots], weights=weights.astype(np.float32))
+                     bootstraps=self._bootstraps[slots], weights=weights.astype(np.float32))
 
     def update_priorities(self, ids: np.ndarray, priorities: np.ndarray) -> int:
         """Set new priorities (|TD error| + eps) for still-stored ids; returns how many applied."""
@@ -163,7 +164,7 @@ class PrioritizedReplay:
         t_slots = (self._t_head - self._t_live + np.arange(self._t_live)) % self.capacity
         return {
             "frames": self._frames[f_slots], "stack": self._stack[t_slots], "actions": self._actions[t_slots],
-            "rewards": self._rewards[t_slots], "dones": self._dones[t_slots], "ids": self._ids[t_slots],
+            "rewards": self._rewards[t_slots], "bootstraps": self._bootstraps[t_slots], "ids": self._ids[t_slots],
             "priorities": self._tree.get(t_slots), "chunks": np.array(self._chunks, dtype=np.int64).reshape(-1, 2),
             "heads": np.array([self._t_head, self._f_head, self._t_live, self._f_live], dtype=np.int64),
             "shape": np.array([self.capacity, self.frame_capacity, self.frame_size, self.frame_stack,
@@ -187,7 +188,7 @@ class PrioritizedReplay:
             f_slots = (f_head - f_live + np.arange(f_live)) % self.frame_capacity
             t_slots = (t_head - t_live + np.arange(t_live)) % self.capacity
             self._frames[f_slots] = arrays["frames"]
-            for name in ("stack", "actions", "rewards", "dones", "ids"):
+            for name in ("stack", "actions", "rewards", "bootstraps", "ids"):
                 getattr(self, f"_{name}")[t_slots] = arrays[name]
             self._tree.update(t_slots, arrays["priorities"])
         except (KeyError, ValueError, IndexError, TypeError) as exc:

@@ -100,7 +100,8 @@ class ReplayServer:
             raise ProtocolError(f"expected 1 message part, got {len(parts)}")
         msg = decode(parts[0], self.config.max_message_bytes, expect=("transitions", "episode"))
         if msg["t"] == "transitions":
-            added = self.buffer.add_chunk(msg["frames"], msg["stack"], msg["actions"], msg["rewards"], msg["dones"])
+            added = self.buffer.add_chunk(msg["frames"], msg["stack"], msg["actions"], msg["rewards"],
+                                          msg["bootstraps"])
             self.counters["env_steps"] += added
         else:
             self.counters["episodes"] += 1
@@ -165,7 +166,7 @@ class ReplayServer:
             self.counters["sampled"] += batch_size
             self.counters["batches"] += 1
             payload = encode("batch", ids=batch.ids, frames=batch.frames, actions=batch.actions,
-                             rewards=batch.rewards, dones=batch.dones, weights=batch.weights,
+                             rewards=batch.rewards, bootstraps=batch.bootstraps, weights=batch.weights,
                              stats=self.stats())
             try:
                 self.router.send_multipart([identity, payload], zmq.NOBLOCK)

@@ -1,17 +1,28 @@
 """End to end: the real launcher, replay server, learner and actor over real ZeroMQ sockets."""
+import subprocess
+import sys
+
+import matplotlib
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from actor.evaluate import load_policy, play
 from common.checkpoint import load_checkpoint
+from launcher.plot import read_log
 from tests.conftest import FAST_TEST_ENV
+from tests.harness import REPO
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
 
 pytestmark = pytest.mark.slow
 
 
 def test_test_env_greedy_policy_beats_random_after_a_short_run(launch):
     """The whole loop learns: after ~20 s on the test env the greedy policy clearly beats random."""
-    run = launch(*FAST_TEST_ENV, "--max-steps", "15000")
+    run = launch(*FAST_TEST_ENV, "--max-steps", "15000", "--set", "eval_every_episodes=150",
+                 "--set", "eval_episodes=2")
     assert run.wait(180) == 0, run.output()
     summary = run.summary()
     assert summary["stop_reason"] == "reached --max-steps"
@@ -29,6 +40,24 @@ def test_test_env_greedy_policy_beats_random_after_a_short_run(launch):
     assert random_flags < 0.2
     assert greedy_reward > random_reward + 3.0, (greedy, random_reward)
     assert all(e.flag for e in greedy), greedy
+
+    # Periodic greedy evaluations: in log.txt (marked Eval, not counted as training), in TensorBoard,
+    # and on the learning-curve picture.
+    train, evaluation = read_log(str(run.run_dir / "log.txt"))
+    assert len(train.steps) == summary["episodes"] and train.steps[-1] <= 15000
+    assert len(evaluation.steps) == summary["evaluations"] >= 2, "2 greedy episodes every 150 training episodes"
+    assert list(evaluation.steps) == sorted(evaluation.steps)
+    tags = set()
+    for events in run.run_dir.glob("events.out.tfevents.*.actor0"):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        tags |= set(accumulator.Tags()["scalars"])
+    assert {"Eval/Reward", "Eval/XPos", "Eval/FlagRate"} <= tags
+    result = subprocess.run([sys.executable, "launch.py", "--plot", str(run.run_dir)], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    picture = plt.imread(run.run_dir / "learning_curve.png")
+    assert picture.shape[0] >= 500 and picture.shape[1] >= 800 and picture.std() > 0.05
 
 
 def test_mario_1_1_headless_bounded_run(launch):

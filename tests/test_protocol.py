@@ -19,17 +19,17 @@ def _frames(n: int, size: int = 84) -> np.ndarray:
 
 # Realistic messages, as the actor, replay server, learner and launcher send them.
 EXAMPLES = {
-    "transitions": dict(actor=3, frames=_frames(8), stack=np.arange(20, dtype=np.int32).reshape(4, 5) % 8,
+    "transitions": dict(actor=3, frames=_frames(8), stack=np.arange(32, dtype=np.int32).reshape(4, 8) % 8,
                         actions=np.array([0, 2, 6, 4], np.uint8),
                         rewards=np.array([0.5, -1.0, 0.0, 1.0], np.float32),
-                        dones=np.array([False, False, False, True])),
+                        bootstraps=np.array([0.97, 0.97, 0.99, 0.0], np.float32)),
     "episode": dict(actor=0, episode=17, reward=12.5, steps=400, x_pos=1234, flag=False, epsilon=0.37,
                     actor_steps=123_456),
     "sample": dict(batch_size=32, beta=0.4),
-    "batch": dict(ids=np.array([5, 99, 100_000, 2**40], np.int64), frames=RNG.integers(0, 256, (4, 5, 84, 84),
+    "batch": dict(ids=np.array([5, 99, 100_000, 2**40], np.int64), frames=RNG.integers(0, 256, (4, 8, 84, 84),
                                                                                          dtype=np.uint8),
                   actions=np.array([1, 2, 3, 0], np.uint8), rewards=np.array([0.1, 0, -1, 1], np.float32),
-                  dones=np.array([True, False, False, True]), weights=np.array([1, .5, .25, .125], np.float32),
+                  bootstraps=np.array([0.0, 0.97, 0.97, 0.0], np.float32), weights=np.array([1, .5, .25, .125], np.float32),
                   stats={"size": 1000, "mean_priority": 0.5, "full": False}),
     "priorities": dict(ids=np.array([3, 1, 4], np.int64), priorities=np.array([1e-6, 0.5, 12.25], np.float64)),
     "weights": dict(version=3, updates=300,
@@ -41,8 +41,9 @@ EXAMPLES = {
     "report": dict(role="actor", index=2, kind="failed", values={"steps": 10, "rate": 1.5, "ok": True},
                    text="RuntimeError: boom ✓"),
 }
-EMPTY_TRANSITIONS = dict(actor=0, frames=np.zeros((0, 84, 84), np.uint8), stack=np.zeros((0, 5), np.int32),
-                         actions=np.zeros(0, np.uint8), rewards=np.zeros(0, np.float32), dones=np.zeros(0, bool))
+EMPTY_TRANSITIONS = dict(actor=0, frames=np.zeros((0, 84, 84), np.uint8), stack=np.zeros((0, 8), np.int32),
+                         actions=np.zeros(0, np.uint8), rewards=np.zeros(0, np.float32),
+                         bootstraps=np.zeros(0, np.float32))
 
 # A value of each kind, for fields (of a future schema) without a hand-written example.
 BY_KIND = {"int": 7, "float": 0.25, "str": "text", "bool": True, "array": np.arange(6, dtype=np.int16).reshape(2, 3),

@@ -3,6 +3,7 @@ snapshots are consistent with their .pth, and bad checkpoints are refused cleanl
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -16,7 +17,7 @@ from learner.learning import DQNLearner
 from replay_server.buffer import PrioritizedReplay
 from replay_server.snapshot import read_snapshot
 from tests.conftest import FAST_TEST_ENV
-from tests.harness import REPO
+from tests.harness import REPO, LaunchedRun
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +29,7 @@ def _replay(path, config: Config) -> tuple[PrioritizedReplay, dict]:
 
 
 def _transitions(buffer: PrioritizedReplay) -> dict[int, tuple]:
-    """id -> (5 frames, action, reward, done, priority) for every stored transition."""
+    """id -> (obs and next-obs frames, action, reward, bootstrap, priority) for every stored transition."""
     state = buffer.state_arrays()
     frames_by_slot = {}
     f_head, f_live = int(state["heads"][1]), int(state["heads"][3])
@@ -36,35 +37,47 @@ def _transitions(buffer: PrioritizedReplay) -> dict[int, tuple]:
         frames_by_slot[(f_head - f_live + k) % buffer.frame_capacity] = frame
     return {int(i): (np.stack([frames_by_slot[int(s)] for s in stack]), int(a), float(r), bool(d), float(p))
             for i, stack, a, r, d, p in zip(state["ids"], state["stack"], state["actions"], state["rewards"],
-                                            state["dones"], state["priorities"])}
+                                            state["bootstraps"], state["priorities"])}
 
 
 def _folder_state(folder) -> dict:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A short test-env run that trained and wrote checkpoint_final.pth with its replay snapshot
+    (made once: the tests that resume from it work on copies or only read it)."""
+    run = LaunchedRun(tmp_path_factory.mktemp("finished"), *FAST_TEST_ENV, "--max-steps", "4000")
+    try:
+        assert run.wait(120) == 0, run.output()
+        yield run
+    finally:
+        run.cleanup()
+
+
 @pytest.fixture
-def finished_run(launch):
-    """A short test-env run that trained and wrote checkpoint_final.pth with its replay snapshot."""
-    run = launch(*FAST_TEST_ENV, "--max-steps", "4000")
-    assert run.wait(120) == 0, run.output()
-    return run
+def finished_copy(finished_run, tmp_path):
+    """A private copy of the finished run folder, for tests that resume into it."""
+    copy = tmp_path / "copied_runs" / finished_run.run_dir.name
+    shutil.copytree(finished_run.run_dir, copy)
+    return copy
 
 
-def test_resume_continues_counters_and_restores_identical_state(launch, finished_run):
-    first = finished_run
-    folder = first.run_dir
+def test_resume_continues_counters_and_restores_identical_state(launch, finished_copy):
+    folder = finished_copy
     before = load_checkpoint(str(folder / "checkpoint_final.pth"))
     config = Config.from_dict(before["config"])
     replay_before, _ = _replay(folder / before["counters"]["replay_file"], config)
-    log_before = first.log_lines()
+    log_before = (folder / "log.txt").read_text().splitlines()
     assert before["counters"]["episodes"] == len(log_before) and before["counters"]["env_steps"] == 4000
 
     # The resumed session trains no further (learning_starts = capacity), so the learner state must
     # come back bit for bit, and the old replay contents must still be there, unchanged.
     second = launch("--resume", str(folder), "--max-steps", "600", "--set", "learning_starts=20000")
     assert second.wait(120) == 0, second.output()
-    assert sorted(first.runs_dir.iterdir()) == [folder], "no new run folder"
+    assert sorted(folder.parent.iterdir()) == [folder], "no new run folder"
+    assert not second.runs_dir.exists() or not any(second.runs_dir.iterdir())
     after = load_checkpoint(str(folder / "checkpoint_final.pth"))
     for key in ("online", "target"):
         for name, tensor in before[key].items():
@@ -79,9 +92,9 @@ def test_resume_continues_counters_and_restores_identical_state(launch, finished
     replay_after, _ = _replay(folder / after["counters"]["replay_file"], config)
     old, new = _transitions(replay_before), _transitions(replay_after)
     assert len(new) == len(old) + 600
-    for transition_id, (frames, action, reward, done, priority) in old.items():
+    for transition_id, (frames, action, reward, bootstrap, priority) in old.items():
         got = new[transition_id]
-        assert np.array_equal(frames, got[0]) and (action, reward, done, priority) == got[1:], transition_id
+        assert np.array_equal(frames, got[0]) and (action, reward, bootstrap, priority) == got[1:], transition_id
 
     log_after = (folder / "log.txt").read_text().splitlines()
     assert log_after[:len(log_before)] == log_before, "log.txt appended, not rewritten"

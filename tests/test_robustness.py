@@ -15,20 +15,20 @@ pytestmark = pytest.mark.slow
 
 def _bad_messages(rng: np.random.Generator) -> list[list[bytes]]:
     """Malformed, truncated, wrong-type and wrong-shape messages, each one ZeroMQ message."""
-    valid_chunk = encode("transitions", actor=0, frames=np.zeros((5, 84, 84), np.uint8),
-                         stack=np.array([[0, 0, 0, 0, 1]], np.int32), actions=np.zeros(1, np.uint8),
-                         rewards=np.zeros(1, np.float32), dones=np.zeros(1, bool))
+    valid_chunk = encode("transitions", actor=0, frames=np.zeros((2, 84, 84), np.uint8),
+                         stack=np.array([[0, 0, 0, 0, 0, 0, 0, 1]], np.int32), actions=np.zeros(1, np.uint8),
+                         rewards=np.zeros(1, np.float32), bootstraps=np.ones(1, np.float32))
     messages = [[rng.bytes(int(rng.integers(1, 300)))] for _ in range(40)]                # garbage
     messages += [[valid_chunk[:cut]] for cut in rng.integers(1, len(valid_chunk), 40)]    # truncated
     messages += [[msgpack.packb([1, 2, 3])], [msgpack.packb({"v": 99, "t": "transitions"})],
                  [msgpack.packb({"v": 1, "t": "exec"})], [encode("sample", batch_size=32, beta=0.5)],
                  [valid_chunk, valid_chunk],                                              # two parts
                  [encode("transitions", actor=0, frames=np.zeros((1, 84, 84), np.uint8),   # index out of range
-                         stack=np.array([[0, 0, 0, 0, 7]], np.int32), actions=np.zeros(1, np.uint8),
-                         rewards=np.zeros(1, np.float32), dones=np.zeros(1, bool))],
+                         stack=np.array([[0, 0, 0, 0, 0, 0, 0, 7]], np.int32), actions=np.zeros(1, np.uint8),
+                         rewards=np.zeros(1, np.float32), bootstraps=np.ones(1, np.float32))],
                  [encode("transitions", actor=0, frames=np.zeros((2, 84, 84), np.float32),  # wrong dtype
-                         stack=np.array([[0, 0, 0, 0, 1]], np.int32), actions=np.zeros(1, np.uint8),
-                         rewards=np.zeros(1, np.float32), dones=np.zeros(1, bool))]]
+                         stack=np.array([[0, 0, 0, 0, 0, 0, 0, 1]], np.int32), actions=np.zeros(1, np.uint8),
+                         rewards=np.zeros(1, np.float32), bootstraps=np.ones(1, np.float32))]]
     return messages
 
 

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import FAST_TEST_ENV
+from tests.conftest import WITH_VIDEO
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,7 @@ def episodes(run_dir) -> list[tuple]:
 
 
 def test_videos_log_and_tensorboard_after_a_run(launch):
-    run = launch(*FAST_TEST_ENV, "--max-steps", "1500")
+    run = launch(*WITH_VIDEO, "--max-steps", "1500")
     assert run.wait(120) == 0, run.output()
     summary = run.summary()
     log = episodes(run.run_dir)
@@ -66,7 +66,7 @@ def test_videos_log_and_tensorboard_after_a_run(launch):
 
 
 def test_ctrl_c_leaves_videos_that_play_to_the_end(launch):
-    run = launch(*FAST_TEST_ENV)
+    run = launch(*WITH_VIDEO)
     run.wait_for_episodes(30)
     run.interrupt()
     assert run.wait(10) == 130, run.output()
@@ -76,7 +76,7 @@ def test_ctrl_c_leaves_videos_that_play_to_the_end(launch):
 
 
 def test_sigkill_of_the_actor_leaves_a_playable_run_video(launch):
-    run = launch(*FAST_TEST_ENV, "--set", "learning_starts=20000")
+    run = launch(*WITH_VIDEO, "--set", "learning_starts=20000")
     run.wait_for(lambda: (run.runs_dir.exists() and any(run.runs_dir.glob("*_run/mario_run.mp4"))
                           and run.status_value("steps") >= 600), 60, "600 steps recorded")
     actor = next(pid for pid in run.descendants() if _comm(pid) == "mario-actor-0")
@@ -95,7 +95,7 @@ def test_full_disk_stops_recording_but_not_training(launch, tmp_path):
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)]).returncode != 0:
         pytest.skip("mounting a tmpfs needs root (CI runs as root)")
     try:
-        run = launch(*FAST_TEST_ENV, "--max-steps", "6000", "--runs-dir", str(disk))
+        run = launch(*WITH_VIDEO, "--max-steps", "6000", "--runs-dir", str(disk))
         run.wait_for(lambda: any(disk.glob("*_run/mario_run.mp4")), 60, "the run video to be opened")
         with open(disk / "filler", "wb") as filler:      # take every free byte
             try:

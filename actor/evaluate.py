@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from common.checkpoint import load_checkpoint
+from common.checkpoint import CheckpointError, load_checkpoint
 from common.config import Config
 from common.envs import find_wrapper, make_env
 from common.network import build_network
@@ -28,9 +28,13 @@ class EpisodeResult:
 def load_policy(path: str, config: Config | None = None) -> tuple[torch.nn.Module, Config]:
     """The online network from a checkpoint (weights_only load) and the config it was trained with."""
     state = load_checkpoint(path)
-    config = config or Config.from_dict(state["config"])
-    net = build_network(config)
-    net.load_state_dict(state["online"])
+    try:
+        config = config or Config.from_dict(state["config"])
+        net = build_network(config)
+        net.load_state_dict(state["online"])
+    except (KeyError, TypeError, RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: its network does not fit its config ({first})") from None
     return net.eval(), config
 
 

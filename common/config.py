@@ -13,8 +13,9 @@ import json
 from dataclasses import dataclass, field, fields
 
 TEST_ENV_ID = "MarioApexTest-v0"
-MAX_N_STEP = 16
 """Id of the tiny built-in test environment (see common/test_env.py)."""
+MAX_N_STEP = 16
+"""Largest n_step; bounds how many context frames a transitions chunk may carry."""
 
 
 class ConfigError(ValueError):
@@ -68,6 +69,11 @@ class Config:
     """Added to |TD error| so no transition gets zero priority."""
     learning_starts: int = 10_000
     """Stored transitions needed before the replay server serves sample batches."""
+    samples_per_insert: float = 0.0
+    """Rate limit: sampled transitions per inserted one the learner may reach (0 = no limit); past it,
+    sample requests wait for the actors. DQN's classic ratio is 8 (batch 32 every 4 steps)."""
+    spi_tolerance: float = 5_000.0
+    """How many sampled transitions the learner may run ahead of samples_per_insert."""
 
     # --- learner -----------------------------------------------------------------------
     n_step: int = 3
@@ -148,6 +154,8 @@ class Config:
         for name in unit:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
+        if self.samples_per_insert < 0 or self.spi_tolerance < 0:
+            raise ConfigError("samples_per_insert and spi_tolerance must not be negative")
         if not 0.0 < self.gamma <= 1.0:
             raise ConfigError(f"gamma must be in (0, 1], got {self.gamma}")
         for name in ("lr", "adam_eps", "grad_clip_norm", "per_eps", "report_interval_s"):

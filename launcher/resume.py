@@ -18,7 +18,9 @@ from common.checkpoint import CheckpointError, load_checkpoint
 from common.config import Config, ConfigError
 
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint.pth")
-STRUCTURAL = ("frame_stack", "frame_size", "num_actions", "replay_capacity")
+# What a checkpoint and its replay memory were built with: changing any of these cannot continue a run
+# (the networks' shapes, or the n-step returns and discounts stored in the replay memory).
+STRUCTURAL = ("frame_stack", "frame_size", "num_actions", "dueling", "replay_capacity", "n_step", "gamma")
 
 
 class ResumeError(ValueError):

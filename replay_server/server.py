@@ -20,6 +20,7 @@ import zmq
 from common.protocol import ProtocolError, decode, encode
 from common.runtime import RoleRuntime
 from replay_server.buffer import ChunkError, PrioritizedReplay
+from replay_server.rate_limit import sampling_allowed
 from replay_server.snapshot import read_snapshot, start_snapshot
 
 MAX_SAMPLE_BATCH = 4096
@@ -43,9 +44,11 @@ class ReplayServer:
         self.counters = {"episodes": 0, "env_steps": 0, "sampled": 0, "dropped": 0, "batches": 0}
         self.best_reward = float("-inf")
         self._last_drop_log = 0.0
+        self._inserted_at_start = 0
         self.snapshot: tuple[bytes, str, int | None, dict] | None = None   # (learner, name, pid, stats)
         if resume_snapshot:
             self._restore(resume_snapshot)
+            self._inserted_at_start = self.buffer.inserted     # no rate-limit credit for restored data
 
     def _restore(self, path: str) -> None:
         saved = read_snapshot(path, self.buffer)
@@ -160,7 +163,10 @@ class ReplayServer:
             pass
 
     def _serve_pending(self) -> None:
-        while self.pending and len(self.buffer) >= max(self.config.learning_starts, 1):
+        c = self.config
+        while self.pending and sampling_allowed(
+                len(self.buffer), self.counters["sampled"], self.buffer.inserted - self._inserted_at_start,
+                self.pending[0][1], c.learning_starts, c.samples_per_insert, c.spi_tolerance):
             identity, batch_size, beta = self.pending.popleft()
             batch = self.buffer.sample(batch_size, beta, self.rng)
             self.counters["sampled"] += batch_size

@@ -55,3 +55,18 @@ def test_unavailable_device_is_refused(tmp_path):
     result = _launch("--device", "cuda", tmp_path=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == "launch.py: error: --device cuda was requested but this torch build sees no CUDA GPU"
+
+
+def test_play_refuses_a_checkpoint_whose_network_does_not_fit(tmp_path):
+    """--play with a checkpoint whose networks do not match its own config: one line, exit 2."""
+    import torch
+    from common.checkpoint import save_checkpoint
+    from common.config import Config
+    from learner.learning import DQNLearner
+    path = tmp_path / "odd.pth"
+    state = DQNLearner(Config(dueling=False), torch.device("cpu")).state_dict()
+    save_checkpoint({**state, "config": Config(dueling=True).to_dict()}, str(path))
+    result = _launch("--play", str(path), "--headless", tmp_path=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"launch.py: error: {path}: its network does not fit its config")

@@ -1,4 +1,5 @@
-"""Learner math (TD targets, weighted Huber loss, priorities, target sync, schedules) and checkpoints."""
+"""Learner math (n-step TD targets, dueling head, weighted Huber loss, priorities, hard and soft target
+updates, schedules) and checkpoints."""
 import os
 
 import numpy as np
@@ -7,9 +8,12 @@ import torch
 
 from common.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
 from common.config import Config
+from common.network import QNetwork, build_network
 from learner.learning import DQNLearner, linear_decay, td_targets
 
 CPU = torch.device("cpu")
+S = 4                                   # config.frame_stack
+GAMMA = 0.9
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -24,7 +28,7 @@ def one_torch_thread():
 
 def make_config(**changes) -> Config:
     base = dict(batch_size=4, replay_capacity=64, learning_starts=0, target_update_every=1000, lr=1e-3,
-                lr_decay_updates=1000, gamma=0.9, device="cpu")
+                lr_decay_updates=1000, gamma=GAMMA, n_step=3, device="cpu")
     return Config(**{**base, **changes})
 
 
@@ -33,29 +37,32 @@ def make_learner(seed: int = 0, **changes) -> DQNLearner:
     return DQNLearner(make_config(**changes), CPU)
 
 
-def make_batch(seed: int = 0, size: int = 84, stack: int = 4) -> dict:
-    """4 transitions: frames (4, stack + 1, size, size); one done; rewards big and small (both Huber branches)."""
+def make_batch(seed: int = 0, size: int = 84, stack: int = S) -> dict:
+    """4 n-step transitions (n=3, gamma=0.9): frames (4, 2 * stack, size, size), obs then next obs; bootstraps
+    for a full window (0.9^3), a terminal step (0), a truncation 2 steps on (0.9^2) and 1 step on (0.9);
+    returns big and small (both Huber branches)."""
     rng = np.random.default_rng(seed)
-    return dict(frames=rng.integers(0, 256, (4, stack + 1, size, size), dtype=np.uint8),
+    return dict(frames=rng.integers(0, 256, (4, 2 * stack, size, size), dtype=np.uint8),
                 actions=np.array([0, 3, 6, 2], np.uint8),
                 rewards=np.array([3.0, -2.5, 0.1, 0.0], np.float32),
-                dones=np.array([False, True, False, False]),
+                bootstraps=np.array([0.729, 0.0, 0.81, 0.9], np.float32),
                 weights=np.array([1.0, 0.5, 0.25, 0.8], np.float32))
 
 
 def reference(learner: DQNLearner, batch: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(y, q) computed independently from the networks, before the update."""
+    """(y, q) computed independently from the networks, before the update: obs = frames[:, :S],
+    next obs = frames[:, S:], y = R + bootstrap * Q_target(s', a')."""
     frames = torch.from_numpy(batch["frames"])
     s = learner.config.frame_stack
     rows = np.arange(len(batch["actions"]))
     with torch.no_grad():
         q = learner.online(frames[:, :s]).numpy()[rows, batch["actions"]]
-        next_target = learner.target(frames[:, 1:]).numpy()
-        next_online = learner.online(frames[:, 1:]).numpy()
+        next_target = learner.target(frames[:, s:]).numpy()
+        next_online = learner.online(frames[:, s:]).numpy()
     chooser = next_online if learner.config.double_dqn else next_target
     next_value = next_target[rows, chooser.argmax(axis=1)]
-    y = batch["rewards"] + learner.config.gamma * (1.0 - batch["dones"]) * next_value
-    return y.astype(np.float64), q.astype(np.float64)
+    y = batch["rewards"].astype(np.float64) + batch["bootstraps"].astype(np.float64) * next_value
+    return y, q.astype(np.float64)
 
 
 def huber(x: np.ndarray) -> np.ndarray:
@@ -70,32 +77,162 @@ def same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def close(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-6, atol=1e-7) for k in a)
+
+
+def detune_target(learner: DQNLearner, seed: int = 5) -> None:
+    """Give the target network other weights than the online one (same architecture)."""
+    torch.manual_seed(seed)
+    learner.target.load_state_dict(build_network(learner.config).state_dict())
+    assert not same(params(learner.target), params(learner.online))
+
+
 # --- td_targets ----------------------------------------------------------------------------------------
 
-REWARDS = torch.tensor([1.0, 0.5, -1.0, 2.0])
-DONES = torch.tensor([False, False, True, False])
-NEXT_TARGET = torch.tensor([[1.0, 3.0, 2.0], [0.0, -1.0, 5.0], [7.0, 8.0, 9.0], [4.0, 4.0, 1.0]])
+# Four n-step transitions, n = 3, gamma = 0.9. R is the discounted return the actor computed:
+#   0: full window, rewards (1, 0, 2)               R = 1 + 0.9*0 + 0.81*2 = 2.62, bootstrap 0.9^3 = 0.729
+#   1: truncated 2 steps on, rewards (0.5, 1)      R = 0.5 + 0.9*1 = 1.4,        bootstrap 0.9^2 = 0.81
+#   2: terminal 2 steps on, rewards (-1, 2)        R = -1 + 0.9*2 = 0.8,         bootstrap 0
+#   3: truncated 1 step on, reward 2               R = 2,                        bootstrap 0.9
+RETURNS = torch.tensor([2.62, 1.4, 0.8, 2.0])
+BOOTSTRAPS = torch.tensor([0.9 ** 3, 0.9 ** 2, 0.0, 0.9])
+NEXT_TARGET = torch.tensor([[1.0, 3.0, 2.0], [0.0, -1.0, 5.0], [7.0, 8.0, 9.0], [4.0, 0.0, 1.0]])
 NEXT_ONLINE = torch.tensor([[5.0, 0.0, 1.0], [0.0, 9.0, 1.0], [1.0, 2.0, 3.0], [0.0, 1.0, 2.0]])
+# plain: argmax Q_target = [1, 2, 2, 0], values [3, 5, 9, 4]
+# double: argmax Q_online = [0, 1, 2, 2], Q_target there = [1, -1, 9, 1] (differs from plain in rows 0, 1, 3)
+PLAIN = [2.62 + 0.729 * 3, 1.4 + 0.81 * 5, 0.8, 2.0 + 0.9 * 4]        # [4.807, 5.45, 0.8, 5.6]
+DOUBLE = [2.62 + 0.729 * 1, 1.4 - 0.81 * 1, 0.8, 2.0 + 0.9 * 1]       # [3.349, 0.59, 0.8, 2.9]
 
 
-@pytest.mark.parametrize("online,gamma,expected", [
-    # plain DQN: r + gamma * max_a Q_target(s', a); max = [3, 5, 9, 4]
-    (None, 0.9, [1 + 0.9 * 3, 0.5 + 0.9 * 5, -1.0, 2 + 0.9 * 4]),
-    (None, 1.0, [4.0, 5.5, -1.0, 6.0]),
-    # double DQN: a' = argmax Q_online = [0, 1, 2, 2]; Q_target(s', a') = [1, -1, 9, 1]
-    (NEXT_ONLINE, 0.9, [1 + 0.9 * 1, 0.5 - 0.9 * 1, -1.0, 2 + 0.9 * 1]),
-    (NEXT_ONLINE, 0.5, [1.5, 0.0, -1.0, 2.5]),
-])
-def test_td_targets_hand_computed(online, gamma, expected):
-    """Done transitions (the third) get no bootstrap: y = r."""
-    y = td_targets(REWARDS, DONES, NEXT_TARGET, online, gamma)
+def test_n_step_fixture_numbers():
+    """The hand-computed returns and bootstraps above are what n=3, gamma=0.9 gives."""
+    for r, rewards in zip(RETURNS.tolist(), [(1, 0, 2), (0.5, 1), (-1, 2), (2,)]):
+        assert r == pytest.approx(sum(GAMMA ** i * x for i, x in enumerate(rewards)))
+    assert BOOTSTRAPS.tolist() == pytest.approx([0.729, 0.81, 0.0, 0.9])
+    assert PLAIN == pytest.approx([4.807, 5.45, 0.8, 5.6])
+    assert DOUBLE == pytest.approx([3.349, 0.59, 0.8, 2.9])
+
+
+@pytest.mark.parametrize("online,expected", [(None, PLAIN), (NEXT_ONLINE, DOUBLE)], ids=["plain", "double"])
+def test_td_targets_n_step_hand_computed(online, expected):
+    """y = R + bootstrap * Q_target(s', a'); the terminal transition (row 2) gets y = R although its
+    next-state values are the largest."""
+    y = td_targets(RETURNS, BOOTSTRAPS, NEXT_TARGET, online)
     assert y.shape == (4,)
     assert torch.allclose(y, torch.tensor(expected), atol=1e-6), y
 
 
-def test_td_targets_accept_float_dones():
-    y = td_targets(REWARDS, DONES.float(), NEXT_TARGET, None, 0.9)
-    assert torch.allclose(y, torch.tensor([3.7, 5.0, -1.0, 5.6]), atol=1e-6)
+def test_td_targets_plain_and_double_differ():
+    plain = td_targets(RETURNS, BOOTSTRAPS, NEXT_TARGET, None)
+    double = td_targets(RETURNS, BOOTSTRAPS, NEXT_TARGET, NEXT_ONLINE)
+    assert not torch.allclose(plain, double)
+    assert plain[2] == double[2] == RETURNS[2]
+
+
+def test_td_targets_double_values_with_the_target_network():
+    """Double DQN picks a' with the online net but takes its value from the target net, never the online."""
+    y = td_targets(torch.zeros(1), torch.ones(1), torch.tensor([[10.0, -3.0]]), torch.tensor([[0.0, 100.0]]))
+    assert y.tolist() == [-3.0]
+
+
+def test_td_targets_with_zero_bootstraps_are_the_returns():
+    y = td_targets(RETURNS, torch.zeros(4), NEXT_TARGET, NEXT_ONLINE)
+    assert torch.equal(y, RETURNS)
+
+
+@pytest.mark.parametrize("online,expected", [
+    # one-step DQN as the special case n=1: bootstrap = gamma * (1 - done); max Q_target = [3, 5, 9, 4]
+    (None, [1 + 0.9 * 3, 0.5 + 0.9 * 5, -1.0, 2 + 0.9 * 4]),
+    # a' = argmax Q_online = [0, 1, 2, 2]; Q_target(s', a') = [1, -1, 9, 1]
+    (NEXT_ONLINE, [1 + 0.9 * 1, 0.5 - 0.9 * 1, -1.0, 2 + 0.9 * 1]),
+])
+def test_td_targets_one_step_special_case(online, expected):
+    rewards, dones = torch.tensor([1.0, 0.5, -1.0, 2.0]), torch.tensor([0.0, 0.0, 1.0, 0.0])
+    y = td_targets(rewards, GAMMA * (1.0 - dones), NEXT_TARGET, online)
+    assert torch.allclose(y, torch.tensor(expected), atol=1e-6), y
+
+
+# --- dueling head --------------------------------------------------------------------------------------
+
+def frames_for(size: int = 36, batch: int = 3, seed: int = 0) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    return torch.from_numpy(rng.integers(0, 256, (batch, S, size, size), dtype=np.uint8))
+
+
+def parts(net: QNetwork, frames: torch.Tensor):
+    """(A or Q from `head`, V from `value` or None), computed from the submodules."""
+    features = net.features(frames.float() / 255.0)
+    return net.head(features), (net.value(features) if net.value is not None else None)
+
+
+def test_dueling_forward_is_v_plus_a_minus_mean_a():
+    torch.manual_seed(0)
+    net = QNetwork(S, 36, 7, dueling=True)
+    x = frames_for()
+    with torch.no_grad():
+        q = net(x)
+        a, v = parts(net, x)
+    assert q.shape == (3, 7) and a.shape == (3, 7) and v.shape == (3, 1)
+    assert torch.allclose(q, v + a - a.mean(dim=1, keepdim=True), atol=1e-6)
+    assert not torch.allclose(q, a, atol=1e-3) and not torch.allclose(q, v + a, atol=1e-3)
+    assert torch.allclose((q - v).mean(dim=1), torch.zeros(3), atol=1e-6), "advantages are centred"
+    assert torch.equal(q.argmax(dim=1), a.argmax(dim=1)), "the greedy action is the best advantage"
+
+
+def test_dueling_forward_hand_computed():
+    """Output layers with zero weights: A = bias [1..7] (mean 4), V = 10, so Q = 10 + A - 4 = [7..13]."""
+    torch.manual_seed(0)
+    net = QNetwork(S, 36, 7, dueling=True)
+    with torch.no_grad():
+        for layer, bias in ((net.head[-1], torch.arange(1.0, 8.0)), (net.value[-1], torch.tensor([10.0]))):
+            layer.weight.zero_()
+            layer.bias.copy_(bias)
+        q = net(frames_for(batch=2))
+    assert torch.allclose(q, torch.arange(7.0, 14.0).expand(2, 7))
+
+
+def test_dueling_is_identifiable_and_a_value_shift_shifts_q():
+    """A constant added to every advantage leaves Q unchanged; a constant added to V shifts every Q by it."""
+    torch.manual_seed(0)
+    net = QNetwork(S, 36, 7, dueling=True)
+    x = frames_for()
+    with torch.no_grad():
+        q = net(x)
+        a, _ = parts(net, x)
+        net.head[-1].bias += 5.0
+        a_shifted, _ = parts(net, x)
+        assert torch.allclose(a_shifted, a + 5.0, atol=1e-5)
+        assert torch.allclose(net(x), q, atol=1e-5)
+        net.value[-1].bias += 2.0
+        assert torch.allclose(net(x), q + 2.0, atol=1e-5)
+
+
+def test_plain_network_has_no_value_head_and_q_is_the_head_output():
+    torch.manual_seed(0)
+    net = QNetwork(S, 36, 7)
+    assert net.value is None
+    assert not any(name.startswith("value.") for name in net.state_dict())
+    x = frames_for()
+    with torch.no_grad():
+        q = net(x)
+        assert torch.equal(q, parts(net, x)[0])
+        net.head[-1].bias += 5.0                    # without a dueling head, Q does follow the head's bias
+        assert torch.allclose(net(x), q + 5.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("dueling", [True, False])
+def test_build_network_follows_config_dueling(dueling):
+    net = build_network(make_config(frame_size=36, dueling=dueling))
+    assert (net.value is not None) == dueling
+    assert any(name.startswith("value.") for name in net.state_dict()) == dueling
+    learner = make_learner(frame_size=36, dueling=dueling)
+    assert (learner.online.value is not None) == dueling and (learner.target.value is not None) == dueling
+
+
+def test_config_defaults_n_step_dueling_hard_targets():
+    c = Config()
+    assert (c.n_step, c.dueling, c.target_tau) == (3, True, 0.0)
 
 
 # --- schedules -------------------------------------------------------------------------------------------
@@ -115,13 +252,15 @@ def test_beta_anneals_to_one(updates, expected):
 
 # --- one update ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("double_dqn", [True, False])
-def test_step_priorities_and_weighted_huber_loss(double_dqn):
+@pytest.mark.parametrize("dueling", [True, False], ids=["dueling", "plain-head"])
+@pytest.mark.parametrize("double_dqn", [True, False], ids=["double", "single"])
+def test_step_priorities_and_weighted_huber_loss(double_dqn, dueling):
     """step() returns |y - q| + per_eps for priorities, and its loss is mean(w * Huber(y - q)),
-    with y and q computed independently before the update (double or plain DQN)."""
-    learner = make_learner(double_dqn=double_dqn, per_eps=1e-3)
-    torch.manual_seed(1)
-    learner.target.load_state_dict(make_learner(seed=5).online.state_dict())   # target != online
+    with y = R + bootstrap * Q_target(next obs = frames[:, S:], a') and q computed independently before
+    the update (double or plain DQN, dueling or not)."""
+    learner = make_learner(double_dqn=double_dqn, dueling=dueling, per_eps=1e-3)
+    assert (learner.online.value is not None) == dueling
+    detune_target(learner)
     batch = make_batch()
     y, q = reference(learner, batch)
 
@@ -140,6 +279,44 @@ def test_step_priorities_and_weighted_huber_loss(double_dqn):
     assert set(metrics) >= {"loss", "q_mean", "grad_norm", "lr"}
 
 
+def test_step_reads_next_obs_from_the_second_half_of_the_frames():
+    """Only frames[:, S:] are the next obs: changing them changes bootstrapped targets only, and a
+    transition with bootstrap 0 (row 1) keeps its priority. Changing frames[:, :S] changes every q."""
+    batch = make_batch(size=36)
+    base = make_learner(frame_size=36, double_dqn=False)
+    detune_target(base)
+    state = base.state_dict()
+
+    def priorities_for(frames):
+        learner = make_learner(frame_size=36, double_dqn=False)
+        learner.online.load_state_dict(state["online"])
+        learner.target.load_state_dict(state["target"])
+        return learner.step(**{**batch, "frames": frames})[1]
+
+    p = priorities_for(batch["frames"])
+    other = np.random.default_rng(9).integers(0, 256, batch["frames"].shape, dtype=np.uint8)
+    new_next = np.concatenate([batch["frames"][:, :S], other[:, S:]], axis=1)
+    p_next = priorities_for(new_next)
+    assert p_next[1] == p[1], "bootstrap 0: the next obs does not matter"
+    assert (p_next[[0, 2, 3]] != p[[0, 2, 3]]).all()
+    new_obs = np.concatenate([other[:, :S], batch["frames"][:, S:]], axis=1)
+    assert (priorities_for(new_obs) != p).all()
+
+
+def test_step_does_not_discount_again_with_gamma():
+    """The bootstraps already carry gamma^k: the learner's gamma plays no part in an update."""
+    batch = make_batch(size=36)
+    results = []
+    for gamma in (0.9, 0.5):
+        learner = make_learner(frame_size=36, gamma=gamma)
+        detune_target(learner)
+        metrics, priorities = learner.step(**batch)
+        results.append((metrics["loss"], priorities, params(learner.online)))
+    assert results[0][0] == results[1][0]
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    assert same(results[0][2], results[1][2])
+
+
 def test_zero_importance_weights_leave_the_network_unchanged():
     """The loss is weighted per sample: with all weights 0 the gradient is 0 and no parameter moves."""
     learner = make_learner()
@@ -152,16 +329,20 @@ def test_zero_importance_weights_leave_the_network_unchanged():
     assert (priorities > 1e-6).all(), "priorities still measure the TD error"
 
 
-def test_repeated_steps_on_one_batch_reduce_the_loss():
-    learner = make_learner(lr=5e-4)
+@pytest.mark.parametrize("dueling", [True, False], ids=["dueling", "plain-head"])
+def test_repeated_steps_on_one_batch_reduce_the_loss(dueling):
+    learner = make_learner(lr=5e-4, dueling=dueling)
     batch = make_batch()
     losses = [learner.step(**batch)[0]["loss"] for _ in range(25)]
     assert losses[-1] < 0.25 * losses[0], losses
 
 
+# --- target network ------------------------------------------------------------------------------------
+
 def test_target_network_syncs_exactly_every_n_updates():
-    """With target_update_every=3 the target copies the online net after updates 3 and 6, never between."""
-    learner = make_learner(target_update_every=3)
+    """With target_tau=0 and target_update_every=3 the target copies the online net after updates 3 and 6,
+    and does not move at all in between."""
+    learner = make_learner(target_update_every=3, target_tau=0.0)
     batch = make_batch(size=84)
     synced = params(learner.target)
     for update in range(1, 8):
@@ -173,6 +354,33 @@ def test_target_network_syncs_exactly_every_n_updates():
         else:
             assert same(target, synced), f"target changed at update {update}"
             assert not same(target, online)
+
+
+@pytest.mark.parametrize("dueling", [True, False], ids=["dueling", "plain-head"])
+def test_soft_target_update_is_polyak_averaging(dueling):
+    """target_tau=0.25: after every update each target parameter is 0.75 * old target + 0.25 * the online
+    parameter after that update; no hard copy, even when target_update_every says so."""
+    learner = make_learner(frame_size=36, target_tau=0.25, target_update_every=1, dueling=dueling)
+    detune_target(learner)
+    batch = make_batch(size=36)
+    for update in range(1, 3):
+        old_target, old_online = params(learner.target), params(learner.online)
+        learner.step(**batch)
+        new_online, new_target = params(learner.online), params(learner.target)
+        assert not same(new_online, old_online), "the online net moved"
+        expected = {k: 0.75 * old_target[k] + 0.25 * new_online[k] for k in old_target}
+        assert close(new_target, expected), f"update {update}"
+        # ... and not the average with the online weights from before the update, nor a hard copy
+        assert not close(new_target, {k: 0.75 * old_target[k] + 0.25 * old_online[k] for k in old_target})
+        assert not close(new_target, new_online) and not close(new_target, old_target)
+        assert not any(v.requires_grad for v in learner.target.parameters())
+
+
+def test_soft_target_update_with_tau_one_copies_the_online_net():
+    learner = make_learner(frame_size=36, target_tau=1.0)
+    detune_target(learner)
+    learner.step(**make_batch(size=36))
+    assert close(params(learner.target), params(learner.online))
 
 
 def test_learning_rate_follows_the_schedule():
@@ -187,18 +395,19 @@ def test_learning_rate_follows_the_schedule():
 SMALL = dict(frame_size=36)     # the same Nature CNN, on 36x36 frames: small files, fast tests
 
 
-def test_save_restore_round_trip(tmp_path):
+@pytest.mark.parametrize("changes", [{}, {"dueling": False}, {"target_tau": 0.25}], ids=["dueling", "plain-head", "soft"])
+def test_save_restore_round_trip(tmp_path, changes):
     """A fresh learner restored from a checkpoint has identical weights, optimizer, scheduler and counter,
     and its next update is identical to the original's."""
     path = str(tmp_path / "checkpoint.pth")
-    a = make_learner(seed=0, **SMALL)
+    a = make_learner(seed=0, **SMALL, **changes)
     batch = make_batch(size=36)
     for _ in range(2):
         a.step(**batch)
     a.save(path, counters={"episodes": 5, "env_steps": 1234})
     assert os.listdir(tmp_path) == ["checkpoint.pth"], "no temporary file left behind"
 
-    b = make_learner(seed=1, **SMALL)
+    b = make_learner(seed=1, **SMALL, **changes)
     assert not same(params(a.online), params(b.online))
     assert b.restore(path) == {"updates": 2, "episodes": 5, "env_steps": 1234}
     assert b.updates == 2
@@ -303,6 +512,20 @@ def test_restore_from_a_different_network_shape_fails(tmp_path):
     with pytest.raises(CheckpointError) as info:
         make_learner(num_actions=7, **SMALL).restore(path)
     assert path in str(info.value)
+
+
+@pytest.mark.parametrize("saved,restoring", [(True, False), (False, True)],
+                         ids=["dueling-into-plain", "plain-into-dueling"])
+def test_restore_across_dueling_and_plain_heads_fails(tmp_path, saved, restoring):
+    """The dueling head has a `value` submodule the plain one lacks: the checkpoint does not fit either way."""
+    path = str(tmp_path / "checkpoint.pth")
+    make_learner(dueling=saved, **SMALL).save(path)
+    learner = make_learner(dueling=restoring, **SMALL)
+    with pytest.raises(CheckpointError) as info:
+        learner.restore(path)
+    assert path in str(info.value)
+    assert learner.updates == 0
+    assert make_learner(dueling=saved, **SMALL).restore(path) == {"updates": 0}, "it fits its own kind"
 
 
 @pytest.mark.parametrize("section", ["online", "target", "optimizer", "scheduler", "counters"])

@@ -83,3 +83,14 @@ def test_mario_1_1_headless_bounded_run(launch):
     assert state["counters"]["updates"] == summary["updates"]
     assert state["config"]["env_id"] == "SuperMarioBros-1-1-v0"
     assert "Traceback" not in run.output()
+
+
+def test_samples_per_insert_limit_holds_the_learner_back(launch):
+    """With samples_per_insert=1 the learner may not sample more than the actors insert (plus the
+    tolerance), though it trains; unlimited, it samples about twice as fast as the test env fills."""
+    run = launch(*FAST_TEST_ENV, "--max-steps", "4000", "--set", "samples_per_insert=1",
+                 "--set", "spi_tolerance=200")
+    assert run.wait(120) == 0, run.output()
+    replay = run.summary()["replay"]
+    assert replay["updates" if "updates" in replay else "batches"] > 10
+    assert replay["sampled"] <= replay["inserted"] * 1 + 200, replay

@@ -34,6 +34,8 @@ class ChunkBuilder:
 
     def start_episode(self, first_frame: np.ndarray) -> None:
         """A reset stacks the first frame S times, so the stack is S copies of one index."""
+        if self._actions:
+            raise RuntimeError("take() the finished transitions before starting a new episode")
         self._pending.clear()
         self._frames = [first_frame]
         self._current = [0] * self.frame_stack

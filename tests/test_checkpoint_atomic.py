@@ -44,18 +44,19 @@ REPLAY = dict(capacity=1024, frame_size=84, frame_stack=4, alpha=0.6, num_action
 
 
 def fill_replay(buffer, rng, chunks):
-    """Realistic chunks from ChunkBuilder: random frames, episodes that end, chunks of 64 or fewer."""
-    builder = ChunkBuilder(buffer.frame_stack)
+    """Realistic chunks from ChunkBuilder (3-step returns): random frames, episodes that end, chunks of 64
+    or fewer."""
+    builder = ChunkBuilder(buffer.frame_stack, n_step=3, gamma=0.99)
     size = buffer.frame_size
     builder.start_episode(rng.integers(0, 256, (size, size), dtype=np.uint8))
     added = 0
     while added < chunks:
         done = bool(rng.random() < 0.01)
         builder.add(rng.integers(0, 256, (size, size), dtype=np.uint8), int(rng.integers(buffer.num_actions)),
-                    float(rng.normal()), done)
+                    float(rng.normal()), done, False)
         if len(builder) == 64 or done:
             c = builder.take()
-            buffer.add_chunk(c["frames"], c["stack"], c["actions"], c["rewards"], c["dones"])
+            buffer.add_chunk(c["frames"], c["stack"], c["actions"], c["rewards"], c["bootstraps"])
             added += 1
             if done:
                 builder.start_episode(rng.integers(0, 256, (size, size), dtype=np.uint8))
@@ -225,9 +226,10 @@ def one_torch_thread():
 
 def random_batch(rng, config: Config) -> dict:
     b, s, size = config.batch_size, config.frame_stack, config.frame_size
-    return dict(frames=rng.integers(0, 256, (b, s + 1, size, size), dtype=np.uint8),
+    return dict(frames=rng.integers(0, 256, (b, 2 * s, size, size), dtype=np.uint8),
                 actions=rng.integers(0, config.num_actions, b).astype(np.uint8),
-                rewards=rng.normal(0, 2, b).astype(np.float32), dones=rng.random(b) < 0.25,
+                rewards=rng.normal(0, 2, b).astype(np.float32),
+                bootstraps=np.where(rng.random(b) < 0.25, 0.0, config.gamma ** config.n_step).astype(np.float32),
                 weights=rng.uniform(0.2, 1.0, b).astype(np.float32))
 
 

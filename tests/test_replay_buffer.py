@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 
 from actor.chunks import ChunkBuilder
+from common.config import MAX_N_STEP
 from replay_server.buffer import ChunkError, PrioritizedReplay
 
 S = 4              # frame stack
 ACTIONS = 7
+GAMMA = 0.9
 
 
 def make_buffer(capacity: int, alpha: float = 0.6, frame_size: int = 8) -> PrioritizedReplay:
@@ -17,13 +19,14 @@ def make_buffer(capacity: int, alpha: float = 0.6, frame_size: int = 8) -> Prior
 
 
 def fresh_chunk(n: int, frame_size: int = 8) -> dict:
-    """A valid chunk of n transitions that starts an episode: n + 1 frames, reset stack first."""
-    idx = np.arange(n)[:, None] + np.arange(S + 1)[None, :] - (S - 1)
+    """A valid one-step chunk of n transitions that starts an episode and ends it with a terminal
+    step: n + 1 frames, reset stack first, next obs one frame on, bootstrap gamma (0 at the end)."""
+    obs = np.arange(n)[:, None] + np.arange(S)[None, :] - (S - 1)
     return {"frames": np.zeros((n + 1, frame_size, frame_size), np.uint8),
-            "stack": np.maximum(idx, 0).astype(np.int32),
+            "stack": np.maximum(np.concatenate([obs, obs + 1], axis=1), 0).astype(np.int32),
             "actions": (np.arange(n) % ACTIONS).astype(np.uint8),
             "rewards": np.linspace(-1, 1, n).astype(np.float32),
-            "dones": np.arange(n) == n - 1}
+            "bootstraps": np.where(np.arange(n) == n - 1, 0.0, GAMMA).astype(np.float32)}
 
 
 def add(buf: PrioritizedReplay, n: int) -> np.ndarray:
@@ -46,12 +49,16 @@ def _set(key, value):
     return lambda c: {**c, key: value(c) if callable(value) else value}
 
 
-def _stack_entry(value):
+def _stack_entry(value, column=3):
     def mutate(c):
         stack = c["stack"].copy()
-        stack[2, 3] = value
+        stack[2, column] = value
         return {**c, "stack": stack}
     return mutate
+
+
+def _bootstrap(value, dtype=np.float32):
+    return _set("bootstraps", np.array([GAMMA, GAMMA, value, GAMMA, 0.0], dtype))
 
 
 MALFORMED = {
@@ -60,7 +67,13 @@ MALFORMED = {
     "frames with channel axis": _set("frames", lambda c: c["frames"][..., None]),
     "stack index past last frame": _stack_entry(6),
     "negative stack index": _stack_entry(-1),
-    "stack too narrow": _set("stack", lambda c: c["stack"][:, :S]),
+    "next-obs index past last frame": _stack_entry(6, column=2 * S - 1),
+    "negative next-obs index": _stack_entry(-1, column=S),
+    "stack of S columns": _set("stack", lambda c: c["stack"][:, :S]),
+    "stack of S + 1 columns (one-step format)": _set("stack", lambda c: c["stack"][:, :S + 1]),
+    "stack of 2S - 1 columns": _set("stack", lambda c: c["stack"][:, :2 * S - 1]),
+    "stack of 2S + 1 columns": _set("stack", lambda c: np.concatenate([c["stack"], c["stack"][:, :1]], axis=1)),
+    "flat stack": _set("stack", lambda c: c["stack"].ravel()),
     "float stack": _set("stack", lambda c: c["stack"].astype(np.float32)),
     "action == num_actions": _set("actions", np.array([0, 1, ACTIONS, 2, 3], np.uint8)),
     "negative action": _set("actions", np.array([0, 1, -1, 2, 3], np.int64)),
@@ -68,21 +81,54 @@ MALFORMED = {
     "nan reward": _set("rewards", np.array([0, 0, np.nan, 0, 0], np.float32)),
     "inf reward": _set("rewards", np.array([0, np.inf, 0, 0, 0], np.float32)),
     "integer rewards": _set("rewards", np.zeros(5, np.int64)),
-    "non-bool dones": _set("dones", np.zeros(5, np.uint8)),
+    "bootstrap above 1": _bootstrap(1.0001),
+    "bootstrap 2": _bootstrap(2.0),
+    "negative bootstrap": _bootstrap(-0.01),
+    "nan bootstrap": _bootstrap(np.nan),
+    "inf bootstrap": _bootstrap(np.inf),
+    "-inf bootstrap": _bootstrap(-np.inf),
+    "integer bootstraps": _set("bootstraps", np.zeros(5, np.int64)),
+    "bool bootstraps (old dones)": _set("bootstraps", np.array([False, False, False, False, True])),
+    "2-D bootstraps": _set("bootstraps", lambda c: c["bootstraps"][:, None]),
     "short rewards": _set("rewards", lambda c: c["rewards"][:4]),
-    "long dones": _set("dones", np.zeros(6, bool)),
+    "long bootstraps": _set("bootstraps", np.full(6, GAMMA, np.float32)),
+    "short bootstraps": _set("bootstraps", np.full(4, GAMMA, np.float32)),
     "stack rows != transitions": _set("stack", lambda c: c["stack"][:4]),
-    "no transitions": lambda c: {"frames": c["frames"][:1], "stack": np.zeros((0, S + 1), np.int32),
+    "no transitions": lambda c: {"frames": c["frames"][:1], "stack": np.zeros((0, 2 * S), np.int32),
                                  "actions": np.zeros(0, np.uint8), "rewards": np.zeros(0, np.float32),
-                                 "dones": np.zeros(0, bool)},
+                                 "bootstraps": np.zeros(0, np.float32)},
     "no frames": _set("frames", lambda c: c["frames"][:0]),
-    "more than n + S frames": _set("frames", np.zeros((5 + S + 1, 8, 8), np.uint8)),
+    "more than n + S + MAX_N_STEP frames": _set("frames", np.zeros((5 + S + MAX_N_STEP + 1, 8, 8), np.uint8)),
 }
 
 
 def test_valid_chunk_is_accepted():
     buf = make_buffer(16)
     assert buf.add_chunk(**fresh_chunk(5)) == 5
+    assert len(buf) == 5 and buf.inserted == 5
+
+
+@pytest.mark.parametrize("bootstraps", [
+    np.zeros(5, np.float32), np.ones(5, np.float32), np.array([1.0, 0.0, GAMMA ** 3, 1e-30, GAMMA], np.float64),
+    np.array([GAMMA] * 4 + [GAMMA ** 2], np.float16)], ids=["all 0", "all 1", "float64 mix", "float16"])
+def test_bootstraps_anywhere_in_0_1_are_accepted_and_stored(bootstraps):
+    """Both ends of [0, 1] are valid (gamma = 1 gives bootstrap 1), whatever the float width."""
+    buf = make_buffer(16)
+    assert buf.add_chunk(**{**fresh_chunk(5), "bootstraps": bootstraps}) == 5
+    batch = buf.sample(64, 0.4, np.random.default_rng(0))
+    assert batch.bootstraps.dtype == np.float32
+    np.testing.assert_array_equal(batch.bootstraps, bootstraps.astype(np.float32)[batch.ids])
+
+
+def test_frame_bound_is_n_plus_s_plus_max_n_step():
+    """A chunk may carry up to n + S + MAX_N_STEP frames (context for pending n-step transitions),
+    not one more."""
+    buf = make_buffer(64)
+    assert buf.frame_capacity >= 5 + S + MAX_N_STEP + 1
+    most = {**fresh_chunk(5), "frames": np.zeros((5 + S + MAX_N_STEP, 8, 8), np.uint8)}
+    assert buf.add_chunk(**most) == 5
+    with pytest.raises(ChunkError):
+        buf.add_chunk(**{**most, "frames": np.zeros((5 + S + MAX_N_STEP + 1, 8, 8), np.uint8)})
     assert len(buf) == 5 and buf.inserted == 5
 
 
@@ -94,6 +140,16 @@ def test_malformed_chunk_raises_chunk_error_and_stores_nothing(mutate):
     assert len(buf) == 0 and buf.inserted == 0
     with pytest.raises(ValueError):
         buf.sample(4, 0.4, np.random.default_rng(0))
+
+
+def test_malformed_chunk_leaves_earlier_contents_untouched():
+    """A rejected chunk after a good one neither evicts nor changes what is stored."""
+    buf = make_buffer(8)
+    add(buf, 5)
+    before = buf.content_hash()
+    with pytest.raises(ChunkError):
+        buf.add_chunk(**_bootstrap(np.nan)(fresh_chunk(5)))
+    assert buf.content_hash() == before and len(buf) == 5 and buf.inserted == 5
 
 
 def test_chunk_larger_than_capacity_is_rejected():
@@ -108,42 +164,95 @@ def test_memory_per_transition_at_most_8kb():
     assert buf.nbytes() / buf.capacity <= 8192
 
 
+def test_state_arrays_carry_bootstraps_and_round_trip():
+    buf = make_buffer(16)
+    chunks = [fresh_chunk(5), fresh_chunk(3)]
+    for chunk in chunks:
+        buf.add_chunk(**chunk)
+    state = buf.state_arrays()
+    assert "dones" not in state and state["bootstraps"].dtype == np.float32
+    np.testing.assert_array_equal(state["bootstraps"], np.concatenate([c["bootstraps"] for c in chunks]))
+    assert state["stack"].shape == (8, 2 * S)
+    restored = make_buffer(16)
+    restored.load_state_arrays(state)
+    assert restored.content_hash() == buf.content_hash()
+    a, b = (x.sample(32, 0.4, np.random.default_rng(2)) for x in (buf, restored))
+    for name in ("ids", "frames", "actions", "rewards", "bootstraps", "weights"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+
+
 # --- stack reconstruction ------------------------------------------------------------------------
 
 @dataclass
 class Transition:
     obs: list          # frame numbers the env stacks as the observation
-    next: list         # ... and as the next observation
+    next: list         # ... and as the observation min(n, steps left) steps later
     action: int
-    reward: np.float32
-    done: bool
+    reward: float      # discounted return over those steps
+    bootstrap: float   # gamma^k, 0 when the episode terminated within those k steps
 
 
-# (steps, terminated): one-step episodes, truncated ones (done stays False), chunk cuts mid-episode
-EPISODES = [(7, True), (1, True), (12, False), (3, True), (1, False), (9, True), (5, True), (2, True)]
+# (steps, how the episode ends): one-step episodes, truncated ones (they still bootstrap), episodes
+# shorter and longer than n, chunk cuts mid-episode (the 23-step one has chunks with transitions
+# pending at both ends: the most frames a chunk carries); the last one is cut by the actor stopping
+# (flush_pending), which counts as a truncation.
+EPISODES = [(7, "terminated"), (1, "terminated"), (12, "truncated"), (3, "terminated"), (1, "truncated"),
+            (23, "terminated"), (9, "terminated"), (5, "terminated"), (2, "truncated"), (2, "terminated"),
+            (8, "stopped")]
 CHUNK_SIZE = 5
 
 
-def play_episodes(seed: int = 0) -> tuple[list[dict], list[Transition]]:
+def env_obs(frames: list, t: int) -> list:
+    """The env's observation after t steps of an episode whose frames (reset frame first) are `frames`."""
+    return [frames[max(0, t - S + 1 + i)] for i in range(S)]
+
+
+def expected_transitions(frames: list, actions: list, rewards: list, end: str, n_step: int) -> list[Transition]:
+    """What each step of one episode should give, worked out from the env's trajectory alone."""
+    steps, out = len(actions), []
+    for t in range(steps):
+        k = min(n_step, steps - t)
+        ret = 0.0
+        for i in range(k):
+            ret += GAMMA ** i * float(rewards[t + i])
+        ends_inside = end == "terminated" and t + k == steps
+        out.append(Transition(env_obs(frames, t), env_obs(frames, t + k), actions[t], ret,
+                              0.0 if ends_inside else GAMMA ** k))
+    return out
+
+
+def play_episodes(seed: int = 0, n_step: int = 1) -> tuple[list[dict], list[Transition]]:
     """Run the actor's loop over EPISODES with 84x84 frames whose pixels hold their frame number.
     Returns the chunks sent and, independently of ChunkBuilder, what each transition should be
     (reset stacks the first frame S times; stacks never cross episodes). Ids are list positions."""
     rng = np.random.default_rng(seed)
-    builder, chunks, expected, k = ChunkBuilder(S), [], [], 0
-    for steps, terminated in EPISODES:
+    builder, chunks, expected, k = ChunkBuilder(S, n_step=n_step, gamma=GAMMA), [], [], 0
+
+    def take():
+        chunk = builder.take()
+        assert len(chunk["frames"]) <= len(chunk["actions"]) + S + n_step - 1
+        chunks.append(chunk)
+
+    for steps, end in EPISODES:
         builder.start_episode(np.full((84, 84), k, np.uint8))
-        obs = [k] * S
+        frames, actions, rewards = [k], [], []
         for t in range(steps):
             k += 1
             action, reward = int(rng.integers(ACTIONS)), np.float32(rng.normal())
-            done = terminated and t == steps - 1
-            builder.add(np.full((84, 84), k, np.uint8), action, float(reward), done)
-            expected.append(Transition(obs, obs[1:] + [k], action, reward, done))
-            obs = obs[1:] + [k]
-            if t == steps - 1 or len(builder) >= CHUNK_SIZE:
-                chunks.append(builder.take())
+            last = t == steps - 1
+            builder.add(np.full((84, 84), k, np.uint8), action, float(reward),
+                        terminated=last and end == "terminated", truncated=last and end == "truncated")
+            frames.append(k)
+            actions.append(action)
+            rewards.append(reward)
+            if last and end == "stopped":
+                builder.flush_pending()
+            if last or len(builder) >= CHUNK_SIZE:
+                take()
+        expected += expected_transitions(frames, actions, rewards, end, n_step)
         k += 1
     assert k < 256
+    assert max(len(c["frames"]) - len(c["actions"]) for c in chunks) == S + n_step - 1, "the fullest chunk"
     return chunks, expected
 
 
@@ -152,19 +261,39 @@ def uniform_frames(numbers: list) -> np.ndarray:
     return np.broadcast_to(np.array(numbers, np.uint8)[:, None, None], (len(numbers), 84, 84))
 
 
-def assert_batch_matches(batch, expected: list[Transition]) -> None:
-    assert batch.frames.shape == (len(batch.ids), S + 1, 84, 84) and batch.frames.dtype == np.uint8
+def assert_batch_matches(batch, expected: list[Transition], exact_rewards: bool = False) -> None:
+    """Every sampled transition is the expected one; one-step rewards come back bit for bit."""
+    assert batch.frames.shape == (len(batch.ids), 2 * S, 84, 84) and batch.frames.dtype == np.uint8
+    assert batch.rewards.dtype == np.float32 and batch.bootstraps.dtype == np.float32
     for b, i in enumerate(batch.ids):
         want = expected[i]
-        obs, nxt = batch.frames[b, :S], batch.frames[b, 1:]
+        obs, nxt = batch.frames[b, :S], batch.frames[b, S:]
         assert np.array_equal(obs, uniform_frames(want.obs)), (i, obs[:, 0, 0], want.obs)
         assert np.array_equal(nxt, uniform_frames(want.next)), (i, nxt[:, 0, 0], want.next)
-        assert (batch.actions[b], batch.rewards[b], batch.dones[b]) == (want.action, want.reward, want.done)
+        assert batch.actions[b] == want.action, i
+        if exact_rewards:
+            assert batch.rewards[b] == np.float32(want.reward), i
+        else:
+            assert batch.rewards[b] == pytest.approx(want.reward, rel=1e-6, abs=1e-7), i
+        assert batch.bootstraps[b] == pytest.approx(want.bootstrap, rel=1e-6, abs=0), i
 
 
-def test_sampled_stacks_match_the_environment():
+def test_reference_model_on_a_tiny_episode():
+    """Sanity of the independent model itself on a tiny case (n=3, 4 steps, terminated)."""
+    got = expected_transitions([10, 11, 12, 13, 14], [0, 1, 2, 3], [1.0, 2.0, 3.0, 4.0], "terminated", 3)
+    assert [(t.obs, t.next) for t in got] == [
+        ([10, 10, 10, 10], [10, 11, 12, 13]), ([10, 10, 10, 11], [11, 12, 13, 14]),
+        ([10, 10, 11, 12], [11, 12, 13, 14]), ([10, 11, 12, 13], [11, 12, 13, 14])]
+    assert [t.reward for t in got] == pytest.approx([1 + 2 * GAMMA + 3 * GAMMA ** 2, 2 + 3 * GAMMA + 4 * GAMMA ** 2,
+                                                     3 + 4 * GAMMA, 4.0])
+    assert [t.bootstrap for t in got] == pytest.approx([GAMMA ** 3, 0.0, 0.0, 0.0])
+
+
+@pytest.mark.parametrize("n_step", [1, 3])
+def test_sampled_stacks_match_the_environment(n_step):
     """With room for everything, every transition comes back with the env's stacks and values."""
-    chunks, expected = play_episodes()
+    chunks, expected = play_episodes(n_step=n_step)
+    assert len(expected) == sum(steps for steps, _ in EPISODES)
     buf = make_buffer(1000, frame_size=84)
     for chunk in chunks:
         buf.add_chunk(**chunk)
@@ -172,23 +301,25 @@ def test_sampled_stacks_match_the_environment():
     rng = np.random.default_rng(1)
     buf.update_priorities(np.arange(len(expected)), rng.uniform(0.1, 3.0, len(expected)))
     seen = set()
-    for _ in range(10):
+    for _ in range(20):
         batch = buf.sample(32, 0.4, rng)
-        assert_batch_matches(batch, expected)
+        assert_batch_matches(batch, expected, exact_rewards=n_step == 1)
         seen.update(batch.ids.tolist())
     assert seen == set(range(len(expected)))
 
 
-def test_sampled_stacks_survive_eviction_and_ring_wraparound():
+@pytest.mark.parametrize("n_step", [1, 3])
+def test_sampled_stacks_survive_eviction_and_ring_wraparound(n_step):
     """With a capacity of 12 the frame ring wraps many times; every live sample stays correct."""
-    chunks, expected = play_episodes(seed=3)
+    chunks, expected = play_episodes(seed=3, n_step=n_step)
     buf = make_buffer(12, frame_size=84)
     rng = np.random.default_rng(4)
     for chunk in chunks:
         buf.add_chunk(**chunk)
         batch = buf.sample(16, 0.4, rng)
         assert np.all(batch.ids >= buf.inserted - len(buf))
-        assert_batch_matches(batch, expected)
+        assert_batch_matches(batch, expected, exact_rewards=n_step == 1)
+    assert buf.inserted == len(expected)
 
 
 # --- importance-sampling weights -----------------------------------------------------------------

@@ -21,6 +21,7 @@ import zmq
 from actor.chunks import ChunkBuilder
 from actor.display import LiveWindow, display_available
 from actor.epsilon import linear_epsilon
+from actor.evaluate import greedy_action
 from actor.recorder import EpisodeRecorder, RecordingError, VideoWriter
 from common.envs import find_wrapper, make_env
 from common.metrics import Metrics
@@ -50,10 +51,9 @@ class Actor:
         resume = runtime.resume
         self.steps = int(resume.get("steps", 0))        # this actor's env steps over the whole run
         self.session_steps = 0                           # ... and since this launch (what limits count)
-        self.epsilon_origin = self.steps if resume.get("reset_epsilon") is not None else 0
-        self.epsilon_start = resume.get("reset_epsilon")
-        if self.epsilon_start is None:
-            self.epsilon_start = c.epsilon_start
+        reset = resume.get("reset_epsilon")          # --resume-reset-exploration: decay again from here
+        self.epsilon_origin = 0 if reset is None else self.steps
+        self.epsilon_start = c.epsilon_start if reset is None else reset
         self.episodes = 0
         self.weights_version = 0
         self.weights_updates = 0     # learner updates behind the weights in use (0 = initial)
@@ -192,9 +192,7 @@ class Actor:
     def _act(self, obs: np.ndarray, epsilon: float) -> int:
         if self.rng.random() < epsilon:
             return int(self.rng.integers(self.config.num_actions))
-        with torch.inference_mode():
-            q = self.net(torch.from_numpy(obs).unsqueeze(0))
-        return int(q.argmax(dim=1).item())
+        return greedy_action(self.net, obs)
 
     def _send(self, payload: bytes) -> None:
         try:

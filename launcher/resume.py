@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from common.checkpoint import CheckpointError, load_checkpoint
 from common.config import Config, ConfigError
 
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint.pth")
@@ -56,6 +55,7 @@ def find_checkpoint(path: str) -> str:
         raise ResumeError(f"{path}: no such file or folder")
     if not os.path.isdir(path):
         return path
+    from common.checkpoint import CheckpointError, load_checkpoint   # torch: only when resuming
     candidates = []
     for name in CHECKPOINT_NAMES:
         candidate = os.path.join(path, name)
@@ -83,6 +83,7 @@ def latest_checkpoint(runs_dir: str) -> str | None:
 
 def plan_resume(path: str, config: Config, reset_epsilon: float | None) -> ResumePlan:
     """Check that the checkpoint at `path` can continue under `config`; ResumeError if not."""
+    from common.checkpoint import CheckpointError, load_checkpoint   # torch: only when resuming
     checkpoint = find_checkpoint(path)
     try:
         state = load_checkpoint(checkpoint)

@@ -40,14 +40,11 @@ class SumTree:
         nodes = index + self._leaf0
         self._sum[nodes] = value
         self._min[nodes] = np.where(value > 0, value, np.inf)   # a cleared leaf does not count as min
-        nodes = np.unique(nodes >> 1)
-        while nodes[0] >= 1:
-            left = nodes << 1
+        for _ in range(self._leaf0.bit_length() - 1):          # one pass per level, up to the root
+            nodes >>= 1                                         # a parent met twice is recomputed to
+            left = nodes << 1                                   # the same value: cheaper than np.unique
             self._sum[nodes] = self._sum[left] + self._sum[left + 1]
             self._min[nodes] = np.minimum(self._min[left], self._min[left + 1])
-            if nodes[0] == 1:
-                break
-            nodes = np.unique(nodes >> 1)
 
     def find(self, targets: np.ndarray) -> np.ndarray:
         """Leaf index for each prefix-sum target in [0, total): the proportional-sampling walk."""

@@ -1,0 +1,286 @@
+"""Replay service vs cpprb: inserts/s, and sampled transitions/s with priority updates at batch 32 and
+256. Ours: the real replay server process, fed "transitions" chunks over ZeroMQ, with batches delivered
+to a separate learner-side client process (2 "sample" requests in flight, each batch decoded, then its
+priorities sent back). cpprb: its PrioritizedReplayBuffer used in-process on the same data shape (stacks
+of 4 84x84 uint8 frames, frames stored once via next_of + stack_compress), in the same run.
+Goal: ours >= 1.0x cpprb's transitions/s. cpprb is a benchmark-only dependency (requirements-bench.txt)."""
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import io
+import math
+import multiprocessing as mp
+import os
+import random
+import shutil
+import socket
+import tempfile
+import time
+
+import numpy as np
+import zmq
+
+from actor.chunks import ChunkBuilder
+from benchmarks.common import machine, parser, rate
+from common.config import Config
+from common.protocol import decode, encode
+
+FRAME_SIZE, FRAME_STACK, N_STEP, CHUNK, NUM_ACTIONS = 84, 4, 3, 64, 7
+POOL = 16                  # distinct pre-encoded chunks, sent round-robin (encoding is not measured)
+IN_FLIGHT = 2              # sample requests the client keeps outstanding, like the learner
+BETA = 0.4
+WARMUP_BATCHES = 5
+REPLY_TIMEOUT_S = 60.0
+
+
+# --- data ---------------------------------------------------------------------------------------
+def make_chunks(rng: np.random.Generator) -> list[dict]:
+    """POOL actor-like chunks of CHUNK n-step transitions from one long episode (random frames)."""
+    builder, chunks = ChunkBuilder(FRAME_STACK, n_step=N_STEP), []
+    builder.start_episode(rng.integers(0, 256, (FRAME_SIZE, FRAME_SIZE), dtype=np.uint8))
+    while len(chunks) < POOL:
+        builder.add(rng.integers(0, 256, (FRAME_SIZE, FRAME_SIZE), dtype=np.uint8), int(rng.integers(NUM_ACTIONS)),
+                    float(rng.normal()), False, False)
+        if len(builder) == CHUNK:
+            chunks.append(builder.take())
+    return chunks
+
+
+def expected_frames(chunks: list[dict], transition_id: int) -> np.ndarray:
+    """The (2S, H, W) obs + next obs of the transition with this global id (chunk g is chunks[g % POOL])."""
+    chunk = chunks[(transition_id // CHUNK) % POOL]
+    return chunk["frames"][chunk["stack"][transition_id % CHUNK]]
+
+
+def free_base_port() -> int:
+    """A base port with four consecutive free TCP ports on 127.0.0.1 (the config's four channels)."""
+    for _ in range(200):
+        base, sockets = random.randint(20_000, 60_000), []
+        try:
+            for offset in range(4):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sockets.append(s)
+                s.bind(("127.0.0.1", base + offset))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise RuntimeError("no four consecutive free TCP ports found")
+
+
+# --- the learner-side client (its own process) ----------------------------------------------------
+def sample_client(address: str, max_bytes: int, batch_sizes: tuple[int, ...], seconds: float, conn) -> None:
+    """Keeps IN_FLIGHT "sample" requests outstanding, decodes every "batch", sends its priorities.
+
+    Waits for "go" on conn, then sends back {batch_size: transitions/s} plus the first batch's ids
+    and frames (for a correctness check)."""
+    context = zmq.Context()
+    dealer = context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.setsockopt(zmq.MAXMSGSIZE, max_bytes)
+    dealer.setsockopt(zmq.SNDHWM, 100)
+    dealer.setsockopt(zmq.RCVHWM, 100)
+    dealer.connect(address)
+    rng = np.random.default_rng(1)
+    conn.send("ready")
+    try:
+        if conn.recv() != "go":
+            return
+        results: dict = {}
+        for batch_size in batch_sizes:
+            request = encode("sample", batch_size=batch_size, beta=BETA)
+            for _ in range(IN_FLIGHT):
+                dealer.send(request)
+            in_flight, received, counted, start, last = IN_FLIGHT, 0, 0, 0.0, 0.0
+            while in_flight:
+                if not dealer.poll(int(REPLY_TIMEOUT_S * 1000), zmq.POLLIN):
+                    raise RuntimeError(f"no batch from the replay server within {REPLY_TIMEOUT_S:.0f} s")
+                msg = decode(dealer.recv(), max_bytes, expect=("batch",))
+                in_flight -= 1
+                now = time.perf_counter()
+                if msg["frames"].shape != (batch_size, 2 * FRAME_STACK, FRAME_SIZE, FRAME_SIZE):
+                    raise RuntimeError(f"batch frames have shape {msg['frames'].shape}")
+                dealer.send(encode("priorities", ids=msg["ids"], priorities=rng.random(batch_size) + 1e-3))
+                if received == 0 and "ids" not in results:
+                    results["ids"], results["frames"] = msg["ids"].copy(), msg["frames"].copy()
+                received += 1
+                if received == WARMUP_BATCHES:
+                    start = now
+                elif received > WARMUP_BATCHES:
+                    counted, last = counted + 1, now
+                if received <= WARMUP_BATCHES or now - start < seconds or counted < 3:
+                    dealer.send(request)     # keep IN_FLIGHT requests outstanding until time is up
+                    in_flight += 1
+            results[batch_size] = counted * batch_size / (last - start)
+        conn.send(results)
+    finally:
+        dealer.close(linger=0)
+        context.term()
+
+
+# --- ours: the replay server process ----------------------------------------------------------------
+class Poller:
+    """Asks the server for a 1-transition batch to read its stats (its "inserted" count)."""
+
+    def __init__(self, context: zmq.Context, config: Config, server: mp.Process):
+        self.config, self.server = config, server
+        self.dealer = context.socket(zmq.DEALER)
+        self.dealer.setsockopt(zmq.LINGER, 0)
+        self.dealer.connect(config.address("replay_sample"))
+        self.request = encode("sample", batch_size=1, beta=BETA)
+
+    def inserted(self) -> int:
+        self.dealer.send(self.request)
+        deadline = time.monotonic() + REPLY_TIMEOUT_S
+        while not self.dealer.poll(100, zmq.POLLIN):
+            if not self.server.is_alive():
+                raise RuntimeError(f"the replay server exited (exit code {self.server.exitcode})")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the replay server did not answer within {REPLY_TIMEOUT_S:.0f} s")
+        return int(decode(self.dealer.recv(), self.config.max_message_bytes, expect=("batch",))["stats"]["inserted"])
+
+
+def bench_ours(capacity: int, seconds: float, chunks: list[dict]) -> dict:
+    from launcher.supervisor import role_entry
+    config = Config(base_port=free_base_port(), replay_capacity=capacity, learning_starts=CHUNK,
+                    samples_per_insert=0.0, chunk_size=CHUNK, n_step=N_STEP, frame_size=FRAME_SIZE,
+                    frame_stack=FRAME_STACK, num_actions=NUM_ACTIONS)
+    messages = [encode("transitions", actor=0, **c) for c in chunks]
+    total_chunks = math.ceil(capacity / CHUNK)         # fills the buffer (plus the warm-up chunk)
+    run_dir = tempfile.mkdtemp(prefix="bench_replay_service_")
+    ctx = mp.get_context("spawn")
+    stop = ctx.Event()
+    server = ctx.Process(target=role_entry, name="replay", daemon=True,
+                         args=("replay", 0, config.to_dict(), run_dir, stop, os.getpid(), {}))
+    parent_conn, child_conn = ctx.Pipe()
+    client = ctx.Process(target=sample_client, name="sample-client", daemon=True,
+                         args=(config.address("replay_sample"), config.max_message_bytes, (32, 256), seconds,
+                               child_conn))
+    context = zmq.Context()
+    result = {}
+    try:
+        server.start()
+        client.start()
+        push = context.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 0)
+        push.setsockopt(zmq.SNDHWM, 64)
+        push.connect(config.address("replay_in"))
+        poller = Poller(context, config, server)
+        if not parent_conn.poll(REPLY_TIMEOUT_S) or parent_conn.recv() != "ready":
+            raise RuntimeError("the sample client did not start")
+        # Warm-up: one chunk in and a batch out prove the server is up before the clock starts.
+        push.send(messages[0], copy=False)
+        if poller.inserted() != CHUNK:
+            raise RuntimeError("the replay server did not store the warm-up chunk")
+        target = (1 + total_chunks) * CHUNK
+        start = time.perf_counter()
+        for g in range(1, 1 + total_chunks):
+            push.send(messages[g % POOL], copy=False)
+        while poller.inserted() < target:
+            time.sleep(0.002)
+        result["insert"] = total_chunks * CHUNK / (time.perf_counter() - start)
+
+        parent_conn.send("go")
+        if not parent_conn.poll(2 * seconds + REPLY_TIMEOUT_S):
+            raise RuntimeError("the sample client did not report")
+        sampled = parent_conn.recv()
+        for i, transition_id in enumerate(sampled["ids"]):   # the delivered stacks are the ones sent
+            if not np.array_equal(sampled["frames"][i], expected_frames(chunks, int(transition_id))):
+                raise RuntimeError(f"ours: transition {transition_id} came back with the wrong frames")
+        result.update({b: sampled[b] for b in (32, 256)})
+        return result
+    finally:
+        stop.set()
+        for proc in (client, server):
+            if proc.pid is None:
+                continue
+            proc.join(10.0)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(2.0)
+        context.destroy(linger=0)
+        parent_conn.close()
+        child_conn.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+# --- cpprb, in-process --------------------------------------------------------------------------------
+def import_cpprb():
+    """cpprb, imported here only (the spawned processes never load it); exits with a hint if missing."""
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):   # cpprb imports gym, which prints a deprecation banner
+            import cpprb
+    except ImportError:
+        raise SystemExit("bench_replay_service needs cpprb: .venv/bin/pip install -r requirements-bench.txt") from None
+    return cpprb
+
+
+def bench_cpprb(cpprb, capacity: int, seconds: float, rng: np.random.Generator) -> tuple[dict, str]:
+    # One episode of POOL * CHUNK steps: obs_t = frames t..t+3, next obs_t = obs_(t+1). stack_compress
+    # needs the stack on the LAST axis: with (4, 84, 84) it silently rebuilds wrong stacks.
+    frames = rng.integers(0, 256, (POOL * CHUNK + FRAME_STACK, FRAME_SIZE, FRAME_SIZE), dtype=np.uint8)
+    obs = np.ascontiguousarray(np.lib.stride_tricks.sliding_window_view(frames, FRAME_STACK, axis=0))
+    actions = rng.integers(0, NUM_ACTIONS, POOL * CHUNK).astype(np.uint8)
+    rewards = np.arange(POOL * CHUNK, dtype=np.float32)        # each transition's position, for the check
+    dones = np.zeros(CHUNK, dtype=np.float32)
+    rb = cpprb.PrioritizedReplayBuffer(
+        capacity, {"obs": {"shape": obs.shape[1:], "dtype": np.uint8}, "act": {"dtype": np.uint8},
+                   "rew": {"dtype": np.float32}, "done": {"dtype": np.float32}},
+        alpha=0.6, next_of="obs", stack_compress="obs")
+
+    def add(g: int) -> None:
+        c = g % POOL
+        s = slice(c * CHUNK, (c + 1) * CHUNK)
+        rb.add(obs=obs[s], act=actions[s], rew=rewards[s], next_obs=obs[c * CHUNK + 1:(c + 1) * CHUNK + 1],
+               done=dones)
+        if c == POOL - 1:
+            rb.on_episode_end()      # the pool wraps around: the next chunk starts a new episode
+
+    total_chunks = math.ceil(capacity / CHUNK)
+    add(0)
+    start = time.perf_counter()
+    for g in range(1, 1 + total_chunks):
+        add(g)
+    result = {"insert": total_chunks * CHUNK / (time.perf_counter() - start)}
+
+    check = rb.sample(64, beta=BETA)           # obs and next_obs come back rebuilt as full arrays
+    for i, position in enumerate(check["rew"].ravel().astype(np.int64)):
+        if not (np.array_equal(check["obs"][i], obs[position])
+                and np.array_equal(check["next_obs"][i], obs[position + 1])):
+            raise RuntimeError(f"cpprb: transition {position} came back with the wrong frames")
+    layout = f"obs + next_obs {check['obs'].shape[1:]} each"
+    for batch_size in (32, 256):
+        def sample_and_update():
+            batch = rb.sample(batch_size, beta=BETA)
+            rb.update_priorities(batch["indexes"], rng.random(batch_size) + 1e-3)
+        result[batch_size] = rate(sample_and_update, seconds) * batch_size
+    return result, f"cpprb {importlib.metadata.version('cpprb')} PrioritizedReplayBuffer, {layout}"
+
+
+def main() -> None:
+    args = parser(__doc__).parse_args()
+    capacity = 5_000 if args.smoke else 100_000
+    seconds = 1.0 if args.smoke else 5.0
+    cpprb = import_cpprb()
+    print(f"machine: {machine()}")
+    rng = np.random.default_rng(0)
+    ours = bench_ours(capacity, seconds, make_chunks(rng))
+    theirs, cpprb_layout = bench_cpprb(cpprb, capacity, seconds, rng)
+    print(f"replay service vs cpprb: capacity {capacity:,}, {FRAME_STACK}x{FRAME_SIZE}x{FRAME_SIZE} uint8 stacks, "
+          f"frames stored once; ours: server process, chunks of {CHUNK} ({N_STEP}-step) over ZeroMQ, batches "
+          f"(B, {2 * FRAME_STACK}, {FRAME_SIZE}, {FRAME_SIZE}) to a client process; {cpprb_layout}, in-process")
+    missed = []
+    for key, label in (("insert", "inserts:"), (32, "sample+update batch  32:"), (256, "sample+update batch 256:")):
+        ratio = ours[key] / theirs[key]
+        if ratio < 1.0:
+            missed.append(label.rstrip(":"))
+        print(f"{label:<25} ours {ours[key]:9.0f} transitions/s   cpprb {theirs[key]:9.0f} transitions/s   "
+              f"ours/cpprb {ratio:5.2f}x")
+    print(f"goal >= 1.0: {'met on every figure' if not missed else 'missed on ' + ', '.join(missed)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -69,6 +69,8 @@ def build_parser() -> OneLineParser:
     p.add_argument("--base-port", type=_port, metavar="PORT",
                    help="first of 4 consecutive loopback TCP ports the processes use (default 47555)")
     p.add_argument("--seed", type=int, metavar="N", help="base random seed (default 0)")
+    p.add_argument("--checkpoint-every", type=_positive_int, metavar="N",
+                   help="save checkpoint.pth every N episodes (default 50; checkpoint_final.pth on every stop)")
     p.add_argument("--resume", metavar="PATH", help="continue from a checkpoint file or a run folder (the newer of "
                    "checkpoint_final.pth and checkpoint.pth); the run goes on in that folder")
     p.add_argument("--resume-reset-exploration", type=_unit_float, metavar="EPS",
@@ -93,7 +95,7 @@ def config_from_args(args: argparse.Namespace, base: dict | None = None) -> Conf
         values[name] = value
     flags = {"env_id": args.env, "runs_dir": args.runs_dir, "max_episodes": args.max_episodes,
              "max_steps": args.max_steps, "device": args.device, "num_actors": args.actors,
-             "base_port": args.base_port, "seed": args.seed}
+             "base_port": args.base_port, "seed": args.seed, "checkpoint_every_episodes": args.checkpoint_every}
     values.update({k: v for k, v in flags.items() if v is not None})
     if args.headless:
         values["headless"] = True

@@ -105,7 +105,8 @@ class DQNLearner:
         return {"config": self.config.to_dict(),
                 "online": self.online.state_dict(), "target": self.target.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "counters": {"updates": self.updates, **(counters or {})}}
+                "counters": {"updates": self.updates, **(counters or {})},
+                "rng": {"torch": torch.get_rng_state()}}
 
     def save(self, path: str, counters: dict | None = None) -> None:
         save_checkpoint(self.state_dict(counters), path)
@@ -119,6 +120,8 @@ class DQNLearner:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.updates = int(state["counters"]["updates"])
+            if "rng" in state:
+                torch.set_rng_state(state["rng"]["torch"])
         except (KeyError, TypeError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"{path}: does not fit this network/config ({str(exc).splitlines()[0]})") from None
         return dict(state["counters"])

@@ -52,6 +52,8 @@ class ReplayServer:
 
     def _restore(self, path: str) -> None:
         saved = read_snapshot(path, self.buffer)
+        if isinstance(saved.get("rng"), dict):
+            self.rng.bit_generator.state = saved["rng"]     # sampling continues where it left off
         for key in ("episodes", "env_steps"):
             self.counters[key] = int(saved.get(key, 0))
         self.best_reward = float(saved.get("best_reward", float("-inf"))) if self.counters["episodes"] else float("-inf")
@@ -134,7 +136,8 @@ class ReplayServer:
             return
         stats = self.stats()
         try:
-            pid = start_snapshot(self.buffer, stats, os.path.join(self.run_dir, name))
+            pid = start_snapshot(self.buffer, {**stats, "rng": self.rng.bit_generator.state},
+                                 os.path.join(self.run_dir, name))
         except OSError as exc:
             self._reply_snapshot(identity, name, False, stats, f"cannot write {name}: {exc.strerror}")
             return

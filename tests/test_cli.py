@@ -16,7 +16,8 @@ def test_help_documents_every_flag(tmp_path):
     result = _launch("--help", tmp_path=tmp_path)
     assert result.returncode == 0
     for flag in ("--headless", "--runs-dir", "--max-episodes", "--max-steps", "--device", "--env",
-                 "--actors", "--base-port", "--set", "--help-config"):
+                 "--actors", "--base-port", "--set", "--help-config", "--checkpoint-every", "--resume",
+                 "--resume-reset-exploration", "--play", "--plot", "--no-video"):
         assert flag in result.stdout
 
 

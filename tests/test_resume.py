@@ -68,7 +68,7 @@ def test_resume_continues_counters_and_restores_identical_state(launch, finished
     folder = finished_copy
     before = load_checkpoint(str(folder / "checkpoint_final.pth"))
     config = Config.from_dict(before["config"])
-    replay_before, _ = _replay(folder / before["counters"]["replay_file"], config)
+    replay_before, saved_first = _replay(folder / before["counters"]["replay_file"], config)
     log_before = (folder / "log.txt").read_text().splitlines()
     assert before["counters"]["episodes"] == len(log_before) and before["counters"]["env_steps"] == 4000
 
@@ -89,7 +89,9 @@ def test_resume_continues_counters_and_restores_identical_state(launch, finished
     assert after["counters"]["updates"] == before["counters"]["updates"]
     assert after["counters"]["env_steps"] == 4600
 
-    replay_after, _ = _replay(folder / after["counters"]["replay_file"], config)
+    assert torch.equal(after["rng"]["torch"], before["rng"]["torch"]), "learner RNG state restored"
+    replay_after, saved_after = _replay(folder / after["counters"]["replay_file"], config)
+    assert saved_after["rng"] == saved_first["rng"], "replay sampling RNG state restored"
     old, new = _transitions(replay_before), _transitions(replay_after)
     assert len(new) == len(old) + 600
     for transition_id, (frames, action, reward, bootstrap, priority) in old.items():

@@ -17,7 +17,7 @@ from learner.learning import DQNLearner
 from replay_server.buffer import PrioritizedReplay
 from replay_server.snapshot import read_snapshot
 from tests.conftest import FAST_TEST_ENV
-from tests.harness import REPO, LaunchedRun
+from tests.harness import REPO, LaunchedRun, free_base_port
 
 pytestmark = pytest.mark.slow
 
@@ -177,3 +177,37 @@ def test_incompatible_override_is_refused(finished_run):
     assert result.stderr.strip() == (f"launch.py: error: {folder / 'checkpoint_final.pth'}: incompatible: it was "
                                      "trained with frame_size=84, this run has frame_size=64")
     assert _folder_state(folder) == before
+
+
+def test_terminal_start_asks_to_resume_and_loads_on_l(finished_copy, tmp_path):
+    """Started from a terminal with a checkpoint in the runs folder, the launcher asks the original
+    question; answering l resumes that run. With stdin not a terminal it never asks."""
+    import pty
+    import select
+    import signal
+    import time
+    runs_dir = finished_copy.parent
+    master, slave = pty.openpty()
+    args = [sys.executable, "launch.py", "--runs-dir", str(runs_dir), "--headless", "--no-video",
+            "--base-port", str(free_base_port()), "--max-steps", "50"]
+    proc = subprocess.Popen(args, cwd=REPO, stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    os.close(slave)
+    try:
+        output, deadline = b"", time.monotonic() + 60
+        while b"[n/l]" not in output and time.monotonic() < deadline:
+            if select.select([proc.stdout], [], [], 0.5)[0]:
+                output += os.read(proc.stdout.fileno(), 4096)
+        assert b"Start new training (n) or load the latest checkpoint (l)? [n/l]" in output, output
+        os.write(master, b"l\n")
+        rest, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, output + rest
+        assert b"resuming from checkpoint_final.pth" in rest
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        os.close(master)
+    assert sorted(p.name for p in runs_dir.iterdir()) == [finished_copy.name], "no new run folder"
+
+    quiet = subprocess.run(args, cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    assert quiet.returncode == 0 and "[n/l]" not in quiet.stdout and "resuming" not in quiet.stdout

@@ -35,6 +35,11 @@ class Config:
     """Frames stacked into one observation."""
     num_actions: int = 7
     """Size of the action set (SIMPLE_MOVEMENT has 7)."""
+    reward_scheme: str = "original"
+    """original: env reward +1 forward, -1 back, -50 death, +1000 flag; progress (the original's later
+    scheme): +0.1 per x_pos gained, -50 per life lost, +2000 flag. Both then /10, clipped to [-1, 1]."""
+    single_life: bool = False
+    """End the episode when a life is lost (for multi-life envs such as SuperMarioBros-v0)."""
     max_episode_steps: int = 4000
     """Agent steps after which an episode is truncated (no bootstrap cut)."""
 
@@ -161,6 +166,8 @@ class Config:
         for name in ("lr", "adam_eps", "grad_clip_norm", "per_eps", "report_interval_s"):
             if not 0 < getattr(self, name) < float("inf"):
                 raise ConfigError(f"{name} must be positive and finite, got {getattr(self, name)}")
+        if self.reward_scheme not in ("original", "progress"):
+            raise ConfigError(f"reward_scheme must be original or progress, got {self.reward_scheme!r}")
         if self.device not in ("auto", "cpu", "cuda", "mps"):
             raise ConfigError(f"device must be one of auto, cpu, cuda, mps, got {self.device!r}")
         if not 1 <= self.base_port <= 65_532:

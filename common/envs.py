@@ -20,7 +20,7 @@ def make_env(config: Config) -> gym.Env:
     env = _make_raw(config.env_id)
     env = FrameSkip(env, config.frame_skip)
     env = TimeLimit(env, config.max_episode_steps)
-    env = ShapedReward(env)
+    env = ShapedReward(env, config.reward_scheme, config.single_life)
     env = GrayResize(env, config.frame_size)
     return FrameStack(env, config.frame_stack)
 

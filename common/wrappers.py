@@ -79,23 +79,48 @@ class FrameSkip(gym.Wrapper):
         return obs, total, terminated, truncated, info
 
 
-class ShapedReward(gym.Wrapper):
-    """Replace the reward by `shape_reward` of the env reward and info's x_pos change; info passes unchanged."""
+def shape_progress_reward(x_pos: int, prev_x_pos: int, life_lost: bool, flag_get: bool) -> float:
+    """The original trainer's later scheme: +0.1 per x_pos gained, -50 per life lost, +2000 on the flag;
+    then /10 and clipped to [-1, 1] like the default, so the learner sees the same range."""
+    reward = 0.1 * (x_pos - prev_x_pos)
+    if life_lost:
+        reward += DEATH_PENALTY
+    if flag_get:
+        reward += 2 * FLAG_BONUS
+    return float(np.clip(reward / REWARD_SCALE, -1.0, 1.0))
 
-    def __init__(self, env: gym.Env):
+
+class ShapedReward(gym.Wrapper):
+    """Replace the env's reward by a shaped one ("original" or "progress", see common/config.py).
+
+    With single_life, losing a life ends the episode (terminated), as dying does on one-level envs."""
+
+    def __init__(self, env: gym.Env, scheme: str = "original", single_life: bool = False):
         super().__init__(env)
+        self.scheme = scheme
+        self.single_life = single_life
         self._prev_x = 0
+        self._lives = None
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
         self._prev_x = int(info.get("x_pos", 0))
+        self._lives = info.get("life")
         return obs, info
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
         x_pos = int(info.get("x_pos", self._prev_x))
-        shaped = shape_reward(reward, x_pos, self._prev_x, terminated, bool(info.get("flag_get", False)))
-        self._prev_x = x_pos
+        flag = bool(info.get("flag_get", False))
+        lives = info.get("life", self._lives)
+        life_lost = self._lives is not None and lives is not None and lives < self._lives
+        if self.scheme == "progress":
+            shaped = shape_progress_reward(x_pos, self._prev_x, life_lost or (terminated and not flag), flag)
+        else:
+            shaped = shape_reward(reward, x_pos, self._prev_x, terminated or (self.single_life and life_lost), flag)
+        if self.single_life and life_lost:
+            terminated = True
+        self._prev_x, self._lives = x_pos, lives
         return obs, shaped, terminated, truncated, info
 
 

@@ -326,3 +326,50 @@ def test_make_env_time_limit_and_frame_skip_from_config():
     assert [o[4]["x_pos"] for o in out] == [1, 2, 3]
     assert [(o[2], o[3]) for o in out] == [(False, False), (False, False), (False, True)]
     assert [o[1] for o in out] == pytest.approx([0.2, 0.2, 0.2])
+
+
+# --- the later reward scheme and single-life episodes -------------------------------------------
+
+@pytest.mark.parametrize("x, prev, life_lost, flag, expected", [
+    (110, 100, False, False, 0.1),        # +0.1 per x gained: 1.0 / 10
+    (100, 110, False, False, -0.1),
+    (100, 100, True, False, -1.0),        # -50 per life lost, clipped
+    (100, 100, False, True, 1.0),         # +2000 flag, clipped
+    (105, 100, False, False, 0.05),
+])
+def test_progress_scheme(x, prev, life_lost, flag, expected):
+    from common.wrappers import shape_progress_reward
+    assert shape_progress_reward(x, prev, life_lost, flag) == pytest.approx(expected)
+
+
+class _Lives(gym.Env):
+    """Scripted infos: x_pos +8 per step, a life lost at step 3."""
+    observation_space = gym.spaces.Box(0, 255, (2, 2, 3), np.uint8)
+    action_space = gym.spaces.Discrete(7)
+
+    def reset(self, *, seed=None, options=None):
+        self.t = 0
+        return np.zeros((2, 2, 3), np.uint8), {"x_pos": 0, "life": 2, "flag_get": False}
+
+    def step(self, action):
+        self.t += 1
+        info = {"x_pos": 8 * self.t, "life": 1 if self.t >= 3 else 2, "flag_get": False}
+        return np.zeros((2, 2, 3), np.uint8), 0.0, False, False, info
+
+
+@pytest.mark.parametrize("single_life, terminated_at", [(True, 3), (False, None)])
+def test_single_life_ends_the_episode_on_a_lost_life(single_life, terminated_at):
+    from common.wrappers import ShapedReward
+    env = ShapedReward(_Lives(), "progress", single_life)
+    env.reset()
+    ends = []
+    for t in range(1, 6):
+        _, reward, terminated, _, _ = env.step(0)
+        if t == 3:
+            assert reward == pytest.approx(np.clip((0.8 - 50) / 10, -1, 1)), "a lost life costs 50"
+        else:
+            assert reward == pytest.approx(0.08)
+        if terminated:
+            ends.append(t)
+            break
+    assert (ends[0] if ends else None) == terminated_at

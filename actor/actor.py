@@ -106,6 +106,7 @@ class Actor:
 
     # --- loop --------------------------------------------------------------------------------
     def run(self) -> None:
+        self._session_started = time.monotonic()
         obs = self._reset()
         episode_reward, episode_steps = 0.0, 0
         started, steps_at_report = time.monotonic(), 0    # for the steps/s figure
@@ -137,7 +138,8 @@ class Actor:
         self.chunk.flush_pending()      # stopping mid-episode is a truncation: nothing is lost
         if len(self.chunk):
             self._send(encode("transitions", actor=self.index, **self.chunk.take()))
-        self._report_progress(0.0, self.epsilon())
+        elapsed = time.monotonic() - self._session_started
+        self._report_progress(self.session_steps / max(elapsed, 1e-9), self.epsilon())   # session average
         if self._cap_reached():
             self.rt.report("done", {"steps": self.session_steps, "episodes": self.episodes})
             self.rt.log(f"reached its limit after {self.session_steps} steps and {self.episodes} episodes")

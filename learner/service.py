@@ -149,10 +149,11 @@ class LearnerService:
         self.rt.report("progress", values)
 
     # --- checkpoints -------------------------------------------------------------------------
-    # Protocol for one consistent moment: (1) stop asking for batches and train on the ones in
-    # flight, so every priority update is sent; (2) ask the replay server for a snapshot on the same
-    # socket, so it arrives after those updates; the server forks, and the snapshot is the buffer at
-    # that instant; (3) once it is on disk, write the .pth naming it. Actors never wait.
+    # Protocol for one consistent moment: (1) ask the replay server for a snapshot on the socket
+    # that carried every priority update sent so far, so it arrives after them; the server forks,
+    # and the snapshot is the buffer at that instant; (2) batches that arrive meanwhile are dropped
+    # untrained (sampling leaves the buffer as it was), so the learner's state matches the snapshot;
+    # (3) once the snapshot is on disk, write the .pth naming it. Actors never wait.
     def counters(self) -> dict:
         stats = self.replay_stats
         return {"episodes": int(stats.get("episodes", 0)), "env_steps": int(stats.get("env_steps", 0)),
@@ -171,7 +172,6 @@ class LearnerService:
         started = time.monotonic()
         done = None
         if with_replay:
-            self._drain_in_flight()
             replay_file = f"{base}-{time.time_ns()}.replay.npz"     # unique: never overwrites a referenced one
             done = self._request_snapshot(replay_file)
         if done is not None:
@@ -188,13 +188,6 @@ class LearnerService:
         self.rt.log(f"saved {os.path.basename(path)} {what} replay memory ({counters['replay_size']:,} transitions) "
                     f"in {time.monotonic() - started:.1f} s")
         return path
-
-    def _drain_in_flight(self) -> None:
-        deadline = time.monotonic() + SNAPSHOT_TIMEOUT_S
-        while self.in_flight and time.monotonic() < deadline:
-            if self.dealer.poll(POLL_MS, zmq.POLLIN):
-                self._receive(train=True)
-        self.in_flight = 0     # the replay server is gone if anything is still missing
 
     def _request_snapshot(self, name: str) -> dict | None:
         self.dealer.send(encode("snapshot", name=name))

@@ -160,10 +160,14 @@ class PrioritizedReplay:
     # --- snapshots -----------------------------------------------------------------------------
     def state_arrays(self) -> dict[str, np.ndarray]:
         """The live contents as plain arrays (frames once each, oldest first) for a snapshot file."""
-        f_slots = (self._f_head - self._f_live + np.arange(self._f_live)) % self.frame_capacity
+        # The live frames as (at most) two views of the ring, oldest first: no copy, which matters in
+        # the forked snapshot writer (a copy would double the memory of a 1M-transition buffer).
+        start = (self._f_head - self._f_live) % self.frame_capacity
+        first = min(self._f_live, self.frame_capacity - start)
         t_slots = (self._t_head - self._t_live + np.arange(self._t_live)) % self.capacity
         return {
-            "frames": self._frames[f_slots], "stack": self._stack[t_slots], "actions": self._actions[t_slots],
+            "frames": self._frames[start:start + first], "frames_wrapped": self._frames[:self._f_live - first],
+            "stack": self._stack[t_slots], "actions": self._actions[t_slots],
             "rewards": self._rewards[t_slots], "bootstraps": self._bootstraps[t_slots], "ids": self._ids[t_slots],
             "priorities": self._tree.get(t_slots), "chunks": np.array(self._chunks, dtype=np.int64).reshape(-1, 2),
             "heads": np.array([self._t_head, self._f_head, self._t_live, self._f_live], dtype=np.int64),
@@ -182,12 +186,14 @@ class PrioritizedReplay:
                                  f"{self.num_actions}")
             t_head, f_head, t_live, f_live = (int(v) for v in arrays["heads"])
             chunks = arrays["chunks"]
-            if (len(arrays["frames"]) != f_live or len(arrays["ids"]) != t_live
+            if (len(arrays["ids"]) != t_live
                     or chunks[:, 0].sum() != t_live or chunks[:, 1].sum() != f_live):
                 raise ChunkError("replay snapshot is inconsistent (counts do not match)")
+            if len(arrays["frames"]) + len(arrays["frames_wrapped"]) != f_live:
+                raise ChunkError("replay snapshot is inconsistent (frame count does not match)")
             f_slots = (f_head - f_live + np.arange(f_live)) % self.frame_capacity
             t_slots = (t_head - t_live + np.arange(t_live)) % self.capacity
-            self._frames[f_slots] = arrays["frames"]
+            self._frames[f_slots] = np.concatenate([arrays["frames"], arrays["frames_wrapped"]])
             for name in ("stack", "actions", "rewards", "bootstraps", "ids"):
                 getattr(self, f"_{name}")[t_slots] = arrays[name]
             self._tree.update(t_slots, arrays["priorities"])

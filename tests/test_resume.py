@@ -33,7 +33,7 @@ def _transitions(buffer: PrioritizedReplay) -> dict[int, tuple]:
     state = buffer.state_arrays()
     frames_by_slot = {}
     f_head, f_live = int(state["heads"][1]), int(state["heads"][3])
-    for k, frame in enumerate(state["frames"]):
+    for k, frame in enumerate(np.concatenate([state["frames"], state["frames_wrapped"]])):
         frames_by_slot[(f_head - f_live + k) % buffer.frame_capacity] = frame
     return {int(i): (np.stack([frames_by_slot[int(s)] for s in stack]), int(a), float(r), bool(d), float(p))
             for i, stack, a, r, d, p in zip(state["ids"], state["stack"], state["actions"], state["rewards"],

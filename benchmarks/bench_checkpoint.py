@@ -95,9 +95,9 @@ def bench_learner(folder: str, repeats: int) -> None:
     learner = DQNLearner(config, cpu)
     rng = np.random.default_rng(0)
     b, s = 4, config.frame_stack
-    learner.step(rng.integers(0, 256, (b, s + 1, config.frame_size, config.frame_size), dtype=np.uint8),
+    learner.step(rng.integers(0, 256, (b, 2 * s, config.frame_size, config.frame_size), dtype=np.uint8),
                  rng.integers(0, config.num_actions, b).astype(np.uint8), np.zeros(b, np.float32),
-                 np.zeros(b, bool), np.ones(b, np.float32))     # one update: Adam's moments exist, as in a run
+                 np.full(b, config.gamma ** config.n_step, np.float32), np.ones(b, np.float32))  # Adam's moments exist
     path = os.path.join(folder, "checkpoint.pth")
     fresh = DQNLearner(config, cpu)
     save_s = min(timed(lambda: learner.save(path, {"episodes": 1}))[0] for _ in range(repeats))

@@ -19,7 +19,6 @@ import multiprocessing as mp
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,7 +32,7 @@ if __package__ in (None, ""):          # run as a file path: make the repository
 
 # Light imports only at module level: the spawned children re-import this module, and the memory
 # child's RSS must not include torch.
-from benchmarks.common import machine, parser  # noqa: E402
+from benchmarks.common import free_base_port, machine, parser  # noqa: E402
 
 TEST_ENV = "MarioApexTest-v0"
 MARIO_ENV = "SuperMarioBros-1-1-v0"
@@ -44,23 +43,6 @@ WARMUP_S = 3.0                          # actor rate: points in the first second
 
 
 # --- helpers ---------------------------------------------------------------------------------------
-def free_base_port() -> int:
-    """A base port with 4 consecutive free loopback ports (as tests/harness.py does)."""
-    for _ in range(200):
-        base = random.randint(20_000, 60_000)
-        socks = []
-        try:
-            for port in range(base, base + 4):
-                s = socket.socket()
-                s.bind(("127.0.0.1", port))
-                socks.append(s)
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port range found")
 
 
 def rss_bytes(pid: int | str = "self") -> int:
@@ -337,9 +319,9 @@ def _replay_memory_child(capacity: int, conn) -> None:
 
 def replay_memory(smoke: bool) -> None:
     capacities = (5_000, 20_000) if smoke else (100_000, 1_000_000)
-    print(f"\n3. replay memory: VmRSS of a fresh process holding one PrioritizedReplay (84x84 frames stored once, "
-          f"frame ring capacity * 9/8), filled with actor-like chunks (ChunkBuilder(4, n_step=3), 64 transitions, "
-          f"random frames). Goal: 1,000,000 transitions fit in 8 GiB")
+    print("\n3. replay memory: VmRSS of a fresh process holding one PrioritizedReplay (84x84 frames stored once, "
+          "frame ring capacity * 9/8), filled with actor-like chunks (ChunkBuilder(4, n_step=3), 64 transitions, "
+          "random frames). Goal: 1,000,000 transitions fit in 8 GiB")
     ctx = mp.get_context("spawn")
     for capacity in capacities:
         need = capacity * 84 * 84 * 9 // 8

@@ -12,9 +12,7 @@ import io
 import math
 import multiprocessing as mp
 import os
-import random
 import shutil
-import socket
 import tempfile
 import time
 
@@ -22,7 +20,7 @@ import numpy as np
 import zmq
 
 from actor.chunks import ChunkBuilder
-from benchmarks.common import machine, parser, rate
+from benchmarks.common import free_base_port, machine, parser, rate
 from common.config import Config
 from common.protocol import decode, encode
 
@@ -51,24 +49,6 @@ def expected_frames(chunks: list[dict], transition_id: int) -> np.ndarray:
     """The (2S, H, W) obs + next obs of the transition with this global id (chunk g is chunks[g % POOL])."""
     chunk = chunks[(transition_id // CHUNK) % POOL]
     return chunk["frames"][chunk["stack"][transition_id % CHUNK]]
-
-
-def free_base_port() -> int:
-    """A base port with four consecutive free TCP ports on 127.0.0.1 (the config's four channels)."""
-    for _ in range(200):
-        base, sockets = random.randint(20_000, 60_000), []
-        try:
-            for offset in range(4):
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                sockets.append(s)
-                s.bind(("127.0.0.1", base + offset))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise RuntimeError("no four consecutive free TCP ports found")
 
 
 # --- the learner-side client (its own process) ----------------------------------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import random
+import socket
 import time
 
 
@@ -27,3 +29,22 @@ def rate(fn, seconds: float, min_iters: int = 3) -> float:
         fn()
         n += 1
     return n / (time.perf_counter() - start)
+
+
+def free_base_port() -> int:
+    """A base port with 4 consecutive free loopback ports (one run's ports), picked at random."""
+    for _ in range(200):
+        base = random.randint(20_000, 60_000)
+        socks = []
+        try:
+            for port in range(base, base + 4):
+                s = socket.socket()
+                s.bind(("127.0.0.1", port))
+                socks.append(s)
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port range found")

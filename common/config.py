@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 TEST_ENV_ID = "MarioApexTest-v0"
 """Id of the tiny built-in test environment (see common/test_env.py)."""

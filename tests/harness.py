@@ -4,35 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from benchmarks.common import free_base_port  # noqa: F401  (the tests import it from here)
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_base_port() -> int:
-    """A base port with 4 consecutive free loopback ports."""
-    for _ in range(200):
-        base = random.randint(20_000, 60_000)
-        socks = []
-        try:
-            for port in range(base, base + 4):
-                s = socket.socket()
-                s.bind(("127.0.0.1", port))
-                socks.append(s)
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port range found")
 
 
 def process_table() -> dict[int, tuple[int, str]]:

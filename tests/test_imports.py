@@ -3,7 +3,6 @@ so they run on a headless GPU box; role packages never import each other."""
 import ast
 import subprocess
 import sys
-from pathlib import Path
 
 from tests.harness import REPO
 

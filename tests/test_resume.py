@@ -1,7 +1,6 @@
 """Checkpoints and resume through the real processes: counters continue, state is identical,
 snapshots are consistent with their .pth, and bad checkpoints are refused cleanly."""
 import hashlib
-import json
 import os
 import shutil
 import subprocess

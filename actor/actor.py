@@ -36,7 +36,7 @@ class Actor:
         self.rt = runtime
         c = self.config = runtime.config
         self.index = runtime.index
-        self.env = make_env(c)
+        self.env = make_env(c, seed=c.seed + self.index)
         if self.env.action_space.n != c.num_actions:
             raise ValueError(f"{c.env_id} has {self.env.action_space.n} actions but num_actions is {c.num_actions}")
         self.frame_skip = find_wrapper(self.env, FrameSkip)

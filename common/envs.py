@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
+
 from common.config import TEST_ENV_ID, Config
 from common.quiet_gym import gym
 from common.wrappers import FrameSkip, FrameStack, GrayResize, ShapedReward, TimeLimit
@@ -15,9 +17,13 @@ class EnvError(ValueError):
     """The env id cannot be made; one-line message."""
 
 
-def make_env(config: Config) -> gym.Env:
-    """Raw env -> SIMPLE_MOVEMENT -> frame skip -> time limit -> shaped reward -> gray 84x84 -> stack."""
-    env = _make_raw(config.env_id)
+def make_env(config: Config, seed: int = 0) -> gym.Env:
+    """Raw env -> SIMPLE_MOVEMENT -> frame skip -> time limit -> shaped reward -> gray 84x84 -> stack.
+
+    A comma-separated env_id ("SuperMarioBros-1-1-v0,SuperMarioBros-1-2-v0") plays a uniformly
+    sampled level each episode (seeded by `seed`)."""
+    ids = level_ids(config.env_id)
+    env = _make_raw(ids[0]) if len(ids) == 1 else LevelSampler([_make_raw(i) for i in ids], seed)
     env = FrameSkip(env, config.frame_skip)
     env = TimeLimit(env, config.max_episode_steps)
     env = ShapedReward(env, config.reward_scheme, config.single_life)
@@ -50,9 +56,36 @@ def _make_raw(env_id: str) -> gym.Env:
     return JoypadSpace(env, SIMPLE_MOVEMENT)
 
 
-def is_known_env(env_id: str) -> bool:
-    """Cheap check for the launcher: the test env, or an id gym-super-mario-bros registers."""
-    if env_id == TEST_ENV_ID:
-        return True
+def level_ids(env_id: str) -> list[str]:
+    return [part.strip() for part in env_id.split(",") if part.strip()]
+
+
+def unknown_env_ids(env_id: str) -> list[str]:
+    """Cheap check for the launcher: the ids in env_id that are neither the test env nor registered
+    by gym-super-mario-bros (all of them when env_id is empty)."""
     import gym_super_mario_bros  # noqa: F401  (registers the ids)
-    return env_id.startswith("SuperMarioBros") and env_id in gym.envs.registry
+    ids = level_ids(env_id)
+    bad = [i for i in ids if i != TEST_ENV_ID and not (i.startswith("SuperMarioBros") and i in gym.envs.registry)]
+    return bad if ids else [env_id]
+
+
+class LevelSampler(gym.Env):
+    """Several levels behind one env: each reset picks one uniformly; steps go to that level."""
+
+    def __init__(self, levels: list[gym.Env], seed: int):
+        self.levels = levels
+        self.current = levels[0]
+        self.observation_space = levels[0].observation_space
+        self.action_space = levels[0].action_space
+        self._rng = np.random.default_rng(seed)
+
+    def reset(self, **kwargs):
+        self.current = self.levels[int(self._rng.integers(len(self.levels)))]
+        return self.current.reset(**kwargs)
+
+    def step(self, action):
+        return self.current.step(action)
+
+    def close(self):
+        for level in self.levels:
+            level.close()

@@ -56,8 +56,8 @@ def build_parser() -> OneLineParser:
                       "Starts the replay server, the learner and the actors as separate processes "
                       "connected over ZeroMQ.", epilog=EPILOG,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--env", metavar="ID", help="gym-super-mario-bros id (default SuperMarioBros-1-1-v0) "
-                   f"or {TEST_ENV_ID}, the built-in test environment")
+    p.add_argument("--env", metavar="ID", help="gym-super-mario-bros id (default SuperMarioBros-1-1-v0), several "
+                   f"comma-separated (a level sampled per episode), or {TEST_ENV_ID}, the built-in test environment")
     p.add_argument("--headless", action="store_true", help="no live window (also automatic without a display)")
     p.add_argument("--no-video", action="store_true", help="record no videos (mario_run.mp4, mario_best_run_*.mp4)")
     p.add_argument("--runs-dir", metavar="DIR", help="parent folder of the run folders (default: runs)")

@@ -96,11 +96,12 @@ class Supervisor:
         self.console: Console | None = None
 
     def _check_env_and_device(self) -> None:
-        from common.envs import is_known_env
+        from common.envs import unknown_env_ids
         from learner.device import DeviceError, pick_device
-        if not is_known_env(self.config.env_id):
-            raise StartError(f"unknown env id {self.config.env_id!r}: use a gym-super-mario-bros id such as "
-                             "SuperMarioBros-1-1-v0, or MarioApexTest-v0")
+        unknown = unknown_env_ids(self.config.env_id)
+        if unknown:
+            raise StartError(f"unknown env id {unknown[0]!r}: use a gym-super-mario-bros id such as "
+                             "SuperMarioBros-1-1-v0 (or several, comma-separated), or MarioApexTest-v0")
         if self.config.num_actions != ACTIONS_PER_ENV:
             raise StartError(f"num_actions is {self.config.num_actions} but the env's action set "
                              f"(SIMPLE_MOVEMENT) has {ACTIONS_PER_ENV}")

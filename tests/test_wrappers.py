@@ -373,3 +373,23 @@ def test_single_life_ends_the_episode_on_a_lost_life(single_life, terminated_at)
             ends.append(t)
             break
     assert (ends[0] if ends else None) == terminated_at
+
+
+def test_level_list_samples_a_level_per_episode():
+    """A comma-separated env id: each reset plays one of the levels, chosen uniformly, seeded."""
+    from common.config import Config
+    from common.envs import LevelSampler, make_env, unknown_env_ids
+    env = make_env(Config(env_id="SuperMarioBros-1-1-v0,SuperMarioBros-1-2-v0"), seed=3)
+    sampler = env
+    while not isinstance(sampler, LevelSampler):
+        sampler = sampler.env
+    stages = []
+    for _ in range(12):
+        _, info = env.reset()
+        _, _, _, _, info = env.step(0)
+        stages.append((info["world"], info["stage"]))
+    env.close()
+    assert set(stages) == {(1, 1), (1, 2)}, stages
+    assert unknown_env_ids("SuperMarioBros-1-1-v0, MarioApexTest-v0") == []
+    assert unknown_env_ids("SuperMarioBros-1-1-v0,Tetris-v0") == ["Tetris-v0"]
+    assert unknown_env_ids("") == [""]

@@ -22,7 +22,7 @@ import zmq
 from actor.chunks import ChunkBuilder
 from benchmarks.common import free_base_port, machine, parser, rate
 from common.config import Config
-from common.protocol import decode, encode
+from common.protocol import decode_parts, encode
 
 FRAME_SIZE, FRAME_STACK, N_STEP, CHUNK, NUM_ACTIONS = 84, 4, 3, 64, 7
 POOL = 16                  # distinct pre-encoded chunks, sent round-robin (encoding is not measured)
@@ -78,7 +78,7 @@ def sample_client(address: str, max_bytes: int, batch_sizes: tuple[int, ...], se
             while in_flight:
                 if not dealer.poll(int(REPLY_TIMEOUT_S * 1000), zmq.POLLIN):
                     raise RuntimeError(f"no batch from the replay server within {REPLY_TIMEOUT_S:.0f} s")
-                msg = decode(dealer.recv(), max_bytes, expect=("batch",))
+                msg = decode_parts([f.buffer for f in dealer.recv_multipart(copy=False)], max_bytes, expect=("batch",))
                 in_flight -= 1
                 now = time.perf_counter()
                 if msg["frames"].shape != (batch_size, 2 * FRAME_STACK, FRAME_SIZE, FRAME_SIZE):
@@ -120,7 +120,8 @@ class Poller:
                 raise RuntimeError(f"the replay server exited (exit code {self.server.exitcode})")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the replay server did not answer within {REPLY_TIMEOUT_S:.0f} s")
-        return int(decode(self.dealer.recv(), self.config.max_message_bytes, expect=("batch",))["stats"]["inserted"])
+        parts = [f.buffer for f in self.dealer.recv_multipart(copy=False)]
+        return int(decode_parts(parts, self.config.max_message_bytes, expect=("batch",))["stats"]["inserted"])
 
 
 def bench_ours(capacity: int, seconds: float, chunks: list[dict]) -> dict:

@@ -67,12 +67,33 @@ def encode(msg_type: str, **fields) -> bytes:
     return msgpack.packb(body, use_bin_type=True)
 
 
+def encode_parts(msg_type: str, out_of_band: dict[str, np.ndarray], **fields) -> list:
+    """Like encode, but the big arrays in `out_of_band` travel as extra ZeroMQ message parts after the
+    header (sent with copy=False, received as buffers: no packing or unpacking copies)."""
+    arrays = [np.asarray(a, dtype=a.dtype.newbyteorder("="), order="C") for a in out_of_band.values()]
+    refs = {name: {"dtype": a.dtype.name, "shape": list(a.shape), "part": i + 1}
+            for i, (name, a) in enumerate(zip(out_of_band, arrays))}
+    return [encode(msg_type, **fields, **refs)] + [a.data for a in arrays]
+
+
 def decode(raw: bytes, max_bytes: int, expect: tuple[str, ...] | None = None) -> dict:
-    """Unpack and check one message; returns its fields plus "t". Raises ProtocolError."""
-    if not isinstance(raw, (bytes, bytearray, memoryview)):
+    """Unpack and check one single-part message; returns its fields plus "t". Raises ProtocolError."""
+    return decode_parts([raw], max_bytes, expect)
+
+
+def decode_parts(parts: list, max_bytes: int, expect: tuple[str, ...] | None = None) -> dict:
+    """Unpack and check a message: a header, then the raw parts its arrays name (see encode_parts).
+    Every part must be used exactly once. Raises ProtocolError."""
+    if not parts or not all(isinstance(p, (bytes, bytearray, memoryview)) for p in parts):
         raise ProtocolError("message is not bytes")
-    if len(raw) > max_bytes:
-        raise ProtocolError(f"message of {len(raw)} bytes exceeds the {max_bytes}-byte limit")
+    try:
+        parts = [memoryview(p).cast("B") for p in parts]      # flat bytes, whatever shape was sent
+    except TypeError:
+        raise ProtocolError("message part is not contiguous bytes") from None
+    total = sum(p.nbytes for p in parts)
+    if total > max_bytes:
+        raise ProtocolError(f"message of {total} bytes exceeds the {max_bytes}-byte limit")
+    raw = parts[0]
     try:
         body = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True,
                                max_bin_len=max_bytes, max_str_len=1 << 16, max_array_len=64,
@@ -88,7 +109,7 @@ def decode(raw: bytes, max_bytes: int, expect: tuple[str, ...] | None = None) ->
         raise ProtocolError(f"unknown message type {msg_type!r}")
     if expect is not None and msg_type not in expect:
         raise ProtocolError(f"unexpected message type {msg_type!r}")
-    out = {"t": msg_type}
+    out, used = {"t": msg_type}, set()
     schema = SCHEMAS[msg_type]
     extra = set(body) - {"v", "t"} - {k.rstrip("?") for k in schema}
     if extra:
@@ -99,11 +120,13 @@ def decode(raw: bytes, max_bytes: int, expect: tuple[str, ...] | None = None) ->
             if optional:
                 continue
             raise ProtocolError(f"{msg_type}: missing field {name!r}")
-        out[name] = _check_field(msg_type, name, kind, body[name])
+        out[name] = _check_field(msg_type, name, kind, body[name], parts, used)
+    if len(used) != len(parts) - 1:
+        raise ProtocolError(f"{msg_type}: {len(parts) - 1 - len(used)} message part(s) not used by any field")
     return out
 
 
-def _check_field(msg_type: str, name: str, kind: str, value):
+def _check_field(msg_type: str, name: str, kind: str, value, parts: list, used: set):
     where = f"{msg_type}.{name}"
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
@@ -122,11 +145,11 @@ def _check_field(msg_type: str, name: str, kind: str, value):
             raise ProtocolError(f"{where} must be a string")
         return value
     if kind == "array":
-        return _unpack_array(where, value)
+        return _unpack_array(where, value, parts, used)
     if kind == "arrays":
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise ProtocolError(f"{where} must be a map of arrays")
-        return {k: _unpack_array(f"{where}.{k}", v) for k, v in value.items()}
+        return {k: _unpack_array(f"{where}.{k}", v, parts, used) for k, v in value.items()}
     if kind == "numbers":
         if not isinstance(value, dict):
             raise ProtocolError(f"{where} must be a map of numbers")
@@ -143,8 +166,15 @@ def _pack_array(array: np.ndarray) -> dict:
     return {"dtype": array.dtype.name, "shape": list(array.shape), "data": array.data}
 
 
-def _unpack_array(where: str, value) -> np.ndarray:
-    if not isinstance(value, dict) or set(value) != {"dtype", "shape", "data"}:
+def _unpack_array(where: str, value, parts: list, used: set) -> np.ndarray:
+    """An array given inline ("data") or as a reference to a later message part ("part")."""
+    if isinstance(value, dict) and set(value) == {"dtype", "shape", "part"}:
+        part = value["part"]
+        if isinstance(part, bool) or not isinstance(part, int) or not 1 <= part < len(parts) or part in used:
+            raise ProtocolError(f"{where} names a missing or already used message part")
+        used.add(part)
+        value = {"dtype": value["dtype"], "shape": value["shape"], "data": parts[part]}
+    elif not isinstance(value, dict) or set(value) != {"dtype", "shape", "data"}:
         raise ProtocolError(f"{where} must be an array")
     dtype, shape, data = value["dtype"], value["shape"], value["data"]
     if not isinstance(dtype, str) or dtype not in ALLOWED_DTYPES:
@@ -152,7 +182,7 @@ def _unpack_array(where: str, value) -> np.ndarray:
     if (not isinstance(shape, list) or len(shape) > MAX_ARRAY_DIMS
             or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d for d in shape)):
         raise ProtocolError(f"{where} has a bad shape")
-    if not isinstance(data, bytes):
+    if not isinstance(data, (bytes, memoryview)):
         raise ProtocolError(f"{where} data must be bytes")
     itemsize = np.dtype(dtype).itemsize
     if math.prod(shape) * itemsize != len(data):

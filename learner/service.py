@@ -18,7 +18,7 @@ import zmq
 
 from common.metrics import Metrics
 from common.network import weights_to_arrays
-from common.protocol import ProtocolError, decode, encode
+from common.protocol import ProtocolError, decode_parts, encode
 from common.runtime import RoleRuntime
 from learner.device import pick_device
 from learner.learning import DQNLearner
@@ -75,7 +75,9 @@ class LearnerService:
     def _receive(self, train: bool) -> dict | None:
         """Take one message from the replay server; batches are trained on (or dropped)."""
         try:
-            msg = decode(self.dealer.recv(), self.config.max_message_bytes, expect=("batch", "snapshot_done"))
+            frames = self.dealer.recv_multipart(copy=False)          # big arrays arrive as their own parts
+            msg = decode_parts([f.buffer for f in frames], self.config.max_message_bytes,
+                               expect=("batch", "snapshot_done"))
         except ProtocolError as exc:
             self.dropped += 1
             self.rt.log(f"dropped a bad message from the replay server ({exc})")

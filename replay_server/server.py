@@ -17,7 +17,7 @@ from collections import deque
 import numpy as np
 import zmq
 
-from common.protocol import ProtocolError, decode, encode
+from common.protocol import ProtocolError, decode, encode, encode_parts
 from common.runtime import RoleRuntime
 from replay_server.buffer import ChunkError, PrioritizedReplay
 from replay_server.rate_limit import sampling_allowed
@@ -174,11 +174,11 @@ class ReplayServer:
             batch = self.buffer.sample(batch_size, beta, self.rng)
             self.counters["sampled"] += batch_size
             self.counters["batches"] += 1
-            payload = encode("batch", ids=batch.ids, frames=batch.frames, actions=batch.actions,
-                             rewards=batch.rewards, bootstraps=batch.bootstraps, weights=batch.weights,
-                             stats=self.stats())
+            parts = encode_parts("batch", {"frames": batch.frames}, ids=batch.ids, actions=batch.actions,
+                                 rewards=batch.rewards, bootstraps=batch.bootstraps, weights=batch.weights,
+                                 stats=self.stats())        # the frames go as their own part, not copied
             try:
-                self.router.send_multipart([identity, payload], zmq.NOBLOCK)
+                self.router.send_multipart([identity, *parts], zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 pass   # that learner is gone or not reading; it will ask again
 

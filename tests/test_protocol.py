@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from common.protocol import (ALLOWED_DTYPES, MAX_ARRAY_DIMS, PROTOCOL_VERSION, SCHEMAS, ProtocolError, decode,
-                             encode)
+                             decode_parts, encode, encode_parts)
 
 MAX = 1 << 22   # max_bytes for decode in these tests (4 MiB)
 RNG = np.random.default_rng(1234)
@@ -400,3 +400,39 @@ def test_fuzzed_messages_raise_only_protocol_error():
         assert required <= set(out) - {"t"}
     # Both outcomes happen, so the loop really explores near-valid inputs.
     assert accepted > 100 and rejected > 1000, (accepted, rejected)
+
+
+# --- out-of-band array parts (encode_parts / decode_parts) ---------------------------------------
+
+def _batch_parts():
+    fields = dict(EXAMPLES["batch"])
+    frames = fields.pop("frames")
+    return frames, encode_parts("batch", {"frames": frames}, **fields)
+
+
+def test_parts_round_trip_without_packing_the_frames():
+    frames, parts = _batch_parts()
+    assert len(parts) == 2 and len(parts[0]) < 2000, "the header stays small: frames are a part of their own"
+    out = decode_parts([bytes(parts[0]), bytes(parts[1])], max_bytes=MAX, expect=("batch",))
+    assert np.array_equal(out["frames"], frames) and out["frames"].shape == frames.shape
+    assert np.array_equal(out["ids"], EXAMPLES["batch"]["ids"])
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda h, f: [h], "missing or already used message part"),                       # part missing
+    (lambda h, f: [h, f, f], "not used by any field"),                                 # extra part
+    (lambda h, f: [h, f[:-1]], "does not match"),                                      # truncated part
+    (lambda h, f: [h, f + b"x"], "does not match"),                                    # oversized part
+    (lambda h, f: [h.replace(b"\xa4part\x01", b"\xa4part\x00"), f], "missing or already used"),  # part 0
+    (lambda h, f: [h, "text"], "not bytes"),
+])
+def test_bad_parts_are_refused(mutate, message):
+    _, parts = _batch_parts()
+    with pytest.raises(ProtocolError, match=message):
+        decode_parts(mutate(bytes(parts[0]), bytes(parts[1])), max_bytes=MAX)
+
+
+def test_parts_count_towards_the_size_limit():
+    _, parts = _batch_parts()
+    with pytest.raises(ProtocolError, match="exceeds"):
+        decode_parts([bytes(p) for p in parts], max_bytes=len(bytes(parts[1])))

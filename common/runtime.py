@@ -22,11 +22,16 @@ from common.protocol import encode
 from common.transport import Transport, TransportError
 
 
+def process_name(role: str, index: int) -> str:
+    """How the launcher and its messages name a role process: replay, learner, actor-0, actor-1, ..."""
+    return f"{role}-{index}" if role == "actor" else role
+
+
 class RoleRuntime:
     def __init__(self, role: str, index: int, config: Config, stop_event, parent_pid: int, resume: dict | None = None):
         self.role, self.index, self.config = role, index, config
         self.resume = resume or {}     # what this role continues from (see launcher/resume.py)
-        self.name = f"{role}-{index}" if role == "actor" else role
+        self.name = process_name(role, index)
         self._stop_event = stop_event
         self._parent_pid = parent_pid
         self._terminated = False
@@ -84,7 +89,7 @@ def run_role(main, role: str, index: int, config_dict: dict, run_dir: str, stop_
     Exit status 0 on a clean stop, 1 on failure (the launcher prints the reason it was sent).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _set_process_name(f"mario-{role}-{index}" if role == "actor" else f"mario-{role}")
+    _set_process_name(f"mario-{process_name(role, index)}")
     runtime = None
     try:
         config = Config.from_dict(config_dict)

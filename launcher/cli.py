@@ -127,17 +127,15 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
     except ConfigError as exc:
         parser.error(str(exc))
-    from launcher.resume import ResumeError, ResumePlan, latest_checkpoint, plan_resume
+    from launcher.resume import ResumeError, ResumePlan, latest_checkpoint, load_resume_state, plan_resume
     resume_from = args.resume or _ask_to_resume(latest_checkpoint(config.runs_dir))
     plan = ResumePlan()
     if resume_from:
-        try:
-            from launcher.resume import find_checkpoint
-            from common.checkpoint import load_checkpoint
-            saved = load_checkpoint(find_checkpoint(resume_from))["config"]
-            config = config_from_args(args, base={**saved, "runs_dir": config.runs_dir})
-            plan = plan_resume(resume_from, config, args.resume_reset_exploration)
-        except (ResumeError, ConfigError, ValueError) as exc:
+        try:     # the checkpoint's config, with the flags given now on top
+            checkpoint, state = load_resume_state(resume_from)
+            config = config_from_args(args, base={**state["config"], "runs_dir": config.runs_dir})
+            plan = plan_resume(checkpoint, state, config, args.resume_reset_exploration)
+        except (ResumeError, ConfigError) as exc:
             parser.error(str(exc))
     from launcher.supervisor import Supervisor, StartError
     try:

@@ -81,18 +81,26 @@ def latest_checkpoint(runs_dir: str) -> str | None:
     return None
 
 
-def plan_resume(path: str, config: Config, reset_epsilon: float | None) -> ResumePlan:
-    """Check that the checkpoint at `path` can continue under `config`; ResumeError if not."""
+def load_resume_state(path: str) -> tuple[str, dict]:
+    """(checkpoint file, its contents) for a checkpoint file or a run folder; ResumeError if unusable."""
     from common.checkpoint import CheckpointError, load_checkpoint   # torch: only when resuming
     checkpoint = find_checkpoint(path)
     try:
         state = load_checkpoint(checkpoint)
-        saved = Config.from_dict(state["config"])
-        counters = dict(state["counters"])
     except CheckpointError as exc:
         raise ResumeError(str(exc)) from None
-    except (KeyError, TypeError, ConfigError) as exc:
-        raise ResumeError(f"{checkpoint}: damaged checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state.get("config"), dict) or not isinstance(state.get("counters"), dict):
+        raise ResumeError(f"{checkpoint}: damaged checkpoint (no config or counters)")
+    return checkpoint, state
+
+
+def plan_resume(checkpoint: str, state: dict, config: Config, reset_epsilon: float | None) -> ResumePlan:
+    """Check that a loaded checkpoint can continue under `config`; ResumeError if not."""
+    try:
+        saved = Config.from_dict(state["config"])
+    except ConfigError as exc:
+        raise ResumeError(f"{checkpoint}: damaged checkpoint (ConfigError: {exc})") from None
+    counters = dict(state["counters"])
     for name in STRUCTURAL:
         if getattr(saved, name) != getattr(config, name):
             raise ResumeError(f"{checkpoint}: incompatible: it was trained with {name}={getattr(saved, name)}, "

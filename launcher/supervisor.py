@@ -20,7 +20,7 @@ import zmq
 
 from common.config import Config
 from common.protocol import ProtocolError, decode
-from common.runtime import run_role
+from common.runtime import process_name, run_role
 from common.transport import Transport, TransportError
 from launcher.console import Console
 from launcher.episode_log import EpisodeLog
@@ -119,7 +119,7 @@ class Supervisor:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             for role, index in roles:
-                name = f"{role}-{index}" if role == "actor" else role
+                name = process_name(role, index)
                 proc = ctx.Process(target=role_entry, name=name, daemon=False,
                                    args=(role, index, self.config.to_dict(), self.run_dir, self.stop_events[role],
                                          os.getpid(), self.resume.for_role(role, index, self.config.num_actors)))
@@ -180,7 +180,7 @@ class Supervisor:
                 msg = decode(raw, self.config.max_message_bytes, expect=("report",))
             except ProtocolError:
                 continue
-            name = msg["role"] if msg["role"] != "actor" else f"actor-{msg['index']}"
+            name = process_name(msg["role"], msg["index"])
             if msg["kind"] == "failed":
                 self.failures[name] = msg.get("text", "")
             elif msg["kind"] == "log":
@@ -203,9 +203,13 @@ class Supervisor:
             if self.stop_reason is None:
                 self.stop_reason = f"{name} stopped unexpectedly"
             self.console.say(f"mario-apex: {name} exited unexpectedly ({_describe_exit(proc.exitcode)})"
-                             + (f": {self.failures[name]}" if name in self.failures else ""), error=True)
+                             f"{self._reason(name)}", error=True)
             self.exit_code = 1
             return
+
+    def _reason(self, name: str) -> str:
+        """": <the reason it reported>" for a failed child, or nothing."""
+        return f": {self.failures[name]}" if name in self.failures else ""
 
     # --- stop --------------------------------------------------------------------------------------
     def _stop_all(self) -> None:
@@ -232,8 +236,8 @@ class Supervisor:
         self._drain_reports(50)
         for name, proc in self.processes.items():
             if proc.exitcode not in (0, None) and self.exit_code == 0 and proc not in stragglers:
-                self.console.say(f"mario-apex: {name} exited with {_describe_exit(proc.exitcode)}"
-                                 + (f": {self.failures[name]}" if name in self.failures else ""), error=True)
+                self.console.say(f"mario-apex: {name} exited with {_describe_exit(proc.exitcode)}{self._reason(name)}",
+                                 error=True)
                 self.exit_code = 1
 
     def _finish(self) -> None:

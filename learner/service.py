@@ -56,21 +56,18 @@ class LearnerService:
     def run(self) -> None:
         self.rt.log(f"training on {self.device}; waiting for {self.config.learning_starts} transitions")
         self.publish()
-        started = time.monotonic()
+        training_since = None          # wait_fraction counts from the first batch on
         while not self.rt.should_stop():
             self._request_batches()
             t0 = time.monotonic()
-            if not self.dealer.poll(POLL_MS, zmq.POLLIN):
-                if self.learner.updates:
-                    self.wait_s += time.monotonic() - t0
-                self._idle_duties()
-                continue
-            if self.learner.updates:
+            ready = self.dealer.poll(POLL_MS, zmq.POLLIN)
+            if training_since is not None:
                 self.wait_s += time.monotonic() - t0
-            else:
-                started = time.monotonic()
-            self._receive(train=True)
-            self._idle_duties(elapsed=time.monotonic() - started)
+            if ready:
+                if training_since is None:
+                    training_since = time.monotonic()
+                self._receive(train=True)
+            self._idle_duties(time.monotonic() - training_since if training_since is not None else 0.0)
 
     def _receive(self, train: bool) -> dict | None:
         """Take one message from the replay server; batches are trained on (or dropped)."""
@@ -111,7 +108,8 @@ class LearnerService:
             self.publish()
         self._maybe_checkpoint()
 
-    def _idle_duties(self, elapsed: float = 0.0) -> None:
+    def _idle_duties(self, elapsed: float) -> None:
+        """Periodic work between batches: re-publish weights for late joiners, report progress."""
         if time.monotonic() - self.last_publish > REPUBLISH_S:
             self.publish()
         if self.rt.progress_due():
@@ -172,10 +170,8 @@ class LearnerService:
     def checkpoint(self, base: str, with_replay: bool = True) -> str:
         """Write <base>.pth and its replay snapshot; returns the .pth path ("" if it failed)."""
         started = time.monotonic()
-        done = None
-        if with_replay:
-            replay_file = f"{base}-{time.time_ns()}.replay.npz"     # unique: never overwrites a referenced one
-            done = self._request_snapshot(replay_file)
+        # A unique name: a new snapshot never overwrites the one the previous .pth names.
+        done = self._request_snapshot(f"{base}-{time.time_ns()}.replay.npz") if with_replay else None
         if done is not None:
             self.replay_stats = {**self.replay_stats, **done["stats"]}
         counters = {**self.counters(), "replay_file": done["name"] if done else ""}

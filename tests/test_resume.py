@@ -135,6 +135,8 @@ def _write(path, kind: str, source) -> None:
         path.write_bytes(np.random.default_rng(0).bytes(4096))
     elif kind == "wrong-format":
         torch.save({"weights": torch.zeros(3)}, path)
+    elif kind == "no-config":
+        save_checkpoint({"online": {}, "counters": {"updates": 1}}, str(path))
     elif kind == "other-actions":
         DQNLearner(Config(num_actions=12), torch.device("cpu")).save(str(path))
     elif kind == "networks-for-other-frames":      # 64x64 networks under a config that says 84x84
@@ -147,6 +149,7 @@ def _write(path, kind: str, source) -> None:
     ("truncated", "not a readable checkpoint"),
     ("corrupt", "not a readable checkpoint"),
     ("wrong-format", "not a mario-apex checkpoint"),
+    ("no-config", "damaged checkpoint (no config or counters)"),
     ("other-actions", "num_actions is 12 but the env's action set (SIMPLE_MOVEMENT) has 7"),
     ("networks-for-other-frames", "incompatible online network"),
 ])

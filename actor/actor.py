@@ -19,11 +19,12 @@ import torch
 import zmq
 
 from actor.chunks import ChunkBuilder
+from actor.curriculum import Curriculum
 from actor.display import LiveWindow, display_available
 from actor.epsilon import linear_epsilon
 from actor.evaluate import greedy_action
 from actor.recorder import EpisodeRecorder, RecordingError, VideoWriter
-from common.envs import find_wrapper, make_env
+from common.envs import LevelSampler, find_wrapper, make_env
 from common.metrics import Metrics
 from common.network import build_network, load_arrays
 from common.protocol import ProtocolError, decode, encode
@@ -40,6 +41,7 @@ class Actor:
         if self.env.action_space.n != c.num_actions:
             raise ValueError(f"{c.env_id} has {self.env.action_space.n} actions but num_actions is {c.num_actions}")
         self.frame_skip = find_wrapper(self.env, FrameSkip)
+        self.curriculum = self._make_curriculum()
         self.net = build_network(c).eval()
         self.rng = np.random.default_rng(c.seed + self.index)
         self.push = runtime.transport.socket(zmq.PUSH, connect=c.address("replay_in"), hwm=1000)
@@ -60,6 +62,16 @@ class Actor:
         self.dropped = 0
         self.step_cap = math.ceil(c.max_steps / c.num_actors) if c.max_steps else 0
         self.episode_cap = math.ceil(c.max_episodes / c.num_actors) if c.max_episodes else 0
+
+    def _make_curriculum(self) -> Curriculum | None:
+        c = self.config
+        if c.level_mode != "curriculum":
+            return None
+        try:
+            levels = find_wrapper(self.env, LevelSampler)
+        except LookupError:
+            return None       # one level: nothing to move on to
+        return Curriculum(levels, c.curriculum_threshold, c.curriculum_window)
 
     def _open_window(self) -> LiveWindow | None:
         if self.index != 0 or self.config.headless:
@@ -222,6 +234,11 @@ class Actor:
                   "x_pos": x_pos, "flag": flag, "epsilon": float(epsilon), "actor_steps": self.steps}
         self._send(encode("episode", **values))
         self.rt.report("episode", values)     # the launcher writes log.txt
+        if self.curriculum is not None:
+            self.metrics.scalar("Episode/Level", self.curriculum.levels.index, self.steps)
+            moved = self.curriculum.on_episode(reward)
+            if moved:
+                self.rt.log(moved)
         if self.episode_video is not None:
             try:
                 best = self.episode_video.end_episode(reward)

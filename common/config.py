@@ -40,6 +40,13 @@ class Config:
     scheme): +0.1 per x_pos gained, -50 per life lost, +2000 flag. Both then /10, clipped to [-1, 1]."""
     single_life: bool = False
     """End the episode when a life is lost (for multi-life envs such as SuperMarioBros-v0)."""
+    level_mode: str = "sample"
+    """With several comma-separated env ids: sample (a uniformly random level each episode) or curriculum
+    (the levels in order, moving on when the recent average reward passes curriculum_threshold)."""
+    curriculum_threshold: float = 30.0
+    """Curriculum: average training-episode reward that moves an actor on to the next level ..."""
+    curriculum_window: int = 20
+    """... averaged over this many of its latest episodes on the current level."""
     max_episode_steps: int = 4000
     """Agent steps after which an episode is truncated (no bootstrap cut)."""
 
@@ -135,6 +142,8 @@ class Config:
     """Stop cleanly after this many episodes (0 = no limit)."""
     max_steps: int = 0
     """Stop cleanly after this many env steps over all actors (0 = no limit)."""
+    max_minutes: float = 0.0
+    """Stop cleanly after this many minutes of wall time (0 = no limit)."""
     num_actors: int = 1
     """Actor processes to start."""
 
@@ -146,7 +155,7 @@ class Config:
         """Raise ConfigError naming the first unusable value."""
         positive = ("eval_episodes", "frame_skip", "frame_size", "frame_stack", "num_actions", "max_episode_steps",
                     "chunk_size", "replay_capacity", "per_beta_updates", "batch_size", "lr_decay_updates",
-                    "target_update_every", "publish_every", "prefetch_batches", "num_actors")
+                    "target_update_every", "publish_every", "prefetch_batches", "num_actors", "curriculum_window")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -159,6 +168,10 @@ class Config:
         for name in unit:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
+        if not 0 <= self.max_minutes < float("inf"):
+            raise ConfigError(f"max_minutes must not be negative, got {self.max_minutes}")
+        if self.level_mode not in ("sample", "curriculum"):
+            raise ConfigError(f"level_mode must be sample or curriculum, got {self.level_mode!r}")
         if self.samples_per_insert < 0 or self.spi_tolerance < 0:
             raise ConfigError("samples_per_insert and spi_tolerance must not be negative")
         if not 0.0 < self.gamma <= 1.0:

@@ -21,9 +21,10 @@ def make_env(config: Config, seed: int = 0) -> gym.Env:
     """Raw env -> SIMPLE_MOVEMENT -> frame skip -> time limit -> shaped reward -> gray 84x84 -> stack.
 
     A comma-separated env_id ("SuperMarioBros-1-1-v0,SuperMarioBros-1-2-v0") plays a uniformly
-    sampled level each episode (seeded by `seed`)."""
+    sampled level each episode (seeded by `seed`), or with level_mode=curriculum the levels in order."""
     ids = level_ids(config.env_id)
-    env = _make_raw(ids[0]) if len(ids) == 1 else LevelSampler([_make_raw(i) for i in ids], seed)
+    env = _make_raw(ids[0]) if len(ids) == 1 else \
+        LevelSampler([_make_raw(i) for i in ids], seed, ids, curriculum=config.level_mode == "curriculum")
     env = FrameSkip(env, config.frame_skip)
     env = TimeLimit(env, config.max_episode_steps)
     env = ShapedReward(env, config.reward_scheme, config.single_life)
@@ -70,17 +71,34 @@ def unknown_env_ids(env_id: str) -> list[str]:
 
 
 class LevelSampler(gym.Env):
-    """Several levels behind one env: each reset picks one uniformly; steps go to that level."""
+    """Several levels behind one env; steps go to the current one. Each reset picks a level uniformly,
+    or, as a curriculum, stays on the current level until `advance()` moves on to the next."""
 
-    def __init__(self, levels: list[gym.Env], seed: int):
+    def __init__(self, levels: list[gym.Env], seed: int, names: list[str] | None = None, curriculum: bool = False):
         self.levels = levels
+        self.names = names or [str(i) for i in range(len(levels))]
+        self.curriculum = curriculum
+        self.index = 0
         self.current = levels[0]
         self.observation_space = levels[0].observation_space
         self.action_space = levels[0].action_space
         self._rng = np.random.default_rng(seed)
 
+    @property
+    def level(self) -> str:
+        return self.names[self.index]
+
+    def advance(self) -> bool:
+        """Curriculum: the next level from the next reset on; False when already on the last."""
+        if self.index + 1 >= len(self.levels):
+            return False
+        self.index += 1
+        return True
+
     def reset(self, **kwargs):
-        self.current = self.levels[int(self._rng.integers(len(self.levels)))]
+        if not self.curriculum:
+            self.index = int(self._rng.integers(len(self.levels)))
+        self.current = self.levels[self.index]
         return self.current.reset(**kwargs)
 
     def step(self, action):

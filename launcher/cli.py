@@ -63,6 +63,10 @@ def build_parser() -> OneLineParser:
     p.add_argument("--runs-dir", metavar="DIR", help="parent folder of the run folders (default: runs)")
     p.add_argument("--max-episodes", type=_positive_int, metavar="N", help="stop cleanly after N episodes")
     p.add_argument("--max-steps", type=_positive_int, metavar="N", help="stop cleanly after N env steps")
+    p.add_argument("--max-minutes", type=_ranged(float, 1e-3, 1e9, "a positive number of minutes"), metavar="M",
+                   help="stop cleanly after M minutes of wall time")
+    p.add_argument("--curriculum", action="store_true", help="with several --env ids: play them in order, moving "
+                   "on when the average reward of the last episodes passes a threshold (curriculum_* in --help-config)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"),
                    help="learner device (default auto: CUDA, then MPS, then CPU)")
     p.add_argument("--actors", type=_positive_int, metavar="N", help="actor processes (default 1)")
@@ -94,13 +98,15 @@ def config_from_args(args: argparse.Namespace, base: dict | None = None) -> Conf
         name, value = parse_assignment(assignment)
         values[name] = value
     flags = {"env_id": args.env, "runs_dir": args.runs_dir, "max_episodes": args.max_episodes,
-             "max_steps": args.max_steps, "device": args.device, "num_actors": args.actors,
+             "max_steps": args.max_steps, "max_minutes": args.max_minutes, "device": args.device, "num_actors": args.actors,
              "base_port": args.base_port, "seed": args.seed, "checkpoint_every_episodes": args.checkpoint_every}
     values.update({k: v for k, v in flags.items() if v is not None})
     if args.headless:
         values["headless"] = True
     if args.no_video:
         values["record_video"] = False
+    if args.curriculum:
+        values["level_mode"] = "curriculum"
     return Config.from_dict(values)
 
 

@@ -1,6 +1,6 @@
 """Starts the role processes with multiprocessing's spawn, watches them, and stops them together.
 
-Stop protocol: on Ctrl+C, SIGTERM, a reached --max-episodes/--max-steps, or a failed child, the
+Stop protocol: on Ctrl+C, SIGTERM, a reached --max-episodes/--max-steps/--max-minutes, or a failed child, the
 launcher sets one shared stop event. Every role checks it between steps (and also stops if the
 launcher itself disappears), flushes what it holds, closes its files (the learner writes
 checkpoint_final.pth) and exits 0. Stragglers get SIGTERM after STOP_GRACE_S and SIGKILL after
@@ -166,6 +166,8 @@ class Supervisor:
                 self.stop_reason = "reached --max-episodes"
             elif c.max_steps and self.status.session_steps >= c.max_steps:
                 self.stop_reason = "reached --max-steps"
+            elif c.max_minutes and time.monotonic() - self.status.started >= c.max_minutes * 60:
+                self.stop_reason = "reached --max-minutes"
             self.console.update(self.status)
 
     def _drain_reports(self, timeout_ms: int) -> None:

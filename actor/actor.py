@@ -4,7 +4,9 @@ Sockets (addresses from the config):
 - replay_in, PUSH (connects): "transitions" chunks (every `chunk_size` steps and at episode end)
   and one "episode" message per finished episode.
 - weights, SUB with CONFLATE (connects): only the newest "weights" message is kept; the actor
-  checks for it between steps and never waits for it.
+  checks for it between steps and never waits for it. A "bye" there means the learner stopped: the
+  actor plays on with the weights it has; its transitions queue (up to the socket's limit, then are
+  dropped and counted) until a learner is back, which ZeroMQ reconnects to by itself.
 It reports each episode to the launcher (which writes log.txt) and writes TensorBoard scalars.
 """
 from __future__ import annotations
@@ -44,19 +46,23 @@ class Actor:
         self.curriculum = self._make_curriculum()
         self.net = build_network(c).eval()
         self.rng = np.random.default_rng(c.seed + self.index)
-        self.push = runtime.transport.socket(zmq.PUSH, connect=c.address("replay_in"), hwm=1000)
-        self.sub = runtime.transport.socket(zmq.SUB, connect=c.address("weights"), conflate=True, subscribe=True)
+        self.push = runtime.transport.socket(zmq.PUSH, connect=c.connect_address("replay_in"), hwm=1000,
+                                             link="replay-in")
+        self.sub = runtime.transport.socket(zmq.SUB, connect=c.connect_address("weights"), conflate=True,
+                                            subscribe=True, link="weights")
         self.chunk = ChunkBuilder(c.frame_stack, c.n_step, c.gamma)
         self.window = self._open_window()
         self.run_video, self.episode_video = self._open_recorders(run_dir)
         self.metrics = Metrics(run_dir, f".actor{self.index}", runtime.log)
         resume = runtime.resume
         self.steps = int(resume.get("steps", 0))        # this actor's env steps over the whole run
-        self.session_steps = 0                           # ... and since this launch (what limits count)
+        self.session_steps = int(resume.get("session_steps", 0))    # ... since this launch (what limits count)
+        self.joining = not resume      # a fresh actor process: continue the run's exploration schedule
         reset = resume.get("reset_epsilon")          # --resume-reset-exploration: decay again from here
         self.epsilon_origin = 0 if reset is None else self.steps
         self.epsilon_start = c.epsilon_start if reset is None else reset
-        self.episodes = 0
+        self.episodes = int(resume.get("episodes", 0))     # this launch's, continued over a restart
+        self.learner_stopped = False
         self.weights_version = 0
         self.weights_updates = 0     # learner updates behind the weights in use (0 = initial)
         self.dropped = 0
@@ -142,6 +148,7 @@ class Actor:
                 obs = self._reset()
                 episode_reward, episode_steps = 0.0, 0
             if self.rt.progress_due():
+                self.rt.check_links()
                 now = time.monotonic()
                 rate = (self.session_steps - steps_at_report) / max(now - started, 1e-9)
                 started, steps_at_report = now, self.session_steps
@@ -160,6 +167,8 @@ class Actor:
 
     def epsilon(self) -> float:
         c = self.config
+        if c.epsilon_schedule == "apex":
+            return c.apex_epsilon_of(self.index)
         return linear_epsilon(self.steps - self.epsilon_origin, self.epsilon_start, c.epsilon_end,
                               c.epsilon_decay_steps)
 
@@ -220,11 +229,27 @@ class Actor:
         except zmq.Again:
             return
         try:
-            msg = decode(payload, self.config.max_message_bytes, expect=("weights",))
-            load_arrays(self.net, msg["tensors"])
+            msg = decode(payload, self.config.max_message_bytes, expect=("weights", "bye"))
+            if msg["t"] == "weights":
+                load_arrays(self.net, msg["tensors"])
         except (ProtocolError, ValueError) as exc:
             self.rt.log(f"ignored bad weights ({exc})")
             return
+        if msg["t"] == "bye":
+            self.learner_stopped = True
+            self.rt.log(f"the learner stopped (it saved {msg['checkpoint'] or 'no checkpoint'}); playing on with the "
+                        f"weights of update {self.weights_updates:,}, experience queues until a learner is back")
+            return
+        if self.learner_stopped:
+            self.learner_stopped = False
+            self.rt.log(f"a learner is back: weights of update {msg['updates']:,}")
+        run = msg.get("run") or {}
+        if self.joining and self.config.epsilon_schedule == "anneal":
+            share = int(run.get("env_steps", 0)) // self.config.num_actors
+            if share > self.steps:      # joining a running learner: explore as far into the schedule as the run is
+                self.steps = share
+                self.rt.log(f"joined a run at {int(run.get('env_steps', 0)):,} env steps: epsilon {self.epsilon():.2f}")
+        self.joining = False
         self.weights_version, self.weights_updates = msg["version"], msg["updates"]
 
     def _finish_episode(self, reward: float, steps: int, info: dict, epsilon: float) -> None:
@@ -258,6 +283,7 @@ class Actor:
                                     "episodes": self.episodes, "steps_per_s": rate,
                                     "epsilon": epsilon, "weights_version": self.weights_version,
                                     "weights_updates": self.weights_updates,
+                                    "learner_stopped": self.learner_stopped,
                                     "dropped": self.dropped})
 
     def close(self) -> None:

@@ -109,7 +109,7 @@ class Poller:
         self.config, self.server = config, server
         self.dealer = context.socket(zmq.DEALER)
         self.dealer.setsockopt(zmq.LINGER, 0)
-        self.dealer.connect(config.address("replay_sample"))
+        self.dealer.connect(config.connect_address("replay_sample"))
         self.request = encode("sample", batch_size=1, beta=BETA)
 
     def inserted(self) -> int:
@@ -138,7 +138,7 @@ def bench_ours(capacity: int, seconds: float, chunks: list[dict]) -> dict:
                          args=("replay", 0, config.to_dict(), run_dir, stop, os.getpid(), {}))
     parent_conn, child_conn = ctx.Pipe()
     client = ctx.Process(target=sample_client, name="sample-client", daemon=True,
-                         args=(config.address("replay_sample"), config.max_message_bytes, (32, 256), seconds,
+                         args=(config.connect_address("replay_sample"), config.max_message_bytes, (32, 256), seconds,
                                child_conn))
     context = zmq.Context()
     result = {}
@@ -148,7 +148,7 @@ def bench_ours(capacity: int, seconds: float, chunks: list[dict]) -> dict:
         push = context.socket(zmq.PUSH)
         push.setsockopt(zmq.LINGER, 0)
         push.setsockopt(zmq.SNDHWM, 64)
-        push.connect(config.address("replay_in"))
+        push.connect(config.connect_address("replay_in"))
         poller = Poller(context, config, server)
         if not parent_conn.poll(REPLY_TIMEOUT_S) or parent_conn.recv() != "ready":
             raise RuntimeError("the sample client did not start")

@@ -18,6 +18,12 @@ MAX_N_STEP = 16
 """Largest n_step; bounds how many context frames a transitions chunk may carry."""
 
 
+PORT_OFFSETS = {"replay_in": 0, "replay_sample": 1, "weights": 2}
+"""Channel ports relative to base_port."""
+LOCAL_FOR_ANY = {"0.0.0.0": "127.0.0.1", "::": "::1", "*": "127.0.0.1"}
+"""Bound to every interface: this machine's own roles connect over loopback."""
+
+
 class ConfigError(ValueError):
     """A config value that cannot be used; the message is one line, fit for the user."""
 
@@ -65,6 +71,13 @@ class Config:
     """Exploration rate during evaluation (0 = fully greedy)."""
     chunk_size: int = 64
     """Transitions per message from actor to replay server (also sent at episode end)."""
+    epsilon_schedule: str = "anneal"
+    """anneal: every actor's epsilon falls from epsilon_start to epsilon_end; apex: fixed per-actor values
+    as in Ape-X, eps_i = apex_epsilon ** (1 + apex_alpha * i / (N - 1)) for actor i of N."""
+    apex_epsilon: float = 0.4
+    """Ape-X schedule: the base epsilon (actor 0's) ..."""
+    apex_alpha: float = 7.0
+    """... and the exponent spread (the last actor gets apex_epsilon ** (1 + apex_alpha))."""
     seed: int = 0
     """Base random seed; actor i uses seed + i."""
 
@@ -123,9 +136,19 @@ class Config:
 
     # --- processes and network ---------------------------------------------------------
     host: str = "127.0.0.1"
-    """Address the replay server and learner bind to and the actors connect to."""
+    """Address this launcher's replay server and learner bind to (--bind). A non-loopback address
+    needs CurveZMQ keys (--keys) or --insecure."""
     base_port: int = 47_555
-    """First of four consecutive TCP ports (replay-in, replay-sample, weights, reports)."""
+    """First of three consecutive TCP ports: replay-in (+0), replay-sample (+1), weights (+2)."""
+    learner_address: str = ""
+    """HOST[:PORT] of the learner side, for actors on another machine (--learner); empty: this machine."""
+    replay_address: str = ""
+    """HOST[:PORT] of a separately started replay server (--replay); empty: the learner side's."""
+    pause_without_actors: bool = True
+    """The replay server stops serving batches while no actor is connected, so a learner whose actors
+    stopped waits for new experience instead of overfitting the old."""
+    actor_restarts: int = 3
+    """Times the launcher restarts each crashed actor process before giving up and stopping the run."""
     max_message_bytes: int = 64 * 1024 * 1024
     """Largest network message accepted; bigger ones are refused by ZeroMQ or dropped."""
     report_interval_s: float = 1.0
@@ -160,16 +183,26 @@ class Config:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         non_negative = ("eval_every_episodes", "epsilon_decay_steps", "learning_starts", "checkpoint_every_episodes",
-                        "max_episodes", "max_steps", "seed")
+                        "max_episodes", "max_steps", "seed", "actor_restarts")
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
-        unit = ("eval_epsilon", "epsilon_start", "epsilon_end", "per_alpha", "per_beta_start", "lr_end_factor", "target_tau")
+        unit = ("eval_epsilon", "epsilon_start", "epsilon_end", "per_alpha", "per_beta_start", "lr_end_factor", "target_tau",
+                "apex_epsilon")
         for name in unit:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
         if not 0 <= self.max_minutes < float("inf"):
             raise ConfigError(f"max_minutes must not be negative, got {self.max_minutes}")
+        if self.epsilon_schedule not in ("anneal", "apex"):
+            raise ConfigError(f"epsilon_schedule must be anneal or apex, got {self.epsilon_schedule!r}")
+        if not 0 <= self.apex_alpha < 100:
+            raise ConfigError(f"apex_alpha must be between 0 and 100, got {self.apex_alpha}")
+        for name in ("learner_address", "replay_address"):
+            if getattr(self, name):
+                parse_endpoint(getattr(self, name), self.base_port, name)
+        if not self.host or any(ch in self.host for ch in "/ []"):
+            raise ConfigError(f"host must be a host name or IP address, got {self.host!r}")
         if self.level_mode not in ("sample", "curriculum"):
             raise ConfigError(f"level_mode must be sample or curriculum, got {self.level_mode!r}")
         if self.samples_per_insert < 0 or self.spi_tolerance < 0:
@@ -183,8 +216,8 @@ class Config:
             raise ConfigError(f"reward_scheme must be original or progress, got {self.reward_scheme!r}")
         if self.device not in ("auto", "cpu", "cuda", "mps"):
             raise ConfigError(f"device must be one of auto, cpu, cuda, mps, got {self.device!r}")
-        if not 1 <= self.base_port <= 65_532:
-            raise ConfigError(f"base_port must be between 1 and 65532, got {self.base_port}")
+        if not 1 <= self.base_port <= 65_533:
+            raise ConfigError(f"base_port must be between 1 and 65533, got {self.base_port}")
         if self.max_message_bytes < 1024:
             raise ConfigError(f"max_message_bytes must be at least 1024, got {self.max_message_bytes}")
         if not 1 <= self.n_step <= MAX_N_STEP:
@@ -198,11 +231,25 @@ class Config:
             raise ConfigError(f"batch_size ({self.batch_size}) exceeds replay_capacity ({self.replay_capacity})")
 
     # --- addresses -----------------------------------------------------------------------
-    def address(self, channel: str) -> str:
-        """tcp:// address of one channel: 'replay_in', 'replay_sample', 'weights' or 'reports'."""
-        offset = {"replay_in": 0, "replay_sample": 1, "weights": 2, "reports": 3}[channel]
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"tcp://{host}:{self.base_port + offset}"
+    def bind_address(self, channel: str) -> str:
+        """Where this machine's replay server ('replay_in', 'replay_sample') or learner ('weights') binds."""
+        return _tcp(self.host, self.base_port + PORT_OFFSETS[channel])
+
+    def connect_address(self, channel: str) -> str:
+        """Where a role connects to reach a channel: on the machine given by --learner / --replay,
+        or this machine's own bind address."""
+        remote = {"replay_in": self.replay_address or self.learner_address, "replay_sample": self.replay_address,
+                  "weights": self.learner_address}[channel]
+        if remote:
+            host, port = parse_endpoint(remote, self.base_port, channel)
+        else:
+            host, port = LOCAL_FOR_ANY.get(self.host, self.host), self.base_port
+        return _tcp(host, port + PORT_OFFSETS[channel])
+
+    def apex_epsilon_of(self, actor: int) -> float:
+        """Ape-X's fixed epsilon of actor `actor` among num_actors."""
+        n = self.num_actors
+        return self.apex_epsilon ** (1 + self.apex_alpha * actor / (n - 1)) if n > 1 else self.apex_epsilon
 
     # --- (de)serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -243,6 +290,31 @@ def parse_assignment(text: str) -> tuple[str, object]:
     if name not in {f.name for f in fields(Config)}:
         raise ConfigError(f"unknown config field {name!r} (see --help-config)")
     return name, _coerce(name, raw.strip())
+
+
+def parse_endpoint(text: str, default_port: int, what: str = "address") -> tuple[str, int]:
+    """"HOST", "HOST:PORT", "[IPV6]:PORT" or "IPV6" -> (host, port); ConfigError if unusable."""
+    text = text.strip()
+    host, port = text, default_port
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ConfigError(f"{what}: expected HOST[:PORT], got {text!r}")
+            port = rest[1:]
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    try:
+        port = int(port)
+    except ValueError:
+        raise ConfigError(f"{what}: the port in {text!r} is not a number") from None
+    if not host or any(ch in host for ch in "/ []") or not 1 <= port <= 65_533:
+        raise ConfigError(f"{what}: expected HOST[:PORT] with a port between 1 and 65533, got {text!r}")
+    return host, port
+
+
+def _tcp(host: str, port: int) -> str:
+    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
 
 
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}

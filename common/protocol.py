@@ -46,8 +46,11 @@ SCHEMAS: dict[str, dict[str, str]] = {
     # answered with "snapshot_done" once the file is complete.
     "snapshot": {"name": "str"},
     "snapshot_done": {"name": "str", "ok": "bool", "stats": "numbers", "text?": "str"},
-    # learner -> actors: network weights after `updates` learner updates.
-    "weights": {"version": "int", "updates": "int", "tensors": "arrays"},
+    # learner -> actors: network weights after `updates` learner updates, and the run's counters as the
+    # replay server counted them (episodes, env_steps, best_reward): what a joining actor continues from.
+    "weights": {"version": "int", "updates": "int", "tensors": "arrays", "run?": "numbers"},
+    # learner -> actors: the learner is stopping (after writing `checkpoint`); actors play on.
+    "bye": {"checkpoint": "str"},
     # any process -> launcher: progress, the last words of a failing process, or a stop request.
     "report": {"role": "str", "index": "int", "kind": "str", "values": "numbers", "text?": "str"},
 }

@@ -18,8 +18,11 @@ import traceback
 import zmq
 
 from common.config import Config
+from common.keys import CurveKeys
 from common.protocol import encode
 from common.transport import Transport, TransportError
+
+REFUSAL_LOG_S = 30.0
 
 
 def process_name(role: str, index: int) -> str:
@@ -28,7 +31,8 @@ def process_name(role: str, index: int) -> str:
 
 
 class RoleRuntime:
-    def __init__(self, role: str, index: int, config: Config, stop_event, parent_pid: int, resume: dict | None = None):
+    def __init__(self, role: str, index: int, config: Config, stop_event, parent_pid: int, resume: dict | None = None,
+                 reports_address: str = "", keys: dict | None = None):
         self.role, self.index, self.config = role, index, config
         self.resume = resume or {}     # what this role continues from (see launcher/resume.py)
         self.name = process_name(role, index)
@@ -38,9 +42,10 @@ class RoleRuntime:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, self._on_sigterm)
         threading.excepthook = self._on_thread_error
-        self.transport = Transport(config.max_message_bytes)
-        self._reports = self.transport.socket(zmq.PUSH, connect=config.address("reports"), hwm=10_000)
+        self.transport = Transport(config.max_message_bytes, CurveKeys.from_dict(keys))
+        self._reports = self.transport.socket(zmq.PUSH, connect=reports_address, hwm=10_000)
         self._last_progress = 0.0
+        self._refusals: dict[str, tuple[float, int]] = {}    # link -> (last logged, refusals since)
 
     def _on_sigterm(self, signum, frame) -> None:
         self._terminated = True
@@ -74,6 +79,19 @@ class RoleRuntime:
             return True
         return False
 
+    def check_links(self) -> None:
+        """Count the links' connections and tell the user about refused ones (wrong or missing keys):
+        the first at once, then at most one line per link every REFUSAL_LOG_S seconds."""
+        now = time.monotonic()
+        for refusal in self.transport.check_links():
+            key = f"{refusal.channel} {refusal.endpoint}"
+            last, count = self._refusals.get(key, (-REFUSAL_LOG_S, 0))
+            count += 1
+            if now - last >= REFUSAL_LOG_S:
+                self.log(refusal.message() + (f" ({count} times)" if count > 1 else ""))
+                last, count = now, 0
+            self._refusals[key] = (last, count)
+
     def log(self, message: str) -> None:
         """A line for the user; the launcher prints it (so nothing draws over its status bar)."""
         self.report("log", {}, text=message)
@@ -83,7 +101,7 @@ class RoleRuntime:
 
 
 def run_role(main, role: str, index: int, config_dict: dict, run_dir: str, stop_event, parent_pid: int,
-             resume: dict | None = None) -> None:
+             resume: dict | None = None, reports_address: str = "", keys: dict | None = None) -> None:
     """Process entry point: build the runtime, run `main(runtime, run_dir)`, turn failures into a report.
 
     Exit status 0 on a clean stop, 1 on failure (the launcher prints the reason it was sent).
@@ -93,7 +111,7 @@ def run_role(main, role: str, index: int, config_dict: dict, run_dir: str, stop_
     runtime = None
     try:
         config = Config.from_dict(config_dict)
-        runtime = RoleRuntime(role, index, config, stop_event, parent_pid, resume)
+        runtime = RoleRuntime(role, index, config, stop_event, parent_pid, resume, reports_address, keys)
         main(runtime, run_dir)
     except TransportError as exc:
         _fail(runtime, role, str(exc), show_traceback=False)

@@ -1,25 +1,69 @@
 """ZeroMQ plumbing shared by every role: one context per process, sockets with safe options.
 
 Every socket gets a short LINGER (so closing never hangs on exit) and, where it receives from
-the network, a maximum message size (ZeroMQ drops the peer that sends more).
+the network, a maximum message size (ZeroMQ drops the peer that sends more). Sockets that link
+machines (`link="..."`) are also encrypted and authenticated with CurveZMQ when keys are given
+(see common/keys.py), and monitored: `check_links()` counts open connections and returns refusals.
 """
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass, field
+
 import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from common.keys import CurveKeys
 
 LINGER_MS = 500
+_REFUSALS = {
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the key is not authorized (wrong --keys?)",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "security mismatch: one side has CurveZMQ keys and the other has "
+                                         "none or a different server key (--keys)",
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the handshake failed: wrong server key (--keys)?",
+}
+_WATCHED = zmq.EVENT_ACCEPTED | zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | sum(_REFUSALS)
+
+
+@dataclass
+class Refusal:
+    """A connection on a link that failed its security handshake."""
+    channel: str
+    endpoint: str
+    bound: bool          # we are the server side of the link
+    reason: str
+
+    def message(self) -> str:
+        if self.bound:
+            return f"refused a connection to {self.channel} ({self.endpoint}): {self.reason}"
+        return f"{self.endpoint} ({self.channel}) refused this connection: {self.reason}; retrying"
+
+
+@dataclass
+class _Link:
+    channel: str
+    endpoint: str
+    bound: bool
+    monitor: zmq.Socket
+    peers: set = field(default_factory=set)     # file descriptors of the open connections
 
 
 class Transport:
     """Owns the process's single zmq.Context and every socket made from it."""
 
-    def __init__(self, max_message_bytes: int):
+    def __init__(self, max_message_bytes: int, keys: CurveKeys | None = None):
         self.context = zmq.Context()
         self.max_message_bytes = max_message_bytes
+        self.keys = keys
         self._sockets: list[zmq.Socket] = []
+        self._links: dict[zmq.Socket, _Link] = {}
+        self._authenticator = None
 
     def socket(self, kind: int, *, bind: str | None = None, connect: str | None = None,
-               hwm: int | None = None, conflate: bool = False, subscribe: bool = False) -> zmq.Socket:
+               hwm: int | None = None, conflate: bool = False, subscribe: bool = False,
+               link: str | None = None) -> zmq.Socket:
+        """A configured socket, bound or connected. `link` names a channel between roles (possibly
+        between machines): such a socket uses the Curve keys, if any, and is monitored."""
         sock = self.context.socket(kind)
         sock.setsockopt(zmq.LINGER, LINGER_MS)
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
@@ -31,6 +75,10 @@ class Transport:
         if subscribe:
             sock.setsockopt(zmq.SUBSCRIBE, b"")
         self._sockets.append(sock)
+        if link is not None:
+            if self.keys is not None:
+                self._secure(sock, server=bool(bind))
+            self._links[sock] = _Link(link, bind or connect, bool(bind), sock.get_monitor_socket(_WATCHED))
         try:
             if bind:
                 sock.bind(bind)
@@ -38,15 +86,68 @@ class Transport:
                 sock.connect(connect)
         except zmq.ZMQError as exc:
             where = bind or connect
-            reason = "address already in use (is another run using these ports? try --base-port)" \
+            reason = "address already in use (is another run using these ports? try --base-port or --bind)" \
                 if exc.errno == zmq.EADDRINUSE else exc.strerror
             raise TransportError(f"cannot {'bind' if bind else 'connect'} {where}: {reason}") from None
         return sock
 
+    def _secure(self, sock: zmq.Socket, server: bool) -> None:
+        keys = self.keys
+        if server:
+            if keys.server_secret is None:
+                raise TransportError("CurveZMQ: no server keys for a bound socket (--keys: the learner/ folder)")
+            if self._authenticator is None:      # ZAP: only the authorized client keys get in
+                from zmq.auth.thread import ThreadAuthenticator
+                quiet = logging.getLogger("mario_apex.zap")
+                quiet.addHandler(logging.NullHandler())
+                quiet.propagate = False
+                self._authenticator = ThreadAuthenticator(self.context, log=quiet)
+                self._authenticator.start()
+                self._authenticator.configure_curve(domain="*", location=keys.authorized_dir)
+            sock.curve_secretkey, sock.curve_publickey, sock.curve_server = keys.server_secret, keys.server_public, True
+        else:
+            if keys.client_secret is None:
+                raise TransportError("CurveZMQ: no client keys for a connecting socket (--keys: the actor/ folder)")
+            sock.curve_secretkey, sock.curve_publickey = keys.client_secret, keys.client_public
+            sock.curve_serverkey = keys.known_server
+
+    def check_links(self) -> list[Refusal]:
+        """Update the connection counts of the links; returns the refused handshakes since the last
+        call (never blocks)."""
+        refusals = []
+        for link in self._links.values():
+            while link.monitor.poll(0):
+                try:
+                    event = recv_monitor_message(link.monitor, zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    break
+                kind, value = event["event"], event["value"]
+                if kind in (zmq.EVENT_ACCEPTED, zmq.EVENT_CONNECTED):
+                    link.peers.add(value)
+                elif kind == zmq.EVENT_DISCONNECTED:
+                    link.peers.discard(value)
+                elif kind in _REFUSALS:
+                    refusals.append(Refusal(link.channel, link.endpoint, link.bound, _REFUSALS[kind]))
+        return refusals
+
+    def peers(self, sock: zmq.Socket) -> int:
+        """Open connections of a monitored socket, as of the last check_links() call."""
+        return len(self._links[sock].peers)
+
     def close(self) -> None:
+        for sock, link in self._links.items():
+            try:
+                sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            link.monitor.close(linger=0)
+        self._links.clear()
         for sock in self._sockets:
             sock.close(linger=LINGER_MS)
         self._sockets.clear()
+        if self._authenticator is not None:
+            self._authenticator.stop()
+            self._authenticator = None
         self.context.term()
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from common.config import TEST_ENV_ID, Config, ConfigError, parse_assignment
+from common.config import TEST_ENV_ID, Config, ConfigError, parse_assignment, parse_endpoint
 
 EPILOG = f"""\
 examples:
@@ -20,7 +20,14 @@ examples:
   python launch.py --play runs/2026-11-25_15-37-25_run/checkpoint_final.pth   watch the trained agent
   python launch.py --plot runs/2026-11-25_15-37-25_run    learning_curve.png of a run
 
-Ctrl+C (or SIGTERM) stops every process cleanly and writes checkpoint_final.pth.
+learner on a GPU machine, actors where the screen is:
+  python launch.py keys mykeys                      once: key pairs in mykeys/learner and mykeys/actor
+  python launch.py --role learner --bind 0.0.0.0 --keys mykeys/learner            on the GPU machine
+  python launch.py --role actor --learner gpu-box --keys mykeys/actor --actors 4   on the desktop
+
+Ctrl+C (or SIGTERM) stops every process this launcher started cleanly; the learner writes
+checkpoint_final.pth. Stopping the learner side leaves actors playing on their last weights;
+stopping the actor side leaves the learner waiting for them.
 Each run writes to <runs-dir>/YYYY-MM-DD_HH-MM-SS_run/: config.json, log.txt, checkpoints,
 TensorBoard events (tensorboard --logdir <run folder>) and summary.json.
 """
@@ -47,7 +54,7 @@ def _ranged(kind, low, high, what: str):
 
 
 _positive_int = _ranged(int, 1, float("inf"), "a positive integer")
-_port = _ranged(int, 1, 65_532, "a port between 1 and 65532")
+_port = _ranged(int, 1, 65_533, "a port between 1 and 65533")
 _unit_float = _ranged(float, 0.0, 1.0, "a number between 0 and 1")
 
 
@@ -70,8 +77,20 @@ def build_parser() -> OneLineParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"),
                    help="learner device (default auto: CUDA, then MPS, then CPU)")
     p.add_argument("--actors", type=_positive_int, metavar="N", help="actor processes (default 1)")
+    p.add_argument("--role", choices=("all", "learner", "replay", "actor"), default="all",
+                   help="processes to start here: all (default); learner (the learner and the replay server, or "
+                   "the learner alone with --replay); replay (the replay server alone); actor (the actors)")
+    p.add_argument("--bind", metavar="HOST[:PORT]", help="address the learner side listens on (default 127.0.0.1:47555; "
+                   "ports PORT..PORT+2); anything but loopback needs --keys or --insecure")
+    p.add_argument("--learner", metavar="HOST[:PORT]", help="with --role actor: the learner side's --bind address")
+    p.add_argument("--replay", metavar="HOST[:PORT]", help="a replay server started on its own (--role replay): "
+                   "for --role learner (which then starts none) and --role actor")
+    p.add_argument("--keys", metavar="DIR", help="CurveZMQ keys (from `python launch.py keys DIR`): its learner/ "
+                   "folder on the learner side, its actor/ folder on the actor side; encrypts and authenticates links")
+    p.add_argument("--insecure", action="store_true", help="allow a non-loopback --bind without keys (anyone who "
+                   "can reach the ports can send experience and read weights)")
     p.add_argument("--base-port", type=_port, metavar="PORT",
-                   help="first of 4 consecutive loopback TCP ports the processes use (default 47555)")
+                   help="first of 3 consecutive TCP ports the processes use (default 47555; same as --bind's PORT)")
     p.add_argument("--seed", type=int, metavar="N", help="base random seed (default 0)")
     p.add_argument("--checkpoint-every", type=_positive_int, metavar="N",
                    help="save checkpoint.pth every N episodes (default 50; checkpoint_final.pth on every stop)")
@@ -107,7 +126,39 @@ def config_from_args(args: argparse.Namespace, base: dict | None = None) -> Conf
         values["record_video"] = False
     if args.curriculum:
         values["level_mode"] = "curriculum"
+    if args.bind:
+        values["host"], values["base_port"] = parse_endpoint(args.bind, values.get("base_port", 47_555), "--bind")
+    for flag, name in (("learner", "learner_address"), ("replay", "replay_address")):
+        if getattr(args, flag):
+            parse_endpoint(getattr(args, flag), 1, f"--{flag}")     # a bad value is a ConfigError naming the flag
+            values[name] = getattr(args, flag)
     return Config.from_dict(values)
+
+
+LOOPBACK = ("localhost", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    return host in LOOPBACK or host.startswith("127.")
+
+
+def check_network(args: argparse.Namespace, config: Config):
+    """The role's flags fit together and links off this machine are secured; returns the CurveKeys
+    to use (None without --keys). Raises ConfigError (or KeysError) with one line."""
+    from common.keys import load_keys
+    if args.learner and args.role != "actor":
+        raise ConfigError("--learner is for --role actor (the other roles listen with --bind)")
+    if args.replay and args.role not in ("learner", "actor"):
+        raise ConfigError("--replay is for --role learner or --role actor")
+    binds = args.role != "actor"
+    if binds and not is_loopback(config.host) and not args.keys and not args.insecure:
+        raise ConfigError(f"--bind {config.host} listens beyond this machine: create keys with `python launch.py keys "
+                          "DIR` and pass --keys (DIR/learner here, DIR/actor on the actor machines), or pass "
+                          "--insecure to accept anyone who can reach the ports")
+    if not args.keys:
+        return None
+    connects = args.role in ("all", "actor") or args.role == "learner"      # the learner connects to its replay
+    return load_keys(args.keys, server=binds, client=connects)
 
 
 def help_config() -> str:
@@ -118,6 +169,9 @@ def help_config() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["keys"]:
+        return _keys(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.help_config:
@@ -129,9 +183,11 @@ def main(argv: list[str] | None = None) -> int:
         return _play(parser, args)
     if args.resume_reset_exploration is not None and not args.resume:
         parser.error("--resume-reset-exploration needs --resume")
+    from common.keys import KeysError
     try:
         config = config_from_args(args)
-    except ConfigError as exc:
+        keys = check_network(args, config)
+    except (ConfigError, KeysError) as exc:
         parser.error(str(exc))
     from launcher.resume import ResumeError, ResumePlan, latest_checkpoint, load_resume_state, plan_resume
     resume_from = args.resume or _ask_to_resume(latest_checkpoint(config.runs_dir))
@@ -145,10 +201,27 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(exc))
     from launcher.supervisor import Supervisor, StartError
     try:
-        supervisor = Supervisor(config, plan)
+        supervisor = Supervisor(config, plan, args.role, keys)
     except StartError as exc:
         parser.error(str(exc))
     return supervisor.run()
+
+
+def _keys(argv: list[str]) -> int:
+    """`launch.py keys DIR`: a new CurveZMQ key set (see common/keys.py)."""
+    parser = OneLineParser(prog="launch.py keys", description="Create CurveZMQ key pairs for a learner side and "
+                           "its actor machines: DIR/learner (for --role learner --keys) and DIR/actor (for --role "
+                           "actor --keys). Copy each folder to its machine; the secret keys never need to travel.")
+    parser.add_argument("dir", metavar="DIR", help="folder to create the keys in (must not hold keys yet)")
+    args = parser.parse_args(argv)
+    from common.keys import KeysError, create_keys
+    try:
+        learner, actor = create_keys(args.dir)
+    except KeysError as exc:
+        parser.error(str(exc))
+    print(f"mario-apex: wrote {learner} (learner side: --role learner --keys {learner}) and {actor} "
+          f"(actor side: --role actor --keys {actor})")
+    return 0
 
 
 def _plot(parser: OneLineParser, run_dir: str) -> int:

@@ -11,6 +11,7 @@ class RunStatus:
         self.episodes_before = episodes_before      # from the checkpoint this run resumed from
         self.started = time.monotonic()
         self.actors: dict[int, dict] = {}     # latest progress per actor
+        self.actor_episodes: dict[int, dict] = {}   # latest episode per actor
         self.learner: dict = {}
         self.replay: dict = {}
         self.episodes = 0
@@ -34,6 +35,7 @@ class RunStatus:
         elif kind == "episode":
             self.episodes += 1
             self.last_episode = values
+            self.actor_episodes[index] = values
             reward = float(values.get("reward", 0.0))
             self.best_reward = reward if self.best_reward is None else max(self.best_reward, reward)
         elif kind == "eval":
@@ -42,9 +44,19 @@ class RunStatus:
         elif kind == "done" and role == "actor":
             self.done_actors.add(index)
 
+    def actor_counters(self, index: int) -> dict:
+        """What a restarted actor continues from: its steps and this launch's steps and episodes."""
+        progress, episode = self.actors.get(index, {}), self.actor_episodes.get(index, {})
+        return {"steps": max(int(progress.get("steps", 0)), int(episode.get("actor_steps", 0))),
+                "session_steps": int(progress.get("session_steps", 0)),
+                "episodes": max(int(progress.get("episodes", 0)), int(episode.get("episode", 0)))}
+
     @property
     def env_steps(self) -> int:
-        """Env steps of the whole run, resumed sessions included."""
+        """Env steps of the whole run, resumed sessions included (the replay server's count where no
+        actor runs under this launcher)."""
+        if not self.actors:
+            return int(self.replay.get("env_steps", 0))
         return sum(int(a.get("steps", 0)) for a in self.actors.values())
 
     @property
@@ -54,6 +66,8 @@ class RunStatus:
 
     @property
     def total_episodes(self) -> int:
+        if not self.actors and "episodes" in self.replay:
+            return int(self.replay["episodes"])        # the learner side: as the replay server counted them
         return self.episodes_before + self.episodes
 
     @property
@@ -78,12 +92,24 @@ class RunStatus:
         """Everything but time and steps (the live bar shows those itself)."""
         self._update_rates()
         eps = [a.get("epsilon") for a in self.actors.values() if "epsilon" in a]
-        parts = [f"episodes {self.total_episodes:,}", f"updates {self.updates:,} ({self.rates[1]:.1f}/s)"]
+        parts = [f"episodes {self.total_episodes:,}"]
+        if self.learner or not self.actors:
+            parts.append(f"updates {self.updates:,} ({self.rates[1]:.1f}/s)")
+        else:       # the actor side: the learner is elsewhere; its newest weights tell how far it is
+            parts.append(f"weights of update {max(int(a.get('weights_updates', 0)) for a in self.actors.values()):,}")
         if "loss" in self.learner:
             parts.append(f"loss {self.learner['loss']:.4f}")
+        if len(self.actors) > 1:      # per-actor throughput: a slow or stuck actor shows
+            parts.append("actors " + "/".join(f"{self.actors[i].get('steps_per_s', 0):.0f}"
+                                              for i in sorted(self.actors)) + " steps/s")
+        if not self.actors and "actors" in self.replay:
+            parts.append(f"actors connected {int(self.replay['actors'])}")
+        if any(a.get("learner_stopped") for a in self.actors.values()):
+            parts.append("learner stopped")
         if eps:
             parts.append(f"eps {min(eps):.2f}")
-        parts.append(f"replay {int(self.replay.get('size', 0)):,}/{self.replay_capacity:,}")
+        if self.replay or not self.actors:
+            parts.append(f"replay {int(self.replay.get('size', 0)):,}/{self.replay_capacity:,}")
         if self.best_reward is not None:
             parts.append(f"best {self.best_reward:.2f}")
         if self.last_eval:

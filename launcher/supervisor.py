@@ -1,5 +1,11 @@
 """Starts the role processes with multiprocessing's spawn, watches them, and stops them together.
 
+Which processes: `--role all` (default) runs the replay server, the learner and the actors here;
+`learner` the replay server and the learner (or the learner alone, with --replay); `replay` the
+replay server; `actor` the actors. Each launcher owns what it started. A crashed actor is
+restarted (up to actor_restarts times each, with the reason printed); anything else that dies stops
+this launcher's run.
+
 Stop protocol: on Ctrl+C, SIGTERM, a reached --max-episodes/--max-steps/--max-minutes, or a failed child, the
 launcher sets one shared stop event. Every role checks it between steps (and also stops if the
 launcher itself disappears), flushes what it holds, closes its files (the learner writes
@@ -19,6 +25,7 @@ from datetime import datetime
 import zmq
 
 from common.config import Config
+from common.keys import CurveKeys
 from common.protocol import ProtocolError, decode
 from common.runtime import process_name, run_role
 from common.transport import Transport, TransportError
@@ -33,6 +40,17 @@ STOP_ORDER = ("actor", "learner", "replay")
 STOP_SHARE = {"actor": 0.3, "learner": 0.9, "replay": 1.0}   # cumulative shares of STOP_GRACE_S
 POLL_MS = 200
 ACTIONS_PER_ENV = 7     # SIMPLE_MOVEMENT, for Mario and the test env alike
+
+
+ROLES = {"all": ("replay", "learner", "actor"), "learner": ("replay", "learner"), "replay": ("replay",),
+         "actor": ("actor",)}
+"""The processes each --role starts (learner without replay when --replay names a separate one)."""
+
+
+def role_processes(role: str, config: Config) -> tuple[str, ...]:
+    if role == "learner" and config.replay_address:
+        return ("learner",)
+    return ROLES[role]
 
 
 class StartError(RuntimeError):
@@ -51,8 +69,9 @@ def _role_main(role: str):
 
 
 def role_entry(role: str, index: int, config_dict: dict, run_dir: str, stop_event, parent_pid: int,
-               resume: dict) -> None:
-    run_role(_role_main(role), role, index, config_dict, run_dir, stop_event, parent_pid, resume)
+               resume: dict, reports_address: str = "", keys: dict | None = None) -> None:
+    run_role(_role_main(role), role, index, config_dict, run_dir, stop_event, parent_pid, resume, reports_address,
+             keys)
 
 
 def make_run_dir(runs_dir: str) -> str:
@@ -74,21 +93,25 @@ def make_run_dir(runs_dir: str) -> str:
 
 
 class Supervisor:
-    def __init__(self, config: Config, resume: ResumePlan | None = None):
+    def __init__(self, config: Config, resume: ResumePlan | None = None, role: str = "all",
+                 keys: CurveKeys | None = None):
         self.config = config
         self.resume = resume or ResumePlan()
+        self.role = role
+        self.roles = role_processes(role, config)
+        self.keys = keys.to_dict() if keys else None
         self._check_env_and_device()
+        self._check_ports()
         self.transport = Transport(config.max_message_bytes)
-        try:
-            self.reports = self.transport.socket(zmq.PULL, bind=config.address("reports"), hwm=100_000)
-        except TransportError as exc:
-            self.transport.close()
-            raise StartError(str(exc)) from None
+        # Reports stay on this machine: a loopback port the system picks, so launchers never collide.
+        self.reports = self.transport.socket(zmq.PULL, bind="tcp://127.0.0.1:*", hwm=100_000)
+        self.reports_address = self.reports.getsockopt_string(zmq.LAST_ENDPOINT)
         self.run_dir = self.resume.run_dir or make_run_dir(config.runs_dir)
         config.save(os.path.join(self.run_dir, "config.json"))
         self.status = RunStatus(config.replay_capacity, episodes_before=int(self.resume.counters.get("episodes", 0)))
         self.episode_log = EpisodeLog(os.path.join(self.run_dir, "log.txt"))
         self.processes: dict[str, mp.Process] = {}
+        self.restarts: dict[str, int] = {}
         self.failures: dict[str, str] = {}
         self.stop_reason: str | None = None
         self.signal_count = 0
@@ -96,8 +119,36 @@ class Supervisor:
         self.console: Console | None = None
 
     def _check_env_and_device(self) -> None:
+        """The env where actors run (gym is imported only there), the device where the learner runs."""
+        if "actor" in self.roles:
+            self._check_env()
+        if "learner" in self.roles:
+            from learner.device import DeviceError, pick_device
+            try:
+                pick_device(self.config.device)
+            except DeviceError as exc:
+                raise StartError(str(exc)) from None
+
+    def _check_ports(self) -> None:
+        """Every port this launcher's processes will bind is free: else one clear line before starting."""
+        import socket
+        channels = {"replay": ("replay_in", "replay_sample"), "learner": ("weights",)}
+        for role in self.roles:
+            for channel in channels.get(role, ()):
+                address = self.config.bind_address(channel)
+                host, port = address[6:].rsplit(":", 1)
+                host = host.strip("[]")
+                family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                try:
+                    with socket.socket(family) as probe:
+                        probe.bind((host, int(port)))
+                except OSError as exc:
+                    reason = "address already in use (is another run using these ports? try --base-port or " \
+                             "--bind)" if exc.errno == 98 else exc.strerror
+                    raise StartError(f"cannot bind {address}: {reason}") from None
+
+    def _check_env(self) -> None:
         from common.envs import unknown_env_ids
-        from learner.device import DeviceError, pick_device
         unknown = unknown_env_ids(self.config.env_id)
         if unknown:
             raise StartError(f"unknown env id {unknown[0]!r}: use a gym-super-mario-bros id such as "
@@ -105,28 +156,30 @@ class Supervisor:
         if self.config.num_actions != ACTIONS_PER_ENV:
             raise StartError(f"num_actions is {self.config.num_actions} but the env's action set "
                              f"(SIMPLE_MOVEMENT) has {ACTIONS_PER_ENV}")
-        try:
-            pick_device(self.config.device)
-        except DeviceError as exc:
-            raise StartError(str(exc)) from None
 
     # --- start ---------------------------------------------------------------------------------
     def _start_all(self) -> None:
-        ctx = mp.get_context("spawn")
-        self.stop_events = {role: ctx.Event() for role in STOP_ORDER}
-        roles = [("replay", 0), ("learner", 0)] + [("actor", i) for i in range(self.config.num_actors)]
+        self._mp = mp.get_context("spawn")
+        self.stop_events = {role: self._mp.Event() for role in STOP_ORDER}
+        for role in ("replay", "learner"):
+            if role in self.roles:
+                self._start(role, 0, self.resume.for_role(role, 0))
+        if "actor" in self.roles:
+            for i in range(self.config.num_actors):
+                self._start("actor", i, self.resume.for_role("actor", i, self.config.num_actors))
+
+    def _start(self, role: str, index: int, resume: dict) -> None:
+        name = process_name(role, index)
+        proc = self._mp.Process(target=role_entry, name=name, daemon=False,
+                                args=(role, index, self.config.to_dict(), self.run_dir, self.stop_events[role],
+                                      os.getpid(), resume, self.reports_address, self.keys))
         # Children ignore SIGINT from birth (the setting survives exec); the launcher coordinates.
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            for role, index in roles:
-                name = process_name(role, index)
-                proc = ctx.Process(target=role_entry, name=name, daemon=False,
-                                   args=(role, index, self.config.to_dict(), self.run_dir, self.stop_events[role],
-                                         os.getpid(), self.resume.for_role(role, index, self.config.num_actors)))
-                proc.start()
-                self.processes[name] = proc
+            proc.start()
         finally:
             signal.signal(signal.SIGINT, previous)
+        self.processes[name] = proc
 
     def _on_signal(self, signum, frame) -> None:
         self.signal_count += 1
@@ -143,8 +196,7 @@ class Supervisor:
             c = self.resume.counters
             print(f"mario-apex: resuming from {os.path.basename(self.resume.checkpoint)}: {c.get('episodes', 0):,} "
                   f"episodes, {c.get('env_steps', 0):,} env steps, {c.get('updates', 0):,} updates", flush=True)
-        print(f"mario-apex: env {self.config.env_id}, {self.config.num_actors} actor(s); "
-              f"Ctrl+C stops everything cleanly", flush=True)
+        self._print_role()
         self.console = Console(self.config.max_steps)
         try:
             self._start_all()
@@ -154,12 +206,32 @@ class Supervisor:
             self._finish()
         return self.exit_code
 
+    def _print_role(self) -> None:
+        c = self.config
+        host = f"[{c.host}]" if ":" in c.host else c.host
+        if self.role == "all":
+            print(f"mario-apex: env {c.env_id}, {c.num_actors} actor(s); Ctrl+C stops everything cleanly", flush=True)
+            return
+        if "replay" in self.roles or "learner" in self.roles:
+            what = " and ".join(r if r == "learner" else "replay server" for r in self.roles)
+            print(f"mario-apex: {what} on {host}:{c.base_port} (ports {c.base_port}-{c.base_port + 2}, "
+                  f"{'CurveZMQ keys' if self.keys else 'no keys'}); actors join with: python launch.py --role actor "
+                  f"--learner {host}:{c.base_port}{' --keys <DIR>/actor' if self.keys else ''}", flush=True)
+            print("mario-apex: Ctrl+C stops this side (final checkpoint; connected actors play on)", flush=True)
+        else:
+            target = c.learner_address or f"{host}:{c.base_port}"
+            print(f"mario-apex: env {c.env_id}, {c.num_actors} actor(s) feeding the learner side at {target}; "
+                  "Ctrl+C stops this side (the learner keeps running and waits)", flush=True)
+
     def _monitor(self) -> None:
         while self.stop_reason is None:
             self._drain_reports(POLL_MS)
             self._check_children()
             c = self.config
-            if self.status.done_actors >= set(range(c.num_actors)):
+            if "actor" not in self.roles:      # step and episode limits count where actors run
+                if c.max_minutes and time.monotonic() - self.status.started >= c.max_minutes * 60:
+                    self.stop_reason = "reached --max-minutes"
+            elif self.status.done_actors >= set(range(c.num_actors)):
                 self.stop_reason = "reached --max-steps" if c.max_steps and self.status.session_steps >= c.max_steps \
                     else "reached --max-episodes" if c.max_episodes else "actors finished"
             elif c.max_episodes and self.status.episodes >= c.max_episodes:
@@ -198,16 +270,30 @@ class Supervisor:
                     self.console.say(f"mario-apex: {error}", error=True)
 
     def _check_children(self) -> None:
-        for name, proc in self.processes.items():
+        for name, proc in list(self.processes.items()):
             if proc.exitcode is None:
                 continue
             self._drain_reports(300)     # its last words may still be on the way
+            if name.startswith("actor-") and self.stop_reason is None and \
+                    self.restarts.get(name, 0) < self.config.actor_restarts:
+                self._restart_actor(name, proc)
+                continue
             if self.stop_reason is None:
                 self.stop_reason = f"{name} stopped unexpectedly"
             self.console.say(f"mario-apex: {name} exited unexpectedly ({_describe_exit(proc.exitcode)})"
                              f"{self._reason(name)}", error=True)
             self.exit_code = 1
             return
+
+    def _restart_actor(self, name: str, proc: mp.Process) -> None:
+        """Start a crashed actor again, continuing its counters; the other processes go on as they are."""
+        self.restarts[name] = self.restarts.get(name, 0) + 1
+        self.console.say(f"mario-apex: {name} exited unexpectedly ({_describe_exit(proc.exitcode)}){self._reason(name)}; "
+                         f"restarting it ({self.restarts[name]} of {self.config.actor_restarts})", error=True)
+        self.failures.pop(name, None)
+        index = int(name.split("-")[1])
+        resume = {**self.resume.for_role("actor", index, self.config.num_actors), **self.status.actor_counters(index)}
+        self._start("actor", index, resume)
 
     def _reason(self, name: str) -> str:
         """": <the reason it reported>" for a failed child, or nothing."""

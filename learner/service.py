@@ -4,7 +4,7 @@ Sockets (addresses from the config):
 - replay_sample, DEALER (connects): keeps `prefetch_batches` "sample" requests in flight so the
   next batch is on its way while this one trains; "priorities" are sent without waiting.
 - weights, PUB (bound): "weights" messages after every `publish_every` updates, at start, and
-  again every few seconds so actors that join late get them.
+  again every few seconds so actors that join late get them; "bye" when it stops.
 Checkpoints: checkpoint.pth every `checkpoint_every_episodes` episodes, checkpoint_final.pth on stop,
 each with a replay snapshot beside it (protocol below, at `checkpoint`).
 """
@@ -37,8 +37,9 @@ class LearnerService:
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, (os.cpu_count() or 2) - c.num_actors))
         self.learner = DQNLearner(c, self.device)
-        self.dealer = runtime.transport.socket(zmq.DEALER, connect=c.address("replay_sample"), hwm=100)
-        self.pub = runtime.transport.socket(zmq.PUB, bind=c.address("weights"), hwm=2)
+        self.dealer = runtime.transport.socket(zmq.DEALER, connect=c.connect_address("replay_sample"), hwm=100,
+                                               link="replay-sample")
+        self.pub = runtime.transport.socket(zmq.PUB, bind=c.bind_address("weights"), hwm=2, link="weights")
         self.metrics = Metrics(run_dir, ".learner", runtime.log)
         self.replay_stats: dict = {}
         self.weights_version = 0
@@ -113,6 +114,7 @@ class LearnerService:
         if time.monotonic() - self.last_publish > REPUBLISH_S:
             self.publish()
         if self.rt.progress_due():
+            self.rt.check_links()
             self._log_progress(elapsed)
 
     def publish(self) -> None:
@@ -120,8 +122,10 @@ class LearnerService:
         if self.learner.updates != self._published_updates or not self.weights_version:
             self.weights_version += 1
             self._published_updates = self.learner.updates
+            counters = self.counters()
+            run = {k: counters[k] for k in ("episodes", "env_steps", "best_reward")}
             self._weights_msg = encode("weights", version=self.weights_version, updates=self.learner.updates,
-                                       tensors=weights_to_arrays(self.learner.online))
+                                       tensors=weights_to_arrays(self.learner.online), run=run)
         self.pub.send(self._weights_msg)
         self.last_publish = time.monotonic()
 
@@ -221,7 +225,8 @@ class LearnerService:
 
     def close(self) -> None:
         # Orphaned (the launcher was killed): the replay server is stopping too, so save what is ours.
-        self.checkpoint("checkpoint_final", with_replay=not self.rt.orphaned())
+        path = self.checkpoint("checkpoint_final", with_replay=not self.rt.orphaned())
+        self.pub.send(encode("bye", checkpoint=os.path.basename(path)))     # actors on other machines play on
         self.rt.report("progress", {"updates": self.learner.updates, "weights_version": self.weights_version,
                                     "dropped": self.dropped})
         self.metrics.close()

@@ -4,7 +4,8 @@ Sockets (addresses from the config):
 - replay_in, PULL (bound): actors push "transitions" chunks and "episode" results.
 - replay_sample, ROUTER (bound): the learner's DEALER sends "sample" (answered with "batch") and
   "priorities" (no answer). Sample requests that arrive before `learning_starts` transitions are
-  stored wait, unanswered, until there are enough.
+  stored wait, unanswered, until there are enough, and (pause_without_actors) while no actor is
+  connected, so a learner whose actors stopped waits for new experience.
 Bad messages are dropped and counted, never fatal.
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ POLL_MS = 100
 DROP_LOG_S = 30.0
 SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}\.replay\.npz$")   # a file name, never a path
 SNAPSHOT_WAIT_AT_STOP_S = 6.0
+PAUSE_NOTICE_S = 3.0       # say that sampling paused only once it lasts (not during a normal stop)
 
 
 class ReplayServer:
@@ -38,14 +40,18 @@ class ReplayServer:
         self.config = c
         self.buffer = PrioritizedReplay(c.replay_capacity, c.frame_size, c.frame_stack, c.per_alpha, c.num_actions)
         self.rng = np.random.default_rng(c.seed + 10_000)
-        self.pull = runtime.transport.socket(zmq.PULL, bind=c.address("replay_in"), hwm=1000)
-        self.router = runtime.transport.socket(zmq.ROUTER, bind=c.address("replay_sample"), hwm=100)
+        self.pull = runtime.transport.socket(zmq.PULL, bind=c.bind_address("replay_in"), hwm=1000, link="replay-in")
+        self.router = runtime.transport.socket(zmq.ROUTER, bind=c.bind_address("replay_sample"), hwm=100,
+                                               link="replay-sample")
         self.pending: deque[tuple[bytes, int, float]] = deque()
         self.counters = {"episodes": 0, "env_steps": 0, "sampled": 0, "dropped": 0, "batches": 0}
         self.best_reward = float("-inf")
         self._last_drop_log = 0.0
         self._inserted_at_start = 0
         self.snapshot: tuple[bytes, str, int | None, dict] | None = None   # (learner, name, pid, stats)
+        self.actors = 0                  # connected actor processes
+        self._paused_since: float | None = None
+        self._pause_noticed = False
         if resume_snapshot:
             self._restore(resume_snapshot)
             self._inserted_at_start = self.buffer.inserted     # no rate-limit credit for restored data
@@ -64,13 +70,14 @@ class ReplayServer:
         poller = zmq.Poller()
         poller.register(self.pull, zmq.POLLIN)
         poller.register(self.router, zmq.POLLIN)
-        self.rt.log(f"listening on {self.config.address('replay_in')} and {self.config.address('replay_sample')}")
+        self.rt.log(f"listening on {self.config.bind_address('replay_in')} and {self.config.bind_address('replay_sample')}")
         while not self.rt.should_stop():
             events = dict(poller.poll(POLL_MS))
             if self.pull in events:
                 self._drain(self.pull, self._on_actor_message, limit=64)
             if self.router in events:
                 self._drain(self.router, self._on_learner_message, limit=64)
+            self._check_actors()
             self._serve_pending()
             self._check_snapshot()
             if self.rt.progress_due():
@@ -79,6 +86,21 @@ class ReplayServer:
         while self.snapshot is not None and time.monotonic() < deadline:   # let a final snapshot finish
             time.sleep(0.05)
             self._check_snapshot()
+
+    def _check_actors(self) -> None:
+        """Count connected actors; sampling pauses while there are none (pause_without_actors)."""
+        self.rt.check_links()
+        self.actors = self.rt.transport.peers(self.pull)
+        if self.actors or not self.config.pause_without_actors:
+            if self._pause_noticed:
+                self.rt.log(f"{self.actors} actor(s) connected: serving batches again")
+            self._paused_since, self._pause_noticed = None, False
+        elif self._paused_since is None:
+            self._paused_since = time.monotonic()
+        elif not self._pause_noticed and time.monotonic() - self._paused_since > PAUSE_NOTICE_S \
+                and len(self.buffer) >= self.config.learning_starts:
+            self._pause_noticed = True
+            self.rt.log("no actor connected: serving no batches until one is (the learner waits)")
 
     def _drain(self, sock: zmq.Socket, handler, limit: int) -> None:
         for _ in range(limit):
@@ -167,6 +189,8 @@ class ReplayServer:
 
     def _serve_pending(self) -> None:
         c = self.config
+        if self._paused_since is not None:
+            return
         while self.pending and sampling_allowed(
                 len(self.buffer), self.counters["sampled"], self.buffer.inserted - self._inserted_at_start,
                 self.pending[0][1], c.learning_starts, c.samples_per_insert, c.spi_tolerance):
@@ -183,7 +207,7 @@ class ReplayServer:
                 pass   # that learner is gone or not reading; it will ask again
 
     def stats(self) -> dict:
-        return {"size": len(self.buffer), "inserted": self.buffer.inserted, **self.counters,
+        return {"size": len(self.buffer), "inserted": self.buffer.inserted, "actors": self.actors, **self.counters,
                 "best_reward": self.best_reward if self.counters["episodes"] else 0.0}
 
 

@@ -33,7 +33,7 @@ def test_help_config_lists_every_field_with_its_doc(tmp_path):
     (("--max-steps", "0"), "argument --max-steps: expected a positive integer, got '0'"),
     (("--max-episodes", "ten"), "argument --max-episodes: expected a positive integer, got 'ten'"),
     (("--device", "tpu"), "argument --device: invalid choice: 'tpu'"),
-    (("--base-port", "70000"), "argument --base-port: expected a port between 1 and 65532, got '70000'"),
+    (("--base-port", "70000"), "argument --base-port: expected a port between 1 and 65533, got '70000'"),
     (("--set", "lr=fast"), "lr must be a number, got 'fast'"),
     (("--set", "nonsense=1"), "unknown config field 'nonsense' (see --help-config)"),
     (("--set", "gamma=1.5"), "gamma must be in (0, 1], got 1.5"),

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from common.config import Config, ConfigError, _coerce, parse_assignment
+from common.config import Config, ConfigError, _coerce, parse_assignment, parse_endpoint
 
 FIELDS = {f.name: f.type for f in dataclasses.fields(Config)}
 
@@ -42,7 +42,7 @@ def test_defaults_validate():
       for v in (0.0, -1e-3, math.nan, math.inf)],
     ("gamma", 0.0), ("gamma", 1.01), ("gamma", -0.5), ("gamma", math.nan),
     ("device", "gpu"), ("device", "CUDA"), ("device", ""),
-    ("base_port", 0), ("base_port", 65_533), ("base_port", 70_000),
+    ("base_port", 0), ("base_port", 65_534), ("base_port", 70_000),
     ("max_message_bytes", 1023), ("max_message_bytes", 0),
     ("frame_size", 257),
 ])
@@ -52,7 +52,7 @@ def test_invalid_value_raises_config_error_naming_the_field(name, value):
 
 
 @pytest.mark.parametrize("name,value", [
-    ("gamma", 1.0), ("epsilon_end", 0.0), ("epsilon_start", 1.0), ("base_port", 1), ("base_port", 65_532),
+    ("gamma", 1.0), ("epsilon_end", 0.0), ("epsilon_start", 1.0), ("base_port", 1), ("base_port", 65_533),
     ("max_message_bytes", 1024), ("frame_size", 256), ("seed", 0), ("learning_starts", 0), ("device", "cpu"),
 ])
 def test_boundary_values_are_accepted(name, value):
@@ -195,23 +195,61 @@ def test_replace_validates():
 # --- addresses, describe, save ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("host,base,expected", [
-    ("127.0.0.1", 47_555, ["tcp://127.0.0.1:47555", "tcp://127.0.0.1:47556", "tcp://127.0.0.1:47557",
-                           "tcp://127.0.0.1:47558"]),
-    ("localhost", 1, ["tcp://localhost:1", "tcp://localhost:2", "tcp://localhost:3", "tcp://localhost:4"]),
-    ("::1", 6000, ["tcp://[::1]:6000", "tcp://[::1]:6001", "tcp://[::1]:6002", "tcp://[::1]:6003"]),
-    ("fe80::1:2", 65_532, ["tcp://[fe80::1:2]:65532", "tcp://[fe80::1:2]:65533", "tcp://[fe80::1:2]:65534",
-                           "tcp://[fe80::1:2]:65535"]),
+    ("127.0.0.1", 47_555, ["tcp://127.0.0.1:47555", "tcp://127.0.0.1:47556", "tcp://127.0.0.1:47557"]),
+    ("localhost", 1, ["tcp://localhost:1", "tcp://localhost:2", "tcp://localhost:3"]),
+    ("::1", 6000, ["tcp://[::1]:6000", "tcp://[::1]:6001", "tcp://[::1]:6002"]),
+    ("fe80::1:2", 65_533, ["tcp://[fe80::1:2]:65533", "tcp://[fe80::1:2]:65534", "tcp://[fe80::1:2]:65535"]),
 ])
-def test_address_for_each_channel(host, base, expected):
-    """Four consecutive ports in a fixed channel order; IPv6 hosts are bracketed."""
+def test_bind_address_for_each_channel(host, base, expected):
+    """Three consecutive ports in a fixed channel order; IPv6 hosts are bracketed."""
     config = Config(host=host, base_port=base)
-    channels = ["replay_in", "replay_sample", "weights", "reports"]
-    assert [config.address(c) for c in channels] == expected
+    channels = ["replay_in", "replay_sample", "weights"]
+    assert [config.bind_address(c) for c in channels] == expected
+    assert [config.connect_address(c) for c in channels] == expected, "no --learner: connect to ourselves"
 
 
-def test_address_unknown_channel_fails():
+def test_bind_address_unknown_channel_fails():
     with pytest.raises(KeyError):
-        Config().address("video")
+        Config().bind_address("video")
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"host": "0.0.0.0"}, ["tcp://127.0.0.1:47555", "tcp://127.0.0.1:47556", "tcp://127.0.0.1:47557"]),
+    ({"host": "::"}, ["tcp://[::1]:47555", "tcp://[::1]:47556", "tcp://[::1]:47557"]),
+    ({"learner_address": "10.0.0.2"}, ["tcp://10.0.0.2:47555", "tcp://127.0.0.1:47556", "tcp://10.0.0.2:47557"]),
+    ({"learner_address": "gpu-box:6000"}, ["tcp://gpu-box:6000", "tcp://127.0.0.1:47556", "tcp://gpu-box:6002"]),
+    ({"learner_address": "[fe80::1]:7000", "replay_address": "10.0.0.3:8000"},
+     ["tcp://10.0.0.3:8000", "tcp://10.0.0.3:8001", "tcp://[fe80::1]:7002"]),
+])
+def test_connect_address_follows_learner_and_replay(changes, expected):
+    """Actors reach replay-in at --replay (else --learner) and weights at --learner; a learner reaches
+    replay-sample at --replay; a wildcard bind is reached over loopback."""
+    config = Config(**changes)
+    assert [config.connect_address(c) for c in ["replay_in", "replay_sample", "weights"]] == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("10.0.0.2", ("10.0.0.2", 47555)), ("10.0.0.2:6000", ("10.0.0.2", 6000)), ("host.lan:1", ("host.lan", 1)),
+    ("::1", ("::1", 47555)), ("[::1]", ("::1", 47555)), ("[::1]:6000", ("::1", 6000)),
+])
+def test_parse_endpoint(text, expected):
+    assert parse_endpoint(text, 47555) == expected
+
+
+@pytest.mark.parametrize("text", ["", ":6000", "10.0.0.2:", "10.0.0.2:x", "10.0.0.2:0", "10.0.0.2:65534",
+                                  "[::1]x", "a/b:1", "[::1]:70000", "tcp://a:1"])
+def test_parse_endpoint_rejects(text):
+    with pytest.raises(ConfigError):
+        parse_endpoint(text, 47555, "--learner")
+
+
+def test_apex_epsilons():
+    """eps_i = 0.4 ** (1 + 7 i / (N - 1)): 0.4 for actor 0, 0.4 ** 8 for the last; one actor gets 0.4."""
+    config = Config(num_actors=8, epsilon_schedule="apex")
+    eps = [config.apex_epsilon_of(i) for i in range(8)]
+    assert eps[0] == pytest.approx(0.4) and eps[-1] == pytest.approx(0.4 ** 8)
+    assert eps[3] == pytest.approx(0.4 ** 4) and eps == sorted(eps, reverse=True)
+    assert Config(num_actors=1).apex_epsilon_of(0) == pytest.approx(0.4)
 
 
 def test_describe_has_a_doc_for_every_field():

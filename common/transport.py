@@ -20,7 +20,7 @@ _REFUSALS = {
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the key is not authorized (wrong --keys?)",
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "security mismatch: one side has CurveZMQ keys and the other has "
                                          "none or a different server key (--keys)",
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the handshake failed: wrong server key (--keys)?",
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the security handshake failed: missing or wrong keys (--keys)",
 }
 _WATCHED = zmq.EVENT_ACCEPTED | zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | sum(_REFUSALS)
 

@@ -20,13 +20,13 @@ FAST_TEST_ENV = WITH_VIDEO + ("--no-video",)
 def launch(tmp_path):
     runs = []
 
-    def start(*args: str, base_port: int | None = None, display: str | None = None) -> LaunchedRun:
-        run = LaunchedRun(tmp_path / f"launch{len(runs)}", *args, base_port=base_port, display=display)
+    def start(*args: str, **options) -> LaunchedRun:
+        folder = tmp_path / f"launch{len(runs)}"
+        folder.mkdir()
+        run = LaunchedRun(folder, *args, **options)
         runs.append(run)
         return run
 
-    for i in range(4):
-        (tmp_path / f"launch{i}").mkdir()
     yield start
     for run in runs:
         run.cleanup()

@@ -38,11 +38,14 @@ def alive(pids) -> set[int]:
 
 
 class LaunchedRun:
-    def __init__(self, tmp_path: Path, *args: str, base_port: int | None = None, display: str | None = None):
+    def __init__(self, tmp_path: Path, *args: str, base_port: int | None = None, display: str | None = None,
+                 python: str = sys.executable, prefix: tuple[str, ...] = ()):
+        """`python` runs launch.py (another virtual environment); `prefix` wraps the command
+        (e.g. `ip netns exec NS`)."""
         self.tmp_path = tmp_path
         self.runs_dir = tmp_path / "runs"
         self.base_port = base_port or free_base_port()
-        self.cmd = [sys.executable, "launch.py", "--runs-dir", str(self.runs_dir),
+        self.cmd = [*prefix, python, "launch.py", "--runs-dir", str(self.runs_dir),
                     "--base-port", str(self.base_port), *args]
         self._out = open(tmp_path / "launcher.out", "w+")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -99,6 +102,19 @@ class LaunchedRun:
             children = {pid for pid, (ppid, _) in table.items() if ppid in frontier} - found
             found |= children
             frontier = children
+        return found
+
+    def role_pids(self) -> dict[str, int]:
+        """Process name (replay, learner, actor-0, ...) -> pid, for this launcher's role processes."""
+        found = {}
+        for pid in self.descendants():
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    name = f.read().strip()
+            except OSError:
+                continue
+            if name.startswith("mario-"):
+                found.setdefault(name[len("mario-"):], pid)
         return found
 
     def track_processes(self) -> None:

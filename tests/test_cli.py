@@ -17,7 +17,8 @@ def test_help_documents_every_flag(tmp_path):
     assert result.returncode == 0
     for flag in ("--headless", "--runs-dir", "--max-episodes", "--max-steps", "--device", "--env",
                  "--actors", "--base-port", "--set", "--help-config", "--checkpoint-every", "--resume",
-                 "--resume-reset-exploration", "--play", "--plot", "--no-video"):
+                 "--resume-reset-exploration", "--play", "--plot", "--no-video", "--role", "--bind", "--learner",
+                 "--replay", "--keys", "--insecure", "--max-minutes", "--curriculum"):
         assert flag in result.stdout
 
 
@@ -41,6 +42,17 @@ def test_help_config_lists_every_field_with_its_doc(tmp_path):
      "learning_starts (500) exceeds replay_capacity (100)"),
     (("--env", "Tetris-v0"), "unknown env id 'Tetris-v0'"),
     (("--bogus",), "unrecognized arguments: --bogus"),
+    (("--max-minutes", "-1"), "argument --max-minutes: expected a positive number of minutes, got '-1'"),
+    (("--role", "gpu"), "argument --role: invalid choice: 'gpu'"),
+    (("--bind", "10.0.0.1:0"), "--bind: expected HOST[:PORT] with a port between 1 and 65533, got '10.0.0.1:0'"),
+    (("--bind", "0.0.0.0"), "--bind 0.0.0.0 listens beyond this machine: create keys with `python launch.py keys DIR`"),
+    (("--role", "replay", "--bind", "192.168.1.5:6000"), "--bind 192.168.1.5 listens beyond this machine"),
+    (("--learner", "gpu-box"), "--learner is for --role actor (the other roles listen with --bind)"),
+    (("--role", "actor", "--learner", "gpu-box:x"), "--learner: the port in 'gpu-box:x' is not a number"),
+    (("--role", "replay", "--replay", "a:1"), "--replay is for --role learner or --role actor"),
+    (("--keys", "/nonexistent/keys"), "--keys /nonexistent/keys: no such folder"),
+    (("--set", "epsilon_schedule=greedy"), "epsilon_schedule must be anneal or apex, got 'greedy'"),
+    (("--set", "level_mode=random"), "level_mode must be sample or curriculum, got 'random'"),
 ])
 def test_bad_values_give_one_line_and_exit_2(tmp_path, args, message):
     """Nothing starts: one line on stderr, status 2, no run folder."""
@@ -71,3 +83,24 @@ def test_play_refuses_a_checkpoint_whose_network_does_not_fit(tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"launch.py: error: {path}: its network does not fit its config")
+
+
+def test_keys_command_creates_both_sides_once(tmp_path):
+    result = subprocess.run([sys.executable, "launch.py", "keys", str(tmp_path / "k")], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "k" / "learner" / "server.key_secret").exists() and (tmp_path / "k" / "actor" / "server.key").exists()
+    assert f"--role learner --keys {tmp_path / 'k' / 'learner'}" in result.stdout
+    again = subprocess.run([sys.executable, "launch.py", "keys", str(tmp_path / "k")], cwd=REPO,
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2
+    assert again.stderr.strip() == f"launch.py keys: error: {tmp_path / 'k' / 'learner'} already exists: keys are never " \
+                                   "overwritten; choose a new folder"
+
+
+def test_insecure_allows_a_non_loopback_bind_and_says_so(tmp_path):
+    """--insecure lets the bind through the check (here it then fails to bind a foreign address,
+    which is again one line)."""
+    result = _launch("--role", "replay", "--bind", "192.0.2.1", "--insecure", tmp_path=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("launch.py: error: cannot bind tcp://192.0.2.1:47555: ")

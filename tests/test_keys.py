@@ -1,0 +1,96 @@
+"""CurveZMQ keys and secured links, in one process: who gets in, and what each side is told."""
+import time
+
+import pytest
+import zmq
+
+from common.keys import KeysError, create_keys, load_keys
+from common.transport import Transport
+from tests.harness import free_base_port
+
+
+def test_create_keys_writes_one_folder_per_side(tmp_path):
+    learner, actor = create_keys(str(tmp_path / "k"))
+    assert sorted(p.name for p in (tmp_path / "k" / "learner").iterdir()) == \
+        ["authorized_clients", "client.key", "client.key_secret", "server.key", "server.key_secret"]
+    assert sorted(p.name for p in (tmp_path / "k" / "actor").iterdir()) == ["client.key", "client.key_secret",
+                                                                             "server.key"]
+    assert sorted(p.name for p in (tmp_path / "k" / "learner" / "authorized_clients").iterdir()) == \
+        ["actor.key", "learner.key"]
+    server = load_keys(learner, server=True, client=True)
+    client = load_keys(actor, server=False, client=True)
+    assert client.known_server == server.server_public and client.client_secret != server.client_secret
+    with pytest.raises(KeysError, match="already exists"):
+        create_keys(str(tmp_path / "k"))
+
+
+@pytest.mark.parametrize("side, server, client, message", [
+    ("actor", True, False, "no server.key_secret for the learner side"),
+    ("learner/authorized_clients", False, True, "no client.key_secret for the actor side"),
+    ("missing", False, True, "no such folder"),
+])
+def test_load_keys_says_what_is_missing(tmp_path, side, server, client, message):
+    create_keys(str(tmp_path))
+    with pytest.raises(KeysError, match=message):
+        load_keys(str(tmp_path / side), server=server, client=client)
+
+
+def test_load_keys_rejects_a_damaged_key_file(tmp_path):
+    create_keys(str(tmp_path))
+    (tmp_path / "actor" / "client.key_secret").write_text("garbage\n")
+    with pytest.raises(KeysError, match="client.key_secret: (not a readable CurveZMQ key file|holds no secret key)"):
+        load_keys(str(tmp_path / "actor"), server=False, client=True)
+
+
+def _exchange(server_keys, client_keys):
+    """One PULL server and one PUSH client over loopback; returns (message received or None,
+    refusals the server saw, refusals the client saw)."""
+    address = f"tcp://127.0.0.1:{free_base_port()}"
+    server, client = Transport(1 << 20, server_keys), Transport(1 << 20, client_keys)
+    try:
+        pull = server.socket(zmq.PULL, bind=address, link="replay-in")
+        push = client.socket(zmq.PUSH, connect=address, link="replay-in")
+        push.send(b"hello", zmq.NOBLOCK)
+        received = pull.recv() if pull.poll(1500) else None
+        server_refusals, client_refusals = [], []
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and received is None and not (server_refusals and client_refusals):
+            server_refusals += server.check_links()
+            client_refusals += client.check_links()
+            time.sleep(0.05)
+        server.check_links()
+        return received, server_refusals, client_refusals, server.peers(pull)
+    finally:
+        client.close()
+        server.close()
+
+
+def test_the_right_keys_connect_and_encrypt(tmp_path):
+    learner, actor = create_keys(str(tmp_path))
+    received, server_refusals, client_refusals, peers = _exchange(load_keys(learner, True, False),
+                                                                  load_keys(actor, False, True))
+    assert received == b"hello" and not server_refusals and not client_refusals and peers == 1
+
+
+def test_a_foreign_key_is_refused_on_both_sides(tmp_path):
+    learner, _ = create_keys(str(tmp_path / "a"))
+    _, stranger = create_keys(str(tmp_path / "b"))
+    received, server_refusals, client_refusals, _ = _exchange(load_keys(learner, True, False),
+                                                              load_keys(stranger, False, True))
+    assert received is None
+    assert server_refusals and server_refusals[0].message().startswith("refused a connection to replay-in (tcp://")
+    assert client_refusals and "refused this connection" in client_refusals[0].message()
+    assert client_refusals[0].message().endswith("; retrying")
+
+
+def test_no_keys_against_a_keyed_server_is_refused(tmp_path):
+    learner, _ = create_keys(str(tmp_path))
+    received, server_refusals, client_refusals, _ = _exchange(load_keys(learner, True, False), None)
+    assert received is None
+    assert server_refusals and "(--keys)" in server_refusals[0].reason
+    assert client_refusals and "(--keys)" in client_refusals[0].reason
+
+
+def test_no_keys_anywhere_is_plain_zeromq():
+    received, server_refusals, client_refusals, peers = _exchange(None, None)
+    assert received == b"hello" and not server_refusals and not client_refusals and peers == 1

@@ -1,0 +1,125 @@
+"""Roles in separate launchers (as on two machines, here over loopback), Curve keys, actor restarts."""
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import FAST_TEST_ENV
+from tests.harness import REPO
+
+pytestmark = pytest.mark.slow
+
+# The learner side of FAST_TEST_ENV: what the replay server and learner need to know.
+LEARNER_SIDE = ("--set", "learning_starts=500", "--set", "publish_every=20", "--set", "target_update_every=200",
+                "--set", "replay_capacity=20000", "--set", "checkpoint_every_episodes=0")
+
+
+def weights_update(run) -> int:
+    """The newest "weights of update N" on an actor side's status lines."""
+    found = re.findall(r"weights of update ([\d,]+)", run.output())
+    return int(found[-1].replace(",", "")) if found else 0
+
+
+def test_learner_and_actor_sides_stop_and_restart_independently(launch):
+    """--role learner and --role actor in two launchers: training flows; Ctrl+C on the learner side
+    writes its final checkpoint and the actors play on; a resumed learner side is joined again with
+    the run's counters continued; Ctrl+C on the actor side leaves the learner waiting."""
+    learner = launch("--role", "learner", *LEARNER_SIDE)
+    actors = launch("--role", "actor", "--learner", f"127.0.0.1:{learner.base_port}", *FAST_TEST_ENV)
+    learner.wait_for_updates(20)
+    actors.wait_for(lambda: weights_update(actors) > 0, 60, "trained weights on the actor side")
+    assert "replay server and learner on 127.0.0.1" in learner.output()
+
+    learner.interrupt()
+    assert learner.wait(10) == 130, learner.output()
+    assert (learner.run_dir / "checkpoint_final.pth").exists()
+    first_summary = learner.summary()
+    actors.wait_for(lambda: "[actor-0] the learner stopped (it saved checkpoint_final.pth)" in actors.output(), 20,
+                    "the actors hearing that the learner stopped")
+    episodes = len(actors.log_lines())
+    actors.wait_for_episodes(episodes + 30)        # playing on without a learner
+    assert actors.proc.poll() is None
+
+    again = launch("--role", "learner", "--resume", str(learner.run_dir), base_port=learner.base_port)
+    actors.wait_for(lambda: "[actor-0] a learner is back" in actors.output(), 60, "the actors rejoining")
+    before = weights_update(actors)
+    actors.wait_for(lambda: weights_update(actors) > before, 60, "newer weights after the restart")
+
+    actors.interrupt()
+    assert actors.wait(10) == 130, actors.output()
+    again.wait_for(lambda: "no actor connected: serving no batches" in again.output(), 30, "the learner waiting")
+    updates = again.status_value("updates")
+    assert again.proc.poll() is None, "the learner side keeps running without actors"
+    again.interrupt()
+    assert again.wait(10) == 130, again.output()
+    final = again.summary()
+    assert final["updates"] - updates <= 2 * 20, "the learner waited instead of training on without actors"
+    # The replay server counts episodes and steps once each; the resumed run continues its counts.
+    assert final["replay"]["episodes"] > first_summary["replay"]["episodes"] > 0
+    assert final["replay"]["inserted"] > first_summary["replay"]["inserted"]
+    for run in (learner, actors, again):
+        assert "exited unexpectedly" not in run.output()
+
+
+def test_curve_keys_admit_the_right_actor_and_refuse_others(launch, tmp_path):
+    """With keys, an actor with the matching keys trains the learner; one with another key set and
+    one with no keys are refused, with a clear line on both sides, and nothing crashes."""
+    for name in ("good", "other"):
+        result = subprocess.run([sys.executable, "launch.py", "keys", str(tmp_path / name)], cwd=REPO,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+    learner = launch("--role", "learner", "--keys", str(tmp_path / "good" / "learner"), *LEARNER_SIDE)
+    address = f"127.0.0.1:{learner.base_port}"
+    good = launch("--role", "actor", "--learner", address, "--keys", str(tmp_path / "good" / "actor"), *FAST_TEST_ENV)
+    learner.wait_for_updates(10)
+    good.wait_for(lambda: weights_update(good) > 0, 60, "weights reaching the actor with the right keys")
+
+    wrong = launch("--role", "actor", "--learner", address, "--keys", str(tmp_path / "other" / "actor"), *FAST_TEST_ENV)
+    none = launch("--role", "actor", "--learner", address, *FAST_TEST_ENV)
+    for run in (wrong, none):
+        run.wait_for(lambda: "refused this connection" in run.output(), 30, "the refusal on the actor side")
+    assert re.search(r"\[actor-0\] tcp://127\.0\.0\.1:\d+ \((replay-in|weights)\) refused this connection: ",
+                     wrong.output())
+    learner.wait_for(lambda: len(re.findall(r"refused a connection to (replay-in|weights)", learner.output())) >= 2,
+                     30, "refusals on the learner side")
+    assert weights_update(wrong) == 0 and weights_update(none) == 0, "refused actors never get weights"
+    updates = learner.status_value("updates")
+    learner.wait_for_updates(updates + 10)           # training goes on
+    for run in (wrong, none, good, learner):
+        run.interrupt()
+        assert run.wait(10) == 130, run.output()
+        assert "exited unexpectedly" not in run.output()
+
+
+def test_non_loopback_bind_needs_keys_or_insecure(tmp_path):
+    result = subprocess.run([sys.executable, "launch.py", "--role", "learner", "--bind", "0.0.0.0:47999",
+                             "--runs-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith("launch.py: error: --bind 0.0.0.0 listens beyond this machine: create keys with")
+    assert not any(tmp_path.iterdir()), "nothing started, nothing written"
+
+
+def test_a_killed_actor_is_restarted_and_nothing_else_is(launch):
+    """kill -9 of one actor of two: the launcher restarts it (saying why), the replay server and the
+    learner keep running as they were, and the replay memory keeps everything it had."""
+    run = launch(*FAST_TEST_ENV, "--actors", "2")
+    run.wait_for_updates(5)
+    run.wait_for(lambda: {"replay", "learner", "actor-0", "actor-1"} <= set(run.role_pids()), 30, "all processes")
+    before = run.role_pids()
+    inserted = run.status_value("replay")
+    os.kill(before["actor-1"], signal.SIGKILL)
+    run.wait_for(lambda: "actor-1 exited unexpectedly (killed by SIGKILL); restarting it (1 of 3)" in run.output(),
+                 20, "the restart notice")
+    run.wait_for(lambda: run.role_pids().get("actor-1") not in (None, before["actor-1"]), 30, "the new actor-1")
+    after = run.role_pids()
+    assert {k: after[k] for k in ("replay", "learner", "actor-0")} == \
+        {k: before[k] for k in ("replay", "learner", "actor-0")}, "nothing else restarted"
+    run.wait_for(lambda: run.status_value("replay") > inserted + 2000, 60, "the replay memory growing on")
+    run.interrupt()
+    assert run.wait(10) == 130, run.output()
+    summary = run.summary()
+    assert summary["replay"]["size"] >= inserted and summary["replay"]["dropped"] == 0
+    assert summary["actors"]["1"]["steps"] > 0

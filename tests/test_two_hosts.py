@@ -1,0 +1,81 @@
+"""A learner machine and an actor machine: two network namespaces joined by a veth pair (private test
+addresses, nothing leaves this machine), with CurveZMQ keys over a real non-loopback link.
+
+Needs root and iproute2, as CI has; elsewhere the loopback tests in test_roles.py cover the same
+behaviour without the second host.
+"""
+import os
+import random
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import FAST_TEST_ENV
+from tests.harness import REPO
+from tests.test_roles import LEARNER_SIDE, weights_update
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"),
+                                 reason="network namespaces need root and iproute2 (CI has both)")]
+
+
+def _ip(*args: str) -> None:
+    result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, f"ip {' '.join(args)}: {result.stderr.strip()}"
+
+
+@pytest.fixture
+def two_hosts():
+    """(learner namespace, its address), (actor namespace, its address)."""
+    tag = f"{os.getpid() % 100_000}{random.randint(0, 99)}"
+    subnet = f"10.{random.randint(200, 250)}.{random.randint(0, 255)}"
+    hosts = [(f"mapx-l{tag}", f"{subnet}.1", f"vl{tag}"), (f"mapx-a{tag}", f"{subnet}.2", f"va{tag}")]
+    created = []
+    try:
+        for namespace, _, _ in hosts:
+            _ip("netns", "add", namespace)
+            created.append(namespace)
+        _ip("link", "add", hosts[0][2], "type", "veth", "peer", "name", hosts[1][2])
+        for namespace, address, device in hosts:
+            _ip("link", "set", device, "netns", namespace)
+            _ip("-n", namespace, "addr", "add", f"{address}/24", "dev", device)
+            _ip("-n", namespace, "link", "set", device, "up")
+            _ip("-n", namespace, "link", "set", "lo", "up")
+        yield [(namespace, address) for namespace, address, _ in hosts]
+    finally:
+        for namespace in created:
+            subprocess.run(["ip", "netns", "del", namespace], capture_output=True, timeout=30)
+
+
+def test_learner_and_actor_on_two_hosts_with_keys(launch, tmp_path, two_hosts):
+    (learner_ns, learner_ip), (actor_ns, _) = two_hosts
+    result = subprocess.run([sys.executable, "launch.py", "keys", str(tmp_path / "keys")], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    learner = launch("--role", "learner", "--bind", learner_ip, "--keys", str(tmp_path / "keys" / "learner"),
+                     *LEARNER_SIDE, prefix=("ip", "netns", "exec", learner_ns))
+    address = f"{learner_ip}:{learner.base_port}"
+    actors = launch("--role", "actor", "--learner", address, "--keys", str(tmp_path / "keys" / "actor"),
+                    *FAST_TEST_ENV, prefix=("ip", "netns", "exec", actor_ns))
+    stranger = launch("--role", "actor", "--learner", address, *FAST_TEST_ENV, prefix=("ip", "netns", "exec", actor_ns))
+
+    learner.wait_for_updates(20, timeout=120)
+    actors.wait_for(lambda: weights_update(actors) > 0, 60, "weights crossing to the actor host")
+    learner.wait_for(lambda: learner.status_value("replay") > 2000, 60, "the replay memory growing")
+    stranger.wait_for(lambda: "refused this connection" in stranger.output(), 30, "the keyless actor refused")
+    assert weights_update(stranger) == 0
+    stranger.interrupt()
+    assert stranger.wait(10) == 130, stranger.output()
+
+    learner.interrupt()                      # the learner side first: final checkpoint, actors play on
+    assert learner.wait(10) == 130, learner.output()
+    assert (learner.run_dir / "checkpoint_final.pth").exists()
+    actors.wait_for(lambda: "the learner stopped" in actors.output(), 20, "the actors hearing the learner stop")
+    episodes = len(actors.log_lines())
+    actors.wait_for_episodes(episodes + 20)
+    actors.interrupt()
+    assert actors.wait(10) == 130, actors.output()
+    for run in (learner, actors, stranger):
+        assert "exited unexpectedly" not in run.output() and "Traceback" not in run.output()

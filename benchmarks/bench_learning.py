@@ -90,8 +90,11 @@ def compare(checkpoint: Path, episodes: int) -> dict[str, tuple[float, float, fl
     """(mean x_pos, mean reward, flag rate) of the trained greedy policy, the trained policy with 5%
     exploration, a random policy and untrained networks (one greedy episode each of `episodes`
     freshly initialised networks: where training starts from)."""
+    import warnings
+
     import numpy as np
     import torch
+    warnings.filterwarnings("ignore", module="gym")      # its env checker's numpy deprecation chatter
 
     from actor.evaluate import load_policy, play
     from common.network import build_network

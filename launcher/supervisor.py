@@ -131,6 +131,7 @@ class Supervisor:
 
     def _check_ports(self) -> None:
         """Every port this launcher's processes will bind is free: else one clear line before starting."""
+        import errno
         import socket
         channels = {"replay": ("replay_in", "replay_sample"), "learner": ("weights",)}
         for role in self.roles:
@@ -141,10 +142,11 @@ class Supervisor:
                 family = socket.AF_INET6 if ":" in host else socket.AF_INET
                 try:
                     with socket.socket(family) as probe:
-                        probe.bind((host, int(port)))
+                        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as ZeroMQ binds: a
+                        probe.bind((host, int(port)))      # just-stopped run's TIME_WAIT is no conflict
                 except OSError as exc:
                     reason = "address already in use (is another run using these ports? try --base-port or " \
-                             "--bind)" if exc.errno == 98 else exc.strerror
+                             "--bind)" if exc.errno == errno.EADDRINUSE else exc.strerror
                     raise StartError(f"cannot bind {address}: {reason}") from None
 
     def _check_env(self) -> None:

@@ -25,6 +25,7 @@ from replay_server.rate_limit import sampling_allowed
 from replay_server.snapshot import read_snapshot, start_snapshot
 
 MAX_SAMPLE_BATCH = 4096
+MAX_PENDING = 64          # sample requests kept waiting (a learner re-asks after a restart of either side)
 POLL_MS = 100
 DROP_LOG_S = 30.0
 SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}\.replay\.npz$")   # a file name, never a path
@@ -43,7 +44,7 @@ class ReplayServer:
         self.pull = runtime.transport.socket(zmq.PULL, bind=c.bind_address("replay_in"), hwm=1000, link="replay-in")
         self.router = runtime.transport.socket(zmq.ROUTER, bind=c.bind_address("replay_sample"), hwm=100,
                                                link="replay-sample")
-        self.pending: deque[tuple[bytes, int, float]] = deque()
+        self.pending: deque[tuple[bytes, int, float]] = deque(maxlen=MAX_PENDING)   # the oldest go first
         self.counters = {"episodes": 0, "env_steps": 0, "sampled": 0, "dropped": 0, "batches": 0}
         self.best_reward = float("-inf")
         self._last_drop_log = 0.0

@@ -44,6 +44,7 @@ def test_learner_and_actor_sides_stop_and_restart_independently(launch):
     assert actors.proc.poll() is None
 
     again = launch("--role", "learner", "--resume", str(learner.run_dir), base_port=learner.base_port)
+    again.wait_for(lambda: "resumed from checkpoint_final.pth" in again.output(), 60, "the learner resuming")
     actors.wait_for(lambda: "[actor-0] a learner is back" in actors.output(), 60, "the actors rejoining")
     before = weights_update(actors)
     actors.wait_for(lambda: weights_update(actors) > before, 60, "newer weights after the restart")
@@ -55,7 +56,7 @@ def test_learner_and_actor_sides_stop_and_restart_independently(launch):
     assert again.proc.poll() is None, "the learner side keeps running without actors"
     again.interrupt()
     assert again.wait(10) == 130, again.output()
-    final = again.summary()
+    final = learner.summary()          # the resumed learner side goes on in the same run folder
     assert final["updates"] - updates <= 2 * 20, "the learner waited instead of training on without actors"
     # The replay server counts episodes and steps once each; the resumed run continues its counts.
     assert final["replay"]["episodes"] > first_summary["replay"]["episodes"] > 0

@@ -4,7 +4,8 @@
   optimal (the flag in the fewest steps) and prints the wall time to that point (goal: < 60 s on
   2 cores), then compares the final greedy policy with a random policy and the untrained network.
 - `--env mario --minutes 20`: Super Mario Bros 1-1 for a fixed wall time, then the same comparison
-  (greedy x_pos and reward, averaged over evaluation episodes) and `learning_curve.png` of the run.
+  (greedy x_pos and reward, averaged over evaluation episodes), the env steps and wall time to the
+  first greedy evaluation that reached the flag (if any), and `learning_curve.png` of the run.
 
 Run with `.venv/bin/python -m benchmarks.bench_learning [--env mario --minutes 20]`; `--smoke` is a
 short test-env run that only checks the script works.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import datetime
 import signal
 import subprocess
 import sys
@@ -86,6 +88,17 @@ def train(settings: tuple, minutes: float, runs_dir: str, solved=None) -> tuple[
     return run_dir, solved_at, solved_steps
 
 
+def first_flag(run_dir: Path) -> str:
+    """When a greedy evaluation first reached the flag: env steps and wall time since the run began."""
+    started = datetime.strptime(run_dir.name[:19], "%Y-%m-%d_%H-%M-%S")
+    for line in (run_dir / "log.txt").read_text().splitlines():
+        match = _EVAL.search(line)
+        if match and match[4] == "yes":
+            seconds = (datetime.strptime(line[1:20], "%Y-%m-%d %H:%M:%S") - started).total_seconds()
+            return f"first greedy flag: after {int(match[5]):,} env steps, {seconds / 60:.1f} minutes"
+    return "first greedy flag: not reached in this run"
+
+
 def compare(checkpoint: Path, episodes: int) -> dict[str, tuple[float, float, float]]:
     """(mean x_pos, mean reward, flag rate) of the trained greedy policy, the trained policy with 5%
     exploration, a random policy and untrained networks (one greedy episode each of `episodes`
@@ -128,6 +141,7 @@ def main() -> None:
     if mario:
         print(f"training on SuperMarioBros-1-1-v0 for {minutes:g} minutes ...", flush=True)
         run_dir, _, _ = train(MARIO_SETTINGS, minutes, runs_dir)
+        print(first_flag(run_dir))
     else:
         optimum = optimal_test_steps()
         print(f"training on the test env until a greedy evaluation is optimal ({optimum} steps to the flag), "

@@ -76,15 +76,23 @@ def test_ctrl_c_leaves_videos_that_play_to_the_end(launch):
 
 
 def test_sigkill_of_the_actor_leaves_a_playable_run_video(launch):
+    """The killed actor's mario_run.mp4 stays playable; its restarted self records mario_run_2.mp4."""
     run = launch(*WITH_VIDEO, "--set", "learning_starts=20000")
     run.wait_for(lambda: (run.runs_dir.exists() and any(run.runs_dir.glob("*_run/mario_run.mp4"))
                           and run.status_value("steps") >= 600), 60, "600 steps recorded")
     actor = next(pid for pid in run.descendants() if _comm(pid) == "mario-actor-0")
     os.kill(actor, signal.SIGKILL)
-    assert run.wait(15) == 1, run.output()
-    assert "actor-0 exited unexpectedly (killed by SIGKILL)" in run.output()
+    run.wait_for(lambda: "actor-0 exited unexpectedly (killed by SIGKILL); restarting it (1 of 3)" in run.output(),
+                 15, "the restart")
     video = probe(run.run_dir / "mario_run.mp4")
     assert video["codec_name"] == "h264" and int(video["nb_read_frames"]) >= 400, video
+    run.wait_for(lambda: (run.run_dir / "mario_run_2.mp4").exists(), 30, "the restarted actor's segment")
+    steps = run.status_value("steps")
+    run.wait_for(lambda: run.status_value("steps") >= steps + 300, 60, "300 more steps")
+    run.interrupt()
+    assert run.wait(10) == 130, run.output()
+    second = probe(run.run_dir / "mario_run_2.mp4")
+    assert second["codec_name"] == "h264" and int(second["nb_read_frames"]) >= 200, second
 
 
 def test_full_disk_stops_recording_but_not_training(launch, tmp_path):

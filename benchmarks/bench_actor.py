@@ -54,7 +54,7 @@ class _StopAtCap:
 def actor_loop(config: Config, run_dir: str) -> float:
     """Steps/s of the real Actor.run loop, its chunks drained by a PULL socket in a thread."""
     transport = Transport(config.max_message_bytes)
-    pull = transport.socket(zmq.PULL, bind=config.bind_address("replay_in"))
+    pull = transport.socket(zmq.PULL, bind=config.bind_addresses("replay_in"))
     stop_draining = threading.Event()
 
     def drain():

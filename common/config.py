@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import tempfile
 from dataclasses import dataclass, fields
 
 TEST_ENV_ID = "MarioApexTest-v0"
@@ -144,6 +145,9 @@ class Config:
     """HOST[:PORT] of the learner side, for actors on another machine (--learner); empty: this machine."""
     replay_address: str = ""
     """HOST[:PORT] of a separately started replay server (--replay); empty: the learner side's."""
+    local_ipc: bool = True
+    """Roles on the same machine talk over ipc:// (Unix domain sockets, faster than loopback TCP for
+    the large sample batches); roles on other machines over tcp://. Chosen automatically."""
     pause_without_actors: bool = True
     """The replay server stops serving batches while no actor is connected, so a learner whose actors
     stopped waits for new experience instead of overfitting the old."""
@@ -235,16 +239,25 @@ class Config:
         """Where this machine's replay server ('replay_in', 'replay_sample') or learner ('weights') binds."""
         return _tcp(self.host, self.base_port + PORT_OFFSETS[channel])
 
+    def local_address(self, channel: str) -> str:
+        """The ipc:// address the same channel is also bound to, for roles on this machine."""
+        return f"ipc://{tempfile.gettempdir()}/mario-apex-{self.base_port + PORT_OFFSETS[channel]}.sock"
+
+    def bind_addresses(self, channel: str) -> list[str]:
+        """Everything a channel's socket binds: tcp (other machines) and, with local_ipc, ipc (this one)."""
+        return [self.bind_address(channel)] + ([self.local_address(channel)] if self.local_ipc else [])
+
     def connect_address(self, channel: str) -> str:
-        """Where a role connects to reach a channel: on the machine given by --learner / --replay,
-        or this machine's own bind address."""
+        """Where a role connects to reach a channel: on the machine given by --learner / --replay
+        (tcp), or on this machine (ipc, or tcp to the own bind address without local_ipc)."""
         remote = {"replay_in": self.replay_address or self.learner_address, "replay_sample": self.replay_address,
                   "weights": self.learner_address}[channel]
         if remote:
             host, port = parse_endpoint(remote, self.base_port, channel)
-        else:
-            host, port = LOCAL_FOR_ANY.get(self.host, self.host), self.base_port
-        return _tcp(host, port + PORT_OFFSETS[channel])
+            return _tcp(host, port + PORT_OFFSETS[channel])
+        if self.local_ipc:
+            return self.local_address(channel)
+        return _tcp(LOCAL_FOR_ANY.get(self.host, self.host), self.base_port + PORT_OFFSETS[channel])
 
     def apex_epsilon_of(self, actor: int) -> float:
         """Ape-X's fixed epsilon of actor `actor` among num_actors."""

@@ -59,11 +59,13 @@ class Transport:
         self._links: dict[zmq.Socket, _Link] = {}
         self._authenticator = None
 
-    def socket(self, kind: int, *, bind: str | None = None, connect: str | None = None,
+    def socket(self, kind: int, *, bind: str | list[str] | None = None, connect: str | None = None,
                hwm: int | None = None, conflate: bool = False, subscribe: bool = False,
                link: str | None = None) -> zmq.Socket:
         """A configured socket, bound or connected. `link` names a channel between roles (possibly
-        between machines): such a socket uses the Curve keys, if any, and is monitored."""
+        between machines): such a socket uses the Curve keys, if any, and is monitored. `bind` may
+        list several addresses (tcp for other machines, ipc for this one)."""
+        binds = [bind] if isinstance(bind, str) else list(bind or [])
         sock = self.context.socket(kind)
         sock.setsockopt(zmq.LINGER, LINGER_MS)
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
@@ -78,17 +80,19 @@ class Transport:
         if link is not None:
             if self.keys is not None:
                 self._secure(sock, server=bool(bind))
-            self._links[sock] = _Link(link, bind or connect, bool(bind), sock.get_monitor_socket(_WATCHED))
+            self._links[sock] = _Link(link, binds[0] if binds else connect, bool(binds),
+                                      sock.get_monitor_socket(_WATCHED))
+        where = connect
         try:
-            if bind:
-                sock.bind(bind)
+            for where in binds:
+                sock.bind(where)
             if connect:
+                where = connect
                 sock.connect(connect)
         except zmq.ZMQError as exc:
-            where = bind or connect
             reason = "address already in use (is another run using these ports? try --base-port or --bind)" \
                 if exc.errno == zmq.EADDRINUSE else exc.strerror
-            raise TransportError(f"cannot {'bind' if bind else 'connect'} {where}: {reason}") from None
+            raise TransportError(f"cannot {'connect' if where == connect else 'bind'} {where}: {reason}") from None
         return sock
 
     def _secure(self, sock: zmq.Socket, server: bool) -> None:

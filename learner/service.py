@@ -40,7 +40,7 @@ class LearnerService:
         self.learner = DQNLearner(c, self.device)
         self.dealer = runtime.transport.socket(zmq.DEALER, connect=c.connect_address("replay_sample"), hwm=100,
                                                link="replay-sample")
-        self.pub = runtime.transport.socket(zmq.PUB, bind=c.bind_address("weights"), hwm=2, link="weights")
+        self.pub = runtime.transport.socket(zmq.PUB, bind=c.bind_addresses("weights"), hwm=2, link="weights")
         self.metrics = Metrics(run_dir, ".learner", runtime.log)
         self.replay_stats: dict = {}
         self.weights_version = 0

@@ -41,8 +41,8 @@ class ReplayServer:
         self.config = c
         self.buffer = PrioritizedReplay(c.replay_capacity, c.frame_size, c.frame_stack, c.per_alpha, c.num_actions)
         self.rng = np.random.default_rng(c.seed + 10_000)
-        self.pull = runtime.transport.socket(zmq.PULL, bind=c.bind_address("replay_in"), hwm=1000, link="replay-in")
-        self.router = runtime.transport.socket(zmq.ROUTER, bind=c.bind_address("replay_sample"), hwm=100,
+        self.pull = runtime.transport.socket(zmq.PULL, bind=c.bind_addresses("replay_in"), hwm=1000, link="replay-in")
+        self.router = runtime.transport.socket(zmq.ROUTER, bind=c.bind_addresses("replay_sample"), hwm=100,
                                                link="replay-sample")
         self.pending: deque[tuple[bytes, int, float]] = deque(maxlen=MAX_PENDING)   # the oldest go first
         self.counters = {"episodes": 0, "env_steps": 0, "sampled": 0, "dropped": 0, "batches": 0}

@@ -202,10 +202,23 @@ def test_replace_validates():
 ])
 def test_bind_address_for_each_channel(host, base, expected):
     """Three consecutive ports in a fixed channel order; IPv6 hosts are bracketed."""
-    config = Config(host=host, base_port=base)
+    config = Config(host=host, base_port=base, local_ipc=False)
     channels = ["replay_in", "replay_sample", "weights"]
     assert [config.bind_address(c) for c in channels] == expected
     assert [config.connect_address(c) for c in channels] == expected, "no --learner: connect to ourselves"
+    assert [config.bind_addresses(c) for c in channels] == [[e] for e in expected]
+
+
+def test_roles_on_one_machine_use_ipc():
+    """By default a channel binds tcp and ipc, and a role on the same machine connects over ipc."""
+    import tempfile
+    config = Config(base_port=47_555)
+    ipc = f"ipc://{tempfile.gettempdir()}/mario-apex-47556.sock"
+    assert config.bind_addresses("replay_sample") == ["tcp://127.0.0.1:47556", ipc]
+    assert config.connect_address("replay_sample") == ipc
+    remote = Config(learner_address="10.0.0.2")
+    assert remote.connect_address("weights") == "tcp://10.0.0.2:47557", "other machines: tcp"
+    assert remote.connect_address("replay_sample").startswith("ipc://"), "the learner's own replay server: ipc"
 
 
 def test_bind_address_unknown_channel_fails():
@@ -224,7 +237,7 @@ def test_bind_address_unknown_channel_fails():
 def test_connect_address_follows_learner_and_replay(changes, expected):
     """Actors reach replay-in at --replay (else --learner) and weights at --learner; a learner reaches
     replay-sample at --replay; a wildcard bind is reached over loopback."""
-    config = Config(**changes)
+    config = Config(**changes, local_ipc=False)
     assert [config.connect_address(c) for c in ["replay_in", "replay_sample", "weights"]] == expected
 
 

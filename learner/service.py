@@ -58,6 +58,9 @@ class LearnerService:
     # --- loop --------------------------------------------------------------------------------
     def run(self) -> None:
         self.rt.log(f"training on {self.device}; waiting for {self.config.learning_starts} transitions")
+        if self.config.replay_address:
+            self.rt.log(f"the replay server at {self.config.replay_address} runs on its own: checkpoints hold the "
+                        "learner's state, not the replay memory")
         self.publish()
         training_since = None          # wait_fraction counts from the first batch on
         while not self.rt.should_stop():
@@ -180,6 +183,9 @@ class LearnerService:
         """Write <base>.pth and its replay snapshot; returns the .pth path ("" if it failed)."""
         started = time.monotonic()
         # A unique name: a new snapshot never overwrites the one the previous .pth names.
+        # A replay server started on its own (--replay) writes into its own run folder, maybe on another
+        # machine, so the checkpoint could not name its snapshot: there the checkpoint is the learner's state.
+        with_replay = with_replay and not self.config.replay_address
         done = self._request_snapshot(f"{base}-{time.time_ns()}.replay.npz") if with_replay else None
         if done is not None:
             self.replay_stats = {**self.replay_stats, **done["stats"]}

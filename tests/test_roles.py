@@ -124,3 +124,24 @@ def test_a_killed_actor_is_restarted_and_nothing_else_is(launch):
     summary = run.summary()
     assert summary["replay"]["size"] >= inserted and summary["replay"]["dropped"] == 0
     assert summary["actors"]["1"]["steps"] > 0
+
+
+def test_replay_server_learner_and_actors_in_three_launchers(launch):
+    """--role replay alone; --role learner --replay uses it (and starts none); the actors send to the
+    replay server and take weights from the learner."""
+    replay = launch("--role", "replay", *LEARNER_SIDE)
+    learner = launch("--role", "learner", "--replay", f"127.0.0.1:{replay.base_port}", *LEARNER_SIDE)
+    actors = launch("--role", "actor", "--replay", f"127.0.0.1:{replay.base_port}",
+                    "--learner", f"127.0.0.1:{learner.base_port}", *FAST_TEST_ENV)
+    learner.wait_for_updates(20, timeout=120)
+    actors.wait_for(lambda: weights_update(actors) > 0, 60, "weights reaching the actors")
+    replay.wait_for(lambda: replay.status_value("replay") > 1000, 60, "the replay server storing experience")
+    assert set(replay.role_pids()) == {"replay"} and set(learner.role_pids()) == {"learner"}
+    assert "replay server on 127.0.0.1" in replay.output() and "learner on 127.0.0.1" in learner.output()
+    for run in (actors, learner, replay):
+        run.interrupt()
+        assert run.wait(10) == 130, run.output()
+        assert "exited unexpectedly" not in run.output()
+    assert (learner.run_dir / "checkpoint_final.pth").exists()
+    assert "saved checkpoint_final.pth WITHOUT replay memory" in learner.output()
+    assert not list(replay.run_dir.glob("*.replay.npz")), "no snapshot the checkpoint could not name"

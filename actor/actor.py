@@ -57,9 +57,9 @@ class Actor:
         resume = runtime.resume
         self.steps = int(resume.get("steps", 0))        # this actor's env steps over the whole run
         self.session_steps = int(resume.get("session_steps", 0))    # ... since this launch (what limits count)
-        self.joining = not resume      # a fresh actor process: continue the run's exploration schedule
+        self.joining = bool(resume.get("join"))    # an actor side of its own: continue the run's exploration
         reset = resume.get("reset_epsilon")          # --resume-reset-exploration: decay again from here
-        self.epsilon_origin = 0 if reset is None else self.steps
+        self.epsilon_origin = 0 if reset is None else int(resume.get("epsilon_origin", self.steps))
         self.epsilon_start = c.epsilon_start if reset is None else reset
         self.episodes = int(resume.get("episodes", 0))     # this launch's, continued over a restart
         self.learner_stopped = False
@@ -77,6 +77,7 @@ class Actor:
             levels = find_wrapper(self.env, LevelSampler)
         except LookupError:
             return None       # one level: nothing to move on to
+        levels.index = min(int(self.rt.resume.get("level", 0)), len(levels.levels) - 1)    # after a restart
         return Curriculum(levels, c.curriculum_threshold, c.curriculum_window)
 
     def _open_window(self) -> LiveWindow | None:
@@ -243,12 +244,12 @@ class Actor:
         if self.learner_stopped:
             self.learner_stopped = False
             self.rt.log(f"a learner is back: weights of update {msg['updates']:,}")
-        run = msg.get("run") or {}
-        if self.joining and self.config.epsilon_schedule == "anneal":
-            share = int(run.get("env_steps", 0)) // self.config.num_actors
+        run_steps = (msg.get("run") or {}).get("env_steps", 0)
+        if self.joining and self.config.epsilon_schedule == "anneal" and math.isfinite(run_steps) and run_steps > 0:
+            share = int(run_steps) // self.config.num_actors
             if share > self.steps:      # joining a running learner: explore as far into the schedule as the run is
                 self.steps = share
-                self.rt.log(f"joined a run at {int(run.get('env_steps', 0)):,} env steps: epsilon {self.epsilon():.2f}")
+                self.rt.log(f"joined a run at {int(run_steps):,} env steps: epsilon {self.epsilon():.2f}")
         self.joining = False
         self.weights_version, self.weights_updates = msg["version"], msg["updates"]
 
@@ -258,7 +259,7 @@ class Actor:
         values = {"actor": self.index, "episode": self.episodes, "reward": float(reward), "steps": steps,
                   "x_pos": x_pos, "flag": flag, "epsilon": float(epsilon), "actor_steps": self.steps}
         self._send(encode("episode", **values))
-        self.rt.report("episode", values)     # the launcher writes log.txt
+        self.rt.report("episode", {**values, "session_steps": self.session_steps, **self._level()})   # -> log.txt
         if self.curriculum is not None:
             self.metrics.scalar("Episode/Level", self.curriculum.levels.index, self.steps)
             moved = self.curriculum.on_episode(reward)
@@ -278,12 +279,16 @@ class Actor:
                            ("Episode/Flag", float(flag)), ("Episode/Steps", steps)):
             self.metrics.scalar(tag, value, self.steps)
 
+    def _level(self) -> dict:
+        """The curriculum position, for the launcher to hand back if this process is restarted."""
+        return {"level": self.curriculum.levels.index} if self.curriculum is not None else {}
+
     def _report_progress(self, rate: float, epsilon: float) -> None:
         self.rt.report("progress", {"steps": self.steps, "session_steps": self.session_steps,
                                     "episodes": self.episodes, "steps_per_s": rate,
                                     "epsilon": epsilon, "weights_version": self.weights_version,
                                     "weights_updates": self.weights_updates,
-                                    "learner_stopped": self.learner_stopped,
+                                    "learner_stopped": self.learner_stopped, **self._level(),
                                     "dropped": self.dropped})
 
     def close(self) -> None:

@@ -60,13 +60,13 @@ def train(settings: tuple, minutes: float, runs_dir: str, solved=None) -> tuple[
     cmd = [sys.executable, "launch.py", "--runs-dir", runs_dir, "--base-port", str(free_base_port()),
            "--max-minutes", str(minutes), *settings]
     started = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    output = open(os.path.join(runs_dir, "launcher.out"), "w+")     # a file never fills up like a pipe
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=output, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     run_dir = None
-    for line in proc.stdout:               # the launcher's first line names the run folder
-        if "run folder" in line:
-            run_dir = Path(line.split("run folder", 1)[1].strip())
-            break
+    while run_dir is None and proc.poll() is None:       # the launcher's first line names the run folder
+        time.sleep(0.1)
+        found = re.search(r"run folder (\S+)", Path(output.name).read_text())
+        run_dir = Path(found[1]) if found else None
     solved_at = solved_steps = None
     seen = 0
     while proc.poll() is None:
@@ -82,9 +82,9 @@ def train(settings: tuple, minutes: float, runs_dir: str, solved=None) -> tuple[
                 os.killpg(proc.pid, signal.SIGINT)      # stop as a user would
                 break
         seen = len(lines)
-    proc.stdout.read()
-    if proc.wait() not in (0, 130):
-        raise SystemExit(f"the launcher failed with exit status {proc.returncode}")
+    output.close()
+    if proc.wait() not in (0, 130) or run_dir is None:
+        raise SystemExit(f"the launcher failed with exit status {proc.returncode}: see {output.name}")
     return run_dir, solved_at, solved_steps
 
 

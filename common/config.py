@@ -21,7 +21,7 @@ MAX_N_STEP = 16
 
 PORT_OFFSETS = {"replay_in": 0, "replay_sample": 1, "weights": 2}
 """Channel ports relative to base_port."""
-LOCAL_FOR_ANY = {"0.0.0.0": "127.0.0.1", "::": "::1", "*": "127.0.0.1"}
+LOCAL_FOR_ANY = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 """Bound to every interface: this machine's own roles connect over loopback."""
 
 
@@ -205,8 +205,9 @@ class Config:
         for name in ("learner_address", "replay_address"):
             if getattr(self, name):
                 parse_endpoint(getattr(self, name), self.base_port, name)
-        if not self.host or any(ch in self.host for ch in "/ []"):
-            raise ConfigError(f"host must be a host name or IP address, got {self.host!r}")
+        if not _valid_host(self.host):
+            raise ConfigError(f"host must be a host name or IP address (0.0.0.0 for every interface), "
+                              f"got {self.host!r}")
         if self.level_mode not in ("sample", "curriculum"):
             raise ConfigError(f"level_mode must be sample or curriculum, got {self.level_mode!r}")
         if self.samples_per_insert < 0 or self.spi_tolerance < 0:
@@ -235,13 +236,18 @@ class Config:
             raise ConfigError(f"batch_size ({self.batch_size}) exceeds replay_capacity ({self.replay_capacity})")
 
     # --- addresses -----------------------------------------------------------------------
+    def bind_endpoint(self, channel: str) -> tuple[str, int]:
+        """(host, port) where this machine's replay server ('replay_in', 'replay_sample') or learner
+        ('weights') binds."""
+        return self.host, self.base_port + PORT_OFFSETS[channel]
+
     def bind_address(self, channel: str) -> str:
-        """Where this machine's replay server ('replay_in', 'replay_sample') or learner ('weights') binds."""
-        return _tcp(self.host, self.base_port + PORT_OFFSETS[channel])
+        return _tcp(*self.bind_endpoint(channel))
 
     def local_address(self, channel: str) -> str:
         """The ipc:// address the same channel is also bound to, for roles on this machine."""
-        return f"ipc://{tempfile.gettempdir()}/mario-apex-{self.base_port + PORT_OFFSETS[channel]}.sock"
+        host = "".join(ch if ch.isalnum() or ch in ".-" else "_" for ch in self.host)
+        return f"ipc://{tempfile.gettempdir()}/mario-apex-{host}-{self.base_port + PORT_OFFSETS[channel]}.sock"
 
     def bind_addresses(self, channel: str) -> list[str]:
         """Everything a channel's socket binds: tcp (other machines) and, with local_ipc, ipc (this one)."""
@@ -321,9 +327,13 @@ def parse_endpoint(text: str, default_port: int, what: str = "address") -> tuple
         port = int(port)
     except ValueError:
         raise ConfigError(f"{what}: the port in {text!r} is not a number") from None
-    if not host or any(ch in host for ch in "/ []") or not 1 <= port <= 65_533:
+    if not _valid_host(host) or not 1 <= port <= 65_533:
         raise ConfigError(f"{what}: expected HOST[:PORT] with a port between 1 and 65533, got {text!r}")
     return host, port
+
+
+def _valid_host(host: str) -> bool:
+    return bool(host) and not any(ch in host for ch in "/ []*")
 
 
 def _tcp(host: str, port: int) -> str:

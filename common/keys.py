@@ -11,7 +11,8 @@
 Copy DIR/learner to the learner machine and DIR/actor to the actor machine and pass each to
 --keys (a launcher that runs every role on one machine takes DIR itself). Bound sockets then
 accept only authorized clients (ZAP, checked by pyzmq's authenticator thread), and all traffic is
-encrypted. More actor machines: add their client.key files to authorized_clients.
+encrypted. More actor machines: add their client.key files to authorized_clients and restart the
+learner side (the keys are read at start).
 """
 from __future__ import annotations
 
@@ -69,6 +70,9 @@ def create_keys(folder: str) -> list[str]:
             shutil.copy(os.path.join(scratch, "server.key_secret"), learner)
         for path in (learner, actor):
             os.chmod(path, 0o700)
+            for name in ("server.key_secret", "client.key_secret"):
+                if os.path.exists(os.path.join(path, name)):
+                    os.chmod(os.path.join(path, name), 0o600)     # stays private when the folder is copied
     except OSError as exc:
         raise KeysError(f"cannot write keys in {folder}: {exc.strerror}") from None
     return [learner, actor]

@@ -16,13 +16,15 @@ from zmq.utils.monitor import recv_monitor_message
 from common.keys import CurveKeys
 
 LINGER_MS = 500
+ADDRESS_IN_USE = "address already in use (is another run using these ports? try --base-port or --bind)"
 _REFUSALS = {
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the key is not authorized (wrong --keys?)",
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "security mismatch: one side has CurveZMQ keys and the other has "
                                          "none or a different server key (--keys)",
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the security handshake failed: missing or wrong keys (--keys)",
 }
-_WATCHED = zmq.EVENT_ACCEPTED | zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | sum(_REFUSALS)
+_WATCHED = zmq.EVENT_ACCEPTED | zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED \
+    | sum(_REFUSALS)
 
 
 @dataclass
@@ -42,10 +44,11 @@ class Refusal:
 @dataclass
 class _Link:
     channel: str
-    endpoint: str
     bound: bool
     monitor: zmq.Socket
-    peers: set = field(default_factory=set)     # file descriptors of the open connections
+    handshaking: list = field(default_factory=list)   # file descriptors of new connections, oldest first
+    peers: set = field(default_factory=set)           # ... of those that passed their handshake
+    connects: int = 0                                 # handshakes passed so far
 
 
 class Transport:
@@ -80,8 +83,7 @@ class Transport:
         if link is not None:
             if self.keys is not None:
                 self._secure(sock, server=bool(bind))
-            self._links[sock] = _Link(link, binds[0] if binds else connect, bool(binds),
-                                      sock.get_monitor_socket(_WATCHED))
+            self._links[sock] = _Link(link, bool(binds), sock.get_monitor_socket(_WATCHED))
         where = connect
         try:
             for where in binds:
@@ -90,8 +92,7 @@ class Transport:
                 where = connect
                 sock.connect(connect)
         except zmq.ZMQError as exc:
-            reason = "address already in use (is another run using these ports? try --base-port or --bind)" \
-                if exc.errno == zmq.EADDRINUSE else exc.strerror
+            reason = ADDRESS_IN_USE if exc.errno == zmq.EADDRINUSE else exc.strerror
             raise TransportError(f"cannot {'connect' if where == connect else 'bind'} {where}: {reason}") from None
         return sock
 
@@ -117,7 +118,8 @@ class Transport:
 
     def check_links(self) -> list[Refusal]:
         """Update the connection counts of the links; returns the refused handshakes since the last
-        call (never blocks)."""
+        call (never blocks). A connection counts once its handshake passed (with keys: once it proved
+        an authorized key); a handshake event names no connection, so it goes to the oldest waiting one."""
         refusals = []
         for link in self._links.values():
             while link.monitor.poll(0):
@@ -127,16 +129,29 @@ class Transport:
                     break
                 kind, value = event["event"], event["value"]
                 if kind in (zmq.EVENT_ACCEPTED, zmq.EVENT_CONNECTED):
-                    link.peers.add(value)
+                    link.handshaking.append(value)
+                elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                    if link.handshaking:
+                        link.peers.add(link.handshaking.pop(0))
+                    link.connects += 1
                 elif kind == zmq.EVENT_DISCONNECTED:
                     link.peers.discard(value)
+                    if value in link.handshaking:
+                        link.handshaking.remove(value)
                 elif kind in _REFUSALS:
-                    refusals.append(Refusal(link.channel, link.endpoint, link.bound, _REFUSALS[kind]))
+                    if link.handshaking:
+                        link.handshaking.pop(0)
+                    endpoint = event["endpoint"].decode(errors="replace") if event.get("endpoint") else "?"
+                    refusals.append(Refusal(link.channel, endpoint, link.bound, _REFUSALS[kind]))
         return refusals
 
     def peers(self, sock: zmq.Socket) -> int:
-        """Open connections of a monitored socket, as of the last check_links() call."""
+        """Open, handshaken connections of a monitored socket, as of the last check_links() call."""
         return len(self._links[sock].peers)
+
+    def connects(self, sock: zmq.Socket) -> int:
+        """Handshakes a monitored socket has passed so far (a reconnection counts again)."""
+        return self._links[sock].connects
 
     def close(self) -> None:
         for sock, link in self._links.items():

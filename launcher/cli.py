@@ -127,7 +127,8 @@ def config_from_args(args: argparse.Namespace, base: dict | None = None) -> Conf
     if args.curriculum:
         values["level_mode"] = "curriculum"
     if args.bind:
-        values["host"], values["base_port"] = parse_endpoint(args.bind, values.get("base_port", 47_555), "--bind")
+        values["host"], values["base_port"] = parse_endpoint(args.bind, values.get("base_port", Config.base_port),
+                                                             "--bind")
     for flag, name in (("learner", "learner_address"), ("replay", "replay_address")):
         if getattr(args, flag):
             parse_endpoint(getattr(args, flag), 1, f"--{flag}")     # a bad value is a ConfigError naming the flag
@@ -150,6 +151,8 @@ def check_network(args: argparse.Namespace, config: Config):
         raise ConfigError("--learner is for --role actor (the other roles listen with --bind)")
     if args.replay and args.role not in ("learner", "actor"):
         raise ConfigError("--replay is for --role learner or --role actor")
+    if args.resume and args.role == "actor":
+        raise ConfigError("--resume is for the learner side: an actor side continues from the learner it joins")
     binds = args.role != "actor"
     if binds and not is_loopback(config.host) and not args.keys and not args.insecure:
         raise ConfigError(f"--bind {config.host} listens beyond this machine: create keys with `python launch.py keys "
@@ -157,8 +160,7 @@ def check_network(args: argparse.Namespace, config: Config):
                           "--insecure to accept anyone who can reach the ports")
     if not args.keys:
         return None
-    connects = args.role in ("all", "actor") or args.role == "learner"      # the learner connects to its replay
-    return load_keys(args.keys, server=binds, client=connects)
+    return load_keys(args.keys, server=binds, client=args.role != "replay")   # a learner connects to its replay
 
 
 def help_config() -> str:

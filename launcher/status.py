@@ -45,11 +45,13 @@ class RunStatus:
             self.done_actors.add(index)
 
     def actor_counters(self, index: int) -> dict:
-        """What a restarted actor continues from: its steps and this launch's steps and episodes."""
+        """What a restarted actor continues from: its steps, this launch's steps and episodes, and its
+        curriculum level, from its latest progress report or episode, whichever is newer."""
         progress, episode = self.actors.get(index, {}), self.actor_episodes.get(index, {})
-        return {"steps": max(int(progress.get("steps", 0)), int(episode.get("actor_steps", 0))),
-                "session_steps": int(progress.get("session_steps", 0)),
-                "episodes": max(int(progress.get("episodes", 0)), int(episode.get("episode", 0)))}
+        newest = lambda key, episode_key=None: max(int(progress.get(key, 0)),    # noqa: E731
+                                                   int(episode.get(episode_key or key, 0)))
+        return {"steps": newest("steps", "actor_steps"), "session_steps": newest("session_steps"),
+                "episodes": newest("episodes", "episode"), "level": newest("level")}
 
     @property
     def env_steps(self) -> int:

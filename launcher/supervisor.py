@@ -24,11 +24,11 @@ from datetime import datetime
 
 import zmq
 
-from common.config import Config
+from common.config import LOCAL_FOR_ANY, Config
 from common.keys import CurveKeys
 from common.protocol import ProtocolError, decode
 from common.runtime import process_name, run_role
-from common.transport import Transport, TransportError
+from common.transport import ADDRESS_IN_USE, Transport
 from launcher.console import Console
 from launcher.episode_log import EpisodeLog
 from launcher.resume import ResumePlan
@@ -130,24 +130,26 @@ class Supervisor:
                 raise StartError(str(exc)) from None
 
     def _check_ports(self) -> None:
-        """Every port this launcher's processes will bind is free: else one clear line before starting."""
+        """Every address this launcher's processes will bind is free: else one clear line before starting.
+        (ZeroMQ would silently take over a live ipc:// socket file, so those are checked too.)"""
         import errno
         import socket
         channels = {"replay": ("replay_in", "replay_sample"), "learner": ("weights",)}
         for role in self.roles:
             for channel in channels.get(role, ()):
-                address = self.config.bind_address(channel)
-                host, port = address[6:].rsplit(":", 1)
-                host = host.strip("[]")
-                family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                host, port = self.config.bind_endpoint(channel)
                 try:
-                    with socket.socket(family) as probe:
+                    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
                         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as ZeroMQ binds: a
-                        probe.bind((host, int(port)))      # just-stopped run's TIME_WAIT is no conflict
+                        probe.bind((host, port))           # just-stopped run's TIME_WAIT is no conflict
                 except OSError as exc:
-                    reason = "address already in use (is another run using these ports? try --base-port or " \
-                             "--bind)" if exc.errno == errno.EADDRINUSE else exc.strerror
-                    raise StartError(f"cannot bind {address}: {reason}") from None
+                    reason = ADDRESS_IN_USE if exc.errno == errno.EADDRINUSE else exc.strerror
+                    raise StartError(f"cannot bind {self.config.bind_address(channel)}: {reason}") from None
+                path = self.config.local_address(channel)[len("ipc://"):]
+                if self.config.local_ipc and os.path.exists(path):
+                    with socket.socket(socket.AF_UNIX) as probe:
+                        if probe.connect_ex(path) == 0:       # refused: a stale file, which ZeroMQ replaces
+                            raise StartError(f"cannot bind ipc://{path}: {ADDRESS_IN_USE}")
 
     def _check_env(self) -> None:
         from common.envs import unknown_env_ids
@@ -167,8 +169,10 @@ class Supervisor:
             if role in self.roles:
                 self._start(role, 0, self.resume.for_role(role, 0))
         if "actor" in self.roles:
+            # An actor side of its own joins a learner that may have been running for a while.
+            join = {"join": True} if self.role == "actor" else {}
             for i in range(self.config.num_actors):
-                self._start("actor", i, self.resume.for_role("actor", i, self.config.num_actors))
+                self._start("actor", i, {**self.resume.for_role("actor", i, self.config.num_actors), **join})
 
     def _start(self, role: str, index: int, resume: dict) -> None:
         name = process_name(role, index)
@@ -210,29 +214,42 @@ class Supervisor:
 
     def _print_role(self) -> None:
         c = self.config
-        host = f"[{c.host}]" if ":" in c.host else c.host
         if self.role == "all":
             print(f"mario-apex: env {c.env_id}, {c.num_actors} actor(s); Ctrl+C stops everything cleanly", flush=True)
             return
-        if "replay" in self.roles or "learner" in self.roles:
+        if self.role != "actor":
             what = " and ".join(r if r == "learner" else "replay server" for r in self.roles)
-            print(f"mario-apex: {what} on {host}:{c.base_port} (ports {c.base_port}-{c.base_port + 2}, "
-                  f"{'CurveZMQ keys' if self.keys else 'no keys'}); actors join with: python launch.py --role actor "
-                  f"--learner {host}:{c.base_port}{' --keys <DIR>/actor' if self.keys else ''}", flush=True)
+            print(f"mario-apex: {what} on {c.bind_address('replay_in' if 'replay' in self.roles else 'weights')} "
+                  f"({'CurveZMQ keys' if self.keys else 'no keys'}); actors join with: {self._join_command()}",
+                  flush=True)
             print("mario-apex: Ctrl+C stops this side (final checkpoint; connected actors play on)", flush=True)
         else:
             target = c.learner_address or f"{host}:{c.base_port}"
             print(f"mario-apex: env {c.env_id}, {c.num_actors} actor(s) feeding the learner side at {target}; "
                   "Ctrl+C stops this side (the learner keeps running and waits)", flush=True)
 
+    def _join_command(self) -> str:
+        """The actor side's command line for this learner side."""
+        c = self.config
+        host = "<this machine's address>" if c.host in LOCAL_FOR_ANY else f"[{c.host}]" if ":" in c.host else c.host
+        here = f"{host}:{c.base_port}"
+        if self.role == "replay":
+            where = f"--replay {here} --learner <the learner's address>"
+        elif c.replay_address:
+            where = f"--learner {here} --replay {c.replay_address}"
+        else:
+            where = f"--learner {here}"
+        return f"python launch.py --role actor {where}{' --keys <DIR>/actor' if self.keys else ''}"
+
     def _monitor(self) -> None:
         while self.stop_reason is None:
             self._drain_reports(POLL_MS)
             self._check_children()
             c = self.config
-            if "actor" not in self.roles:      # step and episode limits count where actors run
-                if c.max_minutes and time.monotonic() - self.status.started >= c.max_minutes * 60:
-                    self.stop_reason = "reached --max-minutes"
+            if c.max_minutes and time.monotonic() - self.status.started >= c.max_minutes * 60:
+                self.stop_reason = "reached --max-minutes"
+            elif "actor" not in self.roles:      # step and episode limits count where actors run
+                pass
             elif self.status.done_actors >= set(range(c.num_actors)):
                 self.stop_reason = "reached --max-steps" if c.max_steps and self.status.session_steps >= c.max_steps \
                     else "reached --max-episodes" if c.max_episodes else "actors finished"
@@ -240,8 +257,6 @@ class Supervisor:
                 self.stop_reason = "reached --max-episodes"
             elif c.max_steps and self.status.session_steps >= c.max_steps:
                 self.stop_reason = "reached --max-steps"
-            elif c.max_minutes and time.monotonic() - self.status.started >= c.max_minutes * 60:
-                self.stop_reason = "reached --max-minutes"
             self.console.update(self.status)
 
     def _drain_reports(self, timeout_ms: int) -> None:
@@ -294,7 +309,10 @@ class Supervisor:
                          f"restarting it ({self.restarts[name]} of {self.config.actor_restarts})", error=True)
         self.failures.pop(name, None)
         index = int(name.split("-")[1])
-        resume = {**self.resume.for_role("actor", index, self.config.num_actors), **self.status.actor_counters(index)}
+        start = self.resume.for_role("actor", index, self.config.num_actors)
+        counters = self.status.actor_counters(index)
+        resume = {**start, **counters, "steps": max(int(start.get("steps", 0)), counters["steps"]),
+                  "epsilon_origin": int(start.get("steps", 0))}   # a reset exploration keeps its origin
         self._start("actor", index, resume)
 
     def _reason(self, name: str) -> str:

@@ -26,7 +26,6 @@ from learner.learning import DQNLearner
 POLL_MS = 100
 REPUBLISH_S = 5.0
 SNAPSHOT_TIMEOUT_S = 5.0
-REQUEST_AGAIN_S = 10.0     # no batch for this long: the replay server may have restarted and lost our requests
 
 
 class LearnerService:
@@ -48,7 +47,7 @@ class LearnerService:
         self._weights_msg = b""
         self.last_publish = 0.0
         self.in_flight = 0
-        self._last_batch = time.monotonic()
+        self._replay_connects = 0      # handshakes with a replay server so far (a new one forgets our requests)
         self.dropped = 0
         self.wait_s = 0.0
         self._rate_mark = (time.monotonic(), 0)
@@ -87,7 +86,6 @@ class LearnerService:
             return None
         if msg["t"] == "batch":
             self.in_flight = max(0, self.in_flight - 1)
-            self._last_batch = time.monotonic()
             if train:
                 if self.learner.updates == 0:
                     self.rt.log("first batch arrived: training")
@@ -95,8 +93,11 @@ class LearnerService:
         return msg
 
     def _request_batches(self) -> None:
-        if time.monotonic() - self._last_batch > REQUEST_AGAIN_S:
-            self.in_flight, self._last_batch = 0, time.monotonic()    # ask again; extra answers are trained on
+        connects = self.rt.transport.connects(self.dealer)
+        if connects > self._replay_connects:      # (re)connected: a restarted replay server lost our requests
+            if self._replay_connects:
+                self.in_flight = 0
+            self._replay_connects = connects
         request = encode("sample", batch_size=self.config.batch_size, beta=self.learner.beta())
         while self.in_flight < self.config.prefetch_batches:
             self.dealer.send(request)

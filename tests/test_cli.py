@@ -51,6 +51,8 @@ def test_help_config_lists_every_field_with_its_doc(tmp_path):
     (("--role", "actor", "--learner", "gpu-box:x"), "--learner: the port in 'gpu-box:x' is not a number"),
     (("--role", "replay", "--replay", "a:1"), "--replay is for --role learner or --role actor"),
     (("--keys", "/nonexistent/keys"), "--keys /nonexistent/keys: no such folder"),
+    (("--role", "actor", "--resume", "runs"), "--resume is for the learner side: an actor side continues from the"),
+    (("--bind", "*"), "--bind: expected HOST[:PORT] with a port between 1 and 65533, got '*'"),
     (("--set", "epsilon_schedule=greedy"), "epsilon_schedule must be anneal or apex, got 'greedy'"),
     (("--set", "level_mode=random"), "level_mode must be sample or curriculum, got 'random'"),
 ])

@@ -213,7 +213,7 @@ def test_roles_on_one_machine_use_ipc():
     """By default a channel binds tcp and ipc, and a role on the same machine connects over ipc."""
     import tempfile
     config = Config(base_port=47_555)
-    ipc = f"ipc://{tempfile.gettempdir()}/mario-apex-47556.sock"
+    ipc = f"ipc://{tempfile.gettempdir()}/mario-apex-127.0.0.1-47556.sock"
     assert config.bind_addresses("replay_sample") == ["tcp://127.0.0.1:47556", ipc]
     assert config.connect_address("replay_sample") == ipc
     remote = Config(learner_address="10.0.0.2")

@@ -17,6 +17,8 @@ def test_create_keys_writes_one_folder_per_side(tmp_path):
                                                                              "server.key"]
     assert sorted(p.name for p in (tmp_path / "k" / "learner" / "authorized_clients").iterdir()) == \
         ["actor.key", "learner.key"]
+    for secret in (tmp_path / "k").rglob("*.key_secret"):
+        assert secret.stat().st_mode & 0o777 == 0o600, secret
     server = load_keys(learner, server=True, client=True)
     client = load_keys(actor, server=False, client=True)
     assert client.known_server == server.server_public and client.client_secret != server.client_secret

@@ -134,6 +134,9 @@ class Config:
     """Episodes between checkpoint.pth saves (0 = only the final checkpoint)."""
     device: str = "auto"
     """Learner device: auto (CUDA, then MPS, then CPU), cpu, cuda or mps."""
+    mixed_precision: bool = False
+    """Learner forward passes in float16 on CUDA (with loss scaling), bfloat16 elsewhere; the loss,
+    the TD targets and the weights stay float32."""
 
     # --- processes and network ---------------------------------------------------------
     host: str = "127.0.0.1"

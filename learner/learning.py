@@ -45,6 +45,13 @@ class DQNLearner:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, linear_decay(config.lr_end_factor, config.lr_decay_updates))
         self.updates = 0
+        # Mixed precision: autocast for the forward passes; on CUDA float16 with a gradient scaler.
+        cuda = device.type == "cuda"
+        self.autocast_dtype = torch.float16 if cuda else torch.bfloat16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cuda and config.mixed_precision)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.config.mixed_precision)
 
     def beta(self) -> float:
         """Importance-sampling exponent, annealed linearly from per_beta_start to 1."""
@@ -68,19 +75,22 @@ class DQNLearner:
         rewards_t, bootstraps_t = self._tensor(rewards), self._tensor(bootstraps)
         weights_t = self._tensor(weights)
 
-        q_all = self.online(obs)
+        with self._autocast():
+            q_all = self.online(obs).float()
+            with torch.no_grad():
+                next_q_target = self.target(next_obs).float()
+                next_q_online = self.online(next_obs).float() if self.config.double_dqn else None
         q = q_all.gather(1, actions_t.unsqueeze(1)).squeeze(1)
-        with torch.no_grad():
-            next_q_target = self.target(next_obs)
-            next_q_online = self.online(next_obs) if self.config.double_dqn else None
-            y = td_targets(rewards_t, bootstraps_t, next_q_target, next_q_online)
+        y = td_targets(rewards_t, bootstraps_t, next_q_target, next_q_online)
         td_error = y - q
         loss = (weights_t * F.smooth_l1_loss(q, y, reduction="none")).mean()
 
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)           # clip the true gradients (no-op without scaling)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.online.parameters(), self.config.grad_clip_norm)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.scheduler.step()
         self.updates += 1
         self._update_target()
@@ -105,6 +115,7 @@ class DQNLearner:
         return {"config": self.config.to_dict(),
                 "online": self.online.state_dict(), "target": self.target.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
                 "counters": {"updates": self.updates, **(counters or {})},
                 "rng": {"torch": torch.get_rng_state()}}
 
@@ -119,6 +130,8 @@ class DQNLearner:
             self.target.load_state_dict(state["target"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
+            if state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
             self.updates = int(state["counters"]["updates"])
             if "rng" in state:
                 torch.set_rng_state(state["rng"]["torch"])

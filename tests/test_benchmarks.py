@@ -12,7 +12,8 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("name, expected", [
     ("bench_actor", ["bare emulator, frame skip 4:", "actor loop, window+video off:", "actor loop, video on:"]),
     ("bench_replay", ["insert:", "sample+update batch  32:", "sample+update batch 256:"]),
-    ("bench_learner", ["learner batch  32:", "learner batch 256:"]),
+    ("bench_learner", ["learner batch  32,        float32:", "learner batch 256,        float32:",
+                       "learner batch  32, mixed bfloat16:"]),
     ("bench_checkpoint", ["replay snapshot:", "PASS:", "learner checkpoint:"]),
     ("bench_pipeline", ["learner batch  32:", "learner batch 256:", "weights publish->act:", "actors 1:", "actors 2:"]),
     ("bench_learning", ["test env solved:", "trained, greedy", "random policy", "untrained networks (start)"]),

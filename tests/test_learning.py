@@ -337,6 +337,24 @@ def test_repeated_steps_on_one_batch_reduce_the_loss(dueling):
     assert losses[-1] < 0.25 * losses[0], losses
 
 
+def test_mixed_precision_step_matches_full_precision_closely_and_learns():
+    """mixed_precision runs the forward passes in bfloat16 here (float16 with loss scaling on CUDA):
+    priorities and loss stay close to the float32 ones, and repeated steps still learn."""
+    batch = make_batch()
+    full, mixed = make_learner(per_eps=1e-3), make_learner(per_eps=1e-3, mixed_precision=True)
+    mixed.online.load_state_dict(full.online.state_dict())
+    mixed.target.load_state_dict(full.target.state_dict())
+    full_metrics, full_priorities = full.step(**batch)
+    mixed_metrics, mixed_priorities = mixed.step(**batch)
+    assert mixed_priorities.dtype == np.float64 and np.isfinite(mixed_priorities).all()
+    np.testing.assert_allclose(mixed_priorities, full_priorities, rtol=0.1, atol=0.02)
+    assert not np.array_equal(mixed_priorities, full_priorities), "the forward passes did run in bfloat16"
+    assert mixed_metrics["loss"] == pytest.approx(full_metrics["loss"], rel=0.1)
+    assert not mixed.scaler.is_enabled(), "loss scaling is for CUDA float16 only"
+    losses = [mixed.step(**batch)[0]["loss"] for _ in range(25)]
+    assert losses[-1] < 0.25 * losses[0], losses
+
+
 # --- target network ------------------------------------------------------------------------------------
 
 def test_target_network_syncs_exactly_every_n_updates():

@@ -245,19 +245,25 @@ class Supervisor:
         while self.stop_reason is None:
             self._drain_reports(POLL_MS)
             self._check_children()
-            c = self.config
-            if c.max_minutes and time.monotonic() - self.status.started >= c.max_minutes * 60:
-                self.stop_reason = "reached --max-minutes"
-            elif "actor" not in self.roles:      # step and episode limits count where actors run
-                pass
-            elif self.status.done_actors >= set(range(c.num_actors)):
-                self.stop_reason = "reached --max-steps" if c.max_steps and self.status.session_steps >= c.max_steps \
-                    else "reached --max-episodes" if c.max_episodes else "actors finished"
-            elif c.max_episodes and self.status.episodes >= c.max_episodes:
-                self.stop_reason = "reached --max-episodes"
-            elif c.max_steps and self.status.session_steps >= c.max_steps:
-                self.stop_reason = "reached --max-steps"
+            if self.stop_reason is None:
+                self.stop_reason = self._limit_reached()
             self.console.update(self.status)
+
+    def _limit_reached(self) -> str | None:
+        """Why the run is complete, if it is. Step and episode limits count where the actors run."""
+        c, status = self.config, self.status
+        if c.max_minutes and time.monotonic() - status.started >= c.max_minutes * 60:
+            return "reached --max-minutes"
+        if "actor" not in self.roles:
+            return None
+        if status.done_actors >= set(range(c.num_actors)):
+            return "reached --max-steps" if c.max_steps and status.session_steps >= c.max_steps \
+                else "reached --max-episodes" if c.max_episodes else "actors finished"
+        if c.max_episodes and status.episodes >= c.max_episodes:
+            return "reached --max-episodes"
+        if c.max_steps and status.session_steps >= c.max_steps:
+            return "reached --max-steps"
+        return None
 
     def _drain_reports(self, timeout_ms: int) -> None:
         if not self.reports.poll(timeout_ms, zmq.POLLIN):

@@ -82,7 +82,7 @@ class Transport:
         self._sockets.append(sock)
         if link is not None:
             if self.keys is not None:
-                self._secure(sock, server=bool(bind))
+                self._secure(sock, server=bool(binds))
             self._links[sock] = _Link(link, bool(binds), sock.get_monitor_socket(_WATCHED))
         where = connect
         try:

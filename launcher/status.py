@@ -48,8 +48,9 @@ class RunStatus:
         """What a restarted actor continues from: its steps, this launch's steps and episodes, and its
         curriculum level, from its latest progress report or episode, whichever is newer."""
         progress, episode = self.actors.get(index, {}), self.actor_episodes.get(index, {})
-        newest = lambda key, episode_key=None: max(int(progress.get(key, 0)),    # noqa: E731
-                                                   int(episode.get(episode_key or key, 0)))
+
+        def newest(key: str, episode_key: str | None = None) -> int:
+            return max(int(progress.get(key, 0)), int(episode.get(episode_key or key, 0)))
         return {"steps": newest("steps", "actor_steps"), "session_steps": newest("session_steps"),
                 "episodes": newest("episodes", "episode"), "level": newest("level")}
 

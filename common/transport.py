@@ -8,6 +8,7 @@ machines (`link="..."`) are also encrypted and authenticated with CurveZMQ when 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 import zmq
@@ -16,6 +17,7 @@ from zmq.utils.monitor import recv_monitor_message
 from common.keys import CurveKeys
 
 LINGER_MS = 500
+SETTLED_S = 1.0       # a connection open this long passed its handshake: refused ones close within milliseconds
 ADDRESS_IN_USE = "address already in use (is another run using these ports? try --base-port or --bind)"
 _REFUSALS = {
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the key is not authorized (wrong --keys?)",
@@ -46,9 +48,8 @@ class _Link:
     channel: str
     bound: bool
     monitor: zmq.Socket
-    handshaking: list = field(default_factory=list)   # file descriptors of new connections, oldest first
-    peers: set = field(default_factory=set)           # ... of those that passed their handshake
-    connects: int = 0                                 # handshakes passed so far
+    opened: dict = field(default_factory=dict)   # file descriptor -> when the open connection was made
+    connects: int = 0                            # handshakes passed so far
 
 
 class Transport:
@@ -117,9 +118,10 @@ class Transport:
             sock.curve_serverkey = keys.known_server
 
     def check_links(self) -> list[Refusal]:
-        """Update the connection counts of the links; returns the refused handshakes since the last
-        call (never blocks). A connection counts once its handshake passed (with keys: once it proved
-        an authorized key); a handshake event names no connection, so it goes to the oldest waiting one."""
+        """Update the connections of the links; returns the refused handshakes since the last call
+        (never blocks). Handshake events name no connection, so peers() counts the connections still
+        open SETTLED_S after this call first saw them: a refused one (wrong or no key) closes within
+        milliseconds."""
         refusals = []
         for link in self._links.values():
             while link.monitor.poll(0):
@@ -129,25 +131,20 @@ class Transport:
                     break
                 kind, value = event["event"], event["value"]
                 if kind in (zmq.EVENT_ACCEPTED, zmq.EVENT_CONNECTED):
-                    link.handshaking.append(value)
+                    link.opened[value] = time.monotonic()
                 elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                    if link.handshaking:
-                        link.peers.add(link.handshaking.pop(0))
                     link.connects += 1
                 elif kind == zmq.EVENT_DISCONNECTED:
-                    link.peers.discard(value)
-                    if value in link.handshaking:
-                        link.handshaking.remove(value)
+                    link.opened.pop(value, None)
                 elif kind in _REFUSALS:
-                    if link.handshaking:
-                        link.handshaking.pop(0)
                     endpoint = event["endpoint"].decode(errors="replace") if event.get("endpoint") else "?"
                     refusals.append(Refusal(link.channel, endpoint, link.bound, _REFUSALS[kind]))
         return refusals
 
     def peers(self, sock: zmq.Socket) -> int:
-        """Open, handshaken connections of a monitored socket, as of the last check_links() call."""
-        return len(self._links[sock].peers)
+        """Settled open connections of a monitored socket, as of the last check_links() call."""
+        settled = time.monotonic() - SETTLED_S
+        return sum(1 for opened in self._links[sock].opened.values() if opened <= settled)
 
     def connects(self, sock: zmq.Socket) -> int:
         """Handshakes a monitored socket has passed so far (a reconnection counts again)."""

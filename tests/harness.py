@@ -105,9 +105,11 @@ class LaunchedRun:
         return found
 
     def role_pids(self) -> dict[str, int]:
-        """Process name (replay, learner, actor-0, ...) -> pid, for this launcher's role processes."""
+        """Process name (replay, learner, actor-0, ...) -> pid, for this launcher's role processes: its
+        direct children (a replay snapshot's fork or a window process has the same or a similar name)."""
+        table = process_table()
         found = {}
-        for pid in self.descendants():
+        for pid in (pid for pid, (ppid, _) in table.items() if ppid == self.proc.pid):
             try:
                 with open(f"/proc/{pid}/comm") as f:
                     name = f.read().strip()

@@ -5,7 +5,7 @@ import pytest
 import zmq
 
 from common.keys import KeysError, create_keys, load_keys
-from common.transport import Transport
+from common.transport import SETTLED_S, Transport
 from tests.harness import free_base_port
 
 
@@ -60,7 +60,9 @@ def _exchange(server_keys, client_keys):
             server_refusals += server.check_links()
             client_refusals += client.check_links()
             time.sleep(0.05)
-        server.check_links()
+        server_refusals += server.check_links()
+        time.sleep(SETTLED_S + 0.1)             # a connection counts once it has settled
+        server_refusals += server.check_links()
         return received, server_refusals, client_refusals, server.peers(pull)
     finally:
         client.close()
@@ -96,3 +98,27 @@ def test_no_keys_against_a_keyed_server_is_refused(tmp_path):
 def test_no_keys_anywhere_is_plain_zeromq():
     received, server_refusals, client_refusals, peers = _exchange(None, None)
     assert received == b"hello" and not server_refusals and not client_refusals and peers == 1
+
+
+def test_only_the_authorized_client_counts_while_a_stranger_keeps_retrying(tmp_path):
+    """Refused connections (a keyless client retrying every 100 ms) never count as peers, however
+    their handshake events interleave with the authorized client's."""
+    learner, actor = create_keys(str(tmp_path))
+    address = f"tcp://127.0.0.1:{free_base_port()}"
+    server = Transport(1 << 20, load_keys(learner, True, False))
+    clients = [Transport(1 << 20, None), Transport(1 << 20, load_keys(actor, False, True)), Transport(1 << 20, None)]
+    try:
+        pull = server.socket(zmq.PULL, bind=address, link="replay-in")
+        for client in clients:
+            client.socket(zmq.PUSH, connect=address, link="replay-in")
+        counts, refusals = [], 0
+        deadline = time.monotonic() + 3 * SETTLED_S
+        while time.monotonic() < deadline:
+            refusals += len(server.check_links())
+            counts.append(server.peers(pull))
+            time.sleep(0.02)
+        assert refusals >= 4, "the strangers kept retrying"
+        assert counts[-1] == 1 and max(counts) == 1, counts
+    finally:
+        for transport in (*clients, server):
+            transport.close()

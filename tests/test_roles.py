@@ -1,4 +1,5 @@
-"""Roles in separate launchers (as on two machines, here over loopback), Curve keys, actor restarts."""
+"""Roles in separate launchers (as on two machines, here over loopback), actor restarts. Keys across
+two hosts: test_two_hosts.py; a learner-only environment and three launchers: test_learner_machine.py."""
 import os
 import re
 import signal
@@ -65,36 +66,6 @@ def test_learner_and_actor_sides_stop_and_restart_independently(launch):
         assert "exited unexpectedly" not in run.output()
 
 
-def test_curve_keys_admit_the_right_actor_and_refuse_others(launch, tmp_path):
-    """With keys, an actor with the matching keys trains the learner; one with another key set and
-    one with no keys are refused, with a clear line on both sides, and nothing crashes."""
-    for name in ("good", "other"):
-        result = subprocess.run([sys.executable, "launch.py", "keys", str(tmp_path / name)], cwd=REPO,
-                                capture_output=True, text=True, timeout=60)
-        assert result.returncode == 0, result.stderr
-    learner = launch("--role", "learner", "--keys", str(tmp_path / "good" / "learner"), *LEARNER_SIDE)
-    address = f"127.0.0.1:{learner.base_port}"
-    good = launch("--role", "actor", "--learner", address, "--keys", str(tmp_path / "good" / "actor"), *FAST_TEST_ENV)
-    learner.wait_for_updates(10)
-    good.wait_for(lambda: weights_update(good) > 0, 60, "weights reaching the actor with the right keys")
-
-    wrong = launch("--role", "actor", "--learner", address, "--keys", str(tmp_path / "other" / "actor"), *FAST_TEST_ENV)
-    none = launch("--role", "actor", "--learner", address, *FAST_TEST_ENV)
-    for run in (wrong, none):
-        run.wait_for(lambda: "refused this connection" in run.output(), 30, "the refusal on the actor side")
-    assert re.search(r"\[actor-0\] tcp://127\.0\.0\.1:\d+ \((replay-in|weights)\) refused this connection: ",
-                     wrong.output())
-    learner.wait_for(lambda: len(re.findall(r"refused a connection to (replay-in|weights)", learner.output())) >= 2,
-                     30, "refusals on the learner side")
-    assert weights_update(wrong) == 0 and weights_update(none) == 0, "refused actors never get weights"
-    updates = learner.status_value("updates")
-    learner.wait_for_updates(updates + 10)           # training goes on
-    for run in (wrong, none, good, learner):
-        run.interrupt()
-        assert run.wait(10) == 130, run.output()
-        assert "exited unexpectedly" not in run.output()
-
-
 def test_non_loopback_bind_needs_keys_or_insecure(tmp_path):
     result = subprocess.run([sys.executable, "launch.py", "--role", "learner", "--bind", "0.0.0.0:47999",
                              "--runs-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60)
@@ -134,24 +105,3 @@ def test_a_killed_actor_is_restarted_and_nothing_else_is(launch):
         spans.append((steps[0], steps[-1]))
     assert len(spans) == 2, spans
     assert spans[1][0] >= spans[0][1] > 0, spans
-
-
-def test_replay_server_learner_and_actors_in_three_launchers(launch):
-    """--role replay alone; --role learner --replay uses it (and starts none); the actors send to the
-    replay server and take weights from the learner."""
-    replay = launch("--role", "replay", *LEARNER_SIDE)
-    learner = launch("--role", "learner", "--replay", f"127.0.0.1:{replay.base_port}", *LEARNER_SIDE)
-    actors = launch("--role", "actor", "--replay", f"127.0.0.1:{replay.base_port}",
-                    "--learner", f"127.0.0.1:{learner.base_port}", *FAST_TEST_ENV)
-    learner.wait_for_updates(20, timeout=120)
-    actors.wait_for(lambda: weights_update(actors) > 0, 60, "weights reaching the actors")
-    replay.wait_for(lambda: replay.status_value("replay") > 1000, 60, "the replay server storing experience")
-    assert set(replay.role_pids()) == {"replay"} and set(learner.role_pids()) == {"learner"}
-    assert "replay server on tcp://127.0.0.1:" in replay.output() and "learner on tcp://127.0.0.1:" in learner.output()
-    for run in (actors, learner, replay):
-        run.interrupt()
-        assert run.wait(10) == 130, run.output()
-        assert "exited unexpectedly" not in run.output()
-    assert (learner.run_dir / "checkpoint_final.pth").exists()
-    assert "saved checkpoint_final.pth WITHOUT replay memory" in learner.output()
-    assert not list(replay.run_dir.glob("*.replay.npz")), "no snapshot the checkpoint could not name"

@@ -14,7 +14,8 @@ pytestmark = pytest.mark.slow
 def _running_with_children(launch):
     run = launch(*FAST_TEST_ENV)
     run.wait_for_episodes(3)
-    run.wait_for(lambda: len(run.descendants()) >= 3, 30, "replay, learner and actor processes")
+    run.wait_for(lambda: {"replay", "learner", "actor-0"} <= set(run.role_pids()), 30,
+                 "named replay, learner and actor processes")
     run.track_processes()
     return run
 
@@ -54,31 +55,10 @@ def test_a_dying_child_stops_the_run_and_is_named(launch):
     """A child killed from outside: the launcher says which and why, stops the others, exits non-zero."""
     run = _running_with_children(launch)
     children = run.descendants()
-    learner_pid = _pid_of(run, "learner")
+    learner_pid = run.role_pids()["learner"]
     os.kill(learner_pid, signal.SIGKILL)
     assert run.wait(15) == 1, run.output()
     run.wait_gone(children, timeout=5)
     assert "learner exited unexpectedly (killed by SIGKILL)" in run.output()
     assert run.summary()["stop_reason"] == "learner stopped unexpectedly"
 
-
-def _pid_of(run, role: str) -> int:
-    """The pid of one role process, found through its command line (spawn names the entry point)."""
-    for pid in run.descendants():
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:
-            continue
-        if b"multiprocessing.spawn" in cmdline and _role_of(pid) == role:
-            return pid
-    raise AssertionError(f"no {role} process found")
-
-
-def _role_of(pid: int) -> str | None:
-    """Each role process renames its thread (see common/runtime.py) so tools like ps show it."""
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip().removeprefix("mario-")
-    except OSError:
-        return None

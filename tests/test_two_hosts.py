@@ -1,11 +1,13 @@
 """A learner machine and an actor machine: two network namespaces joined by a veth pair (private test
-addresses, nothing leaves this machine), with CurveZMQ keys over a real non-loopback link.
+addresses, nothing leaves this machine), with CurveZMQ keys over a real non-loopback link: the right
+keys train, no keys and another key set are refused with a line on both sides.
 
-Needs root and iproute2, as CI has; elsewhere the loopback tests in test_roles.py cover the same
-behaviour without the second host.
+Needs root and iproute2, as CI has; elsewhere test_roles.py covers the roles over loopback and
+test_keys.py the key checks on real loopback sockets.
 """
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -51,23 +53,34 @@ def two_hosts():
 
 def test_learner_and_actor_on_two_hosts_with_keys(launch, tmp_path, two_hosts):
     (learner_ns, learner_ip), (actor_ns, _) = two_hosts
-    result = subprocess.run([sys.executable, "launch.py", "keys", str(tmp_path / "keys")], cwd=REPO,
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
+    for name in ("keys", "other"):
+        result = subprocess.run([sys.executable, "launch.py", "keys", str(tmp_path / name)], cwd=REPO,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
     learner = launch("--role", "learner", "--bind", learner_ip, "--keys", str(tmp_path / "keys" / "learner"),
                      *LEARNER_SIDE, prefix=("ip", "netns", "exec", learner_ns))
     address = f"{learner_ip}:{learner.base_port}"
     actors = launch("--role", "actor", "--learner", address, "--keys", str(tmp_path / "keys" / "actor"),
                     *FAST_TEST_ENV, prefix=("ip", "netns", "exec", actor_ns))
     stranger = launch("--role", "actor", "--learner", address, *FAST_TEST_ENV, prefix=("ip", "netns", "exec", actor_ns))
+    foreign = launch("--role", "actor", "--learner", address, "--keys", str(tmp_path / "other" / "actor"),
+                     *FAST_TEST_ENV, prefix=("ip", "netns", "exec", actor_ns))
 
     learner.wait_for_updates(20, timeout=120)
     actors.wait_for(lambda: weights_update(actors) > 0, 60, "weights crossing to the actor host")
     learner.wait_for(lambda: learner.status_value("replay") > 2000, 60, "the replay memory growing")
-    stranger.wait_for(lambda: "refused this connection" in stranger.output(), 30, "the keyless actor refused")
-    assert weights_update(stranger) == 0
-    stranger.interrupt()
-    assert stranger.wait(10) == 130, stranger.output()
+    for refused in (stranger, foreign):        # no keys, and another key set
+        refused.wait_for(lambda: "refused this connection" in refused.output(), 30, "the refusal on the actor side")
+        assert re.search(r"\[actor-0\] tcp://[\d.]+:\d+ \((replay-in|weights)\) refused this connection: ",
+                         refused.output()), refused.output()
+    learner.wait_for(lambda: len(re.findall(r"refused a connection to (replay-in|weights)", learner.output())) >= 2,
+                     30, "refusals on the learner side")
+    assert weights_update(stranger) == 0 and weights_update(foreign) == 0, "refused actors never get weights"
+    updates = learner.status_value("updates")
+    learner.wait_for_updates(updates + 10)     # training goes on
+    for refused in (stranger, foreign):
+        refused.interrupt()
+        assert refused.wait(10) == 130, refused.output()
 
     learner.interrupt()                      # the learner side first: final checkpoint, actors play on
     assert learner.wait(10) == 130, learner.output()
@@ -77,5 +90,5 @@ def test_learner_and_actor_on_two_hosts_with_keys(launch, tmp_path, two_hosts):
     actors.wait_for_episodes(episodes + 20)
     actors.interrupt()
     assert actors.wait(10) == 130, actors.output()
-    for run in (learner, actors, stranger):
+    for run in (learner, actors, stranger, foreign):
         assert "exited unexpectedly" not in run.output() and "Traceback" not in run.output()

@@ -80,7 +80,7 @@ def test_sigkill_of_the_actor_leaves_a_playable_run_video(launch):
     run = launch(*WITH_VIDEO, "--set", "learning_starts=20000")
     run.wait_for(lambda: (run.runs_dir.exists() and any(run.runs_dir.glob("*_run/mario_run.mp4"))
                           and run.status_value("steps") >= 600), 60, "600 steps recorded")
-    actor = next(pid for pid in run.descendants() if _comm(pid) == "mario-actor-0")
+    actor = run.role_pids()["actor-0"]
     os.kill(actor, signal.SIGKILL)
     run.wait_for(lambda: "actor-0 exited unexpectedly (killed by SIGKILL); restarting it (1 of 3)" in run.output(),
                  15, "the restart")
@@ -123,10 +123,3 @@ def test_full_disk_stops_recording_but_not_training(launch, tmp_path):
     finally:
         subprocess.run(["umount", "-l", str(disk)])
 
-
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return ""

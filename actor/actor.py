@@ -39,13 +39,13 @@ class Actor:
         self.rt = runtime
         c = self.config = runtime.config
         self.index = runtime.index
-        self.env = make_env(c, seed=c.seed + self.index)
+        self.env = make_env(c, seed=c.seed + c.run_actor(self.index))
         if self.env.action_space.n != c.num_actions:
             raise ValueError(f"{c.env_id} has {self.env.action_space.n} actions but num_actions is {c.num_actions}")
         self.frame_skip = find_wrapper(self.env, FrameSkip)
         self.curriculum = self._make_curriculum()
         self.net = build_network(c).eval()
-        self.rng = np.random.default_rng(c.seed + self.index)
+        self.rng = np.random.default_rng(c.seed + c.run_actor(self.index))
         self.push = runtime.transport.socket(zmq.PUSH, connect=c.connect_address("replay_in"), hwm=1000,
                                              link="replay-in")
         self.sub = runtime.transport.socket(zmq.SUB, connect=c.connect_address("weights"), conflate=True,

@@ -80,7 +80,7 @@ class Config:
     apex_alpha: float = 7.0
     """... and the exponent spread (the last actor gets apex_epsilon ** (1 + apex_alpha))."""
     seed: int = 0
-    """Base random seed; actor i uses seed + i."""
+    """Base random seed; actor i uses seed + first_actor + i."""
 
     # --- replay ------------------------------------------------------------------------
     replay_capacity: int = 100_000
@@ -176,6 +176,11 @@ class Config:
     """Stop cleanly after this many minutes of wall time (0 = no limit)."""
     num_actors: int = 1
     """Actor processes to start."""
+    first_actor: int = 0
+    """With actors on several machines: the run-wide number of this launcher's first actor, so seeds and
+    Ape-X epsilons differ between machines (e.g. 0 on the first machine of 4 actors, 4 on the second)."""
+    total_actors: int = 0
+    """With actors on several machines: all actors of the run, the N of the Ape-X schedule (0 = num_actors)."""
 
     # ------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -190,10 +195,13 @@ class Config:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         non_negative = ("eval_every_episodes", "epsilon_decay_steps", "learning_starts", "checkpoint_every_episodes",
-                        "max_episodes", "max_steps", "seed", "actor_restarts")
+                        "max_episodes", "max_steps", "seed", "actor_restarts", "first_actor", "total_actors")
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.total_actors and self.first_actor + self.num_actors > self.total_actors:
+            raise ConfigError(f"actors {self.first_actor}..{self.first_actor + self.num_actors - 1} do not fit in "
+                              f"total_actors={self.total_actors}")
         unit = ("eval_epsilon", "epsilon_start", "epsilon_end", "per_alpha", "per_beta_start", "lr_end_factor", "target_tau",
                 "apex_epsilon")
         for name in unit:
@@ -268,10 +276,14 @@ class Config:
             return self.local_address(channel)
         return _tcp(LOCAL_FOR_ANY.get(self.host, self.host), self.base_port + PORT_OFFSETS[channel])
 
+    def run_actor(self, actor: int) -> int:
+        """The run-wide number of this launcher's actor `actor` (they differ between actor machines)."""
+        return self.first_actor + actor
+
     def apex_epsilon_of(self, actor: int) -> float:
-        """Ape-X's fixed epsilon of actor `actor` among num_actors."""
-        n = self.num_actors
-        return self.apex_epsilon ** (1 + self.apex_alpha * actor / (n - 1)) if n > 1 else self.apex_epsilon
+        """Ape-X's fixed epsilon of this launcher's actor `actor`, among all the run's actors."""
+        n, i = self.total_actors or self.num_actors, self.run_actor(actor)
+        return self.apex_epsilon ** (1 + self.apex_alpha * i / (n - 1)) if n > 1 else self.apex_epsilon
 
     # --- (de)serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -265,6 +265,17 @@ def test_apex_epsilons():
     assert Config(num_actors=1).apex_epsilon_of(0) == pytest.approx(0.4)
 
 
+def test_actors_on_two_machines_share_one_apex_schedule():
+    """4 actors on each of two machines (first_actor 0 and 4, total_actors 8) get the 8 distinct
+    epsilons one 8-actor launcher would, and distinct run-wide numbers (their seeds)."""
+    single = [Config(num_actors=8).apex_epsilon_of(i) for i in range(8)]
+    machines = [Config(num_actors=4, first_actor=first, total_actors=8) for first in (0, 4)]
+    assert [m.apex_epsilon_of(i) for m in machines for i in range(4)] == pytest.approx(single)
+    assert [m.run_actor(i) for m in machines for i in range(4)] == list(range(8))
+    with pytest.raises(ConfigError, match=r"actors 4\.\.7 do not fit in total_actors=6"):
+        Config(num_actors=4, first_actor=4, total_actors=6)
+
+
 def test_describe_has_a_doc_for_every_field():
     """--help-config lists every field, in order, with its type, default and a non-empty docstring."""
     rows = Config.describe()

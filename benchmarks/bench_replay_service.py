@@ -27,6 +27,7 @@ from common.protocol import decode_parts, encode
 FRAME_SIZE, FRAME_STACK, N_STEP, CHUNK, NUM_ACTIONS = 84, 4, 3, 64, 7
 POOL = 16                  # distinct pre-encoded chunks, sent round-robin (encoding is not measured)
 IN_FLIGHT = 2              # sample requests the client keeps outstanding, like the learner
+TRANSITIONS_PER_REQUEST = Config.transitions_per_request   # the learner's default
 BETA = 0.4
 WARMUP_BATCHES = 5
 REPLY_TIMEOUT_S = 60.0
@@ -52,11 +53,16 @@ def expected_frames(chunks: list[dict], transition_id: int) -> np.ndarray:
 
 
 # --- the learner-side client (its own process) ----------------------------------------------------
-def sample_client(address: str, max_bytes: int, batch_sizes: tuple[int, ...], seconds: float, conn) -> None:
-    """Keeps IN_FLIGHT "sample" requests outstanding, decodes every "batch", sends its priorities.
+def sample_client(address: str, max_bytes: int, batch_sizes: tuple[int, ...], seconds: float, shared: bool,
+                  conn) -> None:
+    """Keeps IN_FLIGHT "sample" requests outstanding and takes their batches as the learner does
+    (learner/replay_batches.py: TRANSITIONS_PER_REQUEST per request, shuffled and split into batches,
+    frames from the server's shared memory when `shared`, else from the message), and sends their
+    priorities with the next request, as the learner does.
 
     Waits for "go" on conn, then sends back {batch_size: transitions/s} plus the first batch's ids
     and frames (for a correctness check)."""
+    from learner.replay_batches import ReplayBatches
     context = zmq.Context()
     dealer = context.socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 0)
@@ -65,36 +71,60 @@ def sample_client(address: str, max_bytes: int, batch_sizes: tuple[int, ...], se
     dealer.setsockopt(zmq.RCVHWM, 100)
     dealer.connect(address)
     rng = np.random.default_rng(1)
+
+    def receive(expect: tuple[str, ...]) -> dict:
+        if not dealer.poll(int(REPLY_TIMEOUT_S * 1000), zmq.POLLIN):
+            raise RuntimeError(f"no answer from the replay server within {REPLY_TIMEOUT_S:.0f} s")
+        return decode_parts([f.buffer for f in dealer.recv_multipart(copy=False)], max_bytes, expect=expect)
+
+    def reader(batch_size: int) -> ReplayBatches:
+        batches = ReplayBatches(batch_size, TRANSITIONS_PER_REQUEST, FRAME_STACK, FRAME_SIZE, shared, lambda _: None)
+        if shared:
+            dealer.send(batches.attach_request())
+            batches.on_frame_ring(receive(("frame_ring",)))
+            if batches.ring is None:
+                raise RuntimeError(f"could not map the replay server's frame ring: {batches._told}")
+        return batches
+
     conn.send("ready")
     try:
         if conn.recv() != "go":
             return
-        results: dict = {}
+        results: dict = {"torn": 0}
         for batch_size in batch_sizes:
-            request = encode("sample", batch_size=batch_size, beta=BETA)
+            batches = reader(batch_size)
             for _ in range(IN_FLIGHT):
-                dealer.send(request)
+                dealer.send(batches.sample_request(BETA))
             in_flight, received, counted, start, last = IN_FLIGHT, 0, 0, 0.0, 0.0
             while in_flight:
-                if not dealer.poll(int(REPLY_TIMEOUT_S * 1000), zmq.POLLIN):
-                    raise RuntimeError(f"no batch from the replay server within {REPLY_TIMEOUT_S:.0f} s")
-                msg = decode_parts([f.buffer for f in dealer.recv_multipart(copy=False)], max_bytes, expect=("batch",))
+                msg = receive(("batch", "batch_shared"))
                 in_flight -= 1
+                taken = batches.batches(msg)
+                if not taken:
+                    dealer.send(batches.sample_request(BETA))
+                    in_flight += 1
+                    continue
                 now = time.perf_counter()
-                if msg["frames"].shape != (batch_size, 2 * FRAME_STACK, FRAME_SIZE, FRAME_SIZE):
-                    raise RuntimeError(f"batch frames have shape {msg['frames'].shape}")
-                dealer.send(encode("priorities", ids=msg["ids"], priorities=rng.random(batch_size) + 1e-3))
-                if received == 0 and "ids" not in results:
-                    results["ids"], results["frames"] = msg["ids"].copy(), msg["frames"].copy()
+                if taken[0]["frames"].shape != (batch_size, 2 * FRAME_STACK, FRAME_SIZE, FRAME_SIZE):
+                    raise RuntimeError(f"batch frames have shape {taken[0]['frames'].shape}")
+                ids = np.concatenate([b["ids"] for b in taken])
+                priorities = rng.random(len(ids)) + 1e-3
+                if "ids" not in results:
+                    results["ids"], results["frames"] = taken[0]["ids"].copy(), taken[0]["frames"].copy()
                 received += 1
                 if received == WARMUP_BATCHES:
                     start = now
                 elif received > WARMUP_BATCHES:
-                    counted, last = counted + 1, now
-                if received <= WARMUP_BATCHES or now - start < seconds or counted < 3:
-                    dealer.send(request)     # keep IN_FLIGHT requests outstanding until time is up
+                    counted, last = counted + len(ids), now
+                if received <= WARMUP_BATCHES or now - start < seconds or counted < 3 * len(ids):
+                    # keep IN_FLIGHT requests outstanding until time is up; they carry the priorities
+                    dealer.send(batches.sample_request(BETA, ids, priorities))
                     in_flight += 1
-            results[batch_size] = counted * batch_size / (last - start)
+                else:
+                    dealer.send(encode("priorities", ids=ids, priorities=priorities))
+            results[batch_size] = counted / (last - start)
+            results["torn"] += batches.torn
+            batches.close()
         conn.send(results)
     finally:
         dealer.close(linger=0)
@@ -124,7 +154,7 @@ class Poller:
         return int(decode_parts(parts, self.config.max_message_bytes, expect=("batch",))["stats"]["inserted"])
 
 
-def bench_ours(capacity: int, seconds: float, chunks: list[dict]) -> dict:
+def bench_ours(capacity: int, seconds: float, chunks: list[dict], shared: bool) -> dict:
     from launcher.supervisor import role_entry
     config = Config(base_port=free_base_port(), replay_capacity=capacity, learning_starts=CHUNK,
                     samples_per_insert=0.0, chunk_size=CHUNK, n_step=N_STEP, frame_size=FRAME_SIZE,
@@ -139,7 +169,7 @@ def bench_ours(capacity: int, seconds: float, chunks: list[dict]) -> dict:
     parent_conn, child_conn = ctx.Pipe()
     client = ctx.Process(target=sample_client, name="sample-client", daemon=True,
                          args=(config.connect_address("replay_sample"), config.max_message_bytes, (32, 256), seconds,
-                               child_conn))
+                               shared, child_conn))
     context = zmq.Context()
     result = {}
     try:
@@ -172,6 +202,7 @@ def bench_ours(capacity: int, seconds: float, chunks: list[dict]) -> dict:
             if not np.array_equal(sampled["frames"][i], expected_frames(chunks, int(transition_id))):
                 raise RuntimeError(f"ours: transition {transition_id} came back with the wrong frames")
         result.update({b: sampled[b] for b in (32, 256)})
+        result["torn"] = sampled["torn"]
         return result
     finally:
         stop.set()
@@ -248,11 +279,14 @@ def main() -> None:
     cpprb = import_cpprb()
     print(f"machine: {machine()}")
     rng = np.random.default_rng(0)
-    ours = bench_ours(capacity, seconds, make_chunks(rng))
+    chunks = make_chunks(rng)
+    ours = bench_ours(capacity, seconds, chunks, shared=True)
+    remote = bench_ours(capacity, seconds, chunks, shared=False)
     theirs, cpprb_layout = bench_cpprb(cpprb, capacity, seconds, rng)
     print(f"replay service vs cpprb: capacity {capacity:,}, {FRAME_STACK}x{FRAME_SIZE}x{FRAME_SIZE} uint8 stacks, "
           f"frames stored once; ours: server process, chunks of {CHUNK} ({N_STEP}-step) over ZeroMQ, batches "
-          f"(B, {2 * FRAME_STACK}, {FRAME_SIZE}, {FRAME_SIZE}) to a client process; {cpprb_layout}, in-process")
+          f"(B, {2 * FRAME_STACK}, {FRAME_SIZE}, {FRAME_SIZE}) to a client process that reads their frames from the "
+          f"server's shared memory as a learner on this machine does; {cpprb_layout}, in-process")
     missed = []
     for key, label in (("insert", "inserts:"), (32, "sample+update batch  32:"), (256, "sample+update batch 256:")):
         ratio = ours[key] / theirs[key]
@@ -261,6 +295,9 @@ def main() -> None:
         print(f"{label:<25} ours {ours[key]:9.0f} transitions/s   cpprb {theirs[key]:9.0f} transitions/s   "
               f"ours/cpprb {ratio:5.2f}x")
     print(f"goal >= 1.0: {'met on every figure' if not missed else 'missed on ' + ', '.join(missed)}")
+    print(f"torn batches (frames overwritten while read, dropped): {ours['torn']}")
+    print("frames inside the messages instead (a learner on another machine): "
+          + ", ".join(f"batch {b} {remote[b]:.0f} transitions/s ({remote[b] / theirs[b]:.2f}x)" for b in (32, 256)))
 
 
 if __name__ == "__main__":

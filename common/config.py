@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 
 TEST_ENV_ID = "MarioApexTest-v0"
 """Id of the tiny built-in test environment (see common/test_env.py)."""
+MAX_SAMPLE_BATCH = 4096    # transitions in one sample request
 MAX_N_STEP = 16
 """Largest n_step; bounds how many context frames a transitions chunk may carry."""
 
@@ -130,6 +131,9 @@ class Config:
     """Learner updates between weight broadcasts to the actors."""
     prefetch_batches: int = 2
     """Sample requests the learner keeps in flight so it never waits for data."""
+    transitions_per_request: int = 256
+    """Smaller batches are fetched several per request (shuffled, then split): ZeroMQ's per-message cost
+    is shared, which lets batch-32 sampling keep pace with an in-process buffer. 0: one per request."""
     checkpoint_every_episodes: int = 50
     """Episodes between checkpoint.pth saves (0 = only the final checkpoint)."""
     device: str = "auto"
@@ -151,6 +155,9 @@ class Config:
     local_ipc: bool = True
     """Roles on the same machine talk over ipc:// (Unix domain sockets, faster than loopback TCP for
     the large sample batches); roles on other machines over tcp://. Chosen automatically."""
+    shared_frames: bool = True
+    """A learner on the replay server's machine reads batch frames from the server's shared memory
+    (Linux), so only frame numbers cross ZeroMQ: the replay service then keeps up with small batches."""
     pause_without_actors: bool = True
     """The replay server stops serving batches while no actor is connected, so a learner whose actors
     stopped waits for new experience instead of overfitting the old."""
@@ -245,6 +252,9 @@ class Config:
                               f"({self.replay_capacity})")
         if self.batch_size > self.replay_capacity:
             raise ConfigError(f"batch_size ({self.batch_size}) exceeds replay_capacity ({self.replay_capacity})")
+        for name in ("batch_size", "transitions_per_request"):
+            if not 0 <= getattr(self, name) <= MAX_SAMPLE_BATCH:
+                raise ConfigError(f"{name} must be between 0 and {MAX_SAMPLE_BATCH}, got {getattr(self, name)}")
 
     # --- addresses -----------------------------------------------------------------------
     def bind_endpoint(self, channel: str) -> tuple[str, int]:

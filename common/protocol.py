@@ -34,12 +34,21 @@ SCHEMAS: dict[str, dict[str, str]] = {
     # actor -> replay server and launcher: one finished episode.
     "episode": {"actor": "int", "episode": "int", "reward": "float", "steps": "int", "x_pos": "int",
                 "flag": "bool", "epsilon": "float", "actor_steps": "int"},
-    # learner -> replay server: ask for a batch; the reply is "batch".
-    "sample": {"batch_size": "int", "beta": "float"},
+    # learner -> replay server: ask for a batch; the reply is "batch", or "batch_shared" when asked
+    # by a learner that maps the server's frame ring (see common/shared_frames.py). It may carry the
+    # previous batch's new priorities (as "priorities" does): one message instead of two per batch.
+    "sample": {"batch_size": "int", "beta": "float", "shared?": "bool", "ids?": "array", "priorities?": "array"},
     # replay server -> learner
     # frames (B, 2S, H, W): obs = [:, :S], next obs = [:, S:]
     "batch": {"ids": "array", "frames": "array", "actions": "array", "rewards": "array",
               "bootstraps": "array", "weights": "array", "stats": "numbers"},
+    # the same without frames: frame_numbers (B, 2S) int64 say which frames of the ring `ring` (its token)
+    "batch_shared": {"ids": "array", "frame_numbers": "array", "ring": "int", "actions": "array",
+                     "rewards": "array", "bootstraps": "array", "weights": "array", "stats": "numbers"},
+    # learner -> replay server: where is your frame ring? The reply, "frame_ring", is what
+    # SharedFrames needs to map it (fd -1: not shared).
+    "attach_frames": {},
+    "frame_ring": {"pid": "int", "fd": "int", "token": "int", "frames": "int", "size": "int"},
     # learner -> replay server: new priorities for the transitions with these ids.
     "priorities": {"ids": "array", "priorities": "array"},
     # learner -> replay server: snapshot the buffer now into <run folder>/<name> (a plain file name);

@@ -59,7 +59,9 @@ class DQNLearner:
         return c.per_beta_start + (1.0 - c.per_beta_start) * min(1.0, self.updates / c.per_beta_updates)
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(np.array(array))    # a writable copy: network buffers are read-only
+        if not (array.flags.writeable and array.flags.c_contiguous):
+            array = np.array(array)                   # a writable copy: network buffers are read-only
+        tensor = torch.from_numpy(array)
         if self.device.type == "cuda":
             tensor = tensor.pin_memory()
         return tensor.to(self.device, non_blocking=True)

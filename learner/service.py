@@ -2,7 +2,9 @@
 
 Sockets (addresses from the config):
 - replay_sample, DEALER (connects): keeps `prefetch_batches` "sample" requests in flight so the
-  next batch is on its way while this one trains; "priorities" are sent without waiting.
+  next batches are on their way while these train; their priorities go without waiting, on the
+  next request. Small batches come several per request, and on the replay server's machine their
+  frames are read from the server's shared memory (replay_batches.py).
 - weights, PUB (bound): "weights" messages after every `publish_every` updates, at start, and
   again every few seconds so actors that join late get them; "bye" when it stops.
 Checkpoints: checkpoint.pth every `checkpoint_every_episodes` episodes, checkpoint_final.pth on stop,
@@ -13,6 +15,7 @@ from __future__ import annotations
 import os
 import time
 
+import numpy as np
 import torch
 import zmq
 
@@ -20,6 +23,7 @@ from common.metrics import Metrics
 from common.network import weights_to_arrays
 from common.protocol import ProtocolError, decode_parts, encode
 from common.runtime import RoleRuntime
+from learner.replay_batches import ReplayBatches
 from learner.device import pick_device
 from learner.learning import DQNLearner
 
@@ -40,6 +44,9 @@ class LearnerService:
         self.dealer = runtime.transport.socket(zmq.DEALER, connect=c.connect_address("replay_sample"), hwm=100,
                                                link="replay-sample")
         self.pub = runtime.transport.socket(zmq.PUB, bind=c.bind_addresses("weights"), hwm=2, link="weights")
+        local = c.connect_address("replay_sample").startswith("ipc://")
+        self.batches = ReplayBatches(c.batch_size, c.transitions_per_request, c.frame_stack, c.frame_size,
+                                     c.shared_frames and local, runtime.log, seed=c.seed)
         self.metrics = Metrics(run_dir, ".learner", runtime.log)
         self.replay_stats: dict = {}
         self.weights_version = 0
@@ -79,44 +86,62 @@ class LearnerService:
         try:
             frames = self.dealer.recv_multipart(copy=False)          # big arrays arrive as their own parts
             msg = decode_parts([f.buffer for f in frames], self.config.max_message_bytes,
-                               expect=("batch", "snapshot_done"))
+                               expect=("batch", "batch_shared", "snapshot_done", "frame_ring"))
+            if msg["t"] in ("batch", "batch_shared"):
+                self.in_flight = max(0, self.in_flight - 1)
+                msg["batches"] = self.batches.batches(msg)
         except ProtocolError as exc:
             self.dropped += 1
             self.rt.log(f"dropped a bad message from the replay server ({exc})")
             return None
-        if msg["t"] == "batch":
-            self.in_flight = max(0, self.in_flight - 1)
-            if train:
-                if self.learner.updates == 0:
-                    self.rt.log("first batch arrived: training")
-                self._train(msg)
+        if msg["t"] == "frame_ring":
+            self.batches.on_frame_ring(msg)
+        elif msg["t"] in ("batch", "batch_shared") and msg["batches"] and train:
+            if self.learner.updates == 0:
+                self.rt.log("first batch arrived: training")
+            self._train(msg)
         return msg
 
     def _request_batches(self) -> None:
         connects = self.rt.transport.connects(self.dealer)
-        if connects > self._replay_connects:      # (re)connected: a restarted replay server lost our requests
-            if self._replay_connects:
-                self.in_flight = 0
-            self._replay_connects = connects
-        request = encode("sample", batch_size=self.config.batch_size, beta=self.learner.beta())
+        if connects > self._replay_connects or self.batches.reattach:
+            if connects > self._replay_connects:      # (re)connected: a restarted replay server lost our requests
+                if self._replay_connects:
+                    self.in_flight = 0
+                self._replay_connects = connects
+            attach = self.batches.attach_request()
+            if attach is not None:
+                self.dealer.send(attach)
+        request = self.batches.sample_request(self.learner.beta())
         while self.in_flight < self.config.prefetch_batches:
             self.dealer.send(request)
             self.in_flight += 1
 
-    def _train(self, batch: dict) -> None:
-        metrics, priorities = self.learner.step(batch["frames"], batch["actions"], batch["rewards"],
-                                                batch["bootstraps"], batch["weights"])
+    def _train(self, msg: dict) -> None:
+        """One update per batch in the message; then their priorities go back, on the next request."""
+        updates_before = self.learner.updates
+        priorities = []
+        for batch in msg["batches"]:
+            metrics, new = self.learner.step(batch["frames"], batch["actions"], batch["rewards"],
+                                             batch["bootstraps"], batch["weights"])
+            priorities.append(new)
+            self._window["loss"] += metrics["loss"]
+            self._window["q_mean"] += metrics["q_mean"]
+            self._window["n"] += 1
+        ids, priorities = np.concatenate([b["ids"] for b in msg["batches"]]), np.concatenate(priorities)
         try:
-            self.dealer.send(encode("priorities", ids=batch["ids"], priorities=priorities), zmq.NOBLOCK)
+            if self.in_flight < self.config.prefetch_batches:
+                self.dealer.send(self.batches.sample_request(self.learner.beta(), ids, priorities), zmq.NOBLOCK)
+                self.in_flight += 1
+            else:
+                self.dealer.send(encode("priorities", ids=ids, priorities=priorities), zmq.NOBLOCK)
         except zmq.Again:
             pass   # replay server gone or saturated; priorities are refreshed on the next sample
-        self.replay_stats = batch["stats"]
-        self._window["loss"] += metrics["loss"]
-        self._window["q_mean"] += metrics["q_mean"]
-        self._window["n"] += 1
-        if self.learner.updates % self.config.publish_every == 0:
+        self.replay_stats = msg["stats"]
+        every = self.config.publish_every
+        if self.learner.updates // every > updates_before // every:
             self.publish()
-        self._maybe_checkpoint()
+        self._maybe_checkpoint()        # after the priorities went: a snapshot includes them
 
     def _idle_duties(self, elapsed: float) -> None:
         """Periodic work between batches: re-publish weights for late joiners, report progress."""
@@ -144,6 +169,7 @@ class LearnerService:
         rate = (updates - self._rate_mark[1]) / max(now - self._rate_mark[0], 1e-9)
         self._rate_mark = (now, updates)
         values = {"updates": updates, "weights_version": self.weights_version, "dropped": self.dropped,
+                  "torn_batches": self.batches.torn,
                   "lr": self.learner.optimizer.param_groups[0]["lr"],
                   "wait_fraction": self.wait_s / elapsed if elapsed > 0 else 0.0}
         n = self._window["n"]
@@ -240,7 +266,8 @@ class LearnerService:
         path = self.checkpoint("checkpoint_final", with_replay=not self.rt.orphaned())
         self.pub.send(encode("bye", checkpoint=os.path.basename(path)))     # actors on other machines play on
         self.rt.report("progress", {"updates": self.learner.updates, "weights_version": self.weights_version,
-                                    "dropped": self.dropped})
+                                    "dropped": self.dropped, "torn_batches": self.batches.torn})
+        self.batches.close()
         self.metrics.close()
 
 

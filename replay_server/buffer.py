@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.config import MAX_N_STEP
+from common.shared_frames import FrameRing
 from replay_server.sum_tree import SumTree
 
 FRAME_SLACK = 8   # the frame ring holds capacity * (1 + 1/FRAME_SLACK) frames: room for chunk overlap
@@ -30,7 +31,8 @@ class ChunkError(ValueError):
 @dataclass
 class Batch:
     ids: np.ndarray        # (B,) int64 global transition ids, for priority updates
-    frames: np.ndarray     # (B, 2S, H, W) uint8: obs = [:, :S], next obs (n steps on) = [:, S:]
+    frames: np.ndarray | None   # (B, 2S, H, W) uint8: obs = [:, :S], next obs (n steps on) = [:, S:]
+    frame_numbers: np.ndarray   # (B, 2S) int64 global frame numbers of those frames (see FrameRing)
     actions: np.ndarray    # (B,) uint8
     rewards: np.ndarray    # (B,) float32
     bootstraps: np.ndarray  # (B,) float32: discount of the next obs's value (0 after a terminal step)
@@ -45,7 +47,8 @@ class PrioritizedReplay:
         self.frame_stack = frame_stack
         self.alpha = alpha
         self.num_actions = num_actions
-        self._frames = np.zeros((self.frame_capacity, frame_size, frame_size), dtype=np.uint8)
+        self.ring = FrameRing(self.frame_capacity, frame_size)     # shared with a local learner
+        self._frames = self.ring.frames
         self._stack = np.zeros((capacity, 2 * frame_stack), dtype=np.int32)
         self._actions = np.zeros(capacity, dtype=np.uint8)
         self._rewards = np.zeros(capacity, dtype=np.float32)
@@ -78,6 +81,8 @@ class PrioritizedReplay:
         n, m = self._check_chunk(frames, stack, actions, rewards, bootstraps)
         while self._t_live + n > self.capacity or self._f_live + m > self.frame_capacity:
             self._evict_oldest_chunk()
+        self.ring.wait_for_snapshot(self._f_head + m - self.frame_capacity)
+        self.ring.announce(self._f_head + m)
         frame_slots = (self._f_head + np.arange(m)) % self.frame_capacity
         self._frames[frame_slots] = frames
         slots = (self._t_head + np.arange(n)) % self.capacity
@@ -125,7 +130,9 @@ class PrioritizedReplay:
         self._f_live -= m
 
     # --- sample ------------------------------------------------------------------------------
-    def sample(self, batch_size: int, beta: float, rng: np.random.Generator) -> Batch:
+    def sample(self, batch_size: int, beta: float, rng: np.random.Generator, with_frames: bool = True) -> Batch:
+        """A prioritized batch; without frames (for a learner that reads the shared ring) it carries
+        only their global numbers."""
         if self._t_live == 0:
             raise ValueError("cannot sample from an empty buffer")
         slots = self._tree.sample(batch_size, rng)
@@ -133,8 +140,11 @@ class PrioritizedReplay:
         probs = self._tree.get(slots) / total
         min_prob = self._tree.min / total
         weights = (probs / min_prob) ** (-beta)          # = (N P(i))^-beta / (N P_min)^-beta
-        return Batch(ids=self._ids[slots].copy(), frames=self._frames[self._stack[slots]],
-                     actions=self._actions[slots], rewards=self._rewards[slots],
+        stack = self._stack[slots].astype(np.int64)
+        newest = self._f_head - 1                          # live frames are numbered newest - (0..fc-1)
+        numbers = newest - (newest - stack) % self.frame_capacity
+        return Batch(ids=self._ids[slots], frames=self._frames[stack] if with_frames else None,
+                     frame_numbers=numbers, actions=self._actions[slots], rewards=self._rewards[slots],
                      bootstraps=self._bootstraps[slots], weights=weights.astype(np.float32))
 
     def update_priorities(self, ids: np.ndarray, priorities: np.ndarray) -> int:
@@ -158,6 +168,10 @@ class PrioritizedReplay:
         return leaves / leaves.sum()
 
     # --- snapshots -----------------------------------------------------------------------------
+    def oldest_frame(self) -> int:
+        """The global number of the oldest live frame (the first a snapshot saves)."""
+        return self._f_head - self._f_live
+
     def state_arrays(self) -> dict[str, np.ndarray]:
         """The live contents as plain arrays (frames once each, oldest first) for a snapshot file."""
         # The live frames as (at most) two views of the ring, oldest first: no copy, which matters in
@@ -193,6 +207,7 @@ class PrioritizedReplay:
                 raise ChunkError("replay snapshot is inconsistent (frame count does not match)")
             f_slots = (f_head - f_live + np.arange(f_live)) % self.frame_capacity
             t_slots = (t_head - t_live + np.arange(t_live)) % self.capacity
+            self.ring.announce(f_head)
             self._frames[f_slots] = np.concatenate([arrays["frames"], arrays["frames_wrapped"]])
             for name in ("stack", "actions", "rewards", "bootstraps", "ids"):
                 getattr(self, f"_{name}")[t_slots] = arrays[name]

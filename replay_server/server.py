@@ -2,8 +2,9 @@
 
 Sockets (addresses from the config):
 - replay_in, PULL (bound): actors push "transitions" chunks and "episode" results.
-- replay_sample, ROUTER (bound): the learner's DEALER sends "sample" (answered with "batch") and
-  "priorities" (no answer). Sample requests that arrive before `learning_starts` transitions are
+- replay_sample, ROUTER (bound): the learner's DEALER sends "sample" (answered with "batch", or with
+  "batch_shared" for a learner on this machine that maps the frame ring: "attach_frames" tells it
+  where), which may carry the last batch's priorities, and "priorities" (no answer). Sample requests that arrive before `learning_starts` transitions are
   stored wait, unanswered, until there are enough, and (pause_without_actors) while no actor is
   connected, so a learner whose actors stopped waits for new experience.
 Bad messages are dropped and counted, never fatal.
@@ -18,13 +19,13 @@ from collections import deque
 import numpy as np
 import zmq
 
+from common.config import MAX_SAMPLE_BATCH
 from common.protocol import ProtocolError, decode, encode, encode_parts
 from common.runtime import RoleRuntime
 from replay_server.buffer import ChunkError, PrioritizedReplay
 from replay_server.rate_limit import sampling_allowed
 from replay_server.snapshot import read_snapshot, start_snapshot
 
-MAX_SAMPLE_BATCH = 4096
 MAX_PENDING = 64          # sample requests kept waiting (a learner re-asks after a restart of either side)
 POLL_MS = 100
 DROP_LOG_S = 30.0
@@ -44,7 +45,7 @@ class ReplayServer:
         self.pull = runtime.transport.socket(zmq.PULL, bind=c.bind_addresses("replay_in"), hwm=1000, link="replay-in")
         self.router = runtime.transport.socket(zmq.ROUTER, bind=c.bind_addresses("replay_sample"), hwm=100,
                                                link="replay-sample")
-        self.pending: deque[tuple[bytes, int, float]] = deque(maxlen=MAX_PENDING)   # the oldest go first
+        self.pending: deque[tuple[bytes, int, float, bool]] = deque(maxlen=MAX_PENDING)   # the oldest go first
         self.counters = {"episodes": 0, "env_steps": 0, "sampled": 0, "dropped": 0, "batches": 0}
         self.best_reward = float("-inf")
         self._last_drop_log = 0.0
@@ -140,13 +141,21 @@ class ReplayServer:
         if len(parts) != 2:
             raise ProtocolError(f"expected 2 message parts on the sample socket, got {len(parts)}")
         identity, payload = parts
-        msg = decode(payload, self.config.max_message_bytes, expect=("sample", "priorities", "snapshot"))
+        msg = decode(payload, self.config.max_message_bytes,
+                     expect=("sample", "priorities", "snapshot", "attach_frames"))
         if msg["t"] == "sample":
             if not 1 <= msg["batch_size"] <= MAX_SAMPLE_BATCH or not 0.0 <= msg["beta"] <= 1.0:
                 raise ProtocolError("sample: batch_size or beta out of range")
-            self.pending.append((identity, msg["batch_size"], msg["beta"]))
+            if ("ids" in msg) != ("priorities" in msg):
+                raise ProtocolError("sample: ids and priorities come together")
+            if "ids" in msg:
+                self.buffer.update_priorities(msg["ids"], msg["priorities"])
+            shared = msg.get("shared", False) and self.buffer.ring.shared
+            self.pending.append((identity, msg["batch_size"], msg["beta"], shared))
         elif msg["t"] == "priorities":
             self.buffer.update_priorities(msg["ids"], msg["priorities"])
+        elif msg["t"] == "attach_frames":
+            self._send(identity, [encode("frame_ring", **self.buffer.ring.describe())])
         else:
             self._start_snapshot(identity, msg["name"])
 
@@ -174,6 +183,7 @@ class ReplayServer:
             done, status = os.waitpid(pid, os.WNOHANG)
             if not done:
                 return
+            self.buffer.ring.snapshot_end()
             ok = os.waitstatus_to_exitcode(status) == 0
         else:
             ok = True
@@ -182,11 +192,13 @@ class ReplayServer:
 
     def _reply_snapshot(self, identity: bytes, name: str, ok: bool, stats: dict, text: str) -> None:
         """Answer the learner (which reports a failure to the user)."""
+        self._send(identity, [encode("snapshot_done", name=name, ok=ok, stats=stats, text=text)])
+
+    def _send(self, identity: bytes, parts: list) -> None:
         try:
-            self.router.send_multipart([identity, encode("snapshot_done", name=name, ok=ok, stats=stats, text=text)],
-                                       zmq.NOBLOCK)
+            self.router.send_multipart([identity, *parts], zmq.NOBLOCK, copy=False)
         except zmq.Again:
-            pass
+            pass   # that learner is gone or not reading; it will ask again
 
     def _serve_pending(self) -> None:
         c = self.config
@@ -195,17 +207,18 @@ class ReplayServer:
         while self.pending and sampling_allowed(
                 len(self.buffer), self.counters["sampled"], self.buffer.inserted - self._inserted_at_start,
                 self.pending[0][1], c.learning_starts, c.samples_per_insert, c.spi_tolerance):
-            identity, batch_size, beta = self.pending.popleft()
-            batch = self.buffer.sample(batch_size, beta, self.rng)
+            identity, batch_size, beta, shared = self.pending.popleft()
+            batch = self.buffer.sample(batch_size, beta, self.rng, with_frames=not shared)
             self.counters["sampled"] += batch_size
             self.counters["batches"] += 1
-            parts = encode_parts("batch", {"frames": batch.frames}, ids=batch.ids, actions=batch.actions,
-                                 rewards=batch.rewards, bootstraps=batch.bootstraps, weights=batch.weights,
-                                 stats=self.stats())        # the frames go as their own part, not copied
-            try:
-                self.router.send_multipart([identity, *parts], zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                pass   # that learner is gone or not reading; it will ask again
+            fields = dict(ids=batch.ids, actions=batch.actions, rewards=batch.rewards, bootstraps=batch.bootstraps,
+                          weights=batch.weights, stats=self.stats())
+            if shared:
+                parts = [encode("batch_shared", frame_numbers=batch.frame_numbers, ring=self.buffer.ring.token,
+                                **fields)]
+            else:
+                parts = encode_parts("batch", {"frames": batch.frames}, **fields)   # frames as their own part
+            self._send(identity, parts)
 
     def stats(self) -> dict:
         return {"size": len(self.buffer), "inserted": self.buffer.inserted, "actors": self.actors, **self.counters,

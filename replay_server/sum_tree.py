@@ -1,11 +1,52 @@
-"""A vectorized sum tree (plus min tree) over a fixed number of leaves, for prioritized sampling.
+"""A sum tree (plus min tree) over a fixed number of leaves, for prioritized sampling.
 
-Leaves hold priorities p_i^alpha. Batched updates and batched proportional sampling walk the tree
-one level at a time with numpy, so a batch of 256 costs about log2(capacity) vector operations.
+Leaves hold priorities p_i^alpha. The tree walks are compiled with numba: a batch of 32 is a few
+hundred scalar steps, which numpy's per-call overhead made cost ten times what the arithmetic does
+(0.4 ms per sample + update at batch 32, against about 20 us compiled). The compiled code is cached
+next to this file, so only the first process after an install pays the few seconds of compiling.
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
+
+_OK, _BAD_INDEX, _BAD_VALUE = 0, 1, 2
+
+
+@numba.njit(cache=True, nogil=True)
+def _update(sums, mins, leaf0, capacity, index, value):
+    """Set leaves, then recompute their ancestors; checks everything before changing anything."""
+    for k in range(index.size):
+        if index[k] < 0 or index[k] >= capacity:
+            return _BAD_INDEX
+        if not (value[k] >= 0.0 and value[k] < np.inf):       # also false for NaN
+            return _BAD_VALUE
+    for k in range(index.size):
+        node = index[k] + leaf0
+        sums[node] = value[k]
+        mins[node] = value[k] if value[k] > 0.0 else np.inf   # a cleared leaf does not count as min
+        node >>= 1
+        while node >= 1:
+            left = node << 1
+            sums[node] = sums[left] + sums[left + 1]
+            mins[node] = min(mins[left], mins[left + 1])
+            node >>= 1
+    return _OK
+
+
+@numba.njit(cache=True, nogil=True)
+def _find(sums, leaf0, targets, leaves):
+    """Walk from the root to the leaf whose prefix-sum range holds each target."""
+    for k in range(targets.size):
+        target, node = targets[k], 1
+        while node < leaf0:
+            left = node << 1
+            if target >= sums[left]:
+                target -= sums[left]
+                node = left + 1
+            else:
+                node = left
+        leaves[k] = node - leaf0
 
 
 class SumTree:
@@ -29,36 +70,21 @@ class SumTree:
 
     def update(self, index, value) -> None:
         """Set leaves `index` to `value` (arrays; the last write wins for repeated indices)."""
-        index = np.asarray(index, dtype=np.int64).ravel()
-        value = np.broadcast_to(np.asarray(value, dtype=np.float64), index.shape)
-        if index.size == 0:
-            return
-        if index.min() < 0 or index.max() >= self.capacity:
+        index = np.ascontiguousarray(index, dtype=np.int64).ravel()
+        value = np.ascontiguousarray(np.broadcast_to(np.asarray(value, dtype=np.float64), index.shape))
+        status = _update(self._sum, self._min, self._leaf0, self.capacity, index, value)
+        if status == _BAD_INDEX:
             raise IndexError("sum-tree index out of range")
-        if np.any(value < 0) or not np.all(np.isfinite(value)):
+        if status == _BAD_VALUE:
             raise ValueError("priorities must be finite and non-negative")
-        nodes = index + self._leaf0
-        self._sum[nodes] = value
-        self._min[nodes] = np.where(value > 0, value, np.inf)   # a cleared leaf does not count as min
-        for _ in range(self._leaf0.bit_length() - 1):          # one pass per level, up to the root
-            nodes >>= 1                                         # a parent met twice is recomputed to
-            left = nodes << 1                                   # the same value: cheaper than np.unique
-            self._sum[nodes] = self._sum[left] + self._sum[left + 1]
-            self._min[nodes] = np.minimum(self._min[left], self._min[left + 1])
 
     def find(self, targets: np.ndarray) -> np.ndarray:
         """Leaf index for each prefix-sum target in [0, total): the proportional-sampling walk."""
-        targets = np.array(targets, dtype=np.float64)
-        nodes = np.ones(targets.shape, dtype=np.int64)
-        while nodes[0] < self._leaf0:
-            left = nodes << 1
-            left_sum = self._sum[left]
-            go_right = targets >= left_sum
-            targets = np.where(go_right, targets - left_sum, targets)
-            nodes = np.where(go_right, left + 1, left)
-        leaves = nodes - self._leaf0
+        targets = np.ascontiguousarray(targets, dtype=np.float64).ravel()
+        leaves = np.empty(targets.shape, dtype=np.int64)
+        _find(self._sum, self._leaf0, targets, leaves)
         # Float round-off can land on an empty leaf at the right edge; step back to a non-empty one.
-        empty = self._sum[nodes] <= 0
+        empty = self._sum[self._leaf0 + leaves] <= 0
         if np.any(empty):
             leaves[empty] = self._last_nonzero_before(leaves[empty])
         return leaves

@@ -25,12 +25,19 @@ EXAMPLES = {
                         bootstraps=np.array([0.97, 0.97, 0.99, 0.0], np.float32)),
     "episode": dict(actor=0, episode=17, reward=12.5, steps=400, x_pos=1234, flag=False, epsilon=0.37,
                     actor_steps=123_456),
-    "sample": dict(batch_size=32, beta=0.4),
+    "sample": dict(batch_size=32, beta=0.4, shared=True, ids=np.array([3, 4], np.int64),
+                   priorities=np.array([0.5, 2.0])),
     "batch": dict(ids=np.array([5, 99, 100_000, 2**40], np.int64), frames=RNG.integers(0, 256, (4, 8, 84, 84),
                                                                                          dtype=np.uint8),
                   actions=np.array([1, 2, 3, 0], np.uint8), rewards=np.array([0.1, 0, -1, 1], np.float32),
                   bootstraps=np.array([0.0, 0.97, 0.97, 0.0], np.float32), weights=np.array([1, .5, .25, .125], np.float32),
                   stats={"size": 1000, "mean_priority": 0.5, "full": False}),
+    "batch_shared": dict(ids=np.array([5, 99], np.int64), frame_numbers=np.arange(16, dtype=np.int64).reshape(2, 8),
+                         ring=2**55 + 3, actions=np.array([1, 2], np.uint8), rewards=np.array([0.1, 0], np.float32),
+                         bootstraps=np.array([0.0, 0.97], np.float32), weights=np.array([1, .5], np.float32),
+                         stats={"size": 1000}),
+    "attach_frames": dict(),
+    "frame_ring": dict(pid=1234, fd=7, token=2**55 + 3, frames=112_501, size=84),
     "priorities": dict(ids=np.array([3, 1, 4], np.int64), priorities=np.array([1e-6, 0.5, 12.25], np.float64)),
     "weights": dict(version=3, updates=300,
                     tensors={"features.0.weight": RNG.standard_normal((32, 4, 8, 8)).astype(np.float32),
@@ -176,7 +183,8 @@ def test_expect_accepts_listed_type():
 def test_encoded_message_is_a_versioned_map():
     """On the wire: a msgpack map with "v" = PROTOCOL_VERSION, "t" = the type, then the fields."""
     body = body_for("sample")
-    assert body == {"v": PROTOCOL_VERSION, "t": "sample", "batch_size": 32, "beta": 0.4}
+    body.pop("ids"), body.pop("priorities")
+    assert body == {"v": PROTOCOL_VERSION, "t": "sample", "batch_size": 32, "beta": 0.4, "shared": True}
 
 
 def test_encode_rejects_unknown_type():

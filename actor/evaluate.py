@@ -41,7 +41,7 @@ def load_policy(path: str, config: Config | None = None) -> tuple[torch.nn.Modul
 def greedy_action(net: torch.nn.Module, obs: np.ndarray) -> int:
     """argmax_a Q(obs, a) for one stacked observation."""
     with torch.inference_mode():
-        return int(net(torch.from_numpy(obs).unsqueeze(0)).argmax(dim=1).item())
+        return int(net.greedy(torch.from_numpy(obs).unsqueeze(0)).item())
 
 
 def play(net: torch.nn.Module, config: Config, episodes: int, epsilon: float = 0.0, seed: int = 0,

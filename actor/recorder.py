@@ -15,7 +15,6 @@ import os
 import re
 from fractions import Fraction
 
-import av
 import numpy as np
 
 # Measured at 256x240 on one thread (Mario-like scrolling frames, CPU time incl. RGB->YUV): veryfast ~0.9 ms/frame,
@@ -67,6 +66,7 @@ class VideoWriter:
     """Streams RGB frames into an H.264 (yuv420p) fragmented MP4 that stays playable if the process is killed."""
 
     def __init__(self, path: str, fps: float, width: int, height: int):
+        import av      # here, not at the top: an actor that records nothing does not need PyAV
         _check_format(fps, width, height)
         self.path = path
         self.width = width
@@ -97,6 +97,7 @@ class VideoWriter:
 
     def write(self, rgb: np.ndarray) -> None:
         """Encode one frame; a RecordingError leaves the writer closed and failed."""
+        import av
         if self._failure is not None:
             raise RecordingError(self._failure)
         if self._container is None:
@@ -117,6 +118,7 @@ class VideoWriter:
 
     def close(self) -> None:
         """Flush the encoder and finalize the file. Idempotent; a failed writer was closed when it failed."""
+        import av
         if self._container is None:
             return
         try:

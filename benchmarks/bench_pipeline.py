@@ -129,16 +129,18 @@ def run_launcher(args: list[str], timeout: float) -> dict:
 
 
 # --- 1. learner starvation -------------------------------------------------------------------------
-def learner_starvation(smoke: bool) -> None:
+def learner_starvation(smoke: bool, actor_counts: list[int]) -> None:
     steps = 6_000 if smoke else 60_000      # the test env's actor makes 1,000-3,500 steps/s
     starts = 1_000
+    import torch
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"\n1. learner starvation: real launcher runs, {TEST_ENV}, 1 actor, {steps:,} env steps, "
           f"learning_starts {starts:,}, checkpoints and evaluations off; the actor, replay server and learner "
-          f"share the {os.cpu_count()} cores (learner device: CPU). Goal: wait fraction < 5%")
+          f"share the {os.cpu_count()} cores (learner device: {device}). Goal: wait fraction < 5%")
     for batch_size in ((32,) if smoke else (32, 256)):      # smoke: the same loop, once
         run = run_launcher(["--env", TEST_ENV, "--max-steps", str(steps), "--set", f"learning_starts={starts}",
                             "--set", f"batch_size={batch_size}", "--set", "checkpoint_every_episodes=0",
-                            "--set", "eval_every_episodes=0", "--device", "cpu"], timeout=60 if smoke else 180)
+                            "--set", "eval_every_episodes=0", "--device", device], timeout=60 if smoke else 180)
         s = run["summary"]
         per_s, seconds = slope(run["learner"])
         wait = s["learner"].get("wait_fraction", float("nan"))
@@ -223,7 +225,7 @@ def _weights_publisher(address: str, ready, conn, count: int, seed: int) -> None
         transport.close()
 
 
-def weight_broadcast(smoke: bool) -> None:
+def weight_broadcast(smoke: bool, actor_counts: list[int]) -> None:
     count, step_s = (10 if smoke else 50), 0.006
     address = f"tcp://127.0.0.1:{free_base_port() + 2}"
     ctx = mp.get_context("spawn")
@@ -317,7 +319,7 @@ def _replay_memory_child(capacity: int, conn) -> None:
                "inserted": buffer.inserted, "nbytes": buffer.nbytes(), "seconds": time.perf_counter() - started})
 
 
-def replay_memory(smoke: bool) -> None:
+def replay_memory(smoke: bool, actor_counts: list[int]) -> None:
     capacities = (5_000, 20_000) if smoke else (100_000, 1_000_000)
     print("\n3. replay memory: VmRSS of a fresh process holding one PrioritizedReplay (84x84 frames stored once, "
           "frame ring capacity * 9/8), filled with actor-like chunks (ChunkBuilder(4, n_step=3), 64 transitions, "
@@ -357,8 +359,9 @@ def replay_memory(smoke: bool) -> None:
 
 
 # --- 4. scaling ------------------------------------------------------------------------------------
-def scaling(smoke: bool) -> None:
-    steps = {2: 300} if smoke else {1: 4_000, 2: 7_000}        # smoke: the same loop, once
+def scaling(smoke: bool, actor_counts: list[int]) -> None:
+    # about 20 s of play per run; smoke: the same loop, once
+    steps = {2: 300} if smoke else {n: 4_000 if n == 1 else 3_500 * n for n in actor_counts}
     # Full mode keeps the learner idle, so the curve is the actors' own. Smoke mode lets it train from
     # 200 transitions: a learner that never got a batch spends 5 s of its stop waiting for the sample
     # requests it has in flight (LearnerService._drain_in_flight), too long for a smoke run.
@@ -380,14 +383,27 @@ def scaling(smoke: bool) -> None:
               f"{s['replay'].get('inserted', 0):,} stored, run {run['wall']:.0f} s wall)")
 
 
+PARTS = {"starvation": learner_starvation, "broadcast": weight_broadcast, "memory": replay_memory,
+         "scaling": scaling}
+
+
 def main() -> None:
-    args = parser(__doc__.split("\n")[0]).parse_args()
+    p = parser(__doc__.split("\n")[0])
+    p.add_argument("--parts", default=",".join(PARTS), help=f"which parts to run, comma-separated: {', '.join(PARTS)}")
+    p.add_argument("--actors", default="1,2", help="actor counts for the scaling curve (e.g. 1,2,4,8,16 on a "
+                                                   "bigger machine)")
+    args = p.parse_args()
+    try:
+        parts = [PARTS[name] for name in args.parts.split(",")]
+        actor_counts = [int(n) for n in args.actors.split(",")]
+    except (KeyError, ValueError) as exc:
+        p.error(f"bad --parts or --actors ({exc})")
     started = time.monotonic()
     print(f"machine: {machine()}; MemAvailable {mem_available_bytes() / 1e9:.1f} GB, "
           f"1-min load average {os.getloadavg()[0]:.2f} before starting"
           f"{'; smoke mode (figures are not meaningful)' if args.smoke else ''}", flush=True)
-    for part in (learner_starvation, weight_broadcast, replay_memory, scaling):
-        part(args.smoke)
+    for part in parts:
+        part(args.smoke, actor_counts)
         sys.stdout.flush()
     print(f"\ntotal {time.monotonic() - started:.0f} s")
 

@@ -11,6 +11,9 @@ intact if g >= WRITING - count when read after the gather; otherwise the batch i
 A forked snapshot writer shares the ring too (no copy-on-write here), so it saves frames oldest first
 and publishes how far it got (SNAPSHOT); the server waits before overwriting a frame not yet saved,
 which in practice never happens: the writer moves at disk speed, the actors at a few MB/s.
+Both checks rely on the server's header store preceding its frame stores, and the learner's header
+load following its copy, which x86 guarantees; on weakly ordered CPUs (ARM) the thousands of
+interpreter instructions between the two make a reordering implausible, not impossible.
 Elsewhere (no memfd, another machine, the header's token does not match) batches carry their frames.
 """
 from __future__ import annotations
@@ -50,6 +53,7 @@ class FrameRing:
         self.frames = np.frombuffer(memory, dtype=np.uint8, offset=HEADER_BYTES).reshape(count, size, size)
         self.header[TOKEN] = int.from_bytes(os.urandom(7), "little")   # tells this ring from any other
         self.header[SNAPSHOT] = NO_SNAPSHOT
+        self.writer_pid: int | None = None
 
     @property
     def shared(self) -> bool:
@@ -70,7 +74,9 @@ class FrameRing:
 
     # --- a forked snapshot writer reading the same memory ---------------------------------------
     def snapshot_begin(self, first: int) -> None:
-        """Before forking a writer that will save frames numbered `first` onwards (shared rings only)."""
+        """Before forking a writer that will save frames numbered `first` onwards (shared rings only);
+        set `writer_pid` once forked, so a writer that dies is not waited for."""
+        self.writer_pid = None
         if self.shared:
             self.header[ABANDONED] = 0
             self.header[SNAPSHOT] = first
@@ -96,12 +102,24 @@ class FrameRing:
         while saved < overwritten_below:
             time.sleep(0.001)
             now_saved = int(self.header[SNAPSHOT])
+            if self.writer_pid is not None and not _running(self.writer_pid):
+                self.snapshot_end()           # killed before it could say so; the server reports the failure
+                return
             if now_saved != saved:
                 saved, since = now_saved, time.monotonic()
             elif time.monotonic() - since > SNAPSHOT_STALL_S:
                 self.header[ABANDONED] = 1
                 self.snapshot_end()
                 return
+
+
+def _running(pid: int) -> bool:
+    """Whether process pid exists and has not exited (a zombie has: it is the server's to reap)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
 
 
 class SharedFramesError(OSError):
@@ -124,10 +142,7 @@ class SharedFrames:
         try:
             if os.fstat(fd).st_size != nbytes:
                 raise SharedFramesError(f"{path} is not the replay server's frame ring (size differs)")
-            # MAP_POPULATE maps every page now: otherwise each batch's first reads of a page fault, and
-            # with a ring of hundreds of MB that doubled the gather's time for minutes.
-            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-            self._memory = mmap.mmap(fd, nbytes, flags=flags, prot=mmap.PROT_READ)
+            self._memory = mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
         finally:
             os.close(fd)
         self.header = np.frombuffer(self._memory, dtype=np.int64, count=HEADER_BYTES // 8)

@@ -73,8 +73,9 @@ class ReplayBatches:
                 raise ProtocolError(f"batch frames have shape {msg['frames'].shape}, dtype {msg['frames'].dtype}")
             frames = msg["frames"][order]
         else:
-            if msg["frame_numbers"].shape != (n, s2):
-                raise ProtocolError(f"batch_shared frame_numbers have shape {msg['frame_numbers'].shape}")
+            if msg["frame_numbers"].shape != (n, s2) or msg["frame_numbers"].dtype != np.int64:
+                raise ProtocolError(f"batch_shared frame_numbers are {msg['frame_numbers'].dtype} "
+                                    f"{msg['frame_numbers'].shape}, expected int64 {(n, s2)}")
             if self.ring is None or msg["ring"] != self.ring.token:
                 self.reattach = True
                 return []

@@ -88,4 +88,5 @@ def start_snapshot(buffer: PrioritizedReplay, counters: dict, path: str) -> int 
         finally:
             buffer.ring.snapshot_end()   # (the server also ends it when it sees this child exit)
             os._exit(status)
+    buffer.ring.writer_pid = pid
     return pid

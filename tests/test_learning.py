@@ -180,6 +180,25 @@ def test_dueling_forward_is_v_plus_a_minus_mean_a():
     assert torch.equal(q.argmax(dim=1), a.argmax(dim=1)), "the greedy action is the best advantage"
 
 
+@pytest.mark.parametrize("dueling", [True, False])
+def test_greedy_is_the_argmax_of_q_without_the_value_stream(dueling, monkeypatch):
+    """The actor's fast path: net.greedy gives argmax Q on many inputs, and never runs the value stream."""
+    torch.manual_seed(1)
+    net = QNetwork(S, 36, 7, dueling=dueling).eval()
+    with torch.no_grad():                                       # an untrained net picks one action everywhere
+        for layer in (net.head[2], *((net.value[2],) if dueling else ())):
+            layer.weight.normal_(0.0, 1.0)
+    density = torch.rand(200, 1, 1, 1) ** 3                   # from nearly black to nearly white frames
+    x = ((torch.rand(200, S, 36, 36) < density) * 255).to(torch.uint8)
+    with torch.no_grad():
+        expected = net(x).argmax(dim=1)
+        if dueling:
+            monkeypatch.setattr(net, "value", None)     # greedy must not need it
+        greedy = net.greedy(x)
+    assert greedy.shape == (200,) and torch.equal(greedy, expected)
+    assert len(set(expected.tolist())) > 1, "the inputs must not all pick one action"
+
+
 def test_dueling_forward_hand_computed():
     """Output layers with zero weights: A = bias [1..7] (mean 4), V = 10, so Q = 10 + A - 4 = [7..13]."""
     torch.manual_seed(0)

@@ -99,18 +99,19 @@ def sample_client(address: str, max_bytes: int, batch_sizes: tuple[int, ...], se
             while in_flight:
                 msg = receive(("batch", "batch_shared"))
                 in_flight -= 1
-                taken = batches.batches(msg)
+                taken = [(b["ids"], b["frames"].copy() if "ids" not in results else None)
+                         for b in batches.batches(msg)]      # each batch's frames are read, as the learner does
                 if not taken:
                     dealer.send(batches.sample_request(BETA))
                     in_flight += 1
                     continue
                 now = time.perf_counter()
-                if taken[0]["frames"].shape != (batch_size, 2 * FRAME_STACK, FRAME_SIZE, FRAME_SIZE):
-                    raise RuntimeError(f"batch frames have shape {taken[0]['frames'].shape}")
-                ids = np.concatenate([b["ids"] for b in taken])
+                ids = np.concatenate([b_ids for b_ids, _ in taken])
                 priorities = rng.random(len(ids)) + 1e-3
                 if "ids" not in results:
-                    results["ids"], results["frames"] = taken[0]["ids"].copy(), taken[0]["frames"].copy()
+                    results["ids"], results["frames"] = taken[0][0].copy(), taken[0][1]
+                    if results["frames"].shape != (batch_size, 2 * FRAME_STACK, FRAME_SIZE, FRAME_SIZE):
+                        raise RuntimeError(f"batch frames have shape {results['frames'].shape}")
                 received += 1
                 if received == WARMUP_BATCHES:
                     start = now

@@ -10,7 +10,7 @@ measures the learner's own path.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -33,7 +33,7 @@ class ReplayBatches:
         self.torn = 0                     # batches dropped because the server overwrote their frames meanwhile
         self.reattach = False             # a batch named a ring we do not map: ask again
         self._told: str | None = None
-        self._out: dict[tuple, np.ndarray] = {}
+        self._out: np.ndarray | None = None
 
     def attach_request(self) -> bytes | None:
         """After each (re)connect to a replay server (a restarted one has a new ring): the question to send."""
@@ -58,35 +58,43 @@ class ReplayBatches:
         except SharedFramesError as exc:
             self._tell(f"batch frames travel over ZeroMQ: {exc}")
 
-    def batches(self, msg: dict) -> list[dict]:
+    def batches(self, msg: dict) -> Iterator[dict]:
         """A "batch" or "batch_shared" message as the learner's batches (ids, frames (B, 2S, H, W), actions,
-        rewards, bootstraps, weights); [] to drop it (torn by an overwrite, or from a ring this learner
-        does not map). Raises ProtocolError for a malformed one. Shared frames are valid until the next
-        call (their buffer is reused)."""
+        rewards, bootstraps, weights), checked now (ProtocolError for a malformed one) and produced one
+        at a time. Shared frames are copied into one reused batch-sized buffer just before their batch
+        is taken, so each copy is still in the cache when it trains; a batch is valid until the next.
+        Batches torn by an overwrite are skipped (counted in `torn`); a message from a ring this
+        learner does not map gives none."""
         n, s2, size = len(msg["ids"]), 2 * self.frame_stack, self.frame_size
         if n == 0 or n % self.batch_size or any(msg[k].shape != (n,) for k in PER_TRANSITION):
             raise ProtocolError(f"a batch of {n} transitions for batches of {self.batch_size}")
-        order = self.rng.permutation(n) if n > self.batch_size else slice(None)
-        fields = {k: msg[k][order] for k in PER_TRANSITION}
         if msg["t"] == "batch":
             if msg["frames"].shape != (n, s2, size, size) or msg["frames"].dtype != np.uint8:
                 raise ProtocolError(f"batch frames have shape {msg['frames'].shape}, dtype {msg['frames'].dtype}")
-            frames = msg["frames"][order]
-        else:
-            if msg["frame_numbers"].shape != (n, s2) or msg["frame_numbers"].dtype != np.int64:
-                raise ProtocolError(f"batch_shared frame_numbers are {msg['frame_numbers'].dtype} "
-                                    f"{msg['frame_numbers'].shape}, expected int64 {(n, s2)}")
-            if self.ring is None or msg["ring"] != self.ring.token:
-                self.reattach = True
-                return []
-            frames = self._out.get(msg["frame_numbers"].shape)
-            if frames is None:       # reused: a fresh 7 MB array per request cost more in page faults than the copy
-                frames = self._out[msg["frame_numbers"].shape] = np.empty((n, s2, size, size), dtype=np.uint8)
-            if not self.ring.gather(msg["frame_numbers"][order], out=frames):   # shuffled before the copy
-                self.torn += 1
-                return []
-        return [{"frames": frames[i:i + self.batch_size], **{k: v[i:i + self.batch_size] for k, v in fields.items()}}
-                for i in range(0, n, self.batch_size)]
+        elif msg["frame_numbers"].shape != (n, s2) or msg["frame_numbers"].dtype != np.int64:
+            raise ProtocolError(f"batch_shared frame_numbers are {msg['frame_numbers'].dtype} "
+                                f"{msg['frame_numbers'].shape}, expected int64 {(n, s2)}")
+        elif self.ring is None or msg["ring"] != self.ring.token:
+            self.reattach = True
+            return iter(())
+        order = self.rng.permutation(n) if n > self.batch_size else np.arange(n)
+        return self._each(msg, order)
+
+    def _each(self, msg: dict, order: np.ndarray) -> Iterator[dict]:
+        for i in range(0, len(order), self.batch_size):
+            part = order[i:i + self.batch_size]
+            batch = {k: msg[k][part] for k in PER_TRANSITION}
+            if msg["t"] == "batch":
+                batch["frames"] = msg["frames"][part]
+            else:
+                if self._out is None:        # reused: a fresh array per batch cost more in page faults than the copy
+                    self._out = np.empty((self.batch_size, 2 * self.frame_stack, self.frame_size, self.frame_size),
+                                         dtype=np.uint8)
+                if not self.ring.gather(msg["frame_numbers"][part], out=self._out):
+                    self.torn += 1
+                    continue
+                batch["frames"] = self._out
+            yield batch
 
     def _tell(self, text: str) -> None:
         if text != self._told:

@@ -96,9 +96,7 @@ class LearnerService:
             return None
         if msg["t"] == "frame_ring":
             self.batches.on_frame_ring(msg)
-        elif msg["t"] in ("batch", "batch_shared") and msg["batches"] and train:
-            if self.learner.updates == 0:
-                self.rt.log("first batch arrived: training")
+        elif msg["t"] in ("batch", "batch_shared") and train:
             self._train(msg)
         return msg
 
@@ -120,15 +118,20 @@ class LearnerService:
     def _train(self, msg: dict) -> None:
         """One update per batch in the message; then their priorities go back, on the next request."""
         updates_before = self.learner.updates
-        priorities = []
+        ids, priorities = [], []
         for batch in msg["batches"]:
+            if self.learner.updates == 0:
+                self.rt.log("first batch arrived: training")
             metrics, new = self.learner.step(batch["frames"], batch["actions"], batch["rewards"],
                                              batch["bootstraps"], batch["weights"])
+            ids.append(batch["ids"])
             priorities.append(new)
             self._window["loss"] += metrics["loss"]
             self._window["q_mean"] += metrics["q_mean"]
             self._window["n"] += 1
-        ids, priorities = np.concatenate([b["ids"] for b in msg["batches"]]), np.concatenate(priorities)
+        if not ids:
+            return          # all torn, or from a ring we no longer map: the loop asks again
+        ids, priorities = np.concatenate(ids), np.concatenate(priorities)
         try:
             if self.in_flight < self.config.prefetch_batches:
                 self.dealer.send(self.batches.sample_request(self.learner.beta(), ids, priorities), zmq.NOBLOCK)

@@ -30,6 +30,8 @@ def test_test_env_greedy_policy_beats_random_after_a_short_run(launch):
     assert summary["replay"]["inserted"] == 8000, "every transition reached the replay server"
     assert summary["updates"] >= 50, summary
     assert summary["actors"]["0"]["weights_updates"] > 0, "trained weights reached the actor"
+    assert "reading batch frames from the replay server's shared memory" in run.output()
+    assert summary["learner"]["torn_batches"] == 0
 
     net, config = load_policy(str(run.run_dir / "checkpoint_final.pth"))
     greedy = play(net, config, episodes=3)

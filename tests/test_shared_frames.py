@@ -279,10 +279,12 @@ def attached(buffer, seed: int = 0) -> ReplayBatches:
     return learner
 
 
-def check_split(batches: list, server, book: Book) -> None:
-    """4 batches of B that hold exactly the server's transitions, shuffled, each with its own data."""
-    assert len(batches) == 4
+def check_split(batches, server, book: Book) -> None:
+    """4 batches of B that hold exactly the server's transitions, shuffled, each with its own data.
+    Each is checked as it comes: a batch's frames are valid until the next one is taken."""
+    taken = []
     for b in batches:
+        taken.append(b["ids"].copy())
         assert b.keys() == {"ids", "frames", "actions", "rewards", "bootstraps", "weights"}
         assert b["frames"].shape == (B, 2 * S, SIZE, SIZE) and b["frames"].dtype == np.uint8
         assert all(b[k].shape == (B,) for k in ("ids", "actions", "rewards", "bootstraps", "weights"))
@@ -292,7 +294,8 @@ def check_split(batches: list, server, book: Book) -> None:
         np.testing.assert_array_equal(b["bootstraps"], book.field("bootstraps", b["ids"]))
         weight_of = dict(zip(server.ids.tolist(), server.weights.tolist()))   # a transition's weight goes with it
         np.testing.assert_array_equal(b["weights"], [weight_of[i] for i in b["ids"].tolist()])
-    ids = np.concatenate([b["ids"] for b in batches])
+    assert len(taken) == 4
+    ids = np.concatenate(taken)
     np.testing.assert_array_equal(np.sort(ids), np.sort(server.ids))          # the same multiset
     assert np.any(ids != server.ids), "the transitions were not shuffled"
     assert len(set(server.weights.tolist())) > 1                              # the weights check meant something
@@ -337,12 +340,12 @@ def test_batch_shared_from_another_ring_asks_to_reattach():
     learner = attached(buffer)
     try:
         msg, _ = server_message(buffer, rng, shared=True, ring=buffer.ring.token ^ 1)
-        assert learner.batches(msg) == []
+        assert list(learner.batches(msg)) == []
         assert learner.reattach and learner.torn == 0
         assert learner.attach_request() is not None           # reconnecting clears it and unmaps
         assert not learner.reattach and learner.ring is None
         msg, _ = server_message(buffer, rng, shared=True)    # right token, but nothing mapped now
-        assert learner.batches(msg) == [] and learner.reattach
+        assert list(learner.batches(msg)) == [] and learner.reattach
     finally:
         learner.close()
 
@@ -355,8 +358,8 @@ def test_batch_shared_torn_by_an_overwrite_is_dropped():
         msg, server = server_message(buffer, rng, shared=True)
         while buffer.ring.header[WRITING] - buffer.frame_capacity <= server.frame_numbers.max():
             insert(buffer, rng, book, n=4, extra=2)
-        assert learner.batches(msg) == []
-        assert learner.torn == 1 and not learner.reattach
+        assert list(learner.batches(msg)) == []
+        assert learner.torn == 4 and not learner.reattach     # each of the 4 batches
     finally:
         learner.close()
 

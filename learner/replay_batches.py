@@ -77,12 +77,12 @@ class ReplayBatches:
         elif self.ring is None or msg["ring"] != self.ring.token:
             self.reattach = True
             return iter(())
-        order = self.rng.permutation(n) if n > self.batch_size else np.arange(n)
-        return self._each(msg, order)
+        order = self.rng.permutation(n) if n > self.batch_size else None      # one batch: as it came, no copy
+        return self._each(msg, n, order)
 
-    def _each(self, msg: dict, order: np.ndarray) -> Iterator[dict]:
-        for i in range(0, len(order), self.batch_size):
-            part = order[i:i + self.batch_size]
+    def _each(self, msg: dict, n: int, order: np.ndarray | None) -> Iterator[dict]:
+        for i in range(0, n, self.batch_size):
+            part = slice(i, i + self.batch_size) if order is None else order[i:i + self.batch_size]
             batch = {k: msg[k][part] for k in PER_TRANSITION}
             if msg["t"] == "batch":
                 batch["frames"] = msg["frames"][part]

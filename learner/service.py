@@ -118,6 +118,7 @@ class LearnerService:
     def _train(self, msg: dict) -> None:
         """One update per batch in the message; then their priorities go back, on the next request."""
         updates_before = self.learner.updates
+        self.replay_stats = msg["stats"]
         ids, priorities = [], []
         for batch in msg["batches"]:
             if self.learner.updates == 0:
@@ -140,7 +141,6 @@ class LearnerService:
                 self.dealer.send(encode("priorities", ids=ids, priorities=priorities), zmq.NOBLOCK)
         except zmq.Again:
             pass   # replay server gone or saturated; priorities are refreshed on the next sample
-        self.replay_stats = msg["stats"]
         every = self.config.publish_every
         if self.learner.updates // every > updates_before // every:
             self.publish()

@@ -4,9 +4,10 @@ Sockets (addresses from the config):
 - replay_in, PULL (bound): actors push "transitions" chunks and "episode" results.
 - replay_sample, ROUTER (bound): the learner's DEALER sends "sample" (answered with "batch", or with
   "batch_shared" for a learner on this machine that maps the frame ring: "attach_frames" tells it
-  where), which may carry the last batch's priorities, and "priorities" (no answer). Sample requests that arrive before `learning_starts` transitions are
-  stored wait, unanswered, until there are enough, and (pause_without_actors) while no actor is
-  connected, so a learner whose actors stopped waits for new experience.
+  where), which may carry the last batch's priorities, and "priorities" (no answer). Sample
+  requests that arrive before `learning_starts` transitions are stored wait, unanswered, until there
+  are enough, and (pause_without_actors) while no actor is connected, so a learner whose actors
+  stopped waits for new experience.
 Bad messages are dropped and counted, never fatal.
 """
 from __future__ import annotations

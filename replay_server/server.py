@@ -150,7 +150,10 @@ class ReplayServer:
             if ("ids" in msg) != ("priorities" in msg):
                 raise ProtocolError("sample: ids and priorities come together")
             if "ids" in msg:
-                self.buffer.update_priorities(msg["ids"], msg["priorities"])
+                try:
+                    self.buffer.update_priorities(msg["ids"], msg["priorities"])
+                except ChunkError as exc:      # bad priorities (NaN after a diverged update, say) are
+                    self._drop(str(exc))       # dropped, but the request for a batch still stands
             shared = msg.get("shared", False) and self.buffer.ring.shared
             self.pending.append((identity, msg["batch_size"], msg["beta"], shared))
         elif msg["t"] == "priorities":

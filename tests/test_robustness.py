@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import zmq
 
-from common.protocol import encode
+from common.protocol import decode_parts, encode
 from tests.conftest import FAST_TEST_ENV
 from tests.harness import free_base_port
 
@@ -54,6 +54,10 @@ def test_servers_survive_bad_messages_and_count_them(launch):
             sent += 1
     dealer.send_multipart([b"x"] * 3)              # ROUTER sees 4 parts: dropped too
     sent += 1
+    dealer.send(encode("sample", batch_size=4, beta=0.5, ids=np.array([0, 1]), priorities=np.array([np.nan, 1.0])))
+    sent += 1                                      # its NaN priorities are dropped and counted ...
+    assert dealer.poll(30_000), "... but the batch it asked for still comes"
+    assert decode_parts(dealer.recv_multipart(), 64 << 20, expect=("batch",))["ids"].shape == (4,)
     oversized = ctx.socket(zmq.PUSH)               # over max_message_bytes: refused by ZeroMQ itself
     oversized.connect(f"tcp://127.0.0.1:{run.base_port}")
     oversized.send(b"\0" * (64 * 1024 * 1024 + 1))

@@ -45,6 +45,8 @@ def test_defaults_validate():
     ("base_port", 0), ("base_port", 65_534), ("base_port", 70_000),
     ("max_message_bytes", 1023), ("max_message_bytes", 0),
     ("frame_size", 257),
+    ("transitions_per_request", -1), ("transitions_per_request", 4097),
+    ("batch_size", 4097),
 ])
 def test_invalid_value_raises_config_error_naming_the_field(name, value):
     """Each kind of unusable value is refused with a one-line message that names the field."""
@@ -54,6 +56,7 @@ def test_invalid_value_raises_config_error_naming_the_field(name, value):
 @pytest.mark.parametrize("name,value", [
     ("gamma", 1.0), ("epsilon_end", 0.0), ("epsilon_start", 1.0), ("base_port", 1), ("base_port", 65_533),
     ("max_message_bytes", 1024), ("frame_size", 256), ("seed", 0), ("learning_starts", 0), ("device", "cpu"),
+    ("transitions_per_request", 0), ("transitions_per_request", 4096),
 ])
 def test_boundary_values_are_accepted(name, value):
     assert getattr(Config(**{name: value}), name) == value

@@ -54,6 +54,8 @@ def test_servers_survive_bad_messages_and_count_them(launch):
             sent += 1
     dealer.send_multipart([b"x"] * 3)              # ROUTER sees 4 parts: dropped too
     sent += 1
+    dealer.send(encode("sample", batch_size=4, beta=0.5, ids=np.array([0, 1])))   # ids without priorities
+    sent += 1
     dealer.send(encode("sample", batch_size=4, beta=0.5, ids=np.array([0, 1]), priorities=np.array([np.nan, 1.0])))
     sent += 1                                      # its NaN priorities are dropped and counted ...
     assert dealer.poll(30_000), "... but the batch it asked for still comes"

@@ -4,10 +4,12 @@ Sockets (addresses from the config):
 - replay_in, PUSH (connects): "transitions" chunks (every `chunk_size` steps and at episode end)
   and one "episode" message per finished episode.
 - weights, SUB with CONFLATE (connects): only the newest "weights" message is kept; the actor
-  checks for it between steps and never waits for it. A "bye" there means the learner stopped: the
+  checks for it after each step and never waits for it. A "bye" there means the learner stopped: the
   actor plays on with the weights it has; its transitions queue (up to the socket's limit, then are
   dropped and counted) until a learner is back, which ZeroMQ reconnects to by itself.
 It reports each episode to the launcher (which writes log.txt) and writes TensorBoard scalars.
+The emulator and the network's forward run in an env thread (actor/env_thread.py) while the main
+thread does everything else.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import zmq
 from actor.chunks import ChunkBuilder
 from actor.curriculum import Curriculum
 from actor.display import LiveWindow, display_available
+from actor.env_thread import GREEDY, EnvThread
 from actor.epsilon import linear_epsilon
 from actor.evaluate import greedy_action
 from actor.recorder import EpisodeRecorder, RecordingError, VideoWriter
@@ -45,6 +48,7 @@ class Actor:
         self.frame_skip = find_wrapper(self.env, FrameSkip)
         self.curriculum = self._make_curriculum()
         self.net = build_network(c).eval()
+        self.stepper = EnvThread(self.env, self._greedy, self.frame_skip)
         self.rng = np.random.default_rng(c.seed + c.run_actor(self.index))
         self.push = runtime.transport.socket(zmq.PUSH, connect=c.connect_address("replay_in"), hwm=1000,
                                              link="replay-in")
@@ -107,9 +111,8 @@ class Actor:
                 run_video.close()
             return None, None
 
-    def _show_and_record(self, episode: bool = True) -> None:
+    def _show_and_record(self, rgb: np.ndarray, episode: bool = True) -> None:
         """Window and run video always; the episode video (best-run candidate) for training episodes."""
-        rgb = self.frame_skip.last_rgb
         if self.window is not None and self.window.open:
             self.window.show(rgb)
         for name in ("run_video", "episode_video") if episode else ("run_video",):
@@ -125,36 +128,43 @@ class Actor:
 
     # --- loop --------------------------------------------------------------------------------
     def run(self) -> None:
+        """Play until stopped or capped. The env and the greedy forward run in the env thread, which
+        always has the next step queued; this thread does the bookkeeping (chunks, sends, window,
+        video, weights) meanwhile, so the emulator does not wait for it."""
         self._session_started = time.monotonic()
-        obs = self._reset()
+        self._reset()
         episode_reward, episode_steps = 0.0, 0
         started, steps_at_report = time.monotonic(), 0    # for the steps/s figure
-        while not self.rt.should_stop() and not self._cap_reached():
-            self._poll_weights()
-            epsilon = self.epsilon()
-            action = self._act(obs, epsilon)
-            obs, reward, terminated, truncated, info = self.env.step(action)
-            self.chunk.add(obs[-1], action, reward, terminated, truncated)
+        self._submit_ahead()
+        while self.stepper.in_flight:
+            step = self.stepper.result()
+            done = step.terminated or step.truncated
             self.steps += 1
             self.session_steps += 1
-            episode_reward += reward
+            if not done:
+                self._submit_ahead()          # the emulator starts on the next step now
+            self._poll_weights()
+            self.chunk.add(step.obs[-1], step.action, step.reward, step.terminated, step.truncated)
+            episode_reward += step.reward
             episode_steps += 1
-            self._show_and_record()
-            if terminated or truncated or len(self.chunk) >= self.config.chunk_size:
+            self._show_and_record(step.rgb)
+            if done or len(self.chunk) >= self.config.chunk_size:
                 self._send(encode("transitions", actor=self.index, **self.chunk.take()))
-            if terminated or truncated:
-                self._finish_episode(episode_reward, episode_steps, info, epsilon)
+            if done:
+                self.stepper.drain()      # steps queued behind the episode's end: not played
+                self._finish_episode(episode_reward, episode_steps, step.info, self.epsilon())
                 if self._evaluation_due():
                     self._evaluate()
-                obs = self._reset()
+                self._reset()
                 episode_reward, episode_steps = 0.0, 0
+                self._submit_ahead()
             if self.rt.progress_due():
                 self.rt.check_links()
                 now = time.monotonic()
                 rate = (self.session_steps - steps_at_report) / max(now - started, 1e-9)
                 started, steps_at_report = now, self.session_steps
                 self.metrics.scalar("Actor/StepsPerSec", rate, self.steps)
-                self._report_progress(rate, epsilon)
+                self._report_progress(rate, self.epsilon())
         self.chunk.flush_pending()      # stopping mid-episode is a truncation: nothing is lost
         if len(self.chunk):
             self._send(encode("transitions", actor=self.index, **self.chunk.take()))
@@ -165,6 +175,18 @@ class Actor:
             self.rt.log(f"reached its limit after {self.session_steps} steps and {self.episodes} episodes")
             while not self.rt.should_stop():   # wait for the launcher to stop everyone
                 time.sleep(0.1)
+
+    def _submit_ahead(self) -> None:
+        """Keep the env thread busy: up to two steps in flight, each a random action or GREEDY (the env
+        thread asks the network once the step's observation exists). Each step's coin is flipped once."""
+        while self.stepper.in_flight < 2 and self._may_play(self.stepper.in_flight):
+            explore = self.rng.random() < self.epsilon()
+            self.stepper.submit(int(self.rng.integers(self.config.num_actions)) if explore else GREEDY)
+
+    def _may_play(self, ahead: int) -> bool:
+        """Another step may be submitted with `ahead` steps already in flight."""
+        return not (self.rt.should_stop() or self.episode_cap and self.episodes >= self.episode_cap
+                    or self.step_cap and self.session_steps + ahead >= self.step_cap)
 
     def epsilon(self) -> float:
         c = self.config
@@ -187,15 +209,15 @@ class Actor:
         c = self.config
         results = []
         for _ in range(c.eval_episodes):
-            obs, _ = self.env.reset()
-            self._show_and_record(episode=False)
+            obs, _ = self.env.reset()        # the env thread is idle: between episodes
+            self._show_and_record(self.frame_skip.last_rgb, episode=False)
             total, steps, done, info = 0.0, 0, False, {}
             while not done:
                 if self.rt.should_stop():
                     return
                 self._poll_weights()
                 obs, reward, terminated, truncated, info = self.env.step(self._act(obs, c.eval_epsilon))
-                self._show_and_record(episode=False)
+                self._show_and_record(self.frame_skip.last_rgb, episode=False)
                 total, steps, done = total + reward, steps + 1, terminated or truncated
             result = {"actor": self.index, "reward": float(total), "steps": steps, "x_pos": int(info.get("x_pos", 0)),
                       "flag": bool(info.get("flag_get", False)), "env_steps": self.steps}
@@ -206,12 +228,16 @@ class Actor:
         self.metrics.scalar("Eval/FlagRate", float(np.mean([r["flag"] for r in results])), self.steps)
 
     def _reset(self) -> np.ndarray:
-        obs, _ = self.env.reset()      # nes-py takes no seed; exploration randomness comes from self.rng
+        obs, _, rgb = self.stepper.reset()      # nes-py takes no seed; exploration randomness comes from self.rng
         self.chunk.start_episode(obs[-1])
         if self.episode_video is not None:
             self.episode_video.start_episode()
-        self._show_and_record()
+        self._show_and_record(rgb)
         return obs
+
+    def _greedy(self, obs: np.ndarray) -> int:
+        """The env thread's policy; self.net is replaced whole when weights arrive, never changed in place."""
+        return greedy_action(self.net, obs)
 
     def _act(self, obs: np.ndarray, epsilon: float) -> int:
         if self.rng.random() < epsilon:
@@ -232,7 +258,9 @@ class Actor:
         try:
             msg = decode(payload, self.config.max_message_bytes, expect=("weights", "bye"))
             if msg["t"] == "weights":
-                load_arrays(self.net, msg["tensors"])
+                net = build_network(self.config).eval()     # a new one: the env thread may be using the old
+                load_arrays(net, msg["tensors"])
+                self.net = net
         except (ProtocolError, ValueError) as exc:
             self.rt.log(f"ignored bad weights ({exc})")
             return
@@ -298,6 +326,7 @@ class Actor:
             if recorder is not None:
                 recorder.close()
         self.metrics.close()
+        self.stepper.close()
         self.env.close()
 
 

@@ -78,12 +78,13 @@ def sample_client(address: str, max_bytes: int, batch_sizes: tuple[int, ...], se
         return decode_parts([f.buffer for f in dealer.recv_multipart(copy=False)], max_bytes, expect=expect)
 
     def reader(batch_size: int) -> ReplayBatches:
-        batches = ReplayBatches(batch_size, TRANSITIONS_PER_REQUEST, FRAME_STACK, FRAME_SIZE, shared, lambda _: None)
+        told: list[str] = []              # what the learner would log
+        batches = ReplayBatches(batch_size, TRANSITIONS_PER_REQUEST, FRAME_STACK, FRAME_SIZE, shared, told.append)
         if shared:
             dealer.send(batches.attach_request())
             batches.on_frame_ring(receive(("frame_ring",)))
             if batches.ring is None:
-                raise RuntimeError(f"could not map the replay server's frame ring: {batches._told}")
+                raise RuntimeError(f"could not map the replay server's frame ring: {told[-1] if told else '?'}")
         return batches
 
     conn.send("ready")

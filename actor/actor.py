@@ -142,7 +142,7 @@ class Actor:
             self.steps += 1
             self.session_steps += 1
             if not done:
-                self._submit_ahead()          # the emulator starts on the next step now
+                self._submit_ahead()          # first: the env thread must never wait for what follows
             self._poll_weights()
             self.chunk.add(step.obs[-1], step.action, step.reward, step.terminated, step.truncated)
             episode_reward += step.reward
@@ -179,14 +179,9 @@ class Actor:
     def _submit_ahead(self) -> None:
         """Keep the env thread busy: up to two steps in flight, each a random action or GREEDY (the env
         thread asks the network once the step's observation exists). Each step's coin is flipped once."""
-        while self.stepper.in_flight < 2 and self._may_play(self.stepper.in_flight):
+        while self.stepper.in_flight < 2 and not (self.rt.should_stop() or self._cap_reached(self.stepper.in_flight)):
             explore = self.rng.random() < self.epsilon()
             self.stepper.submit(int(self.rng.integers(self.config.num_actions)) if explore else GREEDY)
-
-    def _may_play(self, ahead: int) -> bool:
-        """Another step may be submitted with `ahead` steps already in flight."""
-        return not (self.rt.should_stop() or self.episode_cap and self.episodes >= self.episode_cap
-                    or self.step_cap and self.session_steps + ahead >= self.step_cap)
 
     def epsilon(self) -> float:
         c = self.config
@@ -195,8 +190,9 @@ class Actor:
         return linear_epsilon(self.steps - self.epsilon_origin, self.epsilon_start, c.epsilon_end,
                               c.epsilon_decay_steps)
 
-    def _cap_reached(self) -> bool:
-        return bool(self.step_cap and self.session_steps >= self.step_cap
+    def _cap_reached(self, ahead: int = 0) -> bool:
+        """This session's step or episode limit is reached, counting `ahead` steps already submitted."""
+        return bool(self.step_cap and self.session_steps + ahead >= self.step_cap
                     or self.episode_cap and self.episodes >= self.episode_cap)
 
     def _evaluation_due(self) -> bool:

@@ -1,5 +1,5 @@
-"""Steps the env in a worker thread, so the actor decides its next action and does its bookkeeping
-(chunks, sends, window, video) while the emulator runs.
+"""Steps the env in a worker thread, so the actor does its bookkeeping (chunks, sends, window, video)
+while the emulator and the network run.
 
 nes-py's emulator is C++ called through ctypes, which releases the GIL, so the two threads really
 overlap. Steps run strictly in the order submitted. After a step that ends the episode, the steps
@@ -36,7 +36,7 @@ class EnvThread:
 
     def __init__(self, env, policy, frame_source=None):
         self.env = env
-        self.policy = policy                    # obs -> action, for GREEDY steps; swapped whole, never mutated
+        self.policy = policy                    # obs -> action for GREEDY steps, called in the env thread
         self._frame_source = frame_source       # the FrameSkip wrapper, whose last_rgb is the frame shown
         self._actions: queue.SimpleQueue = queue.SimpleQueue()
         self._results: queue.SimpleQueue = queue.SimpleQueue()

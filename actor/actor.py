@@ -31,7 +31,7 @@ from actor.evaluate import greedy_action
 from actor.recorder import EpisodeRecorder, RecordingError, VideoWriter
 from common.envs import LevelSampler, find_wrapper, make_env
 from common.metrics import Metrics
-from common.network import build_network, load_arrays
+from common.network import build_network, network_from_arrays
 from common.protocol import ProtocolError, decode, encode
 from common.runtime import RoleRuntime
 from common.wrappers import FrameSkip
@@ -178,7 +178,8 @@ class Actor:
 
     def _submit_ahead(self) -> None:
         """Keep the env thread busy: up to two steps in flight, each a random action or GREEDY (the env
-        thread asks the network once the step's observation exists). Each step's coin is flipped once."""
+        thread asks the network once the step's observation exists). Each step's coin is flipped once,
+        when it is queued, with the epsilon of the newest finished step."""
         while self.stepper.in_flight < 2 and not (self.rt.should_stop() or self._cap_reached(self.stepper.in_flight)):
             explore = self.rng.random() < self.epsilon()
             self.stepper.submit(int(self.rng.integers(self.config.num_actions)) if explore else GREEDY)
@@ -223,13 +224,12 @@ class Actor:
         self.metrics.scalar("Eval/XPos", float(np.mean([r["x_pos"] for r in results])), self.steps)
         self.metrics.scalar("Eval/FlagRate", float(np.mean([r["flag"] for r in results])), self.steps)
 
-    def _reset(self) -> np.ndarray:
+    def _reset(self) -> None:
         obs, _, rgb = self.stepper.reset()      # nes-py takes no seed; exploration randomness comes from self.rng
         self.chunk.start_episode(obs[-1])
         if self.episode_video is not None:
             self.episode_video.start_episode()
         self._show_and_record(rgb)
-        return obs
 
     def _greedy(self, obs: np.ndarray) -> int:
         """The env thread's policy; self.net is replaced whole when weights arrive, never changed in place."""
@@ -254,9 +254,7 @@ class Actor:
         try:
             msg = decode(payload, self.config.max_message_bytes, expect=("weights", "bye"))
             if msg["t"] == "weights":
-                net = build_network(self.config).eval()     # a new one: the env thread may be using the old
-                load_arrays(net, msg["tensors"])
-                self.net = net
+                self.net = network_from_arrays(self.config, msg["tensors"])   # whole: never changed in place
         except (ProtocolError, ValueError) as exc:
             self.rt.log(f"ignored bad weights ({exc})")
             return
@@ -322,8 +320,10 @@ class Actor:
             if recorder is not None:
                 recorder.close()
         self.metrics.close()
-        self.stepper.close()
-        self.env.close()
+        if self.stepper.close():
+            self.env.close()
+        else:           # closing the emulator under a running step could crash the process
+            self.rt.log("the env thread is stuck in a step; leaving the emulator to the process exit")
 
 
 def _next_segment(run_dir: str) -> str:

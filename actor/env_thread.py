@@ -69,10 +69,12 @@ class EnvThread:
         self._actions.put(_RESET)
         return self.result()
 
-    def close(self) -> None:
-        """Stop the worker after the steps already queued; the env itself is closed by its owner."""
+    def close(self, timeout: float = 10.0) -> bool:
+        """Stop the worker after the steps already queued; the env itself is closed by its owner, and
+        only when this returns True (False: a step is still running after `timeout` seconds)."""
         self._actions.put(_STOP)
-        self._thread.join(timeout=10)
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def _rgb(self):
         return self._frame_source.last_rgb if self._frame_source is not None else None

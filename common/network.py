@@ -54,8 +54,9 @@ def weights_to_arrays(net: nn.Module) -> dict[str, np.ndarray]:
     return {name: t.detach().cpu().numpy() for name, t in net.state_dict().items()}
 
 
-def load_arrays(net: nn.Module, arrays: dict[str, np.ndarray]) -> None:
-    """Load weights received from the network; ValueError if names or shapes do not match."""
+def load_arrays(net: nn.Module, arrays: dict[str, np.ndarray], assign: bool = False) -> None:
+    """Load weights received from the network; ValueError if names or shapes do not match.
+    With `assign` the copies become the parameters themselves (for a network built on "meta")."""
     expected = net.state_dict()
     if set(arrays) != set(expected):
         raise ValueError("weights do not match the network's parameter names")
@@ -65,4 +66,13 @@ def load_arrays(net: nn.Module, arrays: dict[str, np.ndarray]) -> None:
         if tuple(array.shape) != tuple(ref.shape) or array.dtype != np.float32:
             raise ValueError(f"weight {name} has shape {array.shape}/{array.dtype}, expected {tuple(ref.shape)}")
         state[name] = torch.from_numpy(array.copy())
-    net.load_state_dict(state)
+    net.load_state_dict(state, assign=assign)
+
+
+def network_from_arrays(config, arrays: dict[str, np.ndarray]) -> QNetwork:
+    """A new network holding these weights, for an actor whose env thread may still be using the old
+    one. Built on the meta device, so no time goes into a random initialisation; ValueError as load_arrays."""
+    with torch.device("meta"):
+        net = build_network(config)
+    load_arrays(net, arrays, assign=True)
+    return net.eval()

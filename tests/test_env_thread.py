@@ -5,6 +5,7 @@ import pytest
 from actor.env_thread import GREEDY, EnvThread, Step
 from common.config import TEST_ENV_ID, Config
 from common.envs import find_wrapper, make_env
+from common.quiet_gym import gym
 from common.wrappers import FrameSkip
 
 NOOP, RIGHT, RIGHT_A = 0, 1, 2
@@ -62,18 +63,49 @@ def test_steps_match_the_env_stepped_directly_across_episodes():
         assert np.array_equal(step.rgb, rgb)
 
 
-def test_each_steps_rgb_frame_survives_later_steps():
-    """The frame handed out with a step is not overwritten by the steps that follow it."""
-    env, frames = corridor()
-    stepper = EnvThread(env, policy=None, frame_source=frames)
+class ReusedScreenEnv(gym.Env):
+    """Like nes-py: every frame is a channel-reversed view into one BGRX buffer that the next step
+    overwrites; frame k is filled with the value k."""
+    observation_space = gym.spaces.Box(0, 255, (240, 256, 3), np.uint8)
+    action_space = gym.spaces.Discrete(7)
+
+    def __init__(self):
+        self.screen = np.zeros((240, 256, 4), np.uint8)
+        self.frames = 0
+
+    def _view(self):
+        self.screen[:] = self.frames % 256
+        return self.screen[:, :, 2::-1]
+
+    def reset(self, **kwargs):
+        self.frames = 0
+        return self._view(), {}
+
+    def step(self, action):
+        self.frames += 1
+        return self._view(), 0.0, False, False, {"frame": self.frames}
+
+
+def test_frames_handed_out_are_not_overwritten_by_the_steps_in_flight_behind_them():
+    """With two steps in flight, each Step's RGB frame (and observation) is still its own frame when
+    the caller reads it, though the emulator's screen buffer has moved on."""
+    env = FrameSkip(ReusedScreenEnv(), skip=1)
+    stepper = EnvThread(env, policy=None, frame_source=env)
     try:
         _, _, first = stepper.reset()
-        kept = first.copy()
-        steps = [stepper.submit(RIGHT_A) or stepper.result() for _ in range(5)]
-        assert np.array_equal(first, kept)
-        assert not np.array_equal(steps[0].rgb, steps[-1].rgb)        # Mario moved: the frames differ
+        steps = []
+        for _ in range(2):
+            stepper.submit(NOOP)
+        for _ in range(20):
+            steps.append(stepper.result())
+            stepper.submit(NOOP)
+        steps += stepper.drain()
     finally:
         stepper.close()
+    assert first.shape == (240, 256, 3) and (first == 0).all()
+    for number, step in enumerate(steps, start=1):
+        assert step.info["frame"] == number
+        assert (step.rgb == number).all() and (step.obs == number).all()
 
 
 def test_steps_queued_behind_the_end_of_an_episode_are_not_played():
@@ -159,5 +191,5 @@ def test_misuse_is_refused_and_close_stops_the_thread():
     with pytest.raises(RuntimeError, match="drain"):
         stepper.reset()
     assert stepper.result() is not None
-    stepper.close()
+    assert stepper.close() is True
     assert not stepper._thread.is_alive()

@@ -8,7 +8,7 @@ import torch
 
 from common.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
 from common.config import Config
-from common.network import QNetwork, build_network
+from common.network import QNetwork, build_network, load_arrays, network_from_arrays, weights_to_arrays
 from learner.learning import DQNLearner, linear_decay, td_targets
 
 CPU = torch.device("cpu")
@@ -247,6 +247,29 @@ def test_build_network_follows_config_dueling(dueling):
     assert any(name.startswith("value.") for name in net.state_dict()) == dueling
     learner = make_learner(frame_size=36, dueling=dueling)
     assert (learner.online.value is not None) == dueling and (learner.target.value is not None) == dueling
+
+
+def test_network_from_arrays_is_the_sent_network_and_refuses_what_does_not_fit():
+    """How an actor takes new weights: a new network (built without random init) equal to the sender's,
+    sharing no memory with the arrays; wrong names, shapes or dtypes give ValueError."""
+    config = make_config(frame_size=36, dueling=True)
+    sender = build_network(config)
+    arrays = weights_to_arrays(sender)
+    net = network_from_arrays(config, arrays)
+    x = torch.randint(0, 256, (5, config.frame_stack, 36, 36), dtype=torch.uint8)
+    assert not net.training and all(p.device.type == "cpu" for p in net.parameters())
+    with torch.no_grad():
+        assert torch.equal(net(x), sender(x))
+    arrays["head.0.bias"][:] = 7.0                  # the message's memory is not the network's
+    assert not torch.equal(net.head[0].bias, torch.full_like(net.head[0].bias, 7.0))
+    bad = [{k: v for k, v in arrays.items() if k != "head.0.bias"},
+           {**arrays, "head.0.bias": np.zeros(3, np.float32)},
+           {**arrays, "head.0.bias": arrays["head.0.bias"].astype(np.float64)}]
+    for arrays_ in bad:
+        with pytest.raises(ValueError):
+            network_from_arrays(config, arrays_)
+        with pytest.raises(ValueError):
+            load_arrays(build_network(config), arrays_)
 
 
 def test_config_defaults_n_step_dueling_hard_targets():

@@ -5,8 +5,8 @@
   drained PULL socket) with window and video off, with video only, and with window and video
   (the window needs a display: run under `xvfb-run -a` on a headless machine);
 - the window-and-video-off loop again at epsilon 1 and 0.05.
-Each figure is compared with the
-emulator measured in the same round; the rounds are interleaved and their medians printed.
+Each figure is compared with the emulator measured in the same round; the rounds are interleaved and
+their medians printed.
 Goals: actor loop >= 0.90 of the emulator at epsilon 0.5; video on >= 0.75 of both off.
 """
 from __future__ import annotations
@@ -47,7 +47,7 @@ def bare_emulator(config: Config, steps: int) -> float:
     return rate
 
 
-class _StopAtCap:
+class StopAtCap:
     """The actor's stop event: set once the actor has taken its steps."""
     actor: Actor | None = None
 
@@ -67,7 +67,7 @@ def actor_loop(config: Config, run_dir: str) -> float:
                 pull.recv()
     drainer = threading.Thread(target=drain, daemon=True)
     drainer.start()
-    stop = _StopAtCap()
+    stop = StopAtCap()
     runtime = RoleRuntime("actor", 0, config, stop, os.getppid())
     actor = stop.actor = Actor(runtime, run_dir)
     start = time.perf_counter()

@@ -7,19 +7,12 @@ import pytest
 import zmq
 
 from actor.actor import Actor
+from benchmarks.bench_actor import StopAtCap
 from common.config import TEST_ENV_ID, Config
 from common.protocol import decode
 from common.runtime import RoleRuntime
 from common.transport import Transport
 from tests.harness import free_base_port
-
-
-class StopAtCap:
-    """The runtime's stop event: set once the actor has reached its limit (as the launcher would)."""
-    actor = None
-
-    def is_set(self) -> bool:
-        return self.actor is not None and self.actor._cap_reached()
 
 
 def play(tmp_path, before_run=lambda actor: None, **changes):

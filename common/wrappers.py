@@ -9,6 +9,7 @@ from collections import deque
 import cv2
 import numpy as np
 
+from common.area_resize import AreaShrinker
 from common.quiet_gym import gym
 
 PROGRESS_BONUS = 1.0
@@ -125,16 +126,22 @@ class ShapedReward(gym.Wrapper):
 
 
 class GrayResize(gym.ObservationWrapper):
-    """RGB (H, W, 3) -> grayscale (size, size) uint8, area interpolation."""
+    """RGB (H, W, 3) -> grayscale (size, size) uint8, area interpolation (common/area_resize.py when
+    shrinking, OpenCV otherwise)."""
 
     def __init__(self, env: gym.Env, size: int):
         super().__init__(env)
         self.size = size
         self.observation_space = gym.spaces.Box(0, 255, (size, size), np.uint8)
+        self._shrink: AreaShrinker | None = None
 
     def observation(self, observation):
         gray = cv2.cvtColor(observation, cv2.COLOR_RGB2GRAY)
-        return cv2.resize(gray, (self.size, self.size), interpolation=cv2.INTER_AREA)
+        if min(gray.shape) < self.size:
+            return cv2.resize(gray, (self.size, self.size), interpolation=cv2.INTER_AREA)
+        if self._shrink is None or self._shrink.shape != gray.shape:
+            self._shrink = AreaShrinker(*gray.shape, self.size)
+        return self._shrink(gray)
 
 
 class FrameStack(gym.Wrapper):

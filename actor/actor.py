@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import zmq
 
+from actor.acting_network import choose_precision, make_policy
 from actor.chunks import ChunkBuilder
 from actor.curriculum import Curriculum
 from actor.display import LiveWindow, display_available
@@ -48,6 +49,10 @@ class Actor:
         self.frame_skip = find_wrapper(self.env, FrameSkip)
         self.curriculum = self._make_curriculum()
         self.net = build_network(c).eval()
+        self.precision, why = choose_precision(self.net, c.acting_precision, (c.frame_stack, c.frame_size, c.frame_size))
+        if self.index == 0:
+            runtime.log(f"acting in {self.precision} ({why})")
+        self.policy = make_policy(self.net, self.precision)
         self.stepper = EnvThread(self.env, self._greedy, self.frame_skip)
         self.rng = np.random.default_rng(c.seed + c.run_actor(self.index))
         self.push = runtime.transport.socket(zmq.PUSH, connect=c.connect_address("replay_in"), hwm=1000,
@@ -232,8 +237,8 @@ class Actor:
         self._show_and_record(rgb)
 
     def _greedy(self, obs: np.ndarray) -> int:
-        """The env thread's policy; self.net is replaced whole when weights arrive, never changed in place."""
-        return greedy_action(self.net, obs)
+        """The env thread's policy; replaced whole when weights arrive, never changed in place."""
+        return self.policy(obs)
 
     def _act(self, obs: np.ndarray, epsilon: float) -> int:
         if self.rng.random() < epsilon:
@@ -254,7 +259,8 @@ class Actor:
         try:
             msg = decode(payload, self.config.max_message_bytes, expect=("weights", "bye"))
             if msg["t"] == "weights":
-                self.net = network_from_arrays(self.config, msg["tensors"])   # whole: never changed in place
+                net = network_from_arrays(self.config, msg["tensors"])   # whole: never changed in place
+                self.net, self.policy = net, make_policy(net, self.precision)
         except (ProtocolError, ValueError) as exc:
             self.rt.log(f"ignored bad weights ({exc})")
             return

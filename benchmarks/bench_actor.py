@@ -4,13 +4,15 @@
 - the real actor loop (wrappers, network inference, epsilon-greedy, chunks sent over ZeroMQ to a
   drained PULL socket) with window and video off, with video only, and with window and video
   (the window needs a display: run under `xvfb-run -a` on a headless machine);
-- the window-and-video-off loop again at epsilon 1 and 0.05.
+- the window-and-video-off loop again at epsilon 1 and 0.05, and with the exact float32 forward instead
+  of the int8 one that acting_precision=auto picks on CPUs where it is faster.
 Each figure is compared with the emulator measured in the same round; the rounds are interleaved and
 their medians printed.
 Goals: actor loop >= 0.90 of the emulator at epsilon 0.5; video on >= 0.75 of both off.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 import threading
@@ -21,11 +23,13 @@ import numpy as np
 import torch
 import zmq
 
+from actor.acting_network import choose_precision
 from actor.actor import Actor
 from actor.display import display_available
 from benchmarks.common import machine, parser
 from common.config import Config
 from common.envs import _make_raw
+from common.network import build_network
 from common.runtime import RoleRuntime
 from common.transport import Transport
 
@@ -92,13 +96,20 @@ def main() -> None:
     rounds, steps = (1, 150) if args.smoke else (args.rounds, args.steps)
     base = Config(max_steps=steps, epsilon_start=0.5, epsilon_end=0.5, base_port=47_655, headless=True,
                   record_video=False)
-    modes = {"actor loop, window+video off": {}, "actor loop, video on": dict(record_video=True)}
-    if display_available():
+    modes = {"actor loop, window+video off": {}}
+    video = importlib.util.find_spec("av") is not None
+    if video:
+        modes["actor loop, video on"] = dict(record_video=True)
+    if video and display_available():
         modes["actor loop, window+video on"] = dict(headless=False, record_video=True)
     for eps in (1.0, 0.05):     # the two ends of an annealed run: no forward at all, a forward nearly every step
         modes[f"  the same at epsilon {eps:g}"] = dict(epsilon_start=eps, epsilon_end=eps)
+    modes["  the same, float32 forward"] = dict(acting_precision="float32")
     print(f"machine: {machine()}; {rounds} interleaved round(s) of {steps} agent steps per figure, frame skip "
           f"{base.frame_skip}, epsilon 0.5 unless stated")
+    precision, why = choose_precision(build_network(base), base.acting_precision,
+                                      (base.frame_stack, base.frame_size, base.frame_size))
+    print(f"acting precision ({base.acting_precision}): {precision} ({why})")
     limits, rates = [], {name: [] for name in modes}
     with tempfile.TemporaryDirectory(dir="/tmp") as run_dir:
         for _ in range(rounds):
@@ -116,7 +127,9 @@ def main() -> None:
     for name in [n for n in modes if "video on" in n]:
         print(f"{name}: {median([r / o for r, o in zip(rates[name], off)]):.2f} of the window+video-off rate "
               f"(goal >= 0.75)")
-    if "actor loop, window+video on" not in modes:
+    if not video:
+        print("actor loops with video: skipped (PyAV is not installed)")
+    elif "actor loop, window+video on" not in modes:
         print("actor loop, window+video on: skipped (no display; run under xvfb-run -a)")
 
 

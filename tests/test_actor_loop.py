@@ -1,15 +1,19 @@
-"""Actor.run with its env thread, on the test env over a real ZeroMQ socket: exact step and episode
-limits, every step sent once as a transition, the epsilon coin, evaluation between episodes."""
+"""Actor.run with its env thread, on the test env over real ZeroMQ sockets: exact step and episode
+limits, every step sent once as a transition, the epsilon coin, evaluation between episodes, new
+weights acted on in either acting precision."""
 import os
 import time
 
 import pytest
+import torch
 import zmq
 
+from actor.acting_network import Int8Policy
 from actor.actor import Actor
 from benchmarks.bench_actor import StopAtCap
 from common.config import TEST_ENV_ID, Config
-from common.protocol import decode
+from common.network import build_network, weights_to_arrays
+from common.protocol import decode, encode
 from common.runtime import RoleRuntime
 from common.transport import Transport
 from tests.harness import free_base_port
@@ -91,3 +95,31 @@ def test_the_network_chooses_every_step_at_epsilon_0_and_none_at_1(tmp_path, eps
     assert actor.session_steps == 60 and transitions(messages) == 60
     assert len(asked) == (60 if epsilon == 0.0 else 0)
     assert set(asked) <= {(4, 84, 84)}
+
+
+@pytest.mark.parametrize("precision", ["int8", "float32"])
+def test_weights_from_the_learners_socket_replace_the_policy_the_env_thread_acts_with(tmp_path, precision):
+    """Weights whose action head always prefers action 5 (zero weights, a one-hot bias), published on a
+    real PUB socket: once the actor has taken them, every action at epsilon 0 is 5."""
+    sender = build_network(Config(env_id=TEST_ENV_ID))
+    with torch.no_grad():
+        sender.head[2].weight.zero_()
+        sender.head[2].bias.copy_(torch.eye(7)[5])
+    message = encode("weights", version=1, updates=100, tensors=weights_to_arrays(sender))
+    initial = []
+
+    def take_weights(actor):
+        initial.append(actor.policy)
+        pub = actor.rt.transport.socket(zmq.PUB, bind=actor.config.bind_addresses("weights"))
+        deadline = time.monotonic() + 10
+        while actor.weights_version == 0 and time.monotonic() < deadline:
+            pub.send(message)          # until the SUB has connected: PUB drops what comes before
+            time.sleep(0.02)
+            actor._poll_weights()
+        pub.close(linger=0)
+    actor, messages = play(tmp_path, take_weights, max_steps=60, epsilon_start=0.0, epsilon_end=0.0,
+                           acting_precision=precision)
+    assert actor.weights_version == 1 and actor.weights_updates == 100
+    assert actor.policy is not initial[0] and isinstance(actor.policy, Int8Policy) == (precision == "int8")
+    actions = [a for m in messages if m["t"] == "transitions" for a in m["actions"].tolist()]
+    assert len(actions) == 60 and set(actions) == {5}

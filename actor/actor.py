@@ -49,7 +49,8 @@ class Actor:
         self.frame_skip = find_wrapper(self.env, FrameSkip)
         self.curriculum = self._make_curriculum()
         self.net = build_network(c).eval()
-        self.precision, why = choose_precision(self.net, c.acting_precision, (c.frame_stack, c.frame_size, c.frame_size))
+        obs_shape = (c.frame_stack, c.frame_size, c.frame_size)
+        self.precision, why = choose_precision(self.net, c.acting_precision, obs_shape)
         if self.index == 0:
             runtime.log(f"acting in {self.precision} ({why})")
         self.policy = make_policy(self.net, self.precision)

@@ -157,8 +157,9 @@ def _weights_subscriber(address: str, ready, done, conn, step_s: float) -> None:
     """An actor's side: SUB with CONFLATE, polled without waiting between simulated env steps."""
     import torch
     import zmq
+    from actor.acting_network import choose_precision, make_policy
     from common.config import Config
-    from common.network import build_network, load_arrays
+    from common.network import build_network, network_from_arrays
     from common.protocol import decode
     from common.transport import Transport
     torch.set_num_threads(1)       # as actor.main does
@@ -166,7 +167,8 @@ def _weights_subscriber(address: str, ready, done, conn, step_s: float) -> None:
     transport = Transport(config.max_message_bytes)
     try:
         sub = transport.socket(zmq.SUB, connect=address, conflate=True, subscribe=True)
-        net = build_network(config).eval()
+        precision, _ = choose_precision(build_network(config).eval(), config.acting_precision,
+                                        (config.frame_stack, config.frame_size, config.frame_size))
         records = []
         while not done.is_set():
             try:
@@ -176,7 +178,7 @@ def _weights_subscriber(address: str, ready, done, conn, step_s: float) -> None:
             if payload is not None:
                 t_recv = time.monotonic_ns()
                 msg = decode(payload, config.max_message_bytes, expect=("weights",))
-                load_arrays(net, msg["tensors"])
+                make_policy(network_from_arrays(config, msg["tensors"]), precision)    # as Actor._poll_weights
                 t_acting = time.monotonic_ns()         # the next action uses these weights
                 if msg["version"] == 0:
                     ready.set()
@@ -267,11 +269,12 @@ def weight_broadcast(smoke: bool, actor_counts: list[int]) -> None:
     size_mb = sent[0][3] / 1e6
     print(f"\n2. weight broadcast: learner publishes -> actor acts with the weights; PUB (hwm 2) -> SUB with "
           f"CONFLATE on loopback, {size_mb:.1f} MB 'weights' messages every 50-150 ms, subscriber polls "
-          f"between {step_s * 1000:.0f} ms simulated env steps, then decodes and load_arrays. Goal: < 50 ms")
+          f"between {step_s * 1000:.0f} ms simulated env steps, then decodes, builds the network and its acting "
+          f"policy. Goal: < 50 ms")
     print(f"weights publish->act: median {median:6.1f} ms, p95 {p95:6.1f} ms, max {latency[-1]:6.1f} ms over "
           f"{len(received)} of {len(sent)} publications: {'PASS' if p95 < 50 else 'MISS'}")
     print(f"  medians: weights_to_arrays+encode+send {statistics.median(encode_send):.1f} ms, transfer+wait for "
-          f"the next poll {statistics.median(transfer):.1f} ms, decode+load_arrays {statistics.median(load):.1f} ms")
+          f"the next poll {statistics.median(transfer):.1f} ms, decode+network+policy {statistics.median(load):.1f} ms")
 
 
 # --- 3. replay memory ------------------------------------------------------------------------------

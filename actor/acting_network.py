@@ -1,12 +1,12 @@
 """The actor's greedy policy: the Q-network's argmax for one observation, exact or quantized.
 
 An actor's forward sits between one emulator step and the next, so it is on the critical path, and
-it runs on a cold cache (the emulator ran in between). Most of its time goes to streaming the first
-fully connected layer's 6.4 MB of weights. With that layer as int8 (one scale per output row, weights
+it runs on a cold cache (the emulator ran in between), where streaming the first fully connected
+layer's 6.4 MB of weights costs most. With that layer as int8 (one scale per output row, weights
 only) and the convolutions in bfloat16, the cold batch-1 forward takes about a third less time
 (`benchmarks/bench_actor.py`). Only acting changes: the learner trains in float32 and evaluation
-episodes use the float32 network. Int8 actors with a float learner are ActorQ's recipe (Lin et al.,
-"QuaRL", TMLR 2022), where they left the learned policies' rewards unchanged.
+episodes use the float32 network. Int8 actors with a float learner are ActorQ's recipe (Krishnan et
+al., "QuaRL", TMLR 2022), where they left the learned policies' rewards unchanged.
 """
 from __future__ import annotations
 
@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from actor.evaluate import greedy_action
-from common.network import QNetwork
+from common.network import QNetwork, greedy_action
 
 Policy = Callable[[np.ndarray], int]
 """A stacked uint8 observation -> the greedy action."""
@@ -39,9 +38,16 @@ class Int8Policy:
     1/255 input scaling is folded into the first convolution's weights."""
 
     def __init__(self, net: QNetwork):
+        """ValueError if the network is not QNetwork's layout: (conv, ReLU)..., Flatten, then
+        Linear, ReLU, Linear."""
         bf16 = torch.bfloat16
+        layout = [type(m) for m in (*net.features, *net.head)]
         convs = [m for m in net.features if isinstance(m, nn.Conv2d)]
-        fc1, fc2 = [m for m in net.head if isinstance(m, nn.Linear)]
+        expected = [nn.Conv2d, nn.ReLU] * len(convs) + [nn.Flatten, nn.Linear, nn.ReLU, nn.Linear]
+        if layout != expected or any(c.groups != 1 or c.dilation != (1, 1) or c.padding_mode != "zeros"
+                                     for c in convs):
+            raise ValueError("the int8 policy supports QNetwork's layout only")
+        fc1, fc2 = net.head[0], net.head[2]
         self.convs = [((c.weight.detach() / 255.0 if i == 0 else c.weight.detach()).to(bf16),
                        c.bias.detach().to(bf16), c.stride, c.padding) for i, c in enumerate(convs)]
         self.fc1_weight, scale = quantize_rows(fc1.weight.detach())
@@ -69,30 +75,32 @@ def make_policy(net: QNetwork, precision: str) -> Policy:
     return lambda obs: greedy_action(net, obs)
 
 
-def choose_precision(net: QNetwork, requested: str, obs_shape: tuple[int, ...]) -> tuple[str, str]:
+def choose_precision(net: QNetwork, config) -> tuple[str, str]:
     """(float32 or int8, why) for config.acting_precision. int8 needs PyTorch's int8 weight-only matmul
     and bfloat16 convolutions on this CPU; auto takes it only where it is at least 10% faster."""
-    if requested == "float32":
+    if config.acting_precision == "float32":
         return "float32", "as configured"
-    obs = np.random.default_rng(0).integers(0, 256, obs_shape, dtype=np.uint8)
+    shape = (config.frame_stack, config.frame_size, config.frame_size)
+    obs = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     try:
         int8 = Int8Policy(net)
         int8(obs)
-    except (RuntimeError, AttributeError, NotImplementedError) as exc:
+    except (RuntimeError, AttributeError, NotImplementedError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return "float32", f"int8 is not available in this PyTorch build ({first})"
-    if requested == "int8":
+        return "float32", f"int8 is not available here ({first})"
+    if config.acting_precision == "int8":
         return "int8", "as configured"
-    fast, exact = _forward_ms(int8, obs), _forward_ms(make_policy(net, "float32"), obs)
+    fast, exact = _forward_ms(int8, make_policy(net, "float32"), obs)
     chosen = "int8" if fast < 0.9 * exact else "float32"
     return chosen, f"a forward takes {fast:.2f} ms in int8, {exact:.2f} ms in float32 on this CPU"
 
 
-def _forward_ms(policy: Policy, obs: np.ndarray, repeats: int = 15) -> float:
-    policy(obs)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        policy(obs)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)) * 1e3
+def _forward_ms(first: Policy, second: Policy, obs: np.ndarray, repeats: int = 15) -> tuple[float, float]:
+    """Median ms per forward of each, timed alternately so a busy machine slows both alike."""
+    times: tuple[list, list] = ([], [])
+    for _ in range(repeats + 1):
+        for policy, spent in zip((first, second), times):
+            start = time.perf_counter()
+            policy(obs)
+            spent.append(time.perf_counter() - start)
+    return tuple(float(np.median(spent[1:])) * 1e3 for spent in times)

@@ -28,11 +28,10 @@ from actor.curriculum import Curriculum
 from actor.display import LiveWindow, display_available
 from actor.env_thread import GREEDY, EnvThread
 from actor.epsilon import linear_epsilon
-from actor.evaluate import greedy_action
 from actor.recorder import EpisodeRecorder, RecordingError, VideoWriter
 from common.envs import LevelSampler, find_wrapper, make_env
 from common.metrics import Metrics
-from common.network import build_network, network_from_arrays
+from common.network import build_network, greedy_action, network_from_arrays
 from common.protocol import ProtocolError, decode, encode
 from common.runtime import RoleRuntime
 from common.wrappers import FrameSkip
@@ -49,10 +48,8 @@ class Actor:
         self.frame_skip = find_wrapper(self.env, FrameSkip)
         self.curriculum = self._make_curriculum()
         self.net = build_network(c).eval()
-        obs_shape = (c.frame_stack, c.frame_size, c.frame_size)
-        self.precision, why = choose_precision(self.net, c.acting_precision, obs_shape)
-        if self.index == 0:
-            runtime.log(f"acting in {self.precision} ({why})")
+        self.precision, why = choose_precision(self.net, c)
+        runtime.log(f"acting in {self.precision} ({why})")
         self.policy = make_policy(self.net, self.precision)
         self.stepper = EnvThread(self.env, self._greedy, self.frame_skip)
         self.rng = np.random.default_rng(c.seed + c.run_actor(self.index))

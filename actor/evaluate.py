@@ -13,7 +13,7 @@ import torch
 from common.checkpoint import CheckpointError, load_checkpoint
 from common.config import Config
 from common.envs import find_wrapper, make_env
-from common.network import build_network
+from common.network import build_network, greedy_action
 from common.wrappers import FrameSkip
 
 
@@ -36,12 +36,6 @@ def load_policy(path: str, config: Config | None = None) -> tuple[torch.nn.Modul
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: its network does not fit its config ({first})") from None
     return net.eval(), config
-
-
-def greedy_action(net: torch.nn.Module, obs: np.ndarray) -> int:
-    """argmax_a Q(obs, a) for one stacked observation."""
-    with torch.inference_mode():
-        return int(net.greedy(torch.from_numpy(obs).unsqueeze(0)).item())
 
 
 def play(net: torch.nn.Module, config: Config, episodes: int, epsilon: float = 0.0, seed: int = 0,

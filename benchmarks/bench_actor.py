@@ -107,9 +107,9 @@ def main() -> None:
     modes["  the same, float32 forward"] = dict(acting_precision="float32")
     print(f"machine: {machine()}; {rounds} interleaved round(s) of {steps} agent steps per figure, frame skip "
           f"{base.frame_skip}, epsilon 0.5 unless stated")
-    precision, why = choose_precision(build_network(base), base.acting_precision,
-                                      (base.frame_stack, base.frame_size, base.frame_size))
-    print(f"acting precision ({base.acting_precision}): {precision} ({why})")
+    precision, why = choose_precision(build_network(base), base)
+    print(f"acting precision (auto): {precision} ({why})")
+    base = base.replace(acting_precision=precision)     # one choice for every round, not one per actor
     limits, rates = [], {name: [] for name in modes}
     with tempfile.TemporaryDirectory(dir="/tmp") as run_dir:
         for _ in range(rounds):

@@ -167,8 +167,7 @@ def _weights_subscriber(address: str, ready, done, conn, step_s: float) -> None:
     transport = Transport(config.max_message_bytes)
     try:
         sub = transport.socket(zmq.SUB, connect=address, conflate=True, subscribe=True)
-        precision, _ = choose_precision(build_network(config).eval(), config.acting_precision,
-                                        (config.frame_stack, config.frame_size, config.frame_size))
+        precision, _ = choose_precision(build_network(config).eval(), config)
         records = []
         while not done.is_set():
             try:

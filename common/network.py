@@ -46,6 +46,12 @@ class QNetwork(nn.Module):
         return q
 
 
+def greedy_action(net: QNetwork, obs: np.ndarray) -> int:
+    """argmax_a Q(obs, a) for one stacked uint8 observation."""
+    with torch.inference_mode():
+        return int(net.greedy(torch.from_numpy(obs).unsqueeze(0)).item())
+
+
 def build_network(config) -> QNetwork:
     return QNetwork(config.frame_stack, config.frame_size, config.num_actions, config.dueling)
 

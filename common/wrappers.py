@@ -9,7 +9,7 @@ from collections import deque
 import cv2
 import numpy as np
 
-from common.area_resize import AreaShrinker
+from common.area_resize import AreaShrinker, shrinks_faster
 from common.quiet_gym import gym
 
 PROGRESS_BONUS = 1.0
@@ -126,18 +126,22 @@ class ShapedReward(gym.Wrapper):
 
 
 class GrayResize(gym.ObservationWrapper):
-    """RGB (H, W, 3) -> grayscale (size, size) uint8, area interpolation (common/area_resize.py when
-    shrinking, OpenCV otherwise)."""
+    """RGB (H, W, 3) -> grayscale (size, size) uint8, area interpolation (common/area_resize.py where
+    it is faster, OpenCV otherwise)."""
 
     def __init__(self, env: gym.Env, size: int):
         super().__init__(env)
         self.size = size
         self.observation_space = gym.spaces.Box(0, 255, (size, size), np.uint8)
         self._shrink: AreaShrinker | None = None
+        height, width = env.observation_space.shape[:2]
+        if shrinks_faster(height, width, size):       # compile (or load) the kernel now, not in the first step
+            self._shrink = AreaShrinker(height, width, size)
+            self._shrink(np.zeros((height, width), np.uint8))
 
     def observation(self, observation):
         gray = cv2.cvtColor(observation, cv2.COLOR_RGB2GRAY)
-        if min(gray.shape) < self.size:
+        if not shrinks_faster(*gray.shape, self.size):
             return cv2.resize(gray, (self.size, self.size), interpolation=cv2.INTER_AREA)
         if self._shrink is None or self._shrink.shape != gray.shape:
             self._shrink = AreaShrinker(*gray.shape, self.size)

@@ -5,11 +5,8 @@ import pytest
 import torch
 
 from actor.acting_network import Int8Policy, choose_precision, make_policy, quantize_rows
-from actor.evaluate import greedy_action
 from common.config import Config, ConfigError
-from common.network import build_network
-
-SHAPE = (4, 84, 84)
+from common.network import build_network, greedy_action
 
 
 def random_net(seed: int, dueling: bool = True):
@@ -32,7 +29,7 @@ def test_quantize_rows_round_trips_within_half_a_step_per_row():
     weight = torch.randn(64, 300) * torch.logspace(-3, 1, 64)[:, None]      # rows of very different scales
     q, scale = quantize_rows(weight)
     assert q.dtype == torch.int8 and q.shape == weight.shape and scale.shape == (64,)
-    assert int(q.abs().max()) == 127                          # each row uses the whole range
+    assert torch.all(q.abs().amax(dim=1) == 127)              # each row uses the whole range
     assert torch.all((q.float() * scale[:, None] - weight).abs() <= scale[:, None] / 2 + 1e-7)
 
 
@@ -47,37 +44,56 @@ def test_the_int8_head_tracks_float32_and_picks_the_same_actions(dueling):
         exact = net.head(net.features(torch.from_numpy(obs).float() / 255.0))
         approx = policy.head(torch.from_numpy(obs))
     spread = float(exact.std())
-    assert float((approx - exact).abs().max()) < 0.02 * spread
+    assert float((approx - exact).abs().max()) < 0.04 * spread     # measured: 0.019 here
     top2 = exact.topk(2, dim=1).values
-    clear = (top2[:, 0] - top2[:, 1]) > 0.02 * spread       # no near-tie: the action must be the same
-    assert clear.sum() > 150
+    clear = (top2[:, 0] - top2[:, 1]) > 0.08 * spread       # no near-tie: the action must be the same
+    assert clear.sum() > 120
     assert torch.equal(approx.argmax(1)[clear], exact.argmax(1)[clear])
-    assert [policy(o) for o in obs[:20]] == [greedy_action(net, o) for o in obs[:20]]
-
-
-def test_the_float32_policy_is_the_networks_greedy_action():
-    net = random_net(2)
-    obs = observations(10, seed=3)
-    assert [make_policy(net, "float32")(o) for o in obs] == [greedy_action(net, o) for o in obs]
+    some = obs[clear.numpy()][:20]
+    assert [policy(o) for o in some] == [greedy_action(net, o) for o in some]
 
 
 def test_the_int8_policy_keeps_its_own_copy_of_the_weights():
+    """The env thread may still act with it while new weights arrive: changing the network it was
+    built from must not change it."""
     net = random_net(3)
-    obs = observations(1)[0]
+    frames = torch.from_numpy(observations(8))
     policy = Int8Policy(net)
-    before = policy(obs)
+    with torch.inference_mode():
+        before = policy.head(frames)
     with torch.no_grad():
         for p in net.parameters():
-            p.zero_()
-    assert policy(obs) == before and policy.fc1_weight.abs().sum() > 0
+            p.mul_(-3.0)
+    with torch.inference_mode():
+        assert torch.equal(policy.head(frames), before)
+        assert not torch.allclose(Int8Policy(net).head(frames), before)
 
 
 def test_precision_choice():
     net = random_net(4)
-    assert choose_precision(net, "float32", SHAPE) == ("float32", "as configured")
-    assert choose_precision(net, "int8", SHAPE) == ("int8", "as configured")
-    chosen, why = choose_precision(net, "auto", SHAPE)
+    assert choose_precision(net, Config(acting_precision="float32")) == ("float32", "as configured")
+    assert choose_precision(net, Config(acting_precision="int8")) == ("int8", "as configured")
+    assert isinstance(make_policy(net, "int8"), Int8Policy)
+    chosen, why = choose_precision(net, Config())
     assert chosen in ("int8", "float32") and "ms in int8" in why and "ms in float32" in why
+
+
+def test_another_frame_size_and_stack_work_too():
+    config = Config(frame_size=42, frame_stack=2, dueling=False)
+    torch.manual_seed(6)
+    net = build_network(config).eval()
+    assert choose_precision(net, config.replace(acting_precision="int8"))[0] == "int8"
+    obs = observations(4)[:, :2, 21:63, 21:63].copy()
+    with torch.inference_mode():
+        exact = net(torch.from_numpy(obs))           # Q itself: no dueling head
+        assert float((Int8Policy(net).head(torch.from_numpy(obs)) - exact).abs().max()) < 0.04 * float(exact.std())
+
+
+def test_a_network_of_another_layout_stays_float32():
+    net = random_net(7)
+    net.head = torch.nn.Sequential(net.head[0], torch.nn.Tanh(), net.head[2])
+    assert choose_precision(net, Config(acting_precision="auto")) == \
+        ("float32", "int8 is not available here (the int8 policy supports QNetwork's layout only)")
 
 
 def test_without_the_int8_kernels_auto_and_int8_fall_back_to_float32(monkeypatch):
@@ -85,9 +101,9 @@ def test_without_the_int8_kernels_auto_and_int8_fall_back_to_float32(monkeypatch
         raise RuntimeError("could not run 'aten::_weight_int8pack_mm' with arguments from the 'CPU' backend\nmore")
     monkeypatch.setattr(Int8Policy, "head", missing)
     for requested in ("auto", "int8"):
-        chosen, why = choose_precision(random_net(5), requested, SHAPE)
+        chosen, why = choose_precision(random_net(5), Config(acting_precision=requested))
         assert chosen == "float32"
-        assert why == "int8 is not available in this PyTorch build (could not run 'aten::_weight_int8pack_mm' " \
+        assert why == "int8 is not available here (could not run 'aten::_weight_int8pack_mm' " \
                       "with arguments from the 'CPU' backend)"
 
 

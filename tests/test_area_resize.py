@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 import pytest
 
-from common.area_resize import AreaShrinker, area_weights
+from common.area_resize import AreaShrinker, area_weights, shrinks_faster
 from common.wrappers import GrayResize
 from tests.test_wrappers import ScriptedEnv
 
@@ -42,12 +42,23 @@ def test_each_output_cell_takes_its_share_of_the_source(src, dst):
     assert index[used].min() == 0 and index[used].max() == src - 1
 
 
-def test_a_frame_smaller_than_the_output_is_refused_here_and_resized_by_opencv_in_the_wrapper():
-    with pytest.raises(ValueError, match="at least 84x84, got 60x256"):
-        AreaShrinker(60, 256, 84)
-    rgb = np.random.default_rng(0).integers(0, 256, (60, 256, 3), dtype=np.uint8)
+@pytest.mark.parametrize("shape", [(60, 256), (168, 168), (84, 84)])
+def test_growing_and_whole_ratio_frames_are_left_to_opencv_exactly(shape):
+    """Growing needs OpenCV's interpolation; whole ratios have OpenCV's own fast path, which rounds
+    halves up (ours rounds them to even: 12% of 2x2 blocky pixels would differ)."""
+    assert not shrinks_faster(*shape, 84) and shrinks_faster(240, 256, 84) and shrinks_faster(168, 170, 84)
+    rgb = np.repeat(np.random.default_rng(0).integers(0, 256, (shape[0], shape[1] // 2, 3), dtype=np.uint8), 2, 1)
     obs = GrayResize(ScriptedEnv([], rgb), 84).reset()[0]
     assert np.array_equal(obs, opencv(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), 84))
+
+
+def test_frames_it_was_not_built_for_are_refused():
+    with pytest.raises(ValueError, match="at least 84x84, got 60x256"):
+        AreaShrinker(60, 256, 84)
+    shrink = AreaShrinker(240, 256, 84)
+    for bad in (np.zeros((120, 256), np.uint8), np.zeros((240, 256, 3), np.uint8), np.zeros((240, 256), np.float32)):
+        with pytest.raises(ValueError, match=r"expected a \(240, 256\) uint8 frame"):
+            shrink(bad)
 
 
 def test_the_wrapper_follows_a_change_of_frame_shape():

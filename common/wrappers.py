@@ -141,9 +141,9 @@ class GrayResize(gym.ObservationWrapper):
 
     def observation(self, observation):
         gray = cv2.cvtColor(observation, cv2.COLOR_RGB2GRAY)
-        if not shrinks_faster(*gray.shape, self.size):
-            return cv2.resize(gray, (self.size, self.size), interpolation=cv2.INTER_AREA)
-        if self._shrink is None or self._shrink.shape != gray.shape:
+        if self._shrink is None or self._shrink.shape != gray.shape:     # a frame shape not seen last time
+            if not shrinks_faster(*gray.shape, self.size):
+                return cv2.resize(gray, (self.size, self.size), interpolation=cv2.INTER_AREA)
             self._shrink = AreaShrinker(*gray.shape, self.size)
         return self._shrink(gray)
 

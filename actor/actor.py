@@ -53,8 +53,9 @@ class Actor:
         self.policy = make_policy(self.net, self.precision)
         self.stepper = EnvThread(self.env, self._greedy, self.frame_skip)
         self.rng = np.random.default_rng(c.seed + c.run_actor(self.index))
-        self.push = runtime.transport.socket(zmq.PUSH, connect=c.connect_address("replay_in"), hwm=1000,
-                                             link="replay-in")
+        self.push = runtime.transport.socket(zmq.PUSH, connect=c.connect_address("replay_in"),
+                                             hwm=c.actor_queue_chunks(), link="replay-in")
+        self.wait_for_learner = c.pin_replay_ratio and c.samples_per_insert > 0
         self.sub = runtime.transport.socket(zmq.SUB, connect=c.connect_address("weights"), conflate=True,
                                             subscribe=True, link="weights")
         self.chunk = ChunkBuilder(c.frame_stack, c.n_step, c.gamma)
@@ -244,10 +245,17 @@ class Actor:
         return greedy_action(self.net, obs)
 
     def _send(self, payload: bytes) -> None:
+        """Queue a message for the replay server. With a pinned replay ratio a full queue means the learner
+        is behind: wait for it (new weights still arrive). Otherwise the server is unreachable: drop it
+        and keep playing."""
+        while self.wait_for_learner and not (self.learner_stopped or self.rt.should_stop()):
+            if self.push.poll(100, zmq.POLLOUT):
+                break
+            self._poll_weights()
         try:
             self.push.send(payload, zmq.NOBLOCK)
         except zmq.Again:
-            self.dropped += 1     # replay server unreachable and the queue is full: drop, keep playing
+            self.dropped += 1
 
     def _poll_weights(self) -> None:
         try:

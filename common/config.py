@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import math
 import tempfile
 from dataclasses import dataclass, fields
 
@@ -105,7 +106,10 @@ class Config:
     """Rate limit: sampled transitions per inserted one the learner may reach (0 = no limit); past it,
     sample requests wait for the actors. DQN's classic ratio is 8 (batch 32 every 4 steps)."""
     spi_tolerance: float = 5_000.0
-    """How many sampled transitions the learner may run ahead of samples_per_insert."""
+    """How many sampled transitions the learner may run ahead of samples_per_insert (and, pinned, behind it)."""
+    pin_replay_ratio: bool = True
+    """With samples_per_insert > 0, actors also wait when the learner falls behind the ratio, so a learning
+    curve over env steps does not depend on machine load (false: actors never wait, the ratio is a cap)."""
 
     # --- learner -----------------------------------------------------------------------
     n_step: int = 3
@@ -200,6 +204,10 @@ class Config:
 
     def validate(self) -> None:
         """Raise ConfigError naming the first unusable value."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name} must be a finite number, got {value}")
         positive = ("eval_episodes", "frame_skip", "frame_size", "frame_stack", "num_actions", "max_episode_steps",
                     "chunk_size", "replay_capacity", "per_beta_updates", "batch_size", "lr_decay_updates",
                     "target_update_every", "publish_every", "prefetch_batches", "num_actors", "curriculum_window")
@@ -262,6 +270,11 @@ class Config:
         for name in ("batch_size", "transitions_per_request"):
             if not 0 <= getattr(self, name) <= MAX_SAMPLE_BATCH:
                 raise ConfigError(f"{name} must be between 0 and {MAX_SAMPLE_BATCH}, got {getattr(self, name)}")
+
+    def actor_queue_chunks(self) -> int:
+        """High-water mark of the actor -> replay link, in chunks on each side. Pinned to a replay ratio,
+        a short queue keeps actors within a few chunks of it; otherwise a long one rides out an outage."""
+        return 4 if self.pin_replay_ratio and self.samples_per_insert > 0 else 1000
 
     # --- addresses -----------------------------------------------------------------------
     def bind_endpoint(self, channel: str) -> tuple[str, int]:

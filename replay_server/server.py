@@ -24,7 +24,7 @@ from common.config import MAX_SAMPLE_BATCH
 from common.protocol import ProtocolError, decode, encode, encode_parts
 from common.runtime import RoleRuntime
 from replay_server.buffer import ChunkError, PrioritizedReplay
-from replay_server.rate_limit import sampling_allowed
+from replay_server.rate_limit import RateLimiter
 from replay_server.snapshot import read_snapshot, start_snapshot
 
 MAX_PENDING = 64          # sample requests kept waiting (a learner re-asks after a restart of either side)
@@ -43,21 +43,22 @@ class ReplayServer:
         self.config = c
         self.buffer = PrioritizedReplay(c.replay_capacity, c.frame_size, c.frame_stack, c.per_alpha, c.num_actions)
         self.rng = np.random.default_rng(c.seed + 10_000)
-        self.pull = runtime.transport.socket(zmq.PULL, bind=c.bind_addresses("replay_in"), hwm=1000, link="replay-in")
+        self.limiter = RateLimiter(c.learning_starts, c.samples_per_insert, c.spi_tolerance, c.pin_replay_ratio)
+        self.pull = runtime.transport.socket(zmq.PULL, bind=c.bind_addresses("replay_in"), hwm=c.actor_queue_chunks(),
+                                             link="replay-in")
         self.router = runtime.transport.socket(zmq.ROUTER, bind=c.bind_addresses("replay_sample"), hwm=100,
                                                link="replay-sample")
         self.pending: deque[tuple[bytes, int, float, bool]] = deque(maxlen=MAX_PENDING)   # the oldest go first
         self.counters = {"episodes": 0, "env_steps": 0, "sampled": 0, "dropped": 0, "batches": 0}
         self.best_reward = float("-inf")
         self._last_drop_log = 0.0
-        self._inserted_at_start = 0
         self.snapshot: tuple[bytes, str, int | None, dict] | None = None   # (learner, name, pid, stats)
         self.actors = 0                  # connected actor processes
         self._paused_since: float | None = None
         self._pause_noticed = False
         if resume_snapshot:
             self._restore(resume_snapshot)
-            self._inserted_at_start = self.buffer.inserted     # no rate-limit credit for restored data
+        self.limiter.observe(len(self.buffer), self.buffer.inserted)     # no rate-limit credit for restored data
 
     def _restore(self, path: str) -> None:
         saved = read_snapshot(path, self.buffer)
@@ -75,9 +76,12 @@ class ReplayServer:
         poller.register(self.router, zmq.POLLIN)
         self.rt.log(f"listening on {self.config.bind_address('replay_in')} and {self.config.bind_address('replay_sample')}")
         while not self.rt.should_stop():
+            actors_wait = self.limiter.inserts_wait(self.buffer.inserted)    # pinned ratio: the learner is behind
+            poller.modify(self.pull, 0 if actors_wait else zmq.POLLIN)
             events = dict(poller.poll(POLL_MS))
             if self.pull in events:
                 self._drain(self.pull, self._on_actor_message, limit=64)
+                self.limiter.observe(len(self.buffer), self.buffer.inserted)
             if self.router in events:
                 self._drain(self.router, self._on_learner_message, limit=64)
             self._check_actors()
@@ -205,13 +209,11 @@ class ReplayServer:
             pass   # that learner is gone or not reading; it will ask again
 
     def _serve_pending(self) -> None:
-        c = self.config
         if self._paused_since is not None:
             return
-        while self.pending and sampling_allowed(
-                len(self.buffer), self.counters["sampled"], self.buffer.inserted - self._inserted_at_start,
-                self.pending[0][1], c.learning_starts, c.samples_per_insert, c.spi_tolerance):
+        while self.pending and self.limiter.can_sample(self.buffer.inserted, self.pending[0][1]):
             identity, batch_size, beta, shared = self.pending.popleft()
+            self.limiter.took(batch_size)
             batch = self.buffer.sample(batch_size, beta, self.rng, with_frames=not shared)
             self.counters["sampled"] += batch_size
             self.counters["batches"] += 1

@@ -224,7 +224,7 @@ class Supervisor:
                   flush=True)
             print("mario-apex: Ctrl+C stops this side (final checkpoint; connected actors play on)", flush=True)
         else:
-            target = c.learner_address or f"{host}:{c.base_port}"
+            target = c.learner_address or f"this machine ({c.connect_address('replay_in')})"
             print(f"mario-apex: env {c.env_id}, {c.num_actors} actor(s) feeding the learner side at {target}; "
                   "Ctrl+C stops this side (the learner keeps running and waits)", flush=True)
 

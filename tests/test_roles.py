@@ -109,3 +109,13 @@ def test_a_killed_actor_is_restarted_and_nothing_else_is(launch):
         spans.append((steps[0], steps[-1]))
     assert len(spans) == 2, spans
     assert spans[0][1] > 0 and spans[1][0] >= 0.9 * spans[0][1], spans
+
+
+def test_an_actor_side_without_learner_address_plays_against_this_machine(launch):
+    """--role actor without --learner feeds a learner side on this machine: the launcher says where,
+    the actors play to their limit and stop cleanly (it once died of a NameError before starting)."""
+    run = launch(*FAST_TEST_ENV, "--role", "actor", "--max-steps", "100")
+    assert run.wait(60) == 0, run.output()
+    assert "feeding the learner side at this machine (" in run.output()
+    assert run.summary()["env_steps"] == 100, run.summary()
+    assert "Traceback" not in run.output()

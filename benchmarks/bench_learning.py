@@ -3,23 +3,29 @@
 - `--env test` (default): the built-in test environment. Trains until a greedy evaluation episode is
   optimal (the flag in the fewest steps) and prints the wall time to that point (goal: < 60 s on
   2 cores), then compares the final greedy policy with a random policy and the untrained network.
-- `--env mario --minutes 20`: Super Mario Bros 1-1 for a fixed wall time, then the same comparison
-  (greedy x_pos and reward, averaged over evaluation episodes), the env steps and wall time to the
-  first greedy evaluation that reached the flag (if any), and `learning_curve.png` of the run.
+- `--env mario`: Super Mario Bros 1-1 for a fixed env-step budget (`--steps`, default 1,000,000), with
+  the replay ratio pinned (`samples_per_insert`, actors and learner wait for each other), so the curve
+  over env steps is the same on a busy or a quiet machine; wall time is measured too. It stops at the
+  first greedy evaluation that reaches the flag (`--until-budget` plays the whole budget), and prints
+  the env steps and minutes to that flag or the best greedy x_pos, the greedy x_pos and flag rate at
+  each `--at` budget (the median of the last 5 evaluations up to it), and the goal met or missed.
+  `--seeds N` runs seeds 0..N-1 one after another and prints medians; `--set NAME=VALUE` is passed to
+  the launcher, so variants are compared with the same command.
 
-Run with `.venv/bin/python -m benchmarks.bench_learning [--env mario --minutes 20]`; `--smoke` is a
+Run with `.venv/bin/python -m benchmarks.bench_learning [--env mario --seeds 2]`; `--smoke` is a
 short test-env run that only checks the script works.
 """
 from __future__ import annotations
 
 import os
 import re
-from datetime import datetime
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,10 +37,11 @@ from benchmarks.common import free_base_port, machine, parser  # noqa: E402
 TEST_SETTINGS = ("--env", "MarioApexTest-v0", "--headless", "--no-video", "--set", "learning_starts=500",
                  "--set", "epsilon_decay_steps=3000", "--set", "publish_every=20", "--set", "target_update_every=200",
                  "--set", "replay_capacity=20000", "--set", "eval_every_episodes=20")
-# 20 minutes on a 2-core CPU are about 100k env steps: explore over the first half of them.
-MARIO_SETTINGS = ("--env", "SuperMarioBros-1-1-v0", "--headless", "--no-video", "--set", "epsilon_decay_steps=50000",
-                  "--set", "eval_every_episodes=10", "--set", "learning_starts=5000", "--set", "target_update_every=1000",
-                  "--set", "checkpoint_every_episodes=0")
+# The launcher's defaults, pinned to a replay ratio this 2-core machine sustains with one actor, with an
+# evaluation every 20 episodes for the curve's resolution.
+MARIO_SETTINGS = ("--env", "SuperMarioBros-1-1-v0", "--headless", "--no-video", "--set", "eval_every_episodes=20",
+                  "--set", "checkpoint_every_episodes=0", "--set", "samples_per_insert=4")
+GOAL_STEPS, GOAL_MINUTES = 1_000_000, 120
 _EVAL = re.compile(r"Eval \d+, Reward: (-?[\d.]+), Actor: \d+, Steps: (\d+), X: (\d+), Flag: (yes|no), "
                    r"Env steps: (\d+)")
 
@@ -55,10 +62,12 @@ def optimal_test_steps() -> int:
 
 
 def train(settings: tuple, minutes: float, runs_dir: str, solved=None) -> tuple[Path, float | None, int | None]:
-    """Run the launcher for `minutes` (or until solved(eval_line_match) is true; then Ctrl+C it).
-    Returns (run folder, seconds to the first solved evaluation, env steps then)."""
+    """Run the launcher (for at most `minutes` if given) until it stops, or until solved(eval_line_match)
+    is true; then Ctrl+C it as a user would. Returns (run folder, seconds to the first solved
+    evaluation, env steps then)."""
+    os.makedirs(runs_dir, exist_ok=True)
     cmd = [sys.executable, "launch.py", "--runs-dir", runs_dir, "--base-port", str(free_base_port()),
-           "--max-minutes", str(minutes), *settings]
+           *(("--max-minutes", str(minutes)) if minutes else ()), *settings]
     started = time.monotonic()
     output = open(os.path.join(runs_dir, "launcher.out"), "w+")     # a file never fills up like a pipe
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=output, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -69,34 +78,54 @@ def train(settings: tuple, minutes: float, runs_dir: str, solved=None) -> tuple[
         run_dir = Path(found[1]) if found else None
     solved_at = solved_steps = None
     seen = 0
-    while proc.poll() is None:
-        time.sleep(0.2)
-        log = run_dir / "log.txt" if run_dir else None
-        if solved is None or solved_at is not None or log is None or not log.exists():
-            continue
-        lines = log.read_text().splitlines()
-        for line in lines[seen:]:
-            match = _EVAL.search(line)
-            if match and solved(match):
-                solved_at, solved_steps = time.monotonic() - started, int(match[5])
-                os.killpg(proc.pid, signal.SIGINT)      # stop as a user would
-                break
-        seen = len(lines)
+    try:
+        while proc.poll() is None:
+            time.sleep(0.5)
+            log = run_dir / "log.txt" if run_dir else None
+            if solved is None or solved_at is not None or log is None or not log.exists():
+                continue
+            lines = log.read_text().splitlines()
+            for line in lines[seen:]:
+                match = _EVAL.search(line)
+                if match and solved(match):
+                    solved_at, solved_steps = time.monotonic() - started, int(match[5])
+                    os.killpg(proc.pid, signal.SIGINT)      # stop as a user would
+                    break
+            seen = len(lines)
+    except KeyboardInterrupt:           # Ctrl+C here reaches the launcher too (same terminal): let it stop
+        proc.wait()
+        raise
     output.close()
     if proc.wait() not in (0, 130) or run_dir is None:
         raise SystemExit(f"the launcher failed with exit status {proc.returncode}: see {output.name}")
     return run_dir, solved_at, solved_steps
 
 
-def first_flag(run_dir: Path) -> str:
-    """When a greedy evaluation first reached the flag: env steps and wall time since the run began."""
+def evaluations(run_dir: Path) -> list[tuple[int, int, bool, float]]:
+    """(env steps, x_pos, flag, minutes since the run began) of every greedy evaluation in log.txt."""
     started = datetime.strptime(run_dir.name[:19], "%Y-%m-%d_%H-%M-%S")
+    found = []
     for line in (run_dir / "log.txt").read_text().splitlines():
         match = _EVAL.search(line)
-        if match and match[4] == "yes":
-            seconds = (datetime.strptime(line[1:20], "%Y-%m-%d %H:%M:%S") - started).total_seconds()
-            return f"first greedy flag: after {int(match[5]):,} env steps, {seconds / 60:.1f} minutes"
-    return "first greedy flag: not reached in this run"
+        if match:
+            minutes = (datetime.strptime(line[1:20], "%Y-%m-%d %H:%M:%S") - started).total_seconds() / 60
+            found.append((int(match[5]), int(match[3]), match[4] == "yes", minutes))
+    return found
+
+
+def at_budget(evals: list, budget: int, last: int = 5) -> tuple[float, float] | None:
+    """(median x_pos, flag rate) of the last `last` evaluations up to `budget` env steps; None if the
+    run did not get that far (or had no evaluation by then)."""
+    upto = [e for e in evals if e[0] <= budget]
+    if not upto or max(e[0] for e in evals) < budget * 0.98:
+        return None
+    window = upto[-last:]
+    return statistics.median(e[1] for e in window), sum(e[2] for e in window) / len(window)
+
+
+def first_flag(evals: list) -> tuple[int, float] | None:
+    """(env steps, minutes) of the first greedy evaluation that reached the flag."""
+    return next(((steps, minutes) for steps, _, flag, minutes in evals if flag), None)
 
 
 def compare(checkpoint: Path, episodes: int) -> dict[str, tuple[float, float, float]]:
@@ -126,33 +155,74 @@ def compare(checkpoint: Path, episodes: int) -> dict[str, tuple[float, float, fl
             "random policy": summary(play(net, config, episodes, epsilon=1.0, seed=2))}
 
 
+def learn_mario(args, runs_dir: str) -> None:
+    """Train each seed for the budget (stopping at the first greedy flag unless --until-budget), then
+    print per-seed figures, their medians and the goal."""
+    extra = tuple(a for pair in args.set for a in ("--set", pair))
+    budgets = [int(float(b)) for b in args.at.split(",")] if args.at else []
+    print(f"SuperMarioBros-1-1-v0, {args.steps:,} env steps per seed, seeds 0..{args.seeds - 1}; settings: "
+          f"{' '.join(MARIO_SETTINGS[4:] + extra)}", flush=True)
+    rows = []
+    for seed in range(args.seeds):
+        settings = (*MARIO_SETTINGS, "--max-steps", str(args.steps), "--seed", str(seed), *extra)
+        run_dir, _, _ = train(settings, args.minutes, os.path.join(runs_dir, f"seed{seed}"),
+                              solved=None if args.until_budget else lambda m: m[4] == "yes")
+        evals = evaluations(run_dir)
+        flag = first_flag(evals)
+        best = max(evals, key=lambda e: e[1], default=None)
+        rows.append((flag, best, [at_budget(evals, b) for b in budgets]))
+        at = "; ".join(f"at {b:,}: x {r[0]:.0f}, flags {r[1]:.0%}" if r else f"at {b:,}: not reached"
+                       for b, r in zip(budgets, rows[-1][2]))
+        reached = f"first greedy flag after {flag[0]:,} env steps, {flag[1]:.1f} minutes" if flag else \
+            "no greedy flag"
+        print(f"seed {seed}: {reached}; best greedy x_pos {best[1] if best else 0} "
+              f"(at {best[0] if best else 0:,} env steps); {len(evals)} evaluations; {at}; run folder {run_dir}",
+              flush=True)
+    flags = [r[0] for r in rows if r[0]]
+    print(f"flag reached in {len(flags)} of {len(rows)} seeds")
+    if flags:
+        print(f"median over seeds with a flag: {statistics.median(f[0] for f in flags):,.0f} env steps, "
+              f"{statistics.median(f[1] for f in flags):.1f} minutes")
+    print(f"median best greedy x_pos: {statistics.median(r[1][1] if r[1] else 0 for r in rows):.0f}")
+    for i, budget in enumerate(budgets):
+        points = [r[2][i] for r in rows if r[2][i]]
+        if points:
+            print(f"at {budget:,} env steps: median greedy x_pos {statistics.median(p[0] for p in points):.0f}, "
+                  f"flag rate {statistics.median(p[1] for p in points):.0%} ({len(points)} seeds)")
+    met = all(r[0] and r[0][0] <= GOAL_STEPS and r[0][1] <= GOAL_MINUTES for r in rows)
+    print(f"goal (first greedy flag within {GOAL_STEPS:,} env steps and {GOAL_MINUTES} minutes in every seed): "
+          f"{'met' if met else 'missed'}")
+
+
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--env", choices=("test", "mario"), default="test")
-    p.add_argument("--minutes", type=float, help="training wall time (default: 1 for test, 20 for mario)")
-    p.add_argument("--episodes", type=int, default=5, help="evaluation episodes per policy (default 5)")
-    p.add_argument("--keep", metavar="DIR", help="keep the run folder under DIR (default: a temporary folder)")
+    p.add_argument("--minutes", type=float, help="wall-time cap per run (default: 1 for test; none for mario)")
+    p.add_argument("--steps", type=int, default=GOAL_STEPS, help="mario: env-step budget per seed (default 1M)")
+    p.add_argument("--seeds", type=int, default=1, help="mario: seeds 0..N-1, one after another (default 1)")
+    p.add_argument("--at", default="150000,500000", help="mario: budgets to report x_pos and flag rate at")
+    p.add_argument("--until-budget", action="store_true", help="mario: go on after the first greedy flag")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="passed to the launcher")
+    p.add_argument("--episodes", type=int, default=5, help="test: evaluation episodes per policy (default 5)")
+    p.add_argument("--keep", metavar="DIR", help="keep the run folders under DIR (default: a temporary folder)")
     args = p.parse_args()
-    mario = args.env == "mario"
-    minutes = args.minutes or (0.25 if args.smoke else 20.0 if mario else 1.0)
-    episodes = 2 if args.smoke else args.episodes
     print(f"machine: {machine()}")
     runs_dir = args.keep or tempfile.mkdtemp(prefix="bench_learning_")
-    if mario:
-        print(f"training on SuperMarioBros-1-1-v0 for {minutes:g} minutes ...", flush=True)
-        run_dir, _, _ = train(MARIO_SETTINGS, minutes, runs_dir)
-        print(first_flag(run_dir))
+    if args.env == "mario":
+        learn_mario(args, runs_dir)
+        return
+    minutes = args.minutes or (0.25 if args.smoke else 1.0)
+    episodes = 2 if args.smoke else args.episodes
+    optimum = optimal_test_steps()
+    print(f"training on the test env until a greedy evaluation is optimal ({optimum} steps to the flag), "
+          f"at most {minutes:g} minutes ...", flush=True)
+    run_dir, seconds, steps = train((*TEST_SETTINGS, *(a for pair in args.set for a in ("--set", pair))), minutes,
+                                    runs_dir, solved=lambda m: m[4] == "yes" and int(m[2]) == optimum)
+    if seconds is None:
+        print(f"test env solved: no, not within {minutes:g} minutes (goal < 60 s)")
     else:
-        optimum = optimal_test_steps()
-        print(f"training on the test env until a greedy evaluation is optimal ({optimum} steps to the flag), "
-              f"at most {minutes:g} minutes ...", flush=True)
-        run_dir, seconds, steps = train(TEST_SETTINGS, minutes, runs_dir,
-                                        solved=lambda m: m[4] == "yes" and int(m[2]) == optimum)
-        if seconds is None:
-            print(f"test env solved: no, not within {minutes:g} minutes (goal < 60 s)")
-        else:
-            print(f"test env solved: greedy policy optimal after {seconds:.1f} s wall time, {steps:,} env steps "
-                  f"(goal < 60 s, {'met' if seconds < 60 else 'missed'})")
+        print(f"test env solved: greedy policy optimal after {seconds:.1f} s wall time, {steps:,} env steps "
+              f"(goal < 60 s, {'met' if seconds < 60 else 'missed'})")
     print(f"run folder: {run_dir}")
     print(f"{'policy':28s} {'x_pos':>8s} {'reward':>8s} {'flags':>6s}")
     for name, (x_pos, reward, flags) in compare(run_dir / "checkpoint_final.pth", episodes).items():

@@ -14,6 +14,8 @@ import math
 import tempfile
 from dataclasses import dataclass, fields
 
+ACTION_SETS = {"simple": 7, "right_only": 5, "complex": 12}
+"""Actions in each joypad action set (gym_super_mario_bros.actions; the learner does not import it)."""
 TEST_ENV_ID = "MarioApexTest-v0"
 """Id of the tiny built-in test environment (see common/test_env.py)."""
 MAX_SAMPLE_BATCH = 4096    # transitions in one sample request
@@ -42,8 +44,11 @@ class Config:
     """Observations are frame_size x frame_size grayscale frames."""
     frame_stack: int = 4
     """Frames stacked into one observation."""
-    num_actions: int = 7
-    """Size of the action set (SIMPLE_MOVEMENT has 7)."""
+    action_set: str = "simple"
+    """gym-super-mario-bros joypad action set: simple (SIMPLE_MOVEMENT, 7 actions), right_only (RIGHT_ONLY, 5:
+    no-op and right with A/B combinations) or complex (COMPLEX_MOVEMENT, 12). The test env has simple only."""
+    num_actions: int = 0
+    """Size of the action set; 0 = that of action_set (checked against the env at start)."""
     reward_scheme: str = "original"
     """original: env reward +1 forward, -1 back, -50 death, +1000 flag; progress (the original's later
     scheme): +0.1 per x_pos gained, -50 per life lost, +2000 flag. Both then /10, clipped to [-1, 1]."""
@@ -200,10 +205,14 @@ class Config:
 
     # ------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
+        if self.num_actions == 0 and self.action_set in ACTION_SETS:
+            self.num_actions = ACTION_SETS[self.action_set]
         self.validate()
 
     def validate(self) -> None:
         """Raise ConfigError naming the first unusable value."""
+        if self.action_set not in ACTION_SETS:
+            raise ConfigError(f"action_set must be one of {', '.join(ACTION_SETS)}, got {self.action_set!r}")
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
@@ -330,7 +339,9 @@ class Config:
         return cls(**kwargs)
 
     def replace(self, **changes) -> "Config":
-        """A validated copy with some fields changed."""
+        """A validated copy with some fields changed (a new action_set brings its own num_actions)."""
+        if "action_set" in changes and "num_actions" not in changes:
+            changes["num_actions"] = 0
         return Config.from_dict({**self.to_dict(), **changes})
 
     def save(self, path) -> None:

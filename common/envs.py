@@ -18,13 +18,13 @@ class EnvError(ValueError):
 
 
 def make_env(config: Config, seed: int = 0) -> gym.Env:
-    """Raw env -> SIMPLE_MOVEMENT -> frame skip -> time limit -> shaped reward -> gray 84x84 -> stack.
+    """Raw env -> joypad action set -> frame skip -> time limit -> shaped reward -> gray 84x84 -> stack.
 
     A comma-separated env_id ("SuperMarioBros-1-1-v0,SuperMarioBros-1-2-v0") plays a uniformly
     sampled level each episode (seeded by `seed`), or with level_mode=curriculum the levels in order."""
     ids = level_ids(config.env_id)
-    env = _make_raw(ids[0]) if len(ids) == 1 else \
-        LevelSampler([_make_raw(i) for i in ids], seed, ids, curriculum=config.level_mode == "curriculum")
+    env = _make_raw(ids[0], config.action_set) if len(ids) == 1 else \
+        LevelSampler([_make_raw(i, config.action_set) for i in ids], seed, ids, curriculum=config.level_mode == "curriculum")
     env = FrameSkip(env, config.frame_skip)
     env = TimeLimit(env, config.max_episode_steps)
     env = ShapedReward(env, config.reward_scheme, config.single_life)
@@ -41,12 +41,12 @@ def find_wrapper(env: gym.Env, kind: type):
     raise LookupError(kind.__name__)
 
 
-def _make_raw(env_id: str) -> gym.Env:
+def _make_raw(env_id: str, action_set: str = "simple") -> gym.Env:
     if env_id == TEST_ENV_ID:
         from common.test_env import CorridorEnv
         return CorridorEnv()
     import gym_super_mario_bros
-    from gym_super_mario_bros.actions import SIMPLE_MOVEMENT
+    from gym_super_mario_bros import actions
     from nes_py.wrappers import JoypadSpace
     if env_id not in gym.envs.registry:
         raise EnvError(f"unknown env id {env_id!r}: use a gym-super-mario-bros id such as "
@@ -54,7 +54,8 @@ def _make_raw(env_id: str) -> gym.Env:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")     # gym's deprecation chatter about old env versions
         env = gym_super_mario_bros.make(env_id, apply_api_compatibility=True, render_mode="rgb_array")
-    return JoypadSpace(env, SIMPLE_MOVEMENT)
+    joypad = {"simple": actions.SIMPLE_MOVEMENT, "right_only": actions.RIGHT_ONLY, "complex": actions.COMPLEX_MOVEMENT}
+    return JoypadSpace(env, joypad[action_set])
 
 
 def level_ids(env_id: str) -> list[str]:

@@ -24,7 +24,7 @@ from datetime import datetime
 
 import zmq
 
-from common.config import LOCAL_FOR_ANY, Config
+from common.config import ACTION_SETS, LOCAL_FOR_ANY, TEST_ENV_ID, Config
 from common.keys import CurveKeys
 from common.protocol import ProtocolError, decode
 from common.runtime import process_name, run_role
@@ -39,7 +39,6 @@ STOP_KILL_S = 9.0
 STOP_ORDER = ("actor", "learner", "replay")
 STOP_SHARE = {"actor": 0.3, "learner": 0.9, "replay": 1.0}   # cumulative shares of STOP_GRACE_S
 POLL_MS = 200
-ACTIONS_PER_ENV = 7     # SIMPLE_MOVEMENT, for Mario and the test env alike
 
 
 ROLES = {"all": ("replay", "learner", "actor"), "learner": ("replay", "learner"), "replay": ("replay",),
@@ -152,14 +151,17 @@ class Supervisor:
                             raise StartError(f"cannot bind ipc://{path}: {ADDRESS_IN_USE}")
 
     def _check_env(self) -> None:
-        from common.envs import unknown_env_ids
+        from common.envs import level_ids, unknown_env_ids
         unknown = unknown_env_ids(self.config.env_id)
         if unknown:
             raise StartError(f"unknown env id {unknown[0]!r}: use a gym-super-mario-bros id such as "
                              "SuperMarioBros-1-1-v0 (or several, comma-separated), or MarioApexTest-v0")
-        if self.config.num_actions != ACTIONS_PER_ENV:
-            raise StartError(f"num_actions is {self.config.num_actions} but the env's action set "
-                             f"(SIMPLE_MOVEMENT) has {ACTIONS_PER_ENV}")
+        c = self.config
+        if TEST_ENV_ID in level_ids(c.env_id) and c.action_set != "simple":
+            raise StartError(f"{TEST_ENV_ID} has the simple action set only, got action_set={c.action_set}")
+        if c.num_actions != ACTION_SETS[c.action_set]:
+            raise StartError(f"num_actions is {c.num_actions} but the env's action set "
+                             f"({c.action_set}) has {ACTION_SETS[c.action_set]}")
 
     # --- start ---------------------------------------------------------------------------------
     def _start_all(self) -> None:

@@ -28,7 +28,8 @@ def test_defaults_validate():
 
 @pytest.mark.parametrize("name,value", [
     # positive integers
-    *[(n, v) for n in ("frame_skip", "frame_size", "frame_stack", "num_actions", "max_episode_steps", "chunk_size",
+    ("num_actions", -3), ("action_set", "left_only"),
+    *[(n, v) for n in ("frame_skip", "frame_size", "frame_stack", "max_episode_steps", "chunk_size",
                        "replay_capacity", "per_beta_updates", "batch_size", "lr_decay_updates",
                        "target_update_every", "publish_every", "prefetch_batches", "num_actors") for v in (0, -3)],
     # non-negative integers
@@ -285,7 +286,8 @@ def test_describe_has_a_doc_for_every_field():
     assert [r[0] for r in rows] == list(FIELDS)
     defaults = Config()
     for name, kind, default, doc in rows:
-        assert kind == FIELDS[name] and default == getattr(defaults, name)
+        derived = name == "num_actions" and default == 0 and getattr(defaults, name) == 7   # from action_set
+        assert kind == FIELDS[name] and (default == getattr(defaults, name) or derived)
         assert isinstance(doc, str) and doc.strip(), f"{name} has no docstring"
     docs = {r[0]: r[3] for r in rows}
     assert docs["gamma"] == "Discount factor."
@@ -302,3 +304,12 @@ def test_save_then_from_dict_round_trips(tmp_path):
     assert set(data) == set(FIELDS)
     assert Config.from_dict(data) == config
     assert path.read_text(encoding="utf-8").endswith("}\n")
+
+
+def test_the_action_set_brings_its_own_number_of_actions():
+    """action_set picks the joypad set; num_actions follows it unless given, also in replace()."""
+    assert Config().num_actions == 7
+    assert Config(action_set="right_only").num_actions == 5
+    assert Config(action_set="complex").num_actions == 12
+    assert Config(action_set="right_only").replace(action_set="simple").num_actions == 7
+    assert Config(num_actions=12).num_actions == 12, "an explicit size stays (checked against the env at start)"

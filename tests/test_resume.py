@@ -150,7 +150,7 @@ def _write(path, kind: str, source) -> None:
     ("corrupt", "not a readable checkpoint"),
     ("wrong-format", "not a mario-apex checkpoint"),
     ("no-config", "damaged checkpoint (no config or counters)"),
-    ("other-actions", "num_actions is 12 but the env's action set (SIMPLE_MOVEMENT) has 7"),
+    ("other-actions", "num_actions is 12 but the env's action set (simple) has 7"),
     ("networks-for-other-frames", "incompatible online network"),
 ])
 def test_bad_checkpoint_is_refused_with_one_line_and_nothing_overwritten(finished_run, tmp_path, kind, reason):

@@ -2,12 +2,15 @@
 
 Every message is a msgpack map {"v": PROTOCOL_VERSION, "t": type, ...fields}. Arrays travel as
 {"dtype", "shape", "data"} with the raw buffer, never pickled. `decode` checks sizes, the version,
-the message type, every field's type, array dtypes against an allow-list and shapes against the
-data length; anything wrong raises ProtocolError, the one error servers catch, count and survive.
+the message type, every field's type, each array's dtype and number of dimensions against its
+field's, shapes against the data length, and that per-transition arrays agree in length; anything
+wrong raises ProtocolError. So a handler gets only arrays it can index: a 0-d `actions` never
+reaches `len()`.
 """
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import msgpack
 import numpy as np
@@ -22,47 +25,62 @@ class ProtocolError(ValueError):
     """A message that cannot be used: malformed, truncated, oversized or of the wrong type."""
 
 
-# Field kinds: "int", "float", "str", "bool", "array", "arrays" (a map of name -> array),
-# "numbers" (a map of name -> int/float/bool; small metrics blobs). Optional fields end in "?".
+# Field kinds: "int", "count" (an int >= 0), "float" (finite), "str", "bool", "numbers" (a map of
+# name -> int/finite float/bool; small metrics blobs), "array DTYPES NDIM" (one array: DTYPES is one
+# dtype or several joined by "|") and "arrays DTYPES" (a map of name -> array, any NDIM up to
+# MAX_ARRAY_DIMS). Optional fields end in "?".
 SCHEMAS: dict[str, dict[str, str]] = {
     # actor -> replay server: a chunk of n-step transitions from one episode (see actor/chunks.py).
     # frames (m, H, W) uint8; stack (n, 2S) int32 indices into frames: obs = stack[:, :S],
     # next obs = stack[:, S:]; actions (n,) uint8; rewards (n,) float32 discounted n-step returns;
     # bootstraps (n,) float32: gamma^k for the next obs k steps on, 0 after a terminal step.
-    "transitions": {"actor": "int", "frames": "array", "stack": "array", "actions": "array",
-                    "rewards": "array", "bootstraps": "array"},
+    "transitions": {"actor": "count", "frames": "array uint8 3", "stack": "array int32 2", "actions": "array uint8 1",
+                    "rewards": "array float32 1", "bootstraps": "array float32 1"},
     # actor -> replay server and launcher: one finished episode.
-    "episode": {"actor": "int", "episode": "int", "reward": "float", "steps": "int", "x_pos": "int",
-                "flag": "bool", "epsilon": "float", "actor_steps": "int"},
+    "episode": {"actor": "count", "episode": "count", "reward": "float", "steps": "count", "x_pos": "int",
+                "flag": "bool", "epsilon": "float", "actor_steps": "count"},
     # learner -> replay server: ask for a batch; the reply is "batch", or "batch_shared" when asked
     # by a learner that maps the server's frame ring (see common/shared_frames.py). It may carry the
     # previous batch's new priorities (as "priorities" does): one message instead of two per batch.
-    "sample": {"batch_size": "int", "beta": "float", "shared?": "bool", "ids?": "array", "priorities?": "array"},
+    "sample": {"batch_size": "count", "beta": "float", "shared?": "bool", "ids?": "array int64 1",
+               "priorities?": "array float32|float64 1"},
     # replay server -> learner
     # frames (B, 2S, H, W): obs = [:, :S], next obs = [:, S:]
-    "batch": {"ids": "array", "frames": "array", "actions": "array", "rewards": "array",
-              "bootstraps": "array", "weights": "array", "stats": "numbers"},
+    "batch": {"ids": "array int64 1", "frames": "array uint8 4", "actions": "array uint8 1",
+              "rewards": "array float32 1", "bootstraps": "array float32 1", "weights": "array float32 1",
+              "stats": "numbers"},
     # the same without frames: frame_numbers (B, 2S) int64 say which frames of the ring `ring` (its token)
-    "batch_shared": {"ids": "array", "frame_numbers": "array", "ring": "int", "actions": "array",
-                     "rewards": "array", "bootstraps": "array", "weights": "array", "stats": "numbers"},
+    "batch_shared": {"ids": "array int64 1", "frame_numbers": "array int64 2", "ring": "int",
+                     "actions": "array uint8 1", "rewards": "array float32 1", "bootstraps": "array float32 1",
+                     "weights": "array float32 1", "stats": "numbers"},
     # learner -> replay server: where is your frame ring? The reply, "frame_ring", is what
     # SharedFrames needs to map it (fd -1: not shared).
     "attach_frames": {},
-    "frame_ring": {"pid": "int", "fd": "int", "token": "int", "frames": "int", "size": "int"},
+    "frame_ring": {"pid": "int", "fd": "int", "token": "int", "frames": "count", "size": "count"},
     # learner -> replay server: new priorities for the transitions with these ids.
-    "priorities": {"ids": "array", "priorities": "array"},
+    "priorities": {"ids": "array int64 1", "priorities": "array float32|float64 1"},
     # learner -> replay server: snapshot the buffer now into <run folder>/<name> (a plain file name);
     # answered with "snapshot_done" once the file is complete.
     "snapshot": {"name": "str"},
     "snapshot_done": {"name": "str", "ok": "bool", "stats": "numbers", "text?": "str"},
     # learner -> actors: network weights after `updates` learner updates, and the run's counters as the
     # replay server counted them (episodes, env_steps, best_reward): what a joining actor continues from.
-    "weights": {"version": "int", "updates": "int", "tensors": "arrays", "run?": "numbers"},
+    "weights": {"version": "count", "updates": "count", "tensors": "arrays float32", "run?": "numbers"},
     # learner -> actors: the learner is stopping (after writing `checkpoint`); actors play on.
     "bye": {"checkpoint": "str"},
     # any process -> launcher: progress, the last words of a failing process, or a stop request.
-    "report": {"role": "str", "index": "int", "kind": "str", "values": "numbers", "text?": "str"},
+    "report": {"role": "str", "index": "count", "kind": "str", "values": "numbers", "text?": "str"},
 }
+
+# Arrays with one entry per transition (or per sampled one): their first dimensions must agree.
+SAME_LENGTH: dict[str, tuple[str, ...]] = {
+    "transitions": ("stack", "actions", "rewards", "bootstraps"),
+    "sample": ("ids", "priorities"),
+    "batch": ("ids", "frames", "actions", "rewards", "bootstraps", "weights"),
+    "batch_shared": ("ids", "frame_numbers", "actions", "rewards", "bootstraps", "weights"),
+    "priorities": ("ids", "priorities"),
+}
+MAX_COUNT = 2**63 - 1
 
 
 def encode(msg_type: str, **fields) -> bytes:
@@ -135,14 +153,19 @@ def decode_parts(parts: list, max_bytes: int, expect: tuple[str, ...] | None = N
         out[name] = _check_field(msg_type, name, kind, body[name], parts, used)
     if len(used) != len(parts) - 1:
         raise ProtocolError(f"{msg_type}: {len(parts) - 1 - len(used)} message part(s) not used by any field")
+    lengths = {name: len(out[name]) for name in SAME_LENGTH.get(msg_type, ()) if name in out}
+    if len(set(lengths.values())) > 1:
+        raise ProtocolError(f"{msg_type}: per-transition arrays differ in length {lengths}")
     return out
 
 
 def _check_field(msg_type: str, name: str, kind: str, value, parts: list, used: set):
     where = f"{msg_type}.{name}"
-    if kind == "int":
+    if kind in ("int", "count"):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ProtocolError(f"{where} must be an integer")
+        if kind == "count" and not 0 <= value <= MAX_COUNT:
+            raise ProtocolError(f"{where} must be a count (0 to 2**63 - 1), got {value}")
         return value
     if kind == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -156,20 +179,39 @@ def _check_field(msg_type: str, name: str, kind: str, value, parts: list, used: 
         if not isinstance(value, str):
             raise ProtocolError(f"{where} must be a string")
         return value
-    if kind == "array":
-        return _unpack_array(where, value, parts, used)
-    if kind == "arrays":
-        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            raise ProtocolError(f"{where} must be a map of arrays")
-        return {k: _unpack_array(f"{where}.{k}", v, parts, used) for k, v in value.items()}
     if kind == "numbers":
         if not isinstance(value, dict):
             raise ProtocolError(f"{where} must be a map of numbers")
         for k, v in value.items():
             if not isinstance(k, str) or not isinstance(v, (int, float, bool)):
                 raise ProtocolError(f"{where} must map names to numbers")
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ProtocolError(f"{where}.{k} must be finite")
         return value
-    raise AssertionError(f"bad schema kind {kind}")
+    base, dtypes, ndim = _array_kind(kind)
+    if base == "array":
+        return _typed(where, _unpack_array(where, value, parts, used), dtypes, ndim)
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ProtocolError(f"{where} must be a map of arrays")
+    return {k: _typed(f"{where}.{k}", _unpack_array(f"{where}.{k}", v, parts, used), dtypes, ndim)
+            for k, v in value.items()}
+
+
+@lru_cache(maxsize=None)
+def _array_kind(kind: str) -> tuple[str, frozenset[str], int | None]:
+    """"array uint8 3" -> ("array", {"uint8"}, 3); "arrays float32" -> ("arrays", {"float32"}, None: any)."""
+    words = kind.split()
+    if not 2 <= len(words) <= 3 or words[0] not in ("array", "arrays") or not set(words[1].split("|")) <= ALLOWED_DTYPES:
+        raise AssertionError(f"bad schema kind {kind}")
+    return words[0], frozenset(words[1].split("|")), int(words[2]) if len(words) == 3 else None
+
+
+def _typed(where: str, array: np.ndarray, dtypes: frozenset[str], ndim: int | None) -> np.ndarray:
+    if array.dtype.name not in dtypes:
+        raise ProtocolError(f"{where} must be {' or '.join(sorted(dtypes))}, got {array.dtype.name}")
+    if ndim is not None and array.ndim != ndim:
+        raise ProtocolError(f"{where} must have {ndim} dimension(s), got shape {array.shape}")
+    return array
 
 
 def _pack_array(array: np.ndarray) -> dict:

@@ -6,8 +6,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from common.protocol import (ALLOWED_DTYPES, MAX_ARRAY_DIMS, PROTOCOL_VERSION, SCHEMAS, ProtocolError, decode,
-                             decode_parts, encode, encode_parts)
+from common.protocol import (ALLOWED_DTYPES, MAX_ARRAY_DIMS, PROTOCOL_VERSION, SAME_LENGTH, SCHEMAS, ProtocolError,
+                             decode, decode_parts, encode, encode_parts)
 
 MAX = 1 << 22   # max_bytes for decode in these tests (4 MiB)
 RNG = np.random.default_rng(1234)
@@ -55,8 +55,26 @@ EMPTY_TRANSITIONS = dict(actor=0, frames=np.zeros((0, 84, 84), np.uint8), stack=
                          bootstraps=np.zeros(0, np.float32))
 
 # A value of each kind, for fields (of a future schema) without a hand-written example.
-BY_KIND = {"int": 7, "float": 0.25, "str": "text", "bool": True, "array": np.arange(6, dtype=np.int16).reshape(2, 3),
-           "arrays": {"a": np.ones((2, 2), np.float32)}, "numbers": {"n": 1}}
+BY_KIND = {"int": 7, "count": 7, "float": 0.25, "str": "text", "bool": True, "numbers": {"n": 1}}
+
+
+def array_spec(kind: str) -> tuple[list[str], int | None]:
+    """An array kind's dtypes and number of dimensions ("array uint8 3"; "arrays float32": None, any)."""
+    words = kind.split()
+    return words[1].split("|"), int(words[2]) if len(words) == 3 else None
+
+
+def tiny_array(kind: str, length: int = 1) -> np.ndarray:
+    """A valid array for an "array ..." field (or one map entry of an "arrays ..." field): `length`
+    along every dimension, so per-transition lengths agree."""
+    dtypes, ndim = array_spec(kind)
+    return np.ones((length,) * (1 if ndim is None else ndim), dtypes[0])
+
+
+def value_for(kind: str):
+    if kind.startswith("arrays "):
+        return {"a": tiny_array(kind, 2)}
+    return tiny_array(kind, 2) if kind.startswith("array ") else BY_KIND[kind]
 
 
 def fields_for(msg_type: str) -> dict:
@@ -65,7 +83,7 @@ def fields_for(msg_type: str) -> dict:
     out = {}
     for key, kind in SCHEMAS[msg_type].items():
         name = key.rstrip("?")
-        out[name] = example[name] if name in example else BY_KIND[kind]
+        out[name] = example[name] if name in example else value_for(kind)
     return out
 
 
@@ -93,15 +111,26 @@ def assert_same(decoded, sent):
 
 def small_messages() -> list[bytes]:
     """Valid messages with tiny arrays: structure bytes dominate, which is what fuzzing should hit."""
-    tiny = {"array": np.array([[1, 2, 3]], np.int32), "arrays": {"w": np.array([0.5, -2.0], np.float32)}}
     out = []
     for msg_type, schema in SCHEMAS.items():
         f = fields_for(msg_type)
         for key, kind in schema.items():
-            if kind in tiny:
-                f[key.rstrip("?")] = tiny[kind]
+            if kind.startswith("array "):
+                f[key.rstrip("?")] = tiny_array(kind)
+            elif kind.startswith("arrays "):
+                f[key.rstrip("?")] = {"w": tiny_array(kind, 2)}
         out.append(encode(msg_type, **f))
     return out
+
+
+@pytest.fixture
+def probe(monkeypatch):
+    """A test-only message type "probe" with one array field of the given kind; returns a function
+    that round-trips an array through it."""
+    def round_trip(array: np.ndarray, kind: str) -> np.ndarray:
+        monkeypatch.setitem(SCHEMAS, "probe", {"a": kind})
+        return decode(encode("probe", a=array), max_bytes=MAX)["a"]
+    return round_trip
 
 
 # --- round trips ------------------------------------------------------------------------------------
@@ -131,27 +160,23 @@ def test_round_trip_zero_length_arrays():
 
 @pytest.mark.parametrize("dtype", sorted(ALLOWED_DTYPES))
 @pytest.mark.parametrize("shape", [(), (0,), (5,), (2, 3), (2, 0, 3), (1, 2, 3, 4)])
-def test_round_trip_every_allowed_dtype_and_shape(dtype, shape):
+def test_round_trip_every_allowed_dtype_and_shape(probe, dtype, shape):
     """Every allowed dtype travels in 0-d to 4-d arrays, empty ones included, bit for bit."""
     array = (np.arange(math.prod(shape)) % 3 - 1).astype(dtype).reshape(shape)
-    out = decode(encode("priorities", ids=array, priorities=array), max_bytes=MAX)
-    assert_same(out["ids"], array)
+    assert_same(probe(array, f"array {dtype} {len(shape)}"), array)
 
 
-def test_round_trip_non_contiguous_array():
+def test_round_trip_non_contiguous_array(probe):
     """A transposed/strided view is sent as its values, not as its underlying buffer."""
-    base = np.arange(24, dtype=np.float32).reshape(4, 6)
-    view = base.T[::2]
-    out = decode(encode("priorities", ids=view, priorities=base), max_bytes=MAX)
-    assert_same(out["ids"], view)
+    view = np.arange(24, dtype=np.float32).reshape(4, 6).T[::2]
+    assert_same(probe(view, "array float32 2"), view)
 
 
 @pytest.mark.parametrize("dtype", [">f4", ">i8", ">f8", "<f4"])
-def test_round_trip_keeps_values_of_any_byte_order(dtype):
+def test_round_trip_keeps_values_of_any_byte_order(probe, dtype):
     """A big-endian array is not silently reinterpreted: the receiver gets the same numbers."""
     array = np.array([1.5, -2.0, 3.0e4], dtype=dtype)
-    out = decode(encode("priorities", ids=array, priorities=array), max_bytes=MAX)
-    np.testing.assert_array_equal(out["ids"], array)
+    np.testing.assert_array_equal(probe(array, "array float32|int64|float64 1"), array)
 
 
 def test_optional_field_may_be_left_out():
@@ -298,16 +323,45 @@ def test_extra_field_is_rejected(msg_type, extra):
 
 WRONG_BY_KIND = {
     "int": ["3", 3.0, 3.5, True, False, None, [1], {"a": 1}, b"\x03"],
+    "count": ["3", 3.0, True, None, [1], -1, -2**63, 2**63],
     "float": ["0.5", True, None, math.nan, math.inf, -math.inf, [0.5], {"x": 0.5}],
     "bool": [1, 0, "true", None, 1.0, [True]],
     "str": [1, b"bytes", None, ["a"], {"a": "b"}, True],
     "array": [5, "x", b"raw", [1, 2], None, {"dtype": "uint8", "shape": [1]},
               {"dtype": "uint8", "shape": [1], "data": b"\x00", "extra": 1}],
     "arrays": [5, [], "x", {"a": 5}, {"a": None}, {b"a": {"dtype": "uint8", "shape": [1], "data": b"\x00"}}],
-    "numbers": [5, [1], "x", {"a": "x"}, {"a": None}, {"a": [1]}, {"a": {"b": 1}}, {b"k": 1}],
+    "numbers": [5, [1], "x", {"a": "x"}, {"a": None}, {"a": [1]}, {"a": {"b": 1}}, {b"k": 1},
+                {"a": math.nan}, {"a": math.inf}, {"a": -math.inf}],
 }
+
+
+def raw_array(array: np.ndarray) -> dict:
+    return {"dtype": array.dtype.name, "shape": list(array.shape), "data": array.tobytes()}
+
+
+def wrong_arrays(kind: str) -> list[dict]:
+    """Well-formed arrays that break an array field's type: another dtype, 0-d, one dimension more."""
+    dtypes, ndim = array_spec(kind)
+    other = sorted(ALLOWED_DTYPES - set(dtypes))[0]
+    if ndim is None:
+        return [raw_array(np.ones(1, other))]
+    arrays = [np.ones((1,) * ndim, other), np.ones((), dtypes[0])]
+    if ndim < MAX_ARRAY_DIMS:
+        arrays.append(np.ones((1,) * (ndim + 1), dtypes[0]))
+    return [raw_array(a) for a in arrays]
+
+
+def wrong_values(kind: str) -> list:
+    base = kind.split()[0]
+    if base == "array":
+        return WRONG_BY_KIND[base] + wrong_arrays(kind)
+    if base == "arrays":
+        return WRONG_BY_KIND[base] + [{"a": a} for a in wrong_arrays(kind)]
+    return WRONG_BY_KIND[base]
+
+
 WRONG_KIND_CASES = [(t, k.rstrip("?"), v) for t, schema in SCHEMAS.items() for k, kind in schema.items()
-                    for v in WRONG_BY_KIND[kind]]
+                    for v in wrong_values(kind)]
 
 
 @pytest.mark.parametrize("msg_type,name,value", WRONG_KIND_CASES,
@@ -317,6 +371,36 @@ def test_field_of_the_wrong_kind_is_rejected(msg_type, name, value):
     body = body_for(msg_type)
     body[name] = value
     assert f"{msg_type}.{name}" in reject(pack(body))
+
+
+def test_every_array_field_has_a_dtype_and_a_number_of_dimensions():
+    """No array field takes any array: each names its dtype(s) and (single arrays) its dimensions."""
+    for msg_type, schema in SCHEMAS.items():
+        for key, kind in schema.items():
+            words = kind.split()
+            if words[0] == "array":
+                assert len(words) == 3 and 0 <= int(words[2]) <= MAX_ARRAY_DIMS, (msg_type, key, kind)
+            if words[0] in ("array", "arrays"):
+                assert set(words[1].split("|")) <= ALLOWED_DTYPES, (msg_type, key, kind)
+
+
+def test_zero_d_actions_are_rejected():
+    """The message that stopped a run: a 0-d actions array with a (1, 8) stack."""
+    fields = dict(EXAMPLES["transitions"], stack=np.zeros((1, 8), np.int32), actions=np.array(0, np.uint8),
+                  rewards=np.zeros(1, np.float32), bootstraps=np.ones(1, np.float32))
+    assert "transitions.actions must have 1 dimension" in reject(encode("transitions", **fields))
+
+
+SAME_LENGTH_CASES = [(t, name) for t, names in SAME_LENGTH.items() for name in names]
+
+
+@pytest.mark.parametrize("msg_type,name", SAME_LENGTH_CASES)
+def test_per_transition_arrays_must_agree_in_length(msg_type, name):
+    """One entry too many in any per-transition array is refused."""
+    fields = fields_for(msg_type)
+    decode(encode(msg_type, **fields), max_bytes=MAX)
+    fields[name] = np.concatenate([fields[name], fields[name][:1]])
+    assert "differ in length" in reject(encode(msg_type, **fields))
 
 
 def array_body(**changes) -> dict:

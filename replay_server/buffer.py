@@ -100,13 +100,14 @@ class PrioritizedReplay:
         return n
 
     def _check_chunk(self, frames, stack, actions, rewards, bootstraps) -> tuple[int, int]:
-        n, m, s, size = len(actions), len(frames), self.frame_stack, self.frame_size
+        s, size = self.frame_stack, self.frame_size
         if frames.dtype != np.uint8 or frames.shape[1:] != (size, size) or frames.ndim != 3:
             raise ChunkError(f"frames must be uint8 (m, {size}, {size}), got {frames.dtype} {frames.shape}")
+        if actions.ndim != 1 or rewards.shape != actions.shape or bootstraps.shape != actions.shape:
+            raise ChunkError("actions, rewards and bootstraps must be 1-D of equal length")
+        n, m = len(actions), len(frames)
         if stack.shape != (n, 2 * s) or stack.dtype.kind not in "iu":
             raise ChunkError(f"stack must be integer ({n}, {2 * s}), got {stack.dtype} {stack.shape}")
-        if actions.shape != (n,) or rewards.shape != (n,) or bootstraps.shape != (n,):
-            raise ChunkError("actions, rewards and bootstraps must be 1-D of equal length")
         if n == 0 or m == 0:
             raise ChunkError("empty chunk")
         if n > self.capacity or m > self.frame_capacity or m > n + s + MAX_N_STEP:
@@ -155,6 +156,8 @@ class PrioritizedReplay:
             raise ChunkError("ids and priorities differ in length")
         if not np.all(np.isfinite(priorities)) or np.any(priorities <= 0):
             raise ChunkError("priorities must be finite and positive")
+        if np.any(ids < 0):     # never given out; stale or future ids (from before a restart) are ignored
+            raise ChunkError("negative ids")
         slots = ids % self.capacity
         live = (ids >= 0) & (self._ids[slots] == ids)
         if np.any(live):

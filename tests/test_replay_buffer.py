@@ -94,6 +94,10 @@ MALFORMED = {
     "long bootstraps": _set("bootstraps", np.full(6, GAMMA, np.float32)),
     "short bootstraps": _set("bootstraps", np.full(4, GAMMA, np.float32)),
     "stack rows != transitions": _set("stack", lambda c: c["stack"][:4]),
+    "0-d actions": _set("actions", np.array(0, np.uint8)),
+    "0-d rewards": _set("rewards", np.array(0, np.float32)),
+    "0-d frames": _set("frames", np.array(0, np.uint8)),
+    "2-D actions": _set("actions", lambda c: c["actions"][:, None]),
     "no transitions": lambda c: {"frames": c["frames"][:1], "stack": np.zeros((0, 2 * S), np.int32),
                                  "actions": np.zeros(0, np.uint8), "rewards": np.zeros(0, np.float32),
                                  "bootstraps": np.zeros(0, np.float32)},
@@ -393,20 +397,21 @@ def test_new_transitions_get_the_largest_priority_seen():
 
 
 def test_stale_and_unknown_ids_are_ignored():
-    """An id whose slot now holds a newer transition, a future id or a negative id changes
-    nothing: not the priorities and not max_priority."""
+    """An id whose slot now holds a newer transition or a future id (from a replay server before its
+    restart) changes nothing: not the priorities and not max_priority."""
     buf = make_buffer(8, alpha=0.6)
     old = add(buf, 5)                    # ids 0..4
     new = add(buf, 5)                    # ids 5..9: evicts 0..4, ids 8 and 9 reuse slots of 0 and 1
     assert buf.update_priorities(old, np.full(5, 50.0)) == 0
-    assert buf.update_priorities([0, 1, 9, 100, -3], [50.0, 50.0, 2.0, 50.0, 50.0]) == 1
+    assert buf.update_priorities([0, 1, 9, 100, 2**62], [50.0, 50.0, 2.0, 50.0, 50.0]) == 1
     assert buf.max_priority == 2.0
     assert_live_priorities(buf, [1.0, 1.0, 1.0, 1.0, 2.0])
     assert buf.update_priorities(new, np.full(5, 0.5)) == 5
 
 
 @pytest.mark.parametrize("ids, priorities", [
-    ([0, 1], [1.0]), ([0], [0.0]), ([0], [-1.0]), ([0], [np.nan]), ([0], [np.inf])])
+    ([0, 1], [1.0]), ([0], [0.0]), ([0], [-1.0]), ([0], [np.nan]), ([0], [np.inf]), ([0, -3], [1.0, 1.0]),
+    ([-2**63], [1.0])])
 def test_invalid_priority_updates_raise(ids, priorities):
     buf = make_buffer(8)
     add(buf, 3)

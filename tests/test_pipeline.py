@@ -20,15 +20,16 @@ pytestmark = pytest.mark.slow
 
 
 def test_test_env_greedy_policy_beats_random_after_a_short_run(launch):
-    """The whole loop learns: after ~10 s on the test env the greedy policy clearly beats random."""
+    """The whole loop learns: after ~10 s on the test env the greedy policy clearly beats random. The replay
+    ratio is pinned, so a loaded machine makes the run slower, not the learning weaker."""
     run = launch(*FAST_TEST_ENV, "--max-steps", "8000", "--set", "eval_every_episodes=100",
-                 "--set", "eval_episodes=2")
+                 "--set", "eval_episodes=2", "--set", "samples_per_insert=1", "--set", "spi_tolerance=500")
     assert run.wait(180) == 0, run.output()
     summary = run.summary()
     assert summary["stop_reason"] == "reached --max-steps"
     assert summary["env_steps"] == 8000
     assert summary["replay"]["inserted"] == 8000, "every transition reached the replay server"
-    assert summary["updates"] >= 50, summary
+    assert summary["replay"]["sampled"] >= (8000 - 500) * 1 - 500 - 4 * 64 * 2, "the ratio held the actor back"
     assert summary["actors"]["0"]["weights_updates"] > 0, "trained weights reached the actor"
     assert "reading batch frames from the replay server's shared memory" in run.output()
     assert summary["learner"]["torn_batches"] == 0
@@ -85,6 +86,20 @@ def test_mario_1_1_headless_bounded_run(launch):
     assert state["counters"]["updates"] == summary["updates"]
     assert state["config"]["env_id"] == "SuperMarioBros-1-1-v0"
     assert "Traceback" not in run.output()
+
+
+@pytest.mark.parametrize("pinned", [True, False])
+def test_a_pinned_replay_ratio_holds_the_actors_back_for_a_slow_learner(launch, pinned):
+    """samples_per_insert=8 is more than this learner can sample at the test env's speed. Pinned, the
+    actors wait for it, so it samples 8 per insert (within the tolerance and a few queued chunks);
+    unpinned (the control), the actors run ahead and the ratio falls far short."""
+    run = launch(*FAST_TEST_ENV, "--max-steps", "3000", "--set", "samples_per_insert=8", "--set", "spi_tolerance=200",
+                 "--set", f"pin_replay_ratio={str(pinned).lower()}")
+    assert run.wait(240) == 0, run.output()
+    replay = run.summary()["replay"]
+    pinned_floor = (replay["inserted"] - 500 - 2 * 4 * 64) * 8 - 200      # chunks queued on either side
+    assert replay["sampled"] <= (replay["inserted"] - 500) * 8 + 200, replay
+    assert (replay["sampled"] >= pinned_floor) is pinned, replay
 
 
 def test_samples_per_insert_limit_holds_the_learner_back(launch):

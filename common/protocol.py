@@ -82,6 +82,24 @@ SAME_LENGTH: dict[str, tuple[str, ...]] = {
 }
 MAX_COUNT = 2**63 - 1
 
+# What a report's values hold, by kind and sending role (see RoleRuntime.report and its callers): the
+# keys the launcher reads, with their kinds as in SCHEMAS ("?": optional). Other keys may come too
+# (decode already made every value a finite number). "log" and "failed" carry only their text.
+REPORT_VALUES: dict[tuple[str, str], dict[str, str]] = {
+    ("progress", "actor"): {"steps": "count", "session_steps": "count", "episodes": "count",
+                            "steps_per_s?": "float", "epsilon?": "float", "weights_updates?": "count",
+                            "learner_stopped?": "bool", "level?": "count"},
+    ("progress", "learner"): {"updates": "count", "loss?": "float"},
+    ("progress", "replay"): {"size": "count", "env_steps": "count", "episodes": "count", "actors": "count"},
+    ("episode", "actor"): {"actor": "count", "episode": "count", "reward": "float", "steps": "count",
+                           "x_pos": "int", "flag": "bool", "epsilon": "float", "actor_steps": "count",
+                           "session_steps": "count", "level?": "count"},
+    ("eval", "actor"): {"actor": "count", "reward": "float", "steps": "count", "x_pos": "int", "flag": "bool",
+                        "env_steps": "count"},
+    ("done", "actor"): {"steps": "count", "episodes": "count"},
+    **{(kind, role): {} for kind in ("log", "failed") for role in ("actor", "learner", "replay")},
+}
+
 
 def encode(msg_type: str, **fields) -> bytes:
     """Pack one message; numpy arrays become {"dtype", "shape", "data"} maps."""
@@ -157,6 +175,23 @@ def decode_parts(parts: list, max_bytes: int, expect: tuple[str, ...] | None = N
     if len(set(lengths.values())) > 1:
         raise ProtocolError(f"{msg_type}: per-transition arrays differ in length {lengths}")
     return out
+
+
+def check_report(msg: dict) -> None:
+    """A decoded report is one REPORT_VALUES knows, with the values the launcher reads; an actor's
+    episode or eval names that actor. Raises ProtocolError."""
+    spec = REPORT_VALUES.get((msg["kind"], msg["role"]))
+    if spec is None:
+        raise ProtocolError(f"report: unknown kind {msg['kind'][:40]!r} from role {msg['role'][:40]!r}")
+    values = msg["values"]
+    for key, kind in spec.items():
+        name = key.rstrip("?")
+        if name in values:
+            _check_field("report", f"values.{name}", kind, values[name], [], set())
+        elif not key.endswith("?"):
+            raise ProtocolError(f"report: {msg['kind']} values lack {name!r}")
+    if "actor" in spec and values["actor"] != msg["index"]:
+        raise ProtocolError(f"report: {msg['kind']} of actor {values['actor']} sent as actor {msg['index']}")
 
 
 def _check_field(msg_type: str, name: str, kind: str, value, parts: list, used: set):

@@ -20,6 +20,7 @@ class RunStatus:
         self.done_actors: set[int] = set()
         self.evaluations = 0
         self.last_eval: dict = {}
+        self.dropped_reports = 0      # bad reports the launcher dropped (see Supervisor._drain_reports)
         self._rate_mark = (time.monotonic(), 0, 0)
         self.rates = (0.0, 0.0)
 
@@ -123,6 +124,7 @@ class RunStatus:
         return {"episodes": self.episodes, "total_episodes": self.total_episodes, "env_steps": self.env_steps,
                 "session_steps": self.session_steps, "updates": self.updates,
                 "best_reward": self.best_reward, "evaluations": self.evaluations, "last_eval": self.last_eval,
+                "dropped_reports": self.dropped_reports,
                 "seconds": round(time.monotonic() - self.started, 1),
                 "actors": {str(k): v for k, v in self.actors.items()}, "learner": self.learner,
                 "replay": self.replay}

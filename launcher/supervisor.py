@@ -17,8 +17,10 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from datetime import datetime
 
@@ -26,9 +28,9 @@ import zmq
 
 from common.config import ACTION_SETS, LOCAL_FOR_ANY, TEST_ENV_ID, Config
 from common.keys import CurveKeys
-from common.protocol import ProtocolError, decode
+from common.protocol import ProtocolError, check_report, decode
 from common.runtime import process_name, run_role
-from common.transport import ADDRESS_IN_USE, Transport
+from common.transport import ADDRESS_IN_USE, Transport, TransportError
 from launcher.console import Console
 from launcher.episode_log import EpisodeLog
 from launcher.resume import ResumePlan
@@ -39,6 +41,8 @@ STOP_KILL_S = 9.0
 STOP_ORDER = ("actor", "learner", "replay")
 STOP_SHARE = {"actor": 0.3, "learner": 0.9, "replay": 1.0}   # cumulative shares of STOP_GRACE_S
 POLL_MS = 200
+REPORTS_PER_DRAIN = 1000    # then the launcher looks at its children and limits again
+DROP_LOG_S = 30.0
 
 
 ROLES = {"all": ("replay", "learner", "actor"), "learner": ("replay", "learner"), "replay": ("replay",),
@@ -101,12 +105,12 @@ class Supervisor:
         self.keys = keys.to_dict() if keys else None
         self._check_env_and_device()
         self._check_ports()
-        self.transport = Transport(config.max_message_bytes)
-        # Reports stay on this machine: a loopback port the system picks, so launchers never collide.
-        self.reports = self.transport.socket(zmq.PULL, bind="tcp://127.0.0.1:*", hwm=100_000)
-        self.reports_address = self.reports.getsockopt_string(zmq.LAST_ENDPOINT)
         self.run_dir = self.resume.run_dir or make_run_dir(config.runs_dir)
         config.save(os.path.join(self.run_dir, "config.json"))
+        self.transport = Transport(config.max_message_bytes)
+        self._reports_dir: str | None = None
+        self.reports, self.reports_address = self._bind_reports()
+        self._last_drop_log = 0.0
         self.status = RunStatus(config.replay_capacity, episodes_before=int(self.resume.counters.get("episodes", 0)))
         self.episode_log = EpisodeLog(os.path.join(self.run_dir, "log.txt"))
         self.processes: dict[str, mp.Process] = {}
@@ -116,6 +120,21 @@ class Supervisor:
         self.signal_count = 0
         self.exit_code = 0
         self.console: Console | None = None
+
+    def _bind_reports(self) -> tuple[zmq.Socket, str]:
+        """The report channel: an ipc socket in a fresh directory that only this user may enter (0700,
+        removed in _finish), so no one else on the machine can send this launcher reports. Where
+        ZeroMQ has no ipc, a loopback port the system picks (reachable by every local user)."""
+        if not zmq.has("ipc"):
+            sock = self.transport.socket(zmq.PULL, bind="tcp://127.0.0.1:*", hwm=100_000)
+            return sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._reports_dir = tempfile.mkdtemp(prefix="mario-apex-")
+        address = f"ipc://{os.path.join(self._reports_dir, 'reports')}"
+        try:
+            return self.transport.socket(zmq.PULL, bind=address, hwm=100_000), address
+        except TransportError as exc:        # e.g. a TMPDIR too long for a socket path
+            shutil.rmtree(self._reports_dir, ignore_errors=True)
+            raise StartError(f"{exc} (the launcher's report socket; try a shorter TMPDIR)") from None
 
     def _check_env_and_device(self) -> None:
         """The env where actors run (gym is imported only there), the device where the learner runs."""
@@ -268,31 +287,49 @@ class Supervisor:
         return None
 
     def _drain_reports(self, timeout_ms: int) -> None:
+        """Handle the waiting reports. A bad one is dropped and counted, never raised: this also runs
+        in _stop_all, where an exception would leave the children running and the launcher waiting."""
         if not self.reports.poll(timeout_ms, zmq.POLLIN):
             return
-        while True:
+        for _ in range(REPORTS_PER_DRAIN):
             try:
                 raw = self.reports.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
             try:
-                msg = decode(raw, self.config.max_message_bytes, expect=("report",))
-            except ProtocolError:
-                continue
-            name = process_name(msg["role"], msg["index"])
-            if msg["kind"] == "failed":
-                self.failures[name] = msg.get("text", "")
-            elif msg["kind"] == "log":
-                self.console.say(f"[{name}] {msg.get('text', '')}")
-            else:
-                self.status.on_report(msg)
-                error = None
-                if msg["kind"] == "episode":
-                    error = self.episode_log.write(self.status.total_episodes, msg["values"])
-                elif msg["kind"] == "eval":
-                    error = self.episode_log.write_eval(self.status.evaluations, msg["values"])
-                if error:
-                    self.console.say(f"mario-apex: {error}", error=True)
+                self._on_report(decode(raw, self.config.max_message_bytes, expect=("report",)))
+            except Exception as exc:    # ProtocolError, or one no check foresaw: that report is lost, not the run
+                self._drop_report(str(exc) if isinstance(exc, ProtocolError) else f"{type(exc).__name__}: {exc}")
+
+    def _on_report(self, msg: dict) -> None:
+        check_report(msg)
+        role, index = msg["role"], msg["index"]
+        if role not in self.roles or index >= (self.config.num_actors if role == "actor" else 1):
+            raise ProtocolError(f"report from {role} {index}, which this launcher did not start")
+        name = process_name(role, index)
+        if msg["kind"] == "failed":
+            self.failures[name] = msg.get("text", "")
+        elif msg["kind"] == "log":
+            self.console.say(f"[{name}] {msg.get('text', '')}")
+        else:
+            self.status.on_report(msg)
+            error = None
+            if msg["kind"] == "episode":
+                error = self.episode_log.write(self.status.total_episodes, msg["values"])
+            elif msg["kind"] == "eval":
+                error = self.episode_log.write_eval(self.status.evaluations, msg["values"])
+            if error:
+                self.console.say(f"mario-apex: {error}", error=True)
+
+    def _drop_report(self, reason: str) -> None:
+        """Count a bad report (summary.json: dropped_reports); say so for the first one, then at most
+        every DROP_LOG_S seconds."""
+        self.status.dropped_reports += 1
+        now = time.monotonic()
+        if self.status.dropped_reports == 1 or now - self._last_drop_log >= DROP_LOG_S:
+            self._last_drop_log = now
+            self.console.say(f"mario-apex: dropped a bad report ({reason[:200]}); "
+                             f"{self.status.dropped_reports} dropped so far", error=True)
 
     def _check_children(self) -> None:
         for name, proc in list(self.processes.items()):
@@ -364,6 +401,8 @@ class Supervisor:
         except OSError as exc:
             print(f"mario-apex: could not write summary.json: {exc.strerror}", file=sys.stderr)
         self.transport.close()
+        if self._reports_dir is not None:
+            shutil.rmtree(self._reports_dir, ignore_errors=True)
         if self.console is not None:
             self.console.update(self.status, force=True)
             self.console.close()

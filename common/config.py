@@ -63,6 +63,9 @@ class Config:
     """... averaged over this many of its latest episodes on the current level."""
     max_episode_steps: int = 4000
     """Agent steps after which an episode is truncated (no bootstrap cut)."""
+    stall_steps: int = 0
+    """Truncate an episode (training and evaluation) after this many agent steps without a new rightmost
+    x_pos (0 = never); a Mario stuck at a pipe otherwise waits out the game clock (~2,400 steps)."""
 
     # --- actor -------------------------------------------------------------------------
     epsilon_start: float = 1.0
@@ -224,7 +227,7 @@ class Config:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         non_negative = ("eval_every_episodes", "epsilon_decay_steps", "learning_starts", "checkpoint_every_episodes",
-                        "max_episodes", "max_steps", "seed", "actor_restarts", "first_actor", "total_actors")
+                        "stall_steps", "max_episodes", "max_steps", "seed", "actor_restarts", "first_actor", "total_actors")
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")

@@ -26,7 +26,7 @@ def make_env(config: Config, seed: int = 0) -> gym.Env:
     env = _make_raw(ids[0], config.action_set) if len(ids) == 1 else \
         LevelSampler([_make_raw(i, config.action_set) for i in ids], seed, ids, curriculum=config.level_mode == "curriculum")
     env = FrameSkip(env, config.frame_skip)
-    env = TimeLimit(env, config.max_episode_steps)
+    env = TimeLimit(env, config.max_episode_steps, config.stall_steps)
     env = ShapedReward(env, config.reward_scheme, config.single_life)
     env = GrayResize(env, config.frame_size)
     return FrameStack(env, config.frame_stack)

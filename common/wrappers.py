@@ -171,20 +171,30 @@ class FrameStack(gym.Wrapper):
 
 
 class TimeLimit(gym.Wrapper):
-    """Truncate an episode after `max_steps` agent steps (truncated=True, not terminated)."""
+    """Truncate an episode (truncated=True, not terminated: the cut is ours, so it still bootstraps) after
+    `max_steps` agent steps, or after `stall_steps` steps without a new rightmost x_pos (0 = never):
+    a Mario stuck at a pipe otherwise waits out the game clock, about 2,400 steps."""
 
-    def __init__(self, env: gym.Env, max_steps: int):
+    def __init__(self, env: gym.Env, max_steps: int, stall_steps: int = 0):
         super().__init__(env)
         self.max_steps = max_steps
+        self.stall_steps = stall_steps
         self._steps = 0
+        self._best_x = 0
+        self._best_at = 0
 
     def reset(self, **kwargs):
-        self._steps = 0
-        return self.env.reset(**kwargs)
+        obs, info = self.env.reset(**kwargs)
+        self._steps, self._best_x, self._best_at = 0, int(info.get("x_pos", 0)), 0
+        return obs, info
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
         self._steps += 1
-        if self._steps >= self.max_steps and not terminated:
+        x_pos = int(info.get("x_pos", 0))
+        if x_pos > self._best_x:
+            self._best_x, self._best_at = x_pos, self._steps
+        stalled = self.stall_steps and self._steps - self._best_at >= self.stall_steps
+        if (self._steps >= self.max_steps or stalled) and not terminated:
             truncated = True
         return obs, reward, terminated, truncated, info

@@ -119,6 +119,8 @@ class ReplayServer:
                 handler(parts)
             except (ProtocolError, ChunkError) as exc:
                 self._drop(str(exc))
+            except Exception as exc:   # one no check foresaw: that message is lost, never the server
+                self._drop(f"{type(exc).__name__} while handling it: {exc}")
 
     def _drop(self, reason: str) -> None:
         """Count a bad message; say so for the first one, then at most every DROP_LOG_S seconds."""

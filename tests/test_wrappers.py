@@ -393,3 +393,27 @@ def test_level_list_samples_a_level_per_episode():
     assert unknown_env_ids("SuperMarioBros-1-1-v0, MarioApexTest-v0") == []
     assert unknown_env_ids("SuperMarioBros-1-1-v0,Tetris-v0") == ["Tetris-v0"]
     assert unknown_env_ids("") == [""]
+
+
+def x_steps(xs):
+    """Script of steps at the given x positions."""
+    return [(rgb(0), 0.0, False, False, {"x_pos": x}) for x in xs]
+
+
+def test_time_limit_truncates_a_stalled_episode_only_after_stall_steps_without_a_new_best_x():
+    """x 10, 12, 12, 11, 12 (no new best for 3 steps) then truncated; a new best resets the count."""
+    env = TimeLimit(ScriptedEnv(x_steps([10, 12, 12, 11, 12, 13, 13, 13, 13]), rgb(0), {"x_pos": 10}),
+                    max_steps=100, stall_steps=3)
+    env.reset()
+    truncated = [env.step(0)[3] for _ in range(5)]
+    assert truncated == [False, False, False, False, True]
+    env = TimeLimit(ScriptedEnv(x_steps([11, 12, 13, 14, 15, 15, 15]), rgb(0), {"x_pos": 10}),
+                    max_steps=100, stall_steps=3)
+    env.reset()
+    assert [env.step(0)[3] for _ in range(7)] == [False] * 7, "always progressing (then 2 stalled): never cut"
+
+
+def test_time_limit_without_stall_steps_never_cuts_a_stall():
+    env = TimeLimit(ScriptedEnv(x_steps([10] * 50), rgb(0), {"x_pos": 10}), max_steps=100)
+    env.reset()
+    assert not any(env.step(0)[3] for _ in range(50))

@@ -8,17 +8,20 @@ Sockets (addresses from the config):
 - weights, PUB (bound): "weights" messages after every `publish_every` updates, at start, and
   again every few seconds so actors that join late get them; "bye" when it stops.
 Checkpoints: checkpoint.pth every `checkpoint_every_episodes` episodes, checkpoint_final.pth on stop,
-each with a replay snapshot beside it (protocol below, at `checkpoint`).
+each naming a replay snapshot beside it (protocol below, at `checkpoint`).
 """
 from __future__ import annotations
 
+import math
 import os
+import re
 import time
 
 import numpy as np
 import torch
 import zmq
 
+from common.checkpoint import CheckpointError, load_checkpoint
 from common.metrics import Metrics
 from common.network import weights_to_arrays
 from common.protocol import ProtocolError, decode_parts, encode
@@ -29,7 +32,15 @@ from learner.learning import DQNLearner
 
 POLL_MS = 100
 REPUBLISH_S = 5.0
-SNAPSHOT_TIMEOUT_S = 5.0
+# A snapshot's file grows with the buffer (about 7 KB per transition), so no fixed timeout fits: the learner waits
+# as long as the file grows and gives up after SNAPSHOT_STALL_S without progress.
+SNAPSHOT_STALL_S = 30.0
+# The final snapshot must fit the stop: the launcher allows the learner 0.9 x 7.5 s from the start of the stop, of which
+# the actors may take 2.25 s (launcher/supervisor.py STOP_SHARE); the .pth after it takes well under a second.
+FINAL_SNAPSHOT_S = 4.0
+RUN_COUNTERS = ("episodes", "env_steps", "best_reward", "replay_size")   # what a replay snapshot fixes
+FAILURE_LOG_S = 30.0            # repeated checkpoint failures (a full disk): one line per this long, with a count
+SNAPSHOT_FILE = re.compile(r"^checkpoint(_final)?-\d+\.replay\.npz(\.tmp)?$")   # the names checkpoint() gives
 
 
 class LearnerService:
@@ -59,6 +70,9 @@ class LearnerService:
         self.wait_s = 0.0
         self._rate_mark = (time.monotonic(), 0)
         self._checkpointed_at_episode = 0
+        self._replay: dict | None = None   # the newest good snapshot a checkpoint names: file, updates, counters
+        self._named: dict[str, str] = {}    # checkpoint base -> the snapshot its .pth on disk names
+        self._failures, self._failure_logged = 0, -math.inf
         self._window = {"loss": 0.0, "q_mean": 0.0, "n": 0}
 
     # --- loop --------------------------------------------------------------------------------
@@ -209,47 +223,93 @@ class LearnerService:
             self._checkpointed_at_episode = episodes
             self.checkpoint("checkpoint")
 
-    def checkpoint(self, base: str, with_replay: bool = True) -> str:
-        """Write <base>.pth and its replay snapshot; returns the .pth path ("" if it failed)."""
+    def checkpoint(self, base: str, final: bool = False) -> str:
+        """Write <base>.pth naming its replay snapshot; returns the .pth path ("" if none was written).
+
+        A periodic checkpoint whose snapshot fails is skipped: the previous one stays whole. The final one
+        names the last good snapshot instead (the run's counters as that snapshot saw them), and says so."""
         started = time.monotonic()
-        # A unique name: a new snapshot never overwrites the one the previous .pth names.
         # A replay server started on its own (--replay) writes into its own run folder, maybe on another
         # machine, so the checkpoint could not name its snapshot: there the checkpoint is the learner's state.
-        with_replay = with_replay and not self.config.replay_address
-        done = self._request_snapshot(f"{base}-{time.time_ns()}.replay.npz") if with_replay else None
-        if done is not None:
-            self.replay_stats = {**self.replay_stats, **done["stats"]}
-        counters = {**self.counters(), "replay_file": done["name"] if done else ""}
+        # Orphaned (the launcher was killed), the replay server is stopping too: save what is ours.
+        with_replay = not self.config.replay_address and not (final and self.rt.orphaned())
+        replay = None if self.config.replay_address else self._replay
+        why = "the launcher is gone, so is the replay server"
+        if with_replay:
+            # A unique name: a new snapshot never overwrites the one the previous .pth names.
+            done, why = self._request_snapshot(f"{base}-{time.time_ns()}.replay.npz",
+                                               started + FINAL_SNAPSHOT_S if final else None)
+            if done is not None:
+                self.replay_stats = {**self.replay_stats, **done["stats"]}
+                counters = self.counters()
+                replay = {"file": done["name"], "updates": self.learner.updates,
+                          "counters": {k: counters[k] for k in RUN_COUNTERS}}
+            elif not final:
+                self._failed(f"{base}.pth not saved: {why}; the previous checkpoint stays, training goes on")
+                self._remove_unnamed_snapshots()
+                return ""
+        counters = {**self.counters(), **(replay["counters"] if replay else {}),
+                    "replay_file": replay["file"] if replay else "", "replay_updates": replay["updates"] if replay else 0}
         path = os.path.join(self.run_dir, f"{base}.pth")
         try:
             self.learner.save(path, counters)
         except OSError as exc:
-            self.rt.log(f"could not write {path}: {exc.strerror}; training goes on")
+            self._failed(f"could not write {os.path.basename(path)}: {exc.strerror}; training goes on", always=final)
+            self._remove_unnamed_snapshots()       # the new snapshot no .pth names: a full disk is not left full
             return ""
-        self._remove_old_snapshots(base, keep=counters["replay_file"])
-        what = "with" if done is not None else "WITHOUT"
-        self.rt.log(f"saved {os.path.basename(path)} {what} replay memory ({counters['replay_size']:,} transitions) "
-                    f"in {time.monotonic() - started:.1f} s")
+        self._named[base] = counters["replay_file"]
+        fresh, self._replay = replay is not None and replay is not self._replay, replay
+        self._remove_unnamed_snapshots()
+        seconds = f"in {time.monotonic() - started:.1f} s"
+        if fresh:
+            self.rt.log(f"saved {base}.pth with replay memory ({counters['replay_size']:,} transitions) {seconds}")
+        elif replay is not None:
+            self.rt.log(f"saved {base}.pth with the replay memory of update {replay['updates']:,} "
+                        f"({counters['replay_size']:,} transitions, the newest complete one) {seconds}: {why}")
+        else:
+            self.rt.log(f"saved {base}.pth WITHOUT replay memory {seconds}"
+                        + ("" if self.config.replay_address else f": {why}"))
         return path
 
-    def _request_snapshot(self, name: str) -> dict | None:
+    def _request_snapshot(self, name: str, deadline: float | None) -> tuple[dict | None, str]:
+        """Ask the replay server for a snapshot and wait for it as long as its file grows (until `deadline` if
+        given). Returns (the server's answer, "") or (None, why not)."""
         self.dealer.send(encode("snapshot", name=name))
-        deadline = time.monotonic() + SNAPSHOT_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if not self.dealer.poll(POLL_MS, zmq.POLLIN):
-                continue
-            msg = self._receive(train=False)
-            if msg is not None and msg["t"] == "snapshot_done" and msg["name"] == name:
-                if not msg["ok"]:
-                    self.rt.log(f"replay snapshot failed: {msg.get('text', '')}")
-                    return None
-                return msg
-        self.rt.log("the replay server did not answer the snapshot request")
-        return None
+        tmp = os.path.join(self.run_dir, f"{name}.tmp")
+        size, grew = -1, time.monotonic()
+        while True:
+            if self.dealer.poll(POLL_MS, zmq.POLLIN):
+                msg = self._receive(train=False)
+                if msg is not None and msg["t"] == "snapshot_done" and msg["name"] == name:
+                    return (msg, "") if msg["ok"] else (None, f"replay snapshot failed: {msg.get('text', '')}")
+            now_size = _file_size(tmp)
+            now = time.monotonic()
+            if now_size != size:
+                size, grew = now_size, now
+            if deadline is not None and now >= deadline:
+                return None, (f"the replay snapshot did not finish in the {FINAL_SNAPSHOT_S:.0f} s the stop allows "
+                              f"({max(size, 0) / 1e6:,.0f} MB written)")
+            if now - grew > SNAPSHOT_STALL_S:
+                return None, f"the replay snapshot made no progress for {SNAPSHOT_STALL_S:.0f} s"
 
-    def _remove_old_snapshots(self, base: str, keep: str) -> None:
+    def _failed(self, text: str, always: bool = False) -> None:
+        """Say that a checkpoint failed: the first time, then at most once per FAILURE_LOG_S, with a count."""
+        self._failures += 1
+        now = time.monotonic()
+        if always or self._failures == 1 or now - self._failure_logged >= FAILURE_LOG_S:
+            self._failure_logged = now
+            count = f" ({self._failures} checkpoint failures so far)" if self._failures > 1 else ""
+            self.rt.log(text + count)
+
+    def _remove_unnamed_snapshots(self) -> None:
+        """Remove the snapshots (and partial ones) that no checkpoint on disk names: never the last good one."""
+        named = set()
+        for base in ("checkpoint", "checkpoint_final"):
+            if base not in self._named:       # written before this session: read which snapshot it names
+                self._named[base] = _named_snapshot(os.path.join(self.run_dir, f"{base}.pth"))
+            named.add(self._named[base])
         for name in os.listdir(self.run_dir):
-            if name.startswith(f"{base}-") and name.endswith((".replay.npz", ".replay.npz.tmp")) and name != keep:
+            if SNAPSHOT_FILE.match(name) and name not in named:
                 try:
                     os.remove(os.path.join(self.run_dir, name))
                 except OSError:
@@ -260,18 +320,38 @@ class LearnerService:
         self.replay_stats = {"episodes": counters.get("episodes", 0), "env_steps": counters.get("env_steps", 0),
                              "best_reward": counters.get("best_reward", 0.0)}
         self._checkpointed_at_episode = int(counters.get("episodes", 0))
+        if counters.get("replay_file"):
+            self._replay = {"file": counters["replay_file"],
+                            "updates": int(counters.get("replay_updates", self.learner.updates)),
+                            "counters": {k: counters[k] for k in RUN_COUNTERS if k in counters}}
         self.weights_version = int(counters.get("weights_version", 0))
         self._published_updates = -1
         self.rt.log(f"resumed from {os.path.basename(path)} at update {self.learner.updates:,}")
 
     def close(self) -> None:
-        # Orphaned (the launcher was killed): the replay server is stopping too, so save what is ours.
-        path = self.checkpoint("checkpoint_final", with_replay=not self.rt.orphaned())
+        path = self.checkpoint("checkpoint_final", final=True)
         self.pub.send(encode("bye", checkpoint=os.path.basename(path)))     # actors on other machines play on
         self.rt.report("progress", {"updates": self.learner.updates, "weights_version": self.weights_version,
                                     "dropped": self.dropped, "torn_batches": self.batches.torn})
         self.batches.close()
         self.metrics.close()
+
+
+def _file_size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return -1
+
+
+def _named_snapshot(path: str) -> str:
+    """The replay snapshot a checkpoint file names ("" if none, or if the file is missing or unreadable)."""
+    if not os.path.exists(path):
+        return ""
+    try:
+        return str(load_checkpoint(path).get("counters", {}).get("replay_file", ""))
+    except CheckpointError:
+        return ""
 
 
 def main(runtime: RoleRuntime, run_dir: str) -> None:

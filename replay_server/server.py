@@ -12,8 +12,10 @@ Bad messages are dropped and counted, never fatal.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import time
 from collections import deque
 
@@ -31,7 +33,6 @@ MAX_PENDING = 64          # sample requests kept waiting (a learner re-asks afte
 POLL_MS = 100
 DROP_LOG_S = 30.0
 SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}\.replay\.npz$")   # a file name, never a path
-SNAPSHOT_WAIT_AT_STOP_S = 6.0
 PAUSE_NOTICE_S = 3.0       # say that sampling paused only once it lasts (not during a normal stop)
 
 
@@ -89,10 +90,8 @@ class ReplayServer:
             self._check_snapshot()
             if self.rt.progress_due():
                 self.rt.report("progress", self.stats())
-        deadline = time.monotonic() + SNAPSHOT_WAIT_AT_STOP_S
-        while self.snapshot is not None and time.monotonic() < deadline:   # let a final snapshot finish
-            time.sleep(0.05)
-            self._check_snapshot()
+        self._check_snapshot()
+        self._end_snapshot()
 
     def _check_actors(self) -> None:
         """Count connected actors; sampling pauses while there are none (pause_without_actors)."""
@@ -199,6 +198,21 @@ class ReplayServer:
             ok = True
         self.snapshot = None
         self._reply_snapshot(identity, name, ok, stats, "" if ok else f"writing {name} failed (disk full?)")
+
+    def _end_snapshot(self) -> None:
+        """At the stop the learner has already stopped (the launcher stops it first) and named the last complete
+        snapshot: an unfinished one is of no use, so its writer is ended and its partial file removed."""
+        if self.snapshot is None:
+            return
+        _, name, pid, _ = self.snapshot
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            self.buffer.ring.snapshot_end()
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(self.run_dir, f"{name}.tmp"))
+        self.snapshot = None
+        self.rt.log(f"stopped writing the unfinished replay snapshot {name}")
 
     def _reply_snapshot(self, identity: bytes, name: str, ok: bool, stats: dict, text: str) -> None:
         """Answer the learner (which reports a failure to the user)."""

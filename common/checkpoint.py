@@ -39,9 +39,25 @@ def load_checkpoint(path: str) -> dict:
     except IsADirectoryError:
         raise CheckpointError(f"{path}: is a folder, not a checkpoint file") from None
     except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_why_unreadable(path, exc)})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a mario-apex checkpoint")
     if state.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(f"{path}: checkpoint version {state.get('version')}, expected {CHECKPOINT_VERSION}")
     return state
+
+
+def _why_unreadable(path: str, exc: Exception) -> str:
+    """What is wrong with a file torch.load refused, in the user's terms (not torch's exception)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as error:
+        return error.strerror or str(error)
+    if not head:
+        return "the file is empty"
+    if head != b"PK\x03\x04":          # torch.save writes a zip archive
+        return "not a torch file"
+    if "Weights only load failed" in str(exc):
+        return "it holds Python objects besides tensors and plain values, refused as loading them could run code"
+    return "damaged or truncated"

@@ -17,7 +17,7 @@ examples:
   python launch.py --env {TEST_ENV_ID} --headless   the tiny built-in test environment
   python launch.py --set lr=2.5e-4 --set batch_size=64   change any config field (see --help-config)
   python launch.py --resume runs/2026-11-25_15-37-25_run   continue a run where it stopped
-  python launch.py --play runs/2026-11-25_15-37-25_run/checkpoint_final.pth   watch the trained agent
+  python launch.py --play runs/2026-11-25_15-37-25_run   watch the trained agent (or name a .pth)
   python launch.py --plot runs/2026-11-25_15-37-25_run    learning_curve.png of a run
 
 learner on a GPU machine, actors where the screen is:
@@ -28,13 +28,20 @@ learner on a GPU machine, actors where the screen is:
 Ctrl+C (or SIGTERM) stops every process this launcher started cleanly; the learner writes
 checkpoint_final.pth. Stopping the learner side leaves actors playing on their last weights;
 stopping the actor side leaves the learner waiting for them.
+Started on a terminal with a checkpoint in the runs folder, the launcher asks whether to load it:
+n/new starts new training, l/load/y/yes loads it; Ctrl+C (exit status 130) or Ctrl+D (exit status 1)
+quits without starting anything.
 Each run writes to <runs-dir>/YYYY-MM-DD_HH-MM-SS_run/: config.json, log.txt, checkpoints,
 TensorBoard events (tensorboard --logdir <run folder>) and summary.json.
 """
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad value in one line (no usage block) and exits 2."""
+    """argparse that reports a bad value in one line (no usage block) and exits 2, and takes no
+    abbreviations (`--max-episode 5` is an error, not --max-episodes)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(allow_abbrev=False, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -56,6 +63,7 @@ def _ranged(kind, low, high, what: str):
 _positive_int = _ranged(int, 1, float("inf"), "a positive integer")
 _port = _ranged(int, 1, 65_533, "a port between 1 and 65533")
 _unit_float = _ranged(float, 0.0, 1.0, "a number between 0 and 1")
+PLAY_EPISODES = 3
 
 
 def build_parser() -> OneLineParser:
@@ -98,9 +106,13 @@ def build_parser() -> OneLineParser:
                    "checkpoint_final.pth and checkpoint.pth); the run goes on in that folder")
     p.add_argument("--resume-reset-exploration", type=_unit_float, metavar="EPS",
                    help="with --resume: restart epsilon from EPS (it decays again from there)")
-    p.add_argument("--play", metavar="CHECKPOINT", help="watch a trained agent: play greedy episodes with the "
-                   "checkpoint's network (window unless --headless), record mario_play.mp4 beside it; no training")
-    p.add_argument("--episodes", type=_positive_int, default=3, metavar="N", help="episodes for --play (default 3)")
+    p.add_argument("--resume-new-env", action="store_true", help="with --resume: allow an --env other than the "
+                   "checkpoint's (refused without it: one replay memory and log.txt would then mix both envs)")
+    p.add_argument("--play", metavar="PATH", help="watch a trained agent: play greedy episodes with the network of "
+                   "a checkpoint file or a run folder (as for --resume; window unless --headless), record "
+                   "mario_play.mp4 beside the checkpoint; no training")
+    p.add_argument("--episodes", type=_positive_int, metavar="N",
+                   help=f"episodes for --play (default {PLAY_EPISODES})")
     p.add_argument("--plot", metavar="RUN_FOLDER", help="write RUN_FOLDER/learning_curve.png (reward and x position "
                    "over env steps, evaluations marked) and exit")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
@@ -179,12 +191,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.help_config:
         print(help_config())
         return 0
+    if args.episodes is not None and not args.play:
+        parser.error("--episodes is for --play (to stop training after N episodes: --max-episodes)")
     if args.plot:
         return _plot(parser, args.plot)
     if args.play:
         return _play(parser, args)
     if args.resume_reset_exploration is not None and not args.resume:
         parser.error("--resume-reset-exploration needs --resume")
+    if args.resume_new_env and not args.resume:
+        parser.error("--resume-new-env needs --resume")
     from common.keys import KeysError
     try:
         config = config_from_args(args)
@@ -192,13 +208,16 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, KeysError) as exc:
         parser.error(str(exc))
     from launcher.resume import ResumeError, ResumePlan, latest_checkpoint, load_resume_state, plan_resume
-    resume_from = args.resume or _ask_to_resume(latest_checkpoint(config.runs_dir))
+    resume_from = args.resume
+    if not resume_from and sys.stdin.isatty():
+        latest = latest_checkpoint(config.runs_dir)
+        resume_from = latest and ask_to_resume(latest)
     plan = ResumePlan()
     if resume_from:
         try:     # the checkpoint's config, with the flags given now on top
             checkpoint, state = load_resume_state(resume_from)
             config = config_from_args(args, base={**state["config"], "runs_dir": config.runs_dir})
-            plan = plan_resume(checkpoint, state, config, args.resume_reset_exploration)
+            plan = plan_resume(checkpoint, state, config, args.resume_reset_exploration, args.resume_new_env)
         except (ResumeError, ConfigError) as exc:
             parser.error(str(exc))
     from launcher.supervisor import Supervisor, StartError
@@ -238,10 +257,11 @@ def _plot(parser: OneLineParser, run_dir: str) -> int:
 def _play(parser: OneLineParser, args: argparse.Namespace) -> int:
     from actor.play import play_checkpoint
     from common.checkpoint import CheckpointError
+    from launcher.resume import ResumeError, find_checkpoint
     try:
-        results = play_checkpoint(args.play, args.episodes, headless=args.headless, record=not args.no_video,
-                                  say=lambda text: print(f"mario-apex: {text}", flush=True))
-    except CheckpointError as exc:
+        results = play_checkpoint(find_checkpoint(args.play), args.episodes or PLAY_EPISODES, headless=args.headless,
+                                  record=not args.no_video, say=lambda text: print(f"mario-apex: {text}", flush=True))
+    except (CheckpointError, ResumeError) as exc:
         parser.error(str(exc))
     except KeyboardInterrupt:
         return 130
@@ -251,13 +271,24 @@ def _play(parser: OneLineParser, args: argparse.Namespace) -> int:
     return 0
 
 
-def _ask_to_resume(latest: str | None) -> str | None:
-    """Like the original trainer, ask whether to continue, but only on a terminal."""
-    if latest is None or not sys.stdin.isatty():
-        return None
-    answer = input(f"Found a checkpoint in {latest}.\n"
-                   "Start new training (n) or load the latest checkpoint (l)? [n/l]: ").strip().lower()
-    return latest if answer == "l" else None
+ANSWERS = {"n": False, "new": False, "l": True, "load": True, "y": True, "yes": True}
+
+
+def ask_to_resume(latest: str, read=input) -> str | None:
+    """Like the original trainer, ask whether to continue `latest` (main asks only on a terminal);
+    returns it, or None for new training. Asks again until the answer is one of ANSWERS.
+    Ctrl+C exits with status 130 and Ctrl+D with 1, without starting anything."""
+    question = (f"Found a checkpoint in {latest}.\n"
+                "Start new training (n) or load the latest checkpoint (l)? [n/l]: ")
+    while True:
+        try:
+            answer = read(question).strip().lower()
+        except (KeyboardInterrupt, EOFError) as exc:
+            print("\nmario-apex: no answer; nothing started", file=sys.stderr)
+            raise SystemExit(130 if isinstance(exc, KeyboardInterrupt) else 1)
+        if answer in ANSWERS:
+            return latest if ANSWERS[answer] else None
+        question = "Please answer n (new training) or l (load the checkpoint) [n/l]: "
 
 
 if __name__ == "__main__":

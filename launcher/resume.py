@@ -94,17 +94,22 @@ def load_resume_state(path: str) -> tuple[str, dict]:
     return checkpoint, state
 
 
-def plan_resume(checkpoint: str, state: dict, config: Config, reset_epsilon: float | None) -> ResumePlan:
-    """Check that a loaded checkpoint can continue under `config`; ResumeError if not."""
+def plan_resume(checkpoint: str, state: dict, config: Config, reset_epsilon: float | None,
+                new_env: bool = False) -> ResumePlan:
+    """Check that a loaded checkpoint can continue under `config`; ResumeError if not.
+    Another env is refused unless `new_env`: the run's replay memory and log.txt would mix both."""
     try:
         saved = Config.from_dict(state["config"])
     except ConfigError as exc:
-        raise ResumeError(f"{checkpoint}: damaged checkpoint (ConfigError: {exc})") from None
+        raise ResumeError(f"{checkpoint}: damaged checkpoint (its config: {exc})") from None
     counters = dict(state["counters"])
     for name in STRUCTURAL:
         if getattr(saved, name) != getattr(config, name):
             raise ResumeError(f"{checkpoint}: incompatible: it was trained with {name}={getattr(saved, name)}, "
                               f"this run has {name}={getattr(config, name)}")
+    if saved.env_id != config.env_id and not new_env:
+        raise ResumeError(f"{checkpoint}: it was trained on {saved.env_id}, not {config.env_id}: continuing would "
+                          "mix both envs in one replay memory and log.txt (pass --resume-new-env to do it anyway)")
     _check_networks(checkpoint, state, config)
     replay_snapshot = None
     if counters.get("replay_file"):
@@ -117,11 +122,19 @@ def _check_networks(path: str, state: dict, config: Config) -> None:
     from common.network import build_network
     net = build_network(config)
     for key in ("online", "target"):
+        if not isinstance(state.get(key), dict):
+            raise ResumeError(f"{path}: damaged checkpoint (no {key} network)")
         try:
             net.load_state_dict(state[key])
-        except (KeyError, RuntimeError, TypeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ResumeError(f"{path}: incompatible {key} network ({first})") from None
+        except RuntimeError as exc:
+            raise ResumeError(f"{path}: incompatible {key} network ({_first_mismatch(exc)})") from None
+
+
+def _first_mismatch(exc: RuntimeError, limit: int = 160) -> str:
+    """The first problem torch's load_state_dict lists (the line after its "Error(s) in loading" header)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    detail = lines[1] if len(lines) > 1 else (lines[0] if lines else "its tensors do not fit this run's network")
+    return detail if len(detail) <= limit else detail[:limit - 3] + "..."
 
 
 def _check_snapshot(path: str, config: Config) -> None:
@@ -131,7 +144,11 @@ def _check_snapshot(path: str, config: Config) -> None:
             shape = [int(v) for v in data["shape"]]
     except FileNotFoundError:
         raise ResumeError(f"{path}: the replay snapshot this checkpoint names is missing") from None
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
-        raise ResumeError(f"{path}: not a readable replay snapshot ({type(exc).__name__})") from None
+    except KeyError:
+        raise ResumeError(f"{path}: not a mario-apex replay snapshot (no shape header)") from None
+    except (ValueError, zipfile.BadZipFile, EOFError):
+        raise ResumeError(f"{path}: the replay snapshot is damaged or truncated") from None
+    except OSError as exc:
+        raise ResumeError(f"{path}: cannot read the replay snapshot ({exc.strerror or exc})") from None
     if shape[0] != config.replay_capacity or shape[2:] != [config.frame_size, config.frame_stack, config.num_actions]:
         raise ResumeError(f"{path}: replay snapshot does not fit this run's replay capacity or frames")

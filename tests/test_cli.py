@@ -18,7 +18,8 @@ def test_help_documents_every_flag(tmp_path):
     for flag in ("--headless", "--runs-dir", "--max-episodes", "--max-steps", "--device", "--env",
                  "--actors", "--base-port", "--set", "--help-config", "--checkpoint-every", "--resume",
                  "--resume-reset-exploration", "--play", "--plot", "--no-video", "--role", "--bind", "--learner",
-                 "--replay", "--keys", "--insecure", "--max-minutes", "--curriculum"):
+                 "--replay", "--keys", "--insecure", "--max-minutes", "--curriculum", "--resume-new-env",
+                 "--episodes"):
         assert flag in result.stdout
 
 
@@ -55,6 +56,10 @@ def test_help_config_lists_every_field_with_its_doc(tmp_path):
     (("--bind", "*"), "--bind: expected HOST[:PORT] with a port between 1 and 65533, got '*'"),
     (("--set", "epsilon_schedule=greedy"), "epsilon_schedule must be anneal or apex, got 'greedy'"),
     (("--set", "level_mode=random"), "level_mode must be sample or curriculum, got 'random'"),
+    (("--max-episode", "5"), "unrecognized arguments: --max-episode 5"),
+    (("--episodes", "2"), "--episodes is for --play (to stop training after N episodes: --max-episodes)"),
+    (("--resume-new-env",), "--resume-new-env needs --resume"),
+    (("--play", "/nonexistent/run"), "/nonexistent/run: no such file or folder"),
 ])
 def test_bad_values_give_one_line_and_exit_2(tmp_path, args, message):
     """Nothing starts: one line on stderr, status 2, no run folder."""
@@ -106,3 +111,142 @@ def test_insecure_allows_a_non_loopback_bind_and_says_so(tmp_path):
     result = _launch("--role", "replay", "--bind", "192.0.2.1", "--insecure", tmp_path=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().startswith("launch.py: error: cannot bind tcp://192.0.2.1:47555: ")
+
+
+def _test_env_checkpoint(path) -> None:
+    """An untrained checkpoint for the test env, as the learner writes it."""
+    import torch
+    from common.config import TEST_ENV_ID, Config
+    from learner.learning import DQNLearner
+    path.parent.mkdir(parents=True, exist_ok=True)
+    DQNLearner(Config(env_id=TEST_ENV_ID), torch.device("cpu")).save(str(path), {"env_steps": 0})
+
+
+def test_play_takes_a_run_folder_like_resume(tmp_path):
+    run = tmp_path / "runs" / "2026-01-01_00-00-00_run"
+    _test_env_checkpoint(run / "checkpoint_final.pth")
+    result = _launch("--play", str(run), "--episodes", "1", "--headless", "--no-video", tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "mario-apex: 1 episode(s), mean x_pos" in result.stdout
+
+
+def test_resume_on_another_env_is_refused_unless_asked(tmp_path):
+    """Another env would mix two envs in one replay memory and log.txt: one line, exit 2, unless
+    --resume-new-env asks for it (then the checkpoint is planned as usual)."""
+    from common.config import TEST_ENV_ID, Config
+    from launcher.resume import ResumeError, load_resume_state, plan_resume
+    path = tmp_path / "old" / "checkpoint_final.pth"
+    _test_env_checkpoint(path)
+    result = _launch("--resume", str(path), "--env", "SuperMarioBros-1-1-v0", "--headless", tmp_path=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"launch.py: error: {path}: it was trained on {TEST_ENV_ID}, not "
+                                     "SuperMarioBros-1-1-v0: continuing would mix both envs in one replay memory "
+                                     "and log.txt (pass --resume-new-env to do it anyway)")
+    checkpoint, state = load_resume_state(str(path))
+    other = Config.from_dict({**state["config"], "env_id": "SuperMarioBros-1-2-v0"})
+    with pytest.raises(ResumeError, match="it was trained on"):
+        plan_resume(checkpoint, state, other, None)
+    assert plan_resume(checkpoint, state, other, None, new_env=True).checkpoint == checkpoint
+    assert plan_resume(checkpoint, state, Config.from_dict(state["config"]), None).checkpoint == checkpoint
+
+
+def _answers(*answers):
+    """An `input` that gives these answers in turn (an exception class is raised) and records the prompts."""
+    prompts, queue = [], list(answers)
+
+    def read(prompt: str) -> str:
+        prompts.append(prompt)
+        answer = queue.pop(0)
+        if isinstance(answer, type):
+            raise answer()
+        return answer
+    return read, prompts
+
+
+@pytest.mark.parametrize("answer, loads", [("n", False), ("New", False), (" N ", False), ("l", True),
+                                           ("LOAD", True), ("y", True), ("yes", True), ("Yes\n", True)])
+def test_resume_question_understands_the_answer(answer, loads):
+    from launcher.cli import ask_to_resume
+    read, prompts = _answers(answer)
+    assert ask_to_resume("runs/x_run", read) == ("runs/x_run" if loads else None)
+    assert prompts == ["Found a checkpoint in runs/x_run.\n"
+                       "Start new training (n) or load the latest checkpoint (l)? [n/l]: "]
+
+
+def test_resume_question_asks_again_on_anything_else():
+    from launcher.cli import ask_to_resume
+    read, prompts = _answers("", "maybe", "nope", "l")
+    assert ask_to_resume("runs/x_run", read) == "runs/x_run"
+    assert len(prompts) == 4 and all(p == "Please answer n (new training) or l (load the checkpoint) [n/l]: "
+                                     for p in prompts[1:])
+
+
+@pytest.mark.parametrize("key, status", [(KeyboardInterrupt, 130), (EOFError, 1)])
+def test_resume_question_ctrl_c_and_ctrl_d_exit_cleanly(capsys, key, status):
+    """Ctrl+C (KeyboardInterrupt) and Ctrl+D (EOFError) leave with an exit status and one line, no traceback."""
+    from launcher.cli import ask_to_resume
+    read, _ = _answers("what", key)
+    with pytest.raises(SystemExit) as exit_:
+        ask_to_resume("runs/x_run", read)
+    assert exit_.value.code == status
+    assert capsys.readouterr().err == "\nmario-apex: no answer; nothing started\n"
+
+
+def _bad_checkpoint(path, kind: str) -> None:
+    import fractions
+
+    import torch
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("hello\n")
+    elif kind == "random":
+        path.write_bytes(bytes(range(256)) * 16)
+    elif kind == "truncated":
+        torch.save({"weights": torch.zeros(10_000)}, path)
+        path.write_bytes(path.read_bytes()[:20_000])
+    elif kind == "objects":
+        torch.save({"weights": fractions.Fraction(1, 3)}, path)
+
+
+@pytest.mark.parametrize("kind, reason", [
+    ("empty", "the file is empty"),
+    ("text", "not a torch file"),
+    ("random", "not a torch file"),
+    ("truncated", "damaged or truncated"),
+    ("objects", "it holds Python objects besides tensors and plain values, refused as loading them could run code"),
+])
+def test_unreadable_checkpoint_says_what_is_wrong(tmp_path, kind, reason):
+    """The reason in the user's terms, not the exception torch raised (KeyError, RuntimeError, ...)."""
+    from common.checkpoint import CheckpointError, load_checkpoint
+    path = tmp_path / "checkpoint.pth"
+    _bad_checkpoint(path, kind)
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(str(path))
+    assert str(error.value) == f"{path}: not a readable checkpoint ({reason})"
+
+
+def test_bad_replay_snapshot_and_networks_say_what_is_wrong(tmp_path):
+    import numpy as np
+    import torch
+    from common.config import Config
+    from learner.learning import DQNLearner
+    from launcher.resume import ResumeError, _check_networks, _check_snapshot
+    config = Config()
+    cases = {"truncated.npz": "the replay snapshot is damaged or truncated",
+             "random.npz": "the replay snapshot is damaged or truncated",
+             "headless.npz": "not a mario-apex replay snapshot (no shape header)"}
+    np.savez(tmp_path / "full.npz", shape=np.zeros(5), frames=np.arange(50_000))
+    (tmp_path / "truncated.npz").write_bytes((tmp_path / "full.npz").read_bytes()[:100_000])
+    (tmp_path / "random.npz").write_bytes(bytes(range(256)) * 16)
+    np.savez(tmp_path / "headless.npz", frames=np.zeros(3))
+    for name, reason in cases.items():
+        with pytest.raises(ResumeError) as error:
+            _check_snapshot(str(tmp_path / name), config)
+        assert str(error.value) == f"{tmp_path / name}: {reason}"
+
+    state = DQNLearner(Config(frame_size=64), torch.device("cpu")).state_dict()
+    with pytest.raises(ResumeError, match=r"^x.pth: incompatible online network \(size mismatch for \S+: "):
+        _check_networks("x.pth", state, config)
+    with pytest.raises(ResumeError, match=r"^x.pth: damaged checkpoint \(no target network\)$"):
+        _check_networks("x.pth", {**state, "target": None}, config)

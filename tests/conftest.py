@@ -1,6 +1,9 @@
 """Shared fixtures: `launch` starts the real launcher and guarantees nothing outlives the test."""
+import contextlib
 import os
+import signal
 import subprocess
+import threading
 import time
 
 import pytest
@@ -46,3 +49,28 @@ def xvfb():
     yield f":{number}"
     server.terminate()
     server.wait(10)
+
+
+def process_hooks() -> tuple:
+    """What a RoleRuntime built in this process replaces: the SIGINT and SIGTERM handlers and
+    threading.excepthook."""
+    return signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM), threading.excepthook
+
+
+@contextlib.contextmanager
+def kept_process_hooks():
+    """Puts process_hooks() back on the way out, so the rest of the suite still stops on Ctrl+C and SIGTERM."""
+    sigint, sigterm, excepthook = process_hooks()
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, sigint)
+        signal.signal(signal.SIGTERM, sigterm)
+        threading.excepthook = excepthook
+
+
+@pytest.fixture
+def keep_process_hooks():
+    """For tests that build a RoleRuntime in the pytest process."""
+    with kept_process_hooks():
+        yield

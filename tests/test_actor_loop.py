@@ -2,6 +2,7 @@
 limits, every step sent once as a transition, the epsilon coin, evaluation between episodes, new
 weights acted on in either acting precision."""
 import os
+import signal
 import time
 
 import pytest
@@ -16,7 +17,10 @@ from common.network import build_network, weights_to_arrays
 from common.protocol import decode, encode
 from common.runtime import RoleRuntime
 from common.transport import Transport
+from tests.conftest import kept_process_hooks, process_hooks
 from tests.harness import free_base_port
+
+pytestmark = pytest.mark.usefixtures("keep_process_hooks")     # play() builds a RoleRuntime here
 
 
 def play(tmp_path, before_run=lambda actor: None, **changes):
@@ -123,3 +127,15 @@ def test_weights_from_the_learners_socket_replace_the_policy_the_env_thread_acts
     assert actor.policy is not initial[0] and isinstance(actor.policy, Int8Policy) == (precision == "int8")
     actions = [a for m in messages if m["t"] == "transitions" for a in m["actions"].tolist()]
     assert len(actions) == 60 and set(actions) == {5}
+
+
+def test_a_role_runtime_built_here_leaves_the_process_hooks_as_they_were():
+    """RoleRuntime ignores SIGINT and takes SIGTERM and threading.excepthook (right in a role process);
+    kept_process_hooks, which the keep_process_hooks fixture uses, puts them back."""
+    before = process_hooks()
+    with kept_process_hooks():
+        runtime = RoleRuntime("actor", 0, Config(env_id=TEST_ENV_ID), StopAtCap(), os.getppid())
+        runtime.close()
+        assert process_hooks()[0] == signal.SIG_IGN
+        assert all(now != then for now, then in zip(process_hooks(), before)), "nothing to restore"
+    assert process_hooks() == before

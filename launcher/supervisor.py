@@ -128,7 +128,7 @@ class Supervisor:
         if not zmq.has("ipc"):
             sock = self.transport.socket(zmq.PULL, bind="tcp://127.0.0.1:*", hwm=100_000)
             return sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._reports_dir = tempfile.mkdtemp(prefix="mario-apex-")
+        self._reports_dir = tempfile.mkdtemp(prefix="mario-apex-reports-")
         address = f"ipc://{os.path.join(self._reports_dir, 'reports')}"
         try:
             return self.transport.socket(zmq.PULL, bind=address, hwm=100_000), address

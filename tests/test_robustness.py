@@ -1,6 +1,12 @@
 """Bad input from the network and from the machine: servers drop and count, never die."""
+import glob
 import json
+import math
+import os
+import shutil
+import signal
 import socket
+import tempfile
 
 import msgpack
 import numpy as np
@@ -145,3 +151,146 @@ def test_ten_thousand_bad_messages_at_every_bound_port(launch):
     assert summary["replay"]["dropped"] == sent, (summary["replay"], sent)
     assert summary["learner"].get("dropped", 0) == 0
     assert "exited unexpectedly" not in run.output() and "Traceback" not in run.output()
+
+
+def _chunk(**changes) -> dict:
+    """A valid one-transition chunk (the test env: 84x84 frames, stack 4, 7 actions), with changes."""
+    fields = dict(actor=0, frames=np.zeros((2, 84, 84), np.uint8), stack=np.array([[0, 0, 0, 0, 0, 0, 0, 1]], np.int32),
+                  actions=np.zeros(1, np.uint8), rewards=np.zeros(1, np.float32), bootstraps=np.ones(1, np.float32))
+    return {**fields, **changes}
+
+
+def _raw(msg_type: str, **fields) -> bytes:
+    """A message with fields that encode() would not pack as arrays (raw maps, out-of-range ints)."""
+    return msgpack.packb({"v": 1, "t": msg_type, **fields}, use_bin_type=True)
+
+
+def _wrong_actor_messages() -> list[bytes]:
+    """Well-formed messages to replay-in whose content is wrong."""
+    episode = dict(actor=0, episode=1, reward=1.0, steps=10, x_pos=5, flag=False, epsilon=0.5, actor_steps=10)
+    big = 20_001      # over replay_capacity (20000 in FAST_TEST_ENV)
+    return [
+        encode("transitions", **_chunk(actions=np.array(0, np.uint8))),                  # 0-d actions (issue 16)
+        encode("transitions", **_chunk(rewards=np.array(0.0, np.float32))),              # 0-d rewards
+        encode("transitions", **_chunk(actions=np.zeros((1, 1), np.uint8))),             # 2-d actions
+        encode("transitions", **_chunk(frames=np.zeros((1, 2, 84, 84), np.uint8))),      # 4-d frames
+        encode("transitions", **_chunk(actions=np.zeros(2, np.uint8))),                  # lengths disagree
+        encode("transitions", **_chunk(stack=np.zeros((2, 8), np.int32))),
+        encode("transitions", **_chunk(stack=np.zeros((1, 8), np.int64))),               # wrong dtype
+        encode("transitions", **_chunk(stack=np.array([[0, 0, 0, 0, 0, 0, 0, -1]], np.int32))),  # frame -1
+        encode("transitions", **_chunk(stack=np.array([[0, 0, 0, 0, 0, 0, 0, 2**31 - 1]], np.int32))),
+        encode("transitions", **_chunk(actions=np.array([200], np.uint8))),              # no such action
+        encode("transitions", **_chunk(rewards=np.array([np.nan], np.float32))),
+        encode("transitions", **_chunk(rewards=np.array([-np.inf], np.float32))),
+        encode("transitions", **_chunk(bootstraps=np.array([2.0], np.float32))),
+        encode("transitions", **_chunk(stack=np.zeros((big, 8), np.int32), actions=np.zeros(big, np.uint8),
+                                       rewards=np.zeros(big, np.float32), bootstraps=np.ones(big, np.float32))),
+        _raw("transitions", **{k: v for k, v in _encoded_fields(_chunk()).items() if k != "frames"},
+             frames={"dtype": "uint8", "shape": [2**40, 84, 84], "data": b"\0" * 10}),  # huge shape
+        _raw("transitions", **{**_encoded_fields(_chunk()), "actor": -1}),
+        _raw("episode", **{**episode, "steps": -3}),
+        _raw("episode", **{**episode, "actor": 2**64 - 1}),
+        _raw("episode", **{**episode, "reward": math.nan}),
+        _raw("episode", **{**episode, "reward": math.inf}),
+    ]
+
+
+def _encoded_fields(fields: dict) -> dict:
+    """A chunk's fields as encode() writes them (arrays as raw maps), to change one past encode()."""
+    return {k: v for k, v in msgpack.unpackb(encode("transitions", **fields), raw=False).items() if k not in "vt"}
+
+
+def _wrong_learner_messages() -> list[bytes]:
+    """Well-formed messages to replay-sample whose content is wrong; none is answered."""
+    ids, prios = np.array([0, 1], np.int64), np.array([1.0, 2.0])
+    return [
+        encode("sample", batch_size=0, beta=0.5), encode("sample", batch_size=2**40, beta=0.5),
+        _raw("sample", batch_size=-1, beta=0.5), _raw("sample", batch_size=4, beta=math.nan),
+        encode("sample", batch_size=4, beta=1.5),
+        encode("sample", batch_size=4, beta=0.5, ids=np.array(0, np.int64), priorities=np.array(1.0)),   # 0-d
+        encode("priorities", ids=np.array(0, np.int64), priorities=np.array(1.0)),
+        encode("priorities", ids=ids.reshape(2, 1), priorities=prios.reshape(2, 1)),    # 2-d
+        encode("priorities", ids=ids, priorities=prios[:1]),                            # lengths disagree
+        encode("priorities", ids=ids.astype(np.float64), priorities=prios),             # float ids
+        encode("priorities", ids=np.array([-1, 0], np.int64), priorities=prios),        # negative id
+        encode("priorities", ids=np.array([-2**63, 0], np.int64), priorities=prios),
+        encode("priorities", ids=ids, priorities=np.array([np.inf, 1.0])),
+        encode("priorities", ids=ids, priorities=np.array([-1.0, 1.0])),
+        encode("snapshot", name="../escape.replay.npz"), encode("snapshot", name="/tmp/abs.replay.npz"),
+        encode("snapshot", name="sub/dir.replay.npz"), encode("snapshot", name="x" * 5000 + ".replay.npz"),
+        encode("snapshot", name="checkpoint.pth"),
+    ]
+
+
+def _wrong_reports() -> list[bytes]:
+    """Well-formed reports to the launcher whose content is wrong."""
+    episode = dict(actor=0, episode=1, reward=1.0, steps=10, x_pos=5, flag=False, epsilon=0.5, actor_steps=10,
+                   session_steps=10)
+    return [
+        encode("report", role="actor", index=0, kind="episode", values={}),             # KeyError (issue 16)
+        encode("report", role="actor", index=0, kind="episode", values={}),             # twice
+        encode("report", role="learner", index=0, kind="progress", values={"updates": math.nan}),
+        encode("report", role="learner", index=0, kind="progress", values={"updates": -1}),
+        encode("report", role="actor", index=0, kind="episode", values={**episode, "reward": math.inf}),
+        encode("report", role="actor", index=7, kind="episode", values={**episode, "actor": 7}),
+        encode("report", role="actor", index=2**63, kind="episode", values=episode),
+        _raw("report", role="actor", index=-1, kind="episode", values=episode),
+        encode("report", role="actor", index=0, kind="episode", values={**episode, "steps": 2**64 - 1}),
+        encode("report", role="actor", index=0, kind="exec", values={}),
+        encode("report", role="root", index=0, kind="failed", values={}, text="x"),
+        encode("report", role="actor", index=0, kind="eval", values={"actor": 0}),
+        encode("report", role="replay", index=0, kind="progress", values={"size": 2.5, "env_steps": 1,
+                                                                         "episodes": 1, "actors": 1}),
+        encode("sample", batch_size=4, beta=0.5),
+        b"\x00garbage",
+    ]
+
+
+def test_semantically_wrong_messages_at_every_socket_are_dropped_and_counted(launch, monkeypatch):
+    """Well-formed but wrong messages (0-d and wrong-ndim arrays, mismatched lengths, negative and
+    out-of-range ids, frame numbers and counts, NaN/inf, huge sizes, file names with paths) at the
+    replay server's two sockets and at the launcher's report socket: each is dropped and counted
+    and the run goes on, then stops cleanly (exit 0) with its counters."""
+    private_tmp = tempfile.mkdtemp()              # short: the launcher's report socket lives in here
+    monkeypatch.setenv("TMPDIR", private_tmp)
+    try:
+        run = launch(*FAST_TEST_ENV)
+        run.wait_for_updates(1)
+        (reports_path,) = glob.glob(os.path.join(private_tmp, "mario-apex-reports-*", "reports"))
+        assert os.stat(os.path.dirname(reports_path)).st_mode & 0o777 == 0o700
+        ctx = zmq.Context()
+        push, dealer, reports = ctx.socket(zmq.PUSH), ctx.socket(zmq.DEALER), ctx.socket(zmq.PUSH)
+        push.connect(f"tcp://127.0.0.1:{run.base_port}")
+        dealer.connect(f"tcp://127.0.0.1:{run.base_port + 1}")
+        reports.connect(f"ipc://{reports_path}")
+        to_replay, to_launcher = 0, 0
+        for raw in _wrong_actor_messages():
+            push.send(raw)
+            to_replay += 1
+        for raw in _wrong_learner_messages():
+            dealer.send(raw)
+            to_replay += 1
+        for raw in _wrong_reports():
+            reports.send(raw)
+            to_launcher += 1
+        for sock in (push, dealer, reports):
+            sock.close(linger=20_000)
+        ctx.term()
+
+        episodes = len(run.log_lines())
+        run.wait_for_episodes(episodes + 20)           # the actor keeps playing and the launcher logging
+        updates = run.status_value("updates")
+        run.wait_for_updates(updates + 20, timeout=120)   # and the learner training
+        run.signal_launcher(signal.SIGTERM)
+        assert run.wait(15) == 0, run.output()
+        summary = run.summary()
+        assert summary["stop_reason"] == "terminated (SIGTERM)"
+        assert summary["replay"]["dropped"] == to_replay, (summary["replay"], to_replay)
+        assert summary["dropped_reports"] == to_launcher, (summary["dropped_reports"], to_launcher)
+        assert summary["replay"]["inserted"] == summary["env_steps"], "the actor's data all got in"
+        assert summary["updates"] > updates
+        assert not glob.glob(os.path.join(private_tmp, "mario-apex-reports-*")), "the report socket's folder is removed"
+        assert not (run.run_dir.parent / "escape.replay.npz").exists()
+        assert "exited unexpectedly" not in run.output() and "Traceback" not in run.output()
+    finally:
+        shutil.rmtree(private_tmp, ignore_errors=True)

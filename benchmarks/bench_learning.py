@@ -163,13 +163,17 @@ def learn_mario(args, runs_dir: str) -> None:
     if args.smoke:            # only checks the script: a few evaluations, training from 500 transitions
         args.steps, budgets = 1_500, [1_000]
         extra += ("--set", "learning_starts=500", "--set", "eval_every_episodes=2", "--set", "stall_steps=100")
-    print(f"SuperMarioBros-1-1-v0, {args.steps:,} env steps per seed, seeds 0..{args.seeds - 1}; settings: "
-          f"{' '.join(MARIO_SETTINGS[4:] + extra)}", flush=True)
+    if not args.report:
+        print(f"SuperMarioBros-1-1-v0, {args.steps:,} env steps per seed, seeds 0..{args.seeds - 1}; settings: "
+              f"{' '.join(MARIO_SETTINGS[4:] + extra)}", flush=True)
     rows = []
-    for seed in range(args.seeds):
-        settings = (*MARIO_SETTINGS, "--max-steps", str(args.steps), "--seed", str(seed), *extra)
-        run_dir, _, _ = train(settings, args.minutes, os.path.join(runs_dir, f"seed{seed}"),
-                              solved=None if args.until_budget else lambda m: m[4] == "yes")
+    for seed in range(len(args.report) if args.report else args.seeds):
+        if args.report:          # figures of runs already made (e.g. stopped early), from their log.txt
+            run_dir = Path(args.report[seed])
+        else:
+            settings = (*MARIO_SETTINGS, "--max-steps", str(args.steps), "--seed", str(seed), *extra)
+            run_dir, _, _ = train(settings, args.minutes, os.path.join(runs_dir, f"seed{seed}"),
+                                  solved=None if args.until_budget else lambda m: m[4] == "yes")
         evals = evaluations(run_dir)
         flag = first_flag(evals)
         best = max(evals, key=lambda e: e[1], default=None)
@@ -205,6 +209,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=1, help="mario: seeds 0..N-1, one after another (default 1)")
     p.add_argument("--at", default="150000,500000", help="mario: budgets to report x_pos and flag rate at")
     p.add_argument("--until-budget", action="store_true", help="mario: go on after the first greedy flag")
+    p.add_argument("--report", nargs="+", metavar="RUN_FOLDER", help="mario: report on these runs' log.txt, train none")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="passed to the launcher")
     p.add_argument("--episodes", type=int, default=5, help="test: evaluation episodes per policy (default 5)")
     p.add_argument("--keep", metavar="DIR", help="keep the run folders under DIR (default: a temporary folder)")

@@ -29,6 +29,13 @@ LOCAL_FOR_ANY = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 """Bound to every interface: this machine's own roles connect over loopback."""
 
 
+def frames_per_message(batch_size: int, frame_stack: int, frame_size: int, max_message_bytes: int) -> int:
+    """Most transitions, in whole batches, whose frames (obs and next obs) fit one batch message, for a
+    learner that gets its frames in the messages (another machine); 0: not even one batch fits."""
+    per_transition = 2 * frame_stack * frame_size * frame_size + 32       # frames, plus the other fields
+    return (max(0, max_message_bytes - 64 * 1024) // per_transition) // batch_size * batch_size
+
+
 class ConfigError(ValueError):
     """A config value that cannot be used; the message is one line, fit for the user."""
 
@@ -282,6 +289,10 @@ class Config:
         for name in ("batch_size", "transitions_per_request"):
             if not 0 <= getattr(self, name) <= MAX_SAMPLE_BATCH:
                 raise ConfigError(f"{name} must be between 0 and {MAX_SAMPLE_BATCH}, got {getattr(self, name)}")
+        if not frames_per_message(self.batch_size, self.frame_stack, self.frame_size, self.max_message_bytes):
+            raise ConfigError(f"batch_size {self.batch_size} of {self.frame_stack}x{self.frame_size}x{self.frame_size} "
+                              f"frame stacks does not fit in max_message_bytes ({self.max_message_bytes:,}) when frames "
+                              "travel in the messages: lower batch_size or raise max_message_bytes")
 
     def actor_queue_chunks(self) -> int:
         """High-water mark of the actor -> replay link, in chunks on each side. Pinned to a replay ratio,

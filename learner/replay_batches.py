@@ -14,6 +14,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from common.config import frames_per_message
 from common.protocol import ProtocolError, encode
 from common.shared_frames import SharedFrames, SharedFramesError
 
@@ -22,9 +23,12 @@ PER_TRANSITION = ("ids", "actions", "rewards", "bootstraps", "weights")
 
 class ReplayBatches:
     def __init__(self, batch_size: int, per_request: int, frame_stack: int, frame_size: int, use_shared: bool,
-                 log: Callable[[str], None], seed: int = 0):
+                 log: Callable[[str], None], seed: int = 0, max_message_bytes: int = 64 * 1024 * 1024):
         self.batch_size = batch_size
         self.request_size = batch_size * max(1, per_request // batch_size)    # whole batches
+        # Frames in the messages (no shared ring): ask for no more than one message can carry.
+        self.travel_size = max(batch_size, min(self.request_size, frames_per_message(
+            batch_size, frame_stack, frame_size, max_message_bytes)))
         self.frame_stack, self.frame_size = frame_stack, frame_size
         self.rng = np.random.default_rng(seed)
         self.use_shared = use_shared      # the replay server is on this machine (ipc link) and allowed
@@ -44,7 +48,12 @@ class ReplayBatches:
     def sample_request(self, beta: float, ids=None, priorities=None) -> bytes:
         """A "sample" request, carrying the last batches' new priorities when given."""
         extra = {} if ids is None else {"ids": ids, "priorities": priorities}
-        return encode("sample", batch_size=self.request_size, beta=beta, shared=self.ring is not None, **extra)
+        size = self.request_size
+        if self.ring is None and self.travel_size < size:
+            size = self.travel_size
+            self._tell(f"asking for {size} transitions per request, not {self.request_size}: their frames travel "
+                       f"in the messages, and more would not fit in one (max_message_bytes)")
+        return encode("sample", batch_size=size, beta=beta, shared=self.ring is not None, **extra)
 
     def on_frame_ring(self, msg: dict) -> None:
         """The server's answer to attach_request: map its ring, or say once why frames travel instead."""

@@ -57,7 +57,8 @@ class LearnerService:
         self.pub = runtime.transport.socket(zmq.PUB, bind=c.bind_addresses("weights"), hwm=2, link="weights")
         local = c.connect_address("replay_sample").startswith("ipc://")
         self.batches = ReplayBatches(c.batch_size, c.transitions_per_request, c.frame_stack, c.frame_size,
-                                     c.shared_frames and local, runtime.log, seed=c.seed)
+                                     c.shared_frames and local, runtime.log, seed=c.seed,
+                                     max_message_bytes=c.max_message_bytes)
         self.metrics = Metrics(run_dir, ".learner", runtime.log)
         self.replay_stats: dict = {}
         self.weights_version = 0

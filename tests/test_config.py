@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from common.config import Config, ConfigError, _coerce, parse_assignment, parse_endpoint
+from common.config import Config, ConfigError, frames_per_message, _coerce, parse_assignment, parse_endpoint
 
 FIELDS = {f.name: f.type for f in dataclasses.fields(Config)}
 
@@ -56,7 +56,7 @@ def test_invalid_value_raises_config_error_naming_the_field(name, value):
 
 @pytest.mark.parametrize("name,value", [
     ("gamma", 1.0), ("epsilon_end", 0.0), ("epsilon_start", 1.0), ("base_port", 1), ("base_port", 65_533),
-    ("max_message_bytes", 1024), ("frame_size", 256), ("seed", 0), ("learning_starts", 0), ("device", "cpu"),
+    ("max_message_bytes", 64 * 1024 + 32 * (8 * 84 * 84 + 32)), ("frame_size", 256), ("seed", 0), ("learning_starts", 0), ("device", "cpu"),
     ("transitions_per_request", 0), ("transitions_per_request", 4096),
 ])
 def test_boundary_values_are_accepted(name, value):
@@ -313,3 +313,13 @@ def test_the_action_set_brings_its_own_number_of_actions():
     assert Config(action_set="complex").num_actions == 12
     assert Config(action_set="right_only").replace(action_set="simple").num_actions == 7
     assert Config(num_actions=12).num_actions == 12, "an explicit size stays (checked against the env at start)"
+
+
+def test_a_batch_must_fit_in_one_message_when_frames_travel_in_it():
+    """One batch of 32 stacks of 4x84x84 frames (obs and next obs) needs 1.8 MB per message; a smaller
+    limit is refused with the way out, and the learner asks for no more than fit (learner/replay_batches.py)."""
+    fits = 64 * 1024 + 32 * (8 * 84 * 84 + 32)
+    with pytest.raises(ConfigError, match="batch_size 32 of 4x84x84 frame stacks does not fit in max_message_bytes"):
+        Config(max_message_bytes=fits - 1)
+    assert frames_per_message(32, 4, 84, fits) == 32
+    assert frames_per_message(32, 4, 84, 64 * 1024 * 1024) == 1184

@@ -413,8 +413,10 @@ def test_malformed_batch_raises_protocol_error(bad):
         msg, _ = server_message(buffer, rng, shared=False, n=4 * B - 3)
     elif bad == "frame shape":
         msg, _ = server_message(buffer, rng, shared=False, frames=np.zeros((4 * B, 2 * S, SIZE, SIZE - 1), np.uint8))
-    else:
-        msg, _ = server_message(buffer, rng, shared=False, frames=np.zeros((4 * B, 2 * S, SIZE, SIZE), np.int16))
+    else:       # the decoder refuses it already: frames are uint8 by the message's schema
+        with pytest.raises(ProtocolError, match="frames"):
+            server_message(buffer, rng, shared=False, frames=np.zeros((4 * B, 2 * S, SIZE, SIZE), np.int16))
+        return
     with pytest.raises(ProtocolError):
         learner.batches(msg)
 
@@ -648,3 +650,17 @@ def test_forked_snapshot_is_the_buffer_at_the_fork(tmp_path, monkeypatch, force_
     assert read_snapshot(path, restored) == counters
     assert restored.content_hash() == before
     assert not os.path.exists(path + ".tmp")
+
+
+def test_a_learner_whose_frames_travel_asks_for_no_more_than_one_message_carries():
+    """Without the shared ring, 4096 transitions of 84x84 stacks (231 MB) would pass the 64 MiB message
+    limit and ZeroMQ would drop the link again and again; the learner asks for 1184 and says so once.
+    With the ring, only frame numbers travel and it asks for all 4096."""
+    told = []
+    learner = ReplayBatches(32, 4096, 4, 84, use_shared=False, log=told.append, max_message_bytes=64 * 1024 * 1024)
+    for _ in range(2):
+        assert decode(learner.sample_request(0.4), MAX_BYTES)["batch_size"] == 1184
+    assert len(told) == 1 and "asking for 1184 transitions per request, not 4096" in told[0]
+    learner.ring = object()          # stands in for a mapped ring: frames no longer travel
+    assert decode(learner.sample_request(0.4), MAX_BYTES)["batch_size"] == 4096
+    learner.ring = None

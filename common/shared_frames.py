@@ -12,17 +12,26 @@ A forked snapshot writer shares the ring too (no copy-on-write here), so it save
 and publishes how far it got (SNAPSHOT); the server waits before overwriting a frame not yet saved,
 which in practice never happens: the writer moves at disk speed, the actors at a few MB/s.
 Both checks rely on the server's header store preceding its frame stores, and the learner's header
-load following its copy, which x86 guarantees; on weakly ordered CPUs (ARM) the thousands of
-interpreter instructions between the two make a reordering implausible, not impossible.
+load following its copy, which x86 guarantees. Weakly ordered CPUs (ARM: Apple silicon, Graviton) do
+not, so a learner there takes its frames from the messages (`stores_in_order`).
 Elsewhere (no memfd, another machine, the header's token does not match) batches carry their frames.
 """
 from __future__ import annotations
 
 import mmap
 import os
+import platform
 import time
 
 import numpy as np
+
+X86 = {"x86_64", "amd64", "i386", "i686", "x86"}
+
+
+def stores_in_order(machine: str | None = None) -> bool:
+    """Does this CPU keep stores, and loads, in program order as the torn-frame check needs (x86: TSO)?"""
+    return (machine or platform.machine()).lower() in X86
+
 
 HEADER_BYTES = 4096                         # frames start on a page boundary
 TOKEN, WRITING, SNAPSHOT, ABANDONED = 0, 1, 2, 3   # int64 header words

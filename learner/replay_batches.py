@@ -10,13 +10,14 @@ measures the learner's own path.
 """
 from __future__ import annotations
 
+import platform
 from typing import Callable, Iterator
 
 import numpy as np
 
 from common.config import frames_per_message
 from common.protocol import ProtocolError, encode
-from common.shared_frames import SharedFrames, SharedFramesError
+from common.shared_frames import SharedFrames, SharedFramesError, stores_in_order
 
 PER_TRANSITION = ("ids", "actions", "rewards", "bootstraps", "weights")
 
@@ -37,6 +38,10 @@ class ReplayBatches:
         self.torn = 0                     # batches dropped because the server overwrote their frames meanwhile
         self.reattach = False             # a batch named a ring we do not map: ask again
         self._told: str | None = None
+        if use_shared and not stores_in_order():
+            self.use_shared = False
+            self._tell(f"batch frames travel over ZeroMQ: reading the replay server's shared memory needs x86's "
+                       f"memory ordering to detect overwritten frames, and this CPU is {platform.machine()}")
         self._out: np.ndarray | None = None
 
     def attach_request(self) -> bytes | None:

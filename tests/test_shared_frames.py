@@ -664,3 +664,15 @@ def test_a_learner_whose_frames_travel_asks_for_no_more_than_one_message_carries
     learner.ring = object()          # stands in for a mapped ring: frames no longer travel
     assert decode(learner.sample_request(0.4), MAX_BYTES)["batch_size"] == 4096
     learner.ring = None
+
+
+def test_off_x86_a_learner_takes_its_frames_from_the_messages(monkeypatch):
+    """The torn-frame check relies on x86's store ordering: on ARM the learner does not map the ring, and says why."""
+    assert shared_frames.stores_in_order("x86_64") and shared_frames.stores_in_order("AMD64")
+    assert not shared_frames.stores_in_order("aarch64") and not shared_frames.stores_in_order("arm64")
+    monkeypatch.setattr("platform.machine", lambda: "arm64")
+    told = []
+    learner = ReplayBatches(4, 16, S, SIZE, use_shared=True, log=told.append)
+    assert learner.attach_request() is None and not learner.use_shared
+    assert told == ["batch frames travel over ZeroMQ: reading the replay server's shared memory needs x86's memory "
+                    "ordering to detect overwritten frames, and this CPU is arm64"]

@@ -1,6 +1,8 @@
 """Shared fixtures: `launch` starts the real launcher and guarantees nothing outlives the test."""
 import contextlib
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import threading
@@ -35,20 +37,44 @@ def launch(tmp_path):
         run.cleanup()
 
 
-@pytest.fixture
-def xvfb():
+def require(*tools: str) -> None:
+    """Skip the calling test, naming what is missing, when a command-line tool is not installed."""
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} on PATH (.ci/run installs it)")
+
+
+def fake_tool(monkeypatch, folder, name: str, stderr: str = "", status: int = 0) -> None:
+    """Put first on PATH a `name` command that prints `stderr` and exits with `status`."""
+    script = folder / name
+    script.write_text(f"#!/bin/sh\necho {shlex.quote(stderr)} >&2\nexit {status}\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
+@contextlib.contextmanager
+def x_server():
     """A real X server (Xvfb) on a free display number; yields the DISPLAY value."""
+    require("Xvfb")
     number = next(n for n in range(90, 200) if not os.path.exists(f"/tmp/.X11-unix/X{n}")
                   and not os.path.exists(f"/tmp/.X{n}-lock"))
     server = subprocess.Popen(["Xvfb", f":{number}", "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while not os.path.exists(f"/tmp/.X11-unix/X{number}"):
-        assert server.poll() is None and time.monotonic() < deadline, "Xvfb did not start"
-        time.sleep(0.05)
-    yield f":{number}"
-    server.terminate()
-    server.wait(10)
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.exists(f"/tmp/.X11-unix/X{number}"):
+            assert server.poll() is None and time.monotonic() < deadline, "Xvfb did not start"
+            time.sleep(0.05)
+        yield f":{number}"
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+@pytest.fixture
+def xvfb():
+    with x_server() as display:
+        yield display
 
 
 def process_hooks() -> tuple:

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import WITH_VIDEO
+from tests.conftest import WITH_VIDEO, fake_tool, require
 
 pytestmark = pytest.mark.slow
 
@@ -26,6 +26,16 @@ def probe(path) -> dict:
     return json.loads(result.stdout)["streams"][0]
 
 
+def mount_tmpfs(folder, size: str) -> None:
+    """A tmpfs of `size` on `folder`, or skip the test with mount's own reason (not root, no permission
+    in a container, ...)."""
+    require("mount", "umount")
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                            capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip() or f'mount exited {result.returncode}'}")
+
+
 def episodes(run_dir) -> list[tuple]:
     lines = (run_dir / "log.txt").read_text().splitlines()
     parsed = [LOG_LINE.match(line) for line in lines]
@@ -34,6 +44,7 @@ def episodes(run_dir) -> list[tuple]:
 
 
 def test_videos_log_and_tensorboard_after_a_run(launch):
+    require("ffprobe")
     run = launch(*WITH_VIDEO, "--max-steps", "1500")
     assert run.wait(120) == 0, run.output()
     summary = run.summary()
@@ -66,6 +77,7 @@ def test_videos_log_and_tensorboard_after_a_run(launch):
 
 
 def test_ctrl_c_leaves_videos_that_play_to_the_end(launch):
+    require("ffprobe")
     run = launch(*WITH_VIDEO)
     run.wait_for_episodes(30)
     run.interrupt()
@@ -77,6 +89,7 @@ def test_ctrl_c_leaves_videos_that_play_to_the_end(launch):
 
 def test_sigkill_of_the_actor_leaves_a_playable_run_video(launch):
     """The killed actor's mario_run.mp4 stays playable; its restarted self records mario_run_2.mp4."""
+    require("ffprobe")
     run = launch(*WITH_VIDEO, "--set", "learning_starts=20000")
     run.wait_for(lambda: (run.runs_dir.exists() and any(run.runs_dir.glob("*_run/mario_run.mp4"))
                           and run.status_value("steps") >= 600), 60, "600 steps recorded")
@@ -100,8 +113,7 @@ def test_full_disk_stops_recording_but_not_training(launch, tmp_path):
     fail with a clear message each, and the run goes on to its end."""
     disk = tmp_path / "tiny"
     disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)]).returncode != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    mount_tmpfs(disk, "3m")
     try:
         run = launch(*WITH_VIDEO, "--max-steps", "6000", "--runs-dir", str(disk))
         run.wait_for(lambda: any(disk.glob("*_run/mario_run.mp4")), 60, "the run video to be opened")
@@ -117,9 +129,26 @@ def test_full_disk_stops_recording_but_not_training(launch, tmp_path):
                          r"training goes on", output), output
         assert re.search(r"mario-apex: could not write \S+log.txt: No space left on device; training goes on",
                          output), output
-        assert re.search(r"could not write \S+checkpoint_final.pth: No space left on device", output), output
+        assert re.search(r"could not write \S*checkpoint_final.pth: No space left on device", output), output
         assert "Traceback" not in output
         assert "reached --max-steps" in output
     finally:
         subprocess.run(["umount", "-l", str(disk)])
 
+
+def test_missing_ffprobe_skips_and_says_so(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))       # an empty folder: no tool at all
+    refuse_to_launch = lambda *args, **options: pytest.fail("launched without ffprobe to check the videos")
+    for test in (test_videos_log_and_tensorboard_after_a_run, test_ctrl_c_leaves_videos_that_play_to_the_end,
+                 test_sigkill_of_the_actor_leaves_a_playable_run_video):
+        with pytest.raises(pytest.skip.Exception, match=r"^needs ffprobe on PATH"):
+            test(refuse_to_launch)
+
+
+def test_a_failed_mount_skips_with_mounts_own_reason(monkeypatch, tmp_path):
+    """Not "needs root" when root is refused too (a container without the capability)."""
+    fake_tool(monkeypatch, tmp_path, "mount", "mount: /x: permission denied by the container", status=32)
+    fake_tool(monkeypatch, tmp_path, "umount")
+    with pytest.raises(pytest.skip.Exception) as skipped:
+        mount_tmpfs(tmp_path, "3m")
+    assert skipped.value.msg == "cannot mount a tmpfs here: mount: /x: permission denied by the container"

@@ -6,6 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.conftest import require, x_server
+
 pytestmark = pytest.mark.slow
 
 FRAME_W, FRAME_H = 256, 240
@@ -27,6 +29,7 @@ def _screenshot(display: str, path) -> np.ndarray:
 
 
 def test_live_window_shows_the_game_at_2x(launch, xvfb, tmp_path):
+    require("xwininfo", "ffmpeg")
     run = launch("--max-steps", "100000", "--set", "learning_starts=200", display=xvfb)
     # The window may show for a moment at the toolkit's default size before it is sized: wait for 2x.
     x, y, width, height = run.wait_for(
@@ -47,3 +50,14 @@ def test_no_display_means_no_window_and_one_line_saying_so(launch):
     run = launch("--env", "MarioApexTest-v0", "--max-steps", "300", "--set", "learning_starts=100")
     assert run.wait(60) == 0, run.output()
     assert run.output().count("no display found (DISPLAY is not set): running without the live window") == 1
+
+
+def test_missing_x_tools_skip_and_say_which(monkeypatch, tmp_path):
+    """Without Xvfb, xwininfo or ffmpeg the window test is skipped naming them, not an error."""
+    monkeypatch.setenv("PATH", str(tmp_path))       # an empty folder: no tool at all
+    with pytest.raises(pytest.skip.Exception, match=r"^needs Xvfb on PATH"):
+        with x_server():
+            pass
+    refuse_to_launch = lambda *args, **options: pytest.fail("launched without the tools to check the window")
+    with pytest.raises(pytest.skip.Exception, match=r"^needs xwininfo, ffmpeg on PATH"):
+        test_live_window_shows_the_game_at_2x(refuse_to_launch, ":0", tmp_path)

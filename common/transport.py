@@ -8,6 +8,7 @@ machines (`link="..."`) are also encrypted and authenticated with CurveZMQ when 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -62,6 +63,7 @@ class Transport:
         self._sockets: list[zmq.Socket] = []
         self._links: dict[zmq.Socket, _Link] = {}
         self._authenticator = None
+        self._ipc_files: dict[str, int] = {}      # ipc socket file bound here -> its inode, removed at close
 
     def socket(self, kind: int, *, bind: str | list[str] | None = None, connect: str | None = None,
                hwm: int | None = None, conflate: bool = False, subscribe: bool = False,
@@ -89,6 +91,8 @@ class Transport:
         try:
             for where in binds:
                 sock.bind(where)
+                if where.startswith("ipc://"):
+                    self._ipc_files[where[len("ipc://"):]] = os.stat(where[len("ipc://"):]).st_ino
             if connect:
                 where = connect
                 sock.connect(connect)
@@ -165,6 +169,13 @@ class Transport:
             self._authenticator.stop()
             self._authenticator = None
         self.context.term()
+        for path, inode in self._ipc_files.items():    # ZeroMQ leaves them; not one a later bind replaced
+            try:
+                if os.stat(path).st_ino == inode:
+                    os.unlink(path)
+            except OSError:
+                pass
+        self._ipc_files.clear()
 
 
 class TransportError(RuntimeError):

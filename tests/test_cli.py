@@ -245,8 +245,10 @@ def test_bad_replay_snapshot_and_networks_say_what_is_wrong(tmp_path):
             _check_snapshot(str(tmp_path / name), config)
         assert str(error.value) == f"{tmp_path / name}: {reason}"
 
-    state = DQNLearner(Config(frame_size=64), torch.device("cpu")).state_dict()
+    other_frames = DQNLearner(Config(frame_size=64), torch.device("cpu")).state_dict()
     with pytest.raises(ResumeError, match=r"^x.pth: incompatible online network \(size mismatch for \S+: "):
-        _check_networks("x.pth", state, config)
+        _check_networks("x.pth", other_frames, config)
+    state = DQNLearner(config, torch.device("cpu")).state_dict()
+    _check_networks("x.pth", state, config)
     with pytest.raises(ResumeError, match=r"^x.pth: damaged checkpoint \(no target network\)$"):
         _check_networks("x.pth", {**state, "target": None}, config)

@@ -28,7 +28,6 @@ KEYFRAME_EVERY_S = 2.0
 FRAGMENT_S = 0.5
 
 BEST_RUN_PATTERN = re.compile(r"^mario_best_run_(-?\d+\.\d{2})\.mp4$")
-LOCK_NAME = ".best_run.lock"
 
 
 class RecordingError(RuntimeError):
@@ -161,8 +160,9 @@ def best_runs(run_dir: str) -> list[tuple[float, str]]:
 
 @contextlib.contextmanager
 def _run_lock(run_dir: str):
-    """Serializes the best-run check-and-replace across all actor processes sharing run_dir."""
-    fd = os.open(os.path.join(run_dir, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+    """Serializes the best-run check-and-replace across all actor processes sharing run_dir. The lock is
+    on the run folder itself, so no lock file is left in it."""
+    fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -145,7 +145,7 @@ def test_best_episode_is_kept(tmp_path):
     rec.start_episode()  # unfinished at close: discarded
     rec.write(frame(0))
     rec.close()
-    assert sorted(os.listdir(tmp_path)) == [".best_run.lock", "mario_best_run_5.25.mp4"]
+    assert sorted(os.listdir(tmp_path)) == ["mario_best_run_5.25.mp4"]
     video = decode(best)
     assert len(video["frames"]) == 7
     assert_frames_match(video["frames"], first=30)
@@ -179,7 +179,7 @@ def test_two_actors_interleaved(tmp_path):
     assert record_episode(b, 2, 1.0) is None
     a.close()
     b.close()
-    assert sorted(os.listdir(tmp_path)) == [".best_run.lock", "mario_best_run_4.00.mp4"]
+    assert sorted(os.listdir(tmp_path)) == ["mario_best_run_4.00.mp4"]
     video = decode(tmp_path / "mario_best_run_4.00.mp4")
     assert len(video["frames"]) == 5
     assert_frames_match(video["frames"], first=100)
@@ -219,7 +219,7 @@ def test_actors_finishing_at_once_leave_one_best_file(tmp_path):
         p.join(timeout=120)
     assert [p.exitcode for p in procs] == [0] * actors
     best = (rounds - 1) * actors + actors - 1
-    assert sorted(os.listdir(tmp_path)) == [".best_run.lock", f"mario_best_run_{best:.2f}.mp4"]
+    assert sorted(os.listdir(tmp_path)) == [f"mario_best_run_{best:.2f}.mp4"]
 
 
 def test_best_run_is_decided_under_the_run_lock(tmp_path, monkeypatch):
@@ -227,7 +227,7 @@ def test_best_run_is_decided_under_the_run_lock(tmp_path, monkeypatch):
     checked = []
 
     def assert_locked():
-        fd = os.open(tmp_path / recorder.LOCK_NAME, os.O_RDWR)
+        fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)     # the lock is on the run folder
         try:
             with pytest.raises(BlockingIOError):
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another open file: conflicts even in-process
@@ -248,7 +248,7 @@ def test_best_run_is_decided_under_the_run_lock(tmp_path, monkeypatch):
     monkeypatch.setattr(recorder.os, "replace", spy("replace", os.replace))
     assert rec.end_episode(1.0) is not None
     assert checked == ["best_runs", "replace"]
-    fd = os.open(tmp_path / recorder.LOCK_NAME, os.O_RDWR)
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released afterwards
     os.close(fd)
 
@@ -346,4 +346,4 @@ def test_disk_full_when_keeping_the_best(tmp_path, monkeypatch):
     with pytest.raises(RecordingError, match="No space left on device"):
         rec.end_episode(1.0)
     rec.close()
-    assert os.listdir(tmp_path) == [".best_run.lock"]
+    assert os.listdir(tmp_path) == [], "nothing left, no lock file either"

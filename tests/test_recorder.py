@@ -265,14 +265,26 @@ def test_missing_or_unusable_folder_fails_at_construction(tmp_path):
         rec.close()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_read_only_folder_fails_at_construction(tmp_path):
-    tmp_path.chmod(0o500)
+    """A folder it may not write: mode 0500, or for root (who ignores modes, as CI runs) a read-only tmpfs."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o500)
+        expected = "Permission denied"
+    else:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                                 capture_output=True, text=True, timeout=60)
+        if mounted.returncode != 0:
+            pytest.skip(f"cannot mount a read-only tmpfs here: {mounted.stderr.strip()}")
+        expected = "Read-only file system"
     try:
-        with pytest.raises(RecordingError, match="Permission denied"):
-            VideoWriter(str(tmp_path / "mario_run.mp4"), 15, W, H)
+        with pytest.raises(RecordingError, match=expected):
+            VideoWriter(str(folder / "mario_run.mp4"), 15, W, H)
     finally:
-        tmp_path.chmod(0o700)
+        if os.geteuid() == 0:
+            subprocess.run(["umount", str(folder)], timeout=60)
+        folder.chmod(0o700)
 
 
 def test_folder_deleted_mid_run(tmp_path):

@@ -3,6 +3,11 @@ summary.json."""
 from __future__ import annotations
 
 import time
+from collections import deque
+
+RATE_WINDOW_S = 10.0
+"""Rates are averaged over this long: reports come once a second, so a 1 s window read 0/s about
+every third refresh."""
 
 
 class RunStatus:
@@ -21,7 +26,7 @@ class RunStatus:
         self.evaluations = 0
         self.last_eval: dict = {}
         self.dropped_reports = 0      # bad reports the launcher dropped (see Supervisor._drain_reports)
-        self._rate_mark = (time.monotonic(), 0, 0)
+        self._rate_marks: deque[tuple[float, int, int]] = deque([(time.monotonic(), 0, 0)])
         self.rates = (0.0, 0.0)
 
     def on_report(self, msg: dict) -> None:
@@ -79,11 +84,15 @@ class RunStatus:
         return int(self.learner.get("updates", 0))
 
     def _update_rates(self) -> None:
+        """Steps/s and updates/s over the last RATE_WINDOW_S seconds (or since the start)."""
         now, steps, updates = time.monotonic(), self.env_steps, self.updates
-        mark_t, mark_steps, mark_updates = self._rate_mark
+        marks = self._rate_marks
+        marks.append((now, steps, updates))
+        while len(marks) > 2 and now - marks[1][0] >= RATE_WINDOW_S:
+            marks.popleft()
+        mark_t, mark_steps, mark_updates = marks[0]
         if now - mark_t >= 1.0:
             self.rates = ((steps - mark_steps) / (now - mark_t), (updates - mark_updates) / (now - mark_t))
-            self._rate_mark = (now, steps, updates)
 
     def line(self) -> str:
         """The plain status line: elapsed time, steps and every field."""

@@ -368,7 +368,7 @@ class Supervisor:
     def _stop_all(self) -> None:
         if not self.processes:
             return
-        self.console.say(f"mario-apex: stopping ({self.stop_reason or 'launcher error'}) ...")
+        self.console.say(f"mario-apex: stopping: {self.stop_reason or 'launcher error'} ...")
         started = time.monotonic()
         for role in STOP_ORDER:     # actors first (they flush), the learner (its final checkpoint needs
             self.stop_events[role].set()   # the replay server), then the replay server

@@ -182,11 +182,11 @@ def learn_mario(args, runs_dir: str) -> None:
                        for b, r in zip(budgets, rows[-1][2]))
         reached = f"first greedy flag after {flag[0]:,} env steps, {flag[1]:.1f} minutes" if flag else \
             "no greedy flag"
-        print(f"seed {seed}: {reached}; best greedy x_pos {best[1] if best else 0} "
+        print(f"{'run' if args.report else 'seed'} {seed}: {reached}; best greedy x_pos {best[1] if best else 0} "
               f"(at {best[0] if best else 0:,} env steps); {len(evals)} evaluations; {at}; run folder {run_dir}",
               flush=True)
     flags = [r[0] for r in rows if r[0]]
-    print(f"flag reached in {len(flags)} of {len(rows)} seeds")
+    print(f"flag reached in {len(flags)} of {len(rows)} {'runs' if args.report else 'seeds'}")
     if flags:
         print(f"median over seeds with a flag: {statistics.median(f[0] for f in flags):,.0f} env steps, "
               f"{statistics.median(f[1] for f in flags):.1f} minutes")

@@ -22,7 +22,7 @@ from collections import deque
 import numpy as np
 import zmq
 
-from common.config import MAX_SAMPLE_BATCH
+from common.config import MAX_SAMPLE_BATCH, frames_per_message
 from common.protocol import ProtocolError, decode, encode, encode_parts
 from common.runtime import RoleRuntime
 from replay_server.buffer import ChunkError, PrioritizedReplay
@@ -30,6 +30,7 @@ from replay_server.rate_limit import RateLimiter
 from replay_server.snapshot import read_snapshot, start_snapshot
 
 MAX_PENDING = 64          # sample requests kept waiting (a learner re-asks after a restart of either side)
+MAX_PENDING_PER_PEER = 8  # ... of them from one peer: a flood from one socket cannot crowd out the learner's
 POLL_MS = 100
 DROP_LOG_S = 30.0
 SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}\.replay\.npz$")   # a file name, never a path
@@ -49,7 +50,7 @@ class ReplayServer:
                                              link="replay-in")
         self.router = runtime.transport.socket(zmq.ROUTER, bind=c.bind_addresses("replay_sample"), hwm=100,
                                                link="replay-sample")
-        self.pending: deque[tuple[bytes, int, float, bool]] = deque(maxlen=MAX_PENDING)   # the oldest go first
+        self.pending: deque[tuple[bytes, int, float, bool]] = deque()   # the oldest go first
         self.counters = {"episodes": 0, "env_steps": 0, "sampled": 0, "dropped": 0, "batches": 0}
         self.best_reward = float("-inf")
         self._last_drop_log = 0.0
@@ -147,7 +148,8 @@ class ReplayServer:
         if len(parts) != 2:
             raise ProtocolError(f"expected 2 message parts on the sample socket, got {len(parts)}")
         identity, payload = parts
-        msg = decode(payload, self.config.max_message_bytes,
+        c = self.config
+        msg = decode(payload, c.max_message_bytes,
                      expect=("sample", "priorities", "snapshot", "attach_frames"))
         if msg["t"] == "sample":
             if not 1 <= msg["batch_size"] <= MAX_SAMPLE_BATCH or not 0.0 <= msg["beta"] <= 1.0:
@@ -160,6 +162,12 @@ class ReplayServer:
                 except ChunkError as exc:      # bad priorities (NaN after a diverged update, say) are
                     self._drop(str(exc))       # dropped, but the request for a batch still stands
             shared = msg.get("shared", False) and self.buffer.ring.shared
+            if not shared and not frames_per_message(msg["batch_size"], c.frame_stack, c.frame_size,
+                                                     c.max_message_bytes) >= msg["batch_size"]:
+                raise ProtocolError(f"sample: {msg['batch_size']} transitions with their frames exceed "
+                                    "max_message_bytes")
+            if len(self.pending) >= MAX_PENDING or sum(p[0] == identity for p in self.pending) >= MAX_PENDING_PER_PEER:
+                raise ProtocolError("sample: too many requests waiting (the newest is dropped, the waiting ones stay)")
             self.pending.append((identity, msg["batch_size"], msg["beta"], shared))
         elif msg["t"] == "priorities":
             self.buffer.update_priorities(msg["ids"], msg["priorities"])

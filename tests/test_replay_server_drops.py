@@ -43,3 +43,40 @@ def test_any_handler_error_drops_and_counts_that_message_only(error):
     assert len(logs) == 1 and "dropped a bad message" in logs[0], "one line, then at most one per DROP_LOG_S"
     if not isinstance(error, ProtocolError):
         assert type(error).__name__ in logs[0]
+
+
+def sample_server(logs: list) -> ReplayServer:
+    """What _on_learner_message needs for sample requests (frames do not live in shared memory)."""
+    from common.config import Config
+    server = bare_server(logs)
+    server.config = Config()
+    server.pending = __import__("collections").deque()
+    server.buffer = type("Buffer", (), {"ring": type("Ring", (), {"shared": False})()})()
+    return server
+
+
+def sample(batch_size: int = 256) -> bytes:
+    from common.protocol import encode
+    return encode("sample", batch_size=batch_size, beta=0.4)
+
+
+def test_one_peer_cannot_crowd_out_the_learners_waiting_requests():
+    """Before learning_starts requests wait. A flood from one peer is refused past its share, and a full
+    queue refuses the newest, never evicting the learner's requests that came first."""
+    server = sample_server([])
+    server._drain(FakeSocket([[b"learner", sample()]] * 2 + [[b"flood", sample()]] * 200),
+                  server._on_learner_message, limit=1000)
+    assert [p[0] for p in server.pending].count(b"learner") == 2
+    assert [p[0] for p in server.pending].count(b"flood") == 8
+    assert server.counters["dropped"] == 192
+    for peer in range(100):                   # many peers: the queue fills, the oldest requests stay
+        server._drain(FakeSocket([[b"peer%d" % peer, sample()]]), server._on_learner_message, limit=1)
+    assert len(server.pending) == 64 and server.pending[0][0] == b"learner" and server.pending[1][0] == b"learner"
+
+
+def test_a_sample_whose_frames_cannot_fit_in_one_message_is_refused():
+    """4096 transitions of 84x84 stacks with their frames are 231 MB: more than the 64 MiB a message may be."""
+    server = sample_server(logs := [])
+    server._drain(FakeSocket([[b"x", sample(4096)], [b"x", sample(1184)]]), server._on_learner_message, limit=10)
+    assert [p[1] for p in server.pending] == [1184]
+    assert server.counters["dropped"] == 1 and "exceed max_message_bytes" in logs[0]

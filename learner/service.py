@@ -250,7 +250,8 @@ class LearnerService:
                 self._remove_unnamed_snapshots()
                 return ""
         counters = {**self.counters(), **(replay["counters"] if replay else {}),
-                    "replay_file": replay["file"] if replay else "", "replay_updates": replay["updates"] if replay else 0}
+                    "replay_file": replay["file"] if replay else "",
+                    "replay_updates": replay["updates"] if replay else 0}
         path = os.path.join(self.run_dir, f"{base}.pth")
         try:
             self.learner.save(path, counters)

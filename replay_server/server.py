@@ -13,6 +13,8 @@ Bad messages are dropped and counted, never fatal.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import re
 import signal
@@ -54,7 +56,9 @@ class ReplayServer:
         self.counters = {"episodes": 0, "env_steps": 0, "sampled": 0, "dropped": 0, "batches": 0}
         self.best_reward = float("-inf")
         self._last_drop_log = 0.0
-        self.snapshot: tuple[bytes, str, int | None, dict] | None = None   # (learner, name, pid, stats)
+        # (learner, name, pid, stats, fingerprint) of the snapshot being written
+        self.snapshot: tuple[bytes, str, int | None, dict, str] | None = None
+        self._last_snapshot = ("", "")      # (file name, fingerprint) of the last complete snapshot
         self.actors = 0                  # connected actor processes
         self._paused_since: float | None = None
         self._pause_noticed = False
@@ -184,18 +188,36 @@ class ReplayServer:
             self._reply_snapshot(identity, name, False, self.stats(), "another snapshot is in progress")
             return
         stats = self.stats()
+        counters = {**stats, "rng": self.rng.bit_generator.state}
+        fingerprint = self._fingerprint(counters)
+        last, last_fingerprint = self._last_snapshot
+        if fingerprint == last_fingerprint:     # nothing changed (a checkpoint on the stop boundary): the same file
+            with contextlib.suppress(OSError):  # under the new name, not a second copy
+                os.link(os.path.join(self.run_dir, last), os.path.join(self.run_dir, name))
+                self._last_snapshot = (name, fingerprint)
+                self._reply_snapshot(identity, name, True, stats, "")
+                return
         try:
-            pid = start_snapshot(self.buffer, {**stats, "rng": self.rng.bit_generator.state},
-                                 os.path.join(self.run_dir, name))
+            pid = start_snapshot(self.buffer, counters, os.path.join(self.run_dir, name))
         except OSError as exc:
             self._reply_snapshot(identity, name, False, stats, f"cannot write {name}: {exc.strerror}")
             return
-        self.snapshot = (identity, name, pid, stats)
+        self.snapshot = (identity, name, pid, stats, fingerprint)
+
+    def _fingerprint(self, counters: dict) -> str:
+        """What a snapshot of the buffer now would hold, in brief: its contents change only by inserts (the
+        heads) and priorities; the counters include the sampling RNG's state."""
+        arrays = self.buffer.state_arrays()
+        described = {k: v for k, v in counters.items() if k != "actors"}
+        digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode())
+        for key in ("heads", "priorities", "max_priority"):
+            digest.update(np.ascontiguousarray(arrays[key]).tobytes())
+        return digest.hexdigest()
 
     def _check_snapshot(self) -> None:
         if self.snapshot is None:
             return
-        identity, name, pid, stats = self.snapshot
+        identity, name, pid, stats, fingerprint = self.snapshot
         if pid is not None:
             done, status = os.waitpid(pid, os.WNOHANG)
             if not done:
@@ -205,6 +227,8 @@ class ReplayServer:
         else:
             ok = True
         self.snapshot = None
+        if ok:
+            self._last_snapshot = (name, fingerprint)
         self._reply_snapshot(identity, name, ok, stats, "" if ok else f"writing {name} failed (disk full?)")
 
     def _end_snapshot(self) -> None:
@@ -212,7 +236,7 @@ class ReplayServer:
         snapshot: an unfinished one is of no use, so its writer is ended and its partial file removed."""
         if self.snapshot is None:
             return
-        _, name, pid, _ = self.snapshot
+        _, name, pid, _, _ = self.snapshot
         if pid is not None:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)

@@ -61,6 +61,10 @@ class Side:
         runtime.log = lambda text: self.logs.append(f"[{role}] {text}")
         return runtime
 
+    def change(self) -> None:
+        """New transitions (as actors would send): the next snapshot has something new to write."""
+        fill(self.server.buffer, self.server.buffer.inserted + 64)
+
     def files(self) -> list[str]:
         return sorted(name for name in os.listdir(self.run_dir) if ".replay.npz" in name)
 
@@ -78,7 +82,7 @@ class Side:
 
 
 @pytest.fixture
-def side(tmp_path):
+def side(tmp_path, keep_process_hooks):
     side = Side(tmp_path)
     yield side
     if side.thread.is_alive():
@@ -114,7 +118,7 @@ def test_a_snapshot_slower_than_any_fixed_timeout_is_waited_for(side, monkeypatc
     """Item 6: ~7 s of steady writing (the old fixed timeout was 5 s) still gives a checkpoint with replay."""
     slow_snapshots(monkeypatch, 0.2)
     started = time.monotonic()
-    path = side.learner.checkpoint("checkpoint")
+    assert side.learner.checkpoint("checkpoint")
     assert any("saved checkpoint.pth with replay memory" in line for line in side.logs), side.logs
     assert time.monotonic() - started > 5.5, "the snapshot was not slow: the test proves nothing"
     buffer = PrioritizedReplay(2048, 84, 4, 0.6, side.config.num_actions)
@@ -126,6 +130,7 @@ def test_a_stalled_snapshot_is_given_up_and_the_last_good_one_kept(side, monkeyp
     """Items 6 and 7: a writer that stops making progress is given up; the last good checkpoint stays whole."""
     assert side.learner.checkpoint("checkpoint")
     good = side.named("checkpoint")
+    side.change()
     monkeypatch.setattr(service, "SNAPSHOT_STALL_S", 1.0)
     slow_snapshots(monkeypatch, 3.0)                        # 3 s between writes: no progress for 1 s
     assert side.learner.checkpoint("checkpoint") == ""
@@ -137,6 +142,7 @@ def test_a_failed_snapshot_never_removes_the_last_good_one(side, monkeypatch):
     """Item 7: a snapshot that fails (a full disk) leaves checkpoint.pth and the snapshot it names as they were."""
     assert side.learner.checkpoint("checkpoint")
     good = side.named("checkpoint")
+    side.change()
     failing_snapshots(monkeypatch)
     assert side.learner.checkpoint("checkpoint") == ""
     assert side.named("checkpoint") == good
@@ -151,6 +157,7 @@ def test_a_final_snapshot_that_cannot_finish_in_time_names_the_last_good_one(sid
     snapshot, with the counters it was taken at) and says so; the unfinished writer is ended, its file gone."""
     assert side.learner.checkpoint("checkpoint")
     good = side.named("checkpoint")
+    side.change()
     good_counters = load_checkpoint(os.path.join(side.run_dir, "checkpoint.pth"))["counters"]
     monkeypatch.setattr(service, "FINAL_SNAPSHOT_S", 1.5)
     slow_snapshots(monkeypatch, 0.2)
@@ -171,6 +178,7 @@ def test_a_failed_pth_write_removes_its_new_snapshot_and_failures_are_rate_limit
     good one stays, and five failures in a row are one line, not five."""
     assert side.learner.checkpoint("checkpoint")
     good = side.named("checkpoint")
+    side.change()
 
     def full(path, counters=None):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -183,3 +191,25 @@ def test_a_failed_pth_write_removes_its_new_snapshot_and_failures_are_rate_limit
     monkeypatch.setattr(service, "FAILURE_LOG_S", 0.0)
     assert side.learner.checkpoint("checkpoint") == ""
     assert side.logs[-1].endswith("(6 checkpoint failures so far)"), side.logs[-1]
+
+
+def test_a_checkpoint_with_nothing_new_links_the_same_snapshot(side):
+    """Item 9: a checkpoint on the stop boundary (nothing inserted, sampled or re-prioritised since the last
+    snapshot) writes no second copy: the final checkpoint's snapshot is the same file, hard-linked."""
+    assert side.learner.checkpoint("checkpoint")
+    side.close()
+    periodic, final = side.named("checkpoint"), side.named("checkpoint_final")
+    assert periodic != final
+    assert os.path.samefile(os.path.join(side.run_dir, periodic), os.path.join(side.run_dir, final))
+    assert side.files() == sorted([periodic, final])
+
+
+def test_a_checkpoint_after_new_transitions_writes_a_new_snapshot(side):
+    assert side.learner.checkpoint("checkpoint")
+    first = side.named("checkpoint")
+    side.change()
+    assert side.learner.checkpoint("checkpoint")
+    assert side.named("checkpoint") != first and side.files() == [side.named("checkpoint")]
+    buffer = PrioritizedReplay(2048, 84, 4, 0.6, side.config.num_actions)
+    snapshot.read_snapshot(os.path.join(side.run_dir, side.named("checkpoint")), buffer)
+    assert buffer.content_hash() == side.server.buffer.content_hash()

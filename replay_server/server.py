@@ -52,8 +52,9 @@ class ReplayServer:
                                              link="replay-in")
         self.router = runtime.transport.socket(zmq.ROUTER, bind=c.bind_addresses("replay_sample"), hwm=100,
                                                link="replay-sample")
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)    # a reply to a gone peer raises (counted), not vanishes
         self.pending: deque[tuple[bytes, int, float, bool]] = deque()   # the oldest go first
-        self.counters = {"episodes": 0, "env_steps": 0, "sampled": 0, "dropped": 0, "batches": 0}
+        self.counters = {"episodes": 0, "env_steps": 0, "sampled": 0, "dropped": 0, "batches": 0, "undeliverable": 0}
         self.best_reward = float("-inf")
         self._last_drop_log = 0.0
         # (learner, name, pid, stats, fingerprint) of the snapshot being written
@@ -251,10 +252,12 @@ class ReplayServer:
         self._send(identity, [encode("snapshot_done", name=name, ok=ok, stats=stats, text=text)])
 
     def _send(self, identity: bytes, parts: list) -> None:
+        """A reply to one peer; one that cannot go (the peer is gone, or not reading) is counted
+        (stats: undeliverable), never waited for: that learner asks again."""
         try:
             self.router.send_multipart([identity, *parts], zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            pass   # that learner is gone or not reading; it will ask again
+        except zmq.ZMQError:     # zmq.Again (its queue is full), or EHOSTUNREACH (gone: ROUTER_MANDATORY)
+            self.counters["undeliverable"] += 1
 
     def _serve_pending(self) -> None:
         if self._paused_since is not None:

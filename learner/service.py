@@ -68,6 +68,7 @@ class LearnerService:
         self.in_flight = 0
         self._replay_connects = 0      # handshakes with a replay server so far (a new one forgets our requests)
         self.dropped = 0
+        self.dropped_priorities = 0    # new priorities that could not be sent (the replay server gone or saturated)
         self.wait_s = 0.0
         self._rate_mark = (time.monotonic(), 0)
         self._checkpointed_at_episode = 0
@@ -155,7 +156,7 @@ class LearnerService:
             else:
                 self.dealer.send(encode("priorities", ids=ids, priorities=priorities), zmq.NOBLOCK)
         except zmq.Again:
-            pass   # replay server gone or saturated; priorities are refreshed on the next sample
+            self.dropped_priorities += len(ids)   # those transitions keep their old priorities; counted, not silent
         every = self.config.publish_every
         if self.learner.updates // every > updates_before // every:
             self.publish()
@@ -187,7 +188,7 @@ class LearnerService:
         rate = (updates - self._rate_mark[1]) / max(now - self._rate_mark[0], 1e-9)
         self._rate_mark = (now, updates)
         values = {"updates": updates, "weights_version": self.weights_version, "dropped": self.dropped,
-                  "torn_batches": self.batches.torn,
+                  "torn_batches": self.batches.torn, "dropped_priorities": self.dropped_priorities,
                   "lr": self.learner.optimizer.param_groups[0]["lr"],
                   "wait_fraction": self.wait_s / elapsed if elapsed > 0 else 0.0}
         n = self._window["n"]
@@ -334,7 +335,8 @@ class LearnerService:
         path = self.checkpoint("checkpoint_final", final=True)
         self.pub.send(encode("bye", checkpoint=os.path.basename(path)))     # actors on other machines play on
         self.rt.report("progress", {"updates": self.learner.updates, "weights_version": self.weights_version,
-                                    "dropped": self.dropped, "torn_batches": self.batches.torn})
+                                    "dropped": self.dropped, "torn_batches": self.batches.torn,
+                                    "dropped_priorities": self.dropped_priorities})
         self.batches.close()
         self.metrics.close()
 

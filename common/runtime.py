@@ -51,7 +51,8 @@ class RoleRuntime:
         self._terminated = True
 
     def _on_thread_error(self, args) -> None:
-        """A library's background thread died (e.g. on a full disk): one line, not a traceback."""
+        """A library's background thread died (e.g. on a full disk): one line, not a traceback. One the role
+        cannot run without (the ZAP authenticator) also stops it: check_links() raises, with the reason."""
         self.log(f"background thread {args.thread.name if args.thread else '?'} stopped: "
                  f"{args.exc_type.__name__}: {args.exc_value}")
 
@@ -81,7 +82,8 @@ class RoleRuntime:
 
     def check_links(self) -> None:
         """Count the links' connections and tell the user about refused ones (wrong or missing keys):
-        the first at once, then at most one line per link every REFUSAL_LOG_S seconds."""
+        the first at once, then at most one line per link every REFUSAL_LOG_S seconds. Raises TransportError
+        (the role stops, a failure the launcher names) if the authenticator thread has died."""
         now = time.monotonic()
         for refusal in self.transport.check_links():
             key = f"{refusal.channel} {refusal.endpoint}"

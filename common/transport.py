@@ -19,12 +19,23 @@ from common.keys import CurveKeys
 
 LINGER_MS = 500
 SETTLED_S = 1.0       # a connection open this long passed its handshake: refused ones close within milliseconds
+AUTHENTICATOR_THREAD = "zap-authenticator"
 ADDRESS_IN_USE = "address already in use (is another run using these ports? try --base-port or --bind)"
 _REFUSALS = {
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the key is not authorized (wrong --keys?)",
-    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "security mismatch: one side has CurveZMQ keys and the other has "
-                                         "none or a different server key (--keys)",
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the security handshake failed: missing or wrong keys (--keys)",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "a ZeroMQ protocol error: another program or version at that address, "
+                                         "or a security mismatch (--keys)",
+    # A client learns no more than this when the server closes its handshake, whether for a wrong key or for a
+    # socket of the wrong type (e.g. an address that is another channel's port): both causes are named.
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the handshake failed: missing or wrong keys (--keys), or the other side "
+                                          "is not this link's kind of socket (another channel's address or port?)",
+}
+_PROTOCOL_ERRORS = {     # what EVENT_HANDSHAKE_FAILED_PROTOCOL's value tells, where it tells more
+    zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH: "security mismatch: one side has CurveZMQ keys and the other has "
+                                                "none (--keys)",
+    zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC: "the client has a different server key (keys from another --keys folder?)",
+    zmq.PROTOCOL_ERROR_ZMTP_INVALID_METADATA: "the other side is not this link's kind of socket (another channel's "
+                                              "address or port?)",
 }
 _WATCHED = zmq.EVENT_ACCEPTED | zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED \
     | sum(_REFUSALS)
@@ -113,6 +124,7 @@ class Transport:
                 quiet.propagate = False
                 self._authenticator = ThreadAuthenticator(self.context, log=quiet)
                 self._authenticator.start()
+                self._authenticator.thread.name = AUTHENTICATOR_THREAD
                 self._authenticator.configure_curve(domain="*", location=keys.authorized_dir)
             sock.curve_secretkey, sock.curve_publickey, sock.curve_server = keys.server_secret, keys.server_public, True
         else:
@@ -125,7 +137,11 @@ class Transport:
         """Update the connections of the links; returns the refused handshakes since the last call
         (never blocks). Handshake events name no connection, so peers() counts the connections still
         open SETTLED_S after this call first saw them: a refused one (wrong or no key) closes within
-        milliseconds."""
+        milliseconds. Raises TransportError once the authenticator thread has died: without it the
+        keys would no longer be checked, so the role must stop rather than run on unprotected."""
+        if self._authenticator is not None and not self._authenticator.is_alive():
+            raise TransportError(f"the CurveZMQ authenticator thread ({AUTHENTICATOR_THREAD}) stopped, so keys "
+                                 "would no longer be checked: stopping")
         refusals = []
         for link in self._links.values():
             while link.monitor.poll(0):
@@ -142,7 +158,9 @@ class Transport:
                     link.opened.pop(value, None)
                 elif kind in _REFUSALS:
                     endpoint = event["endpoint"].decode(errors="replace") if event.get("endpoint") else "?"
-                    refusals.append(Refusal(link.channel, endpoint, link.bound, _REFUSALS[kind]))
+                    protocol = kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                    reason = _PROTOCOL_ERRORS.get(value, _REFUSALS[kind]) if protocol else _REFUSALS[kind]
+                    refusals.append(Refusal(link.channel, endpoint, link.bound, reason))
         return refusals
 
     def peers(self, sock: zmq.Socket) -> int:
@@ -166,6 +184,9 @@ class Transport:
             sock.close(linger=LINGER_MS)
         self._sockets.clear()
         if self._authenticator is not None:
+            if not self._authenticator.is_alive() and self._authenticator.pipe is not None:
+                self._authenticator.pipe.close(linger=0)   # stop() would wait forever on a dead thread's pipe
+                self._authenticator.pipe = None
             self._authenticator.stop()
             self._authenticator = None
         self.context.term()

@@ -42,17 +42,20 @@ class Actor:
         self.rt = runtime
         c = self.config = runtime.config
         self.index = runtime.index
-        self.env = make_env(c, seed=c.seed + c.run_actor(self.index))
+        self.restarts = int(runtime.resume.get("restarts", 0))     # times the launcher restarted this actor
+        self.seed = actor_seed(c.seed, c.run_actor(self.index), self.restarts)
+        self.env = make_env(c, seed=self.seed)
         if self.env.action_space.n != c.num_actions:
             raise ValueError(f"{c.env_id} has {self.env.action_space.n} actions but num_actions is {c.num_actions}")
         self.frame_skip = find_wrapper(self.env, FrameSkip)
         self.curriculum = self._make_curriculum()
         self.net = build_network(c).eval()
         self.precision, why = choose_precision(self.net, c)
-        runtime.log(f"acting in {self.precision} ({why})")
+        restarted = f"; restart {self.restarts}: a new seed, {self.seed}" if self.restarts else ""
+        runtime.log(f"acting in {self.precision} ({why}){restarted}")
         self.policy = make_policy(self.net, self.precision)
         self.stepper = EnvThread(self.env, self._greedy, self.frame_skip)
-        self.rng = np.random.default_rng(c.seed + c.run_actor(self.index))
+        self.rng = np.random.default_rng(self.seed)
         self.push = runtime.transport.socket(zmq.PUSH, connect=c.connect_address("replay_in"),
                                              hwm=c.actor_queue_chunks(), link="replay-in")
         self.wait_for_learner = c.pin_replay_ratio and c.samples_per_insert > 0
@@ -136,9 +139,10 @@ class Actor:
         always has the next step queued; this thread does the bookkeeping (chunks, sends, window,
         video, weights) meanwhile, so the emulator does not wait for it."""
         self._session_started = time.monotonic()
+        steps_at_start = self.session_steps     # a restarted process continues the count, not the clock
         self._reset()
         episode_reward, episode_steps = 0.0, 0
-        started, steps_at_report = time.monotonic(), 0    # for the steps/s figure
+        started, steps_at_report = self._session_started, steps_at_start    # for the steps/s figure
         self._submit_ahead()
         while self.stepper.in_flight:
             step = self.stepper.result()
@@ -173,7 +177,7 @@ class Actor:
         if len(self.chunk):
             self._send(encode("transitions", actor=self.index, **self.chunk.take()))
         elapsed = time.monotonic() - self._session_started
-        self._report_progress(self.session_steps / max(elapsed, 1e-9), self.epsilon())   # session average
+        self._report_progress((self.session_steps - steps_at_start) / max(elapsed, 1e-9), self.epsilon())   # its mean
         if self._cap_reached():
             self.rt.report("done", {"steps": self.session_steps, "episodes": self.episodes})
             self.rt.log(f"reached its limit after {self.session_steps} steps and {self.episodes} episodes")
@@ -336,6 +340,14 @@ class Actor:
             self.env.close()
         else:           # closing the emulator under a running step could crash the process
             self.rt.log("the env thread is stuck in a step; leaving the emulator to the process exit")
+
+
+def actor_seed(seed: int, run_actor: int, restarts: int) -> int:
+    """seed + actor at the first start; a restart gets another seed, from (seed, actor, restart count), so a
+    restarted actor does not replay the episodes of the process it replaces."""
+    if not restarts:
+        return seed + run_actor
+    return int(np.random.SeedSequence([seed, run_actor, restarts]).generate_state(1)[0])
 
 
 def _next_segment(run_dir: str) -> str:

@@ -357,7 +357,8 @@ class Supervisor:
         start = self.resume.for_role("actor", index, self.config.num_actors)
         counters = self.status.actor_counters(index)
         resume = {**start, **counters, "steps": max(int(start.get("steps", 0)), counters["steps"]),
-                  "epsilon_origin": int(start.get("steps", 0))}   # a reset exploration keeps its origin
+                  "epsilon_origin": int(start.get("steps", 0)),   # a reset exploration keeps its origin
+                  "restarts": self.restarts[name]}       # its seed: not the same episodes again
         self._start("actor", index, resume)
 
     def _reason(self, name: str) -> str:

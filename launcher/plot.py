@@ -56,6 +56,11 @@ def moving_average(values: np.ndarray, window: int) -> np.ndarray:
     return np.convolve(padded, kernel, mode="valid")
 
 
+def moving_window(episodes: int) -> int:
+    """A twentieth of the run, at least 10 episodes (all of them in a shorter run), at most 200."""
+    return max(1, min(episodes, max(10, min(200, episodes // 20))))
+
+
 def plot_run(run_dir: str, out: str | None = None) -> str:
     """Write the learning curve of a run folder; returns the PNG's path. Raises PlotError."""
     log = os.path.join(run_dir, "log.txt")
@@ -68,28 +73,37 @@ def plot_run(run_dir: str, out: str | None = None) -> str:
     matplotlib.use("Agg")                     # files only: no display needed
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
-    window = max(1, len(train.steps) // 50)
-    for ax, values, eval_values, label in ((axes[0], train.reward, evaluation.reward, "episode reward"),
-                                           (axes[1], train.x_pos, evaluation.x_pos, "x position reached")):
+    fig, axes = plt.subplots(2, 1, figsize=(10, 7.5), sharex=True)
+    window = moving_window(len(train.steps))
+    for ax, values, eval_values in ((axes[0], train.reward, evaluation.reward),
+                                    (axes[1], train.x_pos, evaluation.x_pos)):
         ax.scatter(train.steps, values, s=4, alpha=0.25, color="tab:blue", label="training episodes")
         ax.plot(train.steps, moving_average(values, window), color="tab:blue", lw=2,
-                label=f"moving average ({window} episodes)")
+                label=f"moving average ({window} episode{'s' if window != 1 else ''})")
+        if train.flag.any():
+            ax.scatter(train.steps[train.flag], values[train.flag], s=60, marker="*", color="gold",
+                       edgecolor="tab:blue", zorder=3, label="training episode reached the flag")
         if len(evaluation.steps):
             ax.scatter(evaluation.steps, eval_values, s=40, marker="D", color="tab:orange", zorder=3,
                        label="greedy evaluation")
             flags = evaluation.flag
             if flags.any():
-                ax.scatter(evaluation.steps[flags], eval_values[flags], s=120, marker="*", color="gold",
-                           edgecolor="black", zorder=4, label="evaluation reached the flag")
-        ax.set_ylabel(label)
+                ax.scatter(evaluation.steps[flags], eval_values[flags], s=160, marker="*", color="gold",
+                           edgecolor="black", zorder=4, label="greedy evaluation reached the flag")
+                first = evaluation.steps[flags][0]
+                ax.axvline(first, color="black", lw=1, ls="--", zorder=1,
+                           label=f"first greedy flag ({int(first):,} env steps)")
         ax.grid(alpha=0.3)
-    axes[0].legend(loc="upper left", fontsize=8)
+    axes[0].set_ylabel("episode reward")
+    axes[1].set_ylabel("x position reached")
     axes[1].set_xlabel("env steps")
+    handles, labels = axes[0].get_legend_handles_labels()      # above the panels, never over the data
+    fig.legend(handles, labels, loc="upper center", ncol=3, fontsize=8, bbox_to_anchor=(0.5, 0.955))
     flags = int(train.flag.sum())
     fig.suptitle(f"{os.path.basename(os.path.normpath(run_dir))}: {len(train.steps):,} episodes, "
-                 f"{int(train.steps[-1]):,} env steps, {flags} flag{'s' if flags != 1 else ''}")
-    fig.tight_layout()
+                 f"{int(train.steps[-1]):,} env steps, {flags} training flag{'s' if flags != 1 else ''}, "
+                 f"{int(evaluation.flag.sum())} greedy")
+    fig.tight_layout(rect=(0, 0, 1, 0.91))
     out = out or os.path.join(run_dir, "learning_curve.png")
     try:
         fig.savefig(out, dpi=100)

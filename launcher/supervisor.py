@@ -187,25 +187,29 @@ class Supervisor:
         self._mp = mp.get_context("spawn")
         self.stop_events = {role: self._mp.Event() for role in STOP_ORDER}
         for role in ("replay", "learner"):
-            if role in self.roles:
+            if role in self.roles and self.stop_reason is None:      # Ctrl+C during start-up: start no more
                 self._start(role, 0, self.resume.for_role(role, 0))
         if "actor" in self.roles:
             # An actor side of its own joins a learner that may have been running for a while.
             join = {"join": True} if self.role == "actor" else {}
             for i in range(self.config.num_actors):
-                self._start("actor", i, {**self.resume.for_role("actor", i, self.config.num_actors), **join})
+                if self.stop_reason is None:
+                    self._start("actor", i, {**self.resume.for_role("actor", i, self.config.num_actors), **join})
 
     def _start(self, role: str, index: int, resume: dict) -> None:
         name = process_name(role, index)
         proc = self._mp.Process(target=role_entry, name=name, daemon=False,
                                 args=(role, index, self.config.to_dict(), self.run_dir, self.stop_events[role],
                                       os.getpid(), resume, self.reports_address, self.keys))
-        # Children ignore SIGINT from birth (the setting survives exec); the launcher coordinates.
+        # Children ignore SIGINT from birth (the setting survives exec); the launcher coordinates. A Ctrl+C
+        # meanwhile is held back (blocked), not ignored, and reaches the launcher once the child is started.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             proc.start()
         finally:
             signal.signal(signal.SIGINT, previous)
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         self.processes[name] = proc
 
     def _on_signal(self, signum, frame) -> None:
@@ -408,7 +412,18 @@ class Supervisor:
             self.console.update(self.status, force=True)
             self.console.close()
         print(f"mario-apex: {self.status.line()}", flush=True)
-        print(f"mario-apex: stopped ({self.stop_reason}); results in {self.run_dir}", flush=True)
+        if self._nothing_ran():
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            print(f"mario-apex: stopped: {self.stop_reason}, before anything ran; removed {self.run_dir}", flush=True)
+            return
+        print(f"mario-apex: stopped: {self.stop_reason}; results in {self.run_dir}", flush=True)
+
+    def _nothing_ran(self) -> bool:
+        """A new run stopped during start-up (Ctrl+C, a lost port race): no step, episode, update or
+        checkpoint, so its folder holds only what start-up wrote and would clutter the runs folder."""
+        s = self.status
+        return (not self.resume.checkpoint and s.env_steps == 0 and s.episodes == 0 and s.updates == 0
+                and not any(name.endswith(".pth") for name in os.listdir(self.run_dir)))
 
 
 def _describe_exit(code: int) -> str:

@@ -1,0 +1,23 @@
+"""A run stopped during start-up, before anything ran, leaves no run folder behind (it held only
+config.json and summary.json); a run that played steps keeps its folder."""
+import pytest
+
+from tests.conftest import FAST_TEST_ENV
+
+pytestmark = pytest.mark.slow
+
+
+def test_ctrl_c_during_start_up_removes_the_empty_run_folder(launch):
+    run = launch(*FAST_TEST_ENV)
+    run.wait_for(lambda: "run folder" in run.output(), 60, "the launcher never named its run folder")
+    run.interrupt()
+    assert run.wait(60) == 130, run.output()
+    assert "before anything ran; removed" in run.output(), run.output()
+    assert not run.runs_dir.exists() or not any(run.runs_dir.iterdir()), list(run.runs_dir.iterdir())
+
+
+def test_a_run_that_played_keeps_its_folder(launch):
+    run = launch(*FAST_TEST_ENV, "--max-steps", "200")
+    assert run.wait(120) == 0, run.output()
+    assert run.run_dir.is_dir() and (run.run_dir / "log.txt").stat().st_size > 0
+    assert "results in" in run.output()

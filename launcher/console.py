@@ -37,7 +37,10 @@ class Console:
 
     def update(self, status: RunStatus, force: bool = False) -> None:
         if self._bar is not None:
-            self._bar.n = min(status.env_steps, self._bar.total or status.env_steps)
+            if self._bar.total:        # --max-steps counts this session's steps, as the bar must
+                self._bar.n = min(status.session_steps, self._bar.total)
+            else:
+                self._bar.n = status.env_steps
             self._bar.set_postfix_str(" | ".join(status.fields()), refresh=False)
             self._bar.refresh()
             return

@@ -11,22 +11,27 @@ every third refresh."""
 
 
 class RunStatus:
-    def __init__(self, replay_capacity: int, episodes_before: int = 0):
+    def __init__(self, replay_capacity: int, before: dict | None = None):
+        """`before`: the counters of the checkpoint a resumed run continues (episodes, env_steps, updates,
+        best_reward), so totals, rates and the best reward go on from them."""
+        before = before or {}
         self.replay_capacity = replay_capacity
-        self.episodes_before = episodes_before      # from the checkpoint this run resumed from
+        self.episodes_before = int(before.get("episodes", 0))
         self.started = time.monotonic()
         self.actors: dict[int, dict] = {}     # latest progress per actor
         self.actor_episodes: dict[int, dict] = {}   # latest episode per actor
         self.learner: dict = {}
         self.replay: dict = {}
         self.episodes = 0
-        self.best_reward: float | None = None
+        self.best_reward: float | None = float(before["best_reward"]) if self.episodes_before and \
+            "best_reward" in before else None
         self.last_episode: dict = {}
         self.done_actors: set[int] = set()
         self.evaluations = 0
         self.last_eval: dict = {}
         self.dropped_reports = 0      # bad reports the launcher dropped (see Supervisor._drain_reports)
-        self._rate_marks: deque[tuple[float, int, int]] = deque([(time.monotonic(), 0, 0)])
+        self._rate_marks: deque[tuple[float, int, int]] = deque(
+            [(time.monotonic(), int(before.get("env_steps", 0)), int(before.get("updates", 0)))])
         self.rates = (0.0, 0.0)
 
     def on_report(self, msg: dict) -> None:

@@ -111,7 +111,7 @@ class Supervisor:
         self._reports_dir: str | None = None
         self.reports, self.reports_address = self._bind_reports()
         self._last_drop_log = 0.0
-        self.status = RunStatus(config.replay_capacity, episodes_before=int(self.resume.counters.get("episodes", 0)))
+        self.status = RunStatus(config.replay_capacity, before=self.resume.counters)
         self.episode_log = EpisodeLog(os.path.join(self.run_dir, "log.txt"))
         self.processes: dict[str, mp.Process] = {}
         self.restarts: dict[str, int] = {}

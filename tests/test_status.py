@@ -22,3 +22,29 @@ def test_rates_never_read_zero_between_reports(monkeypatch):
     later = seen[10:]                         # after the first few seconds
     assert all(16 <= u <= 22 for _, u in later), [round(u, 1) for _, u in later]
     assert all(120 <= s <= 165 for s, _ in later), [round(s) for s, _ in later]
+
+
+def test_a_resumed_run_goes_on_from_its_checkpoints_counters(monkeypatch):
+    """No updates/s spike from the restored count, the best reward of earlier sessions is kept, and the
+    --max-steps bar counts this session's steps, not the run's."""
+    from launcher.console import Console
+    clock = [1000.0]
+    monkeypatch.setattr(status.time, "monotonic", lambda: clock[0])
+    run = RunStatus(replay_capacity=100, before={"episodes": 900, "env_steps": 200_000, "updates": 25_000,
+                                                 "best_reward": 321.2})
+    for second in range(1, 13):
+        clock[0] = 1000.0 + second
+        run.on_report({"role": "learner", "index": 0, "kind": "progress", "values": {"updates": 25_000 + 20 * second}})
+        run.on_report({"role": "actor", "index": 0, "kind": "progress",
+                       "values": {"steps": 200_000 + 150 * second, "session_steps": 150 * second, "episodes": 0}})
+        run.line()
+        assert run.rates[1] <= 25 and run.rates[0] <= 200, run.rates
+    run.on_report({"role": "actor", "index": 0, "kind": "episode", "values": {"reward": 50.0}})
+    assert run.best_reward == 321.2 and run.summary()["best_reward"] == 321.2
+    assert run.total_episodes == 901
+    console = Console(max_steps=10_000, interactive=True)
+    try:
+        console.update(run)
+        assert console._bar.n == 150 * 12, "this session's steps"
+    finally:
+        console.close()

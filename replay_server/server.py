@@ -27,6 +27,7 @@ import zmq
 from common.config import MAX_SAMPLE_BATCH, frames_per_message
 from common.protocol import ProtocolError, decode, encode, encode_parts
 from common.runtime import RoleRuntime
+from common.transport import SETTLED_S
 from replay_server.buffer import ChunkError, PrioritizedReplay
 from replay_server.rate_limit import RateLimiter
 from replay_server.snapshot import read_snapshot, start_snapshot
@@ -36,7 +37,7 @@ MAX_PENDING_PER_PEER = 8  # ... of them from one peer: a flood from one socket c
 POLL_MS = 100
 DROP_LOG_S = 30.0
 SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}\.replay\.npz$")   # a file name, never a path
-PAUSE_NOTICE_S = 3.0       # say that sampling paused only once it lasts (not during a normal stop)
+PAUSE_NOTICE_S = 10.0      # say that sampling paused only once it lasts (not during a normal stop, <= 10 s)
 
 
 class ReplayServer:
@@ -61,6 +62,7 @@ class ReplayServer:
         self.snapshot: tuple[bytes, str, int | None, dict, str] | None = None
         self._last_snapshot = ("", "")      # (file name, fingerprint) of the last complete snapshot
         self.actors = 0                  # connected actor processes
+        self._last_actor_message = float("-inf")
         self._paused_since: float | None = None
         self._pause_noticed = False
         if resume_snapshot:
@@ -103,7 +105,9 @@ class ReplayServer:
         """Count connected actors; sampling pauses while there are none (pause_without_actors)."""
         self.rt.check_links()
         self.actors = self.rt.transport.peers(self.pull)
-        if self.actors or not self.config.pause_without_actors:
+        # A new connection counts only once settled, but one that already delivers is an actor's.
+        delivering = time.monotonic() - self._last_actor_message < SETTLED_S
+        if self.actors or delivering or not self.config.pause_without_actors:
             if self._pause_noticed:
                 self.rt.log(f"{self.actors} actor(s) connected: serving batches again")
             self._paused_since, self._pause_noticed = None, False
@@ -140,6 +144,7 @@ class ReplayServer:
         if len(parts) != 1:
             raise ProtocolError(f"expected 1 message part, got {len(parts)}")
         msg = decode(parts[0], self.config.max_message_bytes, expect=("transitions", "episode"))
+        self._last_actor_message = time.monotonic()
         if msg["t"] == "transitions":
             added = self.buffer.add_chunk(msg["frames"], msg["stack"], msg["actions"], msg["rewards"],
                                           msg["bootstraps"])

@@ -21,3 +21,4 @@ def test_a_run_that_played_keeps_its_folder(launch):
     assert run.wait(120) == 0, run.output()
     assert run.run_dir.is_dir() and (run.run_dir / "log.txt").stat().st_size > 0
     assert "results in" in run.output()
+    assert "no actor connected" not in run.output(), "not at start-up (a connection still settling) nor at the stop"

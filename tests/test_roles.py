@@ -52,7 +52,7 @@ def test_learner_and_actor_sides_stop_and_restart_independently(launch):
 
     actors.interrupt()
     assert actors.wait(10) == 130, actors.output()
-    again.wait_for(lambda: "no actor connected: serving no batches" in again.output(), 30, "the learner waiting")
+    again.wait_for(lambda: "no actor connected: serving no batches" in again.output(), 60, "the learner waiting")
     updates = again.status_value("updates")
     assert again.proc.poll() is None, "the learner side keeps running without actors"
     again.interrupt()

@@ -30,8 +30,8 @@ class RunStatus:
         self.evaluations = 0
         self.last_eval: dict = {}
         self.dropped_reports = 0      # bad reports the launcher dropped (see Supervisor._drain_reports)
-        self._rate_marks: deque[tuple[float, int, int]] = deque(
-            [(time.monotonic(), int(before.get("env_steps", 0)), int(before.get("updates", 0)))])
+        self._rate_origin = (int(before.get("env_steps", 0)), int(before.get("updates", 0)))
+        self._rate_marks: deque[tuple[float, int, int]] = deque([(time.monotonic(), *self._rate_origin)])
         self.rates = (0.0, 0.0)
 
     def on_report(self, msg: dict) -> None:
@@ -99,20 +99,26 @@ class RunStatus:
         if now - mark_t >= 1.0:
             self.rates = ((steps - mark_steps) / (now - mark_t), (updates - mark_updates) / (now - mark_t))
 
-    def line(self) -> str:
-        """The plain status line: elapsed time, steps and every field."""
+    def line(self, whole_run: bool = False) -> str:
+        """The plain status line: elapsed time, steps and every field; with `whole_run` (the last line)
+        the rates are this session's averages, not the last seconds' (which include the stop)."""
         self._update_rates()
-        elapsed = int(time.monotonic() - self.started)
+        seconds = max(time.monotonic() - self.started, 1e-9)
+        rates = (self.session_steps / seconds, (self.updates - self._rate_origin[1]) / seconds) if whole_run \
+            else self.rates
+        elapsed = int(seconds)
         clock = f"{elapsed // 3600:02d}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d}"
-        return " | ".join([clock, f"steps {self.env_steps:,} ({self.rates[0]:.0f}/s)", *self.fields()])
+        return " | ".join([clock, f"steps {self.env_steps:,} ({rates[0]:.0f}/s)", *self.fields(rates)])
 
-    def fields(self) -> list[str]:
+    def fields(self, rates: tuple[float, float] | None = None) -> list[str]:
         """Everything but time and steps (the live bar shows those itself)."""
-        self._update_rates()
+        if rates is None:
+            self._update_rates()
+            rates = self.rates
         eps = [a.get("epsilon") for a in self.actors.values() if "epsilon" in a]
         parts = [f"episodes {self.total_episodes:,}"]
         if self.learner or not self.actors:
-            parts.append(f"updates {self.updates:,} ({self.rates[1]:.1f}/s)")
+            parts.append(f"updates {self.updates:,} ({rates[1]:.1f}/s)")
         else:       # the actor side: the learner is elsewhere; its newest weights tell how far it is
             parts.append(f"weights of update {max(int(a.get('weights_updates', 0)) for a in self.actors.values()):,}")
         if "loss" in self.learner:

@@ -411,7 +411,7 @@ class Supervisor:
         if self.console is not None:
             self.console.update(self.status, force=True)
             self.console.close()
-        print(f"mario-apex: {self.status.line()}", flush=True)
+        print(f"mario-apex: {self.status.line(whole_run=True)}", flush=True)
         if self._nothing_ran():
             shutil.rmtree(self.run_dir, ignore_errors=True)
             print(f"mario-apex: stopped: {self.stop_reason}, before anything ran; removed {self.run_dir}", flush=True)

@@ -48,3 +48,20 @@ def test_a_resumed_run_goes_on_from_its_checkpoints_counters(monkeypatch):
         assert console._bar.n == 150 * 12, "this session's steps"
     finally:
         console.close()
+
+
+def test_the_last_line_gives_the_sessions_average_rates(monkeypatch):
+    """150 steps/s for 60 s, then a 5 s stop with nothing: the last line gives the session's average,
+    9,000 steps in 65 s, not the last ten seconds' (half of them the stop)."""
+    clock = [1000.0]
+    monkeypatch.setattr(status.time, "monotonic", lambda: clock[0])
+    run = RunStatus(replay_capacity=100, before={"updates": 500})
+    for second in range(1, 61):
+        clock[0] = 1000.0 + second
+        run.on_report({"role": "actor", "index": 0, "kind": "progress",
+                       "values": {"steps": 150 * second, "session_steps": 150 * second, "episodes": 0}})
+        run.on_report({"role": "learner", "index": 0, "kind": "progress", "values": {"updates": 500 + 20 * second}})
+        run.line()
+    clock[0] += 5
+    assert "steps 9,000 (138/s) | episodes 0 | updates 1,700 (18.5/s)" in run.line(whole_run=True)
+    assert "steps 9,000 (75/s)" in run.line(), "the window's rate, for comparison"

@@ -64,7 +64,9 @@ def find_checkpoint(path: str) -> str:
                 counters = load_checkpoint(candidate).get("counters", {})
             except CheckpointError:
                 continue
-            candidates.append(((int(counters.get("updates", 0)), int(counters.get("env_steps", 0))), candidate))
+            # Newest by its counters; of two equally new, the one whose replay memory was saved.
+            candidates.append(((int(counters.get("updates", 0)), int(counters.get("env_steps", 0)),
+                                bool(counters.get("replay_file"))), candidate))
     if not candidates:
         raise ResumeError(f"{path}: no loadable checkpoint_final.pth or checkpoint.pth in this folder")
     return max(candidates)[1]

@@ -213,3 +213,20 @@ def test_terminal_start_asks_to_resume_and_loads_on_l(finished_copy, tmp_path):
 
     quiet = subprocess.run(args, cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
     assert quiet.returncode == 0 and "[n/l]" not in quiet.stdout and "resuming" not in quiet.stdout
+
+
+def test_a_run_folder_resumes_from_the_newest_checkpoint_preferring_one_with_replay(tmp_path):
+    """By their counters, not their names; of two equally new, the one whose replay memory was saved."""
+    from common.checkpoint import save_checkpoint
+    from launcher.resume import find_checkpoint
+
+    def save(name, updates, replay_file=""):
+        save_checkpoint({"counters": {"updates": updates, "env_steps": 10 * updates, "replay_file": replay_file}},
+                        str(tmp_path / name))
+    save("checkpoint.pth", 500, "checkpoint-1.replay.npz")
+    save("checkpoint_final.pth", 400, "checkpoint_final-2.replay.npz")
+    assert find_checkpoint(str(tmp_path)).endswith("/checkpoint.pth"), "newer by its counters"
+    save("checkpoint_final.pth", 500)
+    assert find_checkpoint(str(tmp_path)).endswith("/checkpoint.pth"), "as new, but without its replay"
+    save("checkpoint_final.pth", 501)
+    assert find_checkpoint(str(tmp_path)).endswith("/checkpoint_final.pth")

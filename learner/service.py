@@ -99,14 +99,23 @@ class LearnerService:
 
     def _receive(self, train: bool) -> dict | None:
         """Take one message from the replay server; batches are trained on (or dropped)."""
+        msg = None
         try:
             frames = self.dealer.recv_multipart(copy=False)          # big arrays arrive as their own parts
             msg = decode_parts([f.buffer for f in frames], self.config.max_message_bytes,
                                expect=("batch", "batch_shared", "snapshot_done", "frame_ring"))
             if msg["t"] in ("batch", "batch_shared"):
                 self.in_flight = max(0, self.in_flight - 1)
+                _check_values(msg, self.config.num_actions)
+                ring = self.batches.ring
                 msg["batches"] = self.batches.batches(msg)
+                if msg["t"] == "batch_shared" and (ring is None or msg["ring"] != ring.token):
+                    raise ProtocolError(f"a batch from frame ring {msg['ring']}, which this learner does not map")
+            elif msg["t"] == "frame_ring" and not self.batches.use_shared:
+                raise ProtocolError("a frame ring this learner did not ask for")
         except ProtocolError as exc:
+            if msg is None:      # unreadable, most likely the answer to a sample request: ask again
+                self.in_flight = max(0, self.in_flight - 1)
             self.dropped += 1
             self.rt.log(f"dropped a bad message from the replay server ({exc})")
             return None
@@ -339,6 +348,18 @@ class LearnerService:
                                     "dropped_priorities": self.dropped_priorities})
         self.batches.close()
         self.metrics.close()
+
+
+def _check_values(msg: dict, num_actions: int) -> None:
+    """A batch's values must be ones a gradient step can take: NaN weights or rewards would poison the
+    network, and an action past the last a crash in the gather. Raises ProtocolError."""
+    if msg["actions"].size and int(msg["actions"].max()) >= num_actions:
+        raise ProtocolError(f"action {int(msg['actions'].max())} of {num_actions}")
+    for name in ("rewards", "bootstraps", "weights"):
+        if not np.isfinite(msg[name]).all():
+            raise ProtocolError(f"{name} not all finite")
+    if (msg["weights"] < 0).any() or (msg["bootstraps"] < 0).any() or (msg["bootstraps"] > 1).any():
+        raise ProtocolError("negative weights, or bootstraps outside 0..1")
 
 
 def _file_size(path: str) -> int:

@@ -149,7 +149,8 @@ def test_ten_thousand_bad_messages_at_every_bound_port(launch):
     assert run.wait(10) == 130, run.output()
     summary = run.summary()
     assert summary["replay"]["dropped"] == sent, (summary["replay"], sent)
-    assert summary["learner"].get("dropped", 0) == 0
+    # No fuzz here reaches the learner's input (its DEALER talks only to the replay server), so its dropped
+    # counter is not checked here: test_learner_fuzz.py answers the real learner's requests with bad replies.
     assert "exited unexpectedly" not in run.output() and "Traceback" not in run.output()
 
 

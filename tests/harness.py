@@ -14,6 +14,11 @@ from pathlib import Path
 from benchmarks.common import free_base_port  # noqa: F401  (the tests import it from here)
 
 REPO = Path(__file__).resolve().parent.parent
+# Bounds in the tests are what the launcher is allowed; the harness waits this much longer, since on a loaded
+# 2-core machine the test process itself may not run for seconds. A promise about how fast the launcher stops
+# (README: every process gone within 10 s of Ctrl+C) is held by the launcher's own clock: it kills stragglers
+# after STOP_GRACE_S and says "did not stop in time" (test_shutdown.py checks that it never does).
+SCHEDULING_MARGIN_S = 30.0
 
 
 def process_table() -> dict[int, tuple[int, str]]:
@@ -136,16 +141,20 @@ class LaunchedRun:
         os.kill(self.proc.pid, signum)
 
     def wait(self, timeout: float) -> int:
+        """The launcher's exit status, once it exits; fails if it runs `timeout` s plus SCHEDULING_MARGIN_S."""
         try:
-            return self.proc.wait(timeout)
+            return self.proc.wait(timeout + SCHEDULING_MARGIN_S)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"launcher still running after {timeout} s:\n{self.output()}") from None
+            raise AssertionError(f"launcher still running after {timeout} + {SCHEDULING_MARGIN_S:.0f} s "
+                                 f"(allowed, scheduling margin):\n{self.output()}") from None
 
     def wait_gone(self, pids: set[int], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+        """Poll until none of `pids` is alive; fails after `timeout` s plus SCHEDULING_MARGIN_S."""
+        deadline = time.monotonic() + timeout + SCHEDULING_MARGIN_S
         while alive(pids) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not alive(pids), f"processes still alive after {timeout} s: {alive(pids)}\n{self.output()}"
+        assert not alive(pids), (f"processes still alive after {timeout} + {SCHEDULING_MARGIN_S:.0f} s: "
+                                 f"{alive(pids)}\n{self.output()}")
 
     def cleanup(self) -> None:
         """Leave nothing running, whatever the test did."""

@@ -21,6 +21,9 @@ from tests.conftest import kept_process_hooks, process_hooks
 from tests.harness import free_base_port
 
 pytestmark = pytest.mark.usefixtures("keep_process_hooks")     # play() builds a RoleRuntime here
+# After the actor's sockets closed (flushing what they held), a message sent twice is already on its way
+# here: this long without one is the end. Generous, so a descheduled test process does not miss it.
+QUIET_MS = 3000
 
 
 def play(tmp_path, before_run=lambda actor: None, **changes):
@@ -31,6 +34,7 @@ def play(tmp_path, before_run=lambda actor: None, **changes):
     pull = transport.socket(zmq.PULL, bind=config.bind_addresses("replay_in"))
     stop = StopAtCap()
     runtime = RoleRuntime("actor", 0, config, stop, os.getppid())
+    closed = False
     try:
         actor = stop.actor = Actor(runtime, str(tmp_path))
         before_run(actor)
@@ -38,15 +42,18 @@ def play(tmp_path, before_run=lambda actor: None, **changes):
             actor.run()
         finally:
             actor.close()
-        messages, deadline = [], time.monotonic() + 20
+        messages, deadline = [], time.monotonic() + 120      # generous: a loaded machine is slow
         while not _complete(messages, actor) and time.monotonic() < deadline:
             if pull.poll(100):
                 messages.append(decode(pull.recv(), config.max_message_bytes))
-        while pull.poll(300):             # anything sent twice would be here by now
+        runtime.close()                   # its sockets have sent everything (or given up) by now
+        closed = True
+        while pull.poll(QUIET_MS):        # anything sent twice: it is on its way, so it arrives in time
             messages.append(decode(pull.recv(), config.max_message_bytes))
         return actor, messages
     finally:
-        runtime.close()
+        if not closed:
+            runtime.close()
         transport.close()
 
 

@@ -53,17 +53,22 @@ def _exchange(server_keys, client_keys):
         pull = server.socket(zmq.PULL, bind=address, link="replay-in")
         push = client.socket(zmq.PUSH, connect=address, link="replay-in")
         push.send(b"hello", zmq.NOBLOCK)
-        received = pull.recv() if pull.poll(1500) else None
-        server_refusals, client_refusals = [], []
-        deadline = time.monotonic() + 3
+        received, server_refusals, client_refusals = None, [], []
+        deadline = time.monotonic() + 30        # generous: either outcome ends the wait, a loaded machine is slow
         while time.monotonic() < deadline and received is None and not (server_refusals and client_refusals):
+            if pull.poll(50):
+                received = pull.recv()
             server_refusals += server.check_links()
             client_refusals += client.check_links()
-            time.sleep(0.05)
         server_refusals += server.check_links()
         time.sleep(SETTLED_S + 0.1)             # a connection counts once it has settled
         server_refusals += server.check_links()
-        return received, server_refusals, client_refusals, server.peers(pull)
+        peers = server.peers(pull)
+        while received is not None and peers == 0 and time.monotonic() < deadline:    # settling, under load
+            time.sleep(0.05)
+            server_refusals += server.check_links()
+            peers = server.peers(pull)
+        return received, server_refusals, client_refusals, peers
     finally:
         client.close()
         server.close()

@@ -1,7 +1,6 @@
 """Stopping: Ctrl+C, SIGTERM and SIGKILL of the launcher, and a child that dies."""
 import os
 import signal
-import time
 
 import pytest
 
@@ -23,19 +22,24 @@ def _running_with_children(launch):
 @pytest.mark.parametrize("how, expected_status", [("ctrl-c", 130), ("sigterm", 0)])
 def test_stop_signal_stops_everything_cleanly(launch, how, expected_status):
     """Ctrl+C (SIGINT to the process group) or SIGTERM to the launcher: all processes gone within
-    10 s, right exit status, no traceback, final checkpoint written and loadable."""
+    10 s, right exit status, no traceback, final checkpoint written and loadable.
+
+    The 10 s are the launcher's own: it gives its roles STOP_GRACE_S (7.5 s) by its clock, then
+    terminates each straggler saying "did not stop in time" and kills it by STOP_KILL_S (9 s), so
+    that line never appearing is the promise kept. The harness's own waits allow 10 s plus a
+    scheduling margin (harness.SCHEDULING_MARGIN_S): a loaded machine may not run this test for
+    seconds, which says nothing about the launcher."""
     run = _running_with_children(launch)
     children = run.descendants()
-    started = time.monotonic()
     if how == "ctrl-c":
         run.interrupt()
     else:
         run.signal_launcher(signal.SIGTERM)
     assert run.wait(10) == expected_status, run.output()
-    run.wait_gone(children, timeout=max(0.1, 10 - (time.monotonic() - started)))
+    run.wait_gone(children, timeout=0)         # the launcher waited for its children: none may outlive it
     output = run.output()
     assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
-    assert "did not stop in time" not in output, output
+    assert "did not stop in time" not in output, output      # the 10 s, by the launcher's clock
     summary = run.summary()
     assert summary["stop_reason"] == ("interrupted (Ctrl+C)" if how == "ctrl-c" else "terminated (SIGTERM)")
     state = load_checkpoint(str(run.run_dir / "checkpoint_final.pth"))
@@ -43,11 +47,12 @@ def test_stop_signal_stops_everything_cleanly(launch, how, expected_status):
 
 
 def test_sigkill_of_the_launcher_takes_the_children_down(launch):
-    """If the launcher is SIGKILLed, its children notice and exit within 5 s."""
+    """If the launcher is SIGKILLed, its children notice and exit within 5 s (plus the harness's
+    scheduling margin: nothing is left to measure it by its own clock)."""
     run = _running_with_children(launch)
     children = run.descendants()
     run.signal_launcher(signal.SIGKILL)
-    run.proc.wait(5)
+    assert run.wait(0) == -signal.SIGKILL
     run.wait_gone(children, timeout=5)
 
 
@@ -58,7 +63,7 @@ def test_a_dying_child_stops_the_run_and_is_named(launch):
     learner_pid = run.role_pids()["learner"]
     os.kill(learner_pid, signal.SIGKILL)
     assert run.wait(15) == 1, run.output()
-    run.wait_gone(children, timeout=5)
+    run.wait_gone(children, timeout=0)         # the launcher waited for its children: none may outlive it
     assert "learner exited unexpectedly (killed by SIGKILL)" in run.output()
     assert run.summary()["stop_reason"] == "learner stopped unexpectedly"
 

@@ -2,20 +2,19 @@
 never interleave, and episode numbers run on across resumed sessions)."""
 from __future__ import annotations
 
-import time
 from datetime import datetime
 
-FAILURE_LOG_S = 30.0      # repeated failed writes (a full disk): one line per this long, with a count
+from common.log_limit import LogLimit
 
 
 class EpisodeLog:
     def __init__(self, path: str):
         self.path = path
-        self._failures, self._failure_logged = 0, -FAILURE_LOG_S
+        self._failures, self._failure_log = 0, LogLimit()     # failed writes (a full disk, say)
 
     def write(self, number: int, episode: dict) -> str | None:
         """A training episode's line; returns an error message when writing fails: the first time, then at
-        most once per FAILURE_LOG_S with the count (a lost line is never silent for long)."""
+        most once per 30 s with the count (a lost line is never silent for long)."""
         return self._append(f"Episode {number}, {self._common(episode)}, Epsilon: {episode['epsilon']:.3f}")
 
     def write_eval(self, number: int, episode: dict) -> str | None:
@@ -34,9 +33,7 @@ class EpisodeLog:
                 f.write(line)
         except OSError as exc:
             self._failures += 1
-            now = time.monotonic()
-            if self._failures == 1 or now - self._failure_logged >= FAILURE_LOG_S:
-                self._failure_logged = now
+            if self._failure_log.due():
                 count = f" ({self._failures} failed writes so far)" if self._failures > 1 else ""
                 return f"could not write {self.path}: {exc.strerror}; training goes on{count}"
         return None

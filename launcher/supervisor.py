@@ -28,6 +28,7 @@ import zmq
 
 from common.config import ACTION_SETS, LOCAL_FOR_ANY, TEST_ENV_ID, Config
 from common.keys import CurveKeys
+from common.log_limit import LogLimit
 from common.protocol import ProtocolError, check_report, decode
 from common.runtime import process_name, run_role
 from common.transport import ADDRESS_IN_USE, Transport, TransportError
@@ -42,7 +43,6 @@ STOP_ORDER = ("actor", "learner", "replay")
 STOP_SHARE = {"actor": 0.3, "learner": 0.9, "replay": 1.0}   # cumulative shares of STOP_GRACE_S
 POLL_MS = 200
 REPORTS_PER_DRAIN = 1000    # then the launcher looks at its children and limits again
-DROP_LOG_S = 30.0
 
 
 ROLES = {"all": ("replay", "learner", "actor"), "learner": ("replay", "learner"), "replay": ("replay",),
@@ -110,7 +110,7 @@ class Supervisor:
         self.transport = Transport(config.max_message_bytes)
         self._reports_dir: str | None = None
         self.reports, self.reports_address = self._bind_reports()
-        self._last_drop_log = 0.0
+        self._drop_log = LogLimit()
         self.status = RunStatus(config.replay_capacity, before=self.resume.counters)
         self.episode_log = EpisodeLog(os.path.join(self.run_dir, "log.txt"))
         self.processes: dict[str, mp.Process] = {}
@@ -327,11 +327,9 @@ class Supervisor:
 
     def _drop_report(self, reason: str) -> None:
         """Count a bad report (summary.json: dropped_reports); say so for the first one, then at most
-        every DROP_LOG_S seconds."""
+        every 30 s (LogLimit)."""
         self.status.dropped_reports += 1
-        now = time.monotonic()
-        if self.status.dropped_reports == 1 or now - self._last_drop_log >= DROP_LOG_S:
-            self._last_drop_log = now
+        if self._drop_log.due():
             self.console.say(f"mario-apex: dropped a bad report ({reason[:200]}); "
                              f"{self.status.dropped_reports} dropped so far", error=True)
 
@@ -419,11 +417,13 @@ class Supervisor:
         print(f"mario-apex: stopped: {self.stop_reason}; results in {self.run_dir}", flush=True)
 
     def _nothing_ran(self) -> bool:
-        """A new run stopped during start-up (Ctrl+C, a lost port race): no step, episode, update or
-        checkpoint, so its folder holds only what start-up wrote and would clutter the runs folder."""
+        """A new run stopped during start-up (Ctrl+C, a lost port race): no step, episode or update (a
+        final checkpoint of the untrained network is no loss) and no dropped report to read about in
+        summary.json: its folder would only clutter the runs folder (a failed role's reason is on the
+        terminal)."""
         s = self.status
         return (not self.resume.checkpoint and s.env_steps == 0 and s.episodes == 0 and s.updates == 0
-                and not any(name.endswith(".pth") for name in os.listdir(self.run_dir)))
+                and s.dropped_reports == 0)
 
 
 def _describe_exit(code: int) -> str:

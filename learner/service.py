@@ -12,7 +12,6 @@ each naming a replay snapshot beside it (protocol below, at `checkpoint`).
 """
 from __future__ import annotations
 
-import math
 import os
 import re
 import time
@@ -22,6 +21,7 @@ import torch
 import zmq
 
 from common.checkpoint import CheckpointError, load_checkpoint
+from common.log_limit import LogLimit
 from common.metrics import Metrics
 from common.network import weights_to_arrays
 from common.protocol import ProtocolError, decode_parts, encode
@@ -39,7 +39,6 @@ SNAPSHOT_STALL_S = 30.0
 # the actors may take 2.25 s (launcher/supervisor.py STOP_SHARE); the .pth after it takes well under a second.
 FINAL_SNAPSHOT_S = 4.0
 RUN_COUNTERS = ("episodes", "env_steps", "best_reward", "replay_size")   # what a replay snapshot fixes
-FAILURE_LOG_S = 30.0            # repeated checkpoint failures (a full disk): one line per this long, with a count
 SNAPSHOT_FILE = re.compile(r"^checkpoint(_final)?-\d+\.replay\.npz(\.tmp)?$")   # the names checkpoint() gives
 
 
@@ -74,7 +73,8 @@ class LearnerService:
         self._checkpointed_at_episode = 0
         self._replay: dict | None = None   # the newest good snapshot a checkpoint names: file, updates, counters
         self._named: dict[str, str] = {}    # checkpoint base -> the snapshot its .pth on disk names
-        self._failures, self._failure_logged = 0, -math.inf
+        self._failures, self._failure_log = 0, LogLimit()     # checkpoint failures (a full disk, say)
+        self._drop_log = LogLimit()
         self._window = {"loss": 0.0, "q_mean": 0.0, "n": 0}
 
     # --- loop --------------------------------------------------------------------------------
@@ -117,7 +117,8 @@ class LearnerService:
             if msg is None:      # unreadable, most likely the answer to a sample request: ask again
                 self.in_flight = max(0, self.in_flight - 1)
             self.dropped += 1
-            self.rt.log(f"dropped a bad message from the replay server ({exc})")
+            if self._drop_log.due():
+                self.rt.log(f"dropped a bad message from the replay server ({exc}); {self.dropped} dropped so far")
             return None
         if msg["t"] == "frame_ring":
             self.batches.on_frame_ring(msg)
@@ -305,11 +306,9 @@ class LearnerService:
                 return None, f"the replay snapshot made no progress for {SNAPSHOT_STALL_S:.0f} s"
 
     def _failed(self, text: str, always: bool = False) -> None:
-        """Say that a checkpoint failed: the first time, then at most once per FAILURE_LOG_S, with a count."""
+        """Say that a checkpoint failed: the first time, then at most once per 30 s, with a count."""
         self._failures += 1
-        now = time.monotonic()
-        if always or self._failures == 1 or now - self._failure_logged >= FAILURE_LOG_S:
-            self._failure_logged = now
+        if self._failure_log.due() or always:
             count = f" ({self._failures} checkpoint failures so far)" if self._failures > 1 else ""
             self.rt.log(text + count)
 

@@ -25,6 +25,7 @@ import numpy as np
 import zmq
 
 from common.config import MAX_SAMPLE_BATCH, frames_per_message
+from common.log_limit import LogLimit
 from common.protocol import ProtocolError, decode, encode, encode_parts
 from common.runtime import RoleRuntime
 from common.transport import SETTLED_S
@@ -35,7 +36,6 @@ from replay_server.snapshot import read_snapshot, start_snapshot
 MAX_PENDING = 64          # sample requests kept waiting (a learner re-asks after a restart of either side)
 MAX_PENDING_PER_PEER = 8  # ... of them from one peer: a flood from one socket cannot crowd out the learner's
 POLL_MS = 100
-DROP_LOG_S = 30.0
 SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}\.replay\.npz$")   # a file name, never a path
 PAUSE_NOTICE_S = 10.0      # say that sampling paused only once it lasts (not during a normal stop, <= 10 s)
 
@@ -57,7 +57,7 @@ class ReplayServer:
         self.pending: deque[tuple[bytes, int, float, bool]] = deque()   # the oldest go first
         self.counters = {"episodes": 0, "env_steps": 0, "sampled": 0, "dropped": 0, "batches": 0, "undeliverable": 0}
         self.best_reward = float("-inf")
-        self._last_drop_log = 0.0
+        self._drop_log = LogLimit()
         # (learner, name, pid, stats, fingerprint) of the snapshot being written
         self.snapshot: tuple[bytes, str, int | None, dict, str] | None = None
         self._last_snapshot = ("", "")      # (file name, fingerprint) of the last complete snapshot
@@ -132,11 +132,9 @@ class ReplayServer:
                 self._drop(f"{type(exc).__name__} while handling it: {exc}")
 
     def _drop(self, reason: str) -> None:
-        """Count a bad message; say so for the first one, then at most every DROP_LOG_S seconds."""
+        """Count a bad message; say so for the first one, then at most every 30 s (LogLimit)."""
         self.counters["dropped"] += 1
-        now = time.monotonic()
-        if self.counters["dropped"] == 1 or now - self._last_drop_log >= DROP_LOG_S:
-            self._last_drop_log = now
+        if self._drop_log.due():
             self.rt.log(f"dropped a bad message ({reason}); {self.counters['dropped']} dropped so far")
 
     # --- actor side ----------------------------------------------------------------------------

@@ -188,7 +188,7 @@ def test_a_failed_pth_write_removes_its_new_snapshot_and_failures_are_rate_limit
         assert side.files() == [good]
     failures = [line for line in side.logs if "could not write checkpoint.pth" in line]
     assert failures == ["[learner] could not write checkpoint.pth: No space left on device; training goes on"]
-    monkeypatch.setattr(service, "FAILURE_LOG_S", 0.0)
+    side.learner._failure_log.every_s = 0.0
     assert side.learner.checkpoint("checkpoint") == ""
     assert side.logs[-1].endswith("(6 checkpoint failures so far)"), side.logs[-1]
 

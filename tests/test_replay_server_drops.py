@@ -4,6 +4,7 @@ import pytest
 import zmq
 
 from common.protocol import ProtocolError
+from common.log_limit import LogLimit
 from replay_server.server import ReplayServer
 
 
@@ -21,7 +22,7 @@ def bare_server(logs: list) -> ReplayServer:
     """Only what _drain and _drop use (no sockets, no buffer)."""
     server = ReplayServer.__new__(ReplayServer)
     server.counters = {"dropped": 0}
-    server._last_drop_log = 0.0
+    server._drop_log = LogLimit()
     server.rt = type("Runtime", (), {"log": staticmethod(logs.append)})()
     return server
 
@@ -40,7 +41,7 @@ def test_any_handler_error_drops_and_counts_that_message_only(error):
     server._drain(FakeSocket([[b"bad"], [b"good"], [b"bad"], [b"good"]]), handler, limit=64)
     assert handled == [[b"good"], [b"good"]]
     assert server.counters["dropped"] == 2
-    assert len(logs) == 1 and "dropped a bad message" in logs[0], "one line, then at most one per DROP_LOG_S"
+    assert len(logs) == 1 and "dropped a bad message" in logs[0], "one line, then at most one per 30 s"
     if not isinstance(error, ProtocolError):
         assert type(error).__name__ in logs[0]
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import zmq
 
+import common.log_limit as log_limit
 import launcher.episode_log as episode_log
 from benchmarks.bench_actor import StopAtCap
 from common.config import TEST_ENV_ID, Config
@@ -97,7 +98,7 @@ def test_priorities_the_replay_server_could_not_take_are_counted_and_reported():
 # --- 13c: log.txt -----------------------------------------------------------------------------------
 def test_failed_log_txt_writes_are_reported_first_then_every_30_s_with_a_count(tmp_path, monkeypatch):
     now = [1000.0]
-    monkeypatch.setattr(episode_log.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(log_limit.time, "monotonic", lambda: now[0])
     log = episode_log.EpisodeLog(str(tmp_path / "missing" / "log.txt"))
     episode = {"reward": 1.0, "actor": 0, "steps": 10, "x_pos": 40, "flag": False, "epsilon": 0.5}
     messages = []

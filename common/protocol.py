@@ -63,6 +63,10 @@ SCHEMAS: dict[str, dict[str, str]] = {
     # answered with "snapshot_done" once the file is complete.
     "snapshot": {"name": "str"},
     "snapshot_done": {"name": "str", "ok": "bool", "stats": "numbers", "text?": "str"},
+    # learner -> replay server, while no batch comes yet (before learning_starts): how far is the run? The
+    # reply, "stats", lets the learner keep its checkpoint schedule before training starts.
+    "ask_stats": {},
+    "stats": {"stats": "numbers"},
     # learner -> actors: network weights after `updates` learner updates, and the run's counters as the
     # replay server counted them (episodes, env_steps, best_reward): what a joining actor continues from.
     "weights": {"version": "count", "updates": "count", "tensors": "arrays float32", "run?": "numbers"},

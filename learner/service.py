@@ -103,7 +103,7 @@ class LearnerService:
         try:
             frames = self.dealer.recv_multipart(copy=False)          # big arrays arrive as their own parts
             msg = decode_parts([f.buffer for f in frames], self.config.max_message_bytes,
-                               expect=("batch", "batch_shared", "snapshot_done", "frame_ring"))
+                               expect=("batch", "batch_shared", "snapshot_done", "frame_ring", "stats"))
             if msg["t"] in ("batch", "batch_shared"):
                 self.in_flight = max(0, self.in_flight - 1)
                 _check_values(msg, self.config.num_actions)
@@ -122,6 +122,9 @@ class LearnerService:
             return None
         if msg["t"] == "frame_ring":
             self.batches.on_frame_ring(msg)
+        elif msg["t"] == "stats":
+            self.replay_stats = {**self.replay_stats, **msg["stats"]}
+            self._maybe_checkpoint()
         elif msg["t"] in ("batch", "batch_shared") and train:
             self._train(msg)
         return msg
@@ -173,12 +176,18 @@ class LearnerService:
         self._maybe_checkpoint()        # after the priorities went: a snapshot includes them
 
     def _idle_duties(self, elapsed: float) -> None:
-        """Periodic work between batches: re-publish weights for late joiners, report progress."""
+        """Periodic work between batches: re-publish weights for late joiners, report progress, and before
+        the first batch ask how far the run is (batches carry that later), for the checkpoint schedule."""
         if time.monotonic() - self.last_publish > REPUBLISH_S:
             self.publish()
         if self.rt.progress_due():
             self.rt.check_links()
             self._log_progress(elapsed)
+            if not self.learner.updates and self.config.checkpoint_every_episodes:
+                try:
+                    self.dealer.send(encode("ask_stats"), zmq.NOBLOCK)
+                except zmq.Again:
+                    pass            # the replay server is not there yet: the next report asks again
 
     def publish(self) -> None:
         """Broadcast the online weights; a re-send of unchanged weights keeps its version."""

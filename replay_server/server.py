@@ -158,7 +158,7 @@ class ReplayServer:
         identity, payload = parts
         c = self.config
         msg = decode(payload, c.max_message_bytes,
-                     expect=("sample", "priorities", "snapshot", "attach_frames"))
+                     expect=("sample", "priorities", "snapshot", "attach_frames", "ask_stats"))
         if msg["t"] == "sample":
             if not 1 <= msg["batch_size"] <= MAX_SAMPLE_BATCH or not 0.0 <= msg["beta"] <= 1.0:
                 raise ProtocolError("sample: batch_size or beta out of range")
@@ -181,6 +181,8 @@ class ReplayServer:
             self.buffer.update_priorities(msg["ids"], msg["priorities"])
         elif msg["t"] == "attach_frames":
             self._send(identity, [encode("frame_ring", **self.buffer.ring.describe())])
+        elif msg["t"] == "ask_stats":
+            self._send(identity, [encode("stats", stats=self.stats())])
         else:
             self._start_snapshot(identity, msg["name"])
 

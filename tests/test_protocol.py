@@ -37,6 +37,8 @@ EXAMPLES = {
                          bootstraps=np.array([0.0, 0.97], np.float32), weights=np.array([1, .5], np.float32),
                          stats={"size": 1000}),
     "attach_frames": dict(),
+    "ask_stats": dict(),
+    "stats": dict(stats={"size": 10, "episodes": 2, "env_steps": 300}),
     "frame_ring": dict(pid=1234, fd=7, token=2**55 + 3, frames=112_501, size=84),
     "priorities": dict(ids=np.array([3, 1, 4], np.int64), priorities=np.array([1e-6, 0.5, 12.25], np.float64)),
     "weights": dict(version=3, updates=300,

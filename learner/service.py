@@ -79,7 +79,11 @@ class LearnerService:
 
     # --- loop --------------------------------------------------------------------------------
     def run(self) -> None:
-        self.rt.log(f"training on {self.device}; waiting for {self.config.learning_starts} transitions")
+        restored = int(self.replay_stats.get("size", 0))      # a resumed run's replay memory
+        if restored >= self.config.learning_starts:
+            self.rt.log(f"training on {self.device}; {restored:,} transitions restored, enough to train on")
+        else:
+            self.rt.log(f"training on {self.device}; waiting for {self.config.learning_starts} transitions")
         if self.config.replay_address:
             self.rt.log(f"the replay server at {self.config.replay_address} runs on its own: checkpoints hold the "
                         "learner's state, not the replay memory")
@@ -338,7 +342,8 @@ class LearnerService:
     def restore(self, path: str) -> None:
         counters = self.learner.restore(path)
         self.replay_stats = {"episodes": counters.get("episodes", 0), "env_steps": counters.get("env_steps", 0),
-                             "best_reward": counters.get("best_reward", 0.0)}
+                             "best_reward": counters.get("best_reward", 0.0),
+                             "size": counters.get("replay_size", 0) if counters.get("replay_file") else 0}
         self._checkpointed_at_episode = int(counters.get("episodes", 0))
         if counters.get("replay_file"):
             self._replay = {"file": counters["replay_file"],

@@ -75,6 +75,7 @@ def test_resume_continues_counters_and_restores_identical_state(launch, finished
     # come back bit for bit, and the old replay contents must still be there, unchanged.
     second = launch("--resume", str(folder), "--max-steps", "600", "--set", "learning_starts=20000")
     assert second.wait(120) == 0, second.output()
+    assert "waiting for 20000 transitions" in second.output(), "4,000 restored are not enough"
     assert sorted(folder.parent.iterdir()) == [folder], "no new run folder"
     assert not second.runs_dir.exists() or not any(second.runs_dir.iterdir())
     after = load_checkpoint(str(folder / "checkpoint_final.pth"))
@@ -205,6 +206,7 @@ def test_terminal_start_asks_to_resume_and_loads_on_l(finished_copy, tmp_path):
         rest, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0, output + rest
         assert b"resuming from checkpoint_final.pth" in rest
+        assert b"transitions restored, enough to train on" in rest and b"waiting for" not in rest, rest
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

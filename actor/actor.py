@@ -58,7 +58,6 @@ class Actor:
         self.rng = np.random.default_rng(self.seed)
         self.push = runtime.transport.socket(zmq.PUSH, connect=c.connect_address("replay_in"),
                                              hwm=c.actor_queue_chunks(), link="replay-in")
-        self.wait_for_learner = c.pin_replay_ratio and c.samples_per_insert > 0
         self.sub = runtime.transport.socket(zmq.SUB, connect=c.connect_address("weights"), conflate=True,
                                             subscribe=True, link="weights")
         self.chunk = ChunkBuilder(c.frame_stack, c.n_step, c.gamma)
@@ -252,7 +251,7 @@ class Actor:
         """Queue a message for the replay server. With a pinned replay ratio a full queue means the learner
         is behind: wait for it (new weights still arrive). Otherwise the server is unreachable: drop it
         and keep playing."""
-        while self.wait_for_learner and not (self.learner_stopped or self.rt.should_stop()):
+        while self.config.actors_wait_for_learner and not (self.learner_stopped or self.rt.should_stop()):
             if self.push.poll(100, zmq.POLLOUT):
                 break
             self._poll_weights()

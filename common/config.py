@@ -294,10 +294,15 @@ class Config:
                               f"frame stacks does not fit in max_message_bytes ({self.max_message_bytes:,}) when frames "
                               "travel in the messages: lower batch_size or raise max_message_bytes")
 
+    @property
+    def actors_wait_for_learner(self) -> bool:
+        """The replay ratio is pinned both ways: actors wait when the learner falls behind it."""
+        return self.pin_replay_ratio and self.samples_per_insert > 0
+
     def actor_queue_chunks(self) -> int:
         """High-water mark of the actor -> replay link, in chunks on each side. Pinned to a replay ratio,
         a short queue keeps actors within a few chunks of it; otherwise a long one rides out an outage."""
-        return 4 if self.pin_replay_ratio and self.samples_per_insert > 0 else 1000
+        return 4 if self.actors_wait_for_learner else 1000
 
     # --- addresses -----------------------------------------------------------------------
     def bind_endpoint(self, channel: str) -> tuple[str, int]:

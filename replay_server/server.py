@@ -48,7 +48,8 @@ class ReplayServer:
         self.config = c
         self.buffer = PrioritizedReplay(c.replay_capacity, c.frame_size, c.frame_stack, c.per_alpha, c.num_actions)
         self.rng = np.random.default_rng(c.seed + 10_000)
-        self.limiter = RateLimiter(c.learning_starts, c.samples_per_insert, c.spi_tolerance, c.pin_replay_ratio)
+        self.limiter = RateLimiter(c.learning_starts, c.samples_per_insert, c.spi_tolerance,
+                                   c.actors_wait_for_learner)
         self.pull = runtime.transport.socket(zmq.PULL, bind=c.bind_addresses("replay_in"), hwm=c.actor_queue_chunks(),
                                              link="replay-in")
         self.router = runtime.transport.socket(zmq.ROUTER, bind=c.bind_addresses("replay_sample"), hwm=100,

@@ -23,6 +23,7 @@ import torch
 import zmq
 
 from actor.acting_network import choose_precision, make_policy
+from actor.best_eval import BestEval
 from actor.chunks import ChunkBuilder
 from actor.curriculum import Curriculum
 from actor.display import LiveWindow, display_available
@@ -64,6 +65,7 @@ class Actor:
         self.window = self._open_window()
         self.run_video, self.episode_video = self._open_recorders(run_dir)
         self.metrics = Metrics(run_dir, f".actor{self.index}", runtime.log)
+        self.best_eval = BestEval(run_dir, c, runtime.log)
         resume = runtime.resume
         self.steps = int(resume.get("steps", 0))        # this actor's env steps over the whole run
         self.session_steps = int(resume.get("session_steps", 0))    # ... since this launch (what limits count)
@@ -208,10 +210,12 @@ class Actor:
         return self.index == 0 and every > 0 and self.episodes % every == 0 and not self._cap_reached()
 
     def _evaluate(self) -> None:
-        """Greedy episodes (epsilon eval_epsilon) with the newest weights. Nothing is sent for
-        training and no training counter moves; the window and mario_run.mp4 show them."""
+        """Greedy episodes (epsilon eval_epsilon) with the newest weights, kept for the whole evaluation
+        (new ones wait) so the network behind a result is one network: the best is saved to replay it.
+        Nothing is sent for training and no training counter moves; the window and mario_run.mp4 show them."""
         c = self.config
-        results = []
+        self._poll_weights()
+        net, results = self.net, []
         for _ in range(c.eval_episodes):
             obs, _ = self.env.reset()        # the env thread is idle: between episodes
             self._show_and_record(self.frame_skip.last_rgb, episode=False)
@@ -219,7 +223,6 @@ class Actor:
             while not done:
                 if self.rt.should_stop():
                     return
-                self._poll_weights()
                 obs, reward, terminated, truncated, info = self.env.step(self._act(obs, c.eval_epsilon))
                 self._show_and_record(self.frame_skip.last_rgb, episode=False)
                 total, steps, done = total + reward, steps + 1, terminated or truncated
@@ -227,6 +230,7 @@ class Actor:
                       "flag": bool(info.get("flag_get", False)), "env_steps": self.steps}
             self.rt.report("eval", result)        # the launcher logs it to log.txt
             results.append(result)
+            self.best_eval.offer(result, net)
         self.metrics.scalar("Eval/Reward", float(np.mean([r["reward"] for r in results])), self.steps)
         self.metrics.scalar("Eval/XPos", float(np.mean([r["x_pos"] for r in results])), self.steps)
         self.metrics.scalar("Eval/FlagRate", float(np.mean([r["flag"] for r in results])), self.steps)

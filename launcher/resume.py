@@ -91,6 +91,9 @@ def load_resume_state(path: str) -> tuple[str, dict]:
         state = load_checkpoint(checkpoint)
     except CheckpointError as exc:
         raise ResumeError(str(exc)) from None
+    if "eval" in state and "counters" not in state:
+        raise ResumeError(f"{checkpoint}: the network of the best evaluation, for --play; it holds no training "
+                          "state to resume (use the run folder or its checkpoint_final.pth)")
     if not isinstance(state.get("config"), dict) or not isinstance(state.get("counters"), dict):
         raise ResumeError(f"{checkpoint}: damaged checkpoint (no config or counters)")
     return checkpoint, state

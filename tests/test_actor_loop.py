@@ -11,7 +11,11 @@ import zmq
 
 from actor.acting_network import Int8Policy
 from actor.actor import Actor
+from actor.best_eval import BEST_EVAL_FILE
+from actor.evaluate import load_policy
+from actor.evaluate import play as evaluate
 from benchmarks.bench_actor import StopAtCap
+from common.checkpoint import load_checkpoint
 from common.config import TEST_ENV_ID, Config
 from common.network import build_network, weights_to_arrays
 from common.protocol import decode, encode
@@ -146,3 +150,23 @@ def test_a_role_runtime_built_here_leaves_the_process_hooks_as_they_were():
         assert process_hooks()[0] == signal.SIG_IGN
         assert all(now != then for now, then in zip(process_hooks(), before)), "nothing to restore"
     assert process_hooks() == before
+
+
+def test_the_best_evaluations_network_is_kept_and_replays_that_evaluation(tmp_path):
+    """best_eval.pth holds the network that played the best evaluation: played again with --play's
+    loader, it gives the very same episode (the test env and the greedy policy are deterministic)."""
+    reported = []
+
+    def keep_reports(actor):
+        report = actor.rt.report
+        actor.rt.report = lambda kind, values, text=None: (reported.append(values) if kind == "eval" else None,
+                                                          report(kind, values, text))
+    play(tmp_path, keep_reports, max_episodes=3, eval_every_episodes=1, eval_episodes=2, epsilon_start=0.0,
+         epsilon_end=0.0)
+    assert len(reported) == 4
+    kept = load_checkpoint(str(tmp_path / BEST_EVAL_FILE))["eval"]
+    assert kept == max(reported, key=lambda r: (r["flag"], r["reward"]))
+    net, config = load_policy(str(tmp_path / BEST_EVAL_FILE))
+    [again] = evaluate(net, config, episodes=1)
+    assert (again.reward, again.x_pos, again.flag, again.steps) == pytest.approx(
+        (kept["reward"], kept["x_pos"], kept["flag"], kept["steps"]))

@@ -31,6 +31,7 @@ from actor.env_thread import GREEDY, EnvThread
 from actor.epsilon import linear_epsilon
 from actor.recorder import EpisodeRecorder, RecordingError, VideoWriter
 from common.envs import LevelSampler, find_wrapper, make_env
+from common.log_limit import LogLimit
 from common.metrics import Metrics
 from common.network import build_network, greedy_action, network_from_arrays
 from common.protocol import ProtocolError, decode, encode
@@ -78,6 +79,7 @@ class Actor:
         self.weights_version = 0
         self.weights_updates = 0     # learner updates behind the weights in use (0 = initial)
         self.dropped = 0
+        self._drop_log = LogLimit()
         self.step_cap = math.ceil(c.max_steps / c.num_actors) if c.max_steps else 0
         self.episode_cap = math.ceil(c.max_episodes / c.num_actors) if c.max_episodes else 0
 
@@ -263,6 +265,9 @@ class Actor:
             self.push.send(payload, zmq.NOBLOCK)
         except zmq.Again:
             self.dropped += 1
+            if self._drop_log.due():
+                self.rt.log(f"the replay server is not taking experience (its queue of {self.config.actor_queue_chunks()} "
+                            f"messages is full): {self.dropped:,} message(s) dropped so far; playing on")
 
     def _poll_weights(self) -> None:
         try:

@@ -11,6 +11,7 @@ import ast
 import dataclasses
 import json
 import math
+import os
 import tempfile
 from dataclasses import dataclass, fields
 
@@ -27,6 +28,22 @@ PORT_OFFSETS = {"replay_in": 0, "replay_sample": 1, "weights": 2}
 """Channel ports relative to base_port."""
 LOCAL_FOR_ANY = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 """Bound to every interface: this machine's own roles connect over loopback."""
+LOOPBACK = ("localhost", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    return host in LOOPBACK or host.startswith("127.")
+
+
+def private_ipc_dir() -> str:
+    """This user's folder for the channels' ipc sockets (kept 0700 by common/transport.py): a Unix socket in it
+    can be reached by this user only, so links between roles on one machine need no keys."""
+    return os.path.join(tempfile.gettempdir(), f"mario-apex-{os.getuid() if hasattr(os, 'getuid') else 0}")
+
+
+def has_ipc() -> bool:
+    import zmq
+    return bool(zmq.has("ipc"))
 
 
 def frames_per_message(batch_size: int, frame_stack: int, frame_size: int, max_message_bytes: int) -> int:
@@ -159,7 +176,10 @@ class Config:
     """Smaller batches are fetched several per request (shuffled, then split): ZeroMQ's per-message cost
     is shared, which lets batch-32 sampling keep pace with an in-process buffer. 0: one per request."""
     checkpoint_every_episodes: int = 50
-    """Episodes between checkpoint.pth saves (0 = only the final checkpoint)."""
+    """Episodes between checkpoint.pth saves (0 = only the final checkpoint) ..."""
+    checkpoint_time_share: float = 0.05
+    """... spaced so that saving takes at most this share of the learner's time, which waits for the replay
+    snapshot: after a checkpoint that took T seconds, none for T / share seconds (1 = no spacing)."""
     device: str = "auto"
     """Learner device: auto (CUDA, then MPS, then CPU), cpu, cuda or mps."""
     mixed_precision: bool = False
@@ -177,8 +197,10 @@ class Config:
     replay_address: str = ""
     """HOST[:PORT] of a separately started replay server (--replay); empty: the learner side's."""
     local_ipc: bool = True
-    """Roles on the same machine talk over ipc:// (Unix domain sockets, faster than loopback TCP for
-    the large sample batches); roles on other machines over tcp://. Chosen automatically."""
+    """Roles on the same machine talk over ipc:// (Unix domain sockets in a folder only this user may enter:
+    no other user can connect, and they are faster than TCP for the large sample batches); roles on other
+    machines over tcp://. With a loopback host no TCP port is opened at all. false: loopback TCP, which any
+    local user can reach (needs --keys or --insecure)."""
     shared_frames: bool = True
     """A learner on the replay server's machine reads batch frames from the server's shared memory
     (Linux), so only frame numbers cross ZeroMQ: the replay service then keeps up with small batches."""
@@ -243,6 +265,8 @@ class Config:
                               f"total_actors={self.total_actors}")
         unit = ("eval_epsilon", "epsilon_start", "epsilon_end", "per_alpha", "per_beta_start", "lr_end_factor", "target_tau",
                 "apex_epsilon")
+        if not 0.0 < self.checkpoint_time_share <= 1.0:
+            raise ConfigError(f"checkpoint_time_share must be above 0 and at most 1, got {self.checkpoint_time_share}")
         for name in unit:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
@@ -313,24 +337,33 @@ class Config:
     def bind_address(self, channel: str) -> str:
         return _tcp(*self.bind_endpoint(channel))
 
-    def local_address(self, channel: str) -> str:
-        """The ipc:// address the same channel is also bound to, for roles on this machine."""
-        host = "".join(ch if ch.isalnum() or ch in ".-" else "_" for ch in self.host)
-        return f"ipc://{tempfile.gettempdir()}/mario-apex-{host}-{self.base_port + PORT_OFFSETS[channel]}.sock"
+    def local_address(self, channel: str, base_port: int | None = None) -> str:
+        """The ipc:// address of a channel for roles on this machine (of this run's ports, or base_port's)."""
+        port = (self.base_port if base_port is None else base_port) + PORT_OFFSETS[channel]
+        return f"ipc://{private_ipc_dir()}/{port}.sock"
+
+    def ipc_only(self) -> bool:
+        """A loopback host: every role is on this machine, so channels are ipc sockets only, no TCP port."""
+        return self.local_ipc and is_loopback(self.host) and has_ipc()
 
     def bind_addresses(self, channel: str) -> list[str]:
-        """Everything a channel's socket binds: tcp (other machines) and, with local_ipc, ipc (this one)."""
-        return [self.bind_address(channel)] + ([self.local_address(channel)] if self.local_ipc else [])
+        """Everything a channel's socket binds: ipc only for a loopback host; else tcp (other machines)
+        and, with local_ipc, ipc (this one)."""
+        if self.ipc_only():
+            return [self.local_address(channel)]
+        return [self.bind_address(channel)] + ([self.local_address(channel)] if self.local_ipc and has_ipc() else [])
 
     def connect_address(self, channel: str) -> str:
         """Where a role connects to reach a channel: on the machine given by --learner / --replay
-        (tcp), or on this machine (ipc, or tcp to the own bind address without local_ipc)."""
+        (tcp; ipc for a loopback one), or on this machine (ipc, or tcp to the own bind address without local_ipc)."""
         remote = {"replay_in": self.replay_address or self.learner_address, "replay_sample": self.replay_address,
                   "weights": self.learner_address}[channel]
         if remote:
             host, port = parse_endpoint(remote, self.base_port, channel)
+            if self.local_ipc and is_loopback(host) and has_ipc():     # another launcher on this machine
+                return self.local_address(channel, port)
             return _tcp(host, port + PORT_OFFSETS[channel])
-        if self.local_ipc:
+        if self.local_ipc and has_ipc():
             return self.local_address(channel)
         return _tcp(LOCAL_FOR_ANY.get(self.host, self.host), self.base_port + PORT_OFFSETS[channel])
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from common.config import private_ipc_dir
 from common.keys import CurveKeys
 
 LINGER_MS = 500
@@ -98,6 +100,9 @@ class Transport:
             if self.keys is not None:
                 self._secure(sock, server=bool(binds))
             self._links[sock] = _Link(link, bool(binds), sock.get_monitor_socket(_WATCHED))
+        for where in binds + [connect]:
+            if where and where.startswith("ipc://") and os.path.dirname(where[len("ipc://"):]) == private_ipc_dir():
+                keep_private(private_ipc_dir())
         where = connect
         try:
             for where in binds:
@@ -197,6 +202,23 @@ class Transport:
             except OSError:
                 pass
         self._ipc_files.clear()
+
+
+def keep_private(folder: str) -> None:
+    """Make `folder` (the channels' ipc folder) or check it is this user's alone: mode 0700, owned by this
+    user. A folder of another user's could hold sockets that impersonate a run's roles: refused."""
+    try:
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise TransportError(f"cannot make {folder} for this run's sockets: {exc.strerror or exc}") from None
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise TransportError(f"{folder} is not a folder of this user's (another user may have made it to intercept "
+                             "this run's sockets): remove it, or set TMPDIR to another folder")
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        os.chmod(folder, 0o700)
 
 
 class TransportError(RuntimeError):

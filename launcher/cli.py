@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from common.config import TEST_ENV_ID, Config, ConfigError, parse_assignment, parse_endpoint
+from common.config import TEST_ENV_ID, Config, ConfigError, has_ipc, is_loopback, parse_assignment, parse_endpoint
 
 EPILOG = f"""\
 examples:
@@ -148,13 +148,6 @@ def config_from_args(args: argparse.Namespace, base: dict | None = None) -> Conf
     return Config.from_dict(values)
 
 
-LOOPBACK = ("localhost", "::1")
-
-
-def is_loopback(host: str) -> bool:
-    return host in LOOPBACK or host.startswith("127.")
-
-
 def check_network(args: argparse.Namespace, config: Config):
     """The role's flags fit together and links off this machine are secured; returns the CurveKeys
     to use (None without --keys). Raises ConfigError (or KeysError) with one line."""
@@ -166,7 +159,11 @@ def check_network(args: argparse.Namespace, config: Config):
     if args.resume and args.role == "actor":
         raise ConfigError("--resume is for the learner side: an actor side continues from the learner it joins")
     binds = args.role != "actor"
-    if binds and not is_loopback(config.host) and not args.keys and not args.insecure:
+    opens_tcp = binds and not config.ipc_only() and (not is_loopback(config.host) or has_ipc())
+    if opens_tcp and not args.keys and not args.insecure:
+        if is_loopback(config.host):
+            raise ConfigError("local_ipc=false opens loopback TCP ports that every user of this machine can reach: "
+                              "pass --keys or --insecure (or keep local_ipc on)")
         raise ConfigError(f"--bind {config.host} listens beyond this machine: create keys with `python launch.py keys "
                           "DIR` and pass --keys (DIR/learner here, DIR/actor on the actor machines), or pass "
                           "--insecure to accept anyone who can reach the ports")

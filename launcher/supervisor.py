@@ -155,19 +155,20 @@ class Supervisor:
         channels = {"replay": ("replay_in", "replay_sample"), "learner": ("weights",)}
         for role in self.roles:
             for channel in channels.get(role, ()):
-                host, port = self.config.bind_endpoint(channel)
-                try:
-                    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-                        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as ZeroMQ binds: a
-                        probe.bind((host, port))           # just-stopped run's TIME_WAIT is no conflict
-                except OSError as exc:
-                    reason = ADDRESS_IN_USE if exc.errno == errno.EADDRINUSE else exc.strerror
-                    raise StartError(f"cannot bind {self.config.bind_address(channel)}: {reason}") from None
-                path = self.config.local_address(channel)[len("ipc://"):]
-                if self.config.local_ipc and os.path.exists(path):
-                    with socket.socket(socket.AF_UNIX) as probe:
-                        if probe.connect_ex(path) == 0:       # refused: a stale file, which ZeroMQ replaces
-                            raise StartError(f"cannot bind ipc://{path}: {ADDRESS_IN_USE}")
+                for address in self.config.bind_addresses(channel):
+                    if address.startswith("tcp://"):
+                        host, port = self.config.bind_endpoint(channel)
+                        try:
+                            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+                                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as ZeroMQ binds: a
+                                probe.bind((host, port))           # just-stopped run's TIME_WAIT is no conflict
+                        except OSError as exc:
+                            reason = ADDRESS_IN_USE if exc.errno == errno.EADDRINUSE else exc.strerror
+                            raise StartError(f"cannot bind {address}: {reason}") from None
+                    elif os.path.exists(address[len("ipc://"):]):
+                        with socket.socket(socket.AF_UNIX) as probe:
+                            if probe.connect_ex(address[len("ipc://"):]) == 0:   # refused: a stale file, replaced
+                                raise StartError(f"cannot bind {address}: {ADDRESS_IN_USE}")
 
     def _check_env(self) -> None:
         from common.envs import level_ids, unknown_env_ids
@@ -244,8 +245,10 @@ class Supervisor:
             return
         if self.role != "actor":
             what = " and ".join(r if r == "learner" else "replay server" for r in self.roles)
-            print(f"mario-apex: {what} on {c.bind_address('replay_in' if 'replay' in self.roles else 'weights')} "
-                  f"({'CurveZMQ keys' if self.keys else 'no keys'}); actors join with: {self._join_command()}",
+            where = c.bind_addresses('replay_in' if 'replay' in self.roles else 'weights')[0]
+            keys = "this machine only: this user's ipc sockets" if c.ipc_only() else \
+                "CurveZMQ keys" if self.keys else "no keys"
+            print(f"mario-apex: {what} on {where} ({keys}); actors join with: {self._join_command()}",
                   flush=True)
             print("mario-apex: Ctrl+C stops this side (final checkpoint; connected actors play on)", flush=True)
         else:

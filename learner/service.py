@@ -71,6 +71,8 @@ class LearnerService:
         self.wait_s = 0.0
         self._rate_mark = (time.monotonic(), 0)
         self._checkpointed_at_episode = 0
+        self._next_checkpoint_at = self._last_started = 0.0    # no periodic checkpoint starts before the former
+        self._spacing_said = False
         self._replay: dict | None = None   # the newest good snapshot a checkpoint names: file, updates, counters
         self._named: dict[str, str] = {}    # checkpoint base -> the snapshot its .pth on disk names
         self._failures, self._failure_log = 0, LogLimit()     # checkpoint failures (a full disk, say)
@@ -244,9 +246,19 @@ class LearnerService:
     def _maybe_checkpoint(self) -> None:
         every = self.config.checkpoint_every_episodes
         episodes = int(self.replay_stats.get("episodes", 0))
-        if every and episodes // every > self._checkpointed_at_episode // every:
-            self._checkpointed_at_episode = episodes
-            self.checkpoint("checkpoint")
+        if not every or episodes // every <= self._checkpointed_at_episode // every:
+            return
+        now = time.monotonic()
+        if now < self._next_checkpoint_at:
+            if not self._spacing_said:
+                self._spacing_said = True
+                self.rt.log(f"checkpoints come at most every {self._next_checkpoint_at - self._last_started:.0f} s "
+                            f"here, so saving keeps under {self.config.checkpoint_time_share:.0%} of the learner's time")
+            return
+        self._checkpointed_at_episode = episodes
+        self.checkpoint("checkpoint")
+        self._last_started = now
+        self._next_checkpoint_at = now + (time.monotonic() - now) / self.config.checkpoint_time_share
 
     def checkpoint(self, base: str, final: bool = False) -> str:
         """Write <base>.pth naming its replay snapshot; returns the .pth path ("" if none was written).

@@ -84,7 +84,8 @@ class ReplayServer:
         poller = zmq.Poller()
         poller.register(self.pull, zmq.POLLIN)
         poller.register(self.router, zmq.POLLIN)
-        self.rt.log(f"listening on {self.config.bind_address('replay_in')} and {self.config.bind_address('replay_sample')}")
+        c = self.config
+        self.rt.log(f"listening on {' and '.join(c.bind_addresses('replay_in') + c.bind_addresses('replay_sample'))}")
         while not self.rt.should_stop():
             actors_wait = self.limiter.inserts_wait(self.buffer.inserted)    # pinned ratio: the learner is behind
             poller.modify(self.pull, 0 if actors_wait else zmq.POLLIN)

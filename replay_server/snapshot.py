@@ -9,8 +9,10 @@ fsynced and renamed, so a crash mid-write never damages an existing snapshot.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
 import zipfile
 
 import numpy as np
@@ -75,6 +77,7 @@ def start_snapshot(buffer: PrioritizedReplay, counters: dict, path: str) -> int 
         write_snapshot(buffer, counters, path)
         return None
     buffer.ring.snapshot_begin(buffer.oldest_frame())
+    parent = os.getpid()
     try:
         pid = os.fork()
     except OSError:
@@ -83,6 +86,7 @@ def start_snapshot(buffer: PrioritizedReplay, counters: dict, path: str) -> int 
     if pid == 0:                     # the child: touch only numpy and files, never the sockets
         status = 1
         try:
+            _die_with(parent)
             write_snapshot(buffer, counters, path)
             status = 0
         finally:
@@ -90,3 +94,17 @@ def start_snapshot(buffer: PrioritizedReplay, counters: dict, path: str) -> int 
             os._exit(status)
     buffer.ring.writer_pid = pid
     return pid
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent: int) -> None:
+    """The writer goes when its server goes, even by SIGKILL: the launcher stops only the processes it
+    started, so an orphaned writer would outlive the run, still writing (Linux; elsewhere it finishes)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:        # the server died before the line above took effect
+        os._exit(1)

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -57,11 +58,17 @@ class LaunchedRun:
         env.pop("DISPLAY", None)
         if display:
             env["DISPLAY"] = display
+        self.tmpdir = env.get("TMPDIR") or tempfile.gettempdir()     # where the run's ipc sockets are
         self.proc = subprocess.Popen(self.cmd, cwd=REPO, stdout=self._out, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True, env=env)
         self.seen_pids: set[int] = set()
 
     # --- observing ---------------------------------------------------------------------------
+    def channel_path(self, offset: int) -> str:
+        """The Unix socket of the channel at base port + offset (0 replay-in, 1 replay-sample, 2 weights):
+        on loopback the run opens no TCP port, only these, in this user's 0700 folder."""
+        return os.path.join(self.tmpdir, f"mario-apex-{os.getuid()}", f"{self.base_port + offset}.sock")
+
     def output(self) -> str:
         self._out.flush()
         return (self.tmp_path / "launcher.out").read_text()

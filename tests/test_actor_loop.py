@@ -30,12 +30,13 @@ pytestmark = pytest.mark.usefixtures("keep_process_hooks")     # play() builds a
 QUIET_MS = 3000
 
 
-def play(tmp_path, before_run=lambda actor: None, **changes):
-    """Run one actor to its limit; returns it (closed) and the messages it sent to the replay server."""
+def play(tmp_path, before_run=lambda actor: None, serve_replay=True, **changes):
+    """Run one actor to its limit; returns it (closed) and the messages it sent to the replay server
+    (none is bound without serve_replay)."""
     config = Config(**{"env_id": TEST_ENV_ID, "headless": True, "record_video": False, "base_port": free_base_port(),
                        "eval_every_episodes": 0, **changes})
     transport = Transport(config.max_message_bytes)
-    pull = transport.socket(zmq.PULL, bind=config.bind_addresses("replay_in"))
+    pull = transport.socket(zmq.PULL, bind=config.bind_addresses("replay_in") if serve_replay else "inproc://none")
     stop = StopAtCap()
     runtime = RoleRuntime("actor", 0, config, stop, os.getppid())
     closed = False
@@ -46,13 +47,13 @@ def play(tmp_path, before_run=lambda actor: None, **changes):
             actor.run()
         finally:
             actor.close()
-        messages, deadline = [], time.monotonic() + 120      # generous: a loaded machine is slow
-        while not _complete(messages, actor) and time.monotonic() < deadline:
+        messages, deadline = [], time.monotonic() + (120 if serve_replay else 0)    # generous: a loaded machine
+        while not _complete(messages, actor) and time.monotonic() < deadline:     # is slow
             if pull.poll(100):
                 messages.append(decode(pull.recv(), config.max_message_bytes))
         runtime.close()                   # its sockets have sent everything (or given up) by now
         closed = True
-        while pull.poll(QUIET_MS):        # anything sent twice: it is on its way, so it arrives in time
+        while serve_replay and pull.poll(QUIET_MS):        # anything sent twice: it is on its way, so it arrives in time
             messages.append(decode(pull.recv(), config.max_message_bytes))
         return actor, messages
     finally:
@@ -170,3 +171,18 @@ def test_the_best_evaluations_network_is_kept_and_replays_that_evaluation(tmp_pa
     [again] = evaluate(net, config, episodes=1)
     assert (again.reward, again.x_pos, again.flag, again.steps) == pytest.approx(
         (kept["reward"], kept["x_pos"], kept["flag"], kept["steps"]))
+
+
+def test_experience_dropped_while_no_replay_server_takes_it_is_counted_and_told(tmp_path):
+    """Item 11: an actor whose replay server is gone (unpinned ratio) fills its queue, then drops and counts
+    each message and says so (the first time, then at most every 30 s), and plays on to its limit."""
+    logs = []
+
+    def keep_logs(actor):
+        actor.rt.log = logs.append
+    actor, messages = play(tmp_path, keep_logs, serve_replay=False, max_steps=3000, chunk_size=1)
+    assert messages == [] and actor.session_steps == 3000
+    queue = actor.config.actor_queue_chunks()
+    assert actor.dropped >= 3000 - 2 * queue > 0       # the queue (both sides of the link) held the rest
+    told = [line for line in logs if "is not taking experience" in line]
+    assert len(told) == 1 and told[0].startswith(f"the replay server is not taking experience (its queue of {queue} ")

@@ -22,7 +22,7 @@ from common.config import Config
 from learner.learning import DQNLearner
 from replay_server.buffer import PrioritizedReplay
 from replay_server.snapshot import read_snapshot, start_snapshot, write_snapshot
-from tests.harness import REPO
+from tests.harness import REPO, alive
 
 pytestmark = pytest.mark.slow
 
@@ -212,6 +212,41 @@ def test_forked_snapshot_is_the_buffer_at_the_fork(tmp_path):
     assert read_snapshot(path, restored) == counters
     assert restored.content_hash() == before
     assert not os.path.exists(path + ".tmp")
+
+
+# A server that forks a snapshot writer (made slow: it would write for a minute) and is then SIGKILLed.
+ORPHAN_SERVER = GENERATIONS + """
+import os, sys, time
+from replay_server import snapshot
+
+def slow_write(buffer, counters, path):
+    time.sleep(60)
+
+snapshot.write_snapshot = slow_write
+buffer = replay_generation(1)
+print(snapshot.start_snapshot(buffer, {"generation": 1}, sys.argv[1]), flush=True)
+time.sleep(60)
+"""
+
+
+def test_the_forked_writer_dies_with_a_killed_server(tmp_path):
+    """The launcher stops the processes it started; a snapshot writer must not outlive its server."""
+    server = subprocess.Popen([sys.executable, "-c", ORPHAN_SERVER, str(tmp_path / "replay.npz")], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        writer = int(server.stdout.readline())
+        time.sleep(0.5)                               # the writer is running (it sleeps in its slow write)
+        os.kill(writer, 0)
+        server.kill()
+        server.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and writer in alive([writer]):
+            time.sleep(0.05)
+        assert writer not in alive([writer]), "the snapshot writer outlived its killed server"
+    finally:
+        server.kill()
+        if server.stdout:
+            server.stdout.close()
 
 
 # --- learner save/restore ------------------------------------------------------------------------------

@@ -213,3 +213,31 @@ def test_a_checkpoint_after_new_transitions_writes_a_new_snapshot(side):
     buffer = PrioritizedReplay(2048, 84, 4, 0.6, side.config.num_actions)
     snapshot.read_snapshot(os.path.join(side.run_dir, side.named("checkpoint")), buffer)
     assert buffer.content_hash() == side.server.buffer.content_hash()
+
+
+def test_periodic_checkpoints_keep_to_their_share_of_the_learners_time(side, monkeypatch):
+    """Item 9: however often episodes end (the test env ends one every few steps), periodic checkpoints take
+    at most checkpoint_time_share (5%) of the learner's time: one that took T seconds is followed by none for T / share;
+    the due one then comes at the next episode."""
+    side.learner.config = side.config.replace(checkpoint_every_episodes=1)
+    spent, taken, episodes = 0.0, 0, 0
+    real = side.learner.checkpoint
+
+    def timed(base, final=False):
+        nonlocal spent, taken
+        started = time.monotonic()
+        try:
+            return real(base, final)
+        finally:
+            spent, taken = spent + time.monotonic() - started, taken + 1
+    monkeypatch.setattr(side.learner, "checkpoint", timed)
+    started = time.monotonic()
+    while time.monotonic() - started < 8:
+        episodes += 1
+        side.learner.replay_stats = {**side.learner.replay_stats, "episodes": episodes}
+        side.change()                     # each snapshot has something new to write
+        side.learner._maybe_checkpoint()
+    elapsed = time.monotonic() - started
+    assert taken >= 2, "the schedule still checkpoints"
+    assert spent <= 0.05 * elapsed + spent / taken, (spent, taken, elapsed)
+    assert any("checkpoints come at most every" in line for line in side.logs)

@@ -213,13 +213,22 @@ def test_bind_address_for_each_channel(host, base, expected):
     assert [config.bind_addresses(c) for c in channels] == [[e] for e in expected]
 
 
-def test_roles_on_one_machine_use_ipc():
-    """By default a channel binds tcp and ipc, and a role on the same machine connects over ipc."""
+def test_roles_on_one_machine_use_ipc_only_in_this_users_folder():
+    """A loopback host binds no TCP port: each channel is one ipc socket in this user's folder, where
+    every role of this machine connects, also through a loopback --learner / --replay. A host other
+    machines reach binds tcp as well, and roles here still connect over ipc."""
+    import os
     import tempfile
     config = Config(base_port=47_555)
-    ipc = f"ipc://{tempfile.gettempdir()}/mario-apex-127.0.0.1-47556.sock"
-    assert config.bind_addresses("replay_sample") == ["tcp://127.0.0.1:47556", ipc]
+    ipc = f"ipc://{tempfile.gettempdir()}/mario-apex-{os.getuid()}/47556.sock"
+    assert config.ipc_only() and config.bind_addresses("replay_sample") == [ipc]
     assert config.connect_address("replay_sample") == ipc
+    joined = Config(learner_address="localhost:6000", replay_address="127.0.0.1")
+    assert joined.connect_address("weights").endswith("/6002.sock")
+    assert joined.connect_address("replay_in").endswith("/47555.sock"), "a loopback --learner or --replay: ipc"
+    shared = Config(host="0.0.0.0", base_port=47_555)
+    assert not shared.ipc_only() and shared.bind_addresses("replay_sample") == ["tcp://0.0.0.0:47556", ipc]
+    assert shared.connect_address("replay_sample") == ipc
     remote = Config(learner_address="10.0.0.2")
     assert remote.connect_address("weights") == "tcp://10.0.0.2:47557", "other machines: tcp"
     assert remote.connect_address("replay_sample").startswith("ipc://"), "the learner's own replay server: ipc"

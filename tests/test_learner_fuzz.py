@@ -156,13 +156,14 @@ def _script(bad: list[list], unsolicited: list[list], good, first_id: int = 1000
 
 
 def test_the_learner_drops_and_counts_bad_replies_and_trains_on_the_good_ones(launch):
-    """The real learner (launch.py --role learner --replay) against a fake replay server over tcp:
-    every bad reply is dropped and counted in summary.json, none stops it asking, and it trains on
+    """The real learner (launch.py --role learner --replay) against a fake replay server over tcp, as from
+    another machine (loopback TCP: local_ipc=false, which needs --insecure): every bad reply is dropped and counted in summary.json, none stops it asking, and it trains on
     each good batch exactly once (their ids come back as priorities)."""
     base = free_base_port()
     fake = FakeReplay(f"tcp://127.0.0.1:{base + 1}")
     try:
-        run = launch(*FAST_TEST_ENV, "--role", "learner", "--replay", f"127.0.0.1:{base}", base_port=base)
+        run = launch(*FAST_TEST_ENV, "--role", "learner", "--replay", f"127.0.0.1:{base}", "--set", "local_ipc=false",
+                     "--insecure", base_port=base)
         ring = FrameRing(10, 84)
         bad = _bad_batches(np.random.default_rng(3))
         unsolicited = [[encode("frame_ring", **ring.describe())]]     # a real ring on this machine, never asked for

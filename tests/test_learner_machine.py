@@ -46,7 +46,8 @@ def test_replay_learner_and_actors_in_three_launchers_without_the_emulator(launc
     actors.wait_for(lambda: weights_update(actors) > 0, 60, "weights reaching the actors")
     replay.wait_for(lambda: replay.status_value("replay") > 1000, 60, "the replay server storing experience")
     assert set(replay.role_pids()) == {"replay"} and set(learner.role_pids()) == {"learner"}
-    assert "replay server on tcp://127.0.0.1:" in replay.output() and "learner on tcp://127.0.0.1:" in learner.output()
+    assert f"replay server on ipc://{replay.channel_path(0)} (this machine only" in replay.output()
+    assert f"learner on ipc://{learner.channel_path(2)} (this machine only" in learner.output()
     for run in (actors, learner, replay):
         run.interrupt()
         assert run.wait(10) == 130, run.output()

@@ -109,7 +109,8 @@ def test_resume_continues_counters_and_restores_identical_state(launch, finished
 def test_checkpoints_taken_while_training_are_consistent(launch):
     """checkpoint.pth taken every 100 episodes while actor and learner run: its counters and its
     replay snapshot describe the same moment."""
-    run = launch(*FAST_TEST_ENV, "--max-steps", "6000", "--set", "checkpoint_every_episodes=100")
+    run = launch(*FAST_TEST_ENV, "--max-steps", "6000", "--set", "checkpoint_every_episodes=100",
+                 "--set", "checkpoint_time_share=1")      # every 100 episodes, however long saving takes
     assert run.wait(120) == 0, run.output()
     assert run.output().count("saved checkpoint.pth with replay memory") >= 2
     state = load_checkpoint(str(run.run_dir / "checkpoint.pth"))

@@ -44,12 +44,15 @@ def test_servers_survive_bad_messages_and_count_them(launch):
     one is dropped and counted, nothing dies, and training goes on afterwards."""
     run = launch(*FAST_TEST_ENV)
     run.wait_for_updates(1)
+    for offset in range(3):        # on loopback no TCP port is open: the attacks below come in as this user
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", run.base_port + offset), timeout=5).close()
     rng = np.random.default_rng(7)
     ctx = zmq.Context()
     push = ctx.socket(zmq.PUSH)
-    push.connect(f"tcp://127.0.0.1:{run.base_port}")
+    push.connect(f"ipc://{run.channel_path(0)}")
     dealer = ctx.socket(zmq.DEALER)
-    dealer.connect(f"tcp://127.0.0.1:{run.base_port + 1}")
+    dealer.connect(f"ipc://{run.channel_path(1)}")
     sent = 0
     for _ in range(3):
         for parts in _bad_messages(rng):
@@ -67,7 +70,7 @@ def test_servers_survive_bad_messages_and_count_them(launch):
     assert dealer.poll(30_000), "... but the batch it asked for still comes"
     assert decode_parts(dealer.recv_multipart(), 64 << 20, expect=("batch",))["ids"].shape == (4,)
     oversized = ctx.socket(zmq.PUSH)               # over max_message_bytes: refused by ZeroMQ itself
-    oversized.connect(f"tcp://127.0.0.1:{run.base_port}")
+    oversized.connect(f"ipc://{run.channel_path(0)}")
     oversized.send(b"\0" * (64 * 1024 * 1024 + 1))
     for sock in (push, dealer, oversized):
         sock.close(linger=2000)
@@ -86,21 +89,39 @@ def test_servers_survive_bad_messages_and_count_them(launch):
     assert "exited unexpectedly" not in run.output()
 
 
-BUSY = ("launch.py: error: cannot bind tcp://127.0.0.1:{port}: address already in use (is another run using these "
-        "ports? try --base-port or --bind)")
+BUSY = "launch.py: error: cannot bind {address}: address already in use (is another run using these ports? try " \
+       "--base-port or --bind)"
 
 
 @pytest.mark.parametrize("offset", [0, 1, 2])
-def test_busy_port_is_a_clear_error(launch, offset):
-    """A port already taken (replay-in, replay-sample or weights): a one-line usage error naming it,
-    exit 2, before any process starts."""
+def test_a_busy_channel_is_a_clear_error(launch, offset):
+    """A channel another run is serving (replay-in, replay-sample or weights: on loopback, a live socket in
+    this user's ipc folder): a one-line usage error naming it, exit 2, before any process starts."""
+    base_port = free_base_port()
+    folder = os.path.join(tempfile.gettempdir(), f"mario-apex-{os.getuid()}")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    path = os.path.join(folder, f"{base_port + offset}.sock")
+    with socket.socket(socket.AF_UNIX) as blocker:
+        blocker.bind(path)
+        blocker.listen()
+        try:
+            run = launch(*FAST_TEST_ENV, "--max-steps", "100", base_port=base_port)
+            assert run.wait(60) == 2, run.output()
+        finally:
+            os.unlink(path)
+    assert run.output().splitlines() == [BUSY.format(address=f"ipc://{path}")]
+
+
+def test_a_busy_tcp_port_is_a_clear_error(launch):
+    """Where the run does open TCP ports (here loopback TCP, asked for with local_ipc=false and --insecure)."""
     base_port = free_base_port()
     with socket.socket() as blocker:
-        blocker.bind(("127.0.0.1", base_port + offset))
+        blocker.bind(("127.0.0.1", base_port + 1))
         blocker.listen()
-        run = launch(*FAST_TEST_ENV, "--max-steps", "100", base_port=base_port)
+        run = launch(*FAST_TEST_ENV, "--max-steps", "100", "--set", "local_ipc=false", "--insecure",
+                     base_port=base_port)
         assert run.wait(60) == 2, run.output()
-    assert run.output().splitlines() == [BUSY.format(port=base_port + offset)]
+    assert run.output().splitlines() == [BUSY.format(address=f"tcp://127.0.0.1:{base_port + 1}")]
 
 
 def test_ten_thousand_bad_messages_at_every_bound_port(launch):
@@ -114,30 +135,32 @@ def test_ten_thousand_bad_messages_at_every_bound_port(launch):
     pool = _bad_messages(rng)
     ctx = zmq.Context()
     push = ctx.socket(zmq.PUSH)
-    push.connect(f"tcp://127.0.0.1:{run.base_port}")
+    push.connect(f"ipc://{run.channel_path(0)}")
     dealer = ctx.socket(zmq.DEALER)
-    dealer.connect(f"tcp://127.0.0.1:{run.base_port + 1}")
+    dealer.connect(f"ipc://{run.channel_path(1)}")
     xsub = ctx.socket(zmq.XSUB)             # the only socket type that may talk to a PUB: junk "subscriptions"
-    xsub.connect(f"tcp://127.0.0.1:{run.base_port + 2}")
+    xsub.connect(f"ipc://{run.channel_path(2)}")
     sent = 0
     for i in range(10_000):
         push.send_multipart(pool[i % len(pool)] if i % 2 else [rng.bytes(int(rng.integers(1, 2000)))])
         dealer.send_multipart(pool[i % (len(pool) - 4)] if i % 2 else [rng.bytes(int(rng.integers(1, 2000)))])
         xsub.send(rng.bytes(int(rng.integers(1, 200))))
         sent += 2
-    for port in (run.base_port, run.base_port + 1):       # oversized: ZeroMQ drops the connection itself
-        big = ctx.socket(zmq.PUSH if port == run.base_port else zmq.DEALER)
-        big.connect(f"tcp://127.0.0.1:{port}")
+    for offset in (0, 1):       # oversized: ZeroMQ drops the connection itself
+        big = ctx.socket(zmq.PUSH if offset == 0 else zmq.DEALER)
+        big.connect(f"ipc://{run.channel_path(offset)}")
         big.send(b"\0" * (64 * 1024 * 1024 + 1))
         big.close(linger=5000)
     # Not even ZeroMQ: raw bytes. At the replay server they start like a ZMTP 3 greeting (0xFF) and then
     # go wrong, so ZeroMQ closes the connection; wholly random bytes could pass for ZMTP 1.0 framing and
     # arrive as (uncountable) messages, so those go to the PUB port, which takes none.
-    for port in (run.base_port, run.base_port + 1, run.base_port + 2):
+    for offset in (0, 1, 2):
         for _ in range(20):
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            with socket.socket(socket.AF_UNIX) as raw:
+                raw.settimeout(5)
+                raw.connect(run.channel_path(offset))
                 junk = rng.bytes(int(rng.integers(1, 5000)))
-                raw.sendall(junk if port == run.base_port + 2 else b"\xff" + junk)
+                raw.sendall(junk if offset == 2 else b"\xff" + junk)
     for sock in (push, dealer, xsub):
         sock.close(linger=20_000)
     ctx.term()
@@ -261,8 +284,8 @@ def test_semantically_wrong_messages_at_every_socket_are_dropped_and_counted(lau
         assert os.stat(os.path.dirname(reports_path)).st_mode & 0o777 == 0o700
         ctx = zmq.Context()
         push, dealer, reports = ctx.socket(zmq.PUSH), ctx.socket(zmq.DEALER), ctx.socket(zmq.PUSH)
-        push.connect(f"tcp://127.0.0.1:{run.base_port}")
-        dealer.connect(f"tcp://127.0.0.1:{run.base_port + 1}")
+        push.connect(f"ipc://{run.channel_path(0)}")
+        dealer.connect(f"ipc://{run.channel_path(1)}")
         reports.connect(f"ipc://{reports_path}")
         to_replay, to_launcher = 0, 0
         for raw in _wrong_actor_messages():

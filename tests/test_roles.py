@@ -32,7 +32,7 @@ def test_learner_and_actor_sides_stop_and_restart_independently(launch):
     actors = launch("--role", "actor", "--learner", f"127.0.0.1:{learner.base_port}", *FAST_TEST_ENV)
     learner.wait_for_updates(20)
     actors.wait_for(lambda: weights_update(actors) > 0, 60, "trained weights on the actor side")
-    assert "replay server and learner on tcp://127.0.0.1:" in learner.output()
+    assert f"replay server and learner on ipc://{learner.channel_path(0)} (this machine only" in learner.output()
 
     learner.interrupt()
     assert learner.wait(10) == 130, learner.output()
@@ -71,6 +71,17 @@ def test_non_loopback_bind_needs_keys_or_insecure(tmp_path):
                              "--runs-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.startswith("launch.py: error: --bind 0.0.0.0 listens beyond this machine: create keys with")
+    assert not any(tmp_path.iterdir()), "nothing started, nothing written"
+
+
+def test_loopback_tcp_needs_keys_or_insecure_too(tmp_path):
+    """On loopback the roles use this user's ipc sockets; asking for loopback TCP instead (local_ipc=false)
+    would let every user of the machine in, so it needs keys or --insecure like any open port."""
+    result = subprocess.run([sys.executable, "launch.py", "--set", "local_ipc=false", "--runs-dir", str(tmp_path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "launch.py: error: local_ipc=false opens loopback TCP ports that every user of " \
+                                    "this machine can reach: pass --keys or --insecure (or keep local_ipc on)"
     assert not any(tmp_path.iterdir()), "nothing started, nothing written"
 
 

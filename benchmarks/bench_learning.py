@@ -101,15 +101,26 @@ def train(settings: tuple, minutes: float, runs_dir: str, solved=None) -> tuple[
     return run_dir, solved_at, solved_steps
 
 
+STOPPED_S = 300
+"""No log.txt line for this long: the run was stopped and later resumed (--resume); not counted as its time."""
+
+
 def evaluations(run_dir: Path) -> list[tuple[int, int, bool, float]]:
-    """(env steps, x_pos, flag, minutes since the run began) of every greedy evaluation in log.txt."""
-    started = datetime.strptime(run_dir.name[:19], "%Y-%m-%d_%H-%M-%S")
-    found = []
+    """(env steps, x_pos, flag, minutes the run had been running) of every greedy evaluation in log.txt;
+    the time between a stop and a --resume does not count."""
+    found, running = [], 0.0
+    last = datetime.strptime(run_dir.name[:19], "%Y-%m-%d_%H-%M-%S")      # the run folder's name: its start
     for line in (run_dir / "log.txt").read_text().splitlines():
+        try:
+            now = datetime.strptime(line[1:20], "%Y-%m-%d %H:%M:%S")
+        except ValueError:
+            continue
+        if (now - last).total_seconds() < STOPPED_S:
+            running += (now - last).total_seconds()
+        last = now
         match = _EVAL.search(line)
         if match:
-            minutes = (datetime.strptime(line[1:20], "%Y-%m-%d %H:%M:%S") - started).total_seconds() / 60
-            found.append((int(match[5]), int(match[3]), match[4] == "yes", minutes))
+            found.append((int(match[5]), int(match[3]), match[4] == "yes", running / 60))
     return found
 
 

@@ -36,3 +36,18 @@ def test_benchmark_smoke_mode(name, expected):
     for text in expected:       # a plain string must appear; a pattern must match a line with its figures
         found = text.search(result.stdout) if isinstance(text, re.Pattern) else text in result.stdout
         assert found, f"{getattr(text, 'pattern', text)!r} not in:\n{result.stdout}"
+
+
+def test_learning_minutes_leave_out_the_time_between_a_stop_and_a_resume(tmp_path):
+    """bench_learning --report on a resumed run: minutes to an evaluation count the time the run ran, not
+    the hour it stood stopped before --resume (no log.txt line for 5 minutes or more)."""
+    from benchmarks.bench_learning import evaluations
+    run = tmp_path / "2026-12-03_10-00-00_run"
+    run.mkdir()
+    eval_line = "[{}] Eval {}, Reward: 1.00, Actor: 0, Steps: 10, X: {}, Flag: {}, Env steps: {}"
+    (run / "log.txt").write_text("\n".join([
+        eval_line.format("2026-12-03 10:04:00", 1, 300, "no", 1000),
+        "[2026-12-03 10:08:00] Episode 9, Reward: 1.00, Actor: 0, Steps: 10, X: 40, Flag: no, Epsilon: 0.500",
+        eval_line.format("2026-12-03 11:30:00", 1, 900, "no", 2000),        # resumed at 11:30
+        eval_line.format("2026-12-03 11:34:00", 2, 3161, "yes", 3000)]) + "\n")
+    assert evaluations(run) == [(1000, 300, False, 4.0), (2000, 900, False, 8.0), (3000, 3161, True, 12.0)]

@@ -2,9 +2,12 @@
 never interleave, and episode numbers run on across resumed sessions)."""
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 from common.log_limit import LogLimit
+
+_EVAL_NUMBER = re.compile(r"^\[[^\]]+\] Eval (\d+),")
 
 
 class EpisodeLog:
@@ -16,6 +19,26 @@ class EpisodeLog:
         """A training episode's line; returns an error message when writing fails: the first time, then at
         most once per 30 s with the count (a lost line is never silent for long)."""
         return self._append(f"Episode {number}, {self._common(episode)}, Epsilon: {episode['epsilon']:.3f}")
+
+    def write_resumed(self, checkpoint: str, counters: dict) -> str | None:
+        """The line that starts a resumed session. Episodes logged after that checkpoint was saved (a crash, say)
+        are not in it, so their numbers come again after this line."""
+        return self._append(f"Resumed from {checkpoint}: episode {int(counters.get('episodes', 0))}, "
+                            f"{int(counters.get('env_steps', 0))} env steps (numbering goes on from there)")
+
+    def last_eval_number(self) -> int:
+        """The number of the last evaluation already in the file (0 if none or unreadable): a resumed run's
+        evaluations go on from it."""
+        last = 0
+        try:
+            with open(self.path, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    match = _EVAL_NUMBER.match(line)
+                    if match:
+                        last = int(match[1])
+        except OSError:
+            pass
+        return last
 
     def write_eval(self, number: int, episode: dict) -> str | None:
         """A greedy evaluation episode's line, marked "Eval", with the env steps trained so far."""

@@ -113,6 +113,9 @@ class Supervisor:
         self._drop_log = LogLimit()
         self.status = RunStatus(config.replay_capacity, before=self.resume.counters)
         self.episode_log = EpisodeLog(os.path.join(self.run_dir, "log.txt"))
+        if self.resume.checkpoint and "actor" in self.roles:
+            self.status.evaluations = self.episode_log.last_eval_number()
+            self.episode_log.write_resumed(os.path.basename(self.resume.checkpoint), self.resume.counters)
         self.processes: dict[str, mp.Process] = {}
         self.restarts: dict[str, int] = {}
         self.failures: dict[str, str] = {}

@@ -100,9 +100,12 @@ def test_resume_continues_counters_and_restores_identical_state(launch, finished
 
     log_after = (folder / "log.txt").read_text().splitlines()
     assert log_after[:len(log_before)] == log_before, "log.txt appended, not rewritten"
-    numbers = [int(line.split("Episode ")[1].split(",")[0]) for line in log_after]
-    assert numbers == list(range(1, len(log_after) + 1)), "episode numbers continue"
-    assert after["counters"]["episodes"] == len(log_after)
+    assert log_after[len(log_before)].endswith(f"] Resumed from checkpoint_final.pth: episode {len(log_before)}, 4000 "
+                                               "env steps (numbering goes on from there)")
+    episodes = [line for line in log_after if "] Episode " in line]
+    numbers = [int(line.split("Episode ")[1].split(",")[0]) for line in episodes]
+    assert numbers == list(range(1, len(episodes) + 1)), "episode numbers continue"
+    assert after["counters"]["episodes"] == len(episodes) == len(log_after) - 1
     assert "resuming from checkpoint_final.pth" in second.output()
 
 
@@ -233,3 +236,17 @@ def test_a_run_folder_resumes_from_the_newest_checkpoint_preferring_one_with_rep
     assert find_checkpoint(str(tmp_path)).endswith("/checkpoint.pth"), "as new, but without its replay"
     save("checkpoint_final.pth", 501)
     assert find_checkpoint(str(tmp_path)).endswith("/checkpoint_final.pth")
+
+
+def test_a_resumed_runs_evaluations_go_on_from_the_last_one_in_log_txt(tmp_path):
+    """Item 11: evaluation numbers do not start again at 1 after --resume (the launcher counts on from here)."""
+    from launcher.episode_log import EpisodeLog
+    log = EpisodeLog(str(tmp_path / "log.txt"))
+    assert log.last_eval_number() == 0, "no file yet"
+    episode = {"reward": 1.0, "actor": 0, "steps": 10, "x_pos": 40, "flag": False, "epsilon": 0.5, "env_steps": 9}
+    for number in (1, 2, 3):
+        log.write(number, episode)
+        log.write_eval(number, episode)
+    log.write_resumed("checkpoint.pth", {"episodes": 2, "env_steps": 20})
+    log.write(3, episode)
+    assert log.last_eval_number() == 3

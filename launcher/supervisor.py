@@ -37,8 +37,8 @@ from launcher.episode_log import EpisodeLog
 from launcher.resume import ResumePlan
 from launcher.status import RunStatus
 
-STOP_GRACE_S = 7.5
-STOP_KILL_S = 9.0
+STOP_GRACE_S = 7.0
+STOP_KILL_S = 8.5
 STOP_ORDER = ("actor", "learner", "replay")
 STOP_SHARE = {"actor": 0.3, "learner": 0.9, "replay": 1.0}   # cumulative shares of STOP_GRACE_S
 POLL_MS = 200
@@ -121,6 +121,7 @@ class Supervisor:
         self.failures: dict[str, str] = {}
         self.stop_reason: str | None = None
         self.signal_count = 0
+        self.stop_seconds: float | None = None     # from the stop to the last process gone (summary.json)
         self.exit_code = 0
         self.console: Console | None = None
 
@@ -389,12 +390,14 @@ class Supervisor:
         for proc in stragglers:
             self.console.say(f"mario-apex: {proc.name} did not stop in time; terminating it", error=True)
             proc.terminate()
-        deadline = time.monotonic() + (STOP_KILL_S - STOP_GRACE_S)
+        while any(p.is_alive() for p in stragglers) and time.monotonic() < started + STOP_KILL_S:
+            time.sleep(0.05)         # the deadlines count from the stop, however slowly this loop runs
         for proc in stragglers:
-            proc.join(max(0.0, deadline - time.monotonic()))
             if proc.is_alive():
-                proc.kill()
-                proc.join(1.0)
+                proc.kill()          # all at once: a loaded machine must not make them queue for it
+        for proc in stragglers:
+            proc.join(max(0.1, started + STOP_KILL_S + 0.5 - time.monotonic()))
+        self.stop_seconds = time.monotonic() - started
         self._drain_reports(50)
         for name, proc in self.processes.items():
             if proc.exitcode not in (0, None) and self.exit_code == 0 and proc not in stragglers:
@@ -403,7 +406,8 @@ class Supervisor:
                 self.exit_code = 1
 
     def _finish(self) -> None:
-        summary = {"stop_reason": self.stop_reason, "exit_code": self.exit_code, **self.status.summary()}
+        summary = {"stop_reason": self.stop_reason, "exit_code": self.exit_code, "stop_seconds": self.stop_seconds,
+                   **self.status.summary()}
         try:
             with open(os.path.join(self.run_dir, "summary.json"), "w", encoding="utf-8") as f:
                 json.dump(summary, f, indent=2)

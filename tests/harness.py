@@ -37,6 +37,22 @@ def process_table() -> dict[int, tuple[int, str]]:
     return table
 
 
+def group_alive(group: int) -> set[int]:
+    """The processes of process group `group` that exist and are not zombies."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            found.add(int(entry))
+    return found
+
+
 def alive(pids) -> set[int]:
     """The pids that still exist and are not zombies."""
     table = process_table()

@@ -173,7 +173,7 @@ def learn_mario(args, runs_dir: str) -> None:
     budgets = [int(float(b)) for b in args.at.split(",")] if args.at else []
     if args.smoke:            # only checks the script: a few evaluations, training from 500 transitions
         args.steps, budgets = 1_500, [1_000]
-        extra += ("--set", "learning_starts=500", "--set", "eval_every_episodes=2", "--set", "stall_steps=100")
+        extra += ("--set", "learning_starts=500", "--set", "eval_every_episodes=1", "--set", "stall_steps=50")
     if not args.report:
         print(f"SuperMarioBros-1-1-v0, {args.steps:,} env steps per seed, seeds 0..{args.seeds - 1}; settings: "
               f"{' '.join(MARIO_SETTINGS[4:] + extra)}", flush=True)

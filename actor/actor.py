@@ -30,7 +30,7 @@ from actor.display import LiveWindow, display_available
 from actor.env_thread import GREEDY, EnvThread
 from actor.epsilon import linear_epsilon
 from actor.recorder import EpisodeRecorder, RecordingError, VideoWriter
-from common.envs import LevelSampler, find_wrapper, make_env
+from common.envs import LevelSampler, evaluation_limits, find_wrapper, make_env
 from common.log_limit import LogLimit
 from common.metrics import Metrics
 from common.network import build_network, greedy_action, network_from_arrays
@@ -219,23 +219,30 @@ class Actor:
         self._poll_weights()
         net, results = self.net, []
         for _ in range(c.eval_episodes):
-            obs, _ = self.env.reset()        # the env thread is idle: between episodes
-            self._show_and_record(self.frame_skip.last_rgb, episode=False)
-            total, steps, done, info = 0.0, 0, False, {}
-            while not done:
-                if self.rt.should_stop():
-                    return
-                obs, reward, terminated, truncated, info = self.env.step(self._act(obs, c.eval_epsilon))
-                self._show_and_record(self.frame_skip.last_rgb, episode=False)
-                total, steps, done = total + reward, steps + 1, terminated or truncated
-            result = {"actor": self.index, "reward": float(total), "steps": steps, "x_pos": int(info.get("x_pos", 0)),
-                      "flag": bool(info.get("flag_get", False)), "env_steps": self.steps}
+            with evaluation_limits(self.env, c):
+                result = self._evaluation_episode()
+            if result is None:
+                return
             self.rt.report("eval", result)        # the launcher logs it to log.txt
             results.append(result)
             self.best_eval.offer(result, net)
         self.metrics.scalar("Eval/Reward", float(np.mean([r["reward"] for r in results])), self.steps)
         self.metrics.scalar("Eval/XPos", float(np.mean([r["x_pos"] for r in results])), self.steps)
         self.metrics.scalar("Eval/FlagRate", float(np.mean([r["flag"] for r in results])), self.steps)
+
+    def _evaluation_episode(self) -> dict | None:
+        """One evaluation episode's result (None: stopped midway)."""
+        obs, _ = self.env.reset()        # the env thread is idle: between episodes
+        self._show_and_record(self.frame_skip.last_rgb, episode=False)
+        total, steps, done, info = 0.0, 0, False, {}
+        while not done:
+            if self.rt.should_stop():
+                return None
+            obs, reward, terminated, truncated, info = self.env.step(self._act(obs, self.config.eval_epsilon))
+            self._show_and_record(self.frame_skip.last_rgb, episode=False)
+            total, steps, done = total + reward, steps + 1, terminated or truncated
+        return {"actor": self.index, "reward": float(total), "steps": steps, "x_pos": int(info.get("x_pos", 0)),
+                "flag": bool(info.get("flag_get", False)), "env_steps": self.steps}
 
     def _reset(self) -> None:
         obs, _, rgb = self.stepper.reset()      # nes-py takes no seed; exploration randomness comes from self.rng

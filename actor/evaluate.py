@@ -12,7 +12,7 @@ import torch
 
 from common.checkpoint import CheckpointError, load_checkpoint
 from common.config import Config
-from common.envs import find_wrapper, make_env
+from common.envs import evaluation_limits, find_wrapper, make_env
 from common.network import build_network, greedy_action
 from common.wrappers import FrameSkip
 
@@ -48,24 +48,25 @@ def play(net: torch.nn.Module, config: Config, episodes: int, epsilon: float = 0
     rng = np.random.default_rng(seed)
     results = []
     try:
-        for episode in range(1, episodes + 1):
-            obs, info = env.reset()
-            if on_frame:
-                on_frame(frame_skip.last_rgb)
-            total, steps, done = 0.0, 0, False
-            while not done:
-                explore = rng.random() < epsilon
-                action = int(rng.integers(config.num_actions)) if explore else greedy_action(net, obs)
-                obs, reward, terminated, truncated, info = env.step(action)
+        with evaluation_limits(env, config):
+            for episode in range(1, episodes + 1):
+                obs, info = env.reset()
                 if on_frame:
                     on_frame(frame_skip.last_rgb)
-                total += reward
-                steps += 1
-                done = terminated or truncated
-            result = EpisodeResult(total, int(info.get("x_pos", 0)), bool(info.get("flag_get", False)), steps)
-            results.append(result)
-            if on_episode:
-                on_episode(episode, result)
+                total, steps, done = 0.0, 0, False
+                while not done:
+                    explore = rng.random() < epsilon
+                    action = int(rng.integers(config.num_actions)) if explore else greedy_action(net, obs)
+                    obs, reward, terminated, truncated, info = env.step(action)
+                    if on_frame:
+                        on_frame(frame_skip.last_rgb)
+                    total += reward
+                    steps += 1
+                    done = terminated or truncated
+                result = EpisodeResult(total, int(info.get("x_pos", 0)), bool(info.get("flag_get", False)), steps)
+                results.append(result)
+                if on_episode:
+                    on_episode(episode, result)
     finally:
         env.close()
     return results

@@ -90,6 +90,9 @@ class Config:
     stall_steps: int = 0
     """Truncate an episode (training and evaluation) after this many agent steps without a new rightmost
     x_pos (0 = never); a Mario stuck at a pipe otherwise waits out the game clock (~2,400 steps)."""
+    eval_stall_steps: int = 300
+    """The same for evaluation and --play episodes (0 = as stall_steps): a greedy Mario stuck at a pipe for
+    this long stays stuck, so waiting out the game clock would only cost wall time."""
 
     # --- actor -------------------------------------------------------------------------
     epsilon_start: float = 1.0
@@ -256,7 +259,7 @@ class Config:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         non_negative = ("eval_every_episodes", "epsilon_decay_steps", "learning_starts", "checkpoint_every_episodes",
-                        "stall_steps", "max_episodes", "max_steps", "seed", "actor_restarts", "first_actor", "total_actors")
+                        "stall_steps", "eval_stall_steps", "max_episodes", "max_steps", "seed", "actor_restarts", "first_actor", "total_actors")
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")

@@ -4,6 +4,7 @@ Actor-side only: importing this pulls in gym, nes-py and cv2.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import numpy as np
@@ -30,6 +31,18 @@ def make_env(config: Config, seed: int = 0) -> gym.Env:
     env = ShapedReward(env, config.reward_scheme, config.single_life)
     env = GrayResize(env, config.frame_size)
     return FrameStack(env, config.frame_stack)
+
+
+@contextlib.contextmanager
+def evaluation_limits(env: gym.Env, config: Config):
+    """Within the block, episodes of `env` end after config.eval_stall_steps steps without progress (when set)."""
+    limit = find_wrapper(env, TimeLimit)
+    training = limit.stall_steps
+    limit.stall_steps = config.eval_stall_steps or training
+    try:
+        yield
+    finally:
+        limit.stall_steps = training
 
 
 def find_wrapper(env: gym.Env, kind: type):

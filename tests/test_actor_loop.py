@@ -186,3 +186,27 @@ def test_experience_dropped_while_no_replay_server_takes_it_is_counted_and_told(
     assert actor.dropped >= 3000 - 2 * queue > 0       # the queue (both sides of the link) held the rest
     told = [line for line in logs if "is not taking experience" in line]
     assert len(told) == 1 and told[0].startswith(f"the replay server is not taking experience (its queue of {queue} ")
+
+
+def test_evaluations_give_up_after_eval_stall_steps_without_progress(tmp_path):
+    """A greedy Mario that stands still stays still: evaluation (and --play) episodes end after
+    eval_stall_steps without a new rightmost x_pos, while training episodes keep stall_steps (here none)."""
+    standing = build_network(Config(env_id=TEST_ENV_ID))
+    with torch.no_grad():
+        standing.head[2].weight.zero_()
+        standing.head[2].bias.copy_(torch.eye(7)[0])           # always NOOP
+    reported = []
+
+    def stand_in_evaluations(actor):
+        actor.net = standing
+        report = actor.rt.report
+        actor.rt.report = lambda kind, values, text=None: (reported.append(values) if kind == "eval" else None,
+                                                          report(kind, values, text))
+    actor, messages = play(tmp_path, stand_in_evaluations, max_episodes=2, eval_every_episodes=1, eval_stall_steps=5,
+                           epsilon_start=1.0, epsilon_end=1.0)
+    assert [r["steps"] for r in reported] == [5]
+    assert all(m["steps"] != 5 or m["x_pos"] > 0 for m in episodes(messages)), "training episodes are not cut"
+    config = Config(env_id=TEST_ENV_ID, eval_stall_steps=5)
+    assert [r.steps for r in evaluate(standing, config, episodes=1)] == [5]
+    assert [r.steps for r in evaluate(standing, config.replace(eval_stall_steps=0), episodes=1)] == [50], \
+        "without it, standing still runs out the test env's clock"

@@ -115,6 +115,8 @@ def build_parser() -> OneLineParser:
                    help=f"episodes for --play (default {PLAY_EPISODES})")
     p.add_argument("--plot", metavar="RUN_FOLDER", help="write RUN_FOLDER/learning_curve.png (reward and x position "
                    "over env steps, evaluations marked) and exit")
+    p.add_argument("--serial", action="store_true", help="one process, no ZeroMQ: the algorithm read top to bottom, "
+                   "for debugging; slower than the default (launcher/serial.py)")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="set any config field, e.g. --set lr=2.5e-4 (repeatable; list: --help-config)")
     p.add_argument("--help-config", action="store_true", help="list every config field with its default and exit")
@@ -201,9 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     from common.keys import KeysError
     try:
         config = config_from_args(args)
-        keys = check_network(args, config)
+        keys = None if args.serial else check_network(args, config)
     except (ConfigError, KeysError) as exc:
         parser.error(str(exc))
+    if args.serial:
+        return _serial(parser, args, config)
     from launcher.resume import ResumeError, ResumePlan, latest_checkpoint, load_resume_state, plan_resume
     resume_from = args.resume
     if not resume_from and sys.stdin.isatty():
@@ -223,6 +227,21 @@ def main(argv: list[str] | None = None) -> int:
     except StartError as exc:
         parser.error(str(exc))
     return supervisor.run()
+
+
+def _serial(parser: OneLineParser, args: argparse.Namespace, config: Config) -> int:
+    """--serial: actor, replay and learner in this process, no ZeroMQ, no child processes (launcher/serial.py)."""
+    if args.role != "all" or args.resume or config.num_actors > 1:
+        parser.error("--serial runs one actor, the replay and the learner in this process: it takes no --role, "
+                     "--resume or more than one actor")
+    from launcher.serial import run_serial
+    from launcher.supervisor import StartError
+    try:
+        return run_serial(config)
+    except StartError as exc:
+        parser.error(str(exc))
+    except KeyboardInterrupt:       # Ctrl+C before the loop started
+        return 130
 
 
 def _keys(argv: list[str]) -> int:

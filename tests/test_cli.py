@@ -19,7 +19,7 @@ def test_help_documents_every_flag(tmp_path):
                  "--actors", "--base-port", "--set", "--help-config", "--checkpoint-every", "--resume",
                  "--resume-reset-exploration", "--play", "--plot", "--no-video", "--role", "--bind", "--learner",
                  "--replay", "--keys", "--insecure", "--max-minutes", "--curriculum", "--resume-new-env",
-                 "--episodes"):
+                 "--episodes", "--serial"):
         assert flag in result.stdout
 
 

@@ -22,6 +22,16 @@ FAST_TEST_ENV = WITH_VIDEO + ("--no-video",)
 
 
 @pytest.fixture
+def one_torch_thread():
+    """One intra-op thread, as on a loaded 2-core machine; restored afterwards."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def launch(tmp_path):
     runs = []
 

@@ -22,8 +22,8 @@ REPO = Path(__file__).resolve().parent.parent
 SCHEDULING_MARGIN_S = 30.0
 
 
-def process_table() -> dict[int, tuple[int, str]]:
-    """pid -> (ppid, state) for every process, from /proc."""
+def process_table() -> dict[int, tuple[int, str, int]]:
+    """pid -> (ppid, state, process group) for every process, from /proc."""
     table = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -31,7 +31,7 @@ def process_table() -> dict[int, tuple[int, str]]:
         try:
             with open(f"/proc/{entry}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            table[int(entry)] = (int(fields[1]), fields[0])
+            table[int(entry)] = (int(fields[1]), fields[0], int(fields[2]))
         except (OSError, IndexError):
             continue
     return table
@@ -39,18 +39,7 @@ def process_table() -> dict[int, tuple[int, str]]:
 
 def group_alive(group: int) -> set[int]:
     """The processes of process group `group` that exist and are not zombies."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == group and fields[0] != "Z":
-            found.add(int(entry))
-    return found
+    return {pid for pid, (_, state, pgrp) in process_table().items() if pgrp == group and state != "Z"}
 
 
 def alive(pids) -> set[int]:
@@ -127,7 +116,7 @@ class LaunchedRun:
         table = process_table()
         found, frontier = set(), {self.proc.pid}
         while frontier:
-            children = {pid for pid, (ppid, _) in table.items() if ppid in frontier} - found
+            children = {pid for pid, (ppid, _, _) in table.items() if ppid in frontier} - found
             found |= children
             frontier = children
         return found
@@ -137,7 +126,7 @@ class LaunchedRun:
         direct children (a replay snapshot's fork or a window process has the same or a similar name)."""
         table = process_table()
         found = {}
-        for pid in (pid for pid, (ppid, _) in table.items() if ppid == self.proc.pid):
+        for pid in (pid for pid, (ppid, _, _) in table.items() if ppid == self.proc.pid):
             try:
                 with open(f"/proc/{pid}/comm") as f:
                     name = f.read().strip()

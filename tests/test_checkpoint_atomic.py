@@ -251,14 +251,6 @@ def test_the_forked_writer_dies_with_a_killed_server(tmp_path):
 
 # --- learner save/restore ------------------------------------------------------------------------------
 
-@pytest.fixture
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def random_batch(rng, config: Config) -> dict:
     b, s, size = config.batch_size, config.frame_stack, config.frame_size
     return dict(frames=rng.integers(0, 256, (b, 2 * s, size, size), dtype=np.uint8),

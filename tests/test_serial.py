@@ -34,15 +34,6 @@ from tests.harness import REPO
 SERIAL = ("--serial", *FAST_TEST_ENV, "--set", "samples_per_insert=1")
 
 
-@pytest.fixture
-def one_torch_thread():
-    """One intra-op thread, as on a loaded 2-core machine; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def fd_targets(pid: int) -> list[str]:
     """What the process's open file descriptors point at ([] once it is gone)."""
     targets = []

@@ -268,11 +268,11 @@ class Config:
                               f"total_actors={self.total_actors}")
         unit = ("eval_epsilon", "epsilon_start", "epsilon_end", "per_alpha", "per_beta_start", "lr_end_factor", "target_tau",
                 "apex_epsilon")
-        if not 0.0 < self.checkpoint_time_share <= 1.0:
-            raise ConfigError(f"checkpoint_time_share must be above 0 and at most 1, got {self.checkpoint_time_share}")
         for name in unit:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
+        if not 0.0 < self.checkpoint_time_share <= 1.0:
+            raise ConfigError(f"checkpoint_time_share must be above 0 and at most 1, got {self.checkpoint_time_share}")
         if not 0 <= self.max_minutes < float("inf"):
             raise ConfigError(f"max_minutes must not be negative, got {self.max_minutes}")
         if self.acting_precision not in ("auto", "float32", "int8"):

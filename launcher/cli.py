@@ -161,14 +161,14 @@ def check_network(args: argparse.Namespace, config: Config):
     if args.resume and args.role == "actor":
         raise ConfigError("--resume is for the learner side: an actor side continues from the learner it joins")
     binds = args.role != "actor"
-    opens_tcp = binds and not config.ipc_only() and (not is_loopback(config.host) or has_ipc())
-    if opens_tcp and not args.keys and not args.insecure:
-        if is_loopback(config.host):
+    if binds and not config.ipc_only() and not args.keys and not args.insecure:      # TCP ports, no keys
+        if not is_loopback(config.host):
+            raise ConfigError(f"--bind {config.host} listens beyond this machine: create keys with `python launch.py "
+                              "keys DIR` and pass --keys (DIR/learner here, DIR/actor on the actor machines), or pass "
+                              "--insecure to accept anyone who can reach the ports")
+        if has_ipc():      # (where ZeroMQ has no ipc, loopback TCP is the only way)
             raise ConfigError("local_ipc=false opens loopback TCP ports that every user of this machine can reach: "
                               "pass --keys or --insecure (or keep local_ipc on)")
-        raise ConfigError(f"--bind {config.host} listens beyond this machine: create keys with `python launch.py keys "
-                          "DIR` and pass --keys (DIR/learner here, DIR/actor on the actor machines), or pass "
-                          "--insecure to accept anyone who can reach the ports")
     if not args.keys:
         return None
     return load_keys(args.keys, server=binds, client=args.role != "replay")   # a learner connects to its replay

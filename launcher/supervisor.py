@@ -14,11 +14,13 @@ STOP_KILL_S, so everything is gone within 10 s. A second Ctrl+C skips the grace 
 """
 from __future__ import annotations
 
+import errno
 import json
 import multiprocessing as mp
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -95,6 +97,25 @@ def make_run_dir(runs_dir: str) -> str:
     raise StartError(f"cannot create a new run folder in {runs_dir}")
 
 
+def _tcp_in_use(host: str, port: int) -> str:
+    """Why (host, port) cannot be bound ("" if it can)."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as ZeroMQ binds: a just-stopped
+            probe.bind((host, port))                                      # run's TIME_WAIT is no conflict
+    except OSError as exc:
+        return ADDRESS_IN_USE if exc.errno == errno.EADDRINUSE else exc.strerror
+    return ""
+
+
+def _ipc_in_use(path: str) -> str:
+    """ADDRESS_IN_USE if a live socket answers at `path` ("" for none, or a stale file, which ZeroMQ replaces)."""
+    if not os.path.exists(path):
+        return ""
+    with socket.socket(socket.AF_UNIX) as probe:
+        return ADDRESS_IN_USE if probe.connect_ex(path) == 0 else ""
+
+
 class Supervisor:
     def __init__(self, config: Config, resume: ResumePlan | None = None, role: str = "all",
                  keys: CurveKeys | None = None):
@@ -154,25 +175,14 @@ class Supervisor:
     def _check_ports(self) -> None:
         """Every address this launcher's processes will bind is free: else one clear line before starting.
         (ZeroMQ would silently take over a live ipc:// socket file, so those are checked too.)"""
-        import errno
-        import socket
         channels = {"replay": ("replay_in", "replay_sample"), "learner": ("weights",)}
         for role in self.roles:
             for channel in channels.get(role, ()):
                 for address in self.config.bind_addresses(channel):
-                    if address.startswith("tcp://"):
-                        host, port = self.config.bind_endpoint(channel)
-                        try:
-                            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-                                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as ZeroMQ binds: a
-                                probe.bind((host, port))           # just-stopped run's TIME_WAIT is no conflict
-                        except OSError as exc:
-                            reason = ADDRESS_IN_USE if exc.errno == errno.EADDRINUSE else exc.strerror
-                            raise StartError(f"cannot bind {address}: {reason}") from None
-                    elif os.path.exists(address[len("ipc://"):]):
-                        with socket.socket(socket.AF_UNIX) as probe:
-                            if probe.connect_ex(address[len("ipc://"):]) == 0:   # refused: a stale file, replaced
-                                raise StartError(f"cannot bind {address}: {ADDRESS_IN_USE}")
+                    reason = _tcp_in_use(*self.config.bind_endpoint(channel)) if address.startswith("tcp://") \
+                        else _ipc_in_use(address[len("ipc://"):])
+                    if reason:
+                        raise StartError(f"cannot bind {address}: {reason}")
 
     def _check_env(self) -> None:
         from common.envs import level_ids, unknown_env_ids

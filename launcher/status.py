@@ -89,8 +89,10 @@ class RunStatus:
         return int(self.learner.get("updates", 0))
 
     def _update_rates(self) -> None:
-        """Steps/s and updates/s over the last RATE_WINDOW_S seconds (or since the start)."""
-        now, steps, updates = time.monotonic(), self.env_steps, self.updates
+        """Steps/s and updates/s over the last RATE_WINDOW_S seconds (or since the start). Until a process
+        has reported, its count reads 0: a resumed run's counts never fall below where it resumed."""
+        now = time.monotonic()
+        steps, updates = max(self.env_steps, self._rate_origin[0]), max(self.updates, self._rate_origin[1])
         marks = self._rate_marks
         marks.append((now, steps, updates))
         while len(marks) > 2 and now - marks[1][0] >= RATE_WINDOW_S:

@@ -65,3 +65,21 @@ def test_the_last_line_gives_the_sessions_average_rates(monkeypatch):
     clock[0] += 5
     assert "steps 9,000 (138/s) | episodes 0 | updates 1,700 (18.5/s)" in run.line(whole_run=True)
     assert "steps 9,000 (75/s)" in run.line(), "the window's rate, for comparison"
+
+
+def test_a_resumed_runs_lines_before_the_first_reports_read_no_spike(monkeypatch):
+    """While a resumed run starts, lines are drawn before any process has reported (its counts read 0);
+    the first reports then bring the restored counts back, which is no progress: the rates stay this
+    session's (they once read 97,587 steps/s and 12,099 updates/s)."""
+    clock = [1000.0]
+    monkeypatch.setattr(status.time, "monotonic", lambda: clock[0])
+    run = RunStatus(replay_capacity=100, before={"episodes": 5_893, "env_steps": 1_000_000, "updates": 124_000})
+    for second in range(1, 30):
+        clock[0] = 1000.0 + second
+        if second > 10:                        # the processes report from here on
+            run.on_report({"role": "learner", "index": 0, "kind": "progress",
+                           "values": {"updates": 124_000 + 10 * (second - 10)}})
+            run.on_report({"role": "actor", "index": 0, "kind": "progress",
+                           "values": {"steps": 1_000_000 + 100 * (second - 10), "session_steps": 100 * (second - 10)}})
+        run.line()
+        assert run.rates[0] <= 110 and run.rates[1] <= 11, (second, run.rates)

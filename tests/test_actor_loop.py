@@ -144,13 +144,15 @@ def test_weights_from_the_learners_socket_replace_the_policy_the_env_thread_acts
 def test_a_role_runtime_built_here_leaves_the_process_hooks_as_they_were():
     """RoleRuntime ignores SIGINT and takes SIGTERM and threading.excepthook (right in a role process);
     kept_process_hooks, which the keep_process_hooks fixture uses, puts them back."""
-    before = process_hooks()
-    with kept_process_hooks():
-        runtime = RoleRuntime("actor", 0, Config(env_id=TEST_ENV_ID), StopAtCap(), os.getppid())
-        runtime.close()
-        assert process_hooks()[0] == signal.SIG_IGN
-        assert all(now != then for now, then in zip(process_hooks(), before)), "nothing to restore"
-    assert process_hooks() == before
+    with kept_process_hooks():         # whatever the suite runs with comes back at the end
+        signal.signal(signal.SIGINT, signal.default_int_handler)     # (a background job starts with SIGINT ignored)
+        before = process_hooks()
+        with kept_process_hooks():
+            runtime = RoleRuntime("actor", 0, Config(env_id=TEST_ENV_ID), StopAtCap(), os.getppid())
+            runtime.close()
+            assert process_hooks()[0] == signal.SIG_IGN
+            assert all(now != then for now, then in zip(process_hooks(), before)), "nothing to restore"
+        assert process_hooks() == before
 
 
 def test_the_best_evaluations_network_is_kept_and_replays_that_evaluation(tmp_path):

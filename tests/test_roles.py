@@ -92,6 +92,9 @@ def test_a_killed_actor_is_restarted_and_nothing_else_is(launch):
     run.wait_for_updates(5)
     run.wait_for(lambda: {"replay", "learner", "actor-0", "actor-1"} <= set(run.role_pids()), 30, "all processes")
     before = run.role_pids()
+    # What the killed process wrote to TensorBoard is compared below: wait until some of it is on disk (its
+    # writer flushes every 10 events; a SIGKILL loses the rest, and on a loaded machine that was everything).
+    run.wait_for(lambda: _episode_steps(run, "actor1"), 60, "actor-1's first TensorBoard episodes on disk")
     stored, played = run.status_value("replay"), run.status_value("steps")
     os.kill(before["actor-1"], signal.SIGKILL)
     run.wait_for(lambda: "actor-1 exited unexpectedly (killed by SIGKILL); restarting it (1 of 3)" in run.output(),
@@ -111,15 +114,22 @@ def test_a_killed_actor_is_restarted_and_nothing_else_is(launch):
     # The restarted actor-1 went on counting its steps (its epsilon schedule with them): its TensorBoard
     # file starts where the killed process's file ended, give or take the steps whose report was still
     # in the killed process's socket queue (a SIGKILL loses them; CI once saw 12 of 4,433 recounted).
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    spans = []
-    for events in sorted(run.run_dir.glob("events.out.tfevents.*.actor1"), key=lambda p: p.stat().st_mtime):
-        accumulator = EventAccumulator(str(events))
-        accumulator.Reload()
-        steps = [e.step for e in accumulator.Scalars("Episode/Reward")]
-        spans.append((steps[0], steps[-1]))
+    spans = [(steps[0], steps[-1]) for steps in _episode_steps(run, "actor1")]
     assert len(spans) == 2, spans
     assert spans[0][1] > 0 and spans[1][0] >= 0.9 * spans[0][1], spans
+
+
+def _episode_steps(run, process: str) -> list[list[int]]:
+    """The steps of each of a process's TensorBoard files' Episode/Reward scalars, oldest file first; files
+    without any yet are left out."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    found = []
+    for events in sorted(run.run_dir.glob(f"events.out.tfevents.*.{process}"), key=lambda p: p.stat().st_mtime):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        if "Episode/Reward" in accumulator.Tags()["scalars"]:
+            found.append([e.step for e in accumulator.Scalars("Episode/Reward")])
+    return found
 
 
 def test_an_actor_side_without_learner_address_plays_against_this_machine(launch):

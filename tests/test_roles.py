@@ -104,6 +104,9 @@ def test_a_killed_actor_is_restarted_and_nothing_else_is(launch):
     assert {k: after[k] for k in ("replay", "learner", "actor-0")} == \
         {k: before[k] for k in ("replay", "learner", "actor-0")}, "nothing else restarted"
     run.wait_for(lambda: run.status_value("steps") > played + 2000, 60, "the actors playing on")
+    restarted_from = sum(", Actor: 1," in line for line in run.log_lines())     # (the killed one's included)
+    run.wait_for(lambda: sum(", Actor: 1," in line for line in run.log_lines()) >= restarted_from + 5, 60,
+                 "episodes of the restarted actor-1")     # on a loaded machine it starts slowly
     run.interrupt()
     assert run.wait(10) == 130, run.output()
     summary = run.summary()

@@ -53,6 +53,9 @@ def frames_per_message(batch_size: int, frame_stack: int, frame_size: int, max_m
     return (max(0, max_message_bytes - 64 * 1024) // per_transition) // batch_size * batch_size
 
 
+REWARD_SCHEMES = ("original", "flag_unclipped", "progress")
+
+
 class ConfigError(ValueError):
     """A config value that cannot be used; the message is one line, fit for the user."""
 
@@ -75,7 +78,8 @@ class Config:
     """Size of the action set; 0 = that of action_set (checked against the env at start)."""
     reward_scheme: str = "original"
     """original: env reward +1 forward, -1 back, -50 death, +1000 flag; progress (the original's later
-    scheme): +0.1 per x_pos gained, -50 per life lost, +2000 flag. Both then /10, clipped to [-1, 1]."""
+    scheme): +0.1 per x_pos gained, -50 per life lost, +2000 flag. Both then /10, clipped to [-1, 1].
+    flag_unclipped: original, but the flag's +1000/10 is added after the clip (the flag is worth 100, not 1)."""
     single_life: bool = False
     """End the episode when a life is lost (for multi-life envs such as SuperMarioBros-v0)."""
     level_mode: str = "sample"
@@ -296,8 +300,8 @@ class Config:
         for name in ("lr", "adam_eps", "grad_clip_norm", "per_eps", "report_interval_s"):
             if not 0 < getattr(self, name) < float("inf"):
                 raise ConfigError(f"{name} must be positive and finite, got {getattr(self, name)}")
-        if self.reward_scheme not in ("original", "progress"):
-            raise ConfigError(f"reward_scheme must be original or progress, got {self.reward_scheme!r}")
+        if self.reward_scheme not in REWARD_SCHEMES:
+            raise ConfigError(f"reward_scheme must be one of {', '.join(REWARD_SCHEMES)}, got {self.reward_scheme!r}")
         if self.device not in ("auto", "cpu", "cuda", "mps"):
             raise ConfigError(f"device must be one of auto, cpu, cuda, mps, got {self.device!r}")
         if not 1 <= self.base_port <= 65_533:

@@ -19,21 +19,24 @@ FLAG_BONUS = 1000.0
 REWARD_SCALE = 10.0
 
 
-def shape_reward(env_reward: float, x_pos: int, prev_x_pos: int, terminated: bool, flag_get: bool) -> float:
+def shape_reward(env_reward: float, x_pos: int, prev_x_pos: int, terminated: bool, flag_get: bool,
+                 clip_flag: bool = True) -> float:
     """The original trainer's shaping: +1 forward, -1 backward, -50 death, +1000 flag, /10, clip [-1, 1].
 
-    The terms are added to the emulator's own reward, as the original did.
+    The terms are added to the emulator's own reward, as the original did. With clip_flag false the
+    flag's +1000 / 10 is added after the clip: finishing is then worth 100, not 1 (one running step's worth).
     """
     reward = float(env_reward)
     if x_pos > prev_x_pos:
         reward += PROGRESS_BONUS
     elif x_pos < prev_x_pos:
         reward += REGRESS_PENALTY
-    if flag_get:
+    if flag_get and clip_flag:
         reward += FLAG_BONUS
-    elif terminated:
+    elif terminated and not flag_get:
         reward += DEATH_PENALTY
-    return float(np.clip(reward / REWARD_SCALE, -1.0, 1.0))
+    shaped = float(np.clip(reward / REWARD_SCALE, -1.0, 1.0))
+    return shaped if clip_flag or not flag_get else shaped + FLAG_BONUS / REWARD_SCALE
 
 
 def contiguous_rgb(frame: np.ndarray) -> np.ndarray:
@@ -92,7 +95,7 @@ def shape_progress_reward(x_pos: int, prev_x_pos: int, life_lost: bool, flag_get
 
 
 class ShapedReward(gym.Wrapper):
-    """Replace the env's reward by a shaped one ("original" or "progress", see common/config.py).
+    """Replace the env's reward by a shaped one ("original", "flag_unclipped" or "progress", see common/config.py).
 
     With single_life, losing a life ends the episode (terminated), as dying does on one-level envs."""
 
@@ -118,7 +121,8 @@ class ShapedReward(gym.Wrapper):
         if self.scheme == "progress":
             shaped = shape_progress_reward(x_pos, self._prev_x, life_lost or (terminated and not flag), flag)
         else:
-            shaped = shape_reward(reward, x_pos, self._prev_x, terminated or (self.single_life and life_lost), flag)
+            shaped = shape_reward(reward, x_pos, self._prev_x, terminated or (self.single_life and life_lost), flag,
+                                  clip_flag=self.scheme != "flag_unclipped")
         if self.single_life and life_lost:
             terminated = True
         self._prev_x, self._lives = x_pos, lives

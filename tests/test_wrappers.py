@@ -76,6 +76,31 @@ def test_shape_reward_table(env_reward, x, prev, terminated, flag, expected):
     assert value == pytest.approx(expected, abs=1e-12)
 
 
+@pytest.mark.parametrize("env_reward,x,prev,terminated,flag,expected", [
+    (-995.0, 10, 10, True, True, 100.0 - 1.0),   # flag: the -995 is clipped to -1, then +100
+    (4.0, 60, 56, True, True, 100.5),            # the test env's flag step: (4 + 1) / 10 + 100
+    (0.0, 60, 60, False, True, 100.0),           # flag counts even without terminated, no death penalty
+    (45.0, 10, 10, True, False, -0.5),           # everything but the flag is as in the original
+    (15.0, 30, 10, False, False, 1.0),
+    (0.0, 10, 10, True, False, -1.0),
+])
+def test_flag_unclipped_adds_the_flag_bonus_after_the_clip(env_reward, x, prev, terminated, flag, expected):
+    """flag_unclipped: the flag's +1000 / 10 bypasses the clip, so finishing is worth 100 rather than 1."""
+    assert shape_reward(env_reward, x, prev, terminated, flag, clip_flag=False) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("scheme,flag_reward", [("original", 1.0), ("flag_unclipped", 100.5)])
+def test_the_reward_scheme_reaches_the_shaping(scheme, flag_reward):
+    """make_env hands config.reward_scheme to ShapedReward, and ShapedReward shapes the flag step by it."""
+    env = make_env(Config(env_id=TEST_ENV, reward_scheme=scheme), seed=0)
+    assert find_wrapper(env, ShapedReward).scheme == scheme
+    env.close()
+    flag_step = (rgb(1), 4.0, True, False, {"x_pos": 60, "flag_get": True})
+    env = ShapedReward(ScriptedEnv([flag_step], rgb(0), {"x_pos": 56}), scheme)
+    env.reset()
+    assert env.step(0)[1] == pytest.approx(flag_reward)
+
+
 # --- FrameSkip ---------------------------------------------------------------------------------------
 
 def test_frame_skip_repeats_action_and_sums_rewards():

@@ -1,12 +1,15 @@
 """Checkpoints: replay snapshot write/read seconds and bytes per stored transition (84x84, stack 4), the
-time start_snapshot's fork blocks the server, and the learner checkpoint's size and save/load seconds.
-Checks the requirement that a replay snapshot takes at most 8192 bytes per stored transition."""
+time start_snapshot's fork blocks the server, how far apart checkpoint_time_share then spaces periodic
+checkpoints, and the learner checkpoint's size and save/load seconds. Checks the requirement that a
+replay snapshot takes at most 8192 bytes per stored transition. --capacity 1000000 needs about 9 GB of
+memory and disk (the buffer is freed before it is read back)."""
 from __future__ import annotations
 
 import os
 import sys
 import tempfile
 import time
+from functools import partial
 
 import numpy as np
 import torch
@@ -57,21 +60,14 @@ def bench_replay(capacity: int, folder: str) -> bool:
     counters = {"episodes": 100, "env_steps": buffer.inserted}
     path = os.path.join(folder, "replay.npz")
 
-    write_s, _ = timed(lambda: write_snapshot(buffer, counters, path))
+    write_s, _ = timed(partial(write_snapshot, buffer, counters, path))
     size = os.path.getsize(path)
     per_transition = size / len(buffer)
-    restored = new_buffer()
-    read_s, _ = timed(lambda: read_snapshot(path, restored))
-    assert restored.content_hash() == buffer.content_hash(), "the snapshot did not read back identical"
-    del restored
-    os.remove(path)
-    print(f"replay snapshot: {len(buffer):,} transitions, {size / 1e6:.1f} MB, write {write_s:.2f} s, "
-          f"read {read_s:.2f} s ({size / 1e6 / write_s:.0f} / {size / 1e6 / read_s:.0f} MB/s)")
     print(f"replay snapshot: {per_transition:.0f} bytes per stored transition "
           f"(in memory {buffer.nbytes() / capacity:.0f} bytes/transition)")
 
     forked_path = os.path.join(folder, "replay_forked.npz")
-    fork_s, pid = timed(lambda: start_snapshot(buffer, counters, forked_path))
+    fork_s, pid = timed(partial(start_snapshot, buffer, counters, forked_path))
     child_start = time.perf_counter()
     if pid is not None:
         _, status = os.waitpid(pid, 0)
@@ -81,6 +77,19 @@ def bench_replay(capacity: int, folder: str) -> bool:
           f"child wrote the file in {child_s:.2f} s more" if pid is not None
           else f"start_snapshot: no fork here, written synchronously in {fork_s:.2f} s")
     os.remove(forked_path)
+    share = Config().checkpoint_time_share
+    print(f"checkpoint_time_share {share:.0%}: the learner waits for the forked snapshot ({child_s:.1f} s), so "
+          f"periodic checkpoints come no more often than every {child_s / share / 60:.1f} min at this size")
+
+    expected, length = buffer.content_hash(), len(buffer)
+    del buffer                                              # read back into a fresh buffer, not beside this one
+    restored = new_buffer()
+    read_s, _ = timed(partial(read_snapshot, path, restored))
+    assert restored.content_hash() == expected, "the snapshot did not read back identical"
+    del restored
+    os.remove(path)
+    print(f"replay snapshot: {length:,} transitions, {size / 1e6:.1f} MB, write {write_s:.2f} s, "
+          f"read {read_s:.2f} s ({size / 1e6 / write_s:.0f} / {size / 1e6 / read_s:.0f} MB/s)")
 
     ok = per_transition <= MAX_SNAPSHOT_BYTES_PER_TRANSITION
     print(f"{'PASS' if ok else 'FAIL'}: replay snapshot {per_transition:.0f} bytes per stored transition "
@@ -108,8 +117,12 @@ def bench_learner(folder: str, repeats: int) -> None:
 
 
 def main() -> None:
-    args = parser(__doc__).parse_args()
-    capacity = 5_000 if args.smoke else 100_000
+    p = parser(__doc__)
+    p.add_argument("--capacity", type=int, default=100_000, help="replay transitions (default 100000)")
+    args = p.parse_args()
+    if args.capacity < 1_000:
+        p.error("--capacity must be at least 1000")
+    capacity = 5_000 if args.smoke else args.capacity
     print(f"machine: {machine()}; capacity {capacity:,}, {FRAME_SIZE}x{FRAME_SIZE} frames, stack {FRAME_STACK}")
     with tempfile.TemporaryDirectory(prefix="bench_checkpoint_", dir="/tmp") as folder:
         ok = bench_replay(capacity, folder)

@@ -56,7 +56,7 @@ def find_wrapper(env: gym.Env, kind: type):
 
 def _make_raw(env_id: str, action_set: str = "simple") -> gym.Env:
     if env_id == TEST_ENV_ID:
-        from common.test_env import CorridorEnv
+        from common.toy_level import CorridorEnv
         return CorridorEnv()
     import gym_super_mario_bros
     from gym_super_mario_bros import actions

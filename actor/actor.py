@@ -1,6 +1,6 @@
 """The actor process: plays Mario epsilon-greedily, streams transitions, picks up new weights.
 
-Sockets (addresses from the config):
+Sockets (addresses from the config, types and options from common/topology.py):
 - replay_in, PUSH (connects): "transitions" chunks (every `chunk_size` steps and at episode end)
   and one "episode" message per finished episode.
 - weights, SUB with CONFLATE (connects): only the newest "weights" message is kept; the actor
@@ -36,6 +36,7 @@ from common.metrics import Metrics
 from common.network import build_network, greedy_action, network_from_arrays
 from common.protocol import ProtocolError, decode, encode
 from common.runtime import RoleRuntime
+from common.topology import connect_socket
 from common.wrappers import FrameSkip
 
 
@@ -58,10 +59,8 @@ class Actor:
         self.policy = make_policy(self.net, self.precision)
         self.stepper = EnvThread(self.env, self._greedy, self.frame_skip)
         self.rng = np.random.default_rng(self.seed)
-        self.push = runtime.transport.socket(zmq.PUSH, connect=c.connect_address("replay_in"),
-                                             hwm=c.actor_queue_chunks(), link="replay-in")
-        self.sub = runtime.transport.socket(zmq.SUB, connect=c.connect_address("weights"), conflate=True,
-                                            subscribe=True, link="weights")
+        self.push = connect_socket(runtime.transport, c, "replay_in")
+        self.sub = connect_socket(runtime.transport, c, "weights")
         self.chunk = ChunkBuilder(c.frame_stack, c.n_step, c.gamma)
         self.window = self._open_window()
         self.run_video, self.episode_video = self._open_recorders(run_dir)

@@ -15,6 +15,8 @@ import os
 import tempfile
 from dataclasses import dataclass, fields
 
+from common.topology import CHANNELS
+
 ACTION_SETS = {"simple": 7, "right_only": 5, "complex": 12}
 """Actions in each joypad action set (gym_super_mario_bros.actions; the learner does not import it)."""
 TEST_ENV_ID = "MarioApexTest-v0"
@@ -24,8 +26,8 @@ MAX_N_STEP = 16
 """Largest n_step; bounds how many context frames a transitions chunk may carry."""
 
 
-PORT_OFFSETS = {"replay_in": 0, "replay_sample": 1, "weights": 2}
-"""Channel ports relative to base_port."""
+PORT_OFFSETS = {name: ch.port_offset for name, ch in CHANNELS.items() if ch.port_offset is not None}
+"""Networked channels' ports relative to base_port, from the channel table in common/topology.py."""
 LOCAL_FOR_ANY = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 """Bound to every interface: this machine's own roles connect over loopback."""
 LOOPBACK = ("localhost", "::1")
@@ -337,8 +339,7 @@ class Config:
 
     # --- addresses -----------------------------------------------------------------------
     def bind_endpoint(self, channel: str) -> tuple[str, int]:
-        """(host, port) where this machine's replay server ('replay_in', 'replay_sample') or learner
-        ('weights') binds."""
+        """(host, port) where this machine's binder of a networked channel binds (common/topology.py)."""
         return self.host, self.base_port + PORT_OFFSETS[channel]
 
     def bind_address(self, channel: str) -> str:
@@ -363,8 +364,7 @@ class Config:
     def connect_address(self, channel: str) -> str:
         """Where a role connects to reach a channel: on the machine given by --learner / --replay
         (tcp; ipc for a loopback one), or on this machine (ipc, or tcp to the own bind address without local_ipc)."""
-        remote = {"replay_in": self.replay_address or self.learner_address, "replay_sample": self.replay_address,
-                  "weights": self.learner_address}[channel]
+        remote = next((getattr(self, f) for f in CHANNELS[channel].remote if getattr(self, f)), "")
         if remote:
             host, port = parse_endpoint(remote, self.base_port, channel)
             if self.local_ipc and is_loopback(host) and has_ipc():     # another launcher on this machine

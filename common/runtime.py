@@ -20,6 +20,7 @@ import zmq
 from common.config import Config
 from common.keys import CurveKeys
 from common.protocol import encode
+from common.topology import connect_socket
 from common.transport import Transport, TransportError
 
 REFUSAL_LOG_S = 30.0
@@ -43,7 +44,7 @@ class RoleRuntime:
         signal.signal(signal.SIGTERM, self._on_sigterm)
         threading.excepthook = self._on_thread_error
         self.transport = Transport(config.max_message_bytes, CurveKeys.from_dict(keys))
-        self._reports = self.transport.socket(zmq.PUSH, connect=reports_address, hwm=10_000)
+        self._reports = connect_socket(self.transport, config, "reports", reports_address)
         self._last_progress = 0.0
         self._refusals: dict[str, tuple[float, int]] = {}    # link -> (last logged, refusals since)
 

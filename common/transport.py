@@ -80,10 +80,11 @@ class Transport:
 
     def socket(self, kind: int, *, bind: str | list[str] | None = None, connect: str | None = None,
                hwm: int | None = None, conflate: bool = False, subscribe: bool = False,
-               link: str | None = None) -> zmq.Socket:
+               options: tuple[tuple[int, int | bytes], ...] = (), link: str | None = None) -> zmq.Socket:
         """A configured socket, bound or connected. `link` names a channel between roles (possibly
         between machines): such a socket uses the Curve keys, if any, and is monitored. `bind` may
-        list several addresses (tcp for other machines, ipc for this one)."""
+        list several addresses (tcp for other machines, ipc for this one). `options` are set in order,
+        before bind and connect (CONFLATE must be); common/topology.py gives each channel's."""
         binds = [bind] if isinstance(bind, str) else list(bind or [])
         sock = self.context.socket(kind)
         sock.setsockopt(zmq.LINGER, LINGER_MS)
@@ -95,6 +96,8 @@ class Transport:
             sock.setsockopt(zmq.CONFLATE, 1)
         if subscribe:
             sock.setsockopt(zmq.SUBSCRIBE, b"")
+        for option, value in options:
+            sock.setsockopt(option, value)
         self._sockets.append(sock)
         if link is not None:
             if self.keys is not None:

@@ -33,6 +33,7 @@ from common.keys import CurveKeys
 from common.log_limit import LogLimit
 from common.protocol import ProtocolError, check_report, decode
 from common.runtime import process_name, run_role
+from common.topology import bind_socket, bound_by
 from common.transport import ADDRESS_IN_USE, Transport, TransportError
 from launcher.console import Console
 from launcher.episode_log import EpisodeLog
@@ -151,12 +152,12 @@ class Supervisor:
         removed in _finish), so no one else on the machine can send this launcher reports. Where
         ZeroMQ has no ipc, a loopback port the system picks (reachable by every local user)."""
         if not zmq.has("ipc"):
-            sock = self.transport.socket(zmq.PULL, bind="tcp://127.0.0.1:*", hwm=100_000)
+            sock = bind_socket(self.transport, self.config, "reports", "tcp://127.0.0.1:*")
             return sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._reports_dir = tempfile.mkdtemp(prefix="mario-apex-reports-")
         address = f"ipc://{os.path.join(self._reports_dir, 'reports')}"
         try:
-            return self.transport.socket(zmq.PULL, bind=address, hwm=100_000), address
+            return bind_socket(self.transport, self.config, "reports", address), address
         except TransportError as exc:        # e.g. a TMPDIR too long for a socket path
             shutil.rmtree(self._reports_dir, ignore_errors=True)
             raise StartError(f"{exc} (the launcher's report socket; try a shorter TMPDIR)") from None
@@ -175,9 +176,8 @@ class Supervisor:
     def _check_ports(self) -> None:
         """Every address this launcher's processes will bind is free: else one clear line before starting.
         (ZeroMQ would silently take over a live ipc:// socket file, so those are checked too.)"""
-        channels = {"replay": ("replay_in", "replay_sample"), "learner": ("weights",)}
         for role in self.roles:
-            for channel in channels.get(role, ()):
+            for channel in bound_by(role):
                 for address in self.config.bind_addresses(channel):
                     reason = _tcp_in_use(*self.config.bind_endpoint(channel)) if address.startswith("tcp://") \
                         else _ipc_in_use(address[len("ipc://"):])

@@ -1,6 +1,6 @@
 """The learner process: pulls prioritized batches, trains, returns priorities, publishes weights.
 
-Sockets (addresses from the config):
+Sockets (addresses from the config, types and options from common/topology.py):
 - replay_sample, DEALER (connects): keeps `prefetch_batches` "sample" requests in flight so the
   next batches are on their way while these train; their priorities go without waiting, on the
   next request. Small batches come several per request, and on the replay server's machine their
@@ -26,6 +26,7 @@ from common.metrics import Metrics
 from common.network import weights_to_arrays
 from common.protocol import ProtocolError, decode_parts, encode
 from common.runtime import RoleRuntime
+from common.topology import bind_socket, connect_socket
 from learner.replay_batches import ReplayBatches
 from learner.device import pick_device
 from learner.learning import DQNLearner
@@ -51,9 +52,8 @@ class LearnerService:
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, (os.cpu_count() or 2) - c.num_actors))
         self.learner = DQNLearner(c, self.device)
-        self.dealer = runtime.transport.socket(zmq.DEALER, connect=c.connect_address("replay_sample"), hwm=100,
-                                               link="replay-sample")
-        self.pub = runtime.transport.socket(zmq.PUB, bind=c.bind_addresses("weights"), hwm=2, link="weights")
+        self.dealer = connect_socket(runtime.transport, c, "replay_sample")
+        self.pub = bind_socket(runtime.transport, c, "weights")
         local = c.connect_address("replay_sample").startswith("ipc://")
         self.batches = ReplayBatches(c.batch_size, c.transitions_per_request, c.frame_stack, c.frame_size,
                                      c.shared_frames and local, runtime.log, seed=c.seed,

@@ -1,6 +1,6 @@
 """The replay server process: stores actors' transitions, serves prioritized batches to the learner.
 
-Sockets (addresses from the config):
+Sockets (addresses from the config, types and options from common/topology.py):
 - replay_in, PULL (bound): actors push "transitions" chunks and "episode" results.
 - replay_sample, ROUTER (bound): the learner's DEALER sends "sample" (answered with "batch", or with
   "batch_shared" for a learner on this machine that maps the frame ring: "attach_frames" tells it
@@ -28,6 +28,7 @@ from common.config import MAX_SAMPLE_BATCH, frames_per_message
 from common.log_limit import LogLimit
 from common.protocol import ProtocolError, decode, encode, encode_parts
 from common.runtime import RoleRuntime
+from common.topology import bind_socket
 from common.transport import SETTLED_S
 from replay_server.buffer import ChunkError, PrioritizedReplay
 from replay_server.rate_limit import RateLimiter
@@ -50,11 +51,8 @@ class ReplayServer:
         self.rng = np.random.default_rng(c.seed + 10_000)
         self.limiter = RateLimiter(c.learning_starts, c.samples_per_insert, c.spi_tolerance,
                                    c.actors_wait_for_learner)
-        self.pull = runtime.transport.socket(zmq.PULL, bind=c.bind_addresses("replay_in"), hwm=c.actor_queue_chunks(),
-                                             link="replay-in")
-        self.router = runtime.transport.socket(zmq.ROUTER, bind=c.bind_addresses("replay_sample"), hwm=100,
-                                               link="replay-sample")
-        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)    # a reply to a gone peer raises (counted), not vanishes
+        self.pull = bind_socket(runtime.transport, c, "replay_in")
+        self.router = bind_socket(runtime.transport, c, "replay_sample")    # ROUTER_MANDATORY (topology): see _send
         self.pending: deque[tuple[bytes, int, float, bool]] = deque()   # the oldest go first
         self.counters = {"episodes": 0, "env_steps": 0, "sampled": 0, "dropped": 0, "batches": 0, "undeliverable": 0}
         self.best_reward = float("-inf")

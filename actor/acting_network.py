@@ -8,6 +8,7 @@ only) and the convolutions in bfloat16, the cold batch-1 forward takes about a t
 episodes use the float32 network. Int8 actors with a float learner are ActorQ's recipe (Krishnan et
 al., "QuaRL", TMLR 2022), where they left the learned policies' rewards unchanged.
 """
+
 from __future__ import annotations
 
 import time
@@ -44,12 +45,18 @@ class Int8Policy:
         layout = [type(m) for m in (*net.features, *net.head)]
         convs = [m for m in net.features if isinstance(m, nn.Conv2d)]
         expected = [nn.Conv2d, nn.ReLU] * len(convs) + [nn.Flatten, nn.Linear, nn.ReLU, nn.Linear]
-        if layout != expected or any(c.groups != 1 or c.dilation != (1, 1) or c.padding_mode != "zeros"
-                                     for c in convs):
+        if layout != expected or any(c.groups != 1 or c.dilation != (1, 1) or c.padding_mode != "zeros" for c in convs):
             raise ValueError("the int8 policy supports QNetwork's layout only")
         fc1, fc2 = net.head[0], net.head[2]
-        self.convs = [((c.weight.detach() / 255.0 if i == 0 else c.weight.detach()).to(bf16),
-                       c.bias.detach().to(bf16), c.stride, c.padding) for i, c in enumerate(convs)]
+        self.convs = [
+            (
+                (c.weight.detach() / 255.0 if i == 0 else c.weight.detach()).to(bf16),
+                c.bias.detach().to(bf16),
+                c.stride,
+                c.padding,
+            )
+            for i, c in enumerate(convs)
+        ]
         self.fc1_weight, scale = quantize_rows(fc1.weight.detach())
         self.fc1_scale, self.fc1_bias = scale.to(bf16), fc1.bias.detach().to(bf16)
         self.fc2_weight, self.fc2_bias = fc2.weight.detach().clone(), fc2.bias.detach().clone()

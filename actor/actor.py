@@ -11,6 +11,7 @@ It reports each episode to the launcher (which writes log.txt) and writes Tensor
 The emulator and the network's forward run in an env thread (actor/env_thread.py) while the main
 thread does everything else.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,7 +46,7 @@ class Actor:
         self.rt = runtime
         c = self.config = runtime.config
         self.index = runtime.index
-        self.restarts = int(runtime.resume.get("restarts", 0))     # times the launcher restarted this actor
+        self.restarts = int(runtime.resume.get("restarts", 0))  # times the launcher restarted this actor
         self.seed = actor_seed(c.seed, c.run_actor(self.index), self.restarts)
         self.env = make_env(c, seed=self.seed)
         if self.env.action_space.n != c.num_actions:
@@ -67,16 +68,16 @@ class Actor:
         self.metrics = Metrics(run_dir, f".actor{self.index}", runtime.log)
         self.best_eval = BestEval(run_dir, c, runtime.log)
         resume = runtime.resume
-        self.steps = int(resume.get("steps", 0))        # this actor's env steps over the whole run
-        self.session_steps = int(resume.get("session_steps", 0))    # ... since this launch (what limits count)
-        self.joining = bool(resume.get("join"))    # an actor side of its own: continue the run's exploration
-        reset = resume.get("reset_epsilon")          # --resume-reset-exploration: decay again from here
+        self.steps = int(resume.get("steps", 0))  # this actor's env steps over the whole run
+        self.session_steps = int(resume.get("session_steps", 0))  # ... since this launch (what limits count)
+        self.joining = bool(resume.get("join"))  # an actor side of its own: continue the run's exploration
+        reset = resume.get("reset_epsilon")  # --resume-reset-exploration: decay again from here
         self.epsilon_origin = 0 if reset is None else int(resume.get("epsilon_origin", self.steps))
         self.epsilon_start = c.epsilon_start if reset is None else reset
-        self.episodes = int(resume.get("episodes", 0))     # this launch's, continued over a restart
+        self.episodes = int(resume.get("episodes", 0))  # this launch's, continued over a restart
         self.learner_stopped = False
         self.weights_version = 0
-        self.weights_updates = 0     # learner updates behind the weights in use (0 = initial)
+        self.weights_updates = 0  # learner updates behind the weights in use (0 = initial)
         self.dropped = 0
         self._drop_log = LogLimit()
         self.step_cap = math.ceil(c.max_steps / c.num_actors) if c.max_steps else 0
@@ -89,8 +90,8 @@ class Actor:
         try:
             levels = find_wrapper(self.env, LevelSampler)
         except LookupError:
-            return None       # one level: nothing to move on to
-        levels.index = min(int(self.rt.resume.get("level", 0)), len(levels.levels) - 1)    # after a restart
+            return None  # one level: nothing to move on to
+        levels.index = min(int(self.rt.resume.get("level", 0)), len(levels.levels) - 1)  # after a restart
         return Curriculum(levels, c.curriculum_threshold, c.curriculum_window)
 
     def _open_window(self) -> LiveWindow | None:
@@ -108,7 +109,7 @@ class Actor:
         if not self.config.record_video:
             return None, None
         height, width = self.frame_skip.env.observation_space.shape[:2]
-        fps = 60.0 / self.config.frame_skip          # one frame per agent step plays at the game's speed
+        fps = 60.0 / self.config.frame_skip  # one frame per agent step plays at the game's speed
         run_video = None
         try:
             if self.index == 0:
@@ -141,10 +142,10 @@ class Actor:
         always has the next step queued; this thread does the bookkeeping (chunks, sends, window,
         video, weights) meanwhile, so the emulator does not wait for it."""
         self._session_started = time.monotonic()
-        steps_at_start = self.session_steps     # a restarted process continues the count, not the clock
+        steps_at_start = self.session_steps  # a restarted process continues the count, not the clock
         self._reset()
         episode_reward, episode_steps = 0.0, 0
-        started, steps_at_report = self._session_started, steps_at_start    # for the steps/s figure
+        started, steps_at_report = self._session_started, steps_at_start  # for the steps/s figure
         self._submit_ahead()
         while self.stepper.in_flight:
             step = self.stepper.result()
@@ -152,7 +153,7 @@ class Actor:
             self.steps += 1
             self.session_steps += 1
             if not done:
-                self._submit_ahead()          # first: the env thread must never wait for what follows
+                self._submit_ahead()  # first: the env thread must never wait for what follows
             self._poll_weights()
             self.chunk.add(step.obs[-1], step.action, step.reward, step.terminated, step.truncated)
             episode_reward += step.reward
@@ -161,7 +162,7 @@ class Actor:
             if done or len(self.chunk) >= self.config.chunk_size:
                 self._send(encode("transitions", actor=self.index, **self.chunk.take()))
             if done:
-                self.stepper.drain()      # steps queued behind the episode's end: not played
+                self.stepper.drain()  # steps queued behind the episode's end: not played
                 self._finish_episode(episode_reward, episode_steps, step.info, self.epsilon())
                 if self._evaluation_due():
                     self._evaluate()
@@ -175,15 +176,15 @@ class Actor:
                 started, steps_at_report = now, self.session_steps
                 self.metrics.scalar("Actor/StepsPerSec", rate, self.steps)
                 self._report_progress(rate, self.epsilon())
-        self.chunk.flush_pending()      # stopping mid-episode is a truncation: nothing is lost
+        self.chunk.flush_pending()  # stopping mid-episode is a truncation: nothing is lost
         if len(self.chunk):
             self._send(encode("transitions", actor=self.index, **self.chunk.take()))
         elapsed = time.monotonic() - self._session_started
-        self._report_progress((self.session_steps - steps_at_start) / max(elapsed, 1e-9), self.epsilon())   # its mean
+        self._report_progress((self.session_steps - steps_at_start) / max(elapsed, 1e-9), self.epsilon())  # its mean
         if self._cap_reached():
             self.rt.report("done", {"steps": self.session_steps, "episodes": self.episodes})
             self.rt.log(f"reached its limit after {self.session_steps} steps and {self.episodes} episodes")
-            while not self.rt.should_stop():   # wait for the launcher to stop everyone
+            while not self.rt.should_stop():  # wait for the launcher to stop everyone
                 time.sleep(0.1)
 
     def _submit_ahead(self) -> None:
@@ -198,13 +199,18 @@ class Actor:
         c = self.config
         if c.epsilon_schedule == "apex":
             return c.apex_epsilon_of(self.index)
-        return linear_epsilon(self.steps - self.epsilon_origin, self.epsilon_start, c.epsilon_end,
-                              c.epsilon_decay_steps)
+        return linear_epsilon(
+            self.steps - self.epsilon_origin, self.epsilon_start, c.epsilon_end, c.epsilon_decay_steps
+        )
 
     def _cap_reached(self, ahead: int = 0) -> bool:
         """This session's step or episode limit is reached, counting `ahead` steps already submitted."""
-        return bool(self.step_cap and self.session_steps + ahead >= self.step_cap
-                    or self.episode_cap and self.episodes >= self.episode_cap)
+        return bool(
+            self.step_cap
+            and self.session_steps + ahead >= self.step_cap
+            or self.episode_cap
+            and self.episodes >= self.episode_cap
+        )
 
     def _evaluation_due(self) -> bool:
         every = self.config.eval_every_episodes
@@ -222,7 +228,7 @@ class Actor:
                 result = self._evaluation_episode()
             if result is None:
                 return
-            self.rt.report("eval", result)        # the launcher logs it to log.txt
+            self.rt.report("eval", result)  # the launcher logs it to log.txt
             results.append(result)
             self.best_eval.offer(result, net)
         self.metrics.scalar("Eval/Reward", float(np.mean([r["reward"] for r in results])), self.steps)
@@ -231,7 +237,7 @@ class Actor:
 
     def _evaluation_episode(self) -> dict | None:
         """One evaluation episode's result (None: stopped midway)."""
-        obs, _ = self.env.reset()        # the env thread is idle: between episodes
+        obs, _ = self.env.reset()  # the env thread is idle: between episodes
         self._show_and_record(self.frame_skip.last_rgb, episode=False)
         total, steps, done, info = 0.0, 0, False, {}
         while not done:
@@ -240,11 +246,17 @@ class Actor:
             obs, reward, terminated, truncated, info = self.env.step(self._act(obs, self.config.eval_epsilon))
             self._show_and_record(self.frame_skip.last_rgb, episode=False)
             total, steps, done = total + reward, steps + 1, terminated or truncated
-        return {"actor": self.index, "reward": float(total), "steps": steps, "x_pos": int(info.get("x_pos", 0)),
-                "flag": bool(info.get("flag_get", False)), "env_steps": self.steps}
+        return {
+            "actor": self.index,
+            "reward": float(total),
+            "steps": steps,
+            "x_pos": int(info.get("x_pos", 0)),
+            "flag": bool(info.get("flag_get", False)),
+            "env_steps": self.steps,
+        }
 
     def _reset(self) -> None:
-        obs, _, rgb = self.stepper.reset()      # nes-py takes no seed; exploration randomness comes from self.rng
+        obs, _, rgb = self.stepper.reset()  # nes-py takes no seed; exploration randomness comes from self.rng
         self.chunk.start_episode(obs[-1])
         if self.episode_video is not None:
             self.episode_video.start_episode()
@@ -272,8 +284,10 @@ class Actor:
         except zmq.Again:
             self.dropped += 1
             if self._drop_log.due():
-                self.rt.log(f"the replay server is not taking experience (its queue of {self.config.actor_queue_chunks()} "
-                            f"messages is full): {self.dropped:,} message(s) dropped so far; playing on")
+                self.rt.log(
+                    f"the replay server is not taking experience (its queue of {self.config.actor_queue_chunks()} "
+                    f"messages is full): {self.dropped:,} message(s) dropped so far; playing on"
+                )
 
     def _poll_weights(self) -> None:
         try:
@@ -283,15 +297,17 @@ class Actor:
         try:
             msg = decode(payload, self.config.max_message_bytes, expect=("weights", "bye"))
             if msg["t"] == "weights":
-                net = network_from_arrays(self.config, msg["tensors"])   # whole: never changed in place
+                net = network_from_arrays(self.config, msg["tensors"])  # whole: never changed in place
                 self.net, self.policy = net, make_policy(net, self.precision)
         except (ProtocolError, ValueError) as exc:
             self.rt.log(f"ignored bad weights ({exc})")
             return
         if msg["t"] == "bye":
             self.learner_stopped = True
-            self.rt.log(f"the learner stopped (it saved {msg['checkpoint'] or 'no checkpoint'}); playing on with the "
-                        f"weights of update {self.weights_updates:,}, experience queues until a learner is back")
+            self.rt.log(
+                f"the learner stopped (it saved {msg['checkpoint'] or 'no checkpoint'}); playing on with the "
+                f"weights of update {self.weights_updates:,}, experience queues until a learner is back"
+            )
             return
         if self.learner_stopped:
             self.learner_stopped = False
@@ -299,7 +315,7 @@ class Actor:
         run_steps = (msg.get("run") or {}).get("env_steps", 0)
         if self.joining and self.config.epsilon_schedule == "anneal" and math.isfinite(run_steps) and run_steps > 0:
             share = int(run_steps) // self.config.num_actors
-            if share > self.steps:      # joining a running learner: explore as far into the schedule as the run is
+            if share > self.steps:  # joining a running learner: explore as far into the schedule as the run is
                 self.steps = share
                 self.rt.log(f"joined a run at {int(run_steps):,} env steps: epsilon {self.epsilon():.2f}")
         self.joining = False
@@ -308,10 +324,18 @@ class Actor:
     def _finish_episode(self, reward: float, steps: int, info: dict, epsilon: float) -> None:
         self.episodes += 1
         x_pos, flag = int(info.get("x_pos", 0)), bool(info.get("flag_get", False))
-        values = {"actor": self.index, "episode": self.episodes, "reward": float(reward), "steps": steps,
-                  "x_pos": x_pos, "flag": flag, "epsilon": float(epsilon), "actor_steps": self.steps}
+        values = {
+            "actor": self.index,
+            "episode": self.episodes,
+            "reward": float(reward),
+            "steps": steps,
+            "x_pos": x_pos,
+            "flag": flag,
+            "epsilon": float(epsilon),
+            "actor_steps": self.steps,
+        }
         self._send(encode("episode", **values))
-        self.rt.report("episode", {**values, "session_steps": self.session_steps, **self._level()})   # -> log.txt
+        self.rt.report("episode", {**values, "session_steps": self.session_steps, **self._level()})  # -> log.txt
         if self.curriculum is not None:
             self.metrics.scalar("Episode/Level", self.curriculum.levels.index, self.steps)
             moved = self.curriculum.on_episode(reward)
@@ -327,8 +351,13 @@ class Actor:
                 best = None
             if best:
                 self.rt.log(f"new best episode (reward {reward:.2f}): {os.path.basename(best)}")
-        for tag, value in (("Episode/Reward", reward), ("Episode/Epsilon", epsilon), ("Episode/XPos", x_pos),
-                           ("Episode/Flag", float(flag)), ("Episode/Steps", steps)):
+        for tag, value in (
+            ("Episode/Reward", reward),
+            ("Episode/Epsilon", epsilon),
+            ("Episode/XPos", x_pos),
+            ("Episode/Flag", float(flag)),
+            ("Episode/Steps", steps),
+        ):
             self.metrics.scalar(tag, value, self.steps)
 
     def _level(self) -> dict:
@@ -336,12 +365,21 @@ class Actor:
         return {"level": self.curriculum.levels.index} if self.curriculum is not None else {}
 
     def _report_progress(self, rate: float, epsilon: float) -> None:
-        self.rt.report("progress", {"steps": self.steps, "session_steps": self.session_steps,
-                                    "episodes": self.episodes, "steps_per_s": rate,
-                                    "epsilon": epsilon, "weights_version": self.weights_version,
-                                    "weights_updates": self.weights_updates,
-                                    "learner_stopped": self.learner_stopped, **self._level(),
-                                    "dropped": self.dropped})
+        self.rt.report(
+            "progress",
+            {
+                "steps": self.steps,
+                "session_steps": self.session_steps,
+                "episodes": self.episodes,
+                "steps_per_s": rate,
+                "epsilon": epsilon,
+                "weights_version": self.weights_version,
+                "weights_updates": self.weights_updates,
+                "learner_stopped": self.learner_stopped,
+                **self._level(),
+                "dropped": self.dropped,
+            },
+        )
 
     def close(self) -> None:
         if self.window is not None:
@@ -352,7 +390,7 @@ class Actor:
         self.metrics.close()
         if self.stepper.close():
             self.env.close()
-        else:           # closing the emulator under a running step could crash the process
+        else:  # closing the emulator under a running step could crash the process
             self.rt.log("the env thread is stuck in a step; leaving the emulator to the process exit")
 
 

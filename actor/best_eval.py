@@ -5,6 +5,7 @@ evaluation cleared; this file holds the very network that played the best evalua
 (a flag first, then the reward), so `launch.py --play RUN/best_eval.pth` replays that episode:
 the emulator and the greedy policy are deterministic.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,7 +29,7 @@ class BestEval:
         self.config = config
         self.log = log
         self.best: tuple[bool, float] | None = None
-        if os.path.exists(self.path):           # a resumed run: beat the evaluation already kept
+        if os.path.exists(self.path):  # a resumed run: beat the evaluation already kept
             try:
                 self.best = _score(load_checkpoint(self.path)["eval"])
             except (CheckpointError, KeyError, TypeError, ValueError) as exc:
@@ -39,8 +40,9 @@ class BestEval:
         if self.best is not None and _score(result) <= self.best:
             return False
         try:
-            save_checkpoint({"config": self.config.to_dict(), "online": net.state_dict(), "eval": dict(result)},
-                            self.path)
+            save_checkpoint(
+                {"config": self.config.to_dict(), "online": net.state_dict(), "eval": dict(result)}, self.path
+            )
         except OSError as exc:
             self.log(f"could not save {BEST_EVAL_FILE} ({exc.strerror or exc}); training goes on")
             return False

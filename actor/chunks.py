@@ -8,6 +8,7 @@ the frames once and, per transition, 2S indices into them: obs first, next obs s
 send, the frames still needed (the current stack and those of transitions waiting for their n
 rewards) stay as the next chunk's context.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -21,8 +22,8 @@ class ChunkBuilder:
         self.n_step = n_step
         self.gamma = gamma
         self._frames: list[np.ndarray] = []
-        self._current: list[int] = []                 # frame indices of the current observation
-        self._pending: deque[tuple[list[int], int, float]] = deque()   # (obs, action, reward) awaiting n rewards
+        self._current: list[int] = []  # frame indices of the current observation
+        self._pending: deque[tuple[list[int], int, float]] = deque()  # (obs, action, reward) awaiting n rewards
         self._stack: list[list[int]] = []
         self._actions: list[int] = []
         self._rewards: list[float] = []
@@ -59,20 +60,22 @@ class ChunkBuilder:
         """The oldest pending transition, completed with the rewards seen since and the current obs."""
         obs, action, _ = self._pending[0]
         k = len(self._pending)
-        ret = sum(self.gamma ** i * r for i, (_, _, r) in enumerate(self._pending))
+        ret = sum(self.gamma**i * r for i, (_, _, r) in enumerate(self._pending))
         self._pending.popleft()
         self._stack.append(obs + self._current)
         self._actions.append(action)
         self._rewards.append(ret)
-        self._bootstraps.append(self.gamma ** k if bootstrap_allowed else 0.0)
+        self._bootstraps.append(self.gamma**k if bootstrap_allowed else 0.0)
 
     def take(self) -> dict:
         """The chunk's arrays; keeps only the frames still needed as context for the next one."""
-        chunk = {"frames": np.stack(self._frames),
-                 "stack": np.asarray(self._stack, dtype=np.int32).reshape(-1, 2 * self.frame_stack),
-                 "actions": np.asarray(self._actions, dtype=np.uint8),
-                 "rewards": np.asarray(self._rewards, dtype=np.float32),
-                 "bootstraps": np.asarray(self._bootstraps, dtype=np.float32)}
+        chunk = {
+            "frames": np.stack(self._frames),
+            "stack": np.asarray(self._stack, dtype=np.int32).reshape(-1, 2 * self.frame_stack),
+            "actions": np.asarray(self._actions, dtype=np.uint8),
+            "rewards": np.asarray(self._rewards, dtype=np.float32),
+            "bootstraps": np.asarray(self._bootstraps, dtype=np.float32),
+        }
         kept = sorted(set(self._current).union(*(obs for obs, _, _ in self._pending)))
         remap = {old: new for new, old in enumerate(kept)}
         self._frames = [self._frames[i] for i in kept]

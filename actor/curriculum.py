@@ -4,6 +4,7 @@
 reached `threshold` (the original trainer's later version offered the same). Each actor keeps its
 own curriculum; evaluation episodes do not count.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -28,5 +29,7 @@ class Curriculum:
         if not self.levels.advance():
             return None
         self.recent.clear()
-        return (f"curriculum: average reward {average:.2f} over the last {self.recent.maxlen} episodes on "
-                f"{previous} passed {self.threshold:g}; moving on to {self.levels.level}")
+        return (
+            f"curriculum: average reward {average:.2f} over the last {self.recent.maxlen} episodes on "
+            f"{previous} passed {self.threshold:g}; moving on to {self.levels.level}"
+        )

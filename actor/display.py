@@ -5,6 +5,7 @@ in its own process. The actor copies each frame into shared memory (a memcpy) an
 window process shows the newest frame at up to REFRESH_HZ, skipping frames when the actor is
 faster than that. Closing the window or pressing q ends the window process; training goes on.
 """
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -34,10 +35,14 @@ class LiveWindow:
         ctx = mp.get_context("spawn")
         self._shm = shared_memory.SharedMemory(create=True, size=height * width * 3)
         self._frame = np.ndarray((height, width, 3), dtype=np.uint8, buffer=self._shm.buf)
-        self._sequence = ctx.Value("Q", 0, lock=False)    # bumped after each frame is copied in
+        self._sequence = ctx.Value("Q", 0, lock=False)  # bumped after each frame is copied in
         self._stop = ctx.Event()
-        self._process = ctx.Process(target=_window_process, name="window", daemon=True,
-                                    args=(self._shm.name, height, width, self._sequence, self._stop, os.getpid()))
+        self._process = ctx.Process(
+            target=_window_process,
+            name="window",
+            daemon=True,
+            args=(self._shm.name, height, width, self._sequence, self._stop, os.getpid()),
+        )
         self._process.start()
 
     @property
@@ -60,16 +65,17 @@ class LiveWindow:
 
 
 def _window_process(shm_name: str, height: int, width: int, sequence, stop, parent_pid: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl+C is the launcher's business
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the launcher's business
     try:
         with open("/proc/self/comm", "w") as f:
             f.write("mario-window")
     except OSError:
         pass
     import cv2
+
     shm = shared_memory.SharedMemory(name=shm_name)
     frame = np.ndarray((height, width, 3), dtype=np.uint8, buffer=shm.buf)
-    cv2.namedWindow(WINDOW_NAME, cv2.WINDOW_AUTOSIZE | cv2.WINDOW_GUI_NORMAL)   # no Qt toolbar: exactly 2x
+    cv2.namedWindow(WINDOW_NAME, cv2.WINDOW_AUTOSIZE | cv2.WINDOW_GUI_NORMAL)  # no Qt toolbar: exactly 2x
     shown = -1
     try:
         while not stop.is_set() and os.getppid() == parent_pid:

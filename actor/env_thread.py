@@ -5,6 +5,7 @@ nes-py's emulator is C++ called through ctypes, which releases the GIL, so the t
 overlap. Steps run strictly in the order submitted. After a step that ends the episode, the steps
 already queued behind it are not played (their result is None) until the next `reset()`.
 """
+
 from __future__ import annotations
 
 import queue
@@ -14,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 _RESET, _STOP = object(), object()
-GREEDY = -1     # submitted instead of an action: the policy picks it from the newest observation
+GREEDY = -1  # submitted instead of an action: the policy picks it from the newest observation
 
 
 class Step(NamedTuple):
@@ -24,7 +25,7 @@ class Step(NamedTuple):
     terminated: bool
     truncated: bool
     info: dict
-    rgb: np.ndarray | None      # the frame to show and record (taken before the next step replaces it)
+    rgb: np.ndarray | None  # the frame to show and record (taken before the next step replaces it)
 
 
 class _Failure(NamedTuple):
@@ -36,8 +37,8 @@ class EnvThread:
 
     def __init__(self, env, policy, frame_source=None):
         self.env = env
-        self.policy = policy                    # obs -> action for GREEDY steps, called in the env thread
-        self._frame_source = frame_source       # the FrameSkip wrapper, whose last_rgb is the frame shown
+        self.policy = policy  # obs -> action for GREEDY steps, called in the env thread
+        self._frame_source = frame_source  # the FrameSkip wrapper, whose last_rgb is the frame shown
         self._actions: queue.SimpleQueue = queue.SimpleQueue()
         self._results: queue.SimpleQueue = queue.SimpleQueue()
         self.in_flight = 0
@@ -80,7 +81,7 @@ class EnvThread:
         return self._frame_source.last_rgb if self._frame_source is not None else None
 
     def _work(self) -> None:
-        done, obs = True, None           # nothing is played before the first reset
+        done, obs = True, None  # nothing is played before the first reset
         while True:
             item = self._actions.get()
             if item is _STOP:
@@ -96,6 +97,6 @@ class EnvThread:
                     obs, reward, terminated, truncated, info = self.env.step(action)
                     done = terminated or truncated
                     out = Step(action, obs, reward, terminated, truncated, info, self._rgb())
-            except BaseException as exc:       # handed to the actor's thread, which raises it
+            except BaseException as exc:  # handed to the actor's thread, which raises it
                 done, out = True, _Failure(exc)
             self._results.put(out)

@@ -2,6 +2,7 @@
 
 Used by the tests to check that learning happened, and the base of the play mode.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,9 +39,15 @@ def load_policy(path: str, config: Config | None = None) -> tuple[torch.nn.Modul
     return net.eval(), config
 
 
-def play(net: torch.nn.Module, config: Config, episodes: int, epsilon: float = 0.0, seed: int = 0,
-         on_frame: Callable[[np.ndarray], None] | None = None,
-         on_episode: Callable[[int, EpisodeResult], None] | None = None) -> list[EpisodeResult]:
+def play(
+    net: torch.nn.Module,
+    config: Config,
+    episodes: int,
+    epsilon: float = 0.0,
+    seed: int = 0,
+    on_frame: Callable[[np.ndarray], None] | None = None,
+    on_episode: Callable[[int, EpisodeResult], None] | None = None,
+) -> list[EpisodeResult]:
     """Play `episodes` episodes; epsilon 0 is fully greedy, 1 is a uniformly random policy.
     on_frame gets every RGB frame shown (for a window or a video), on_episode each result."""
     env = make_env(config)

@@ -4,6 +4,7 @@ Loads the online network from a checkpoint (weights_only), plays greedy episodes
 window (or headless), records them to mario_play.mp4 beside the checkpoint, and prints each
 episode's reward, x position and whether the flag was reached.
 """
+
 from __future__ import annotations
 
 import os
@@ -58,18 +59,29 @@ class _Screen:
             self.window.close()
 
 
-def play_checkpoint(path: str, episodes: int, headless: bool, record: bool, epsilon: float = 0.0,
-                    say=print) -> list[EpisodeResult]:
+def play_checkpoint(
+    path: str, episodes: int, headless: bool, record: bool, epsilon: float = 0.0, say=print
+) -> list[EpisodeResult]:
     warnings.filterwarnings("ignore", module="gym")
     net, config = load_policy(path)
     video_path = os.path.join(os.path.dirname(os.path.abspath(path)), "mario_play.mp4") if record else None
     screen = _Screen(video_path, 60.0 / config.frame_skip, headless, say)
 
     def report(episode: int, result: EpisodeResult) -> None:
-        say(f"episode {episode}: reward {result.reward:.2f}, x_pos {result.x_pos}, steps {result.steps}, "
-            f"flag {'reached' if result.flag else 'not reached'}")
+        say(
+            f"episode {episode}: reward {result.reward:.2f}, x_pos {result.x_pos}, steps {result.steps}, "
+            f"flag {'reached' if result.flag else 'not reached'}"
+        )
+
     try:
-        return play(net, config, episodes, epsilon=epsilon, seed=int.from_bytes(os.urandom(4), "little"),
-                    on_frame=screen, on_episode=report)
+        return play(
+            net,
+            config,
+            episodes,
+            epsilon=epsilon,
+            seed=int.from_bytes(os.urandom(4), "little"),
+            on_frame=screen,
+            on_episode=report,
+        )
     finally:
         screen.close()

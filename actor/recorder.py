@@ -4,6 +4,7 @@ Files are fragmented MP4 (H.264, yuv420p): an empty moov box goes first and the 
 self-contained fragments that reach the disk as soon as they are cut, so a file whose actor was killed
 (SIGKILL, power loss) still plays up to its last complete fragment.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -57,7 +58,7 @@ class _UnbufferedFile(io.FileIO):
     def write(self, data) -> int:
         view = memoryview(data)
         while view:
-            view = view[super().write(view):]
+            view = view[super().write(view) :]
         return len(data)
 
 
@@ -65,7 +66,8 @@ class VideoWriter:
     """Streams RGB frames into an H.264 (yuv420p) fragmented MP4 that stays playable if the process is killed."""
 
     def __init__(self, path: str, fps: float, width: int, height: int):
-        import av      # here, not at the top: an actor that records nothing does not need PyAV
+        import av  # here, not at the top: an actor that records nothing does not need PyAV
+
         _check_format(fps, width, height)
         self.path = path
         self.width = width
@@ -79,11 +81,16 @@ class VideoWriter:
             # We own the file (not the muxer): a bad folder fails here, and the file is closed even if
             # FFmpeg fails half-way through writing the header.
             self._file = _UnbufferedFile(path, "w")
-            self._container = av.open(self._file, "w", format="mp4", options={
-                "movflags": "frag_keyframe+empty_moov+default_base_moof",
-                "frag_duration": str(int(FRAGMENT_S * 1_000_000)),
-                "flush_packets": "1",  # each fragment goes out when cut, whatever the default for this output
-            })
+            self._container = av.open(
+                self._file,
+                "w",
+                format="mp4",
+                options={
+                    "movflags": "frag_keyframe+empty_moov+default_base_moof",
+                    "frag_duration": str(int(FRAGMENT_S * 1_000_000)),
+                    "flush_packets": "1",  # each fragment goes out when cut, whatever the default for this output
+                },
+            )
             self._stream = self._container.add_stream("libx264", rate=rate)
             self._stream.width = width
             self._stream.height = height
@@ -97,13 +104,15 @@ class VideoWriter:
     def write(self, rgb: np.ndarray) -> None:
         """Encode one frame; a RecordingError leaves the writer closed and failed."""
         import av
+
         if self._failure is not None:
             raise RecordingError(self._failure)
         if self._container is None:
             raise ValueError(f"{self.path}: write to a closed VideoWriter")
         if rgb.shape != (self.height, self.width, 3) or rgb.dtype != np.uint8:
-            raise ValueError(f"expected a uint8 frame of shape {(self.height, self.width, 3)}, "
-                             f"got {rgb.dtype} {rgb.shape}")
+            raise ValueError(
+                f"expected a uint8 frame of shape {(self.height, self.width, 3)}, got {rgb.dtype} {rgb.shape}"
+            )
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         frame.pts = self.frames
         frame.time_base = self._time_base
@@ -118,6 +127,7 @@ class VideoWriter:
     def close(self) -> None:
         """Flush the encoder and finalize the file. Idempotent; a failed writer was closed when it failed."""
         import av
+
         if self._container is None:
             return
         try:

@@ -10,6 +10,7 @@ Each figure is compared with the emulator measured in the same round; the rounds
 their medians printed.
 Goals: actor loop >= 0.90 of the emulator at epsilon 0.5; video on >= 0.75 of both off.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -53,6 +54,7 @@ def bare_emulator(config: Config, steps: int) -> float:
 
 class StopAtCap:
     """The actor's stop event: set once the actor has taken its steps."""
+
     actor: Actor | None = None
 
     def is_set(self) -> bool:
@@ -69,6 +71,7 @@ def actor_loop(config: Config, run_dir: str) -> float:
         while not stop_draining.is_set():
             if pull.poll(50):
                 pull.recv()
+
     drainer = threading.Thread(target=drain, daemon=True)
     drainer.start()
     stop = StopAtCap()
@@ -87,29 +90,37 @@ def actor_loop(config: Config, run_dir: str) -> float:
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; figures are per-round medians "
-                   "(a shared machine drifts: each round measures the limit next to the loops it is compared with)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="interleaved rounds; figures are per-round medians "
+        "(a shared machine drifts: each round measures the limit next to the loops it is compared with)",
+    )
     p.add_argument("--steps", type=int, default=1000, help="agent steps per measurement")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
-    torch.set_num_threads(1)           # as actor.main does
+    torch.set_num_threads(1)  # as actor.main does
     rounds, steps = (1, 150) if args.smoke else (args.rounds, args.steps)
-    base = Config(max_steps=steps, epsilon_start=0.5, epsilon_end=0.5, base_port=47_655, headless=True,
-                  record_video=False)
+    base = Config(
+        max_steps=steps, epsilon_start=0.5, epsilon_end=0.5, base_port=47_655, headless=True, record_video=False
+    )
     modes = {"actor loop, window+video off": {}}
     video = importlib.util.find_spec("av") is not None
     if video:
         modes["actor loop, video on"] = dict(record_video=True)
     if video and display_available():
         modes["actor loop, window+video on"] = dict(headless=False, record_video=True)
-    for eps in (1.0, 0.05):     # the two ends of an annealed run: no forward at all, a forward nearly every step
+    for eps in (1.0, 0.05):  # the two ends of an annealed run: no forward at all, a forward nearly every step
         modes[f"  the same at epsilon {eps:g}"] = dict(epsilon_start=eps, epsilon_end=eps)
     modes["  the same, float32 forward"] = dict(acting_precision="float32")
-    print(f"machine: {machine()}; {rounds} interleaved round(s) of {steps} agent steps per figure, frame skip "
-          f"{base.frame_skip}, epsilon 0.5 unless stated")
+    print(
+        f"machine: {machine()}; {rounds} interleaved round(s) of {steps} agent steps per figure, frame skip "
+        f"{base.frame_skip}, epsilon 0.5 unless stated"
+    )
     precision, why = choose_precision(build_network(base), base)
     print(f"acting precision (auto): {precision} ({why})")
-    base = base.replace(acting_precision=precision)     # one choice for every round, not one per actor
+    base = base.replace(acting_precision=precision)  # one choice for every round, not one per actor
     limits, rates = [], {name: [] for name in modes}
     with tempfile.TemporaryDirectory(dir="/tmp") as run_dir:
         for _ in range(rounds):
@@ -121,12 +132,16 @@ def main() -> None:
     print(f"bare emulator, frame skip 4:       {limit:7.1f} steps/s   (the limit)")
     for name, values in rates.items():
         ratios = [r / l for r, l in zip(values, limits)]
-        print(f"{name + ':':34s} {median(values):7.1f} steps/s   {median(ratios):5.2f} of the limit"
-              f"   (rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
+        print(
+            f"{name + ':':34s} {median(values):7.1f} steps/s   {median(ratios):5.2f} of the limit"
+            f"   (rounds: {', '.join(f'{r:.2f}' for r in ratios)})"
+        )
     off = rates["actor loop, window+video off"]
     for name in [n for n in modes if "video on" in n]:
-        print(f"{name}: {median([r / o for r, o in zip(rates[name], off)]):.2f} of the window+video-off rate "
-              f"(goal >= 0.75)")
+        print(
+            f"{name}: {median([r / o for r, o in zip(rates[name], off)]):.2f} of the window+video-off rate "
+            f"(goal >= 0.75)"
+        )
     if not video:
         print("actor loops with video: skipped (PyAV is not installed)")
     elif "actor loop, window+video on" not in modes:

@@ -3,6 +3,7 @@ time start_snapshot's fork blocks the server, how far apart checkpoint_time_shar
 checkpoints, and the learner checkpoint's size and save/load seconds. Checks the requirement that a
 replay snapshot takes at most 8192 bytes per stored transition. --capacity 1000000 needs about 9 GB of
 memory and disk (the buffer is freed before it is read back)."""
+
 from __future__ import annotations
 
 import os
@@ -41,7 +42,7 @@ def fill(buffer: PrioritizedReplay, rng: np.random.Generator) -> None:
             if episode_left == 0:
                 builder.start_episode(rng.integers(0, 256, (FRAME_SIZE, FRAME_SIZE), dtype=np.uint8))
                 episode_left = int(rng.integers(200, 2000))
-    batch = buffer.sample(1024, 0.4, rng)                       # priorities that are not all equal
+    batch = buffer.sample(1024, 0.4, rng)  # priorities that are not all equal
     buffer.update_priorities(batch.ids, rng.random(1024) + 1e-3)
 
 
@@ -53,8 +54,13 @@ def timed(fn) -> tuple[float, object]:
 
 def bench_replay(capacity: int, folder: str) -> bool:
     rng = np.random.default_rng(0)
-    new_buffer = lambda: PrioritizedReplay(capacity, FRAME_SIZE, FRAME_STACK, alpha=0.6,  # noqa: E731
-                                           num_actions=NUM_ACTIONS)
+    new_buffer = lambda: PrioritizedReplay(
+        capacity,
+        FRAME_SIZE,
+        FRAME_STACK,
+        alpha=0.6,  # noqa: E731
+        num_actions=NUM_ACTIONS,
+    )
     buffer = new_buffer()
     fill(buffer, rng)
     counters = {"episodes": 100, "env_steps": buffer.inserted}
@@ -63,8 +69,10 @@ def bench_replay(capacity: int, folder: str) -> bool:
     write_s, _ = timed(partial(write_snapshot, buffer, counters, path))
     size = os.path.getsize(path)
     per_transition = size / len(buffer)
-    print(f"replay snapshot: {per_transition:.0f} bytes per stored transition "
-          f"(in memory {buffer.nbytes() / capacity:.0f} bytes/transition)")
+    print(
+        f"replay snapshot: {per_transition:.0f} bytes per stored transition "
+        f"(in memory {buffer.nbytes() / capacity:.0f} bytes/transition)"
+    )
 
     forked_path = os.path.join(folder, "replay_forked.npz")
     fork_s, pid = timed(partial(start_snapshot, buffer, counters, forked_path))
@@ -73,27 +81,36 @@ def bench_replay(capacity: int, folder: str) -> bool:
         _, status = os.waitpid(pid, 0)
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"snapshot child failed ({status})"
     child_s = time.perf_counter() - child_start
-    print(f"start_snapshot: parent blocked {fork_s * 1e3:.1f} ms by the fork; "
-          f"child wrote the file in {child_s:.2f} s more" if pid is not None
-          else f"start_snapshot: no fork here, written synchronously in {fork_s:.2f} s")
+    print(
+        f"start_snapshot: parent blocked {fork_s * 1e3:.1f} ms by the fork; "
+        f"child wrote the file in {child_s:.2f} s more"
+        if pid is not None
+        else f"start_snapshot: no fork here, written synchronously in {fork_s:.2f} s"
+    )
     os.remove(forked_path)
     share = Config().checkpoint_time_share
-    print(f"checkpoint_time_share {share:.0%}: the learner waits for the forked snapshot ({child_s:.1f} s), so "
-          f"periodic checkpoints come no more often than every {child_s / share / 60:.1f} min at this size")
+    print(
+        f"checkpoint_time_share {share:.0%}: the learner waits for the forked snapshot ({child_s:.1f} s), so "
+        f"periodic checkpoints come no more often than every {child_s / share / 60:.1f} min at this size"
+    )
 
     expected, length = buffer.content_hash(), len(buffer)
-    del buffer                                              # read back into a fresh buffer, not beside this one
+    del buffer  # read back into a fresh buffer, not beside this one
     restored = new_buffer()
     read_s, _ = timed(partial(read_snapshot, path, restored))
     assert restored.content_hash() == expected, "the snapshot did not read back identical"
     del restored
     os.remove(path)
-    print(f"replay snapshot: {length:,} transitions, {size / 1e6:.1f} MB, write {write_s:.2f} s, "
-          f"read {read_s:.2f} s ({size / 1e6 / write_s:.0f} / {size / 1e6 / read_s:.0f} MB/s)")
+    print(
+        f"replay snapshot: {length:,} transitions, {size / 1e6:.1f} MB, write {write_s:.2f} s, "
+        f"read {read_s:.2f} s ({size / 1e6 / write_s:.0f} / {size / 1e6 / read_s:.0f} MB/s)"
+    )
 
     ok = per_transition <= MAX_SNAPSHOT_BYTES_PER_TRANSITION
-    print(f"{'PASS' if ok else 'FAIL'}: replay snapshot {per_transition:.0f} bytes per stored transition "
-          f"{'<=' if ok else '>'} {MAX_SNAPSHOT_BYTES_PER_TRANSITION} at {FRAME_SIZE}x{FRAME_SIZE}")
+    print(
+        f"{'PASS' if ok else 'FAIL'}: replay snapshot {per_transition:.0f} bytes per stored transition "
+        f"{'<=' if ok else '>'} {MAX_SNAPSHOT_BYTES_PER_TRANSITION} at {FRAME_SIZE}x{FRAME_SIZE}"
+    )
     return ok
 
 
@@ -104,16 +121,22 @@ def bench_learner(folder: str, repeats: int) -> None:
     learner = DQNLearner(config, cpu)
     rng = np.random.default_rng(0)
     b, s = 4, config.frame_stack
-    learner.step(rng.integers(0, 256, (b, 2 * s, config.frame_size, config.frame_size), dtype=np.uint8),
-                 rng.integers(0, config.num_actions, b).astype(np.uint8), np.zeros(b, np.float32),
-                 np.full(b, config.gamma ** config.n_step, np.float32), np.ones(b, np.float32))  # Adam's moments exist
+    learner.step(
+        rng.integers(0, 256, (b, 2 * s, config.frame_size, config.frame_size), dtype=np.uint8),
+        rng.integers(0, config.num_actions, b).astype(np.uint8),
+        np.zeros(b, np.float32),
+        np.full(b, config.gamma**config.n_step, np.float32),
+        np.ones(b, np.float32),
+    )  # Adam's moments exist
     path = os.path.join(folder, "checkpoint.pth")
     fresh = DQNLearner(config, cpu)
     save_s = min(timed(lambda: learner.save(path, {"episodes": 1}))[0] for _ in range(repeats))
     load_s = min(timed(lambda: fresh.restore(path))[0] for _ in range(repeats))
     params = sum(p.numel() for p in learner.online.parameters())
-    print(f"learner checkpoint: {os.path.getsize(path) / 1e6:.1f} MB ({params:,} parameters x online, target, "
-          f"2 Adam moments), save {save_s:.3f} s, load {load_s:.3f} s (best of {repeats})")
+    print(
+        f"learner checkpoint: {os.path.getsize(path) / 1e6:.1f} MB ({params:,} parameters x online, target, "
+        f"2 Adam moments), save {save_s:.3f} s, load {load_s:.3f} s (best of {repeats})"
+    )
 
 
 def main() -> None:

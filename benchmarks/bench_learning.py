@@ -15,6 +15,7 @@
 Run with `.venv/bin/python -m benchmarks.bench_learning [--env mario --seeds 2]`; `--smoke` is a
 short test-env run that only checks the script works.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,27 +30,55 @@ from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-if __package__ in (None, ""):          # run as a file path: make the repository importable
+if __package__ in (None, ""):  # run as a file path: make the repository importable
     sys.path.insert(0, str(REPO))
 
 from benchmarks.common import free_base_port, machine, parser  # noqa: E402
 
-TEST_SETTINGS = ("--env", "MarioApexTest-v0", "--headless", "--no-video", "--set", "learning_starts=500",
-                 "--set", "epsilon_decay_steps=3000", "--set", "publish_every=20", "--set", "target_update_every=200",
-                 "--set", "replay_capacity=20000", "--set", "eval_every_episodes=20")
+TEST_SETTINGS = (
+    "--env",
+    "MarioApexTest-v0",
+    "--headless",
+    "--no-video",
+    "--set",
+    "learning_starts=500",
+    "--set",
+    "epsilon_decay_steps=3000",
+    "--set",
+    "publish_every=20",
+    "--set",
+    "target_update_every=200",
+    "--set",
+    "replay_capacity=20000",
+    "--set",
+    "eval_every_episodes=20",
+)
 # The launcher's defaults, pinned to a replay ratio this 2-core machine sustains with one actor, with an
 # evaluation every 20 episodes for the curve's resolution.
-MARIO_SETTINGS = ("--env", "SuperMarioBros-1-1-v0", "--headless", "--no-video", "--set", "eval_every_episodes=20",
-                  "--set", "checkpoint_every_episodes=0", "--set", "samples_per_insert=4")
+MARIO_SETTINGS = (
+    "--env",
+    "SuperMarioBros-1-1-v0",
+    "--headless",
+    "--no-video",
+    "--set",
+    "eval_every_episodes=20",
+    "--set",
+    "checkpoint_every_episodes=0",
+    "--set",
+    "samples_per_insert=4",
+)
 GOAL_STEPS, GOAL_MINUTES = 1_000_000, 120
-_EVAL = re.compile(r"Eval \d+, Reward: (-?[\d.]+), Actor: \d+, Steps: (\d+), X: (\d+), Flag: (yes|no), "
-                   r"Env steps: (\d+)")
+_EVAL = re.compile(
+    r"Eval \d+, Reward: (-?[\d.]+), Actor: \d+, Steps: (\d+), X: (\d+), Flag: (yes|no), "
+    r"Env steps: (\d+)"
+)
 
 
 def optimal_test_steps() -> int:
     """Fewest steps to the flag in the test env: jump right (action 2) every step."""
     from common.config import TEST_ENV_ID, Config
     from common.envs import make_env
+
     env = make_env(Config(env_id=TEST_ENV_ID))
     env.reset()
     steps, done, info = 0, False, {}
@@ -66,13 +95,21 @@ def train(settings: tuple, minutes: float, runs_dir: str, solved=None) -> tuple[
     is true; then Ctrl+C it as a user would. Returns (run folder, seconds to the first solved
     evaluation, env steps then)."""
     os.makedirs(runs_dir, exist_ok=True)
-    cmd = [sys.executable, "launch.py", "--runs-dir", runs_dir, "--base-port", str(free_base_port()),
-           *(("--max-minutes", str(minutes)) if minutes else ()), *settings]
+    cmd = [
+        sys.executable,
+        "launch.py",
+        "--runs-dir",
+        runs_dir,
+        "--base-port",
+        str(free_base_port()),
+        *(("--max-minutes", str(minutes)) if minutes else ()),
+        *settings,
+    ]
     started = time.monotonic()
-    output = open(os.path.join(runs_dir, "launcher.out"), "w+")     # a file never fills up like a pipe
+    output = open(os.path.join(runs_dir, "launcher.out"), "w+")  # a file never fills up like a pipe
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=output, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     run_dir = None
-    while run_dir is None and proc.poll() is None:       # the launcher's first line names the run folder
+    while run_dir is None and proc.poll() is None:  # the launcher's first line names the run folder
         time.sleep(0.1)
         found = re.search(r"run folder (\S+)", Path(output.name).read_text())
         run_dir = Path(found[1]) if found else None
@@ -89,10 +126,10 @@ def train(settings: tuple, minutes: float, runs_dir: str, solved=None) -> tuple[
                 match = _EVAL.search(line)
                 if match and solved(match):
                     solved_at, solved_steps = time.monotonic() - started, int(match[5])
-                    os.killpg(proc.pid, signal.SIGINT)      # stop as a user would
+                    os.killpg(proc.pid, signal.SIGINT)  # stop as a user would
                     break
             seen = len(lines)
-    except KeyboardInterrupt:           # Ctrl+C here reaches the launcher too (same terminal): let it stop
+    except KeyboardInterrupt:  # Ctrl+C here reaches the launcher too (same terminal): let it stop
         proc.wait()
         raise
     output.close()
@@ -109,7 +146,7 @@ def evaluations(run_dir: Path) -> list[tuple[int, int, bool, float]]:
     """(env steps, x_pos, flag, minutes the run had been running) of every greedy evaluation in log.txt;
     the time between a stop and a --resume does not count."""
     found, running = [], 0.0
-    last = datetime.strptime(run_dir.name[:19], "%Y-%m-%d_%H-%M-%S")      # the run folder's name: its start
+    last = datetime.strptime(run_dir.name[:19], "%Y-%m-%d_%H-%M-%S")  # the run folder's name: its start
     for line in (run_dir / "log.txt").read_text().splitlines():
         try:
             now = datetime.strptime(line[1:20], "%Y-%m-%d %H:%M:%S")
@@ -147,10 +184,12 @@ def compare(checkpoint: Path, episodes: int) -> dict[str, tuple[float, float, fl
 
     import numpy as np
     import torch
-    warnings.filterwarnings("ignore", module="gym")      # its env checker's numpy deprecation chatter
+
+    warnings.filterwarnings("ignore", module="gym")  # its env checker's numpy deprecation chatter
 
     from actor.evaluate import load_policy, play
     from common.network import build_network
+
     net, config = load_policy(str(checkpoint))
     untrained = []
     for seed in range(episodes):
@@ -158,12 +197,18 @@ def compare(checkpoint: Path, episodes: int) -> dict[str, tuple[float, float, fl
         untrained += play(build_network(config).eval(), config, 1)
 
     def summary(results):
-        return (float(np.mean([r.x_pos for r in results])), float(np.mean([r.reward for r in results])),
-                float(np.mean([r.flag for r in results])))
-    return {"trained, greedy": summary(play(net, config, 1)),           # greedy play is deterministic
-            "trained, epsilon 0.05": summary(play(net, config, episodes, epsilon=0.05, seed=1)),
-            "untrained networks (start)": summary(untrained),
-            "random policy": summary(play(net, config, episodes, epsilon=1.0, seed=2))}
+        return (
+            float(np.mean([r.x_pos for r in results])),
+            float(np.mean([r.reward for r in results])),
+            float(np.mean([r.flag for r in results])),
+        )
+
+    return {
+        "trained, greedy": summary(play(net, config, 1)),  # greedy play is deterministic
+        "trained, epsilon 0.05": summary(play(net, config, episodes, epsilon=0.05, seed=1)),
+        "untrained networks (start)": summary(untrained),
+        "random policy": summary(play(net, config, episodes, epsilon=1.0, seed=2)),
+    }
 
 
 def learn_mario(args, runs_dir: str) -> None:
@@ -171,45 +216,61 @@ def learn_mario(args, runs_dir: str) -> None:
     print per-seed figures, their medians and the goal."""
     extra = tuple(a for pair in args.set for a in ("--set", pair))
     budgets = [int(float(b)) for b in args.at.split(",")] if args.at else []
-    if args.smoke:            # only checks the script: a few evaluations, training from 500 transitions
+    if args.smoke:  # only checks the script: a few evaluations, training from 500 transitions
         args.steps, budgets = 1_500, [1_000]
         extra += ("--set", "learning_starts=500", "--set", "eval_every_episodes=1", "--set", "stall_steps=50")
     if not args.report:
-        print(f"SuperMarioBros-1-1-v0, {args.steps:,} env steps per seed, seeds 0..{args.seeds - 1}; settings: "
-              f"{' '.join(MARIO_SETTINGS[4:] + extra)}", flush=True)
+        print(
+            f"SuperMarioBros-1-1-v0, {args.steps:,} env steps per seed, seeds 0..{args.seeds - 1}; settings: "
+            f"{' '.join(MARIO_SETTINGS[4:] + extra)}",
+            flush=True,
+        )
     rows = []
     for seed in range(len(args.report) if args.report else args.seeds):
-        if args.report:          # figures of runs already made (e.g. stopped early), from their log.txt
+        if args.report:  # figures of runs already made (e.g. stopped early), from their log.txt
             run_dir = Path(args.report[seed])
         else:
             settings = (*MARIO_SETTINGS, "--max-steps", str(args.steps), "--seed", str(seed), *extra)
-            run_dir, _, _ = train(settings, args.minutes, os.path.join(runs_dir, f"seed{seed}"),
-                                  solved=None if args.until_budget else lambda m: m[4] == "yes")
+            run_dir, _, _ = train(
+                settings,
+                args.minutes,
+                os.path.join(runs_dir, f"seed{seed}"),
+                solved=None if args.until_budget else lambda m: m[4] == "yes",
+            )
         evals = evaluations(run_dir)
         flag = first_flag(evals)
         best = max(evals, key=lambda e: e[1], default=None)
         rows.append((flag, best, [at_budget(evals, b) for b in budgets]))
-        at = "; ".join(f"at {b:,}: x {r[0]:.0f}, flags {r[1]:.0%}" if r else f"at {b:,}: not reached"
-                       for b, r in zip(budgets, rows[-1][2]))
-        reached = f"first greedy flag after {flag[0]:,} env steps, {flag[1]:.1f} minutes" if flag else \
-            "no greedy flag"
-        print(f"{'run' if args.report else 'seed'} {seed}: {reached}; best greedy x_pos {best[1] if best else 0} "
-              f"(at {best[0] if best else 0:,} env steps); {len(evals)} evaluations; {at}; run folder {run_dir}",
-              flush=True)
+        at = "; ".join(
+            f"at {b:,}: x {r[0]:.0f}, flags {r[1]:.0%}" if r else f"at {b:,}: not reached"
+            for b, r in zip(budgets, rows[-1][2])
+        )
+        reached = f"first greedy flag after {flag[0]:,} env steps, {flag[1]:.1f} minutes" if flag else "no greedy flag"
+        print(
+            f"{'run' if args.report else 'seed'} {seed}: {reached}; best greedy x_pos {best[1] if best else 0} "
+            f"(at {best[0] if best else 0:,} env steps); {len(evals)} evaluations; {at}; run folder {run_dir}",
+            flush=True,
+        )
     flags = [r[0] for r in rows if r[0]]
     print(f"flag reached in {len(flags)} of {len(rows)} {'runs' if args.report else 'seeds'}")
     if flags:
-        print(f"median over seeds with a flag: {statistics.median(f[0] for f in flags):,.0f} env steps, "
-              f"{statistics.median(f[1] for f in flags):.1f} minutes")
+        print(
+            f"median over seeds with a flag: {statistics.median(f[0] for f in flags):,.0f} env steps, "
+            f"{statistics.median(f[1] for f in flags):.1f} minutes"
+        )
     print(f"median best greedy x_pos: {statistics.median(r[1][1] if r[1] else 0 for r in rows):.0f}")
     for i, budget in enumerate(budgets):
         points = [r[2][i] for r in rows if r[2][i]]
         if points:
-            print(f"at {budget:,} env steps: median greedy x_pos {statistics.median(p[0] for p in points):.0f}, "
-                  f"flag rate {statistics.median(p[1] for p in points):.0%} ({len(points)} seeds)")
+            print(
+                f"at {budget:,} env steps: median greedy x_pos {statistics.median(p[0] for p in points):.0f}, "
+                f"flag rate {statistics.median(p[1] for p in points):.0%} ({len(points)} seeds)"
+            )
     met = all(r[0] and r[0][0] <= GOAL_STEPS and r[0][1] <= GOAL_MINUTES for r in rows)
-    print(f"goal (first greedy flag within {GOAL_STEPS:,} env steps and {GOAL_MINUTES} minutes in every seed): "
-          f"{'met' if met else 'missed'}")
+    print(
+        f"goal (first greedy flag within {GOAL_STEPS:,} env steps and {GOAL_MINUTES} minutes in every seed): "
+        f"{'met' if met else 'missed'}"
+    )
 
 
 def main() -> None:
@@ -233,20 +294,30 @@ def main() -> None:
     minutes = args.minutes or (0.25 if args.smoke else 1.0)
     episodes = 2 if args.smoke else args.episodes
     optimum = optimal_test_steps()
-    print(f"training on the test env until a greedy evaluation is optimal ({optimum} steps to the flag), "
-          f"at most {minutes:g} minutes ...", flush=True)
-    run_dir, seconds, steps = train((*TEST_SETTINGS, *(a for pair in args.set for a in ("--set", pair))), minutes,
-                                    runs_dir, solved=lambda m: m[4] == "yes" and int(m[2]) == optimum)
+    print(
+        f"training on the test env until a greedy evaluation is optimal ({optimum} steps to the flag), "
+        f"at most {minutes:g} minutes ...",
+        flush=True,
+    )
+    run_dir, seconds, steps = train(
+        (*TEST_SETTINGS, *(a for pair in args.set for a in ("--set", pair))),
+        minutes,
+        runs_dir,
+        solved=lambda m: m[4] == "yes" and int(m[2]) == optimum,
+    )
     if seconds is None:
         print(f"test env solved: no, not within {minutes:g} minutes (goal < 60 s)")
     else:
-        print(f"test env solved: greedy policy optimal after {seconds:.1f} s wall time, {steps:,} env steps "
-              f"(goal < 60 s, {'met' if seconds < 60 else 'missed'})")
+        print(
+            f"test env solved: greedy policy optimal after {seconds:.1f} s wall time, {steps:,} env steps "
+            f"(goal < 60 s, {'met' if seconds < 60 else 'missed'})"
+        )
     print(f"run folder: {run_dir}")
     print(f"{'policy':28s} {'x_pos':>8s} {'reward':>8s} {'flags':>6s}")
     for name, (x_pos, reward, flags) in compare(run_dir / "checkpoint_final.pth", episodes).items():
         print(f"{name:28s} {x_pos:8.0f} {reward:8.2f} {flags:6.0%}")
     from launcher.plot import PlotError, plot_run
+
     try:
         print(f"learning curve: {plot_run(str(run_dir))}")
     except PlotError as exc:

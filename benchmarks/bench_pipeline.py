@@ -11,6 +11,7 @@ Run with `.venv/bin/python -m benchmarks.bench_pipeline` (3-5 minutes; `--smoke`
 Rates of launcher runs come from the TensorBoard scalars the processes write once a second
 (wall time and counter of each point), because summary.json holds final counters only.
 """
+
 from __future__ import annotations
 
 import glob
@@ -27,7 +28,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-if __package__ in (None, ""):          # run as a file path: make the repository importable
+if __package__ in (None, ""):  # run as a file path: make the repository importable
     sys.path.insert(0, str(REPO))
 
 # Light imports only at module level: the spawned children re-import this module, and the memory
@@ -38,8 +39,8 @@ TEST_ENV = "MarioApexTest-v0"
 MARIO_ENV = "SuperMarioBros-1-1-v0"
 GiB = 1 << 30
 MEMORY_GOAL_BYTES = 8 * GiB
-MEMORY_NEEDED_FOR_1M = 10 * 10**9      # MemAvailable needed before filling 1,000,000 transitions
-WARMUP_S = 3.0                          # actor rate: points in the first seconds are start-up (learner importing torch)
+MEMORY_NEEDED_FOR_1M = 10 * 10**9  # MemAvailable needed before filling 1,000,000 transitions
+WARMUP_S = 3.0  # actor rate: points in the first seconds are start-up (learner importing torch)
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -64,6 +65,7 @@ def mem_available_bytes() -> int:
 def scalar_points(run_dir: str, suffix: str, tag: str) -> list[tuple[float, int]]:
     """(wall time, step) of every point of one TensorBoard scalar in the event files ending in suffix."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     points = []
     for path in glob.glob(os.path.join(run_dir, f"events.out.tfevents.*{suffix}")):
         acc = EventAccumulator(path, size_guidance={"scalars": 0})
@@ -88,19 +90,35 @@ def run_launcher(args: list[str], timeout: float) -> dict:
     """Run launch.py headless and without videos in a temporary runs folder on free ports; returns
     summary.json plus the TensorBoard points read before the folder is removed. Nothing survives it."""
     with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as tmp:
-        cmd = [sys.executable, "launch.py", "--headless", "--no-video", "--runs-dir", os.path.join(tmp, "runs"),
-               "--base-port", str(free_base_port()), *args]
+        cmd = [
+            sys.executable,
+            "launch.py",
+            "--headless",
+            "--no-video",
+            "--runs-dir",
+            os.path.join(tmp, "runs"),
+            "--base-port",
+            str(free_base_port()),
+            *args,
+        ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("DISPLAY", None)
         out_path = os.path.join(tmp, "launcher.out")
         started = time.monotonic()
         with open(out_path, "w") as out:
-            proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, env=env)    # its own process group
+            proc = subprocess.Popen(
+                cmd,
+                cwd=REPO,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
+            )  # its own process group
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGINT)      # a clean stop first, as Ctrl+C would
+                os.killpg(proc.pid, signal.SIGINT)  # a clean stop first, as Ctrl+C would
                 try:
                     proc.wait(15)
                 except subprocess.TimeoutExpired:
@@ -123,33 +141,58 @@ def run_launcher(args: list[str], timeout: float) -> dict:
             raise RuntimeError(f"launcher run failed ({summary.get('stop_reason')}):\n{output[-3000:]}")
         run_dir = runs[0]
         actors = len(summary.get("actors") or {})
-        return {"summary": summary, "wall": wall, "output": output,
-                "learner": scalar_points(run_dir, ".learner", "Learner/UpdatesPerSec"),
-                "actors": [scalar_points(run_dir, f".actor{i}", "Actor/StepsPerSec") for i in range(actors)]}
+        return {
+            "summary": summary,
+            "wall": wall,
+            "output": output,
+            "learner": scalar_points(run_dir, ".learner", "Learner/UpdatesPerSec"),
+            "actors": [scalar_points(run_dir, f".actor{i}", "Actor/StepsPerSec") for i in range(actors)],
+        }
 
 
 # --- 1. learner starvation -------------------------------------------------------------------------
 def learner_starvation(smoke: bool, actor_counts: list[int]) -> None:
-    steps = 6_000 if smoke else 60_000      # the test env's actor makes 1,000-3,500 steps/s
+    steps = 6_000 if smoke else 60_000  # the test env's actor makes 1,000-3,500 steps/s
     starts = 1_000
     import torch
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"\n1. learner starvation: real launcher runs, {TEST_ENV}, 1 actor, {steps:,} env steps, "
-          f"learning_starts {starts:,}, checkpoints and evaluations off; the actor, replay server and learner "
-          f"share the {os.cpu_count()} cores (learner device: {device}). Goal: wait fraction < 5%")
-    for batch_size in ((32,) if smoke else (32, 256)):      # smoke: the same loop, once
-        run = run_launcher(["--env", TEST_ENV, "--max-steps", str(steps), "--set", f"learning_starts={starts}",
-                            "--set", f"batch_size={batch_size}", "--set", "checkpoint_every_episodes=0",
-                            "--set", "eval_every_episodes=0", "--device", device], timeout=60 if smoke else 180)
+    print(
+        f"\n1. learner starvation: real launcher runs, {TEST_ENV}, 1 actor, {steps:,} env steps, "
+        f"learning_starts {starts:,}, checkpoints and evaluations off; the actor, replay server and learner "
+        f"share the {os.cpu_count()} cores (learner device: {device}). Goal: wait fraction < 5%"
+    )
+    for batch_size in (32,) if smoke else (32, 256):  # smoke: the same loop, once
+        run = run_launcher(
+            [
+                "--env",
+                TEST_ENV,
+                "--max-steps",
+                str(steps),
+                "--set",
+                f"learning_starts={starts}",
+                "--set",
+                f"batch_size={batch_size}",
+                "--set",
+                "checkpoint_every_episodes=0",
+                "--set",
+                "eval_every_episodes=0",
+                "--device",
+                device,
+            ],
+            timeout=60 if smoke else 180,
+        )
         s = run["summary"]
         per_s, seconds = slope(run["learner"])
         wait = s["learner"].get("wait_fraction", float("nan"))
         actor_rate = sum(slope(points, WARMUP_S)[0] for points in run["actors"])
         verdict = "PASS" if wait < 0.05 else "MISS"
-        print(f"learner batch {batch_size:>3}: {per_s:7.2f} updates/s ({per_s * batch_size:6.0f} samples/s over "
-              f"{seconds:.0f} s of training), wait fraction {wait:6.2%}: {verdict}; {s['updates']:,} updates, "
-              f"replay sampled {s['replay'].get('sampled', 0):,} of {s['replay'].get('inserted', 0):,} inserted, "
-              f"actor alongside at {actor_rate:,.0f} steps/s")
+        print(
+            f"learner batch {batch_size:>3}: {per_s:7.2f} updates/s ({per_s * batch_size:6.0f} samples/s over "
+            f"{seconds:.0f} s of training), wait fraction {wait:6.2%}: {verdict}; {s['updates']:,} updates, "
+            f"replay sampled {s['replay'].get('sampled', 0):,} of {s['replay'].get('inserted', 0):,} inserted, "
+            f"actor alongside at {actor_rate:,.0f} steps/s"
+        )
 
 
 # --- 2. weight broadcast latency ---------------------------------------------------------------------
@@ -162,7 +205,8 @@ def _weights_subscriber(address: str, ready, done, conn, step_s: float) -> None:
     from common.network import build_network, network_from_arrays
     from common.protocol import decode
     from common.transport import Transport
-    torch.set_num_threads(1)       # as actor.main does
+
+    torch.set_num_threads(1)  # as actor.main does
     config = Config()
     transport = Transport(config.max_message_bytes)
     try:
@@ -177,13 +221,13 @@ def _weights_subscriber(address: str, ready, done, conn, step_s: float) -> None:
             if payload is not None:
                 t_recv = time.monotonic_ns()
                 msg = decode(payload, config.max_message_bytes, expect=("weights",))
-                make_policy(network_from_arrays(config, msg["tensors"]), precision)    # as Actor._poll_weights
-                t_acting = time.monotonic_ns()         # the next action uses these weights
+                make_policy(network_from_arrays(config, msg["tensors"]), precision)  # as Actor._poll_weights
+                t_acting = time.monotonic_ns()  # the next action uses these weights
                 if msg["version"] == 0:
                     ready.set()
                 else:
                     records.append((msg["version"], t_recv, t_acting))
-            end = time.perf_counter() + step_s        # one env step: the emulator keeps a core busy
+            end = time.perf_counter() + step_s  # one env step: the emulator keeps a core busy
             while time.perf_counter() < end:
                 pass
         conn.send(records)
@@ -200,6 +244,7 @@ def _weights_publisher(address: str, ready, conn, count: int, seed: int) -> None
     from common.network import build_network, weights_to_arrays
     from common.protocol import encode
     from common.transport import Transport
+
     torch.set_num_threads(1)
     config = Config()
     transport = Transport(config.max_message_bytes)
@@ -207,7 +252,7 @@ def _weights_publisher(address: str, ready, conn, count: int, seed: int) -> None
         pub = transport.socket(zmq.PUB, bind=address, hwm=2)
         net = build_network(config)
         deadline = time.monotonic() + 60
-        while not ready.is_set():         # slow joiner: version 0 until the subscriber has one
+        while not ready.is_set():  # slow joiner: version 0 until the subscriber has one
             if time.monotonic() > deadline:
                 raise RuntimeError("the subscriber never received weights")
             pub.send(encode("weights", version=0, updates=0, tensors=weights_to_arrays(net)))
@@ -216,8 +261,8 @@ def _weights_publisher(address: str, ready, conn, count: int, seed: int) -> None
         rng = random.Random(seed)
         sent = []
         for version in range(1, count + 1):
-            time.sleep(rng.uniform(0.05, 0.15))    # not in step with the subscriber's 6 ms steps
-            t_publish = time.monotonic_ns()        # LearnerService.publish(): weights_to_arrays, encode, send
+            time.sleep(rng.uniform(0.05, 0.15))  # not in step with the subscriber's 6 ms steps
+            t_publish = time.monotonic_ns()  # LearnerService.publish(): weights_to_arrays, encode, send
             payload = encode("weights", version=version, updates=t_publish, tensors=weights_to_arrays(net))
             pub.send(payload)
             sent.append((version, t_publish, time.monotonic_ns(), len(payload)))
@@ -241,7 +286,7 @@ def weight_broadcast(smoke: bool, actor_counts: list[int]) -> None:
     try:
         if pub_recv.poll(120):
             sent = pub_recv.recv()
-        time.sleep(0.5)           # let the last publication land
+        time.sleep(0.5)  # let the last publication land
         done.set()
         if sub_recv.poll(30):
             received = sub_recv.recv()
@@ -266,14 +311,20 @@ def weight_broadcast(smoke: bool, actor_counts: list[int]) -> None:
     p95 = latency[min(len(latency) - 1, round(0.95 * (len(latency) - 1)))]
     median = statistics.median(latency)
     size_mb = sent[0][3] / 1e6
-    print(f"\n2. weight broadcast: learner publishes -> actor acts with the weights; PUB (hwm 2) -> SUB with "
-          f"CONFLATE on loopback, {size_mb:.1f} MB 'weights' messages every 50-150 ms, subscriber polls "
-          f"between {step_s * 1000:.0f} ms simulated env steps, then decodes, builds the network and its acting "
-          f"policy. Goal: < 50 ms")
-    print(f"weights publish->act: median {median:6.1f} ms, p95 {p95:6.1f} ms, max {latency[-1]:6.1f} ms over "
-          f"{len(received)} of {len(sent)} publications: {'PASS' if p95 < 50 else 'MISS'}")
-    print(f"  medians: weights_to_arrays+encode+send {statistics.median(encode_send):.1f} ms, transfer+wait for "
-          f"the next poll {statistics.median(transfer):.1f} ms, decode+network+policy {statistics.median(load):.1f} ms")
+    print(
+        f"\n2. weight broadcast: learner publishes -> actor acts with the weights; PUB (hwm 2) -> SUB with "
+        f"CONFLATE on loopback, {size_mb:.1f} MB 'weights' messages every 50-150 ms, subscriber polls "
+        f"between {step_s * 1000:.0f} ms simulated env steps, then decodes, builds the network and its acting "
+        f"policy. Goal: < 50 ms"
+    )
+    print(
+        f"weights publish->act: median {median:6.1f} ms, p95 {p95:6.1f} ms, max {latency[-1]:6.1f} ms over "
+        f"{len(received)} of {len(sent)} publications: {'PASS' if p95 < 50 else 'MISS'}"
+    )
+    print(
+        f"  medians: weights_to_arrays+encode+send {statistics.median(encode_send):.1f} ms, transfer+wait for "
+        f"the next poll {statistics.median(transfer):.1f} ms, decode+network+policy {statistics.median(load):.1f} ms"
+    )
 
 
 # --- 3. replay memory ------------------------------------------------------------------------------
@@ -282,6 +333,7 @@ def _actor_like_chunks(rng, count: int) -> list[dict]:
     random 84x84 frames, episodes of a few hundred steps."""
     import numpy as np
     from actor.chunks import ChunkBuilder
+
     builder, chunks = ChunkBuilder(4, n_step=3), []
     builder.start_episode(rng.integers(0, 256, (84, 84), dtype=np.uint8))
     left = int(rng.integers(200, 800))
@@ -300,6 +352,7 @@ def _replay_memory_child(capacity: int, conn) -> None:
     """Fill a fresh buffer in this (fresh, spawned) process and report its VmRSS."""
     import numpy as np
     from replay_server.buffer import PrioritizedReplay
+
     baseline = rss_bytes()
     chunks = _actor_like_chunks(np.random.default_rng(capacity), 16)
     pool = sum(c["frames"].nbytes for c in chunks)
@@ -311,29 +364,43 @@ def _replay_memory_child(capacity: int, conn) -> None:
         c = chunks[i % len(chunks)]
         i += 1
         buffer.add_chunk(c["frames"], c["stack"], c["actions"], c["rewards"], c["bootstraps"])
+
     while buffer.inserted < capacity:
         insert()
     at_capacity = (rss_bytes(), len(buffer))
     # Steady state: go on until every slot of the frame ring (capacity * 9/8 frames) has been written.
     while getattr(buffer, "_f_head", float("inf")) < buffer.frame_capacity:
         insert()
-    conn.send({"baseline": baseline, "pool": pool, "at_capacity": at_capacity, "steady": (rss_bytes(), len(buffer)),
-               "inserted": buffer.inserted, "nbytes": buffer.nbytes(), "seconds": time.perf_counter() - started})
+    conn.send(
+        {
+            "baseline": baseline,
+            "pool": pool,
+            "at_capacity": at_capacity,
+            "steady": (rss_bytes(), len(buffer)),
+            "inserted": buffer.inserted,
+            "nbytes": buffer.nbytes(),
+            "seconds": time.perf_counter() - started,
+        }
+    )
 
 
 def replay_memory(smoke: bool, actor_counts: list[int]) -> None:
     capacities = (5_000, 20_000) if smoke else (100_000, 1_000_000)
-    print("\n3. replay memory: VmRSS of a fresh process holding one PrioritizedReplay (84x84 frames stored once, "
-          "frame ring capacity * 9/8), filled with actor-like chunks (ChunkBuilder(4, n_step=3), 64 transitions, "
-          "random frames). Goal: 1,000,000 transitions fit in 8 GiB")
+    print(
+        "\n3. replay memory: VmRSS of a fresh process holding one PrioritizedReplay (84x84 frames stored once, "
+        "frame ring capacity * 9/8), filled with actor-like chunks (ChunkBuilder(4, n_step=3), 64 transitions, "
+        "random frames). Goal: 1,000,000 transitions fit in 8 GiB"
+    )
     ctx = mp.get_context("spawn")
     for capacity in capacities:
         need = capacity * 84 * 84 * 9 // 8
         if capacity >= 1_000_000 or need > 2 * 10**9:
             available = mem_available_bytes()
             if available < MEMORY_NEEDED_FOR_1M:
-                print(f"replay {capacity:>9,}: SKIPPED: MemAvailable is {available / 1e9:.1f} GB, filling needs about "
-                      f"{need / 1e9:.1f} GB and this benchmark asks for {MEMORY_NEEDED_FOR_1M / 1e9:.0f} GB free")
+                print(
+                    f"replay {capacity:>9,}: SKIPPED: MemAvailable is {available / 1e9:.1f} GB, filling needs about "
+                    f"{need / 1e9:.1f} GB and this benchmark asks for {MEMORY_NEEDED_FOR_1M / 1e9:.0f} GB free"
+                )
                 continue
         recv, send = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=_replay_memory_child, args=(capacity, send), daemon=True)
@@ -352,12 +419,16 @@ def replay_memory(smoke: bool, actor_counts: list[int]) -> None:
         verdict = ""
         if capacity == 1_000_000:
             verdict = f": {'PASS' if steady_rss < MEMORY_GOAL_BYTES else 'MISS'} (goal < 8 GiB = 8.59 GB)"
-        print(f"replay {capacity:>9,}: {steady_rss / stored:6.0f} bytes/stored transition, RSS {steady_rss / 1e9:5.2f} GB "
-              f"({steady_rss / GiB:5.2f} GiB) holding {stored:,} after {result['inserted']:,} inserts{verdict}")
-        print(f"  at the first fill (inserted >= capacity): {cap_rss / cap_stored:.0f} bytes/transition, "
-              f"{cap_rss / 1e9:.2f} GB; arrays {result['nbytes'] / 1e9:.2f} GB, process before the buffer "
-              f"{result['baseline'] / 1e6:.0f} MB, chunk pool {result['pool'] / 1e6:.0f} MB; "
-              f"filled in {result['seconds']:.1f} s")
+        print(
+            f"replay {capacity:>9,}: {steady_rss / stored:6.0f} bytes/stored transition, RSS {steady_rss / 1e9:5.2f} GB "
+            f"({steady_rss / GiB:5.2f} GiB) holding {stored:,} after {result['inserted']:,} inserts{verdict}"
+        )
+        print(
+            f"  at the first fill (inserted >= capacity): {cap_rss / cap_stored:.0f} bytes/transition, "
+            f"{cap_rss / 1e9:.2f} GB; arrays {result['nbytes'] / 1e9:.2f} GB, process before the buffer "
+            f"{result['baseline'] / 1e6:.0f} MB, chunk pool {result['pool'] / 1e6:.0f} MB; "
+            f"filled in {result['seconds']:.1f} s"
+        )
 
 
 # --- 4. scaling ------------------------------------------------------------------------------------
@@ -368,32 +439,41 @@ def scaling(smoke: bool, actor_counts: list[int]) -> None:
     # 200 transitions: a learner that never got a batch spends 5 s of its stop waiting for the sample
     # requests it has in flight (LearnerService._drain_in_flight), too long for a smoke run.
     starts = 200 if smoke else 100_000
-    learner = ("learner training from 200 transitions" if smoke else
-               "learner idle (learning_starts=100000: it never trains; actors, replay server and launcher work)")
-    print(f"\n4. scaling: real launcher runs on {MARIO_ENV}, headless, no video, {learner}; "
-          f"this machine has {os.cpu_count()} cores. Total env steps/s after {WARMUP_S:.0f} s of start-up:")
+    learner = (
+        "learner training from 200 transitions"
+        if smoke
+        else "learner idle (learning_starts=100000: it never trains; actors, replay server and launcher work)"
+    )
+    print(
+        f"\n4. scaling: real launcher runs on {MARIO_ENV}, headless, no video, {learner}; "
+        f"this machine has {os.cpu_count()} cores. Total env steps/s after {WARMUP_S:.0f} s of start-up:"
+    )
     base = None
     for actors, n in steps.items():
-        run = run_launcher(["--env", MARIO_ENV, "--actors", str(actors), "--max-steps", str(n),
-                            "--set", f"learning_starts={starts}"], timeout=90 if smoke else 180)
+        run = run_launcher(
+            ["--env", MARIO_ENV, "--actors", str(actors), "--max-steps", str(n), "--set", f"learning_starts={starts}"],
+            timeout=90 if smoke else 180,
+        )
         rates = [slope(points, WARMUP_S)[0] for points in run["actors"]]
         total = sum(rates)
         base = base or total
         s = run["summary"]
-        print(f"actors {actors}: {total:6.0f} steps/s ({total / base:.2f}x; per actor "
-              f"{', '.join(f'{r:.0f}' for r in rates)}; {s['env_steps']:,} env steps, "
-              f"{s['replay'].get('inserted', 0):,} stored, run {run['wall']:.0f} s wall)")
+        print(
+            f"actors {actors}: {total:6.0f} steps/s ({total / base:.2f}x; per actor "
+            f"{', '.join(f'{r:.0f}' for r in rates)}; {s['env_steps']:,} env steps, "
+            f"{s['replay'].get('inserted', 0):,} stored, run {run['wall']:.0f} s wall)"
+        )
 
 
-PARTS = {"starvation": learner_starvation, "broadcast": weight_broadcast, "memory": replay_memory,
-         "scaling": scaling}
+PARTS = {"starvation": learner_starvation, "broadcast": weight_broadcast, "memory": replay_memory, "scaling": scaling}
 
 
 def main() -> None:
     p = parser(__doc__.split("\n")[0])
     p.add_argument("--parts", default=",".join(PARTS), help=f"which parts to run, comma-separated: {', '.join(PARTS)}")
-    p.add_argument("--actors", default="1,2", help="actor counts for the scaling curve (e.g. 1,2,4,8,16 on a "
-                                                   "bigger machine)")
+    p.add_argument(
+        "--actors", default="1,2", help="actor counts for the scaling curve (e.g. 1,2,4,8,16 on a bigger machine)"
+    )
     args = p.parse_args()
     try:
         parts = [PARTS[name] for name in args.parts.split(",")]
@@ -401,9 +481,12 @@ def main() -> None:
     except (KeyError, ValueError) as exc:
         p.error(f"bad --parts or --actors ({exc})")
     started = time.monotonic()
-    print(f"machine: {machine()}; MemAvailable {mem_available_bytes() / 1e9:.1f} GB, "
-          f"1-min load average {os.getloadavg()[0]:.2f} before starting"
-          f"{'; smoke mode (figures are not meaningful)' if args.smoke else ''}", flush=True)
+    print(
+        f"machine: {machine()}; MemAvailable {mem_available_bytes() / 1e9:.1f} GB, "
+        f"1-min load average {os.getloadavg()[0]:.2f} before starting"
+        f"{'; smoke mode (figures are not meaningful)' if args.smoke else ''}",
+        flush=True,
+    )
     for part in parts:
         part(args.smoke, actor_counts)
         sys.stdout.flush()

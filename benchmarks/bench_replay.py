@@ -1,5 +1,6 @@
 """Replay buffer (in-process): inserts/s in actor-sized chunks, and sampled transitions/s with
 priority updates at batch 32 and 256, at 84x84 frames stored once."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -34,15 +35,20 @@ def main() -> None:
         c = chunks[i % len(chunks)]
         i += 1
         buffer.add_chunk(c["frames"], c["stack"], c["actions"], c["rewards"], c["bootstraps"])
+
     per_s = rate(insert, seconds)
-    print(f"insert: {per_s * 64:10.0f} transitions/s (chunks of 64); buffer holds {len(buffer):,}, "
-          f"{buffer.nbytes() / capacity:.0f} bytes/transition")
+    print(
+        f"insert: {per_s * 64:10.0f} transitions/s (chunks of 64); buffer holds {len(buffer):,}, "
+        f"{buffer.nbytes() / capacity:.0f} bytes/transition"
+    )
     while buffer.inserted < capacity:
         insert()
     for batch_size in (32, 256):
+
         def sample_and_update():
             batch = buffer.sample(batch_size, 0.4, rng)
             buffer.update_priorities(batch.ids, rng.random(batch_size) + 1e-3)
+
         per_s = rate(sample_and_update, seconds)
         print(f"sample+update batch {batch_size:>3}: {per_s * batch_size:10.0f} transitions/s")
 

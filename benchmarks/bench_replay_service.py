@@ -4,6 +4,7 @@ to a separate learner-side client process (2 "sample" requests in flight, each b
 priorities sent back). cpprb: its PrioritizedReplayBuffer used in-process on the same data shape (stacks
 of 4 84x84 uint8 frames, frames stored once via next_of + stack_compress), in the same run.
 Goal: ours >= 1.0x cpprb's transitions/s. cpprb is a benchmark-only dependency (requirements-bench.txt)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -25,9 +26,9 @@ from common.config import Config
 from common.protocol import decode_parts, encode
 
 FRAME_SIZE, FRAME_STACK, N_STEP, CHUNK, NUM_ACTIONS = 84, 4, 3, 64, 7
-POOL = 16                  # distinct pre-encoded chunks, sent round-robin (encoding is not measured)
-IN_FLIGHT = 2              # sample requests the client keeps outstanding, like the learner
-TRANSITIONS_PER_REQUEST = Config.transitions_per_request   # the learner's default
+POOL = 16  # distinct pre-encoded chunks, sent round-robin (encoding is not measured)
+IN_FLIGHT = 2  # sample requests the client keeps outstanding, like the learner
+TRANSITIONS_PER_REQUEST = Config.transitions_per_request  # the learner's default
 BETA = 0.4
 WARMUP_BATCHES = 5
 REPLY_TIMEOUT_S = 60.0
@@ -39,8 +40,13 @@ def make_chunks(rng: np.random.Generator) -> list[dict]:
     builder, chunks = ChunkBuilder(FRAME_STACK, n_step=N_STEP), []
     builder.start_episode(rng.integers(0, 256, (FRAME_SIZE, FRAME_SIZE), dtype=np.uint8))
     while len(chunks) < POOL:
-        builder.add(rng.integers(0, 256, (FRAME_SIZE, FRAME_SIZE), dtype=np.uint8), int(rng.integers(NUM_ACTIONS)),
-                    float(rng.normal()), False, False)
+        builder.add(
+            rng.integers(0, 256, (FRAME_SIZE, FRAME_SIZE), dtype=np.uint8),
+            int(rng.integers(NUM_ACTIONS)),
+            float(rng.normal()),
+            False,
+            False,
+        )
         if len(builder) == CHUNK:
             chunks.append(builder.take())
     return chunks
@@ -53,8 +59,9 @@ def expected_frames(chunks: list[dict], transition_id: int) -> np.ndarray:
 
 
 # --- the learner-side client (its own process) ----------------------------------------------------
-def sample_client(address: str, max_bytes: int, batch_sizes: tuple[int, ...], seconds: float, shared: bool,
-                  conn) -> None:
+def sample_client(
+    address: str, max_bytes: int, batch_sizes: tuple[int, ...], seconds: float, shared: bool, conn
+) -> None:
     """Keeps IN_FLIGHT "sample" requests outstanding and takes their batches as the learner does
     (learner/replay_batches.py: TRANSITIONS_PER_REQUEST per request, shuffled and split into batches,
     frames from the server's shared memory when `shared`, else from the message), and sends their
@@ -63,6 +70,7 @@ def sample_client(address: str, max_bytes: int, batch_sizes: tuple[int, ...], se
     Waits for "go" on conn, then sends back {batch_size: transitions/s} plus the first batch's ids
     and frames (for a correctness check)."""
     from learner.replay_batches import ReplayBatches
+
     context = zmq.Context()
     dealer = context.socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 0)
@@ -78,7 +86,7 @@ def sample_client(address: str, max_bytes: int, batch_sizes: tuple[int, ...], se
         return decode_parts([f.buffer for f in dealer.recv_multipart(copy=False)], max_bytes, expect=expect)
 
     def reader(batch_size: int) -> ReplayBatches:
-        told: list[str] = []              # what the learner would log
+        told: list[str] = []  # what the learner would log
         batches = ReplayBatches(batch_size, TRANSITIONS_PER_REQUEST, FRAME_STACK, FRAME_SIZE, shared, told.append)
         if shared:
             dealer.send(batches.attach_request())
@@ -100,8 +108,9 @@ def sample_client(address: str, max_bytes: int, batch_sizes: tuple[int, ...], se
             while in_flight:
                 msg = receive(("batch", "batch_shared"))
                 in_flight -= 1
-                taken = [(b["ids"], b["frames"].copy() if "ids" not in results else None)
-                         for b in batches.batches(msg)]      # each batch's frames are read, as the learner does
+                taken = [
+                    (b["ids"], b["frames"].copy() if "ids" not in results else None) for b in batches.batches(msg)
+                ]  # each batch's frames are read, as the learner does
                 if not taken:
                     dealer.send(batches.sample_request(BETA))
                     in_flight += 1
@@ -158,20 +167,43 @@ class Poller:
 
 def bench_ours(capacity: int, seconds: float, chunks: list[dict], shared: bool) -> dict:
     from launcher.supervisor import role_entry
-    config = Config(base_port=free_base_port(), replay_capacity=capacity, learning_starts=CHUNK,
-                    samples_per_insert=0.0, chunk_size=CHUNK, n_step=N_STEP, frame_size=FRAME_SIZE,
-                    frame_stack=FRAME_STACK, num_actions=NUM_ACTIONS)
+
+    config = Config(
+        base_port=free_base_port(),
+        replay_capacity=capacity,
+        learning_starts=CHUNK,
+        samples_per_insert=0.0,
+        chunk_size=CHUNK,
+        n_step=N_STEP,
+        frame_size=FRAME_SIZE,
+        frame_stack=FRAME_STACK,
+        num_actions=NUM_ACTIONS,
+    )
     messages = [encode("transitions", actor=0, **c) for c in chunks]
-    total_chunks = math.ceil(capacity / CHUNK)         # fills the buffer (plus the warm-up chunk)
+    total_chunks = math.ceil(capacity / CHUNK)  # fills the buffer (plus the warm-up chunk)
     run_dir = tempfile.mkdtemp(prefix="bench_replay_service_")
     ctx = mp.get_context("spawn")
     stop = ctx.Event()
-    server = ctx.Process(target=role_entry, name="replay", daemon=True,
-                         args=("replay", 0, config.to_dict(), run_dir, stop, os.getpid(), {}))
+    server = ctx.Process(
+        target=role_entry,
+        name="replay",
+        daemon=True,
+        args=("replay", 0, config.to_dict(), run_dir, stop, os.getpid(), {}),
+    )
     parent_conn, child_conn = ctx.Pipe()
-    client = ctx.Process(target=sample_client, name="sample-client", daemon=True,
-                         args=(config.connect_address("replay_sample"), config.max_message_bytes, (32, 256), seconds,
-                               shared, child_conn))
+    client = ctx.Process(
+        target=sample_client,
+        name="sample-client",
+        daemon=True,
+        args=(
+            config.connect_address("replay_sample"),
+            config.max_message_bytes,
+            (32, 256),
+            seconds,
+            shared,
+            child_conn,
+        ),
+    )
     context = zmq.Context()
     result = {}
     try:
@@ -200,7 +232,7 @@ def bench_ours(capacity: int, seconds: float, chunks: list[dict], shared: bool) 
         if not parent_conn.poll(2 * seconds + REPLY_TIMEOUT_S):
             raise RuntimeError("the sample client did not report")
         sampled = parent_conn.recv()
-        for i, transition_id in enumerate(sampled["ids"]):   # the delivered stacks are the ones sent
+        for i, transition_id in enumerate(sampled["ids"]):  # the delivered stacks are the ones sent
             if not np.array_equal(sampled["frames"][i], expected_frames(chunks, int(transition_id))):
                 raise RuntimeError(f"ours: transition {transition_id} came back with the wrong frames")
         result.update({b: sampled[b] for b in (32, 256)})
@@ -225,7 +257,7 @@ def bench_ours(capacity: int, seconds: float, chunks: list[dict], shared: bool) 
 def import_cpprb():
     """cpprb, imported here only (the spawned processes never load it); exits with a hint if missing."""
     try:
-        with contextlib.redirect_stderr(io.StringIO()):   # cpprb imports gym, which prints a deprecation banner
+        with contextlib.redirect_stderr(io.StringIO()):  # cpprb imports gym, which prints a deprecation banner
             import cpprb
     except ImportError:
         raise SystemExit("bench_replay_service needs cpprb: .venv/bin/pip install -r requirements-bench.txt") from None
@@ -238,20 +270,29 @@ def bench_cpprb(cpprb, capacity: int, seconds: float, rng: np.random.Generator) 
     frames = rng.integers(0, 256, (POOL * CHUNK + FRAME_STACK, FRAME_SIZE, FRAME_SIZE), dtype=np.uint8)
     obs = np.ascontiguousarray(np.lib.stride_tricks.sliding_window_view(frames, FRAME_STACK, axis=0))
     actions = rng.integers(0, NUM_ACTIONS, POOL * CHUNK).astype(np.uint8)
-    rewards = np.arange(POOL * CHUNK, dtype=np.float32)        # each transition's position, for the check
+    rewards = np.arange(POOL * CHUNK, dtype=np.float32)  # each transition's position, for the check
     dones = np.zeros(CHUNK, dtype=np.float32)
     rb = cpprb.PrioritizedReplayBuffer(
-        capacity, {"obs": {"shape": obs.shape[1:], "dtype": np.uint8}, "act": {"dtype": np.uint8},
-                   "rew": {"dtype": np.float32}, "done": {"dtype": np.float32}},
-        alpha=0.6, next_of="obs", stack_compress="obs")
+        capacity,
+        {
+            "obs": {"shape": obs.shape[1:], "dtype": np.uint8},
+            "act": {"dtype": np.uint8},
+            "rew": {"dtype": np.float32},
+            "done": {"dtype": np.float32},
+        },
+        alpha=0.6,
+        next_of="obs",
+        stack_compress="obs",
+    )
 
     def add(g: int) -> None:
         c = g % POOL
         s = slice(c * CHUNK, (c + 1) * CHUNK)
-        rb.add(obs=obs[s], act=actions[s], rew=rewards[s], next_obs=obs[c * CHUNK + 1:(c + 1) * CHUNK + 1],
-               done=dones)
+        rb.add(
+            obs=obs[s], act=actions[s], rew=rewards[s], next_obs=obs[c * CHUNK + 1 : (c + 1) * CHUNK + 1], done=dones
+        )
         if c == POOL - 1:
-            rb.on_episode_end()      # the pool wraps around: the next chunk starts a new episode
+            rb.on_episode_end()  # the pool wraps around: the next chunk starts a new episode
 
     total_chunks = math.ceil(capacity / CHUNK)
     add(0)
@@ -260,16 +301,19 @@ def bench_cpprb(cpprb, capacity: int, seconds: float, rng: np.random.Generator) 
         add(g)
     result = {"insert": total_chunks * CHUNK / (time.perf_counter() - start)}
 
-    check = rb.sample(64, beta=BETA)           # obs and next_obs come back rebuilt as full arrays
+    check = rb.sample(64, beta=BETA)  # obs and next_obs come back rebuilt as full arrays
     for i, position in enumerate(check["rew"].ravel().astype(np.int64)):
-        if not (np.array_equal(check["obs"][i], obs[position])
-                and np.array_equal(check["next_obs"][i], obs[position + 1])):
+        if not (
+            np.array_equal(check["obs"][i], obs[position]) and np.array_equal(check["next_obs"][i], obs[position + 1])
+        ):
             raise RuntimeError(f"cpprb: transition {position} came back with the wrong frames")
     layout = f"obs + next_obs {check['obs'].shape[1:]} each"
     for batch_size in (32, 256):
+
         def sample_and_update():
             batch = rb.sample(batch_size, beta=BETA)
             rb.update_priorities(batch["indexes"], rng.random(batch_size) + 1e-3)
+
         result[batch_size] = rate(sample_and_update, seconds) * batch_size
     return result, f"cpprb {importlib.metadata.version('cpprb')} PrioritizedReplayBuffer, {layout}"
 
@@ -285,21 +329,27 @@ def main() -> None:
     ours = bench_ours(capacity, seconds, chunks, shared=True)
     remote = bench_ours(capacity, seconds, chunks, shared=False)
     theirs, cpprb_layout = bench_cpprb(cpprb, capacity, seconds, rng)
-    print(f"replay service vs cpprb: capacity {capacity:,}, {FRAME_STACK}x{FRAME_SIZE}x{FRAME_SIZE} uint8 stacks, "
-          f"frames stored once; ours: server process, chunks of {CHUNK} ({N_STEP}-step) over ZeroMQ, batches "
-          f"(B, {2 * FRAME_STACK}, {FRAME_SIZE}, {FRAME_SIZE}) to a client process that reads their frames from the "
-          f"server's shared memory as a learner on this machine does; {cpprb_layout}, in-process")
+    print(
+        f"replay service vs cpprb: capacity {capacity:,}, {FRAME_STACK}x{FRAME_SIZE}x{FRAME_SIZE} uint8 stacks, "
+        f"frames stored once; ours: server process, chunks of {CHUNK} ({N_STEP}-step) over ZeroMQ, batches "
+        f"(B, {2 * FRAME_STACK}, {FRAME_SIZE}, {FRAME_SIZE}) to a client process that reads their frames from the "
+        f"server's shared memory as a learner on this machine does; {cpprb_layout}, in-process"
+    )
     missed = []
     for key, label in (("insert", "inserts:"), (32, "sample+update batch  32:"), (256, "sample+update batch 256:")):
         ratio = ours[key] / theirs[key]
         if ratio < 1.0:
             missed.append(label.rstrip(":"))
-        print(f"{label:<25} ours {ours[key]:9.0f} transitions/s   cpprb {theirs[key]:9.0f} transitions/s   "
-              f"ours/cpprb {ratio:5.2f}x")
+        print(
+            f"{label:<25} ours {ours[key]:9.0f} transitions/s   cpprb {theirs[key]:9.0f} transitions/s   "
+            f"ours/cpprb {ratio:5.2f}x"
+        )
     print(f"goal >= 1.0: {'met on every figure' if not missed else 'missed on ' + ', '.join(missed)}")
     print(f"torn batches (frames overwritten while read, dropped): {ours['torn']}")
-    print("frames inside the messages instead (a learner on another machine): "
-          + ", ".join(f"batch {b} {remote[b]:.0f} transitions/s ({remote[b] / theirs[b]:.2f}x)" for b in (32, 256)))
+    print(
+        "frames inside the messages instead (a learner on another machine): "
+        + ", ".join(f"batch {b} {remote[b]:.0f} transitions/s ({remote[b] / theirs[b]:.2f}x)" for b in (32, 256))
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Shared bits of the benchmark scripts: argument parsing, timing, machine description."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,13 +18,14 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 def machine() -> str:
     import torch
+
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
 
 
 def rate(fn, seconds: float, min_iters: int = 3) -> float:
     """Calls fn() repeatedly for about `seconds`; returns calls per second."""
-    fn()   # warm up
+    fn()  # warm up
     n, start = 0, time.perf_counter()
     while n < min_iters or time.perf_counter() - start < seconds:
         fn()

@@ -8,6 +8,7 @@ order, it differs from OpenCV by one gray level on about 1 pixel in 15,000 of Ma
 500 on blocky synthetic ones), where a value falls within float rounding of a half. For whole-number
 ratios OpenCV has a fast path of its own that rounds halves up, so `shrinks_faster` leaves those to it.
 """
+
 from __future__ import annotations
 
 import numba
@@ -40,7 +41,7 @@ def _shrink(gray, row_index, row_weight, col_index, col_weight, out):
             w, src = row_weight[r, k], row_index[r, k]
             for x in range(width):
                 by_rows[r, x] += w * np.float32(gray[src, x])
-    columns = by_rows.T.copy()                  # (width, rows): each source column is contiguous
+    columns = by_rows.T.copy()  # (width, rows): each source column is contiguous
     result = np.zeros((out.shape[1], rows), np.float32)
     for c in range(out.shape[1]):
         for k in range(col_index.shape[1]):

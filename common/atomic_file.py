@@ -1,4 +1,5 @@
 """Atomic file writes: whoever reads the path sees the old file or the new one, never a torn one."""
+
 from __future__ import annotations
 
 import contextlib
@@ -21,7 +22,7 @@ def write_atomically(path: str, write: Callable[[BinaryIO], None]) -> None:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
-    with contextlib.suppress(OSError):       # not every platform can fsync a folder
+    with contextlib.suppress(OSError):  # not every platform can fsync a folder
         fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
         try:
             os.fsync(fd)

@@ -3,6 +3,7 @@
 A checkpoint is one dict of tensors and plain values, so it loads with
 `torch.load(..., weights_only=True)`: nothing in it is unpickled as arbitrary objects.
 """
+
 from __future__ import annotations
 
 
@@ -56,7 +57,7 @@ def _why_unreadable(path: str, exc: Exception) -> str:
         return error.strerror or str(error)
     if not head:
         return "the file is empty"
-    if head != b"PK\x03\x04":          # torch.save writes a zip archive
+    if head != b"PK\x03\x04":  # torch.save writes a zip archive
         return "not a torch file"
     if "Weights only load failed" in str(exc):
         return "it holds Python objects besides tensors and plain values, refused as loading them could run code"

@@ -5,6 +5,7 @@ Every field has a default that makes sense for DQN on Super Mario Bros and a doc
 the command line with `--set name=value`; the launcher saves the final config as
 `config.json` in the run folder.
 """
+
 from __future__ import annotations
 
 import ast
@@ -21,7 +22,7 @@ ACTION_SETS = {"simple": 7, "right_only": 5, "complex": 12}
 """Actions in each joypad action set (gym_super_mario_bros.actions; the learner does not import it)."""
 TEST_ENV_ID = "MarioApexTest-v0"
 """Id of the tiny built-in test environment (see common/toy_level.py)."""
-MAX_SAMPLE_BATCH = 4096    # transitions in one sample request
+MAX_SAMPLE_BATCH = 4096  # transitions in one sample request
 MAX_N_STEP = 16
 """Largest n_step; bounds how many context frames a transitions chunk may carry."""
 
@@ -45,13 +46,14 @@ def private_ipc_dir() -> str:
 
 def has_ipc() -> bool:
     import zmq
+
     return bool(zmq.has("ipc"))
 
 
 def frames_per_message(batch_size: int, frame_stack: int, frame_size: int, max_message_bytes: int) -> int:
     """Most transitions, in whole batches, whose frames (obs and next obs) fit one batch message, for a
     learner that gets its frames in the messages (another machine); 0: not even one batch fits."""
-    per_transition = 2 * frame_stack * frame_size * frame_size + 32       # frames, plus the other fields
+    per_transition = 2 * frame_stack * frame_size * frame_size + 32  # frames, plus the other fields
     return (max(0, max_message_bytes - 64 * 1024) // per_transition) // batch_size * batch_size
 
 
@@ -258,22 +260,59 @@ class Config:
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{f.name} must be a finite number, got {value}")
-        positive = ("eval_episodes", "frame_skip", "frame_size", "frame_stack", "num_actions", "max_episode_steps",
-                    "chunk_size", "replay_capacity", "per_beta_updates", "batch_size", "lr_decay_updates",
-                    "target_update_every", "publish_every", "prefetch_batches", "num_actors", "curriculum_window")
+        positive = (
+            "eval_episodes",
+            "frame_skip",
+            "frame_size",
+            "frame_stack",
+            "num_actions",
+            "max_episode_steps",
+            "chunk_size",
+            "replay_capacity",
+            "per_beta_updates",
+            "batch_size",
+            "lr_decay_updates",
+            "target_update_every",
+            "publish_every",
+            "prefetch_batches",
+            "num_actors",
+            "curriculum_window",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        non_negative = ("eval_every_episodes", "epsilon_decay_steps", "learning_starts", "checkpoint_every_episodes",
-                        "stall_steps", "eval_stall_steps", "max_episodes", "max_steps", "seed", "actor_restarts", "first_actor", "total_actors")
+        non_negative = (
+            "eval_every_episodes",
+            "epsilon_decay_steps",
+            "learning_starts",
+            "checkpoint_every_episodes",
+            "stall_steps",
+            "eval_stall_steps",
+            "max_episodes",
+            "max_steps",
+            "seed",
+            "actor_restarts",
+            "first_actor",
+            "total_actors",
+        )
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.total_actors and self.first_actor + self.num_actors > self.total_actors:
-            raise ConfigError(f"actors {self.first_actor}..{self.first_actor + self.num_actors - 1} do not fit in "
-                              f"total_actors={self.total_actors}")
-        unit = ("eval_epsilon", "epsilon_start", "epsilon_end", "per_alpha", "per_beta_start", "lr_end_factor", "target_tau",
-                "apex_epsilon")
+            raise ConfigError(
+                f"actors {self.first_actor}..{self.first_actor + self.num_actors - 1} do not fit in "
+                f"total_actors={self.total_actors}"
+            )
+        unit = (
+            "eval_epsilon",
+            "epsilon_start",
+            "epsilon_end",
+            "per_alpha",
+            "per_beta_start",
+            "lr_end_factor",
+            "target_tau",
+            "apex_epsilon",
+        )
         for name in unit:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
@@ -291,8 +330,9 @@ class Config:
             if getattr(self, name):
                 parse_endpoint(getattr(self, name), self.base_port, name)
         if not _valid_host(self.host):
-            raise ConfigError(f"host must be a host name or IP address (0.0.0.0 for every interface), "
-                              f"got {self.host!r}")
+            raise ConfigError(
+                f"host must be a host name or IP address (0.0.0.0 for every interface), got {self.host!r}"
+            )
         if self.level_mode not in ("sample", "curriculum"):
             raise ConfigError(f"level_mode must be sample or curriculum, got {self.level_mode!r}")
         if self.samples_per_insert < 0 or self.spi_tolerance < 0:
@@ -315,17 +355,20 @@ class Config:
         if self.frame_size > 256:
             raise ConfigError(f"frame_size must be at most 256, got {self.frame_size}")
         if self.learning_starts > self.replay_capacity:
-            raise ConfigError(f"learning_starts ({self.learning_starts}) exceeds replay_capacity "
-                              f"({self.replay_capacity})")
+            raise ConfigError(
+                f"learning_starts ({self.learning_starts}) exceeds replay_capacity ({self.replay_capacity})"
+            )
         if self.batch_size > self.replay_capacity:
             raise ConfigError(f"batch_size ({self.batch_size}) exceeds replay_capacity ({self.replay_capacity})")
         for name in ("batch_size", "transitions_per_request"):
             if not 0 <= getattr(self, name) <= MAX_SAMPLE_BATCH:
                 raise ConfigError(f"{name} must be between 0 and {MAX_SAMPLE_BATCH}, got {getattr(self, name)}")
         if not frames_per_message(self.batch_size, self.frame_stack, self.frame_size, self.max_message_bytes):
-            raise ConfigError(f"batch_size {self.batch_size} of {self.frame_stack}x{self.frame_size}x{self.frame_size} "
-                              f"frame stacks does not fit in max_message_bytes ({self.max_message_bytes:,}) when frames "
-                              "travel in the messages: lower batch_size or raise max_message_bytes")
+            raise ConfigError(
+                f"batch_size {self.batch_size} of {self.frame_stack}x{self.frame_size}x{self.frame_size} "
+                f"frame stacks does not fit in max_message_bytes ({self.max_message_bytes:,}) when frames "
+                "travel in the messages: lower batch_size or raise max_message_bytes"
+            )
 
     @property
     def actors_wait_for_learner(self) -> bool:
@@ -367,7 +410,7 @@ class Config:
         remote = next((getattr(self, f) for f in CHANNELS[channel].remote if getattr(self, f)), "")
         if remote:
             host, port = parse_endpoint(remote, self.base_port, channel)
-            if self.local_ipc and is_loopback(host) and has_ipc():     # another launcher on this machine
+            if self.local_ipc and is_loopback(host) and has_ipc():  # another launcher on this machine
                 return self.local_address(channel, port)
             return _tcp(host, port + PORT_OFFSETS[channel])
         if self.local_ipc and has_ipc():
@@ -427,7 +470,7 @@ def parse_assignment(text: str) -> tuple[str, object]:
 
 
 def parse_endpoint(text: str, default_port: int, what: str = "address") -> tuple[str, int]:
-    """"HOST", "HOST:PORT", "[IPV6]:PORT" or "IPV6" -> (host, port); ConfigError if unusable."""
+    """ "HOST", "HOST:PORT", "[IPV6]:PORT" or "IPV6" -> (host, port); ConfigError if unusable."""
     text = text.strip()
     host, port = text, default_port
     if text.startswith("["):
@@ -472,7 +515,7 @@ def _coerce(name: str, value):
         try:
             if kind is float:
                 number = float(text)
-            elif "e" in text:                   # "1e5" is an integer; "1.5e0" and "1e400" are not
+            elif "e" in text:  # "1e5" is an integer; "1.5e0" and "1e400" are not
                 number = float(text)
                 if not number.is_integer():
                     raise ValueError(text)
@@ -480,13 +523,20 @@ def _coerce(name: str, value):
             else:
                 number = int(text)
         except ValueError:
-            raise ConfigError(f"{name} must be {'a number' if kind is float else 'an integer'}, "
-                              f"got {value!r}") from None
+            raise ConfigError(
+                f"{name} must be {'a number' if kind is float else 'an integer'}, got {value!r}"
+            ) from None
         return number
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if kind is bool and not isinstance(value, bool) or kind is not bool and not isinstance(value, kind) \
-            or kind is int and isinstance(value, bool):
+    if (
+        kind is bool
+        and not isinstance(value, bool)
+        or kind is not bool
+        and not isinstance(value, kind)
+        or kind is int
+        and isinstance(value, bool)
+    ):
         raise ConfigError(f"{name} must be of type {kind.__name__}, got {value!r}")
     return value
 
@@ -494,6 +544,7 @@ def _coerce(name: str, value):
 def _field_docs() -> dict[str, str]:
     """Read the docstring under each field from this module's source."""
     import inspect
+
     tree = ast.parse(inspect.getsource(Config))
     docs, last = {}, None
     for node in tree.body[0].body:

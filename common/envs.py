@@ -2,6 +2,7 @@
 
 Actor-side only: importing this pulls in gym, nes-py and cv2.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,8 +25,13 @@ def make_env(config: Config, seed: int = 0) -> gym.Env:
     A comma-separated env_id ("SuperMarioBros-1-1-v0,SuperMarioBros-1-2-v0") plays a uniformly
     sampled level each episode (seeded by `seed`), or with level_mode=curriculum the levels in order."""
     ids = level_ids(config.env_id)
-    env = _make_raw(ids[0], config.action_set) if len(ids) == 1 else \
-        LevelSampler([_make_raw(i, config.action_set) for i in ids], seed, ids, curriculum=config.level_mode == "curriculum")
+    env = (
+        _make_raw(ids[0], config.action_set)
+        if len(ids) == 1
+        else LevelSampler(
+            [_make_raw(i, config.action_set) for i in ids], seed, ids, curriculum=config.level_mode == "curriculum"
+        )
+    )
     env = FrameSkip(env, config.frame_skip)
     env = TimeLimit(env, config.max_episode_steps, config.stall_steps)
     env = ShapedReward(env, config.reward_scheme, config.single_life)
@@ -57,15 +63,18 @@ def find_wrapper(env: gym.Env, kind: type):
 def _make_raw(env_id: str, action_set: str = "simple") -> gym.Env:
     if env_id == TEST_ENV_ID:
         from common.toy_level import CorridorEnv
+
         return CorridorEnv()
     import gym_super_mario_bros
     from gym_super_mario_bros import actions
     from nes_py.wrappers import JoypadSpace
+
     if env_id not in gym.envs.registry:
-        raise EnvError(f"unknown env id {env_id!r}: use a gym-super-mario-bros id such as "
-                       f"SuperMarioBros-1-1-v0, or {TEST_ENV_ID}")
+        raise EnvError(
+            f"unknown env id {env_id!r}: use a gym-super-mario-bros id such as SuperMarioBros-1-1-v0, or {TEST_ENV_ID}"
+        )
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")     # gym's deprecation chatter about old env versions
+        warnings.simplefilter("ignore")  # gym's deprecation chatter about old env versions
         env = gym_super_mario_bros.make(env_id, apply_api_compatibility=True, render_mode="rgb_array")
     joypad = {"simple": actions.SIMPLE_MOVEMENT, "right_only": actions.RIGHT_ONLY, "complex": actions.COMPLEX_MOVEMENT}
     return JoypadSpace(env, joypad[action_set])
@@ -79,6 +88,7 @@ def unknown_env_ids(env_id: str) -> list[str]:
     """Cheap check for the launcher: the ids in env_id that are neither the test env nor registered
     by gym-super-mario-bros (all of them when env_id is empty)."""
     import gym_super_mario_bros  # noqa: F401  (registers the ids)
+
     ids = level_ids(env_id)
     bad = [i for i in ids if i != TEST_ENV_ID and not (i.startswith("SuperMarioBros") and i in gym.envs.registry)]
     return bad if ids else [env_id]

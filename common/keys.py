@@ -14,6 +14,7 @@ accept only authorized clients (ZAP, checked by pyzmq's authenticator thread), a
 encrypted. More actor machines: add their client.key files to authorized_clients and restart the
 learner side (the keys are read at start).
 """
+
 from __future__ import annotations
 
 import os
@@ -29,12 +30,13 @@ class KeysError(ValueError):
 @dataclass
 class CurveKeys:
     """What one launcher's processes need; a side it does not play may be missing (None)."""
+
     server_public: bytes | None = None
     server_secret: bytes | None = None
     authorized_dir: str | None = None
     client_public: bytes | None = None
     client_secret: bytes | None = None
-    known_server: bytes | None = None      # the server public key a client expects
+    known_server: bytes | None = None  # the server public key a client expects
 
     def to_dict(self) -> dict:
         """For the spawned processes (plain bytes and strings)."""
@@ -49,6 +51,7 @@ def create_keys(folder: str) -> list[str]:
     """Write a new learner/actor key set under `folder` (which must not hold one yet); returns the
     folders written."""
     import zmq.auth
+
     learner, actor = os.path.join(folder, "learner"), os.path.join(folder, "actor")
     for path in (learner, actor):
         if os.path.exists(path):
@@ -72,7 +75,7 @@ def create_keys(folder: str) -> list[str]:
             os.chmod(path, 0o700)
             for name in ("server.key_secret", "client.key_secret"):
                 if os.path.exists(os.path.join(path, name)):
-                    os.chmod(os.path.join(path, name), 0o600)     # stays private when the folder is copied
+                    os.chmod(os.path.join(path, name), 0o600)  # stays private when the folder is copied
     except OSError as exc:
         raise KeysError(f"cannot write keys in {folder}: {exc.strerror}") from None
     return [learner, actor]
@@ -103,12 +106,14 @@ def _find(folder: str, side: str, name: str) -> str:
         if os.path.exists(path):
             return path
     role = "learner side (bound sockets)" if side == "learner" else "actor side (connecting sockets)"
-    raise KeysError(f"--keys {folder}: no {name} for the {role}; use the {side}/ folder that "
-                    "`python launch.py keys DIR` wrote")
+    raise KeysError(
+        f"--keys {folder}: no {name} for the {role}; use the {side}/ folder that `python launch.py keys DIR` wrote"
+    )
 
 
 def _load(path: str, need_secret: bool) -> tuple[bytes, bytes | None]:
     import zmq.auth
+
     try:
         public, secret = zmq.auth.load_certificate(path)
     except (OSError, ValueError, KeyError) as exc:

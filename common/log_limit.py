@@ -1,6 +1,7 @@
 """When to tell of a repeated event (a dropped message, a failed write): the first time, then at most
 once per interval, so a flood of bad messages or a full disk cannot flood the terminal. Each caller
 keeps its own count and says it in its own words."""
+
 from __future__ import annotations
 
 import time

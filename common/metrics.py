@@ -3,6 +3,7 @@
 TensorBoard writes from a background thread; on a full disk that thread dies and every later
 call re-raises its error. Here the first failure is reported once, metrics stop, training goes on.
 """
+
 from __future__ import annotations
 
 from torch.utils.tensorboard import SummaryWriter
@@ -14,7 +15,7 @@ class Metrics:
         self._writer: SummaryWriter | None = None
         try:
             self._writer = SummaryWriter(run_dir, filename_suffix=suffix)
-        except Exception as exc:      # e.g. the disk is already full
+        except Exception as exc:  # e.g. the disk is already full
             self._fail(exc)
 
     def scalar(self, tag: str, value: float, step: int) -> None:
@@ -22,12 +23,14 @@ class Metrics:
             return
         try:
             self._writer.add_scalar(tag, value, step)
-        except Exception as exc:      # the writer thread's OSError, re-raised here
+        except Exception as exc:  # the writer thread's OSError, re-raised here
             self._fail(exc)
 
     def _fail(self, exc: Exception) -> None:
-        self._log(f"TensorBoard events could not be written ({getattr(exc, 'strerror', None) or exc}); "
-                  "metrics stop, training goes on")
+        self._log(
+            f"TensorBoard events could not be written ({getattr(exc, 'strerror', None) or exc}); "
+            "metrics stop, training goes on"
+        )
         writer, self._writer = self._writer, None
         if writer is not None:
             try:

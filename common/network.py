@@ -3,6 +3,7 @@
 Weights cross the network as raw float32 arrays keyed by parameter name (never pickles), so
 actors and the learner convert with `weights_to_arrays` / `load_arrays`.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,9 +20,12 @@ class QNetwork(nn.Module):
     def __init__(self, frame_stack: int, frame_size: int, num_actions: int, dueling: bool = False):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(frame_stack, 32, kernel_size=8, stride=4), nn.ReLU(),
-            nn.Conv2d(32, 64, kernel_size=4, stride=2), nn.ReLU(),
-            nn.Conv2d(64, 64, kernel_size=3, stride=1), nn.ReLU(),
+            nn.Conv2d(frame_stack, 32, kernel_size=8, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, kernel_size=4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, kernel_size=3, stride=1),
+            nn.ReLU(),
             nn.Flatten(),
         )
         with torch.no_grad():
@@ -35,12 +39,12 @@ class QNetwork(nn.Module):
         batch-1 forward about a third faster."""
         x = frames.float() / 255.0
         for layer in (*self.features, *self.head):
-            x = layer.forward(x)      # forward, not __call__: no hook machinery, ~0.1 ms less at batch 1
+            x = layer.forward(x)  # forward, not __call__: no hook machinery, ~0.1 ms less at batch 1
         return x.argmax(dim=1)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         features = self.features(frames.float() / 255.0)
-        q = self.head(features)                      # advantages, for the dueling head
+        q = self.head(features)  # advantages, for the dueling head
         if self.value is not None:
             q = self.value(features) + q - q.mean(dim=1, keepdim=True)
         return q

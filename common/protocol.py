@@ -7,6 +7,7 @@ field's, shapes against the data length, and that per-transition arrays agree in
 wrong raises ProtocolError. So a handler gets only arrays it can index: a 0-d `actions` never
 reaches `len()`.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,25 +35,57 @@ SCHEMAS: dict[str, dict[str, str]] = {
     # frames (m, H, W) uint8; stack (n, 2S) int32 indices into frames: obs = stack[:, :S],
     # next obs = stack[:, S:]; actions (n,) uint8; rewards (n,) float32 discounted n-step returns;
     # bootstraps (n,) float32: gamma^k for the next obs k steps on, 0 after a terminal step.
-    "transitions": {"actor": "count", "frames": "array uint8 3", "stack": "array int32 2", "actions": "array uint8 1",
-                    "rewards": "array float32 1", "bootstraps": "array float32 1"},
+    "transitions": {
+        "actor": "count",
+        "frames": "array uint8 3",
+        "stack": "array int32 2",
+        "actions": "array uint8 1",
+        "rewards": "array float32 1",
+        "bootstraps": "array float32 1",
+    },
     # actor -> replay server and launcher: one finished episode.
-    "episode": {"actor": "count", "episode": "count", "reward": "float", "steps": "count", "x_pos": "int",
-                "flag": "bool", "epsilon": "float", "actor_steps": "count"},
+    "episode": {
+        "actor": "count",
+        "episode": "count",
+        "reward": "float",
+        "steps": "count",
+        "x_pos": "int",
+        "flag": "bool",
+        "epsilon": "float",
+        "actor_steps": "count",
+    },
     # learner -> replay server: ask for a batch; the reply is "batch", or "batch_shared" when asked
     # by a learner that maps the server's frame ring (see common/shared_frames.py). It may carry the
     # previous batch's new priorities (as "priorities" does): one message instead of two per batch.
-    "sample": {"batch_size": "count", "beta": "float", "shared?": "bool", "ids?": "array int64 1",
-               "priorities?": "array float32|float64 1"},
+    "sample": {
+        "batch_size": "count",
+        "beta": "float",
+        "shared?": "bool",
+        "ids?": "array int64 1",
+        "priorities?": "array float32|float64 1",
+    },
     # replay server -> learner
     # frames (B, 2S, H, W): obs = [:, :S], next obs = [:, S:]
-    "batch": {"ids": "array int64 1", "frames": "array uint8 4", "actions": "array uint8 1",
-              "rewards": "array float32 1", "bootstraps": "array float32 1", "weights": "array float32 1",
-              "stats": "numbers"},
+    "batch": {
+        "ids": "array int64 1",
+        "frames": "array uint8 4",
+        "actions": "array uint8 1",
+        "rewards": "array float32 1",
+        "bootstraps": "array float32 1",
+        "weights": "array float32 1",
+        "stats": "numbers",
+    },
     # the same without frames: frame_numbers (B, 2S) int64 say which frames of the ring `ring` (its token)
-    "batch_shared": {"ids": "array int64 1", "frame_numbers": "array int64 2", "ring": "int",
-                     "actions": "array uint8 1", "rewards": "array float32 1", "bootstraps": "array float32 1",
-                     "weights": "array float32 1", "stats": "numbers"},
+    "batch_shared": {
+        "ids": "array int64 1",
+        "frame_numbers": "array int64 2",
+        "ring": "int",
+        "actions": "array uint8 1",
+        "rewards": "array float32 1",
+        "bootstraps": "array float32 1",
+        "weights": "array float32 1",
+        "stats": "numbers",
+    },
     # learner -> replay server: where is your frame ring? The reply, "frame_ring", is what
     # SharedFrames needs to map it (fd -1: not shared).
     "attach_frames": {},
@@ -90,16 +123,38 @@ MAX_COUNT = 2**63 - 1
 # keys the launcher reads, with their kinds as in SCHEMAS ("?": optional). Other keys may come too
 # (decode already made every value a finite number). "log" and "failed" carry only their text.
 REPORT_VALUES: dict[tuple[str, str], dict[str, str]] = {
-    ("progress", "actor"): {"steps": "count", "session_steps": "count", "episodes": "count",
-                            "steps_per_s?": "float", "epsilon?": "float", "weights_updates?": "count",
-                            "learner_stopped?": "bool", "level?": "count"},
+    ("progress", "actor"): {
+        "steps": "count",
+        "session_steps": "count",
+        "episodes": "count",
+        "steps_per_s?": "float",
+        "epsilon?": "float",
+        "weights_updates?": "count",
+        "learner_stopped?": "bool",
+        "level?": "count",
+    },
     ("progress", "learner"): {"updates": "count", "loss?": "float"},
     ("progress", "replay"): {"size": "count", "env_steps": "count", "episodes": "count", "actors": "count"},
-    ("episode", "actor"): {"actor": "count", "episode": "count", "reward": "float", "steps": "count",
-                           "x_pos": "int", "flag": "bool", "epsilon": "float", "actor_steps": "count",
-                           "session_steps": "count", "level?": "count"},
-    ("eval", "actor"): {"actor": "count", "reward": "float", "steps": "count", "x_pos": "int", "flag": "bool",
-                        "env_steps": "count"},
+    ("episode", "actor"): {
+        "actor": "count",
+        "episode": "count",
+        "reward": "float",
+        "steps": "count",
+        "x_pos": "int",
+        "flag": "bool",
+        "epsilon": "float",
+        "actor_steps": "count",
+        "session_steps": "count",
+        "level?": "count",
+    },
+    ("eval", "actor"): {
+        "actor": "count",
+        "reward": "float",
+        "steps": "count",
+        "x_pos": "int",
+        "flag": "bool",
+        "env_steps": "count",
+    },
     ("done", "actor"): {"steps": "count", "episodes": "count"},
     **{(kind, role): {} for kind in ("log", "failed") for role in ("actor", "learner", "replay")},
 }
@@ -123,8 +178,10 @@ def encode_parts(msg_type: str, out_of_band: dict[str, np.ndarray], **fields) ->
     """Like encode, but the big arrays in `out_of_band` travel as extra ZeroMQ message parts after the
     header (sent with copy=False, received as buffers: no packing or unpacking copies)."""
     arrays = [np.asarray(a, dtype=a.dtype.newbyteorder("="), order="C") for a in out_of_band.values()]
-    refs = {name: {"dtype": a.dtype.name, "shape": list(a.shape), "part": i + 1}
-            for i, (name, a) in enumerate(zip(out_of_band, arrays))}
+    refs = {
+        name: {"dtype": a.dtype.name, "shape": list(a.shape), "part": i + 1}
+        for i, (name, a) in enumerate(zip(out_of_band, arrays))
+    }
     return [encode(msg_type, **fields, **refs)] + [a.data for a in arrays]
 
 
@@ -139,7 +196,7 @@ def decode_parts(parts: list, max_bytes: int, expect: tuple[str, ...] | None = N
     if not parts or not all(isinstance(p, (bytes, bytearray, memoryview)) for p in parts):
         raise ProtocolError("message is not bytes")
     try:
-        parts = [memoryview(p).cast("B") for p in parts]      # flat bytes, whatever shape was sent
+        parts = [memoryview(p).cast("B") for p in parts]  # flat bytes, whatever shape was sent
     except TypeError:
         raise ProtocolError("message part is not contiguous bytes") from None
     total = sum(p.nbytes for p in parts)
@@ -147,14 +204,22 @@ def decode_parts(parts: list, max_bytes: int, expect: tuple[str, ...] | None = N
         raise ProtocolError(f"message of {total} bytes exceeds the {max_bytes}-byte limit")
     raw = parts[0]
     try:
-        body = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True,
-                               max_bin_len=max_bytes, max_str_len=1 << 16, max_array_len=64,
-                               max_map_len=256, max_ext_len=0)
+        body = msgpack.unpackb(
+            raw,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            max_bin_len=max_bytes,
+            max_str_len=1 << 16,
+            max_array_len=64,
+            max_map_len=256,
+            max_ext_len=0,
+        )
     except Exception as exc:  # msgpack raises several unrelated types for bad input
         raise ProtocolError(f"undecodable message ({type(exc).__name__})") from None
     if not isinstance(body, dict):
         raise ProtocolError("message is not a map")
-    if type(body.get("v")) is not int or body["v"] != PROTOCOL_VERSION:   # not 1.0 or True
+    if type(body.get("v")) is not int or body["v"] != PROTOCOL_VERSION:  # not 1.0 or True
         raise ProtocolError(f"protocol version {body.get('v')!r}, expected {PROTOCOL_VERSION}")
     msg_type = body.get("t")
     if not isinstance(msg_type, str) or msg_type not in SCHEMAS:
@@ -232,15 +297,20 @@ def _check_field(msg_type: str, name: str, kind: str, value, parts: list, used: 
         return _typed(where, _unpack_array(where, value, parts, used), dtypes, ndim)
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         raise ProtocolError(f"{where} must be a map of arrays")
-    return {k: _typed(f"{where}.{k}", _unpack_array(f"{where}.{k}", v, parts, used), dtypes, ndim)
-            for k, v in value.items()}
+    return {
+        k: _typed(f"{where}.{k}", _unpack_array(f"{where}.{k}", v, parts, used), dtypes, ndim) for k, v in value.items()
+    }
 
 
 @lru_cache(maxsize=None)
 def _array_kind(kind: str) -> tuple[str, frozenset[str], int | None]:
-    """"array uint8 3" -> ("array", {"uint8"}, 3); "arrays float32" -> ("arrays", {"float32"}, None: any)."""
+    """ "array uint8 3" -> ("array", {"uint8"}, 3); "arrays float32" -> ("arrays", {"float32"}, None: any)."""
     words = kind.split()
-    if not 2 <= len(words) <= 3 or words[0] not in ("array", "arrays") or not set(words[1].split("|")) <= ALLOWED_DTYPES:
+    if (
+        not 2 <= len(words) <= 3
+        or words[0] not in ("array", "arrays")
+        or not set(words[1].split("|")) <= ALLOWED_DTYPES
+    ):
         raise AssertionError(f"bad schema kind {kind}")
     return words[0], frozenset(words[1].split("|")), int(words[2]) if len(words) == 3 else None
 
@@ -272,8 +342,11 @@ def _unpack_array(where: str, value, parts: list, used: set) -> np.ndarray:
     dtype, shape, data = value["dtype"], value["shape"], value["data"]
     if not isinstance(dtype, str) or dtype not in ALLOWED_DTYPES:
         raise ProtocolError(f"{where} has disallowed dtype {dtype!r}")
-    if (not isinstance(shape, list) or len(shape) > MAX_ARRAY_DIMS
-            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d for d in shape)):
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_ARRAY_DIMS
+        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d for d in shape)
+    ):
         raise ProtocolError(f"{where} has a bad shape")
     if not isinstance(data, (bytes, memoryview)):
         raise ProtocolError(f"{where} data must be bytes")

@@ -2,6 +2,7 @@
 
 Actor-side only. Import gym as `from common.quiet_gym import gym`.
 """
+
 import contextlib
 import io
 

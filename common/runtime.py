@@ -6,6 +6,7 @@ Ctrl+C the terminal signals the whole process group, and the launcher alone deci
 which things stop. Reports (progress, episodes, a failure's last words) go to the launcher over
 a PUSH socket and never block.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,10 +33,19 @@ def process_name(role: str, index: int) -> str:
 
 
 class RoleRuntime:
-    def __init__(self, role: str, index: int, config: Config, stop_event, parent_pid: int, resume: dict | None = None,
-                 reports_address: str = "", keys: dict | None = None):
+    def __init__(
+        self,
+        role: str,
+        index: int,
+        config: Config,
+        stop_event,
+        parent_pid: int,
+        resume: dict | None = None,
+        reports_address: str = "",
+        keys: dict | None = None,
+    ):
         self.role, self.index, self.config = role, index, config
-        self.resume = resume or {}     # what this role continues from (see launcher/resume.py)
+        self.resume = resume or {}  # what this role continues from (see launcher/resume.py)
         self.name = process_name(role, index)
         self._stop_event = stop_event
         self._parent_pid = parent_pid
@@ -46,7 +56,7 @@ class RoleRuntime:
         self.transport = Transport(config.max_message_bytes, CurveKeys.from_dict(keys))
         self._reports = connect_socket(self.transport, config, "reports", reports_address)
         self._last_progress = 0.0
-        self._refusals: dict[str, tuple[float, int]] = {}    # link -> (last logged, refusals since)
+        self._refusals: dict[str, tuple[float, int]] = {}  # link -> (last logged, refusals since)
 
     def _on_sigterm(self, signum, frame) -> None:
         self._terminated = True
@@ -54,8 +64,10 @@ class RoleRuntime:
     def _on_thread_error(self, args) -> None:
         """A library's background thread died (e.g. on a full disk): one line, not a traceback. One the role
         cannot run without (the ZAP authenticator) also stops it: check_links() raises, with the reason."""
-        self.log(f"background thread {args.thread.name if args.thread else '?'} stopped: "
-                 f"{args.exc_type.__name__}: {args.exc_value}")
+        self.log(
+            f"background thread {args.thread.name if args.thread else '?'} stopped: "
+            f"{args.exc_type.__name__}: {args.exc_value}"
+        )
 
     def should_stop(self) -> bool:
         return self._terminated or self._stop_event.is_set() or self.orphaned()
@@ -71,7 +83,7 @@ class RoleRuntime:
         try:
             self._reports.send(encode("report", **fields), zmq.NOBLOCK)
         except zmq.Again:
-            pass   # the launcher is gone or slow; reports are best effort
+            pass  # the launcher is gone or slow; reports are best effort
 
     def progress_due(self) -> bool:
         """True once per report interval: time to send a progress report."""
@@ -103,8 +115,18 @@ class RoleRuntime:
         self.transport.close()
 
 
-def run_role(main, role: str, index: int, config_dict: dict, run_dir: str, stop_event, parent_pid: int,
-             resume: dict | None = None, reports_address: str = "", keys: dict | None = None) -> None:
+def run_role(
+    main,
+    role: str,
+    index: int,
+    config_dict: dict,
+    run_dir: str,
+    stop_event,
+    parent_pid: int,
+    resume: dict | None = None,
+    reports_address: str = "",
+    keys: dict | None = None,
+) -> None:
     """Process entry point: build the runtime, run `main(runtime, run_dir)`, turn failures into a report.
 
     Exit status 0 on a clean stop, 1 on failure (the launcher prints the reason it was sent).

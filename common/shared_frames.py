@@ -16,6 +16,7 @@ load following its copy, which x86 guarantees. Weakly ordered CPUs (ARM: Apple s
 not, so a learner there takes its frames from the messages (`stores_in_order`).
 Elsewhere (no memfd, another machine, the header's token does not match) batches carry their frames.
 """
+
 from __future__ import annotations
 
 import mmap
@@ -33,8 +34,8 @@ def stores_in_order(machine: str | None = None) -> bool:
     return (machine or platform.machine()).lower() in X86
 
 
-HEADER_BYTES = 4096                         # frames start on a page boundary
-TOKEN, WRITING, SNAPSHOT, ABANDONED = 0, 1, 2, 3   # int64 header words
+HEADER_BYTES = 4096  # frames start on a page boundary
+TOKEN, WRITING, SNAPSHOT, ABANDONED = 0, 1, 2, 3  # int64 header words
 NO_SNAPSHOT = np.iinfo(np.int64).max
 SNAPSHOT_STALL_S = 30.0
 
@@ -50,7 +51,7 @@ class FrameRing:
         if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
             try:
                 fd = os.memfd_create("mario-apex-frames", os.MFD_CLOEXEC)
-                os.ftruncate(fd, nbytes)                 # pages are allocated when first written
+                os.ftruncate(fd, nbytes)  # pages are allocated when first written
                 memory = mmap.mmap(fd, nbytes)
                 self.fd = fd
             except OSError:
@@ -60,7 +61,7 @@ class FrameRing:
         self._memory = memory
         self.header = np.frombuffer(memory, dtype=np.int64, count=HEADER_BYTES // 8)
         self.frames = np.frombuffer(memory, dtype=np.uint8, offset=HEADER_BYTES).reshape(count, size, size)
-        self.header[TOKEN] = int.from_bytes(os.urandom(7), "little")   # tells this ring from any other
+        self.header[TOKEN] = int.from_bytes(os.urandom(7), "little")  # tells this ring from any other
         self.header[SNAPSHOT] = NO_SNAPSHOT
         self.writer_pid: int | None = None
 
@@ -112,7 +113,7 @@ class FrameRing:
             time.sleep(0.001)
             now_saved = int(self.header[SNAPSHOT])
             if self.writer_pid is not None and not _running(self.writer_pid):
-                self.snapshot_end()           # killed before it could say so; the server reports the failure
+                self.snapshot_end()  # killed before it could say so; the server reports the failure
                 return
             if now_saved != saved:
                 saved, since = now_saved, time.monotonic()
@@ -147,7 +148,9 @@ class SharedFrames:
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError as exc:
-            raise SharedFramesError(f"cannot open {path} ({exc.strerror}): not on the replay server's machine?") from None
+            raise SharedFramesError(
+                f"cannot open {path} ({exc.strerror}): not on the replay server's machine?"
+            ) from None
         try:
             if os.fstat(fd).st_size != nbytes:
                 raise SharedFramesError(f"{path} is not the replay server's frame ring (size differs)")
@@ -156,7 +159,8 @@ class SharedFrames:
             os.close(fd)
         self.header = np.frombuffer(self._memory, dtype=np.int64, count=HEADER_BYTES // 8)
         self.frames = np.frombuffer(self._memory, dtype=np.uint8, offset=HEADER_BYTES).reshape(
-            self.count, self.size, self.size)
+            self.count, self.size, self.size
+        )
         if int(self.header[TOKEN]) != self.token:
             self.close()
             raise SharedFramesError(f"{path} is not the replay server's frame ring (token differs)")
@@ -168,7 +172,7 @@ class SharedFrames:
         if numbers.size == 0 or numbers.min() < 0:
             return False
         np.take(self.frames, numbers.ravel(), axis=0, mode="wrap", out=out.reshape(-1, self.size, self.size))
-        written = int(self.header[WRITING])                  # read after the copy, on purpose
+        written = int(self.header[WRITING])  # read after the copy, on purpose
         return written - self.count <= numbers.min() and numbers.max() < written
 
     def close(self) -> None:

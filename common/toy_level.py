@@ -9,6 +9,7 @@ cell. Goombas stand on some cells: arriving on one without jumping (an action wi
 running out of time. Jumping right every step reaches the flag, so the optimal greedy policy is easy
 to check, while a random policy rarely gets there.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 from common.quiet_gym import gym
 
 HEIGHT, WIDTH = 240, 256
-CELL_UNITS = 4                      # x_pos units (= emulator frames of walking) per cell
+CELL_UNITS = 4  # x_pos units (= emulator frames of walking) per cell
 NUM_CELLS = 16
 GOAL_CELL = NUM_CELLS - 1
 GOOMBA_CELLS = (4, 8, 11)
@@ -42,23 +43,32 @@ class CorridorEnv(gym.Env):
 
     @staticmethod
     def _draw_background() -> np.ndarray:
-        frame = np.full((HEIGHT, WIDTH, 3), (92, 148, 252), np.uint8)   # sky
-        frame[200:] = (200, 76, 12)                                      # ground
+        frame = np.full((HEIGHT, WIDTH, 3), (92, 148, 252), np.uint8)  # sky
+        frame[200:] = (200, 76, 12)  # ground
         for cell in GOOMBA_CELLS:
-            frame[170:200, cell * CELL_PX + 2:(cell + 1) * CELL_PX - 2] = (120, 60, 0)
-        frame[80:200, GOAL_CELL * CELL_PX + 6:GOAL_CELL * CELL_PX + 9] = (0, 168, 0)  # flag pole
+            frame[170:200, cell * CELL_PX + 2 : (cell + 1) * CELL_PX - 2] = (120, 60, 0)
+        frame[80:200, GOAL_CELL * CELL_PX + 6 : GOAL_CELL * CELL_PX + 9] = (0, 168, 0)  # flag pole
         return frame
 
     def _render_frame(self) -> np.ndarray:
         frame = self._background.copy()
         left = int(self._x * CELL_PX / CELL_UNITS)
-        frame[150:200, left + 3:left + CELL_PX - 3] = (255, 255, 255)
+        frame[150:200, left + 3 : left + CELL_PX - 3] = (255, 255, 255)
         return frame
 
     def _info(self, flag: bool) -> dict:
-        return {"coins": 0, "flag_get": flag, "life": 2, "score": 0, "stage": 1, "status": "small",
-                "time": (TIME_LIMIT_FRAMES - self._frames) // CELL_UNITS, "world": 1,
-                "x_pos": int(self._x), "y_pos": 79}
+        return {
+            "coins": 0,
+            "flag_get": flag,
+            "life": 2,
+            "score": 0,
+            "stage": 1,
+            "status": "small",
+            "time": (TIME_LIMIT_FRAMES - self._frames) // CELL_UNITS,
+            "world": 1,
+            "x_pos": int(self._x),
+            "y_pos": 79,
+        }
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)

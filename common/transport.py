@@ -5,6 +5,7 @@ the network, a maximum message size (ZeroMQ drops the peer that sends more). Soc
 machines (`link="..."`) are also encrypted and authenticated with CurveZMQ when keys are given
 (see common/keys.py), and monitored: `check_links()` counts open connections and returns refusals.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,35 +21,37 @@ from common.config import private_ipc_dir
 from common.keys import CurveKeys
 
 LINGER_MS = 500
-SETTLED_S = 1.0       # a connection open this long passed its handshake: refused ones close within milliseconds
+SETTLED_S = 1.0  # a connection open this long passed its handshake: refused ones close within milliseconds
 AUTHENTICATOR_THREAD = "zap-authenticator"
 ADDRESS_IN_USE = "address already in use (is another run using these ports? try --base-port or --bind)"
 _REFUSALS = {
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the key is not authorized (wrong --keys?)",
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "a ZeroMQ protocol error: another program or version at that address, "
-                                         "or a security mismatch (--keys)",
+    "or a security mismatch (--keys)",
     # A client learns no more than this when the server closes its handshake, whether for a wrong key or for a
     # socket of the wrong type (e.g. an address that is another channel's port): both causes are named.
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the handshake failed: missing or wrong keys (--keys), or the other side "
-                                          "is not this link's kind of socket (another channel's address or port?)",
+    "is not this link's kind of socket (another channel's address or port?)",
 }
-_PROTOCOL_ERRORS = {     # what EVENT_HANDSHAKE_FAILED_PROTOCOL's value tells, where it tells more
+_PROTOCOL_ERRORS = {  # what EVENT_HANDSHAKE_FAILED_PROTOCOL's value tells, where it tells more
     zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH: "security mismatch: one side has CurveZMQ keys and the other has "
-                                                "none (--keys)",
+    "none (--keys)",
     zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC: "the client has a different server key (keys from another --keys folder?)",
     zmq.PROTOCOL_ERROR_ZMTP_INVALID_METADATA: "the other side is not this link's kind of socket (another channel's "
-                                              "address or port?)",
+    "address or port?)",
 }
-_WATCHED = zmq.EVENT_ACCEPTED | zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED \
-    | sum(_REFUSALS)
+_WATCHED = (
+    zmq.EVENT_ACCEPTED | zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | sum(_REFUSALS)
+)
 
 
 @dataclass
 class Refusal:
     """A connection on a link that failed its security handshake."""
+
     channel: str
     endpoint: str
-    bound: bool          # we are the server side of the link
+    bound: bool  # we are the server side of the link
     reason: str
 
     def message(self) -> str:
@@ -62,8 +65,8 @@ class _Link:
     channel: str
     bound: bool
     monitor: zmq.Socket
-    opened: dict = field(default_factory=dict)   # file descriptor -> when the open connection was made
-    connects: int = 0                            # handshakes passed so far
+    opened: dict = field(default_factory=dict)  # file descriptor -> when the open connection was made
+    connects: int = 0  # handshakes passed so far
 
 
 class Transport:
@@ -76,11 +79,20 @@ class Transport:
         self._sockets: list[zmq.Socket] = []
         self._links: dict[zmq.Socket, _Link] = {}
         self._authenticator = None
-        self._ipc_files: dict[str, int] = {}      # ipc socket file bound here -> its inode, removed at close
+        self._ipc_files: dict[str, int] = {}  # ipc socket file bound here -> its inode, removed at close
 
-    def socket(self, kind: int, *, bind: str | list[str] | None = None, connect: str | None = None,
-               hwm: int | None = None, conflate: bool = False, subscribe: bool = False,
-               options: tuple[tuple[int, int | bytes], ...] = (), link: str | None = None) -> zmq.Socket:
+    def socket(
+        self,
+        kind: int,
+        *,
+        bind: str | list[str] | None = None,
+        connect: str | None = None,
+        hwm: int | None = None,
+        conflate: bool = False,
+        subscribe: bool = False,
+        options: tuple[tuple[int, int | bytes], ...] = (),
+        link: str | None = None,
+    ) -> zmq.Socket:
         """A configured socket, bound or connected. `link` names a channel between roles (possibly
         between machines): such a socket uses the Curve keys, if any, and is monitored. `bind` may
         list several addresses (tcp for other machines, ipc for this one). `options` are set in order,
@@ -104,14 +116,14 @@ class Transport:
                 self._secure(sock, server=bool(binds))
             self._links[sock] = _Link(link, bool(binds), sock.get_monitor_socket(_WATCHED))
         for where in binds + [connect]:
-            if where and where.startswith("ipc://") and os.path.dirname(where[len("ipc://"):]) == private_ipc_dir():
+            if where and where.startswith("ipc://") and os.path.dirname(where[len("ipc://") :]) == private_ipc_dir():
                 keep_private(private_ipc_dir())
         where = connect
         try:
             for where in binds:
                 sock.bind(where)
                 if where.startswith("ipc://"):
-                    self._ipc_files[where[len("ipc://"):]] = os.stat(where[len("ipc://"):]).st_ino
+                    self._ipc_files[where[len("ipc://") :]] = os.stat(where[len("ipc://") :]).st_ino
             if connect:
                 where = connect
                 sock.connect(connect)
@@ -125,8 +137,9 @@ class Transport:
         if server:
             if keys.server_secret is None:
                 raise TransportError("CurveZMQ: no server keys for a bound socket (--keys: the learner/ folder)")
-            if self._authenticator is None:      # ZAP: only the authorized client keys get in
+            if self._authenticator is None:  # ZAP: only the authorized client keys get in
                 from zmq.auth.thread import ThreadAuthenticator
+
                 quiet = logging.getLogger("mario_apex.zap")
                 quiet.addHandler(logging.NullHandler())
                 quiet.propagate = False
@@ -148,8 +161,10 @@ class Transport:
         milliseconds. Raises TransportError once the authenticator thread has died: without it the
         keys would no longer be checked, so the role must stop rather than run on unprotected."""
         if self._authenticator is not None and not self._authenticator.is_alive():
-            raise TransportError(f"the CurveZMQ authenticator thread ({AUTHENTICATOR_THREAD}) stopped, so keys "
-                                 "would no longer be checked: stopping")
+            raise TransportError(
+                f"the CurveZMQ authenticator thread ({AUTHENTICATOR_THREAD}) stopped, so keys "
+                "would no longer be checked: stopping"
+            )
         refusals = []
         for link in self._links.values():
             while link.monitor.poll(0):
@@ -193,12 +208,12 @@ class Transport:
         self._sockets.clear()
         if self._authenticator is not None:
             if not self._authenticator.is_alive() and self._authenticator.pipe is not None:
-                self._authenticator.pipe.close(linger=0)   # stop() would wait forever on a dead thread's pipe
+                self._authenticator.pipe.close(linger=0)  # stop() would wait forever on a dead thread's pipe
                 self._authenticator.pipe = None
             self._authenticator.stop()
             self._authenticator = None
         self.context.term()
-        for path, inode in self._ipc_files.items():    # ZeroMQ leaves them; not one a later bind replaced
+        for path, inode in self._ipc_files.items():  # ZeroMQ leaves them; not one a later bind replaced
             try:
                 if os.stat(path).st_ino == inode:
                     os.unlink(path)
@@ -218,8 +233,10 @@ def keep_private(folder: str) -> None:
         raise TransportError(f"cannot make {folder} for this run's sockets: {exc.strerror or exc}") from None
     info = os.lstat(folder)
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-        raise TransportError(f"{folder} is not a folder of this user's (another user may have made it to intercept "
-                             "this run's sockets): remove it, or set TMPDIR to another folder")
+        raise TransportError(
+            f"{folder} is not a folder of this user's (another user may have made it to intercept "
+            "this run's sockets): remove it, or set TMPDIR to another folder"
+        )
     if stat.S_IMODE(info.st_mode) != 0o700:
         os.chmod(folder, 0o700)
 

@@ -2,6 +2,7 @@
 
 Actor-side only (imports gym and cv2); the learner and replay server never import this module.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -19,8 +20,9 @@ FLAG_BONUS = 1000.0
 REWARD_SCALE = 10.0
 
 
-def shape_reward(env_reward: float, x_pos: int, prev_x_pos: int, terminated: bool, flag_get: bool,
-                 clip_flag: bool = True) -> float:
+def shape_reward(
+    env_reward: float, x_pos: int, prev_x_pos: int, terminated: bool, flag_get: bool, clip_flag: bool = True
+) -> float:
     """The original trainer's shaping: +1 forward, -1 backward, -50 death, +1000 flag, /10, clip [-1, 1].
 
     The terms are added to the emulator's own reward, as the original did. With clip_flag false the
@@ -51,9 +53,14 @@ def contiguous_rgb(frame: np.ndarray) -> np.ndarray:
         return frame
     base = frame.base
     h, w = frame.shape[:2]
-    if (isinstance(base, np.ndarray) and base.dtype == np.uint8 and base.size == h * w * 4
-            and frame.strides == (w * 4, 4, -1) and base.flags.c_contiguous
-            and frame.__array_interface__["data"][0] == base.__array_interface__["data"][0] + 2):
+    if (
+        isinstance(base, np.ndarray)
+        and base.dtype == np.uint8
+        and base.size == h * w * 4
+        and frame.strides == (w * 4, 4, -1)
+        and base.flags.c_contiguous
+        and frame.__array_interface__["data"][0] == base.__array_interface__["data"][0] + 2
+    ):
         return cv2.cvtColor(base.reshape(h, w, 4), cv2.COLOR_BGRA2RGB)
     return np.ascontiguousarray(frame)
 
@@ -121,8 +128,14 @@ class ShapedReward(gym.Wrapper):
         if self.scheme == "progress":
             shaped = shape_progress_reward(x_pos, self._prev_x, life_lost or (terminated and not flag), flag)
         else:
-            shaped = shape_reward(reward, x_pos, self._prev_x, terminated or (self.single_life and life_lost), flag,
-                                  clip_flag=self.scheme != "flag_unclipped")
+            shaped = shape_reward(
+                reward,
+                x_pos,
+                self._prev_x,
+                terminated or (self.single_life and life_lost),
+                flag,
+                clip_flag=self.scheme != "flag_unclipped",
+            )
         if self.single_life and life_lost:
             terminated = True
         self._prev_x, self._lives = x_pos, lives
@@ -139,13 +152,13 @@ class GrayResize(gym.ObservationWrapper):
         self.observation_space = gym.spaces.Box(0, 255, (size, size), np.uint8)
         self._shrink: AreaShrinker | None = None
         height, width = env.observation_space.shape[:2]
-        if shrinks_faster(height, width, size):       # compile (or load) the kernel now, not in the first step
+        if shrinks_faster(height, width, size):  # compile (or load) the kernel now, not in the first step
             self._shrink = AreaShrinker(height, width, size)
             self._shrink(np.zeros((height, width), np.uint8))
 
     def observation(self, observation):
         gray = cv2.cvtColor(observation, cv2.COLOR_RGB2GRAY)
-        if self._shrink is None or self._shrink.shape != gray.shape:     # a frame shape not seen last time
+        if self._shrink is None or self._shrink.shape != gray.shape:  # a frame shape not seen last time
             if not shrinks_faster(*gray.shape, self.size):
                 return cv2.resize(gray, (self.size, self.size), interpolation=cv2.INTER_AREA)
             self._shrink = AreaShrinker(*gray.shape, self.size)

@@ -6,6 +6,7 @@ at the end of mario_play.mp4) or a PNG of its last frame.
 
 --episode-end-at S cuts the video at S seconds first (mario_play.mp4 holds several episodes in a row).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,7 @@ def read_frames(path: str, end_s: float | None) -> tuple[list[Image.Image], floa
         fps = float(stream.average_rate or 30)
         frames, start = [], None
         for frame in container.decode(stream):
-            start = frame.time if start is None else start          # H.264 streams start a little after 0
+            start = frame.time if start is None else start  # H.264 streams start a little after 0
             if end_s is not None and frame.time is not None and frame.time - start > end_s:
                 break
             frames.append(frame.to_image())
@@ -33,12 +34,13 @@ def read_frames(path: str, end_s: float | None) -> tuple[list[Image.Image], floa
 
 def write_gif(frames: list[Image.Image], fps: float, seconds: float, every: int, scale: float, out: str) -> int:
     """The last `seconds` of frames, every `every`-th one, scaled; returns how many frames the GIF holds."""
-    tail = frames[-max(1, round(seconds * fps)):][::-1][::every][::-1]      # keeps the very last frame
+    tail = frames[-max(1, round(seconds * fps)) :][::-1][::every][::-1]  # keeps the very last frame
     if scale != 1:
         tail = [f.resize((round(f.width * scale), round(f.height * scale)), Image.NEAREST) for f in tail]
     palette = [f.convert("P", palette=Image.ADAPTIVE, colors=64) for f in tail]
-    palette[0].save(out, save_all=True, append_images=palette[1:], duration=round(1000 * every / fps), loop=0,
-                    optimize=True)
+    palette[0].save(
+        out, save_all=True, append_images=palette[1:], duration=round(1000 * every / fps), loop=0, optimize=True
+    )
     return len(palette)
 
 
@@ -49,8 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=8.0, help="GIF length from the end (default 8)")
     p.add_argument("--every", type=int, default=2, help="keep every N-th frame in the GIF (default 2)")
     p.add_argument("--scale", type=float, default=1.0, help="resize factor (default 1: 256x240 per frame)")
-    p.add_argument("--episode-end-at", type=float, default=None, metavar="S",
-                   help="cut the video at S seconds first (the end of the episode to show)")
+    p.add_argument(
+        "--episode-end-at",
+        type=float,
+        default=None,
+        metavar="S",
+        help="cut the video at S seconds first (the end of the episode to show)",
+    )
     args = p.parse_args(argv)
     if args.seconds <= 0 or args.every < 1 or args.scale <= 0:
         p.error("--seconds and --scale must be positive, --every at least 1")

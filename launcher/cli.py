@@ -3,6 +3,7 @@
 Only light imports at module level: spawned children re-import launch.py, and the learner and
 replay server must stay free of gym, nes-py and cv2 (and quick to start).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,6 +50,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 def _ranged(kind, low, high, what: str):
     """An argparse type accepting a `kind` number in [low, high]; anything else is a one-line error."""
+
     def parse(text: str):
         try:
             value = kind(text)
@@ -57,6 +59,7 @@ def _ranged(kind, low, high, what: str):
         if value is None or not low <= value <= high:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
+
     return parse
 
 
@@ -67,58 +70,132 @@ PLAY_EPISODES = 3
 
 
 def build_parser() -> OneLineParser:
-    p = OneLineParser(prog="launch.py", description="mario-apex: distributed DQN for Super Mario Bros. "
-                      "Starts the replay server, the learner and the actors as separate processes "
-                      "connected over ZeroMQ.", epilog=EPILOG,
-                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--env", metavar="ID", help="gym-super-mario-bros id (default SuperMarioBros-1-1-v0), several "
-                   f"comma-separated (a level sampled per episode), or {TEST_ENV_ID}, the built-in test environment")
+    p = OneLineParser(
+        prog="launch.py",
+        description="mario-apex: distributed DQN for Super Mario Bros. "
+        "Starts the replay server, the learner and the actors as separate processes "
+        "connected over ZeroMQ.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--env",
+        metavar="ID",
+        help="gym-super-mario-bros id (default SuperMarioBros-1-1-v0), several "
+        f"comma-separated (a level sampled per episode), or {TEST_ENV_ID}, the built-in test environment",
+    )
     p.add_argument("--headless", action="store_true", help="no live window (also automatic without a display)")
     p.add_argument("--no-video", action="store_true", help="record no videos (mario_run.mp4, mario_best_run_*.mp4)")
     p.add_argument("--runs-dir", metavar="DIR", help="parent folder of the run folders (default: runs)")
     p.add_argument("--max-episodes", type=_positive_int, metavar="N", help="stop cleanly after N episodes")
     p.add_argument("--max-steps", type=_positive_int, metavar="N", help="stop cleanly after N env steps")
-    p.add_argument("--max-minutes", type=_ranged(float, 1e-3, 1e9, "a positive number of minutes"), metavar="M",
-                   help="stop cleanly after M minutes of wall time")
-    p.add_argument("--curriculum", action="store_true", help="with several --env ids: play them in order, moving "
-                   "on when the average reward of the last episodes passes a threshold (curriculum_* in --help-config)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"),
-                   help="learner device (default auto: CUDA, then MPS, then CPU)")
+    p.add_argument(
+        "--max-minutes",
+        type=_ranged(float, 1e-3, 1e9, "a positive number of minutes"),
+        metavar="M",
+        help="stop cleanly after M minutes of wall time",
+    )
+    p.add_argument(
+        "--curriculum",
+        action="store_true",
+        help="with several --env ids: play them in order, moving "
+        "on when the average reward of the last episodes passes a threshold (curriculum_* in --help-config)",
+    )
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda", "mps"),
+        help="learner device (default auto: CUDA, then MPS, then CPU)",
+    )
     p.add_argument("--actors", type=_positive_int, metavar="N", help="actor processes (default 1)")
-    p.add_argument("--role", choices=("all", "learner", "replay", "actor"), default="all",
-                   help="processes to start here: all (default); learner (the learner and the replay server, or "
-                   "the learner alone with --replay); replay (the replay server alone); actor (the actors)")
-    p.add_argument("--bind", metavar="HOST[:PORT]", help="address the learner side listens on (default 127.0.0.1:47555; "
-                   "ports PORT..PORT+2); anything but loopback needs --keys or --insecure")
+    p.add_argument(
+        "--role",
+        choices=("all", "learner", "replay", "actor"),
+        default="all",
+        help="processes to start here: all (default); learner (the learner and the replay server, or "
+        "the learner alone with --replay); replay (the replay server alone); actor (the actors)",
+    )
+    p.add_argument(
+        "--bind",
+        metavar="HOST[:PORT]",
+        help="address the learner side listens on (default 127.0.0.1:47555; "
+        "ports PORT..PORT+2); anything but loopback needs --keys or --insecure",
+    )
     p.add_argument("--learner", metavar="HOST[:PORT]", help="with --role actor: the learner side's --bind address")
-    p.add_argument("--replay", metavar="HOST[:PORT]", help="a replay server started on its own (--role replay): "
-                   "for --role learner (which then starts none) and --role actor")
-    p.add_argument("--keys", metavar="DIR", help="CurveZMQ keys (from `python launch.py keys DIR`): its learner/ "
-                   "folder on the learner side, its actor/ folder on the actor side; encrypts and authenticates links")
-    p.add_argument("--insecure", action="store_true", help="allow a non-loopback --bind without keys (anyone who "
-                   "can reach the ports can send experience and read weights)")
-    p.add_argument("--base-port", type=_port, metavar="PORT",
-                   help="first of 3 consecutive TCP ports the processes use (default 47555; same as --bind's PORT)")
+    p.add_argument(
+        "--replay",
+        metavar="HOST[:PORT]",
+        help="a replay server started on its own (--role replay): "
+        "for --role learner (which then starts none) and --role actor",
+    )
+    p.add_argument(
+        "--keys",
+        metavar="DIR",
+        help="CurveZMQ keys (from `python launch.py keys DIR`): its learner/ "
+        "folder on the learner side, its actor/ folder on the actor side; encrypts and authenticates links",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --bind without keys (anyone who "
+        "can reach the ports can send experience and read weights)",
+    )
+    p.add_argument(
+        "--base-port",
+        type=_port,
+        metavar="PORT",
+        help="first of 3 consecutive TCP ports the processes use (default 47555; same as --bind's PORT)",
+    )
     p.add_argument("--seed", type=int, metavar="N", help="base random seed (default 0)")
-    p.add_argument("--checkpoint-every", type=_positive_int, metavar="N",
-                   help="save checkpoint.pth every N episodes (default 50; checkpoint_final.pth on every stop)")
-    p.add_argument("--resume", metavar="PATH", help="continue from a checkpoint file or a run folder (the newer of "
-                   "checkpoint_final.pth and checkpoint.pth); the run goes on in that folder")
-    p.add_argument("--resume-reset-exploration", type=_unit_float, metavar="EPS",
-                   help="with --resume: restart epsilon from EPS (it decays again from there)")
-    p.add_argument("--resume-new-env", action="store_true", help="with --resume: allow an --env other than the "
-                   "checkpoint's (refused without it: one replay memory and log.txt would then mix both envs)")
-    p.add_argument("--play", metavar="PATH", help="watch a trained agent: play greedy episodes with the network of "
-                   "a checkpoint file or a run folder (as for --resume; window unless --headless), record "
-                   "mario_play.mp4 beside the checkpoint; no training")
-    p.add_argument("--episodes", type=_positive_int, metavar="N",
-                   help=f"episodes for --play (default {PLAY_EPISODES})")
-    p.add_argument("--plot", metavar="RUN_FOLDER", help="write RUN_FOLDER/learning_curve.png (reward and x position "
-                   "over env steps, evaluations marked) and exit")
-    p.add_argument("--serial", action="store_true", help="one process, no ZeroMQ: the algorithm read top to bottom, "
-                   "for debugging; slower than the default (launcher/serial.py)")
-    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                   help="set any config field, e.g. --set lr=2.5e-4 (repeatable; list: --help-config)")
+    p.add_argument(
+        "--checkpoint-every",
+        type=_positive_int,
+        metavar="N",
+        help="save checkpoint.pth every N episodes (default 50; checkpoint_final.pth on every stop)",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="PATH",
+        help="continue from a checkpoint file or a run folder (the newer of "
+        "checkpoint_final.pth and checkpoint.pth); the run goes on in that folder",
+    )
+    p.add_argument(
+        "--resume-reset-exploration",
+        type=_unit_float,
+        metavar="EPS",
+        help="with --resume: restart epsilon from EPS (it decays again from there)",
+    )
+    p.add_argument(
+        "--resume-new-env",
+        action="store_true",
+        help="with --resume: allow an --env other than the "
+        "checkpoint's (refused without it: one replay memory and log.txt would then mix both envs)",
+    )
+    p.add_argument(
+        "--play",
+        metavar="PATH",
+        help="watch a trained agent: play greedy episodes with the network of "
+        "a checkpoint file or a run folder (as for --resume; window unless --headless), record "
+        "mario_play.mp4 beside the checkpoint; no training",
+    )
+    p.add_argument("--episodes", type=_positive_int, metavar="N", help=f"episodes for --play (default {PLAY_EPISODES})")
+    p.add_argument(
+        "--plot",
+        metavar="RUN_FOLDER",
+        help="write RUN_FOLDER/learning_curve.png (reward and x position over env steps, evaluations marked) and exit",
+    )
+    p.add_argument(
+        "--serial",
+        action="store_true",
+        help="one process, no ZeroMQ: the algorithm read top to bottom, "
+        "for debugging; slower than the default (launcher/serial.py)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set any config field, e.g. --set lr=2.5e-4 (repeatable; list: --help-config)",
+    )
     p.add_argument("--help-config", action="store_true", help="list every config field with its default and exit")
     return p
 
@@ -130,9 +207,18 @@ def config_from_args(args: argparse.Namespace, base: dict | None = None) -> Conf
     for assignment in args.set:
         name, value = parse_assignment(assignment)
         values[name] = value
-    flags = {"env_id": args.env, "runs_dir": args.runs_dir, "max_episodes": args.max_episodes,
-             "max_steps": args.max_steps, "max_minutes": args.max_minutes, "device": args.device, "num_actors": args.actors,
-             "base_port": args.base_port, "seed": args.seed, "checkpoint_every_episodes": args.checkpoint_every}
+    flags = {
+        "env_id": args.env,
+        "runs_dir": args.runs_dir,
+        "max_episodes": args.max_episodes,
+        "max_steps": args.max_steps,
+        "max_minutes": args.max_minutes,
+        "device": args.device,
+        "num_actors": args.actors,
+        "base_port": args.base_port,
+        "seed": args.seed,
+        "checkpoint_every_episodes": args.checkpoint_every,
+    }
     values.update({k: v for k, v in flags.items() if v is not None})
     if args.headless:
         values["headless"] = True
@@ -141,11 +227,12 @@ def config_from_args(args: argparse.Namespace, base: dict | None = None) -> Conf
     if args.curriculum:
         values["level_mode"] = "curriculum"
     if args.bind:
-        values["host"], values["base_port"] = parse_endpoint(args.bind, values.get("base_port", Config.base_port),
-                                                             "--bind")
+        values["host"], values["base_port"] = parse_endpoint(
+            args.bind, values.get("base_port", Config.base_port), "--bind"
+        )
     for flag, name in (("learner", "learner_address"), ("replay", "replay_address")):
         if getattr(args, flag):
-            parse_endpoint(getattr(args, flag), 1, f"--{flag}")     # a bad value is a ConfigError naming the flag
+            parse_endpoint(getattr(args, flag), 1, f"--{flag}")  # a bad value is a ConfigError naming the flag
             values[name] = getattr(args, flag)
     return Config.from_dict(values)
 
@@ -154,6 +241,7 @@ def check_network(args: argparse.Namespace, config: Config):
     """The role's flags fit together and links off this machine are secured; returns the CurveKeys
     to use (None without --keys). Raises ConfigError (or KeysError) with one line."""
     from common.keys import load_keys
+
     if args.learner and args.role != "actor":
         raise ConfigError("--learner is for --role actor (the other roles listen with --bind)")
     if args.replay and args.role not in ("learner", "actor"):
@@ -161,17 +249,21 @@ def check_network(args: argparse.Namespace, config: Config):
     if args.resume and args.role == "actor":
         raise ConfigError("--resume is for the learner side: an actor side continues from the learner it joins")
     binds = args.role != "actor"
-    if binds and not config.ipc_only() and not args.keys and not args.insecure:      # TCP ports, no keys
+    if binds and not config.ipc_only() and not args.keys and not args.insecure:  # TCP ports, no keys
         if not is_loopback(config.host):
-            raise ConfigError(f"--bind {config.host} listens beyond this machine: create keys with `python launch.py "
-                              "keys DIR` and pass --keys (DIR/learner here, DIR/actor on the actor machines), or pass "
-                              "--insecure to accept anyone who can reach the ports")
-        if has_ipc():      # (where ZeroMQ has no ipc, loopback TCP is the only way)
-            raise ConfigError("local_ipc=false opens loopback TCP ports that every user of this machine can reach: "
-                              "pass --keys or --insecure (or keep local_ipc on)")
+            raise ConfigError(
+                f"--bind {config.host} listens beyond this machine: create keys with `python launch.py "
+                "keys DIR` and pass --keys (DIR/learner here, DIR/actor on the actor machines), or pass "
+                "--insecure to accept anyone who can reach the ports"
+            )
+        if has_ipc():  # (where ZeroMQ has no ipc, loopback TCP is the only way)
+            raise ConfigError(
+                "local_ipc=false opens loopback TCP ports that every user of this machine can reach: "
+                "pass --keys or --insecure (or keep local_ipc on)"
+            )
     if not args.keys:
         return None
-    return load_keys(args.keys, server=binds, client=args.role != "replay")   # a learner connects to its replay
+    return load_keys(args.keys, server=binds, client=args.role != "replay")  # a learner connects to its replay
 
 
 def help_config() -> str:
@@ -201,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume_new_env and not args.resume:
         parser.error("--resume-new-env needs --resume")
     from common.keys import KeysError
+
     try:
         config = config_from_args(args)
         keys = None if args.serial else check_network(args, config)
@@ -209,19 +302,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.serial:
         return _serial(parser, args, config)
     from launcher.resume import ResumeError, ResumePlan, latest_checkpoint, load_resume_state, plan_resume
+
     resume_from = args.resume
     if not resume_from and sys.stdin.isatty():
         latest = latest_checkpoint(config.runs_dir)
         resume_from = latest and ask_to_resume(latest)
     plan = ResumePlan()
     if resume_from:
-        try:     # the checkpoint's config, with the flags given now on top
+        try:  # the checkpoint's config, with the flags given now on top
             checkpoint, state = load_resume_state(resume_from)
             config = config_from_args(args, base={**state["config"], "runs_dir": config.runs_dir})
             plan = plan_resume(checkpoint, state, config, args.resume_reset_exploration, args.resume_new_env)
         except (ResumeError, ConfigError) as exc:
             parser.error(str(exc))
     from launcher.supervisor import Supervisor, StartError
+
     try:
         supervisor = Supervisor(config, plan, args.role, keys)
     except StartError as exc:
@@ -232,37 +327,47 @@ def main(argv: list[str] | None = None) -> int:
 def _serial(parser: OneLineParser, args: argparse.Namespace, config: Config) -> int:
     """--serial: actor, replay and learner in this process, no ZeroMQ, no child processes (launcher/serial.py)."""
     if args.role != "all" or args.resume or config.num_actors > 1:
-        parser.error("--serial runs one actor, the replay and the learner in this process: it takes no --role, "
-                     "--resume or more than one actor")
+        parser.error(
+            "--serial runs one actor, the replay and the learner in this process: it takes no --role, "
+            "--resume or more than one actor"
+        )
     from launcher.serial import run_serial
     from launcher.supervisor import StartError
+
     try:
         return run_serial(config)
     except StartError as exc:
         parser.error(str(exc))
-    except KeyboardInterrupt:       # Ctrl+C before the loop started
+    except KeyboardInterrupt:  # Ctrl+C before the loop started
         return 130
 
 
 def _keys(argv: list[str]) -> int:
     """`launch.py keys DIR`: a new CurveZMQ key set (see common/keys.py)."""
-    parser = OneLineParser(prog="launch.py keys", description="Create CurveZMQ key pairs for a learner side and "
-                           "its actor machines: DIR/learner (for --role learner --keys) and DIR/actor (for --role "
-                           "actor --keys). Copy each folder to its machine; the secret keys never need to travel.")
+    parser = OneLineParser(
+        prog="launch.py keys",
+        description="Create CurveZMQ key pairs for a learner side and "
+        "its actor machines: DIR/learner (for --role learner --keys) and DIR/actor (for --role "
+        "actor --keys). Copy each folder to its machine; the secret keys never need to travel.",
+    )
     parser.add_argument("dir", metavar="DIR", help="folder to create the keys in (must not hold keys yet)")
     args = parser.parse_args(argv)
     from common.keys import KeysError, create_keys
+
     try:
         learner, actor = create_keys(args.dir)
     except KeysError as exc:
         parser.error(str(exc))
-    print(f"mario-apex: wrote {learner} (learner side: --role learner --keys {learner}) and {actor} "
-          f"(actor side: --role actor --keys {actor})")
+    print(
+        f"mario-apex: wrote {learner} (learner side: --role learner --keys {learner}) and {actor} "
+        f"(actor side: --role actor --keys {actor})"
+    )
     return 0
 
 
 def _plot(parser: OneLineParser, run_dir: str) -> int:
     from launcher.plot import PlotError, plot_run
+
     try:
         print(f"mario-apex: wrote {plot_run(run_dir)}")
     except PlotError as exc:
@@ -274,16 +379,24 @@ def _play(parser: OneLineParser, args: argparse.Namespace) -> int:
     from actor.play import play_checkpoint
     from common.checkpoint import CheckpointError
     from launcher.resume import ResumeError, find_checkpoint
+
     try:
-        results = play_checkpoint(find_checkpoint(args.play), args.episodes or PLAY_EPISODES, headless=args.headless,
-                                  record=not args.no_video, say=lambda text: print(f"mario-apex: {text}", flush=True))
+        results = play_checkpoint(
+            find_checkpoint(args.play),
+            args.episodes or PLAY_EPISODES,
+            headless=args.headless,
+            record=not args.no_video,
+            say=lambda text: print(f"mario-apex: {text}", flush=True),
+        )
     except (CheckpointError, ResumeError) as exc:
         parser.error(str(exc))
     except KeyboardInterrupt:
         return 130
     flags = sum(r.flag for r in results)
-    print(f"mario-apex: {len(results)} episode(s), mean x_pos {sum(r.x_pos for r in results) / len(results):.0f}, "
-          f"flag reached {flags} time(s)")
+    print(
+        f"mario-apex: {len(results)} episode(s), mean x_pos {sum(r.x_pos for r in results) / len(results):.0f}, "
+        f"flag reached {flags} time(s)"
+    )
     return 0
 
 
@@ -294,8 +407,7 @@ def ask_to_resume(latest: str, read=input) -> str | None:
     """Like the original trainer, ask whether to continue `latest` (main asks only on a terminal);
     returns it, or None for new training. Asks again until the answer is one of ANSWERS.
     Ctrl+C exits with status 130 and Ctrl+D with 1, without starting anything."""
-    question = (f"Found a checkpoint in {latest}.\n"
-                "Start new training (n) or load the latest checkpoint (l)? [n/l]: ")
+    question = f"Found a checkpoint in {latest}.\nStart new training (n) or load the latest checkpoint (l)? [n/l]: "
     while True:
         try:
             answer = read(question).strip().lower()

@@ -4,6 +4,7 @@ On a terminal the status is a live tqdm bar (a real progress bar with ETA when -
 set); otherwise (a pipe, a log file, CI) a plain status line every PLAIN_EVERY_S seconds.
 Role processes send their log lines to the launcher as reports, so nothing draws over the bar.
 """
+
 from __future__ import annotations
 
 import sys
@@ -22,10 +23,19 @@ class Console:
         self._bar = None
         self._last_plain = 0.0
         if self.interactive:
-            fmt = ("{l_bar}{bar:20}| {n_fmt}/{total_fmt} steps [{elapsed}<{remaining}{postfix}]" if max_steps
-                   else "{n_fmt} steps [{elapsed}, {rate_fmt}{postfix}]")
-            self._bar = tqdm(total=max_steps or None, unit="step", dynamic_ncols=True, bar_format=fmt,
-                             smoothing=0.05, file=sys.stdout)
+            fmt = (
+                "{l_bar}{bar:20}| {n_fmt}/{total_fmt} steps [{elapsed}<{remaining}{postfix}]"
+                if max_steps
+                else "{n_fmt} steps [{elapsed}, {rate_fmt}{postfix}]"
+            )
+            self._bar = tqdm(
+                total=max_steps or None,
+                unit="step",
+                dynamic_ncols=True,
+                bar_format=fmt,
+                smoothing=0.05,
+                file=sys.stdout,
+            )
 
     def say(self, text: str, error: bool = False) -> None:
         """A log line, printed above the live bar."""
@@ -37,7 +47,7 @@ class Console:
 
     def update(self, status: RunStatus, force: bool = False) -> None:
         if self._bar is not None:
-            if self._bar.total:        # --max-steps counts this session's steps, as the bar must
+            if self._bar.total:  # --max-steps counts this session's steps, as the bar must
                 self._bar.n = min(status.session_steps, self._bar.total)
             else:
                 self._bar.n = status.env_steps

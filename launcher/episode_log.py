@@ -1,5 +1,6 @@
 """log.txt: one line per episode, written by the launcher alone (so lines from several actors
 never interleave, and episode numbers run on across resumed sessions)."""
+
 from __future__ import annotations
 
 import re
@@ -13,7 +14,7 @@ _EVAL_NUMBER = re.compile(r"^\[[^\]]+\] Eval (\d+),")
 class EpisodeLog:
     def __init__(self, path: str):
         self.path = path
-        self._failures, self._failure_log = 0, LogLimit()     # failed writes (a full disk, say)
+        self._failures, self._failure_log = 0, LogLimit()  # failed writes (a full disk, say)
 
     def write(self, number: int, episode: dict) -> str | None:
         """A training episode's line; returns an error message when writing fails: the first time, then at
@@ -23,8 +24,10 @@ class EpisodeLog:
     def write_resumed(self, checkpoint: str, counters: dict) -> str | None:
         """The line that starts a resumed session. Episodes logged after that checkpoint was saved (a crash, say)
         are not in it, so their numbers come again after this line."""
-        return self._append(f"Resumed from {checkpoint}: episode {int(counters.get('episodes', 0))}, "
-                            f"{int(counters.get('env_steps', 0))} env steps (numbering goes on from there)")
+        return self._append(
+            f"Resumed from {checkpoint}: episode {int(counters.get('episodes', 0))}, "
+            f"{int(counters.get('env_steps', 0))} env steps (numbering goes on from there)"
+        )
 
     def last_eval_number(self) -> int:
         """The number of the last evaluation already in the file (0 if none or unreadable): a resumed run's
@@ -46,8 +49,10 @@ class EpisodeLog:
 
     @staticmethod
     def _common(e: dict) -> str:
-        return (f"Reward: {e['reward']:.2f}, Actor: {e['actor']}, Steps: {e['steps']}, X: {e['x_pos']}, "
-                f"Flag: {'yes' if e['flag'] else 'no'}")
+        return (
+            f"Reward: {e['reward']:.2f}, Actor: {e['actor']}, Steps: {e['steps']}, X: {e['x_pos']}, "
+            f"Flag: {'yes' if e['flag'] else 'no'}"
+        )
 
     def _append(self, text: str) -> str | None:
         line = f"[{datetime.now().strftime('%Y-%m-%d %H:%M:%S')}] {text}\n"

@@ -6,6 +6,7 @@ resumes from the newer of checkpoint_final.pth and checkpoint.pth by their saved
 by name. Every problem is a ResumeError with one line naming the file; nothing is written
 before all checks pass.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,6 +30,7 @@ class ResumeError(ValueError):
 @dataclass
 class ResumePlan:
     """Nothing to resume when `checkpoint` is None."""
+
     checkpoint: str | None = None
     replay_snapshot: str | None = None
     counters: dict = field(default_factory=dict)
@@ -55,7 +57,8 @@ def find_checkpoint(path: str) -> str:
         raise ResumeError(f"{path}: no such file or folder")
     if not os.path.isdir(path):
         return path
-    from common.checkpoint import CheckpointError, load_checkpoint   # torch: only when resuming
+    from common.checkpoint import CheckpointError, load_checkpoint  # torch: only when resuming
+
     candidates = []
     for name in CHECKPOINT_NAMES:
         candidate = os.path.join(path, name)
@@ -65,8 +68,16 @@ def find_checkpoint(path: str) -> str:
             except CheckpointError:
                 continue
             # Newest by its counters; of two equally new, the one whose replay memory was saved.
-            candidates.append(((int(counters.get("updates", 0)), int(counters.get("env_steps", 0)),
-                                bool(counters.get("replay_file"))), candidate))
+            candidates.append(
+                (
+                    (
+                        int(counters.get("updates", 0)),
+                        int(counters.get("env_steps", 0)),
+                        bool(counters.get("replay_file")),
+                    ),
+                    candidate,
+                )
+            )
     if not candidates:
         raise ResumeError(f"{path}: no loadable checkpoint_final.pth or checkpoint.pth in this folder")
     return max(candidates)[1]
@@ -85,22 +96,26 @@ def latest_checkpoint(runs_dir: str) -> str | None:
 
 def load_resume_state(path: str) -> tuple[str, dict]:
     """(checkpoint file, its contents) for a checkpoint file or a run folder; ResumeError if unusable."""
-    from common.checkpoint import CheckpointError, load_checkpoint   # torch: only when resuming
+    from common.checkpoint import CheckpointError, load_checkpoint  # torch: only when resuming
+
     checkpoint = find_checkpoint(path)
     try:
         state = load_checkpoint(checkpoint)
     except CheckpointError as exc:
         raise ResumeError(str(exc)) from None
     if "eval" in state and "counters" not in state:
-        raise ResumeError(f"{checkpoint}: the network of the best evaluation, for --play; it holds no training "
-                          "state to resume (use the run folder or its checkpoint_final.pth)")
+        raise ResumeError(
+            f"{checkpoint}: the network of the best evaluation, for --play; it holds no training "
+            "state to resume (use the run folder or its checkpoint_final.pth)"
+        )
     if not isinstance(state.get("config"), dict) or not isinstance(state.get("counters"), dict):
         raise ResumeError(f"{checkpoint}: damaged checkpoint (no config or counters)")
     return checkpoint, state
 
 
-def plan_resume(checkpoint: str, state: dict, config: Config, reset_epsilon: float | None,
-                new_env: bool = False) -> ResumePlan:
+def plan_resume(
+    checkpoint: str, state: dict, config: Config, reset_epsilon: float | None, new_env: bool = False
+) -> ResumePlan:
     """Check that a loaded checkpoint can continue under `config`; ResumeError if not.
     Another env is refused unless `new_env`: the run's replay memory and log.txt would mix both."""
     try:
@@ -110,11 +125,15 @@ def plan_resume(checkpoint: str, state: dict, config: Config, reset_epsilon: flo
     counters = dict(state["counters"])
     for name in STRUCTURAL:
         if getattr(saved, name) != getattr(config, name):
-            raise ResumeError(f"{checkpoint}: incompatible: it was trained with {name}={getattr(saved, name)}, "
-                              f"this run has {name}={getattr(config, name)}")
+            raise ResumeError(
+                f"{checkpoint}: incompatible: it was trained with {name}={getattr(saved, name)}, "
+                f"this run has {name}={getattr(config, name)}"
+            )
     if saved.env_id != config.env_id and not new_env:
-        raise ResumeError(f"{checkpoint}: it was trained on {saved.env_id}, not {config.env_id}: continuing would "
-                          "mix both envs in one replay memory and log.txt (pass --resume-new-env to do it anyway)")
+        raise ResumeError(
+            f"{checkpoint}: it was trained on {saved.env_id}, not {config.env_id}: continuing would "
+            "mix both envs in one replay memory and log.txt (pass --resume-new-env to do it anyway)"
+        )
     _check_networks(checkpoint, state, config)
     replay_snapshot = None
     if counters.get("replay_file"):
@@ -125,6 +144,7 @@ def plan_resume(checkpoint: str, state: dict, config: Config, reset_epsilon: flo
 
 def _check_networks(path: str, state: dict, config: Config) -> None:
     from common.network import build_network
+
     net = build_network(config)
     for key in ("online", "target"):
         if not isinstance(state.get(key), dict):
@@ -139,7 +159,7 @@ def _first_mismatch(exc: RuntimeError, limit: int = 160) -> str:
     """The first problem torch's load_state_dict lists (the line after its "Error(s) in loading" header)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     detail = lines[1] if len(lines) > 1 else (lines[0] if lines else "its tensors do not fit this run's network")
-    return detail if len(detail) <= limit else detail[:limit - 3] + "..."
+    return detail if len(detail) <= limit else detail[: limit - 3] + "..."
 
 
 def _check_snapshot(path: str, config: Config) -> None:

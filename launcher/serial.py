@@ -17,6 +17,7 @@ debugging it and stepping through it in a debugger. Where it differs from the de
   distributed trainer with its replay memory. Ctrl+C stops at the next step (exit status 130; SIGTERM 0);
   Ctrl+C during the final save abandons it (files are written atomically: those on disk stay whole).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -47,7 +48,7 @@ from replay_server.rate_limit import RateLimiter
 from replay_server.snapshot import write_snapshot
 
 PROGRESS_EVERY_S = 5.0
-STEPS_PER_UPDATE = 4        # with samples_per_insert 0: one batch per 4 env steps
+STEPS_PER_UPDATE = 4  # with samples_per_insert 0: one batch per 4 env steps
 
 
 def say(text: str) -> None:
@@ -102,13 +103,18 @@ def evaluate(env, net, c: Config, rng: np.random.Generator, stop: Stop) -> dict 
             action = int(rng.integers(c.num_actions)) if explore else greedy_action(net, obs)
             obs, reward, terminated, truncated, info = env.step(action)
             total, steps, done = total + reward, steps + 1, terminated or truncated
-    return {"actor": 0, "reward": float(total), "steps": steps, "x_pos": int(info.get("x_pos", 0)),
-            "flag": bool(info.get("flag_get", False))}
+    return {
+        "actor": 0,
+        "reward": float(total),
+        "steps": steps,
+        "x_pos": int(info.get("x_pos", 0)),
+        "flag": bool(info.get("flag_get", False)),
+    }
 
 
 def run_serial(c: Config) -> int:
     # --- set-up: everything that can fail comes before the run folder -------------------------------
-    warnings.filterwarnings("ignore", module="gym")      # as the actor: gym's deprecation chatter
+    warnings.filterwarnings("ignore", module="gym")  # as the actor: gym's deprecation chatter
     try:
         device = pick_device(c.device)
         env = make_env(c, seed=c.seed + c.first_actor)
@@ -116,32 +122,39 @@ def run_serial(c: Config) -> int:
         raise StartError(str(exc)) from None
     if env.action_space.n != c.num_actions:
         raise StartError(f"{c.env_id} has {env.action_space.n} actions but num_actions is {c.num_actions}")
-    if device.type == "cpu":        # as the learner process with one actor beside it
+    if device.type == "cpu":  # as the learner process with one actor beside it
         torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
     run_dir = make_run_dir(c.runs_dir)
     c.save(os.path.join(run_dir, "config.json"))
     say(f"run folder {run_dir}")
-    say(f"serial: env {c.env_id}, actor, replay and learner in this process (no ZeroMQ), learner on {device}; "
-        "Ctrl+C stops cleanly")
+    say(
+        f"serial: env {c.env_id}, actor, replay and learner in this process (no ZeroMQ), learner on {device}; "
+        "Ctrl+C stops cleanly"
+    )
     if not c.headless or c.record_video:
         say("--serial shows no live window and records no videos")
     log, metrics = EpisodeLog(os.path.join(run_dir, "log.txt")), Metrics(run_dir, ".serial", say)
     best_eval = BestEval(run_dir, c, say)
     levels = find_wrapper(env, LevelSampler) if len(level_ids(c.env_id)) > 1 else None
-    curriculum = Curriculum(levels, c.curriculum_threshold, c.curriculum_window) \
-        if levels and c.level_mode == "curriculum" else None
+    curriculum = (
+        Curriculum(levels, c.curriculum_threshold, c.curriculum_window)
+        if levels and c.level_mode == "curriculum"
+        else None
+    )
 
-    torch.manual_seed(c.seed)           # the network's initial weights: the same config starts the same run
+    torch.manual_seed(c.seed)  # the network's initial weights: the same config starts the same run
     learner = DQNLearner(c, device)
     replay = PrioritizedReplay(c.replay_capacity, c.frame_size, c.frame_stack, c.per_alpha, c.num_actions)
     ratio = c.samples_per_insert or c.batch_size / STEPS_PER_UPDATE
     limiter = RateLimiter(c.learning_starts, ratio, tolerance=0.0, pin_actors=False)
-    sample_rng = np.random.default_rng(c.seed + 10_000)         # the replay server's
-    rng = np.random.default_rng(c.seed + c.first_actor)        # actor 0's
+    sample_rng = np.random.default_rng(c.seed + 10_000)  # the replay server's
+    rng = np.random.default_rng(c.seed + c.first_actor)  # actor 0's
     chunks = ChunkBuilder(c.frame_stack, c.n_step, c.gamma)
     precision, why = choose_precision(learner.online, c)
-    say(f"acting in {precision} ({why}); learning from {c.learning_starts:,} stored transitions, "
-        f"{ratio:g} sampled per inserted one")
+    say(
+        f"acting in {precision} ({why}); learning from {c.learning_starts:,} stored transitions, "
+        f"{ratio:g} sampled per inserted one"
+    )
     net, policy = acting_policy(learner, precision)
     weights_version, steps, episodes, evaluations, best = 1, 0, 0, 0, None
     loss = q_mean = None
@@ -188,16 +201,30 @@ def run_serial(c: Config) -> int:
             if c.max_episodes and episodes >= c.max_episodes:
                 stop.reason = stop.reason or "reached --max-episodes"
             x_pos, flag = int(info.get("x_pos", 0)), bool(info.get("flag_get", False))
-            log.write(episodes, {"actor": 0, "reward": episode_reward, "steps": episode_steps, "x_pos": x_pos,
-                                 "flag": flag, "epsilon": epsilon(c, steps)})
-            for tag, value in (("Reward", episode_reward), ("Epsilon", epsilon(c, steps)), ("XPos", x_pos),
-                               ("Flag", float(flag)), ("Steps", episode_steps)):
+            log.write(
+                episodes,
+                {
+                    "actor": 0,
+                    "reward": episode_reward,
+                    "steps": episode_steps,
+                    "x_pos": x_pos,
+                    "flag": flag,
+                    "epsilon": epsilon(c, steps),
+                },
+            )
+            for tag, value in (
+                ("Reward", episode_reward),
+                ("Epsilon", epsilon(c, steps)),
+                ("XPos", x_pos),
+                ("Flag", float(flag)),
+                ("Steps", episode_steps),
+            ):
                 metrics.scalar(f"Episode/{tag}", value, steps)
             moved = curriculum.on_episode(episode_reward) if curriculum else None
             if moved:
                 say(moved)
             if c.eval_every_episodes and episodes % c.eval_every_episodes == 0 and not stop.reason:
-                for _ in range(c.eval_episodes):          # with the acting weights, as actor 0 plays them
+                for _ in range(c.eval_episodes):  # with the acting weights, as actor 0 plays them
                     result = evaluate(env, net, c, rng, stop)
                     if result is None:
                         break
@@ -208,8 +235,10 @@ def run_serial(c: Config) -> int:
                     metrics.scalar("Eval/XPos", result["x_pos"], steps)
             if c.checkpoint_every_episodes and episodes % c.checkpoint_every_episodes == 0 and not stop.reason:
                 try:
-                    learner.save(os.path.join(run_dir, "checkpoint.pth"),
-                                 counters(episodes, steps, best, replay, weights_version))
+                    learner.save(
+                        os.path.join(run_dir, "checkpoint.pth"),
+                        counters(episodes, steps, best, replay, weights_version),
+                    )
                 except OSError as exc:
                     say(f"could not write checkpoint.pth: {exc.strerror or exc}; training goes on")
             obs, _ = env.reset()
@@ -220,8 +249,12 @@ def run_serial(c: Config) -> int:
         now = time.monotonic()
         if now - last_print >= PROGRESS_EVERY_S:
             rates = ((steps - marks[1]) / (now - marks[0]), (learner.updates - marks[2]) / (now - marks[0]))
-            print(status(now - started, steps, episodes, learner.updates, rates, loss, epsilon(c, steps),
-                         replay, c, best), flush=True)
+            print(
+                status(
+                    now - started, steps, episodes, learner.updates, rates, loss, epsilon(c, steps), replay, c, best
+                ),
+                flush=True,
+            )
             if loss is not None:
                 metrics.scalar("Loss/Optimize", loss, learner.updates)
                 metrics.scalar("Q_Value/Mean", q_mean, learner.updates)
@@ -232,20 +265,35 @@ def run_serial(c: Config) -> int:
     if len(chunks):
         replay.add_chunk(**chunks.take())
     say(f"stopping: {stop.reason} ...")
-    signal.signal(signal.SIGINT, signal.default_int_handler)     # Ctrl+C now abandons the final checkpoint
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl+C now abandons the final checkpoint
     snapshot = f"checkpoint_final-{time.time_ns()}.replay.npz"
     try:
-        write_snapshot(replay, {"episodes": episodes, "env_steps": steps, "best_reward": best or 0.0,
-                                "size": len(replay), "inserted": replay.inserted, "sampled": limiter.sampled,
-                                "rng": sample_rng.bit_generator.state}, os.path.join(run_dir, snapshot))
-        learner.save(os.path.join(run_dir, "checkpoint_final.pth"),
-                     {**counters(episodes, steps, best, replay, weights_version),
-                      "replay_file": snapshot, "replay_updates": learner.updates})
+        write_snapshot(
+            replay,
+            {
+                "episodes": episodes,
+                "env_steps": steps,
+                "best_reward": best or 0.0,
+                "size": len(replay),
+                "inserted": replay.inserted,
+                "sampled": limiter.sampled,
+                "rng": sample_rng.bit_generator.state,
+            },
+            os.path.join(run_dir, snapshot),
+        )
+        learner.save(
+            os.path.join(run_dir, "checkpoint_final.pth"),
+            {
+                **counters(episodes, steps, best, replay, weights_version),
+                "replay_file": snapshot,
+                "replay_updates": learner.updates,
+            },
+        )
         say(f"saved checkpoint_final.pth with replay memory ({len(replay):,} transitions)")
     except KeyboardInterrupt:
         stop.exit_code = 130
         if not os.path.exists(os.path.join(run_dir, "checkpoint_final.pth")):
-            with contextlib.suppress(OSError):      # a snapshot no checkpoint names
+            with contextlib.suppress(OSError):  # a snapshot no checkpoint names
                 os.remove(os.path.join(run_dir, snapshot))
         say("Ctrl+C during the final save: stopped without checkpoint_final.pth")
     except OSError as exc:
@@ -253,33 +301,74 @@ def run_serial(c: Config) -> int:
     metrics.close()
     env.close()
     elapsed = time.monotonic() - started
-    summary = {"mode": "serial", "stop_reason": stop.reason, "exit_code": stop.exit_code, "episodes": episodes,
-               "env_steps": steps, "updates": learner.updates, "best_reward": best, "evaluations": evaluations,
-               "seconds": round(elapsed, 1), "replay": {"size": len(replay), "inserted": replay.inserted,
-                                                        "sampled": limiter.sampled}}
+    summary = {
+        "mode": "serial",
+        "stop_reason": stop.reason,
+        "exit_code": stop.exit_code,
+        "episodes": episodes,
+        "env_steps": steps,
+        "updates": learner.updates,
+        "best_reward": best,
+        "evaluations": evaluations,
+        "seconds": round(elapsed, 1),
+        "replay": {"size": len(replay), "inserted": replay.inserted, "sampled": limiter.sampled},
+    }
     try:
         with open(os.path.join(run_dir, "summary.json"), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
     except OSError as exc:
         say(f"could not write summary.json: {exc.strerror or exc}")
-    say(status(elapsed, steps, episodes, learner.updates, (steps / elapsed, learner.updates / elapsed), loss,
-               epsilon(c, steps), replay, c, best))
+    say(
+        status(
+            elapsed,
+            steps,
+            episodes,
+            learner.updates,
+            (steps / elapsed, learner.updates / elapsed),
+            loss,
+            epsilon(c, steps),
+            replay,
+            c,
+            best,
+        )
+    )
     say(f"stopped: {stop.reason}; results in {run_dir}")
     return stop.exit_code
 
 
 def counters(episodes: int, steps: int, best: float | None, replay: PrioritizedReplay, weights_version: int) -> dict:
     """The run's counters in a checkpoint, as the learner process writes them (without a replay file)."""
-    return {"episodes": episodes, "env_steps": steps, "best_reward": best or 0.0, "replay_size": len(replay),
-            "weights_version": weights_version, "replay_file": "", "replay_updates": 0}
+    return {
+        "episodes": episodes,
+        "env_steps": steps,
+        "best_reward": best or 0.0,
+        "replay_size": len(replay),
+        "weights_version": weights_version,
+        "replay_file": "",
+        "replay_updates": 0,
+    }
 
 
-def status(seconds: float, steps: int, episodes: int, updates: int, rates: tuple[float, float], loss: float | None,
-           eps: float, replay: PrioritizedReplay, c: Config, best: float | None) -> str:
+def status(
+    seconds: float,
+    steps: int,
+    episodes: int,
+    updates: int,
+    rates: tuple[float, float],
+    loss: float | None,
+    eps: float,
+    replay: PrioritizedReplay,
+    c: Config,
+    best: float | None,
+) -> str:
     """The launcher's plain status line (launcher/status.py), from this loop's own counters."""
     s = int(seconds)
-    parts = [f"{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}", f"steps {steps:,} ({rates[0]:.0f}/s)",
-             f"episodes {episodes:,}", f"updates {updates:,} ({rates[1]:.1f}/s)"]
+    parts = [
+        f"{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}",
+        f"steps {steps:,} ({rates[0]:.0f}/s)",
+        f"episodes {episodes:,}",
+        f"updates {updates:,} ({rates[1]:.1f}/s)",
+    ]
     parts += [f"loss {loss:.4f}"] if loss is not None else []
     parts += [f"eps {eps:.2f}", f"replay {len(replay):,}/{c.replay_capacity:,}"]
     parts += [f"best {best:.2f}"] if best is not None else []

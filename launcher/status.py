@@ -1,5 +1,6 @@
 """Run-wide progress as the launcher sees it, from the processes' reports: the status line and
 summary.json."""
+
 from __future__ import annotations
 
 import time
@@ -18,18 +19,19 @@ class RunStatus:
         self.replay_capacity = replay_capacity
         self.episodes_before = int(before.get("episodes", 0))
         self.started = time.monotonic()
-        self.actors: dict[int, dict] = {}     # latest progress per actor
-        self.actor_episodes: dict[int, dict] = {}   # latest episode per actor
+        self.actors: dict[int, dict] = {}  # latest progress per actor
+        self.actor_episodes: dict[int, dict] = {}  # latest episode per actor
         self.learner: dict = {}
         self.replay: dict = {}
         self.episodes = 0
-        self.best_reward: float | None = float(before["best_reward"]) if self.episodes_before and \
-            "best_reward" in before else None
+        self.best_reward: float | None = (
+            float(before["best_reward"]) if self.episodes_before and "best_reward" in before else None
+        )
         self.last_episode: dict = {}
         self.done_actors: set[int] = set()
         self.evaluations = 0
         self.last_eval: dict = {}
-        self.dropped_reports = 0      # bad reports the launcher dropped (see Supervisor._drain_reports)
+        self.dropped_reports = 0  # bad reports the launcher dropped (see Supervisor._drain_reports)
         self._rate_origin = (int(before.get("env_steps", 0)), int(before.get("updates", 0)))
         self._rate_marks: deque[tuple[float, int, int]] = deque([(time.monotonic(), *self._rate_origin)])
         self.rates = (0.0, 0.0)
@@ -62,8 +64,13 @@ class RunStatus:
 
         def newest(key: str, episode_key: str | None = None) -> int:
             return max(int(progress.get(key, 0)), int(episode.get(episode_key or key, 0)))
-        return {"steps": newest("steps", "actor_steps"), "session_steps": newest("session_steps"),
-                "episodes": newest("episodes", "episode"), "level": newest("level")}
+
+        return {
+            "steps": newest("steps", "actor_steps"),
+            "session_steps": newest("session_steps"),
+            "episodes": newest("episodes", "episode"),
+            "level": newest("level"),
+        }
 
     @property
     def env_steps(self) -> int:
@@ -81,7 +88,7 @@ class RunStatus:
     @property
     def total_episodes(self) -> int:
         if not self.actors and "episodes" in self.replay:
-            return int(self.replay["episodes"])        # the learner side: as the replay server counted them
+            return int(self.replay["episodes"])  # the learner side: as the replay server counted them
         return self.episodes_before + self.episodes
 
     @property
@@ -106,8 +113,9 @@ class RunStatus:
         the rates are this session's averages, not the last seconds' (which include the stop)."""
         self._update_rates()
         seconds = max(time.monotonic() - self.started, 1e-9)
-        rates = (self.session_steps / seconds, (self.updates - self._rate_origin[1]) / seconds) if whole_run \
-            else self.rates
+        rates = (
+            (self.session_steps / seconds, (self.updates - self._rate_origin[1]) / seconds) if whole_run else self.rates
+        )
         elapsed = int(seconds)
         clock = f"{elapsed // 3600:02d}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d}"
         return " | ".join([clock, f"steps {self.env_steps:,} ({rates[0]:.0f}/s)", *self.fields(rates)])
@@ -121,13 +129,16 @@ class RunStatus:
         parts = [f"episodes {self.total_episodes:,}"]
         if self.learner or not self.actors:
             parts.append(f"updates {self.updates:,} ({rates[1]:.1f}/s)")
-        else:       # the actor side: the learner is elsewhere; its newest weights tell how far it is
+        else:  # the actor side: the learner is elsewhere; its newest weights tell how far it is
             parts.append(f"weights of update {max(int(a.get('weights_updates', 0)) for a in self.actors.values()):,}")
         if "loss" in self.learner:
             parts.append(f"loss {self.learner['loss']:.4f}")
-        if len(self.actors) > 1:      # per-actor throughput: a slow or stuck actor shows
-            parts.append("actors " + "/".join(f"{self.actors[i].get('steps_per_s', 0):.0f}"
-                                              for i in sorted(self.actors)) + " steps/s")
+        if len(self.actors) > 1:  # per-actor throughput: a slow or stuck actor shows
+            parts.append(
+                "actors "
+                + "/".join(f"{self.actors[i].get('steps_per_s', 0):.0f}" for i in sorted(self.actors))
+                + " steps/s"
+            )
         if not self.actors and "actors" in self.replay:
             parts.append(f"actors connected {int(self.replay['actors'])}")
         if any(a.get("learner_stopped") for a in self.actors.values()):
@@ -143,10 +154,18 @@ class RunStatus:
         return parts
 
     def summary(self) -> dict:
-        return {"episodes": self.episodes, "total_episodes": self.total_episodes, "env_steps": self.env_steps,
-                "session_steps": self.session_steps, "updates": self.updates,
-                "best_reward": self.best_reward, "evaluations": self.evaluations, "last_eval": self.last_eval,
-                "dropped_reports": self.dropped_reports,
-                "seconds": round(time.monotonic() - self.started, 1),
-                "actors": {str(k): v for k, v in self.actors.items()}, "learner": self.learner,
-                "replay": self.replay}
+        return {
+            "episodes": self.episodes,
+            "total_episodes": self.total_episodes,
+            "env_steps": self.env_steps,
+            "session_steps": self.session_steps,
+            "updates": self.updates,
+            "best_reward": self.best_reward,
+            "evaluations": self.evaluations,
+            "last_eval": self.last_eval,
+            "dropped_reports": self.dropped_reports,
+            "seconds": round(time.monotonic() - self.started, 1),
+            "actors": {str(k): v for k, v in self.actors.items()},
+            "learner": self.learner,
+            "replay": self.replay,
+        }

@@ -12,6 +12,7 @@ launcher itself disappears), flushes what it holds, closes its files (the learne
 checkpoint_final.pth) and exits 0. Stragglers get SIGTERM after STOP_GRACE_S and SIGKILL after
 STOP_KILL_S, so everything is gone within 10 s. A second Ctrl+C skips the grace period.
 """
+
 from __future__ import annotations
 
 import errno
@@ -43,13 +44,17 @@ from launcher.status import RunStatus
 STOP_GRACE_S = 7.0
 STOP_KILL_S = 8.5
 STOP_ORDER = ("actor", "learner", "replay")
-STOP_SHARE = {"actor": 0.3, "learner": 0.9, "replay": 1.0}   # cumulative shares of STOP_GRACE_S
+STOP_SHARE = {"actor": 0.3, "learner": 0.9, "replay": 1.0}  # cumulative shares of STOP_GRACE_S
 POLL_MS = 200
-REPORTS_PER_DRAIN = 1000    # then the launcher looks at its children and limits again
+REPORTS_PER_DRAIN = 1000  # then the launcher looks at its children and limits again
 
 
-ROLES = {"all": ("replay", "learner", "actor"), "learner": ("replay", "learner"), "replay": ("replay",),
-         "actor": ("actor",)}
+ROLES = {
+    "all": ("replay", "learner", "actor"),
+    "learner": ("replay", "learner"),
+    "replay": ("replay",),
+    "actor": ("actor",),
+}
 """The processes each --role starts (learner without replay when --replay names a separate one)."""
 
 
@@ -74,10 +79,18 @@ def _role_main(role: str):
     return main
 
 
-def role_entry(role: str, index: int, config_dict: dict, run_dir: str, stop_event, parent_pid: int,
-               resume: dict, reports_address: str = "", keys: dict | None = None) -> None:
-    run_role(_role_main(role), role, index, config_dict, run_dir, stop_event, parent_pid, resume, reports_address,
-             keys)
+def role_entry(
+    role: str,
+    index: int,
+    config_dict: dict,
+    run_dir: str,
+    stop_event,
+    parent_pid: int,
+    resume: dict,
+    reports_address: str = "",
+    keys: dict | None = None,
+) -> None:
+    run_role(_role_main(role), role, index, config_dict, run_dir, stop_event, parent_pid, resume, reports_address, keys)
 
 
 def make_run_dir(runs_dir: str) -> str:
@@ -102,8 +115,8 @@ def _tcp_in_use(host: str, port: int) -> str:
     """Why (host, port) cannot be bound ("" if it can)."""
     try:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as ZeroMQ binds: a just-stopped
-            probe.bind((host, port))                                      # run's TIME_WAIT is no conflict
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as ZeroMQ binds: a just-stopped
+            probe.bind((host, port))  # run's TIME_WAIT is no conflict
     except OSError as exc:
         return ADDRESS_IN_USE if exc.errno == errno.EADDRINUSE else exc.strerror
     return ""
@@ -118,8 +131,9 @@ def _ipc_in_use(path: str) -> str:
 
 
 class Supervisor:
-    def __init__(self, config: Config, resume: ResumePlan | None = None, role: str = "all",
-                 keys: CurveKeys | None = None):
+    def __init__(
+        self, config: Config, resume: ResumePlan | None = None, role: str = "all", keys: CurveKeys | None = None
+    ):
         self.config = config
         self.resume = resume or ResumePlan()
         self.role = role
@@ -143,7 +157,7 @@ class Supervisor:
         self.failures: dict[str, str] = {}
         self.stop_reason: str | None = None
         self.signal_count = 0
-        self.stop_seconds: float | None = None     # from the stop to the last process gone (summary.json)
+        self.stop_seconds: float | None = None  # from the stop to the last process gone (summary.json)
         self.exit_code = 0
         self.console: Console | None = None
 
@@ -158,7 +172,7 @@ class Supervisor:
         address = f"ipc://{os.path.join(self._reports_dir, 'reports')}"
         try:
             return bind_socket(self.transport, self.config, "reports", address), address
-        except TransportError as exc:        # e.g. a TMPDIR too long for a socket path
+        except TransportError as exc:  # e.g. a TMPDIR too long for a socket path
             shutil.rmtree(self._reports_dir, ignore_errors=True)
             raise StartError(f"{exc} (the launcher's report socket; try a shorter TMPDIR)") from None
 
@@ -168,6 +182,7 @@ class Supervisor:
             self._check_env()
         if "learner" in self.roles:
             from learner.device import DeviceError, pick_device
+
             try:
                 pick_device(self.config.device)
             except DeviceError as exc:
@@ -179,30 +194,38 @@ class Supervisor:
         for role in self.roles:
             for channel in bound_by(role):
                 for address in self.config.bind_addresses(channel):
-                    reason = _tcp_in_use(*self.config.bind_endpoint(channel)) if address.startswith("tcp://") \
-                        else _ipc_in_use(address[len("ipc://"):])
+                    reason = (
+                        _tcp_in_use(*self.config.bind_endpoint(channel))
+                        if address.startswith("tcp://")
+                        else _ipc_in_use(address[len("ipc://") :])
+                    )
                     if reason:
                         raise StartError(f"cannot bind {address}: {reason}")
 
     def _check_env(self) -> None:
         from common.envs import level_ids, unknown_env_ids
+
         unknown = unknown_env_ids(self.config.env_id)
         if unknown:
-            raise StartError(f"unknown env id {unknown[0]!r}: use a gym-super-mario-bros id such as "
-                             "SuperMarioBros-1-1-v0 (or several, comma-separated), or MarioApexTest-v0")
+            raise StartError(
+                f"unknown env id {unknown[0]!r}: use a gym-super-mario-bros id such as "
+                "SuperMarioBros-1-1-v0 (or several, comma-separated), or MarioApexTest-v0"
+            )
         c = self.config
         if TEST_ENV_ID in level_ids(c.env_id) and c.action_set != "simple":
             raise StartError(f"{TEST_ENV_ID} has the simple action set only, got action_set={c.action_set}")
         if c.num_actions != ACTION_SETS[c.action_set]:
-            raise StartError(f"num_actions is {c.num_actions} but the env's action set "
-                             f"({c.action_set}) has {ACTION_SETS[c.action_set]}")
+            raise StartError(
+                f"num_actions is {c.num_actions} but the env's action set "
+                f"({c.action_set}) has {ACTION_SETS[c.action_set]}"
+            )
 
     # --- start ---------------------------------------------------------------------------------
     def _start_all(self) -> None:
         self._mp = mp.get_context("spawn")
         self.stop_events = {role: self._mp.Event() for role in STOP_ORDER}
         for role in ("replay", "learner"):
-            if role in self.roles and self.stop_reason is None:      # Ctrl+C during start-up: start no more
+            if role in self.roles and self.stop_reason is None:  # Ctrl+C during start-up: start no more
                 self._start(role, 0, self.resume.for_role(role, 0))
         if "actor" in self.roles:
             # An actor side of its own joins a learner that may have been running for a while.
@@ -213,9 +236,22 @@ class Supervisor:
 
     def _start(self, role: str, index: int, resume: dict) -> None:
         name = process_name(role, index)
-        proc = self._mp.Process(target=role_entry, name=name, daemon=False,
-                                args=(role, index, self.config.to_dict(), self.run_dir, self.stop_events[role],
-                                      os.getpid(), resume, self.reports_address, self.keys))
+        proc = self._mp.Process(
+            target=role_entry,
+            name=name,
+            daemon=False,
+            args=(
+                role,
+                index,
+                self.config.to_dict(),
+                self.run_dir,
+                self.stop_events[role],
+                os.getpid(),
+                resume,
+                self.reports_address,
+                self.keys,
+            ),
+        )
         # Children ignore SIGINT from birth (the setting survives exec); the launcher coordinates. A Ctrl+C
         # meanwhile is held back (blocked), not ignored, and reaches the launcher once the child is started.
         held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
@@ -240,8 +276,11 @@ class Supervisor:
         print(f"mario-apex: run folder {self.run_dir}", flush=True)
         if self.resume.checkpoint:
             c = self.resume.counters
-            print(f"mario-apex: resuming from {os.path.basename(self.resume.checkpoint)}: {c.get('episodes', 0):,} "
-                  f"episodes, {c.get('env_steps', 0):,} env steps, {c.get('updates', 0):,} updates", flush=True)
+            print(
+                f"mario-apex: resuming from {os.path.basename(self.resume.checkpoint)}: {c.get('episodes', 0):,} "
+                f"episodes, {c.get('env_steps', 0):,} env steps, {c.get('updates', 0):,} updates",
+                flush=True,
+            )
         self._print_role()
         self.console = Console(self.config.max_steps)
         try:
@@ -259,16 +298,23 @@ class Supervisor:
             return
         if self.role != "actor":
             what = " and ".join(r if r == "learner" else "replay server" for r in self.roles)
-            where = c.bind_addresses('replay_in' if 'replay' in self.roles else 'weights')[0]
-            keys = "this machine only: this user's ipc sockets" if c.ipc_only() else \
-                "CurveZMQ keys" if self.keys else "no keys"
-            print(f"mario-apex: {what} on {where} ({keys}); actors join with: {self._join_command()}",
-                  flush=True)
+            where = c.bind_addresses("replay_in" if "replay" in self.roles else "weights")[0]
+            keys = (
+                "this machine only: this user's ipc sockets"
+                if c.ipc_only()
+                else "CurveZMQ keys"
+                if self.keys
+                else "no keys"
+            )
+            print(f"mario-apex: {what} on {where} ({keys}); actors join with: {self._join_command()}", flush=True)
             print("mario-apex: Ctrl+C stops this side (final checkpoint; connected actors play on)", flush=True)
         else:
             target = c.learner_address or f"this machine ({c.connect_address('replay_in')})"
-            print(f"mario-apex: env {c.env_id}, {c.num_actors} actor(s) feeding the learner side at {target}; "
-                  "Ctrl+C stops this side (the learner keeps running and waits)", flush=True)
+            print(
+                f"mario-apex: env {c.env_id}, {c.num_actors} actor(s) feeding the learner side at {target}; "
+                "Ctrl+C stops this side (the learner keeps running and waits)",
+                flush=True,
+            )
 
     def _join_command(self) -> str:
         """The actor side's command line for this learner side."""
@@ -299,8 +345,13 @@ class Supervisor:
         if "actor" not in self.roles:
             return None
         if status.done_actors >= set(range(c.num_actors)):
-            return "reached --max-steps" if c.max_steps and status.session_steps >= c.max_steps \
-                else "reached --max-episodes" if c.max_episodes else "actors finished"
+            return (
+                "reached --max-steps"
+                if c.max_steps and status.session_steps >= c.max_steps
+                else "reached --max-episodes"
+                if c.max_episodes
+                else "actors finished"
+            )
         if c.max_episodes and status.episodes >= c.max_episodes:
             return "reached --max-episodes"
         if c.max_steps and status.session_steps >= c.max_steps:
@@ -319,7 +370,7 @@ class Supervisor:
                 return
             try:
                 self._on_report(decode(raw, self.config.max_message_bytes, expect=("report",)))
-            except Exception as exc:    # ProtocolError, or one no check foresaw: that report is lost, not the run
+            except Exception as exc:  # ProtocolError, or one no check foresaw: that report is lost, not the run
                 self._drop_report(str(exc) if isinstance(exc, ProtocolError) else f"{type(exc).__name__}: {exc}")
 
     def _on_report(self, msg: dict) -> None:
@@ -347,41 +398,55 @@ class Supervisor:
         every 30 s (LogLimit)."""
         self.status.dropped_reports += 1
         if self._drop_log.due():
-            self.console.say(f"mario-apex: dropped a bad report ({reason[:200]}); "
-                             f"{self.status.dropped_reports} dropped so far", error=True)
+            self.console.say(
+                f"mario-apex: dropped a bad report ({reason[:200]}); {self.status.dropped_reports} dropped so far",
+                error=True,
+            )
 
     def _check_children(self) -> None:
         for name, proc in list(self.processes.items()):
             if proc.exitcode is None:
                 continue
-            self._drain_reports(300)     # its last words may still be on the way
-            if name.startswith("actor-") and self.stop_reason is None and \
-                    self.restarts.get(name, 0) < self.config.actor_restarts:
+            self._drain_reports(300)  # its last words may still be on the way
+            if (
+                name.startswith("actor-")
+                and self.stop_reason is None
+                and self.restarts.get(name, 0) < self.config.actor_restarts
+            ):
                 self._restart_actor(name, proc)
                 continue
             if self.stop_reason is None:
                 self.stop_reason = f"{name} stopped unexpectedly"
-            self.console.say(f"mario-apex: {name} exited unexpectedly ({_describe_exit(proc.exitcode)})"
-                             f"{self._reason(name)}", error=True)
+            self.console.say(
+                f"mario-apex: {name} exited unexpectedly ({_describe_exit(proc.exitcode)}){self._reason(name)}",
+                error=True,
+            )
             self.exit_code = 1
             return
 
     def _restart_actor(self, name: str, proc: mp.Process) -> None:
         """Start a crashed actor again, continuing its counters; the other processes go on as they are."""
         self.restarts[name] = self.restarts.get(name, 0) + 1
-        self.console.say(f"mario-apex: {name} exited unexpectedly ({_describe_exit(proc.exitcode)}){self._reason(name)}; "
-                         f"restarting it ({self.restarts[name]} of {self.config.actor_restarts})", error=True)
+        self.console.say(
+            f"mario-apex: {name} exited unexpectedly ({_describe_exit(proc.exitcode)}){self._reason(name)}; "
+            f"restarting it ({self.restarts[name]} of {self.config.actor_restarts})",
+            error=True,
+        )
         self.failures.pop(name, None)
         index = int(name.split("-")[1])
         start = self.resume.for_role("actor", index, self.config.num_actors)
         counters = self.status.actor_counters(index)
-        resume = {**start, **counters, "steps": max(int(start.get("steps", 0)), counters["steps"]),
-                  "epsilon_origin": int(start.get("steps", 0)),   # a reset exploration keeps its origin
-                  "restarts": self.restarts[name]}       # its seed: not the same episodes again
+        resume = {
+            **start,
+            **counters,
+            "steps": max(int(start.get("steps", 0)), counters["steps"]),
+            "epsilon_origin": int(start.get("steps", 0)),  # a reset exploration keeps its origin
+            "restarts": self.restarts[name],
+        }  # its seed: not the same episodes again
         self._start("actor", index, resume)
 
     def _reason(self, name: str) -> str:
-        """": <the reason it reported>" for a failed child, or nothing."""
+        """ ": <the reason it reported>" for a failed child, or nothing."""
         return f": {self.failures[name]}" if name in self.failures else ""
 
     # --- stop --------------------------------------------------------------------------------------
@@ -390,34 +455,39 @@ class Supervisor:
             return
         self.console.say(f"mario-apex: stopping: {self.stop_reason or 'launcher error'} ...")
         started = time.monotonic()
-        for role in STOP_ORDER:     # actors first (they flush), the learner (its final checkpoint needs
-            self.stop_events[role].set()   # the replay server), then the replay server
+        for role in STOP_ORDER:  # actors first (they flush), the learner (its final checkpoint needs
+            self.stop_events[role].set()  # the replay server), then the replay server
             group = [p for name, p in self.processes.items() if name.split("-")[0] == role]
             deadline = started + STOP_GRACE_S * STOP_SHARE[role]
             while any(p.is_alive() for p in group) and time.monotonic() < deadline and self.signal_count < 2:
-                self._drain_reports(100)     # a second Ctrl+C skips the waiting
+                self._drain_reports(100)  # a second Ctrl+C skips the waiting
         stragglers = [p for p in self.processes.values() if p.is_alive()]
         for proc in stragglers:
             self.console.say(f"mario-apex: {proc.name} did not stop in time; terminating it", error=True)
             proc.terminate()
         while any(p.is_alive() for p in stragglers) and time.monotonic() < started + STOP_KILL_S:
-            time.sleep(0.05)         # the deadlines count from the stop, however slowly this loop runs
+            time.sleep(0.05)  # the deadlines count from the stop, however slowly this loop runs
         for proc in stragglers:
             if proc.is_alive():
-                proc.kill()          # all at once: a loaded machine must not make them queue for it
+                proc.kill()  # all at once: a loaded machine must not make them queue for it
         for proc in stragglers:
             proc.join(max(0.1, started + STOP_KILL_S + 0.5 - time.monotonic()))
         self.stop_seconds = time.monotonic() - started
         self._drain_reports(50)
         for name, proc in self.processes.items():
             if proc.exitcode not in (0, None) and self.exit_code == 0 and proc not in stragglers:
-                self.console.say(f"mario-apex: {name} exited with {_describe_exit(proc.exitcode)}{self._reason(name)}",
-                                 error=True)
+                self.console.say(
+                    f"mario-apex: {name} exited with {_describe_exit(proc.exitcode)}{self._reason(name)}", error=True
+                )
                 self.exit_code = 1
 
     def _finish(self) -> None:
-        summary = {"stop_reason": self.stop_reason, "exit_code": self.exit_code, "stop_seconds": self.stop_seconds,
-                   **self.status.summary()}
+        summary = {
+            "stop_reason": self.stop_reason,
+            "exit_code": self.exit_code,
+            "stop_seconds": self.stop_seconds,
+            **self.status.summary(),
+        }
         try:
             with open(os.path.join(self.run_dir, "summary.json"), "w", encoding="utf-8") as f:
                 json.dump(summary, f, indent=2)
@@ -442,8 +512,13 @@ class Supervisor:
         summary.json: its folder would only clutter the runs folder (a failed role's reason is on the
         terminal)."""
         s = self.status
-        return (not self.resume.checkpoint and s.env_steps == 0 and s.episodes == 0 and s.updates == 0
-                and s.dropped_reports == 0)
+        return (
+            not self.resume.checkpoint
+            and s.env_steps == 0
+            and s.episodes == 0
+            and s.updates == 0
+            and s.dropped_reports == 0
+        )
 
 
 def _describe_exit(code: int) -> str:

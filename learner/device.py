@@ -1,4 +1,5 @@
 """Pick the learner's torch device: CUDA, then Apple MPS, then CPU, unless one is asked for."""
+
 from __future__ import annotations
 
 import torch

@@ -3,6 +3,7 @@
 No sockets here: the learner exposes `step(batch)`, `save(path)` and `restore(path)`, and one
 dict (`state_dict`) is the whole learner checkpoint.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,8 +14,10 @@ from common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from common.config import Config
 from common.network import build_network
 
-def td_targets(rewards: torch.Tensor, bootstraps: torch.Tensor, next_q_target: torch.Tensor,
-               next_q_online: torch.Tensor | None) -> torch.Tensor:
+
+def td_targets(
+    rewards: torch.Tensor, bootstraps: torch.Tensor, next_q_target: torch.Tensor, next_q_online: torch.Tensor | None
+) -> torch.Tensor:
     """y = R + bootstrap * Q_target(s', a'), where R is the discounted n-step return, bootstrap is
     gamma^k for the next obs k steps on (0 after a terminal step), and a' = argmax_a Q_online(s', a)
     for double DQN (next_q_online given) or argmax_a Q_target(s', a) for plain DQN."""
@@ -28,8 +31,10 @@ def td_targets(rewards: torch.Tensor, bootstraps: torch.Tensor, next_q_target: t
 
 def linear_decay(end_factor: float, updates: int):
     """LR multiplier: 1 at update 0, falling linearly to end_factor at `updates`, then held."""
+
     def factor(step: int) -> float:
         return 1.0 - (1.0 - end_factor) * min(step, updates) / updates
+
     return factor
 
 
@@ -42,10 +47,12 @@ class DQNLearner:
         self.target.load_state_dict(self.online.state_dict())
         self.target.requires_grad_(False)
         # One fused kernel for the whole Adam step on CUDA: the update is launch-bound there.
-        self.optimizer = torch.optim.Adam(self.online.parameters(), lr=config.lr, eps=config.adam_eps,
-                                          fused=device.type == "cuda")
+        self.optimizer = torch.optim.Adam(
+            self.online.parameters(), lr=config.lr, eps=config.adam_eps, fused=device.type == "cuda"
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, linear_decay(config.lr_end_factor, config.lr_decay_updates))
+            self.optimizer, linear_decay(config.lr_end_factor, config.lr_decay_updates)
+        )
         self.updates = 0
         # Mixed precision: autocast for the forward passes; on CUDA float16 with a gradient scaler.
         cuda = device.type == "cuda"
@@ -62,14 +69,15 @@ class DQNLearner:
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         if not (array.flags.writeable and array.flags.c_contiguous):
-            array = np.array(array)                   # a writable copy: network buffers are read-only
+            array = np.array(array)  # a writable copy: network buffers are read-only
         tensor = torch.from_numpy(array)
         if self.device.type == "cuda":
             tensor = tensor.pin_memory()
         return tensor.to(self.device, non_blocking=True)
 
-    def step(self, frames: np.ndarray, actions: np.ndarray, rewards: np.ndarray, bootstraps: np.ndarray,
-             weights: np.ndarray) -> tuple[dict, np.ndarray]:
+    def step(
+        self, frames: np.ndarray, actions: np.ndarray, rewards: np.ndarray, bootstraps: np.ndarray, weights: np.ndarray
+    ) -> tuple[dict, np.ndarray]:
         """One gradient update on a batch (frames (B, 2S, H, W): obs then next obs); returns
         (metrics, new priorities |TD error| + eps)."""
         s = self.config.frame_stack
@@ -91,7 +99,7 @@ class DQNLearner:
 
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)           # clip the true gradients (no-op without scaling)
+        self.scaler.unscale_(self.optimizer)  # clip the true gradients (no-op without scaling)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.online.parameters(), self.config.grad_clip_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -100,12 +108,20 @@ class DQNLearner:
         self._update_target()
 
         # Priorities and metrics come back in one transfer: one wait for the GPU per update, not four.
-        back = torch.cat([td_error.detach().abs().float(),
-                          torch.stack([loss.detach(), q_all.detach().mean(), grad_norm.float()]).float()])
+        back = torch.cat(
+            [
+                td_error.detach().abs().float(),
+                torch.stack([loss.detach(), q_all.detach().mean(), grad_norm.float()]).float(),
+            ]
+        )
         back = back.cpu().numpy().astype(np.float64)
         priorities = back[:-3] + self.config.per_eps
-        metrics = {"loss": float(back[-3]), "q_mean": float(back[-2]), "grad_norm": float(back[-1]),
-                   "lr": self.optimizer.param_groups[0]["lr"]}
+        metrics = {
+            "loss": float(back[-3]),
+            "q_mean": float(back[-2]),
+            "grad_norm": float(back[-1]),
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
         return metrics, priorities
 
     def _update_target(self) -> None:
@@ -120,12 +136,16 @@ class DQNLearner:
 
     # --- checkpoints -------------------------------------------------------------------------
     def state_dict(self, counters: dict | None = None) -> dict:
-        return {"config": self.config.to_dict(),
-                "online": self.online.state_dict(), "target": self.target.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "counters": {"updates": self.updates, **(counters or {})},
-                "rng": {"torch": torch.get_rng_state()}}
+        return {
+            "config": self.config.to_dict(),
+            "online": self.online.state_dict(),
+            "target": self.target.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "counters": {"updates": self.updates, **(counters or {})},
+            "rng": {"torch": torch.get_rng_state()},
+        }
 
     def save(self, path: str, counters: dict | None = None) -> None:
         save_checkpoint(self.state_dict(counters), path)

@@ -8,6 +8,7 @@ and ZeroMQ's per-message cost, which at batch 32 was as large as the sampling it
 The learner and the replay-service benchmark's client both go through this, so the benchmark
 measures the learner's own path.
 """
+
 from __future__ import annotations
 
 import platform
@@ -23,25 +24,38 @@ PER_TRANSITION = ("ids", "actions", "rewards", "bootstraps", "weights")
 
 
 class ReplayBatches:
-    def __init__(self, batch_size: int, per_request: int, frame_stack: int, frame_size: int, use_shared: bool,
-                 log: Callable[[str], None], seed: int = 0, max_message_bytes: int = 64 * 1024 * 1024):
+    def __init__(
+        self,
+        batch_size: int,
+        per_request: int,
+        frame_stack: int,
+        frame_size: int,
+        use_shared: bool,
+        log: Callable[[str], None],
+        seed: int = 0,
+        max_message_bytes: int = 64 * 1024 * 1024,
+    ):
         self.batch_size = batch_size
-        self.request_size = batch_size * max(1, per_request // batch_size)    # whole batches
+        self.request_size = batch_size * max(1, per_request // batch_size)  # whole batches
         # Frames in the messages (no shared ring): ask for no more than one message can carry.
-        self.travel_size = max(batch_size, min(self.request_size, frames_per_message(
-            batch_size, frame_stack, frame_size, max_message_bytes)))
+        self.travel_size = max(
+            batch_size,
+            min(self.request_size, frames_per_message(batch_size, frame_stack, frame_size, max_message_bytes)),
+        )
         self.frame_stack, self.frame_size = frame_stack, frame_size
         self.rng = np.random.default_rng(seed)
-        self.use_shared = use_shared      # the replay server is on this machine (ipc link) and allowed
+        self.use_shared = use_shared  # the replay server is on this machine (ipc link) and allowed
         self.log = log
         self.ring: SharedFrames | None = None
-        self.torn = 0                     # batches dropped because the server overwrote their frames meanwhile
-        self.reattach = False             # a batch named a ring we do not map: ask again
+        self.torn = 0  # batches dropped because the server overwrote their frames meanwhile
+        self.reattach = False  # a batch named a ring we do not map: ask again
         self._told: str | None = None
         if use_shared and not stores_in_order():
             self.use_shared = False
-            self._tell(f"batch frames travel over ZeroMQ: reading the replay server's shared memory needs x86's "
-                       f"memory ordering to detect overwritten frames, and this CPU is {platform.machine()}")
+            self._tell(
+                f"batch frames travel over ZeroMQ: reading the replay server's shared memory needs x86's "
+                f"memory ordering to detect overwritten frames, and this CPU is {platform.machine()}"
+            )
         self._out: np.ndarray | None = None
 
     def attach_request(self) -> bytes | None:
@@ -56,8 +70,10 @@ class ReplayBatches:
         size = self.request_size
         if self.ring is None and self.travel_size < size:
             size = self.travel_size
-            self._tell(f"asking for {size} transitions per request, not {self.request_size}: their frames travel "
-                       f"in the messages, and more would not fit in one (max_message_bytes)")
+            self._tell(
+                f"asking for {size} transitions per request, not {self.request_size}: their frames travel "
+                f"in the messages, and more would not fit in one (max_message_bytes)"
+            )
         return encode("sample", batch_size=size, beta=beta, shared=self.ring is not None, **extra)
 
     def on_frame_ring(self, msg: dict) -> None:
@@ -86,24 +102,27 @@ class ReplayBatches:
             if msg["frames"].shape != (n, s2, size, size) or msg["frames"].dtype != np.uint8:
                 raise ProtocolError(f"batch frames have shape {msg['frames'].shape}, dtype {msg['frames'].dtype}")
         elif msg["frame_numbers"].shape != (n, s2) or msg["frame_numbers"].dtype != np.int64:
-            raise ProtocolError(f"batch_shared frame_numbers are {msg['frame_numbers'].dtype} "
-                                f"{msg['frame_numbers'].shape}, expected int64 {(n, s2)}")
+            raise ProtocolError(
+                f"batch_shared frame_numbers are {msg['frame_numbers'].dtype} "
+                f"{msg['frame_numbers'].shape}, expected int64 {(n, s2)}"
+            )
         elif self.ring is None or msg["ring"] != self.ring.token:
             self.reattach = True
             return iter(())
-        order = self.rng.permutation(n) if n > self.batch_size else None      # one batch: as it came, no copy
+        order = self.rng.permutation(n) if n > self.batch_size else None  # one batch: as it came, no copy
         return self._each(msg, n, order)
 
     def _each(self, msg: dict, n: int, order: np.ndarray | None) -> Iterator[dict]:
         for i in range(0, n, self.batch_size):
-            part = slice(i, i + self.batch_size) if order is None else order[i:i + self.batch_size]
+            part = slice(i, i + self.batch_size) if order is None else order[i : i + self.batch_size]
             batch = {k: msg[k][part] for k in PER_TRANSITION}
             if msg["t"] == "batch":
                 batch["frames"] = msg["frames"][part]
             else:
-                if self._out is None:        # reused: a fresh array per batch cost more in page faults than the copy
-                    self._out = np.empty((self.batch_size, 2 * self.frame_stack, self.frame_size, self.frame_size),
-                                         dtype=np.uint8)
+                if self._out is None:  # reused: a fresh array per batch cost more in page faults than the copy
+                    self._out = np.empty(
+                        (self.batch_size, 2 * self.frame_stack, self.frame_size, self.frame_size), dtype=np.uint8
+                    )
                 if not self.ring.gather(msg["frame_numbers"][part], out=self._out):
                     self.torn += 1
                     continue

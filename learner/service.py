@@ -10,6 +10,7 @@ Sockets (addresses from the config, types and options from common/topology.py):
 Checkpoints: checkpoint.pth every `checkpoint_every_episodes` episodes, checkpoint_final.pth on stop,
 each naming a replay snapshot beside it (protocol below, at `checkpoint`).
 """
+
 from __future__ import annotations
 
 import os
@@ -39,8 +40,8 @@ SNAPSHOT_STALL_S = 30.0
 # The final snapshot must fit the stop: the launcher allows the learner 0.9 x 7.5 s from the start of the stop, of which
 # the actors may take 2.25 s (launcher/supervisor.py STOP_SHARE); the .pth after it takes well under a second.
 FINAL_SNAPSHOT_S = 4.0
-RUN_COUNTERS = ("episodes", "env_steps", "best_reward", "replay_size")   # what a replay snapshot fixes
-SNAPSHOT_FILE = re.compile(r"^checkpoint(_final)?-\d+\.replay\.npz(\.tmp)?$")   # the names checkpoint() gives
+RUN_COUNTERS = ("episodes", "env_steps", "best_reward", "replay_size")  # what a replay snapshot fixes
+SNAPSHOT_FILE = re.compile(r"^checkpoint(_final)?-\d+\.replay\.npz(\.tmp)?$")  # the names checkpoint() gives
 
 
 class LearnerService:
@@ -55,9 +56,16 @@ class LearnerService:
         self.dealer = connect_socket(runtime.transport, c, "replay_sample")
         self.pub = bind_socket(runtime.transport, c, "weights")
         local = c.connect_address("replay_sample").startswith("ipc://")
-        self.batches = ReplayBatches(c.batch_size, c.transitions_per_request, c.frame_stack, c.frame_size,
-                                     c.shared_frames and local, runtime.log, seed=c.seed,
-                                     max_message_bytes=c.max_message_bytes)
+        self.batches = ReplayBatches(
+            c.batch_size,
+            c.transitions_per_request,
+            c.frame_stack,
+            c.frame_size,
+            c.shared_frames and local,
+            runtime.log,
+            seed=c.seed,
+            max_message_bytes=c.max_message_bytes,
+        )
         self.metrics = Metrics(run_dir, ".learner", runtime.log)
         self.replay_stats: dict = {}
         self.weights_version = 0
@@ -65,32 +73,34 @@ class LearnerService:
         self._weights_msg = b""
         self.last_publish = 0.0
         self.in_flight = 0
-        self._replay_connects = 0      # handshakes with a replay server so far (a new one forgets our requests)
+        self._replay_connects = 0  # handshakes with a replay server so far (a new one forgets our requests)
         self.dropped = 0
-        self.dropped_priorities = 0    # new priorities that could not be sent (the replay server gone or saturated)
+        self.dropped_priorities = 0  # new priorities that could not be sent (the replay server gone or saturated)
         self.wait_s = 0.0
         self._rate_mark = (time.monotonic(), 0)
         self._checkpointed_at_episode = 0
-        self._next_checkpoint_at = self._last_started = 0.0    # no periodic checkpoint starts before the former
+        self._next_checkpoint_at = self._last_started = 0.0  # no periodic checkpoint starts before the former
         self._spacing_said = False
-        self._replay: dict | None = None   # the newest good snapshot a checkpoint names: file, updates, counters
-        self._named: dict[str, str] = {}    # checkpoint base -> the snapshot its .pth on disk names
-        self._failures, self._failure_log = 0, LogLimit()     # checkpoint failures (a full disk, say)
+        self._replay: dict | None = None  # the newest good snapshot a checkpoint names: file, updates, counters
+        self._named: dict[str, str] = {}  # checkpoint base -> the snapshot its .pth on disk names
+        self._failures, self._failure_log = 0, LogLimit()  # checkpoint failures (a full disk, say)
         self._drop_log = LogLimit()
         self._window = {"loss": 0.0, "q_mean": 0.0, "n": 0}
 
     # --- loop --------------------------------------------------------------------------------
     def run(self) -> None:
-        restored = int(self.replay_stats.get("size", 0))      # a resumed run's replay memory
+        restored = int(self.replay_stats.get("size", 0))  # a resumed run's replay memory
         if restored >= self.config.learning_starts:
             self.rt.log(f"training on {self.device}; {restored:,} transitions restored, enough to train on")
         else:
             self.rt.log(f"training on {self.device}; waiting for {self.config.learning_starts} transitions")
         if self.config.replay_address:
-            self.rt.log(f"the replay server at {self.config.replay_address} runs on its own: checkpoints hold the "
-                        "learner's state, not the replay memory")
+            self.rt.log(
+                f"the replay server at {self.config.replay_address} runs on its own: checkpoints hold the "
+                "learner's state, not the replay memory"
+            )
         self.publish()
-        training_since = None          # wait_fraction counts from the first batch on
+        training_since = None  # wait_fraction counts from the first batch on
         while not self.rt.should_stop():
             self._request_batches()
             t0 = time.monotonic()
@@ -107,9 +117,12 @@ class LearnerService:
         """Take one message from the replay server; batches are trained on (or dropped)."""
         msg = None
         try:
-            frames = self.dealer.recv_multipart(copy=False)          # big arrays arrive as their own parts
-            msg = decode_parts([f.buffer for f in frames], self.config.max_message_bytes,
-                               expect=("batch", "batch_shared", "snapshot_done", "frame_ring", "stats"))
+            frames = self.dealer.recv_multipart(copy=False)  # big arrays arrive as their own parts
+            msg = decode_parts(
+                [f.buffer for f in frames],
+                self.config.max_message_bytes,
+                expect=("batch", "batch_shared", "snapshot_done", "frame_ring", "stats"),
+            )
             if msg["t"] in ("batch", "batch_shared"):
                 self.in_flight = max(0, self.in_flight - 1)
                 _check_values(msg, self.config.num_actions)
@@ -120,7 +133,7 @@ class LearnerService:
             elif msg["t"] == "frame_ring" and not self.batches.use_shared:
                 raise ProtocolError("a frame ring this learner did not ask for")
         except ProtocolError as exc:
-            if msg is None:      # unreadable, most likely the answer to a sample request: ask again
+            if msg is None:  # unreadable, most likely the answer to a sample request: ask again
                 self.in_flight = max(0, self.in_flight - 1)
             self.dropped += 1
             if self._drop_log.due():
@@ -138,7 +151,7 @@ class LearnerService:
     def _request_batches(self) -> None:
         connects = self.rt.transport.connects(self.dealer)
         if connects > self._replay_connects or self.batches.reattach:
-            if connects > self._replay_connects:      # (re)connected: a restarted replay server lost our requests
+            if connects > self._replay_connects:  # (re)connected: a restarted replay server lost our requests
                 if self._replay_connects:
                     self.in_flight = 0
                 self._replay_connects = connects
@@ -158,15 +171,16 @@ class LearnerService:
         for batch in msg["batches"]:
             if self.learner.updates == 0:
                 self.rt.log("first batch arrived: training")
-            metrics, new = self.learner.step(batch["frames"], batch["actions"], batch["rewards"],
-                                             batch["bootstraps"], batch["weights"])
+            metrics, new = self.learner.step(
+                batch["frames"], batch["actions"], batch["rewards"], batch["bootstraps"], batch["weights"]
+            )
             ids.append(batch["ids"])
             priorities.append(new)
             self._window["loss"] += metrics["loss"]
             self._window["q_mean"] += metrics["q_mean"]
             self._window["n"] += 1
         if not ids:
-            return          # all torn, or from a ring we no longer map: the loop asks again
+            return  # all torn, or from a ring we no longer map: the loop asks again
         ids, priorities = np.concatenate(ids), np.concatenate(priorities)
         try:
             if self.in_flight < self.config.prefetch_batches:
@@ -175,11 +189,11 @@ class LearnerService:
             else:
                 self.dealer.send(encode("priorities", ids=ids, priorities=priorities), zmq.NOBLOCK)
         except zmq.Again:
-            self.dropped_priorities += len(ids)   # those transitions keep their old priorities; counted, not silent
+            self.dropped_priorities += len(ids)  # those transitions keep their old priorities; counted, not silent
         every = self.config.publish_every
         if self.learner.updates // every > updates_before // every:
             self.publish()
-        self._maybe_checkpoint()        # after the priorities went: a snapshot includes them
+        self._maybe_checkpoint()  # after the priorities went: a snapshot includes them
 
     def _idle_duties(self, elapsed: float) -> None:
         """Periodic work between batches: re-publish weights for late joiners, report progress, and before
@@ -193,7 +207,7 @@ class LearnerService:
                 try:
                     self.dealer.send(encode("ask_stats"), zmq.NOBLOCK)
                 except zmq.Again:
-                    pass            # the replay server is not there yet: the next report asks again
+                    pass  # the replay server is not there yet: the next report asks again
 
     def publish(self) -> None:
         """Broadcast the online weights; a re-send of unchanged weights keeps its version."""
@@ -202,8 +216,13 @@ class LearnerService:
             self._published_updates = self.learner.updates
             counters = self.counters()
             run = {k: counters[k] for k in ("episodes", "env_steps", "best_reward")}
-            self._weights_msg = encode("weights", version=self.weights_version, updates=self.learner.updates,
-                                       tensors=weights_to_arrays(self.learner.online), run=run)
+            self._weights_msg = encode(
+                "weights",
+                version=self.weights_version,
+                updates=self.learner.updates,
+                tensors=weights_to_arrays(self.learner.online),
+                run=run,
+            )
         self.pub.send(self._weights_msg)
         self.last_publish = time.monotonic()
 
@@ -212,10 +231,15 @@ class LearnerService:
         now = time.monotonic()
         rate = (updates - self._rate_mark[1]) / max(now - self._rate_mark[0], 1e-9)
         self._rate_mark = (now, updates)
-        values = {"updates": updates, "weights_version": self.weights_version, "dropped": self.dropped,
-                  "torn_batches": self.batches.torn, "dropped_priorities": self.dropped_priorities,
-                  "lr": self.learner.optimizer.param_groups[0]["lr"],
-                  "wait_fraction": self.wait_s / elapsed if elapsed > 0 else 0.0}
+        values = {
+            "updates": updates,
+            "weights_version": self.weights_version,
+            "dropped": self.dropped,
+            "torn_batches": self.batches.torn,
+            "dropped_priorities": self.dropped_priorities,
+            "lr": self.learner.optimizer.param_groups[0]["lr"],
+            "wait_fraction": self.wait_s / elapsed if elapsed > 0 else 0.0,
+        }
         n = self._window["n"]
         if n:
             values["loss"] = self._window["loss"] / n
@@ -239,9 +263,13 @@ class LearnerService:
     # (3) once the snapshot is on disk, write the .pth naming it. Actors never wait.
     def counters(self) -> dict:
         stats = self.replay_stats
-        return {"episodes": int(stats.get("episodes", 0)), "env_steps": int(stats.get("env_steps", 0)),
-                "best_reward": float(stats.get("best_reward", 0.0)), "replay_size": int(stats.get("size", 0)),
-                "weights_version": self.weights_version}
+        return {
+            "episodes": int(stats.get("episodes", 0)),
+            "env_steps": int(stats.get("env_steps", 0)),
+            "best_reward": float(stats.get("best_reward", 0.0)),
+            "replay_size": int(stats.get("size", 0)),
+            "weights_version": self.weights_version,
+        }
 
     def _maybe_checkpoint(self) -> None:
         every = self.config.checkpoint_every_episodes
@@ -252,8 +280,10 @@ class LearnerService:
         if now < self._next_checkpoint_at:
             if not self._spacing_said:
                 self._spacing_said = True
-                self.rt.log(f"checkpoints come at most every {self._next_checkpoint_at - self._last_started:.0f} s "
-                            f"here, so saving keeps under {self.config.checkpoint_time_share:.0%} of the learner's time")
+                self.rt.log(
+                    f"checkpoints come at most every {self._next_checkpoint_at - self._last_started:.0f} s "
+                    f"here, so saving keeps under {self.config.checkpoint_time_share:.0%} of the learner's time"
+                )
             return
         self._checkpointed_at_episode = episodes
         self.checkpoint("checkpoint")
@@ -274,26 +304,33 @@ class LearnerService:
         why = "the launcher is gone, so is the replay server"
         if with_replay:
             # A unique name: a new snapshot never overwrites the one the previous .pth names.
-            done, why = self._request_snapshot(f"{base}-{time.time_ns()}.replay.npz",
-                                               started + FINAL_SNAPSHOT_S if final else None)
+            done, why = self._request_snapshot(
+                f"{base}-{time.time_ns()}.replay.npz", started + FINAL_SNAPSHOT_S if final else None
+            )
             if done is not None:
                 self.replay_stats = {**self.replay_stats, **done["stats"]}
                 counters = self.counters()
-                replay = {"file": done["name"], "updates": self.learner.updates,
-                          "counters": {k: counters[k] for k in RUN_COUNTERS}}
+                replay = {
+                    "file": done["name"],
+                    "updates": self.learner.updates,
+                    "counters": {k: counters[k] for k in RUN_COUNTERS},
+                }
             elif not final:
                 self._failed(f"{base}.pth not saved: {why}; the previous checkpoint stays, training goes on")
                 self._remove_unnamed_snapshots()
                 return ""
-        counters = {**self.counters(), **(replay["counters"] if replay else {}),
-                    "replay_file": replay["file"] if replay else "",
-                    "replay_updates": replay["updates"] if replay else 0}
+        counters = {
+            **self.counters(),
+            **(replay["counters"] if replay else {}),
+            "replay_file": replay["file"] if replay else "",
+            "replay_updates": replay["updates"] if replay else 0,
+        }
         path = os.path.join(self.run_dir, f"{base}.pth")
         try:
             self.learner.save(path, counters)
         except OSError as exc:
             self._failed(f"could not write {os.path.basename(path)}: {exc.strerror}; training goes on", always=final)
-            self._remove_unnamed_snapshots()       # the new snapshot no .pth names: a full disk is not left full
+            self._remove_unnamed_snapshots()  # the new snapshot no .pth names: a full disk is not left full
             return ""
         self._named[base] = counters["replay_file"]
         fresh, self._replay = replay is not None and replay is not self._replay, replay
@@ -302,11 +339,14 @@ class LearnerService:
         if fresh:
             self.rt.log(f"saved {base}.pth with replay memory ({counters['replay_size']:,} transitions) {seconds}")
         elif replay is not None:
-            self.rt.log(f"saved {base}.pth with the replay memory of update {replay['updates']:,} "
-                        f"({counters['replay_size']:,} transitions, the newest complete one) {seconds}: {why}")
+            self.rt.log(
+                f"saved {base}.pth with the replay memory of update {replay['updates']:,} "
+                f"({counters['replay_size']:,} transitions, the newest complete one) {seconds}: {why}"
+            )
         else:
-            self.rt.log(f"saved {base}.pth WITHOUT replay memory {seconds}"
-                        + ("" if self.config.replay_address else f": {why}"))
+            self.rt.log(
+                f"saved {base}.pth WITHOUT replay memory {seconds}" + ("" if self.config.replay_address else f": {why}")
+            )
         return path
 
     def _request_snapshot(self, name: str, deadline: float | None) -> tuple[dict | None, str]:
@@ -325,8 +365,10 @@ class LearnerService:
             if now_size != size:
                 size, grew = now_size, now
             if deadline is not None and now >= deadline:
-                return None, (f"the replay snapshot did not finish in the {FINAL_SNAPSHOT_S:.0f} s the stop allows "
-                              f"({max(size, 0) / 1e6:,.0f} MB written)")
+                return None, (
+                    f"the replay snapshot did not finish in the {FINAL_SNAPSHOT_S:.0f} s the stop allows "
+                    f"({max(size, 0) / 1e6:,.0f} MB written)"
+                )
             if now - grew > SNAPSHOT_STALL_S:
                 return None, f"the replay snapshot made no progress for {SNAPSHOT_STALL_S:.0f} s"
 
@@ -341,7 +383,7 @@ class LearnerService:
         """Remove the snapshots (and partial ones) that no checkpoint on disk names: never the last good one."""
         named = set()
         for base in ("checkpoint", "checkpoint_final"):
-            if base not in self._named:       # written before this session: read which snapshot it names
+            if base not in self._named:  # written before this session: read which snapshot it names
                 self._named[base] = _named_snapshot(os.path.join(self.run_dir, f"{base}.pth"))
             named.add(self._named[base])
         for name in os.listdir(self.run_dir):
@@ -353,24 +395,36 @@ class LearnerService:
 
     def restore(self, path: str) -> None:
         counters = self.learner.restore(path)
-        self.replay_stats = {"episodes": counters.get("episodes", 0), "env_steps": counters.get("env_steps", 0),
-                             "best_reward": counters.get("best_reward", 0.0),
-                             "size": counters.get("replay_size", 0) if counters.get("replay_file") else 0}
+        self.replay_stats = {
+            "episodes": counters.get("episodes", 0),
+            "env_steps": counters.get("env_steps", 0),
+            "best_reward": counters.get("best_reward", 0.0),
+            "size": counters.get("replay_size", 0) if counters.get("replay_file") else 0,
+        }
         self._checkpointed_at_episode = int(counters.get("episodes", 0))
         if counters.get("replay_file"):
-            self._replay = {"file": counters["replay_file"],
-                            "updates": int(counters.get("replay_updates", self.learner.updates)),
-                            "counters": {k: counters[k] for k in RUN_COUNTERS if k in counters}}
+            self._replay = {
+                "file": counters["replay_file"],
+                "updates": int(counters.get("replay_updates", self.learner.updates)),
+                "counters": {k: counters[k] for k in RUN_COUNTERS if k in counters},
+            }
         self.weights_version = int(counters.get("weights_version", 0))
         self._published_updates = -1
         self.rt.log(f"resumed from {os.path.basename(path)} at update {self.learner.updates:,}")
 
     def close(self) -> None:
         path = self.checkpoint("checkpoint_final", final=True)
-        self.pub.send(encode("bye", checkpoint=os.path.basename(path)))     # actors on other machines play on
-        self.rt.report("progress", {"updates": self.learner.updates, "weights_version": self.weights_version,
-                                    "dropped": self.dropped, "torn_batches": self.batches.torn,
-                                    "dropped_priorities": self.dropped_priorities})
+        self.pub.send(encode("bye", checkpoint=os.path.basename(path)))  # actors on other machines play on
+        self.rt.report(
+            "progress",
+            {
+                "updates": self.learner.updates,
+                "weights_version": self.weights_version,
+                "dropped": self.dropped,
+                "torn_batches": self.batches.torn,
+                "dropped_priorities": self.dropped_priorities,
+            },
+        )
         self.batches.close()
         self.metrics.close()
 

@@ -10,6 +10,7 @@ Priorities follow Schaul et al. (2016): P(i) = p_i^alpha / sum p^alpha, new tran
 largest priority seen so far, and importance-sampling weights (N P(i))^-beta are normalised by
 their largest possible value (that of the smallest priority in the buffer).
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -21,7 +22,7 @@ from common.config import MAX_N_STEP
 from common.shared_frames import FrameRing
 from replay_server.sum_tree import SumTree
 
-FRAME_SLACK = 8   # the frame ring holds capacity * (1 + 1/FRAME_SLACK) frames: room for chunk overlap
+FRAME_SLACK = 8  # the frame ring holds capacity * (1 + 1/FRAME_SLACK) frames: room for chunk overlap
 
 
 class ChunkError(ValueError):
@@ -30,13 +31,13 @@ class ChunkError(ValueError):
 
 @dataclass
 class Batch:
-    ids: np.ndarray        # (B,) int64 global transition ids, for priority updates
-    frames: np.ndarray | None   # (B, 2S, H, W) uint8: obs = [:, :S], next obs (n steps on) = [:, S:]
-    frame_numbers: np.ndarray   # (B, 2S) int64 global frame numbers of those frames (see FrameRing)
-    actions: np.ndarray    # (B,) uint8
-    rewards: np.ndarray    # (B,) float32
+    ids: np.ndarray  # (B,) int64 global transition ids, for priority updates
+    frames: np.ndarray | None  # (B, 2S, H, W) uint8: obs = [:, :S], next obs (n steps on) = [:, S:]
+    frame_numbers: np.ndarray  # (B, 2S) int64 global frame numbers of those frames (see FrameRing)
+    actions: np.ndarray  # (B,) uint8
+    rewards: np.ndarray  # (B,) float32
     bootstraps: np.ndarray  # (B,) float32: discount of the next obs's value (0 after a terminal step)
-    weights: np.ndarray    # (B,) float32 importance-sampling weights, max 1
+    weights: np.ndarray  # (B,) float32 importance-sampling weights, max 1
 
 
 class PrioritizedReplay:
@@ -47,7 +48,7 @@ class PrioritizedReplay:
         self.frame_stack = frame_stack
         self.alpha = alpha
         self.num_actions = num_actions
-        self.ring = FrameRing(self.frame_capacity, frame_size)     # shared with a local learner
+        self.ring = FrameRing(self.frame_capacity, frame_size)  # shared with a local learner
         self._frames = self.ring.frames
         self._stack = np.zeros((capacity, 2 * frame_stack), dtype=np.int32)
         self._actions = np.zeros(capacity, dtype=np.uint8)
@@ -55,9 +56,9 @@ class PrioritizedReplay:
         self._bootstraps = np.zeros(capacity, dtype=np.float32)
         self._ids = np.full(capacity, -1, dtype=np.int64)
         self._tree = SumTree(capacity)
-        self._chunks: deque[tuple[int, int]] = deque()   # (transitions, frames) per stored chunk
-        self._t_head = 0          # transitions ever stored (next global id)
-        self._f_head = 0          # frames ever stored
+        self._chunks: deque[tuple[int, int]] = deque()  # (transitions, frames) per stored chunk
+        self._t_head = 0  # transitions ever stored (next global id)
+        self._f_head = 0  # frames ever stored
         self._t_live = 0
         self._f_live = 0
         self.max_priority = 1.0
@@ -70,13 +71,22 @@ class PrioritizedReplay:
         return self._t_head
 
     def nbytes(self) -> int:
-        arrays = (self._frames, self._stack, self._actions, self._rewards, self._bootstraps, self._ids,
-                  self._tree._sum, self._tree._min)
+        arrays = (
+            self._frames,
+            self._stack,
+            self._actions,
+            self._rewards,
+            self._bootstraps,
+            self._ids,
+            self._tree._sum,
+            self._tree._min,
+        )
         return sum(a.nbytes for a in arrays)
 
     # --- insert ------------------------------------------------------------------------------
-    def add_chunk(self, frames: np.ndarray, stack: np.ndarray, actions: np.ndarray,
-                  rewards: np.ndarray, bootstraps: np.ndarray) -> int:
+    def add_chunk(
+        self, frames: np.ndarray, stack: np.ndarray, actions: np.ndarray, rewards: np.ndarray, bootstraps: np.ndarray
+    ) -> int:
         """Store one chunk; returns how many transitions were added. Raises ChunkError."""
         n, m = self._check_chunk(frames, stack, actions, rewards, bootstraps)
         while self._t_live + n > self.capacity or self._f_live + m > self.frame_capacity:
@@ -91,7 +101,7 @@ class PrioritizedReplay:
         self._rewards[slots] = rewards
         self._bootstraps[slots] = bootstraps
         self._ids[slots] = self._t_head + np.arange(n)
-        self._tree.update(slots, self.max_priority ** self.alpha)
+        self._tree.update(slots, self.max_priority**self.alpha)
         self._chunks.append((n, m))
         self._t_head += n
         self._f_head += m
@@ -140,13 +150,19 @@ class PrioritizedReplay:
         total = self._tree.total
         probs = self._tree.get(slots) / total
         min_prob = self._tree.min / total
-        weights = (probs / min_prob) ** (-beta)          # = (N P(i))^-beta / (N P_min)^-beta
+        weights = (probs / min_prob) ** (-beta)  # = (N P(i))^-beta / (N P_min)^-beta
         stack = self._stack[slots].astype(np.int64)
-        newest = self._f_head - 1                          # live frames are numbered newest - (0..fc-1)
+        newest = self._f_head - 1  # live frames are numbered newest - (0..fc-1)
         numbers = newest - (newest - stack) % self.frame_capacity
-        return Batch(ids=self._ids[slots], frames=self._frames[stack] if with_frames else None,
-                     frame_numbers=numbers, actions=self._actions[slots], rewards=self._rewards[slots],
-                     bootstraps=self._bootstraps[slots], weights=weights.astype(np.float32))
+        return Batch(
+            ids=self._ids[slots],
+            frames=self._frames[stack] if with_frames else None,
+            frame_numbers=numbers,
+            actions=self._actions[slots],
+            rewards=self._rewards[slots],
+            bootstraps=self._bootstraps[slots],
+            weights=weights.astype(np.float32),
+        )
 
     def update_priorities(self, ids: np.ndarray, priorities: np.ndarray) -> int:
         """Set new priorities (|TD error| + eps) for still-stored ids; returns how many applied."""
@@ -156,7 +172,7 @@ class PrioritizedReplay:
             raise ChunkError("ids and priorities differ in length")
         if not np.all(np.isfinite(priorities)) or np.any(priorities <= 0):
             raise ChunkError("priorities must be finite and positive")
-        if np.any(ids < 0):     # never given out; stale or future ids (from before a restart) are ignored
+        if np.any(ids < 0):  # never given out; stale or future ids (from before a restart) are ignored
             raise ChunkError("negative ids")
         slots = ids % self.capacity
         live = (ids >= 0) & (self._ids[slots] == ids)
@@ -183,14 +199,22 @@ class PrioritizedReplay:
         first = min(self._f_live, self.frame_capacity - start)
         t_slots = (self._t_head - self._t_live + np.arange(self._t_live)) % self.capacity
         return {
-            "frames": self._frames[start:start + first], "frames_wrapped": self._frames[:self._f_live - first],
-            "stack": self._stack[t_slots], "actions": self._actions[t_slots],
-            "rewards": self._rewards[t_slots], "bootstraps": self._bootstraps[t_slots], "ids": self._ids[t_slots],
-            "priorities": self._tree.get(t_slots), "chunks": np.array(self._chunks, dtype=np.int64).reshape(-1, 2),
+            "frames": self._frames[start : start + first],
+            "frames_wrapped": self._frames[: self._f_live - first],
+            "stack": self._stack[t_slots],
+            "actions": self._actions[t_slots],
+            "rewards": self._rewards[t_slots],
+            "bootstraps": self._bootstraps[t_slots],
+            "ids": self._ids[t_slots],
+            "priorities": self._tree.get(t_slots),
+            "chunks": np.array(self._chunks, dtype=np.int64).reshape(-1, 2),
             "heads": np.array([self._t_head, self._f_head, self._t_live, self._f_live], dtype=np.int64),
-            "shape": np.array([self.capacity, self.frame_capacity, self.frame_size, self.frame_stack,
-                               self.num_actions], dtype=np.int64),
-            "max_priority": np.array(self.max_priority), "alpha": np.array(self.alpha),
+            "shape": np.array(
+                [self.capacity, self.frame_capacity, self.frame_size, self.frame_stack, self.num_actions],
+                dtype=np.int64,
+            ),
+            "max_priority": np.array(self.max_priority),
+            "alpha": np.array(self.alpha),
         }
 
     def load_state_arrays(self, arrays) -> None:
@@ -198,13 +222,14 @@ class PrioritizedReplay:
         try:
             shape = tuple(int(v) for v in arrays["shape"])
             if shape != (self.capacity, self.frame_capacity, self.frame_size, self.frame_stack, self.num_actions):
-                raise ChunkError(f"replay snapshot has capacity/frame/stack/actions {shape[0]}/{shape[2]}/{shape[3]}/"
-                                 f"{shape[4]}, this run {self.capacity}/{self.frame_size}/{self.frame_stack}/"
-                                 f"{self.num_actions}")
+                raise ChunkError(
+                    f"replay snapshot has capacity/frame/stack/actions {shape[0]}/{shape[2]}/{shape[3]}/"
+                    f"{shape[4]}, this run {self.capacity}/{self.frame_size}/{self.frame_stack}/"
+                    f"{self.num_actions}"
+                )
             t_head, f_head, t_live, f_live = (int(v) for v in arrays["heads"])
             chunks = arrays["chunks"]
-            if (len(arrays["ids"]) != t_live
-                    or chunks[:, 0].sum() != t_live or chunks[:, 1].sum() != f_live):
+            if len(arrays["ids"]) != t_live or chunks[:, 0].sum() != t_live or chunks[:, 1].sum() != f_live:
                 raise ChunkError("replay snapshot is inconsistent (counts do not match)")
             if len(arrays["frames"]) + len(arrays["frames_wrapped"]) != f_live:
                 raise ChunkError("replay snapshot is inconsistent (frame count does not match)")
@@ -224,6 +249,7 @@ class PrioritizedReplay:
     def content_hash(self) -> str:
         """A digest of the live contents and priorities: equal hashes mean identical replay memory."""
         import hashlib
+
         digest = hashlib.sha256()
         for name, array in sorted(self.state_arrays().items()):
             digest.update(name.encode())

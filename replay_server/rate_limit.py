@@ -9,6 +9,7 @@ Inserts count from the moment sampling became possible (the minimum fill, or a r
 neither side starts with credit: the learner does not binge on the warm-up data, and the actors are
 not held back while the learner catches up with it.
 """
+
 from __future__ import annotations
 
 
@@ -18,8 +19,8 @@ class RateLimiter:
         self.samples_per_insert = samples_per_insert
         self.tolerance = tolerance
         self.pin_actors = pin_actors and samples_per_insert > 0
-        self.origin: int | None = None        # inserts counted when sampling became possible
-        self.sampled = 0                      # transitions sampled since then
+        self.origin: int | None = None  # inserts counted when sampling became possible
+        self.sampled = 0  # transitions sampled since then
 
     def observe(self, size: int, inserted: int) -> None:
         """Start the ratio's count once the buffer first holds min_size transitions."""

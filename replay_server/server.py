@@ -10,6 +10,7 @@ Sockets (addresses from the config, types and options from common/topology.py):
   stopped waits for new experience.
 Bad messages are dropped and counted, never fatal.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,11 +35,11 @@ from replay_server.buffer import ChunkError, PrioritizedReplay
 from replay_server.rate_limit import RateLimiter
 from replay_server.snapshot import read_snapshot, start_snapshot
 
-MAX_PENDING = 64          # sample requests kept waiting (a learner re-asks after a restart of either side)
+MAX_PENDING = 64  # sample requests kept waiting (a learner re-asks after a restart of either side)
 MAX_PENDING_PER_PEER = 8  # ... of them from one peer: a flood from one socket cannot crowd out the learner's
 POLL_MS = 100
-SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}\.replay\.npz$")   # a file name, never a path
-PAUSE_NOTICE_S = 10.0      # say that sampling paused only once it lasts (not during a normal stop, <= 10 s)
+SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}\.replay\.npz$")  # a file name, never a path
+PAUSE_NOTICE_S = 10.0  # say that sampling paused only once it lasts (not during a normal stop, <= 10 s)
 
 
 class ReplayServer:
@@ -49,32 +50,33 @@ class ReplayServer:
         self.config = c
         self.buffer = PrioritizedReplay(c.replay_capacity, c.frame_size, c.frame_stack, c.per_alpha, c.num_actions)
         self.rng = np.random.default_rng(c.seed + 10_000)
-        self.limiter = RateLimiter(c.learning_starts, c.samples_per_insert, c.spi_tolerance,
-                                   c.actors_wait_for_learner)
+        self.limiter = RateLimiter(c.learning_starts, c.samples_per_insert, c.spi_tolerance, c.actors_wait_for_learner)
         self.pull = bind_socket(runtime.transport, c, "replay_in")
-        self.router = bind_socket(runtime.transport, c, "replay_sample")    # ROUTER_MANDATORY (topology): see _send
-        self.pending: deque[tuple[bytes, int, float, bool]] = deque()   # the oldest go first
+        self.router = bind_socket(runtime.transport, c, "replay_sample")  # ROUTER_MANDATORY (topology): see _send
+        self.pending: deque[tuple[bytes, int, float, bool]] = deque()  # the oldest go first
         self.counters = {"episodes": 0, "env_steps": 0, "sampled": 0, "dropped": 0, "batches": 0, "undeliverable": 0}
         self.best_reward = float("-inf")
         self._drop_log = LogLimit()
         # (learner, name, pid, stats, fingerprint) of the snapshot being written
         self.snapshot: tuple[bytes, str, int | None, dict, str] | None = None
-        self._last_snapshot = ("", "")      # (file name, fingerprint) of the last complete snapshot
-        self.actors = 0                  # connected actor processes
+        self._last_snapshot = ("", "")  # (file name, fingerprint) of the last complete snapshot
+        self.actors = 0  # connected actor processes
         self._last_actor_message = float("-inf")
         self._paused_since: float | None = None
         self._pause_noticed = False
         if resume_snapshot:
             self._restore(resume_snapshot)
-        self.limiter.observe(len(self.buffer), self.buffer.inserted)     # no rate-limit credit for restored data
+        self.limiter.observe(len(self.buffer), self.buffer.inserted)  # no rate-limit credit for restored data
 
     def _restore(self, path: str) -> None:
         saved = read_snapshot(path, self.buffer)
         if isinstance(saved.get("rng"), dict):
-            self.rng.bit_generator.state = saved["rng"]     # sampling continues where it left off
+            self.rng.bit_generator.state = saved["rng"]  # sampling continues where it left off
         for key in ("episodes", "env_steps"):
             self.counters[key] = int(saved.get(key, 0))
-        self.best_reward = float(saved.get("best_reward", float("-inf"))) if self.counters["episodes"] else float("-inf")
+        self.best_reward = (
+            float(saved.get("best_reward", float("-inf"))) if self.counters["episodes"] else float("-inf")
+        )
         self.rt.log(f"restored {len(self.buffer):,} transitions from {os.path.basename(path)}")
 
     # --- loop --------------------------------------------------------------------------------
@@ -85,7 +87,7 @@ class ReplayServer:
         c = self.config
         self.rt.log(f"listening on {' and '.join(c.bind_addresses('replay_in') + c.bind_addresses('replay_sample'))}")
         while not self.rt.should_stop():
-            actors_wait = self.limiter.inserts_wait(self.buffer.inserted)    # pinned ratio: the learner is behind
+            actors_wait = self.limiter.inserts_wait(self.buffer.inserted)  # pinned ratio: the learner is behind
             poller.modify(self.pull, 0 if actors_wait else zmq.POLLIN)
             events = dict(poller.poll(POLL_MS))
             if self.pull in events:
@@ -113,8 +115,11 @@ class ReplayServer:
             self._paused_since, self._pause_noticed = None, False
         elif self._paused_since is None:
             self._paused_since = time.monotonic()
-        elif not self._pause_noticed and time.monotonic() - self._paused_since > PAUSE_NOTICE_S \
-                and len(self.buffer) >= self.config.learning_starts:
+        elif (
+            not self._pause_noticed
+            and time.monotonic() - self._paused_since > PAUSE_NOTICE_S
+            and len(self.buffer) >= self.config.learning_starts
+        ):
             self._pause_noticed = True
             self.rt.log("no actor connected: serving no batches until one is (the learner waits)")
 
@@ -128,7 +133,7 @@ class ReplayServer:
                 handler(parts)
             except (ProtocolError, ChunkError) as exc:
                 self._drop(str(exc))
-            except Exception as exc:   # one no check foresaw: that message is lost, never the server
+            except Exception as exc:  # one no check foresaw: that message is lost, never the server
                 self._drop(f"{type(exc).__name__} while handling it: {exc}")
 
     def _drop(self, reason: str) -> None:
@@ -144,8 +149,9 @@ class ReplayServer:
         msg = decode(parts[0], self.config.max_message_bytes, expect=("transitions", "episode"))
         self._last_actor_message = time.monotonic()
         if msg["t"] == "transitions":
-            added = self.buffer.add_chunk(msg["frames"], msg["stack"], msg["actions"], msg["rewards"],
-                                          msg["bootstraps"])
+            added = self.buffer.add_chunk(
+                msg["frames"], msg["stack"], msg["actions"], msg["rewards"], msg["bootstraps"]
+            )
             self.counters["env_steps"] += added
         else:
             self.counters["episodes"] += 1
@@ -157,8 +163,9 @@ class ReplayServer:
             raise ProtocolError(f"expected 2 message parts on the sample socket, got {len(parts)}")
         identity, payload = parts
         c = self.config
-        msg = decode(payload, c.max_message_bytes,
-                     expect=("sample", "priorities", "snapshot", "attach_frames", "ask_stats"))
+        msg = decode(
+            payload, c.max_message_bytes, expect=("sample", "priorities", "snapshot", "attach_frames", "ask_stats")
+        )
         if msg["t"] == "sample":
             if not 1 <= msg["batch_size"] <= MAX_SAMPLE_BATCH or not 0.0 <= msg["beta"] <= 1.0:
                 raise ProtocolError("sample: batch_size or beta out of range")
@@ -167,13 +174,17 @@ class ReplayServer:
             if "ids" in msg:
                 try:
                     self.buffer.update_priorities(msg["ids"], msg["priorities"])
-                except ChunkError as exc:      # bad priorities (NaN after a diverged update, say) are
-                    self._drop(str(exc))       # dropped, but the request for a batch still stands
+                except ChunkError as exc:  # bad priorities (NaN after a diverged update, say) are
+                    self._drop(str(exc))  # dropped, but the request for a batch still stands
             shared = msg.get("shared", False) and self.buffer.ring.shared
-            if not shared and not frames_per_message(msg["batch_size"], c.frame_stack, c.frame_size,
-                                                     c.max_message_bytes) >= msg["batch_size"]:
-                raise ProtocolError(f"sample: {msg['batch_size']} transitions with their frames exceed "
-                                    "max_message_bytes")
+            if (
+                not shared
+                and not frames_per_message(msg["batch_size"], c.frame_stack, c.frame_size, c.max_message_bytes)
+                >= msg["batch_size"]
+            ):
+                raise ProtocolError(
+                    f"sample: {msg['batch_size']} transitions with their frames exceed max_message_bytes"
+                )
             if len(self.pending) >= MAX_PENDING or sum(p[0] == identity for p in self.pending) >= MAX_PENDING_PER_PEER:
                 raise ProtocolError("sample: too many requests waiting (the newest is dropped, the waiting ones stay)")
             self.pending.append((identity, msg["batch_size"], msg["beta"], shared))
@@ -197,7 +208,7 @@ class ReplayServer:
         counters = {**stats, "rng": self.rng.bit_generator.state}
         fingerprint = self._fingerprint(counters)
         last, last_fingerprint = self._last_snapshot
-        if fingerprint == last_fingerprint:     # nothing changed (a checkpoint on the stop boundary): the same file
+        if fingerprint == last_fingerprint:  # nothing changed (a checkpoint on the stop boundary): the same file
             with contextlib.suppress(OSError):  # under the new name, not a second copy
                 os.link(os.path.join(self.run_dir, last), os.path.join(self.run_dir, name))
                 self._last_snapshot = (name, fingerprint)
@@ -261,7 +272,7 @@ class ReplayServer:
         (stats: undeliverable), never waited for: that learner asks again."""
         try:
             self.router.send_multipart([identity, *parts], zmq.NOBLOCK, copy=False)
-        except zmq.ZMQError:     # zmq.Again (its queue is full), or EHOSTUNREACH (gone: ROUTER_MANDATORY)
+        except zmq.ZMQError:  # zmq.Again (its queue is full), or EHOSTUNREACH (gone: ROUTER_MANDATORY)
             self.counters["undeliverable"] += 1
 
     def _serve_pending(self) -> None:
@@ -273,18 +284,30 @@ class ReplayServer:
             batch = self.buffer.sample(batch_size, beta, self.rng, with_frames=not shared)
             self.counters["sampled"] += batch_size
             self.counters["batches"] += 1
-            fields = dict(ids=batch.ids, actions=batch.actions, rewards=batch.rewards, bootstraps=batch.bootstraps,
-                          weights=batch.weights, stats=self.stats())
+            fields = dict(
+                ids=batch.ids,
+                actions=batch.actions,
+                rewards=batch.rewards,
+                bootstraps=batch.bootstraps,
+                weights=batch.weights,
+                stats=self.stats(),
+            )
             if shared:
-                parts = [encode("batch_shared", frame_numbers=batch.frame_numbers, ring=self.buffer.ring.token,
-                                **fields)]
+                parts = [
+                    encode("batch_shared", frame_numbers=batch.frame_numbers, ring=self.buffer.ring.token, **fields)
+                ]
             else:
-                parts = encode_parts("batch", {"frames": batch.frames}, **fields)   # frames as their own part
+                parts = encode_parts("batch", {"frames": batch.frames}, **fields)  # frames as their own part
             self._send(identity, parts)
 
     def stats(self) -> dict:
-        return {"size": len(self.buffer), "inserted": self.buffer.inserted, "actors": self.actors, **self.counters,
-                "best_reward": self.best_reward if self.counters["episodes"] else 0.0}
+        return {
+            "size": len(self.buffer),
+            "inserted": self.buffer.inserted,
+            "actors": self.actors,
+            **self.counters,
+            "best_reward": self.best_reward if self.counters["episodes"] else 0.0,
+        }
 
 
 def main(runtime: RoleRuntime, run_dir: str) -> None:
@@ -292,5 +315,7 @@ def main(runtime: RoleRuntime, run_dir: str) -> None:
     started = time.monotonic()
     server.run()
     runtime.report("progress", server.stats())
-    runtime.log(f"stopped after {time.monotonic() - started:.0f} s: {server.buffer.inserted} transitions "
-                f"stored, {server.counters['dropped']} bad messages dropped")
+    runtime.log(
+        f"stopped after {time.monotonic() - started:.0f} s: {server.buffer.inserted} transitions "
+        f"stored, {server.counters['dropped']} bad messages dropped"
+    )

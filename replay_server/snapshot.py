@@ -7,6 +7,7 @@ saves frames last, oldest first, and tells the ring how far it got; the server n
 frame it has not saved yet (common/shared_frames.py). Files are written to a temporary name,
 fsynced and renamed, so a crash mid-write never damages an existing snapshot.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -25,14 +26,14 @@ class SnapshotError(ValueError):
     """A replay snapshot that cannot be read or does not fit; one-line message naming the file."""
 
 
-FRAMES_PER_WRITE = 1024     # about 7 MB: how often the writer tells the ring how far it got
+FRAMES_PER_WRITE = 1024  # about 7 MB: how often the writer tells the ring how far it got
 
 
 def write_snapshot(buffer: PrioritizedReplay, counters: dict, path: str) -> None:
     """An .npz that np.load reads as usual (what np.savez writes), frames written last and in pieces."""
     arrays = buffer.state_arrays()
-    arrays["counters"] = np.array(json.dumps(counters))          # a unicode array: no pickle needed
-    frame_views = [(name, arrays.pop(name)) for name in ("frames", "frames_wrapped")]   # oldest first
+    arrays["counters"] = np.array(json.dumps(counters))  # a unicode array: no pickle needed
+    frame_views = [(name, arrays.pop(name)) for name in ("frames", "frames_wrapped")]  # oldest first
 
     def write(f) -> None:
         with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
@@ -44,7 +45,7 @@ def write_snapshot(buffer: PrioritizedReplay, counters: dict, path: str) -> None
                 with archive.open(f"{name}.npy", "w", force_zip64=True) as out:
                     np.lib.format.write_array_header_1_0(out, np.lib.format.header_data_from_array_1_0(frames))
                     for start in range(0, len(frames), FRAMES_PER_WRITE):
-                        piece = frames[start:start + FRAMES_PER_WRITE]
+                        piece = frames[start : start + FRAMES_PER_WRITE]
                         out.write(memoryview(np.ascontiguousarray(piece)).cast("B"))
                         saved += len(piece)
                         buffer.ring.snapshot_saved(saved)
@@ -83,14 +84,14 @@ def start_snapshot(buffer: PrioritizedReplay, counters: dict, path: str) -> int 
     except OSError:
         buffer.ring.snapshot_end()
         raise
-    if pid == 0:                     # the child: touch only numpy and files, never the sockets
+    if pid == 0:  # the child: touch only numpy and files, never the sockets
         status = 1
         try:
             _die_with(parent)
             write_snapshot(buffer, counters, path)
             status = 0
         finally:
-            buffer.ring.snapshot_end()   # (the server also ends it when it sees this child exit)
+            buffer.ring.snapshot_end()  # (the server also ends it when it sees this child exit)
             os._exit(status)
     buffer.ring.writer_pid = pid
     return pid
@@ -106,5 +107,5 @@ def _die_with(parent: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
         return
-    if os.getppid() != parent:        # the server died before the line above took effect
+    if os.getppid() != parent:  # the server died before the line above took effect
         os._exit(1)

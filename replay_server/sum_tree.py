@@ -5,6 +5,7 @@ hundred scalar steps, which numpy's per-call overhead made cost ten times what t
 (0.4 ms per sample + update at batch 32, against about 20 us compiled). The compiled code is cached
 next to this file, so only the first process after an install pays the few seconds of compiling.
 """
+
 from __future__ import annotations
 
 import numba
@@ -19,12 +20,12 @@ def _update(sums, mins, leaf0, capacity, index, value):
     for k in range(index.size):
         if index[k] < 0 or index[k] >= capacity:
             return _BAD_INDEX
-        if not (value[k] >= 0.0 and value[k] < np.inf):       # also false for NaN
+        if not (value[k] >= 0.0 and value[k] < np.inf):  # also false for NaN
             return _BAD_VALUE
     for k in range(index.size):
         node = index[k] + leaf0
         sums[node] = value[k]
-        mins[node] = value[k] if value[k] > 0.0 else np.inf   # a cleared leaf does not count as min
+        mins[node] = value[k] if value[k] > 0.0 else np.inf  # a cleared leaf does not count as min
         node >>= 1
         while node >= 1:
             left = node << 1
@@ -52,7 +53,7 @@ def _find(sums, leaf0, targets, leaves):
 class SumTree:
     def __init__(self, capacity: int):
         self.capacity = capacity
-        self._leaf0 = 1 << max(0, (capacity - 1).bit_length())      # leaves start here (power of two)
+        self._leaf0 = 1 << max(0, (capacity - 1).bit_length())  # leaves start here (power of two)
         self._sum = np.zeros(2 * self._leaf0, dtype=np.float64)
         self._min = np.full(2 * self._leaf0, np.inf, dtype=np.float64)
 
@@ -90,7 +91,7 @@ class SumTree:
         return leaves
 
     def _last_nonzero_before(self, leaves: np.ndarray) -> np.ndarray:
-        nonzero = np.flatnonzero(self._sum[self._leaf0:self._leaf0 + self.capacity] > 0)
+        nonzero = np.flatnonzero(self._sum[self._leaf0 : self._leaf0 + self.capacity] > 0)
         pos = np.searchsorted(nonzero, leaves, side="right") - 1
         return nonzero[np.maximum(pos, 0)]
 
@@ -105,4 +106,4 @@ class SumTree:
 
     # --- state for checkpoints ------------------------------------------------------------
     def leaves(self) -> np.ndarray:
-        return self._sum[self._leaf0:self._leaf0 + self.capacity].copy()
+        return self._sum[self._leaf0 : self._leaf0 + self.capacity].copy()

@@ -1,4 +1,5 @@
 """Shared fixtures: `launch` starts the real launcher and guarantees nothing outlives the test."""
+
 import contextlib
 import os
 import shlex
@@ -14,10 +15,23 @@ from tests.harness import LaunchedRun
 
 # Settings that make the test env learn in seconds on 2 cores. Its episodes last ~15 steps, so
 # per-episode video files would dominate the actor: tests about videos use WITH_VIDEO instead.
-WITH_VIDEO = ("--env", "MarioApexTest-v0", "--headless", "--set", "learning_starts=500",
-              "--set", "epsilon_decay_steps=3000", "--set", "publish_every=20",
-              "--set", "target_update_every=200", "--set", "replay_capacity=20000",
-              "--set", "eval_every_episodes=0")
+WITH_VIDEO = (
+    "--env",
+    "MarioApexTest-v0",
+    "--headless",
+    "--set",
+    "learning_starts=500",
+    "--set",
+    "epsilon_decay_steps=3000",
+    "--set",
+    "publish_every=20",
+    "--set",
+    "target_update_every=200",
+    "--set",
+    "replay_capacity=20000",
+    "--set",
+    "eval_every_episodes=0",
+)
 FAST_TEST_ENV = WITH_VIDEO + ("--no-video",)
 
 
@@ -25,6 +39,7 @@ FAST_TEST_ENV = WITH_VIDEO + ("--no-video",)
 def one_torch_thread():
     """One intra-op thread, as on a loaded 2-core machine; restored afterwards."""
     import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -66,10 +81,16 @@ def fake_tool(monkeypatch, folder, name: str, stderr: str = "", status: int = 0)
 def x_server():
     """A real X server (Xvfb) on a free display number; yields the DISPLAY value."""
     require("Xvfb")
-    number = next(n for n in range(90, 200) if not os.path.exists(f"/tmp/.X11-unix/X{n}")
-                  and not os.path.exists(f"/tmp/.X{n}-lock"))
-    server = subprocess.Popen(["Xvfb", f":{number}", "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    number = next(
+        n
+        for n in range(90, 200)
+        if not os.path.exists(f"/tmp/.X11-unix/X{n}") and not os.path.exists(f"/tmp/.X{n}-lock")
+    )
+    server = subprocess.Popen(
+        ["Xvfb", f":{number}", "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 20
         while not os.path.exists(f"/tmp/.X11-unix/X{number}"):

@@ -1,5 +1,6 @@
 """Runs the real launcher as a user would (its own process group, like a terminal job) and
 inspects what it leaves behind: run folder, processes, exit status, output."""
+
 from __future__ import annotations
 
 import json
@@ -49,23 +50,45 @@ def alive(pids) -> set[int]:
 
 
 class LaunchedRun:
-    def __init__(self, tmp_path: Path, *args: str, base_port: int | None = None, display: str | None = None,
-                 python: str = sys.executable, prefix: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        tmp_path: Path,
+        *args: str,
+        base_port: int | None = None,
+        display: str | None = None,
+        python: str = sys.executable,
+        prefix: tuple[str, ...] = (),
+    ):
         """`python` runs launch.py (another virtual environment); `prefix` wraps the command
         (e.g. `ip netns exec NS`)."""
         self.tmp_path = tmp_path
         self.runs_dir = tmp_path / "runs"
         self.base_port = base_port or free_base_port()
-        self.cmd = [*prefix, python, "launch.py", "--runs-dir", str(self.runs_dir),
-                    "--base-port", str(self.base_port), *args]
+        self.cmd = [
+            *prefix,
+            python,
+            "launch.py",
+            "--runs-dir",
+            str(self.runs_dir),
+            "--base-port",
+            str(self.base_port),
+            *args,
+        ]
         self._out = open(tmp_path / "launcher.out", "w+")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("DISPLAY", None)
         if display:
             env["DISPLAY"] = display
-        self.tmpdir = env.get("TMPDIR") or tempfile.gettempdir()     # where the run's ipc sockets are
-        self.proc = subprocess.Popen(self.cmd, cwd=REPO, stdout=self._out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+        self.tmpdir = env.get("TMPDIR") or tempfile.gettempdir()  # where the run's ipc sockets are
+        self.proc = subprocess.Popen(
+            self.cmd,
+            cwd=REPO,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+        )
         self.seen_pids: set[int] = set()
 
     # --- observing ---------------------------------------------------------------------------
@@ -133,7 +156,7 @@ class LaunchedRun:
             except OSError:
                 continue
             if name.startswith("mario-"):
-                found.setdefault(name[len("mario-"):], pid)
+                found.setdefault(name[len("mario-") :], pid)
         return found
 
     def track_processes(self) -> None:
@@ -157,16 +180,19 @@ class LaunchedRun:
         try:
             return self.proc.wait(timeout + SCHEDULING_MARGIN_S)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"launcher still running after {timeout} + {SCHEDULING_MARGIN_S:.0f} s "
-                                 f"(allowed, scheduling margin):\n{self.output()}") from None
+            raise AssertionError(
+                f"launcher still running after {timeout} + {SCHEDULING_MARGIN_S:.0f} s "
+                f"(allowed, scheduling margin):\n{self.output()}"
+            ) from None
 
     def wait_gone(self, pids: set[int], timeout: float) -> None:
         """Poll until none of `pids` is alive; fails after `timeout` s plus SCHEDULING_MARGIN_S."""
         deadline = time.monotonic() + timeout + SCHEDULING_MARGIN_S
         while alive(pids) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not alive(pids), (f"processes still alive after {timeout} + {SCHEDULING_MARGIN_S:.0f} s: "
-                                 f"{alive(pids)}\n{self.output()}")
+        assert not alive(pids), (
+            f"processes still alive after {timeout} + {SCHEDULING_MARGIN_S:.0f} s: {alive(pids)}\n{self.output()}"
+        )
 
     def cleanup(self) -> None:
         """Leave nothing running, whatever the test did."""

@@ -1,5 +1,6 @@
 """A run stopped during start-up, before anything ran, leaves no run folder behind (it held only
 config.json and summary.json); a run that played steps keeps its folder."""
+
 import pytest
 
 from tests.conftest import FAST_TEST_ENV
@@ -27,8 +28,7 @@ def test_a_run_that_played_keeps_its_folder(launch):
 def test_checkpoints_are_kept_before_training_starts(launch):
     """--checkpoint-every counts episodes from the first on, not from the first batch: with learning_starts
     never reached, checkpoint.pth (with the replay memory so far) is still written."""
-    run = launch(*FAST_TEST_ENV, "--max-steps", "1500", "--set", "learning_starts=19000",
-                 "--checkpoint-every", "10")
+    run = launch(*FAST_TEST_ENV, "--max-steps", "1500", "--set", "learning_starts=19000", "--checkpoint-every", "10")
     assert run.wait(120) == 0, run.output()
     assert run.summary()["updates"] == 0
     assert (run.run_dir / "checkpoint.pth").exists(), run.output()

@@ -1,5 +1,6 @@
 """The actor's quantized greedy policy: int8 rows round-trip, the int8/bfloat16 forward tracks the float32
 network closely enough to pick the same actions, and the precision choice falls back to float32."""
+
 import numpy as np
 import pytest
 import torch
@@ -21,22 +22,22 @@ def observations(n: int, seed: int = 0) -> np.ndarray:
     for i in range(n):
         for k in range(4):
             y, x = rng.integers(0, 70, 2)
-            obs[i, k, y:y + 14, x:x + 10] = rng.integers(150, 256)
+            obs[i, k, y : y + 14, x : x + 10] = rng.integers(150, 256)
     return obs
 
 
 def test_quantize_rows_round_trips_within_half_a_step_per_row():
-    weight = torch.randn(64, 300) * torch.logspace(-3, 1, 64)[:, None]      # rows of very different scales
+    weight = torch.randn(64, 300) * torch.logspace(-3, 1, 64)[:, None]  # rows of very different scales
     q, scale = quantize_rows(weight)
     assert q.dtype == torch.int8 and q.shape == weight.shape and scale.shape == (64,)
-    assert torch.all(q.abs().amax(dim=1) == 127)              # each row uses the whole range
+    assert torch.all(q.abs().amax(dim=1) == 127)  # each row uses the whole range
     assert torch.all((q.float() * scale[:, None] - weight).abs() <= scale[:, None] / 2 + 1e-7)
 
 
 @pytest.mark.parametrize("dueling", [True, False])
 def test_the_int8_head_tracks_float32_and_picks_the_same_actions(dueling):
     net = random_net(1, dueling)
-    with torch.no_grad():            # a spread of Q-values like a trained network's, not an initial one's
+    with torch.no_grad():  # a spread of Q-values like a trained network's, not an initial one's
         net.head[2].weight.mul_(40)
     obs = observations(200)
     policy = Int8Policy(net)
@@ -44,9 +45,9 @@ def test_the_int8_head_tracks_float32_and_picks_the_same_actions(dueling):
         exact = net.head(net.features(torch.from_numpy(obs).float() / 255.0))
         approx = policy.head(torch.from_numpy(obs))
     spread = float(exact.std())
-    assert float((approx - exact).abs().max()) < 0.04 * spread     # measured: 0.019 here
+    assert float((approx - exact).abs().max()) < 0.04 * spread  # measured: 0.019 here
     top2 = exact.topk(2, dim=1).values
-    clear = (top2[:, 0] - top2[:, 1]) > 0.08 * spread       # no near-tie: the action must be the same
+    clear = (top2[:, 0] - top2[:, 1]) > 0.08 * spread  # no near-tie: the action must be the same
     assert clear.sum() > 120
     assert torch.equal(approx.argmax(1)[clear], exact.argmax(1)[clear])
     some = obs[clear.numpy()][:20]
@@ -85,26 +86,31 @@ def test_another_frame_size_and_stack_work_too():
     assert choose_precision(net, config.replace(acting_precision="int8"))[0] == "int8"
     obs = observations(4)[:, :2, 21:63, 21:63].copy()
     with torch.inference_mode():
-        exact = net(torch.from_numpy(obs))           # Q itself: no dueling head
+        exact = net(torch.from_numpy(obs))  # Q itself: no dueling head
         assert float((Int8Policy(net).head(torch.from_numpy(obs)) - exact).abs().max()) < 0.04 * float(exact.std())
 
 
 def test_a_network_of_another_layout_stays_float32():
     net = random_net(7)
     net.head = torch.nn.Sequential(net.head[0], torch.nn.Tanh(), net.head[2])
-    assert choose_precision(net, Config(acting_precision="auto")) == \
-        ("float32", "int8 is not available here (the int8 policy supports QNetwork's layout only)")
+    assert choose_precision(net, Config(acting_precision="auto")) == (
+        "float32",
+        "int8 is not available here (the int8 policy supports QNetwork's layout only)",
+    )
 
 
 def test_without_the_int8_kernels_auto_and_int8_fall_back_to_float32(monkeypatch):
     def missing(self, frames):
         raise RuntimeError("could not run 'aten::_weight_int8pack_mm' with arguments from the 'CPU' backend\nmore")
+
     monkeypatch.setattr(Int8Policy, "head", missing)
     for requested in ("auto", "int8"):
         chosen, why = choose_precision(random_net(5), Config(acting_precision=requested))
         assert chosen == "float32"
-        assert why == "int8 is not available here (could not run 'aten::_weight_int8pack_mm' " \
-                      "with arguments from the 'CPU' backend)"
+        assert (
+            why == "int8 is not available here (could not run 'aten::_weight_int8pack_mm' "
+            "with arguments from the 'CPU' backend)"
+        )
 
 
 def test_a_bad_acting_precision_is_refused():

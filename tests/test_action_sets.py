@@ -1,4 +1,5 @@
 """Joypad action sets: the env gets the chosen one, and a set the env cannot play is refused at start."""
+
 import subprocess
 import sys
 
@@ -12,15 +13,37 @@ def test_mario_gets_the_chosen_action_set():
     try:
         assert env.action_space.n == 5
         from nes_py.wrappers import JoypadSpace
-        assert find_wrapper(env, JoypadSpace).get_action_meanings() == ["NOOP", "right", "right A", "right B", "right A B"]
+
+        assert find_wrapper(env, JoypadSpace).get_action_meanings() == [
+            "NOOP",
+            "right",
+            "right A",
+            "right B",
+            "right A B",
+        ]
     finally:
         env.close()
 
 
 def test_the_test_env_refuses_another_action_set(tmp_path):
-    result = subprocess.run([sys.executable, "launch.py", "--env", "MarioApexTest-v0", "--headless", "--no-video",
-                             "--runs-dir", str(tmp_path), "--set", "action_set=right_only"],
-                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "launch.py",
+            "--env",
+            "MarioApexTest-v0",
+            "--headless",
+            "--no-video",
+            "--runs-dir",
+            str(tmp_path),
+            "--set",
+            "action_set=right_only",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2, result.stderr
     assert "MarioApexTest-v0 has the simple action set only" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr

@@ -1,6 +1,7 @@
 """Actor.run with its env thread, on the test env over real ZeroMQ sockets: exact step and episode
 limits, every step sent once as a transition, the epsilon coin, evaluation between episodes, new
 weights acted on in either acting precision."""
+
 import os
 import signal
 import time
@@ -24,7 +25,7 @@ from common.transport import Transport
 from tests.conftest import kept_process_hooks, process_hooks
 from tests.harness import free_base_port
 
-pytestmark = pytest.mark.usefixtures("keep_process_hooks")     # play() builds a RoleRuntime here
+pytestmark = pytest.mark.usefixtures("keep_process_hooks")  # play() builds a RoleRuntime here
 # After the actor's sockets closed (flushing what they held), a message sent twice is already on its way
 # here: this long without one is the end. Generous, so a descheduled test process does not miss it.
 QUIET_MS = 3000
@@ -33,8 +34,16 @@ QUIET_MS = 3000
 def play(tmp_path, before_run=lambda actor: None, serve_replay=True, **changes):
     """Run one actor to its limit; returns it (closed) and the messages it sent to the replay server
     (none is bound without serve_replay)."""
-    config = Config(**{"env_id": TEST_ENV_ID, "headless": True, "record_video": False, "base_port": free_base_port(),
-                       "eval_every_episodes": 0, **changes})
+    config = Config(
+        **{
+            "env_id": TEST_ENV_ID,
+            "headless": True,
+            "record_video": False,
+            "base_port": free_base_port(),
+            "eval_every_episodes": 0,
+            **changes,
+        }
+    )
     transport = Transport(config.max_message_bytes)
     pull = transport.socket(zmq.PULL, bind=config.bind_addresses("replay_in") if serve_replay else "inproc://none")
     stop = StopAtCap()
@@ -47,13 +56,13 @@ def play(tmp_path, before_run=lambda actor: None, serve_replay=True, **changes):
             actor.run()
         finally:
             actor.close()
-        messages, deadline = [], time.monotonic() + (120 if serve_replay else 0)    # generous: a loaded machine
-        while not _complete(messages, actor) and time.monotonic() < deadline:     # is slow
+        messages, deadline = [], time.monotonic() + (120 if serve_replay else 0)  # generous: a loaded machine
+        while not _complete(messages, actor) and time.monotonic() < deadline:  # is slow
             if pull.poll(100):
                 messages.append(decode(pull.recv(), config.max_message_bytes))
-        runtime.close()                   # its sockets have sent everything (or given up) by now
+        runtime.close()  # its sockets have sent everything (or given up) by now
         closed = True
-        while serve_replay and pull.poll(QUIET_MS):        # anything sent twice: it is on its way, so it arrives in time
+        while serve_replay and pull.poll(QUIET_MS):  # anything sent twice: it is on its way, so it arrives in time
             messages.append(decode(pull.recv(), config.max_message_bytes))
         return actor, messages
     finally:
@@ -79,9 +88,9 @@ def test_a_step_limit_is_played_exactly_and_every_step_is_sent_once(tmp_path):
     assert actor.session_steps == actor.steps == 157
     assert transitions(messages) == 157
     sent = episodes(messages)
-    assert len(sent) == actor.episodes >= 2          # the corridor ends within 50 steps
+    assert len(sent) == actor.episodes >= 2  # the corridor ends within 50 steps
     assert [m["episode"] for m in sent] == list(range(1, actor.episodes + 1))
-    assert sum(m["steps"] for m in sent) <= 157      # the last episode was cut by the limit
+    assert sum(m["steps"] for m in sent) <= 157  # the last episode was cut by the limit
 
 
 def test_an_episode_limit_stops_after_that_episode_with_evaluations_between(tmp_path):
@@ -93,10 +102,12 @@ def test_an_episode_limit_stops_after_that_episode_with_evaluations_between(tmp_
         def evaluate():
             evaluations.append(actor.episodes)
             play_evaluation()
+
         actor._evaluate = evaluate
+
     actor, messages = play(tmp_path, count_evaluations, max_episodes=3, eval_every_episodes=1, eval_episodes=1)
     assert actor.episodes == 3 and len(episodes(messages)) == 3
-    assert evaluations == [1, 2]                       # none after the last: the limit is reached
+    assert evaluations == [1, 2]  # none after the last: the limit is reached
     assert transitions(messages) == actor.session_steps == sum(m["steps"] for m in episodes(messages))
 
 
@@ -107,6 +118,7 @@ def test_the_network_chooses_every_step_at_epsilon_0_and_none_at_1(tmp_path, eps
     def count_policy(actor):
         policy = actor.stepper.policy
         actor.stepper.policy = lambda obs: asked.append(obs.shape) or policy(obs)
+
     actor, messages = play(tmp_path, count_policy, max_steps=60, epsilon_start=epsilon, epsilon_end=epsilon)
     assert actor.session_steps == 60 and transitions(messages) == 60
     assert len(asked) == (60 if epsilon == 0.0 else 0)
@@ -129,12 +141,14 @@ def test_weights_from_the_learners_socket_replace_the_policy_the_env_thread_acts
         pub = actor.rt.transport.socket(zmq.PUB, bind=actor.config.bind_addresses("weights"))
         deadline = time.monotonic() + 10
         while actor.weights_version == 0 and time.monotonic() < deadline:
-            pub.send(message)          # until the SUB has connected: PUB drops what comes before
+            pub.send(message)  # until the SUB has connected: PUB drops what comes before
             time.sleep(0.02)
             actor._poll_weights()
         pub.close(linger=0)
-    actor, messages = play(tmp_path, take_weights, max_steps=60, epsilon_start=0.0, epsilon_end=0.0,
-                           acting_precision=precision)
+
+    actor, messages = play(
+        tmp_path, take_weights, max_steps=60, epsilon_start=0.0, epsilon_end=0.0, acting_precision=precision
+    )
     assert actor.weights_version == 1 and actor.weights_updates == 100
     assert actor.policy is not initial[0] and isinstance(actor.policy, Int8Policy) == (precision == "int8")
     actions = [a for m in messages if m["t"] == "transitions" for a in m["actions"].tolist()]
@@ -144,8 +158,8 @@ def test_weights_from_the_learners_socket_replace_the_policy_the_env_thread_acts
 def test_a_role_runtime_built_here_leaves_the_process_hooks_as_they_were():
     """RoleRuntime ignores SIGINT and takes SIGTERM and threading.excepthook (right in a role process);
     kept_process_hooks, which the keep_process_hooks fixture uses, puts them back."""
-    with kept_process_hooks():         # whatever the suite runs with comes back at the end
-        signal.signal(signal.SIGINT, signal.default_int_handler)     # (a background job starts with SIGINT ignored)
+    with kept_process_hooks():  # whatever the suite runs with comes back at the end
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # (a background job starts with SIGINT ignored)
         before = process_hooks()
         with kept_process_hooks():
             runtime = RoleRuntime("actor", 0, Config(env_id=TEST_ENV_ID), StopAtCap(), os.getppid())
@@ -162,17 +176,28 @@ def test_the_best_evaluations_network_is_kept_and_replays_that_evaluation(tmp_pa
 
     def keep_reports(actor):
         report = actor.rt.report
-        actor.rt.report = lambda kind, values, text=None: (reported.append(values) if kind == "eval" else None,
-                                                          report(kind, values, text))
-    play(tmp_path, keep_reports, max_episodes=3, eval_every_episodes=1, eval_episodes=2, epsilon_start=0.0,
-         epsilon_end=0.0)
+        actor.rt.report = lambda kind, values, text=None: (
+            reported.append(values) if kind == "eval" else None,
+            report(kind, values, text),
+        )
+
+    play(
+        tmp_path,
+        keep_reports,
+        max_episodes=3,
+        eval_every_episodes=1,
+        eval_episodes=2,
+        epsilon_start=0.0,
+        epsilon_end=0.0,
+    )
     assert len(reported) == 4
     kept = load_checkpoint(str(tmp_path / BEST_EVAL_FILE))["eval"]
     assert kept == max(reported, key=lambda r: (r["flag"], r["reward"]))
     net, config = load_policy(str(tmp_path / BEST_EVAL_FILE))
     [again] = evaluate(net, config, episodes=1)
     assert (again.reward, again.x_pos, again.flag, again.steps) == pytest.approx(
-        (kept["reward"], kept["x_pos"], kept["flag"], kept["steps"]))
+        (kept["reward"], kept["x_pos"], kept["flag"], kept["steps"])
+    )
 
 
 def test_experience_dropped_while_no_replay_server_takes_it_is_counted_and_told(tmp_path):
@@ -182,10 +207,11 @@ def test_experience_dropped_while_no_replay_server_takes_it_is_counted_and_told(
 
     def keep_logs(actor):
         actor.rt.log = logs.append
+
     actor, messages = play(tmp_path, keep_logs, serve_replay=False, max_steps=3000, chunk_size=1)
     assert messages == [] and actor.session_steps == 3000
     queue = actor.config.actor_queue_chunks()
-    assert actor.dropped >= 3000 - 2 * queue > 0       # the queue (both sides of the link) held the rest
+    assert actor.dropped >= 3000 - 2 * queue > 0  # the queue (both sides of the link) held the rest
     told = [line for line in logs if "is not taking experience" in line]
     assert len(told) == 1 and told[0].startswith(f"the replay server is not taking experience (its queue of {queue} ")
 
@@ -196,19 +222,30 @@ def test_evaluations_give_up_after_eval_stall_steps_without_progress(tmp_path):
     standing = build_network(Config(env_id=TEST_ENV_ID))
     with torch.no_grad():
         standing.head[2].weight.zero_()
-        standing.head[2].bias.copy_(torch.eye(7)[0])           # always NOOP
+        standing.head[2].bias.copy_(torch.eye(7)[0])  # always NOOP
     reported = []
 
     def stand_in_evaluations(actor):
         actor.net = standing
         report = actor.rt.report
-        actor.rt.report = lambda kind, values, text=None: (reported.append(values) if kind == "eval" else None,
-                                                          report(kind, values, text))
-    actor, messages = play(tmp_path, stand_in_evaluations, max_episodes=2, eval_every_episodes=1, eval_stall_steps=5,
-                           epsilon_start=1.0, epsilon_end=1.0)
+        actor.rt.report = lambda kind, values, text=None: (
+            reported.append(values) if kind == "eval" else None,
+            report(kind, values, text),
+        )
+
+    actor, messages = play(
+        tmp_path,
+        stand_in_evaluations,
+        max_episodes=2,
+        eval_every_episodes=1,
+        eval_stall_steps=5,
+        epsilon_start=1.0,
+        epsilon_end=1.0,
+    )
     assert [r["steps"] for r in reported] == [5]
     assert all(m["steps"] != 5 or m["x_pos"] > 0 for m in episodes(messages)), "training episodes are not cut"
     config = Config(env_id=TEST_ENV_ID, eval_stall_steps=5)
     assert [r.steps for r in evaluate(standing, config, episodes=1)] == [5]
-    assert [r.steps for r in evaluate(standing, config.replace(eval_stall_steps=0), episodes=1)] == [50], \
+    assert [r.steps for r in evaluate(standing, config.replace(eval_stall_steps=0), episodes=1)] == [50], (
         "without it, standing still runs out the test env's clock"
+    )

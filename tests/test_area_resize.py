@@ -1,4 +1,5 @@
 """The actor's area resize agrees with OpenCV's INTER_AREA, which it replaces for speed."""
+
 import cv2
 import numpy as np
 import pytest
@@ -30,7 +31,7 @@ def test_it_matches_opencv_to_one_gray_level_and_almost_everywhere_exactly(size)
             assert ours.shape == (size, size) and ours.dtype == np.uint8
             assert np.abs(ours.astype(int) - theirs).max() <= 1
             exact, pixels = exact + int((ours == theirs).sum()), pixels + ours.size
-    assert exact / pixels > 0.995        # measured: 0.9967 to 0.9983, the misses on the blocky frames
+    assert exact / pixels > 0.995  # measured: 0.9967 to 0.9983, the misses on the blocky frames
 
 
 @pytest.mark.parametrize("src,dst", [(240, 84), (256, 84), (84, 84), (100, 7)])

@@ -1,4 +1,5 @@
 """Every benchmark script runs in its smoke mode and prints its figures, so none of them rots."""
+
 import re
 import subprocess
 import sys
@@ -10,30 +11,62 @@ from tests.harness import REPO
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("bench_actor", ["bare emulator, frame skip 4:", "actor loop, window+video off:", "actor loop, video on:"]),
-    ("bench_replay", ["insert:", "sample+update batch  32:", "sample+update batch 256:"]),
-    ("bench_learner", ["learner batch  32,        float32:", "learner batch 256,        float32:",
-                       "learner batch  32, mixed bfloat16:"]),
-    ("bench_checkpoint", ["replay snapshot:", "PASS:", "learner checkpoint:"]),
-    ("bench_pipeline", ["learner batch  32:", "weights publish->act:", "replay    20,000:", "actors 2:"]),
-    ("bench_learning", ["test env solved:", "trained, greedy", "random policy", "untrained networks (start)"]),
-    ("bench_learning --env mario", [re.compile(r"seed 0: (first greedy flag after|no greedy flag).*; \d+ evaluations; "
-                                               r"at 1,000: x \d+, flags \d+%"),
-                                    re.compile(r"goal \(first greedy flag within 1,000,000 env steps and 120 minutes "
-                                               r"in every seed\): (met|missed)")]),
-    ("bench_replay_service", [re.compile(rf"{label} +ours +[1-9]\d* transitions/s +cpprb +[1-9]\d* transitions/s +"
-                                         r"ours/cpprb +\d+\.\d\dx") for label in
-                              ("inserts:", r"sample\+update batch  32:", r"sample\+update batch 256:")]
-     + [re.compile(r"goal >= 1\.0: (met on every figure|missed on .+)\n"), "torn batches (frames overwritten while "
-        "read, dropped): 0"]),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("bench_actor", ["bare emulator, frame skip 4:", "actor loop, window+video off:", "actor loop, video on:"]),
+        ("bench_replay", ["insert:", "sample+update batch  32:", "sample+update batch 256:"]),
+        (
+            "bench_learner",
+            [
+                "learner batch  32,        float32:",
+                "learner batch 256,        float32:",
+                "learner batch  32, mixed bfloat16:",
+            ],
+        ),
+        ("bench_checkpoint", ["replay snapshot:", "PASS:", "learner checkpoint:"]),
+        ("bench_pipeline", ["learner batch  32:", "weights publish->act:", "replay    20,000:", "actors 2:"]),
+        ("bench_learning", ["test env solved:", "trained, greedy", "random policy", "untrained networks (start)"]),
+        (
+            "bench_learning --env mario",
+            [
+                re.compile(
+                    r"seed 0: (first greedy flag after|no greedy flag).*; \d+ evaluations; "
+                    r"at 1,000: x \d+, flags \d+%"
+                ),
+                re.compile(
+                    r"goal \(first greedy flag within 1,000,000 env steps and 120 minutes "
+                    r"in every seed\): (met|missed)"
+                ),
+            ],
+        ),
+        (
+            "bench_replay_service",
+            [
+                re.compile(
+                    rf"{label} +ours +[1-9]\d* transitions/s +cpprb +[1-9]\d* transitions/s +"
+                    r"ours/cpprb +\d+\.\d\dx"
+                )
+                for label in ("inserts:", r"sample\+update batch  32:", r"sample\+update batch 256:")
+            ]
+            + [
+                re.compile(r"goal >= 1\.0: (met on every figure|missed on .+)\n"),
+                "torn batches (frames overwritten while read, dropped): 0",
+            ],
+        ),
+    ],
+)
 def test_benchmark_smoke_mode(name, expected):
     script, *options = name.split()
-    result = subprocess.run([sys.executable, "-m", f"benchmarks.{script}", *options, "--smoke"], cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{script}", *options, "--smoke"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
-    for text in expected:       # a plain string must appear; a pattern must match a line with its figures
+    for text in expected:  # a plain string must appear; a pattern must match a line with its figures
         found = text.search(result.stdout) if isinstance(text, re.Pattern) else text in result.stdout
         assert found, f"{getattr(text, 'pattern', text)!r} not in:\n{result.stdout}"
 
@@ -42,12 +75,19 @@ def test_learning_minutes_leave_out_the_time_between_a_stop_and_a_resume(tmp_pat
     """bench_learning --report on a resumed run: minutes to an evaluation count the time the run ran, not
     the hour it stood stopped before --resume (no log.txt line for 5 minutes or more)."""
     from benchmarks.bench_learning import evaluations
+
     run = tmp_path / "2026-12-03_10-00-00_run"
     run.mkdir()
     eval_line = "[{}] Eval {}, Reward: 1.00, Actor: 0, Steps: 10, X: {}, Flag: {}, Env steps: {}"
-    (run / "log.txt").write_text("\n".join([
-        eval_line.format("2026-12-03 10:04:00", 1, 300, "no", 1000),
-        "[2026-12-03 10:08:00] Episode 9, Reward: 1.00, Actor: 0, Steps: 10, X: 40, Flag: no, Epsilon: 0.500",
-        eval_line.format("2026-12-03 11:30:00", 1, 900, "no", 2000),        # resumed at 11:30
-        eval_line.format("2026-12-03 11:34:00", 2, 3161, "yes", 3000)]) + "\n")
+    (run / "log.txt").write_text(
+        "\n".join(
+            [
+                eval_line.format("2026-12-03 10:04:00", 1, 300, "no", 1000),
+                "[2026-12-03 10:08:00] Episode 9, Reward: 1.00, Actor: 0, Steps: 10, X: 40, Flag: no, Epsilon: 0.500",
+                eval_line.format("2026-12-03 11:30:00", 1, 900, "no", 2000),  # resumed at 11:30
+                eval_line.format("2026-12-03 11:34:00", 2, 3161, "yes", 3000),
+            ]
+        )
+        + "\n"
+    )
     assert evaluations(run) == [(1000, 300, False, 4.0), (2000, 900, False, 8.0), (3000, 3161, True, 12.0)]

@@ -1,5 +1,6 @@
 """best_eval.pth: saved only for a better evaluation (a flag beats any reward), kept across a resume,
 refused by --resume with a reason, and never fatal when it cannot be written."""
+
 import os
 
 import pytest
@@ -22,7 +23,7 @@ def test_only_a_better_evaluation_replaces_the_kept_network(tmp_path):
     assert not best.offer(_result(5.0), net) and not best.offer(_result(4.0), net)
     assert best.offer(_result(1.0, flag=True), net), "a flag beats any reward"
     assert not best.offer(_result(9.0), net)
-    again = BestEval(str(tmp_path), config, logs.append)        # a resumed run knows what to beat
+    again = BestEval(str(tmp_path), config, logs.append)  # a resumed run knows what to beat
     assert not again.offer(_result(9.0), net) and again.offer(_result(2.0, flag=True), net)
     assert logs == []
 

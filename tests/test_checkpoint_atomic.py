@@ -6,6 +6,7 @@ SIGKILL it at assorted moments: whatever the moment, the path must load and hold
 (its generation counter agrees with its contents), never a torn or partial one, and never an older
 generation than the child had already finished.
 """
+
 import os
 import select
 import signal
@@ -71,11 +72,13 @@ def replay_generation(g):
     return buffer
 '''
 _shared: dict = {}
-exec(compile(GENERATIONS, "<GENERATIONS>", "exec"), _shared)   # noqa: S102 - the children run this same text
+exec(compile(GENERATIONS, "<GENERATIONS>", "exec"), _shared)  # noqa: S102 - the children run this same text
 checkpoint_size, REPLAY = _shared["checkpoint_size"], _shared["REPLAY"]
 fill_replay, replay_generation = _shared["fill_replay"], _shared["replay_generation"]
 
-CHECKPOINT_WRITER = GENERATIONS + '''
+CHECKPOINT_WRITER = (
+    GENERATIONS
+    + """
 import sys
 import torch
 from common.checkpoint import save_checkpoint
@@ -89,9 +92,12 @@ print("first done", flush=True)
 while True:
     g += 1
     save_checkpoint(state(g), path)
-'''
+"""
+)
 
-SNAPSHOT_WRITER = GENERATIONS + '''
+SNAPSHOT_WRITER = (
+    GENERATIONS
+    + """
 import sys
 from replay_server.snapshot import write_snapshot
 
@@ -104,7 +110,8 @@ print("first done", flush=True)
 while True:
     g += 1
     write_snapshot(contents[(g - first) % 2], {"generation": g}, path)
-'''
+"""
+)
 
 # Delays (s) after the child's first complete save; then a few more kills while none has hit a write.
 KILL_DELAYS = [0.0, 0.004, 0.012, 0.03, 0.07, 0.15]
@@ -114,8 +121,13 @@ EXTRA_DELAYS = [0.02, 0.05, 0.09, 0.13, 0.2, 0.25]
 def run_and_kill(code: str, path: str, first_generation: int, delay: float) -> bool:
     """Start a writer at `first_generation`, wait for its first complete save, SIGKILL it `delay` s later.
     Returns whether a .tmp file was left (the kill landed while a save was in progress)."""
-    proc = subprocess.Popen([sys.executable, "-c", code, path, str(first_generation)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, path, str(first_generation)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         ready, _, _ = select.select([proc.stdout], [], [], 60)
         line = proc.stdout.readline() if ready else ""
@@ -143,13 +155,14 @@ def kill_repeatedly(code: str, path: str, check) -> list[bool]:
     for kill, delay in enumerate(delays):
         if kill >= len(KILL_DELAYS) and any(mid_write):
             break
-        first = (kill + 1) * 100_000        # each child starts at its own generation, above the last one's
+        first = (kill + 1) * 100_000  # each child starts at its own generation, above the last one's
         mid_write.append(run_and_kill(code, path, first, delay))
         check(path, first)
     return mid_write
 
 
 # --- SIGKILL during a save -----------------------------------------------------------------------------
+
 
 def check_checkpoint(path: str, first: int) -> None:
     state = load_checkpoint(path)
@@ -165,8 +178,14 @@ def test_sigkill_during_checkpoint_save_keeps_a_complete_checkpoint(tmp_path):
     assert len(mid_write) >= 5
     assert any(mid_write), "no kill landed during a save: the test did not exercise a torn write"
     # A leftover .tmp from the last kill is only a leftover: saving again over it works and loads.
-    save_checkpoint({"generation": 7, "data": torch.full((checkpoint_size(7),), 7.0),
-                     "meta": {"generation": 7, "size": checkpoint_size(7)}}, path)
+    save_checkpoint(
+        {
+            "generation": 7,
+            "data": torch.full((checkpoint_size(7),), 7.0),
+            "meta": {"generation": 7, "size": checkpoint_size(7)},
+        },
+        path,
+    )
     check_checkpoint(path, 7)
     assert not os.path.exists(path + ".tmp")
 
@@ -176,7 +195,7 @@ def check_snapshot(path: str, first: int) -> None:
     counters = read_snapshot(path, buffer)
     g = counters["generation"]
     assert isinstance(g, int) and g >= first, f"generation {g}: older than the child's finished first save {first}"
-    expected = replay_generation(first + (g - first) % 2)      # the writer alternates two contents
+    expected = replay_generation(first + (g - first) % 2)  # the writer alternates two contents
     assert buffer.content_hash() == expected.content_hash(), f"snapshot generation {g} is torn"
 
 
@@ -192,22 +211,23 @@ def test_sigkill_during_replay_snapshot_keeps_a_complete_snapshot(tmp_path):
 
 # --- the forked snapshot writer ------------------------------------------------------------------------
 
+
 def test_forked_snapshot_is_the_buffer_at_the_fork(tmp_path):
     path = str(tmp_path / "replay.npz")
     rng = np.random.default_rng(1)
     buffer = PrioritizedReplay(**REPLAY)
-    fill_replay(buffer, rng, 20)                    # past capacity: the rings have wrapped
+    fill_replay(buffer, rng, 20)  # past capacity: the rings have wrapped
     counters = {"episodes": 12, "env_steps": buffer.inserted}
     before = buffer.content_hash()
 
     pid = start_snapshot(buffer, counters, path)
     assert pid is not None and pid > 0
-    fill_replay(buffer, rng, 12)                    # the parent goes straight on: overwrites frames, evicts
+    fill_replay(buffer, rng, 12)  # the parent goes straight on: overwrites frames, evicts
     after = buffer.content_hash()
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"snapshot child status {status}"
 
-    assert after != before                          # the parent really changed the buffer meanwhile
+    assert after != before  # the parent really changed the buffer meanwhile
     restored = PrioritizedReplay(**REPLAY)
     assert read_snapshot(path, restored) == counters
     assert restored.content_hash() == before
@@ -215,7 +235,9 @@ def test_forked_snapshot_is_the_buffer_at_the_fork(tmp_path):
 
 
 # A server that forks a snapshot writer (made slow: it would write for a minute) and is then SIGKILLed.
-ORPHAN_SERVER = GENERATIONS + """
+ORPHAN_SERVER = (
+    GENERATIONS
+    + """
 import os, sys, time
 from replay_server import snapshot
 
@@ -227,15 +249,17 @@ buffer = replay_generation(1)
 print(snapshot.start_snapshot(buffer, {"generation": 1}, sys.argv[1]), flush=True)
 time.sleep(60)
 """
+)
 
 
 def test_the_forked_writer_dies_with_a_killed_server(tmp_path):
     """The launcher stops the processes it started; a snapshot writer must not outlive its server."""
-    server = subprocess.Popen([sys.executable, "-c", ORPHAN_SERVER, str(tmp_path / "replay.npz")], cwd=REPO,
-                              stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-c", ORPHAN_SERVER, str(tmp_path / "replay.npz")], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
     try:
         writer = int(server.stdout.readline())
-        time.sleep(0.5)                               # the writer is running (it sleeps in its slow write)
+        time.sleep(0.5)  # the writer is running (it sleeps in its slow write)
         os.kill(writer, 0)
         server.kill()
         server.wait(10)
@@ -251,13 +275,16 @@ def test_the_forked_writer_dies_with_a_killed_server(tmp_path):
 
 # --- learner save/restore ------------------------------------------------------------------------------
 
+
 def random_batch(rng, config: Config) -> dict:
     b, s, size = config.batch_size, config.frame_stack, config.frame_size
-    return dict(frames=rng.integers(0, 256, (b, 2 * s, size, size), dtype=np.uint8),
-                actions=rng.integers(0, config.num_actions, b).astype(np.uint8),
-                rewards=rng.normal(0, 2, b).astype(np.float32),
-                bootstraps=np.where(rng.random(b) < 0.25, 0.0, config.gamma ** config.n_step).astype(np.float32),
-                weights=rng.uniform(0.2, 1.0, b).astype(np.float32))
+    return dict(
+        frames=rng.integers(0, 256, (b, 2 * s, size, size), dtype=np.uint8),
+        actions=rng.integers(0, config.num_actions, b).astype(np.uint8),
+        rewards=rng.normal(0, 2, b).astype(np.float32),
+        bootstraps=np.where(rng.random(b) < 0.25, 0.0, config.gamma**config.n_step).astype(np.float32),
+        weights=rng.uniform(0.2, 1.0, b).astype(np.float32),
+    )
 
 
 def assert_identical(a, b, where: str = "state") -> None:
@@ -277,19 +304,26 @@ def assert_identical(a, b, where: str = "state") -> None:
 
 
 def test_learner_save_restore_is_identical(tmp_path, one_torch_thread):
-    config = Config(batch_size=4, replay_capacity=64, learning_starts=0, target_update_every=2, lr=1e-3,
-                    lr_decay_updates=100, device="cpu")
+    config = Config(
+        batch_size=4,
+        replay_capacity=64,
+        learning_starts=0,
+        target_update_every=2,
+        lr=1e-3,
+        lr_decay_updates=100,
+        device="cpu",
+    )
     cpu = torch.device("cpu")
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
     learner = DQNLearner(config, cpu)
-    for _ in range(3):                              # target synced at update 2, online moved on since
+    for _ in range(3):  # target synced at update 2, online moved on since
         learner.step(**random_batch(rng, config))
     assert learner.optimizer.state_dict()["state"], "Adam has no state yet"
     path = str(tmp_path / "learner.pth")
     learner.save(path, {"episodes": 5, "env_steps": 1234})
 
-    torch.manual_seed(99)                           # a differently initialised learner
+    torch.manual_seed(99)  # a differently initialised learner
     restored = DQNLearner(config, cpu)
     with pytest.raises(AssertionError):
         assert_identical(learner.online.state_dict(), restored.online.state_dict())
@@ -300,7 +334,7 @@ def test_learner_save_restore_is_identical(tmp_path, one_torch_thread):
     assert_identical(learner.target.state_dict(), restored.target.state_dict(), "target")
     assert_identical(learner.optimizer.state_dict(), restored.optimizer.state_dict(), "optimizer")
     assert_identical(learner.scheduler.state_dict(), restored.scheduler.state_dict(), "scheduler")
-    with pytest.raises(AssertionError):             # the target is not simply a copy of online
+    with pytest.raises(AssertionError):  # the target is not simply a copy of online
         assert_identical(learner.online.state_dict(), learner.target.state_dict())
 
     # And they go on identically: the same batch gives the same metrics, priorities and weights.

@@ -5,6 +5,7 @@ A snapshot is waited for as long as it makes progress; the final one only as lon
 then the checkpoint names the last complete snapshot; a failed snapshot or .pth write never removes the
 snapshot a checkpoint on disk names, and leaves no orphan behind; repeated failures are one line per 30 s.
 """
+
 import errno
 import os
 import threading
@@ -45,8 +46,14 @@ class Side:
 
     def __init__(self, run_dir):
         self.run_dir = str(run_dir)
-        self.config = Config(env_id=TEST_ENV_ID, base_port=free_base_port(), replay_capacity=2048,
-                             learning_starts=2048, checkpoint_every_episodes=0, device="cpu")
+        self.config = Config(
+            env_id=TEST_ENV_ID,
+            base_port=free_base_port(),
+            replay_capacity=2048,
+            learning_starts=2048,
+            checkpoint_every_episodes=0,
+            device="cpu",
+        )
         self.logs: list[str] = []
         self.stop = {role: threading.Event() for role in ("learner", "replay")}
         self.runtimes = [self._runtime(role) for role in ("replay", "learner")]
@@ -111,6 +118,7 @@ def slow_snapshots(monkeypatch, seconds_per_write: float) -> None:
 def failing_snapshots(monkeypatch) -> None:
     def fail(path, write):
         raise OSError(errno.ENOSPC, "No space left on device")
+
     monkeypatch.setattr(snapshot, "write_atomically", fail)
 
 
@@ -132,7 +140,7 @@ def test_a_stalled_snapshot_is_given_up_and_the_last_good_one_kept(side, monkeyp
     good = side.named("checkpoint")
     side.change()
     monkeypatch.setattr(service, "SNAPSHOT_STALL_S", 1.0)
-    slow_snapshots(monkeypatch, 3.0)                        # 3 s between writes: no progress for 1 s
+    slow_snapshots(monkeypatch, 3.0)  # 3 s between writes: no progress for 1 s
     assert side.learner.checkpoint("checkpoint") == ""
     assert side.named("checkpoint") == good and good in side.files()
     assert any("made no progress" in line for line in side.logs), side.logs
@@ -167,8 +175,10 @@ def test_a_final_snapshot_that_cannot_finish_in_time_names_the_last_good_one(sid
     final = load_checkpoint(os.path.join(side.run_dir, "checkpoint_final.pth"))["counters"]
     assert final["replay_file"] == good
     assert {k: final[k] for k in service.RUN_COUNTERS} == {k: good_counters[k] for k in service.RUN_COUNTERS}
-    assert any("checkpoint_final.pth with the replay memory of update" in line and "did not finish" in line
-               for line in side.logs), side.logs
+    assert any(
+        "checkpoint_final.pth with the replay memory of update" in line and "did not finish" in line
+        for line in side.logs
+    ), side.logs
     assert side.files() == [good], "the unfinished snapshot left a file behind"
     assert side.server.snapshot is None
 
@@ -182,6 +192,7 @@ def test_a_failed_pth_write_removes_its_new_snapshot_and_failures_are_rate_limit
 
     def full(path, counters=None):
         raise OSError(errno.ENOSPC, "No space left on device")
+
     monkeypatch.setattr(side.learner.learner, "save", full)
     for _ in range(5):
         assert side.learner.checkpoint("checkpoint") == ""
@@ -230,12 +241,13 @@ def test_periodic_checkpoints_keep_to_their_share_of_the_learners_time(side, mon
             return real(base, final)
         finally:
             spent, taken = spent + time.monotonic() - started, taken + 1
+
     monkeypatch.setattr(side.learner, "checkpoint", timed)
     started = time.monotonic()
-    while (time.monotonic() - started < 8 or taken < 2) and time.monotonic() - started < 120:   # a slow first
-        episodes += 1                                                  # checkpoint (a loaded machine) spaces more
+    while (time.monotonic() - started < 8 or taken < 2) and time.monotonic() - started < 120:  # a slow first
+        episodes += 1  # checkpoint (a loaded machine) spaces more
         side.learner.replay_stats = {**side.learner.replay_stats, "episodes": episodes}
-        side.change()                     # each snapshot has something new to write
+        side.change()  # each snapshot has something new to write
         side.learner._maybe_checkpoint()
     elapsed = time.monotonic() - started
     assert taken >= 2, "the schedule still checkpoints"

@@ -1,6 +1,7 @@
 """ChunkBuilder: each frame once per chunk, per-transition stack indices (obs, then next obs),
 context across take(), bootstraps at episode ends. The n-step returns themselves are checked
 against a brute-force reference in test_nstep.py."""
+
 import numpy as np
 import pytest
 
@@ -61,8 +62,7 @@ def test_chunk_arrays_and_dtypes():
     assert len(builder) == 0
 
 
-@pytest.mark.parametrize("terminated, truncated, last", [(True, False, 0.0), (False, True, GAMMA),
-                                                         (True, True, 0.0)])
+@pytest.mark.parametrize("terminated, truncated, last", [(True, False, 0.0), (False, True, GAMMA), (True, True, 0.0)])
 def test_one_step_bootstrap_is_gamma_unless_terminal(terminated, truncated, last):
     """n_step=1: every transition bootstraps with gamma, except a terminal one (0); a truncated
     episode's last transition still bootstraps, from the obs where it was cut."""
@@ -99,7 +99,7 @@ def test_next_chunk_keeps_only_current_stack_as_context(before, after):
     play(builder, before, after)
     chunk = builder.take()
 
-    context = sorted(set(env_obs(0, before)))               # distinct frames of the current obs
+    context = sorted(set(env_obs(0, before)))  # distinct frames of the current obs
     assert len(context) <= S
     assert numbers(chunk["frames"]) == context + list(range(before + 1, before + after + 1))
     assert len(chunk["frames"]) <= after + S
@@ -134,6 +134,7 @@ def test_new_episode_drops_the_previous_context():
 
 # --- n-step: pending transitions ------------------------------------------------------------------
 
+
 def test_len_counts_only_completed_n_step_transitions():
     """With n_step=3 a transition is complete once 3 rewards are in; an episode end completes all."""
     builder = ChunkBuilder(S, n_step=3, gamma=GAMMA)
@@ -146,7 +147,7 @@ def test_len_counts_only_completed_n_step_transitions():
     builder.add(frame(6), action=0, reward=1.0, terminated=True, truncated=False)
     assert len(builder) == 6
     chunk = builder.take()
-    assert chunk["bootstraps"].tolist() == np.array([GAMMA ** 3] * 3 + [0.0] * 3, np.float32).tolist()
+    assert chunk["bootstraps"].tolist() == np.array([GAMMA**3] * 3 + [0.0] * 3, np.float32).tolist()
     assert chunk_stacks(chunk) == env_stacks(0, 6, n_step=3)
 
 
@@ -161,20 +162,22 @@ def test_pending_transitions_keep_their_frames_as_context(before, after):
     play(builder, 0, before)
     first = builder.take()
     assert len(first["actions"]) == max(0, before - (n - 1))
-    assert chunk_stacks(first) == env_stacks(0, max(0, before - (n - 1)), n_step=n, total=10 ** 6)
+    assert chunk_stacks(first) == env_stacks(0, max(0, before - (n - 1)), n_step=n, total=10**6)
     play(builder, before, after)
-    builder.flush_pending()                                # stop here, as a truncation
+    builder.flush_pending()  # stop here, as a truncation
     chunk = builder.take()
 
-    waiting = range(max(0, before - (n - 1)), before)       # steps whose transitions were pending
+    waiting = range(max(0, before - (n - 1)), before)  # steps whose transitions were pending
     context = sorted(set(env_obs(0, before)).union(*(env_obs(0, t) for t in waiting)))
     assert len(context) <= S + n - 1
     assert numbers(chunk["frames"]) == context + list(range(before + 1, before + after + 1))
     total = before + after
-    assert chunk_stacks(chunk) == env_stacks(0, total, n_step=n)[waiting.start:]
+    assert chunk_stacks(chunk) == env_stacks(0, total, n_step=n)[waiting.start :]
     # flush_pending() bootstraps like a truncation: gamma^k with k the steps that were left
-    assert chunk["bootstraps"].tolist() == np.array(
-        [GAMMA ** min(n, total - t) for t in range(waiting.start, total)], np.float32).tolist()
+    assert (
+        chunk["bootstraps"].tolist()
+        == np.array([GAMMA ** min(n, total - t) for t in range(waiting.start, total)], np.float32).tolist()
+    )
     assert len(builder) == 0
 
 
@@ -186,7 +189,7 @@ def test_flush_pending_without_waiting_transitions_adds_nothing():
     builder.flush_pending()
     chunk = builder.take()
     assert len(chunk["actions"]) == 5
-    assert chunk["bootstraps"].tolist() == np.array([GAMMA ** 3] * 2 + [0.0] * 3, np.float32).tolist()
+    assert chunk["bootstraps"].tolist() == np.array([GAMMA**3] * 2 + [0.0] * 3, np.float32).tolist()
 
 
 def test_new_episode_drops_pending_context():
@@ -200,7 +203,7 @@ def test_new_episode_drops_pending_context():
     play(builder, 100, 4)
     chunk = builder.take()
     assert numbers(chunk["frames"]) == [100, 101, 102, 103, 104]
-    assert chunk_stacks(chunk) == env_stacks(100, 2, n_step=3, total=10 ** 6)
+    assert chunk_stacks(chunk) == env_stacks(100, 2, n_step=3, total=10**6)
 
 
 def test_new_episode_before_take_is_refused():

@@ -1,4 +1,5 @@
 """The command line: --help, --help-config, and one-line errors with exit status 2 for bad values."""
+
 import subprocess
 import sys
 
@@ -8,59 +9,98 @@ from tests.harness import REPO
 
 
 def _launch(*args: str, tmp_path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "launch.py", "--runs-dir", str(tmp_path / "runs"), *args],
-                          cwd=REPO, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "launch.py", "--runs-dir", str(tmp_path / "runs"), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_help_documents_every_flag(tmp_path):
     result = _launch("--help", tmp_path=tmp_path)
     assert result.returncode == 0
-    for flag in ("--headless", "--runs-dir", "--max-episodes", "--max-steps", "--device", "--env",
-                 "--actors", "--base-port", "--set", "--help-config", "--checkpoint-every", "--resume",
-                 "--resume-reset-exploration", "--play", "--plot", "--no-video", "--role", "--bind", "--learner",
-                 "--replay", "--keys", "--insecure", "--max-minutes", "--curriculum", "--resume-new-env",
-                 "--episodes", "--serial"):
+    for flag in (
+        "--headless",
+        "--runs-dir",
+        "--max-episodes",
+        "--max-steps",
+        "--device",
+        "--env",
+        "--actors",
+        "--base-port",
+        "--set",
+        "--help-config",
+        "--checkpoint-every",
+        "--resume",
+        "--resume-reset-exploration",
+        "--play",
+        "--plot",
+        "--no-video",
+        "--role",
+        "--bind",
+        "--learner",
+        "--replay",
+        "--keys",
+        "--insecure",
+        "--max-minutes",
+        "--curriculum",
+        "--resume-new-env",
+        "--episodes",
+        "--serial",
+    ):
         assert flag in result.stdout
 
 
 def test_help_config_lists_every_field_with_its_doc(tmp_path):
     from common.config import Config
+
     result = _launch("--help-config", tmp_path=tmp_path)
     assert result.returncode == 0
     for name, _, default, doc in Config.describe():
         assert f"  {name} (" in result.stdout and doc in result.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (("--max-steps", "0"), "argument --max-steps: expected a positive integer, got '0'"),
-    (("--max-episodes", "ten"), "argument --max-episodes: expected a positive integer, got 'ten'"),
-    (("--device", "tpu"), "argument --device: invalid choice: 'tpu'"),
-    (("--base-port", "70000"), "argument --base-port: expected a port between 1 and 65533, got '70000'"),
-    (("--set", "lr=fast"), "lr must be a number, got 'fast'"),
-    (("--set", "nonsense=1"), "unknown config field 'nonsense' (see --help-config)"),
-    (("--set", "gamma=1.5"), "gamma must be in (0, 1], got 1.5"),
-    (("--set", "learning_starts=500", "--set", "replay_capacity=100"),
-     "learning_starts (500) exceeds replay_capacity (100)"),
-    (("--env", "Tetris-v0"), "unknown env id 'Tetris-v0'"),
-    (("--bogus",), "unrecognized arguments: --bogus"),
-    (("--max-minutes", "-1"), "argument --max-minutes: expected a positive number of minutes, got '-1'"),
-    (("--role", "gpu"), "argument --role: invalid choice: 'gpu'"),
-    (("--bind", "10.0.0.1:0"), "--bind: expected HOST[:PORT] with a port between 1 and 65533, got '10.0.0.1:0'"),
-    (("--bind", "0.0.0.0"), "--bind 0.0.0.0 listens beyond this machine: create keys with `python launch.py keys DIR`"),
-    (("--role", "replay", "--bind", "192.168.1.5:6000"), "--bind 192.168.1.5 listens beyond this machine"),
-    (("--learner", "gpu-box"), "--learner is for --role actor (the other roles listen with --bind)"),
-    (("--role", "actor", "--learner", "gpu-box:x"), "--learner: the port in 'gpu-box:x' is not a number"),
-    (("--role", "replay", "--replay", "a:1"), "--replay is for --role learner or --role actor"),
-    (("--keys", "/nonexistent/keys"), "--keys /nonexistent/keys: no such folder"),
-    (("--role", "actor", "--resume", "runs"), "--resume is for the learner side: an actor side continues from the"),
-    (("--bind", "*"), "--bind: expected HOST[:PORT] with a port between 1 and 65533, got '*'"),
-    (("--set", "epsilon_schedule=greedy"), "epsilon_schedule must be anneal or apex, got 'greedy'"),
-    (("--set", "level_mode=random"), "level_mode must be sample or curriculum, got 'random'"),
-    (("--max-episode", "5"), "unrecognized arguments: --max-episode 5"),
-    (("--episodes", "2"), "--episodes is for --play (to stop training after N episodes: --max-episodes)"),
-    (("--resume-new-env",), "--resume-new-env needs --resume"),
-    (("--play", "/nonexistent/run"), "/nonexistent/run: no such file or folder"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--max-steps", "0"), "argument --max-steps: expected a positive integer, got '0'"),
+        (("--max-episodes", "ten"), "argument --max-episodes: expected a positive integer, got 'ten'"),
+        (("--device", "tpu"), "argument --device: invalid choice: 'tpu'"),
+        (("--base-port", "70000"), "argument --base-port: expected a port between 1 and 65533, got '70000'"),
+        (("--set", "lr=fast"), "lr must be a number, got 'fast'"),
+        (("--set", "nonsense=1"), "unknown config field 'nonsense' (see --help-config)"),
+        (("--set", "gamma=1.5"), "gamma must be in (0, 1], got 1.5"),
+        (
+            ("--set", "learning_starts=500", "--set", "replay_capacity=100"),
+            "learning_starts (500) exceeds replay_capacity (100)",
+        ),
+        (("--env", "Tetris-v0"), "unknown env id 'Tetris-v0'"),
+        (("--bogus",), "unrecognized arguments: --bogus"),
+        (("--max-minutes", "-1"), "argument --max-minutes: expected a positive number of minutes, got '-1'"),
+        (("--role", "gpu"), "argument --role: invalid choice: 'gpu'"),
+        (("--bind", "10.0.0.1:0"), "--bind: expected HOST[:PORT] with a port between 1 and 65533, got '10.0.0.1:0'"),
+        (
+            ("--bind", "0.0.0.0"),
+            "--bind 0.0.0.0 listens beyond this machine: create keys with `python launch.py keys DIR`",
+        ),
+        (("--role", "replay", "--bind", "192.168.1.5:6000"), "--bind 192.168.1.5 listens beyond this machine"),
+        (("--learner", "gpu-box"), "--learner is for --role actor (the other roles listen with --bind)"),
+        (("--role", "actor", "--learner", "gpu-box:x"), "--learner: the port in 'gpu-box:x' is not a number"),
+        (("--role", "replay", "--replay", "a:1"), "--replay is for --role learner or --role actor"),
+        (("--keys", "/nonexistent/keys"), "--keys /nonexistent/keys: no such folder"),
+        (("--role", "actor", "--resume", "runs"), "--resume is for the learner side: an actor side continues from the"),
+        (("--bind", "*"), "--bind: expected HOST[:PORT] with a port between 1 and 65533, got '*'"),
+        (("--set", "epsilon_schedule=greedy"), "epsilon_schedule must be anneal or apex, got 'greedy'"),
+        (("--set", "level_mode=random"), "level_mode must be sample or curriculum, got 'random'"),
+        (("--max-episode", "5"), "unrecognized arguments: --max-episode 5"),
+        (("--episodes", "2"), "--episodes is for --play (to stop training after N episodes: --max-episodes)"),
+        (("--resume-new-env",), "--resume-new-env needs --resume"),
+        (("--play", "/nonexistent/run"), "/nonexistent/run: no such file or folder"),
+    ],
+)
 def test_bad_values_give_one_line_and_exit_2(tmp_path, args, message):
     """Nothing starts: one line on stderr, status 2, no run folder."""
     result = _launch(*args, tmp_path=tmp_path)
@@ -74,7 +114,9 @@ def test_bad_values_give_one_line_and_exit_2(tmp_path, args, message):
 def test_unavailable_device_is_refused(tmp_path):
     result = _launch("--device", "cuda", tmp_path=tmp_path)
     assert result.returncode == 2
-    assert result.stderr.strip() == "launch.py: error: --device cuda was requested but this torch build sees no CUDA GPU"
+    assert (
+        result.stderr.strip() == "launch.py: error: --device cuda was requested but this torch build sees no CUDA GPU"
+    )
 
 
 def test_play_refuses_a_checkpoint_whose_network_does_not_fit(tmp_path):
@@ -83,6 +125,7 @@ def test_play_refuses_a_checkpoint_whose_network_does_not_fit(tmp_path):
     from common.checkpoint import save_checkpoint
     from common.config import Config
     from learner.learning import DQNLearner
+
     path = tmp_path / "odd.pth"
     state = DQNLearner(Config(dueling=False), torch.device("cpu")).state_dict()
     save_checkpoint({**state, "config": Config(dueling=True).to_dict()}, str(path))
@@ -93,16 +136,22 @@ def test_play_refuses_a_checkpoint_whose_network_does_not_fit(tmp_path):
 
 
 def test_keys_command_creates_both_sides_once(tmp_path):
-    result = subprocess.run([sys.executable, "launch.py", "keys", str(tmp_path / "k")], cwd=REPO,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "launch.py", "keys", str(tmp_path / "k")], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "k" / "learner" / "server.key_secret").exists() and (tmp_path / "k" / "actor" / "server.key").exists()
+    assert (tmp_path / "k" / "learner" / "server.key_secret").exists() and (
+        tmp_path / "k" / "actor" / "server.key"
+    ).exists()
     assert f"--role learner --keys {tmp_path / 'k' / 'learner'}" in result.stdout
-    again = subprocess.run([sys.executable, "launch.py", "keys", str(tmp_path / "k")], cwd=REPO,
-                           capture_output=True, text=True, timeout=60)
+    again = subprocess.run(
+        [sys.executable, "launch.py", "keys", str(tmp_path / "k")], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert again.returncode == 2
-    assert again.stderr.strip() == f"launch.py keys: error: {tmp_path / 'k' / 'learner'} already exists: keys are never " \
-                                   "overwritten; choose a new folder"
+    assert (
+        again.stderr.strip() == f"launch.py keys: error: {tmp_path / 'k' / 'learner'} already exists: keys are never "
+        "overwritten; choose a new folder"
+    )
 
 
 def test_insecure_allows_a_non_loopback_bind_and_says_so(tmp_path):
@@ -118,6 +167,7 @@ def _test_env_checkpoint(path) -> None:
     import torch
     from common.config import TEST_ENV_ID, Config
     from learner.learning import DQNLearner
+
     path.parent.mkdir(parents=True, exist_ok=True)
     DQNLearner(Config(env_id=TEST_ENV_ID), torch.device("cpu")).save(str(path), {"env_steps": 0})
 
@@ -135,13 +185,16 @@ def test_resume_on_another_env_is_refused_unless_asked(tmp_path):
     --resume-new-env asks for it (then the checkpoint is planned as usual)."""
     from common.config import TEST_ENV_ID, Config
     from launcher.resume import ResumeError, load_resume_state, plan_resume
+
     path = tmp_path / "old" / "checkpoint_final.pth"
     _test_env_checkpoint(path)
     result = _launch("--resume", str(path), "--env", "SuperMarioBros-1-1-v0", "--headless", tmp_path=tmp_path)
     assert result.returncode == 2
-    assert result.stderr.strip() == (f"launch.py: error: {path}: it was trained on {TEST_ENV_ID}, not "
-                                     "SuperMarioBros-1-1-v0: continuing would mix both envs in one replay memory "
-                                     "and log.txt (pass --resume-new-env to do it anyway)")
+    assert result.stderr.strip() == (
+        f"launch.py: error: {path}: it was trained on {TEST_ENV_ID}, not "
+        "SuperMarioBros-1-1-v0: continuing would mix both envs in one replay memory "
+        "and log.txt (pass --resume-new-env to do it anyway)"
+    )
     checkpoint, state = load_resume_state(str(path))
     other = Config.from_dict({**state["config"], "env_id": "SuperMarioBros-1-2-v0"})
     with pytest.raises(ResumeError, match="it was trained on"):
@@ -160,31 +213,48 @@ def _answers(*answers):
         if isinstance(answer, type):
             raise answer()
         return answer
+
     return read, prompts
 
 
-@pytest.mark.parametrize("answer, loads", [("n", False), ("New", False), (" N ", False), ("l", True),
-                                           ("LOAD", True), ("y", True), ("yes", True), ("Yes\n", True)])
+@pytest.mark.parametrize(
+    "answer, loads",
+    [
+        ("n", False),
+        ("New", False),
+        (" N ", False),
+        ("l", True),
+        ("LOAD", True),
+        ("y", True),
+        ("yes", True),
+        ("Yes\n", True),
+    ],
+)
 def test_resume_question_understands_the_answer(answer, loads):
     from launcher.cli import ask_to_resume
+
     read, prompts = _answers(answer)
     assert ask_to_resume("runs/x_run", read) == ("runs/x_run" if loads else None)
-    assert prompts == ["Found a checkpoint in runs/x_run.\n"
-                       "Start new training (n) or load the latest checkpoint (l)? [n/l]: "]
+    assert prompts == [
+        "Found a checkpoint in runs/x_run.\nStart new training (n) or load the latest checkpoint (l)? [n/l]: "
+    ]
 
 
 def test_resume_question_asks_again_on_anything_else():
     from launcher.cli import ask_to_resume
+
     read, prompts = _answers("", "maybe", "nope", "l")
     assert ask_to_resume("runs/x_run", read) == "runs/x_run"
-    assert len(prompts) == 4 and all(p == "Please answer n (new training) or l (load the checkpoint) [n/l]: "
-                                     for p in prompts[1:])
+    assert len(prompts) == 4 and all(
+        p == "Please answer n (new training) or l (load the checkpoint) [n/l]: " for p in prompts[1:]
+    )
 
 
 @pytest.mark.parametrize("key, status", [(KeyboardInterrupt, 130), (EOFError, 1)])
 def test_resume_question_ctrl_c_and_ctrl_d_exit_cleanly(capsys, key, status):
     """Ctrl+C (KeyboardInterrupt) and Ctrl+D (EOFError) leave with an exit status and one line, no traceback."""
     from launcher.cli import ask_to_resume
+
     read, _ = _answers("what", key)
     with pytest.raises(SystemExit) as exit_:
         ask_to_resume("runs/x_run", read)
@@ -196,6 +266,7 @@ def _bad_checkpoint(path, kind: str) -> None:
     import fractions
 
     import torch
+
     if kind == "empty":
         path.write_bytes(b"")
     elif kind == "text":
@@ -209,16 +280,20 @@ def _bad_checkpoint(path, kind: str) -> None:
         torch.save({"weights": fractions.Fraction(1, 3)}, path)
 
 
-@pytest.mark.parametrize("kind, reason", [
-    ("empty", "the file is empty"),
-    ("text", "not a torch file"),
-    ("random", "not a torch file"),
-    ("truncated", "damaged or truncated"),
-    ("objects", "it holds Python objects besides tensors and plain values, refused as loading them could run code"),
-])
+@pytest.mark.parametrize(
+    "kind, reason",
+    [
+        ("empty", "the file is empty"),
+        ("text", "not a torch file"),
+        ("random", "not a torch file"),
+        ("truncated", "damaged or truncated"),
+        ("objects", "it holds Python objects besides tensors and plain values, refused as loading them could run code"),
+    ],
+)
 def test_unreadable_checkpoint_says_what_is_wrong(tmp_path, kind, reason):
     """The reason in the user's terms, not the exception torch raised (KeyError, RuntimeError, ...)."""
     from common.checkpoint import CheckpointError, load_checkpoint
+
     path = tmp_path / "checkpoint.pth"
     _bad_checkpoint(path, kind)
     with pytest.raises(CheckpointError) as error:
@@ -232,10 +307,13 @@ def test_bad_replay_snapshot_and_networks_say_what_is_wrong(tmp_path):
     from common.config import Config
     from learner.learning import DQNLearner
     from launcher.resume import ResumeError, _check_networks, _check_snapshot
+
     config = Config()
-    cases = {"truncated.npz": "the replay snapshot is damaged or truncated",
-             "random.npz": "the replay snapshot is damaged or truncated",
-             "headless.npz": "not a mario-apex replay snapshot (no shape header)"}
+    cases = {
+        "truncated.npz": "the replay snapshot is damaged or truncated",
+        "random.npz": "the replay snapshot is damaged or truncated",
+        "headless.npz": "not a mario-apex replay snapshot (no shape header)",
+    }
     np.savez(tmp_path / "full.npz", shape=np.zeros(5), frames=np.arange(50_000))
     (tmp_path / "truncated.npz").write_bytes((tmp_path / "full.npz").read_bytes()[:100_000])
     (tmp_path / "random.npz").write_bytes(bytes(range(256)) * 16)

@@ -1,4 +1,5 @@
 """Config: defaults, validation with one-line errors, --set parsing, from_dict, addresses, describe, save."""
+
 import dataclasses
 import json
 import math
@@ -26,47 +27,106 @@ def test_defaults_validate():
     assert config.frame_stack == 4 and config.num_actions == 7
 
 
-@pytest.mark.parametrize("name,value", [
-    # positive integers
-    ("num_actions", -3), ("action_set", "left_only"),
-    *[(n, v) for n in ("frame_skip", "frame_size", "frame_stack", "max_episode_steps", "chunk_size",
-                       "replay_capacity", "per_beta_updates", "batch_size", "lr_decay_updates",
-                       "target_update_every", "publish_every", "prefetch_batches", "num_actors") for v in (0, -3)],
-    # non-negative integers
-    *[(n, -1) for n in ("epsilon_decay_steps", "learning_starts", "checkpoint_every_episodes", "max_episodes",
-                        "max_steps", "seed")],
-    # fractions in [0, 1]
-    *[(n, v) for n in ("epsilon_start", "epsilon_end", "per_alpha", "per_beta_start", "lr_end_factor")
-      for v in (-0.1, 1.5, math.nan)],
-    # positive (and finite) floats
-    *[(n, v) for n in ("lr", "adam_eps", "grad_clip_norm", "per_eps", "report_interval_s")
-      for v in (0.0, -1e-3, math.nan, math.inf)],
-    ("gamma", 0.0), ("gamma", 1.01), ("gamma", -0.5), ("gamma", math.nan),
-    ("device", "gpu"), ("device", "CUDA"), ("device", ""),
-    ("base_port", 0), ("base_port", 65_534), ("base_port", 70_000),
-    ("max_message_bytes", 1023), ("max_message_bytes", 0),
-    ("frame_size", 257),
-    ("transitions_per_request", -1), ("transitions_per_request", 4097),
-    ("batch_size", 4097),
-])
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        # positive integers
+        ("num_actions", -3),
+        ("action_set", "left_only"),
+        *[
+            (n, v)
+            for n in (
+                "frame_skip",
+                "frame_size",
+                "frame_stack",
+                "max_episode_steps",
+                "chunk_size",
+                "replay_capacity",
+                "per_beta_updates",
+                "batch_size",
+                "lr_decay_updates",
+                "target_update_every",
+                "publish_every",
+                "prefetch_batches",
+                "num_actors",
+            )
+            for v in (0, -3)
+        ],
+        # non-negative integers
+        *[
+            (n, -1)
+            for n in (
+                "epsilon_decay_steps",
+                "learning_starts",
+                "checkpoint_every_episodes",
+                "max_episodes",
+                "max_steps",
+                "seed",
+            )
+        ],
+        # fractions in [0, 1]
+        *[
+            (n, v)
+            for n in ("epsilon_start", "epsilon_end", "per_alpha", "per_beta_start", "lr_end_factor")
+            for v in (-0.1, 1.5, math.nan)
+        ],
+        # positive (and finite) floats
+        *[
+            (n, v)
+            for n in ("lr", "adam_eps", "grad_clip_norm", "per_eps", "report_interval_s")
+            for v in (0.0, -1e-3, math.nan, math.inf)
+        ],
+        ("gamma", 0.0),
+        ("gamma", 1.01),
+        ("gamma", -0.5),
+        ("gamma", math.nan),
+        ("device", "gpu"),
+        ("device", "CUDA"),
+        ("device", ""),
+        ("base_port", 0),
+        ("base_port", 65_534),
+        ("base_port", 70_000),
+        ("max_message_bytes", 1023),
+        ("max_message_bytes", 0),
+        ("frame_size", 257),
+        ("transitions_per_request", -1),
+        ("transitions_per_request", 4097),
+        ("batch_size", 4097),
+    ],
+)
 def test_invalid_value_raises_config_error_naming_the_field(name, value):
     """Each kind of unusable value is refused with a one-line message that names the field."""
     assert name in config_error(**{name: value})
 
 
-@pytest.mark.parametrize("name,value", [
-    ("gamma", 1.0), ("epsilon_end", 0.0), ("epsilon_start", 1.0), ("base_port", 1), ("base_port", 65_533),
-    ("max_message_bytes", 64 * 1024 + 32 * (8 * 84 * 84 + 32)), ("frame_size", 256), ("seed", 0), ("learning_starts", 0), ("device", "cpu"),
-    ("transitions_per_request", 0), ("transitions_per_request", 4096),
-])
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("gamma", 1.0),
+        ("epsilon_end", 0.0),
+        ("epsilon_start", 1.0),
+        ("base_port", 1),
+        ("base_port", 65_533),
+        ("max_message_bytes", 64 * 1024 + 32 * (8 * 84 * 84 + 32)),
+        ("frame_size", 256),
+        ("seed", 0),
+        ("learning_starts", 0),
+        ("device", "cpu"),
+        ("transitions_per_request", 0),
+        ("transitions_per_request", 4096),
+    ],
+)
 def test_boundary_values_are_accepted(name, value):
     assert getattr(Config(**{name: value}), name) == value
 
 
-@pytest.mark.parametrize("changes,names", [
-    ({"learning_starts": 1001, "replay_capacity": 1000}, ("learning_starts", "replay_capacity")),
-    ({"batch_size": 64, "replay_capacity": 32, "learning_starts": 0}, ("batch_size", "replay_capacity")),
-])
+@pytest.mark.parametrize(
+    "changes,names",
+    [
+        ({"learning_starts": 1001, "replay_capacity": 1000}, ("learning_starts", "replay_capacity")),
+        ({"batch_size": 64, "replay_capacity": 32, "learning_starts": 0}, ("batch_size", "replay_capacity")),
+    ],
+)
 def test_cross_field_checks_name_both_fields(changes, names):
     message = config_error(**changes)
     assert all(n in message for n in names)
@@ -78,30 +138,34 @@ def test_learning_starts_equal_to_capacity_is_fine():
 
 # --- parse_assignment (--set name=value) ----------------------------------------------------------
 
-@pytest.mark.parametrize("text,expected", [
-    ("replay_capacity=1e5", ("replay_capacity", 100_000)),
-    ("replay_capacity=2.5E4", ("replay_capacity", 25_000)),
-    ("replay_capacity=100_000", ("replay_capacity", 100_000)),
-    ("seed=-1", ("seed", -1)),
-    ("seed= 42 ", ("seed", 42)),
-    (" batch_size =64", ("batch_size", 64)),
-    ("lr=2.5e-4", ("lr", 2.5e-4)),
-    ("lr=1", ("lr", 1.0)),
-    ("gamma=.9", ("gamma", 0.9)),
-    ("headless=true", ("headless", True)),
-    ("headless=True", ("headless", True)),
-    ("headless=yes", ("headless", True)),
-    ("headless=1", ("headless", True)),
-    ("headless=on", ("headless", True)),
-    ("double_dqn=false", ("double_dqn", False)),
-    ("double_dqn=NO", ("double_dqn", False)),
-    ("double_dqn=0", ("double_dqn", False)),
-    ("double_dqn=off", ("double_dqn", False)),
-    ("env_id=SuperMarioBros-2-1-v0", ("env_id", "SuperMarioBros-2-1-v0")),
-    ("host=::1", ("host", "::1")),
-    ("runs_dir=a=b", ("runs_dir", "a=b")),
-    ("device=cpu", ("device", "cpu")),
-])
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("replay_capacity=1e5", ("replay_capacity", 100_000)),
+        ("replay_capacity=2.5E4", ("replay_capacity", 25_000)),
+        ("replay_capacity=100_000", ("replay_capacity", 100_000)),
+        ("seed=-1", ("seed", -1)),
+        ("seed= 42 ", ("seed", 42)),
+        (" batch_size =64", ("batch_size", 64)),
+        ("lr=2.5e-4", ("lr", 2.5e-4)),
+        ("lr=1", ("lr", 1.0)),
+        ("gamma=.9", ("gamma", 0.9)),
+        ("headless=true", ("headless", True)),
+        ("headless=True", ("headless", True)),
+        ("headless=yes", ("headless", True)),
+        ("headless=1", ("headless", True)),
+        ("headless=on", ("headless", True)),
+        ("double_dqn=false", ("double_dqn", False)),
+        ("double_dqn=NO", ("double_dqn", False)),
+        ("double_dqn=0", ("double_dqn", False)),
+        ("double_dqn=off", ("double_dqn", False)),
+        ("env_id=SuperMarioBros-2-1-v0", ("env_id", "SuperMarioBros-2-1-v0")),
+        ("host=::1", ("host", "::1")),
+        ("runs_dir=a=b", ("runs_dir", "a=b")),
+        ("device=cpu", ("device", "cpu")),
+    ],
+)
 def test_parse_assignment_types_the_value(text, expected):
     name, value = parse_assignment(text)
     assert (name, value) == expected
@@ -113,27 +177,30 @@ def test_parse_assignment_float_field_gets_float_type():
     assert type(parse_assignment("lr=1")[1]) is float
 
 
-@pytest.mark.parametrize("text,fragment", [
-    ("no_such_field=1", "no_such_field"),
-    ("batchsize=32", "batchsize"),
-    ("lr", "name=value"),
-    ("=5", "name=value"),
-    ("", "name=value"),
-    ("batch_size=", "batch_size"),
-    ("batch_size=abc", "batch_size"),
-    ("batch_size=1.5", "batch_size"),
-    ("batch_size=0x10", "batch_size"),
-    ("batch_size=true", "batch_size"),
-    ("batch_size=1.5e0", "batch_size"),      # not a whole number
-    ("batch_size=1e-3", "batch_size"),
-    ("batch_size=1e400", "batch_size"),      # infinite
-    ("batch_size=nan", "batch_size"),
-    ("lr=fast", "lr"),
-    ("lr=", "lr"),
-    ("headless=maybe", "headless"),
-    ("headless=2", "headless"),
-    ("headless=", "headless"),
-])
+@pytest.mark.parametrize(
+    "text,fragment",
+    [
+        ("no_such_field=1", "no_such_field"),
+        ("batchsize=32", "batchsize"),
+        ("lr", "name=value"),
+        ("=5", "name=value"),
+        ("", "name=value"),
+        ("batch_size=", "batch_size"),
+        ("batch_size=abc", "batch_size"),
+        ("batch_size=1.5", "batch_size"),
+        ("batch_size=0x10", "batch_size"),
+        ("batch_size=true", "batch_size"),
+        ("batch_size=1.5e0", "batch_size"),  # not a whole number
+        ("batch_size=1e-3", "batch_size"),
+        ("batch_size=1e400", "batch_size"),  # infinite
+        ("batch_size=nan", "batch_size"),
+        ("lr=fast", "lr"),
+        ("lr=", "lr"),
+        ("headless=maybe", "headless"),
+        ("headless=2", "headless"),
+        ("headless=", "headless"),
+    ],
+)
 def test_parse_assignment_rejects_unknown_names_and_garbage(text, fragment):
     """Unknown names, missing '=' and unparsable values give a one-line ConfigError naming the problem."""
     with pytest.raises(ConfigError) as info:
@@ -150,6 +217,7 @@ def test_parse_assignment_result_goes_through_validation():
 
 # --- from_dict / _coerce -----------------------------------------------------------------------------
 
+
 def test_from_dict_empty_gives_defaults():
     assert Config.from_dict({}) == Config()
 
@@ -160,12 +228,28 @@ def test_from_dict_rejects_unknown_keys_listing_them():
     assert "alpha" in str(info.value) and "zeta" in str(info.value)
 
 
-@pytest.mark.parametrize("name,value", [
-    ("batch_size", True), ("batch_size", 32.0), ("batch_size", "many"), ("batch_size", None), ("batch_size", [32]),
-    ("lr", True), ("lr", "fast"), ("lr", None), ("lr", [1e-4]),
-    ("headless", 1), ("headless", 0), ("headless", "perhaps"), ("headless", None),
-    ("env_id", 5), ("env_id", None), ("env_id", ["SuperMarioBros-1-1-v0"]), ("device", True),
-])
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("batch_size", True),
+        ("batch_size", 32.0),
+        ("batch_size", "many"),
+        ("batch_size", None),
+        ("batch_size", [32]),
+        ("lr", True),
+        ("lr", "fast"),
+        ("lr", None),
+        ("lr", [1e-4]),
+        ("headless", 1),
+        ("headless", 0),
+        ("headless", "perhaps"),
+        ("headless", None),
+        ("env_id", 5),
+        ("env_id", None),
+        ("env_id", ["SuperMarioBros-1-1-v0"]),
+        ("device", True),
+    ],
+)
 def test_from_dict_rejects_wrong_types(name, value):
     """A JSON value of the wrong type (an int field given a bool, a float or a non-number string; a bool
     field given 0/1; a str field given a number) is a ConfigError naming the field."""
@@ -198,12 +282,16 @@ def test_replace_validates():
 
 # --- addresses, describe, save ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("host,base,expected", [
-    ("127.0.0.1", 47_555, ["tcp://127.0.0.1:47555", "tcp://127.0.0.1:47556", "tcp://127.0.0.1:47557"]),
-    ("localhost", 1, ["tcp://localhost:1", "tcp://localhost:2", "tcp://localhost:3"]),
-    ("::1", 6000, ["tcp://[::1]:6000", "tcp://[::1]:6001", "tcp://[::1]:6002"]),
-    ("fe80::1:2", 65_533, ["tcp://[fe80::1:2]:65533", "tcp://[fe80::1:2]:65534", "tcp://[fe80::1:2]:65535"]),
-])
+
+@pytest.mark.parametrize(
+    "host,base,expected",
+    [
+        ("127.0.0.1", 47_555, ["tcp://127.0.0.1:47555", "tcp://127.0.0.1:47556", "tcp://127.0.0.1:47557"]),
+        ("localhost", 1, ["tcp://localhost:1", "tcp://localhost:2", "tcp://localhost:3"]),
+        ("::1", 6000, ["tcp://[::1]:6000", "tcp://[::1]:6001", "tcp://[::1]:6002"]),
+        ("fe80::1:2", 65_533, ["tcp://[fe80::1:2]:65533", "tcp://[fe80::1:2]:65534", "tcp://[fe80::1:2]:65535"]),
+    ],
+)
 def test_bind_address_for_each_channel(host, base, expected):
     """Three consecutive ports in a fixed channel order; IPv6 hosts are bracketed."""
     config = Config(host=host, base_port=base, local_ipc=False)
@@ -219,6 +307,7 @@ def test_roles_on_one_machine_use_ipc_only_in_this_users_folder():
     machines reach binds tcp as well, and roles here still connect over ipc."""
     import os
     import tempfile
+
     config = Config(base_port=47_555)
     ipc = f"ipc://{tempfile.gettempdir()}/mario-apex-{os.getuid()}/47556.sock"
     assert config.ipc_only() and config.bind_addresses("replay_sample") == [ipc]
@@ -239,14 +328,19 @@ def test_bind_address_unknown_channel_fails():
         Config().bind_address("video")
 
 
-@pytest.mark.parametrize("changes, expected", [
-    ({"host": "0.0.0.0"}, ["tcp://127.0.0.1:47555", "tcp://127.0.0.1:47556", "tcp://127.0.0.1:47557"]),
-    ({"host": "::"}, ["tcp://[::1]:47555", "tcp://[::1]:47556", "tcp://[::1]:47557"]),
-    ({"learner_address": "10.0.0.2"}, ["tcp://10.0.0.2:47555", "tcp://127.0.0.1:47556", "tcp://10.0.0.2:47557"]),
-    ({"learner_address": "gpu-box:6000"}, ["tcp://gpu-box:6000", "tcp://127.0.0.1:47556", "tcp://gpu-box:6002"]),
-    ({"learner_address": "[fe80::1]:7000", "replay_address": "10.0.0.3:8000"},
-     ["tcp://10.0.0.3:8000", "tcp://10.0.0.3:8001", "tcp://[fe80::1]:7002"]),
-])
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"host": "0.0.0.0"}, ["tcp://127.0.0.1:47555", "tcp://127.0.0.1:47556", "tcp://127.0.0.1:47557"]),
+        ({"host": "::"}, ["tcp://[::1]:47555", "tcp://[::1]:47556", "tcp://[::1]:47557"]),
+        ({"learner_address": "10.0.0.2"}, ["tcp://10.0.0.2:47555", "tcp://127.0.0.1:47556", "tcp://10.0.0.2:47557"]),
+        ({"learner_address": "gpu-box:6000"}, ["tcp://gpu-box:6000", "tcp://127.0.0.1:47556", "tcp://gpu-box:6002"]),
+        (
+            {"learner_address": "[fe80::1]:7000", "replay_address": "10.0.0.3:8000"},
+            ["tcp://10.0.0.3:8000", "tcp://10.0.0.3:8001", "tcp://[fe80::1]:7002"],
+        ),
+    ],
+)
 def test_connect_address_follows_learner_and_replay(changes, expected):
     """Actors reach replay-in at --replay (else --learner) and weights at --learner; a learner reaches
     replay-sample at --replay; a wildcard bind is reached over loopback."""
@@ -254,16 +348,36 @@ def test_connect_address_follows_learner_and_replay(changes, expected):
     assert [config.connect_address(c) for c in ["replay_in", "replay_sample", "weights"]] == expected
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("10.0.0.2", ("10.0.0.2", 47555)), ("10.0.0.2:6000", ("10.0.0.2", 6000)), ("host.lan:1", ("host.lan", 1)),
-    ("::1", ("::1", 47555)), ("[::1]", ("::1", 47555)), ("[::1]:6000", ("::1", 6000)),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("10.0.0.2", ("10.0.0.2", 47555)),
+        ("10.0.0.2:6000", ("10.0.0.2", 6000)),
+        ("host.lan:1", ("host.lan", 1)),
+        ("::1", ("::1", 47555)),
+        ("[::1]", ("::1", 47555)),
+        ("[::1]:6000", ("::1", 6000)),
+    ],
+)
 def test_parse_endpoint(text, expected):
     assert parse_endpoint(text, 47555) == expected
 
 
-@pytest.mark.parametrize("text", ["", ":6000", "10.0.0.2:", "10.0.0.2:x", "10.0.0.2:0", "10.0.0.2:65534",
-                                  "[::1]x", "a/b:1", "[::1]:70000", "tcp://a:1"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        ":6000",
+        "10.0.0.2:",
+        "10.0.0.2:x",
+        "10.0.0.2:0",
+        "10.0.0.2:65534",
+        "[::1]x",
+        "a/b:1",
+        "[::1]:70000",
+        "tcp://a:1",
+    ],
+)
 def test_parse_endpoint_rejects(text):
     with pytest.raises(ConfigError):
         parse_endpoint(text, 47555, "--learner")
@@ -273,8 +387,8 @@ def test_apex_epsilons():
     """eps_i = 0.4 ** (1 + 7 i / (N - 1)): 0.4 for actor 0, 0.4 ** 8 for the last; one actor gets 0.4."""
     config = Config(num_actors=8, epsilon_schedule="apex")
     eps = [config.apex_epsilon_of(i) for i in range(8)]
-    assert eps[0] == pytest.approx(0.4) and eps[-1] == pytest.approx(0.4 ** 8)
-    assert eps[3] == pytest.approx(0.4 ** 4) and eps == sorted(eps, reverse=True)
+    assert eps[0] == pytest.approx(0.4) and eps[-1] == pytest.approx(0.4**8)
+    assert eps[3] == pytest.approx(0.4**4) and eps == sorted(eps, reverse=True)
     assert Config(num_actors=1).apex_epsilon_of(0) == pytest.approx(0.4)
 
 
@@ -295,7 +409,7 @@ def test_describe_has_a_doc_for_every_field():
     assert [r[0] for r in rows] == list(FIELDS)
     defaults = Config()
     for name, kind, default, doc in rows:
-        derived = name == "num_actions" and default == 0 and getattr(defaults, name) == 7   # from action_set
+        derived = name == "num_actions" and default == 0 and getattr(defaults, name) == 7  # from action_set
         assert kind == FIELDS[name] and (default == getattr(defaults, name) or derived)
         assert isinstance(doc, str) and doc.strip(), f"{name} has no docstring"
     docs = {r[0]: r[3] for r in rows}
@@ -305,8 +419,17 @@ def test_describe_has_a_doc_for_every_field():
 
 def test_save_then_from_dict_round_trips(tmp_path):
     """config.json written by save() loads back into an equal Config, non-defaults included."""
-    config = Config(env_id="MarioApexTest-v0", lr=2.5e-4, headless=True, seed=7, host="::1", gamma=0.9,
-                    replay_capacity=5000, learning_starts=100, per_eps=1e-8)
+    config = Config(
+        env_id="MarioApexTest-v0",
+        lr=2.5e-4,
+        headless=True,
+        seed=7,
+        host="::1",
+        gamma=0.9,
+        replay_capacity=5000,
+        learning_starts=100,
+        per_eps=1e-8,
+    )
     path = tmp_path / "config.json"
     config.save(path)
     data = json.loads(path.read_text(encoding="utf-8"))

@@ -1,4 +1,5 @@
 """The level curriculum: in order, moving on once the recent average reward passes the threshold."""
+
 import numpy as np
 
 from actor.curriculum import Curriculum
@@ -22,8 +23,9 @@ def test_curriculum_moves_on_after_a_good_window_and_stays_on_the_last():
     assert [levels.reset()[0] for _ in range(3)] == ["a", "a", "a"], "a curriculum does not sample"
     assert curriculum.on_episode(10.0) is None and curriculum.on_episode(10.0) is None, "the window is not full"
     # (10 + 10 - 4) / 3 = 5.33 >= 5: moves on at the third episode
-    assert curriculum.on_episode(-4.0) == ("curriculum: average reward 5.33 over the last 3 episodes on 1-1 passed 5; "
-                                           "moving on to 1-2")
+    assert curriculum.on_episode(-4.0) == (
+        "curriculum: average reward 5.33 over the last 3 episodes on 1-1 passed 5; moving on to 1-2"
+    )
     assert levels.level == "1-2" and levels.reset()[0] == "b"
     for reward in (1.0, 2.0, 100.0, 100.0):
         assert curriculum.on_episode(reward) is None, "the last level stays"
@@ -33,10 +35,10 @@ def test_curriculum_moves_on_after_a_good_window_and_stays_on_the_last():
 def test_curriculum_waits_while_the_average_is_below_the_threshold():
     levels = LevelSampler([_Level("a"), _Level("b")], seed=0, curriculum=True)
     curriculum = Curriculum(levels, threshold=5.0, window=4)
-    for reward in (9.0, 9.0, 0.0, 1.0, 2.0, 3.0):        # windows average 4.75, 3.0, 1.5: never 5
+    for reward in (9.0, 9.0, 0.0, 1.0, 2.0, 3.0):  # windows average 4.75, 3.0, 1.5: never 5
         assert curriculum.on_episode(reward) is None
     message = None
-    for reward in (9.0, 9.0, 9.0):                       # (3 + 9 + 9 + 9) / 4 = 7.5
+    for reward in (9.0, 9.0, 9.0):  # (3 + 9 + 9 + 9) / 4 = 7.5
         message = curriculum.on_episode(reward) or message
     assert message and "moving on to 1" in message and levels.index == 1
 

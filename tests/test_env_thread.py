@@ -1,4 +1,5 @@
 """EnvThread: the actor's env steps in a worker thread, exactly as if stepped in order by the caller."""
+
 import numpy as np
 import pytest
 
@@ -48,7 +49,7 @@ def test_steps_match_the_env_stepped_directly_across_episodes():
             got.append(step)
             if step.terminated or step.truncated:
                 episodes += 1
-                queued = stepper.drain()              # not played: they go again after the reset
+                queued = stepper.drain()  # not played: they go again after the reset
                 assert queued == [None] * len(queued)
                 queue[:0] = [actions[len(got) + i] for i in range(len(queued))]
                 stepper.reset()
@@ -66,6 +67,7 @@ def test_steps_match_the_env_stepped_directly_across_episodes():
 class ReusedScreenEnv(gym.Env):
     """Like nes-py: every frame is a channel-reversed view into one BGRX buffer that the next step
     overwrites; frame k is filled with the value k."""
+
     observation_space = gym.spaces.Box(0, 255, (240, 256, 3), np.uint8)
     action_space = gym.spaces.Discrete(7)
 
@@ -121,7 +123,7 @@ def test_steps_queued_behind_the_end_of_an_episode_are_not_played():
         last = results[49]
         assert isinstance(last, Step) and last.terminated and all(isinstance(r, Step) for r in results[:50])
         assert results[50:] == [None, None]
-        obs, info, _ = stepper.reset()                 # playable again
+        obs, info, _ = stepper.reset()  # playable again
         assert info["x_pos"] == 0
         stepper.submit(RIGHT)
         assert stepper.result().info["x_pos"] == 4
@@ -135,6 +137,7 @@ def test_greedy_asks_the_policy_with_the_newest_observation():
     def policy(obs):
         seen.append(obs.copy())
         return RIGHT_A
+
     env, frames = corridor()
     stepper = EnvThread(env, policy=policy, frame_source=frames)
     try:
@@ -146,7 +149,7 @@ def test_greedy_asks_the_policy_with_the_newest_observation():
         previous += [s.obs for s in steps]
     finally:
         stepper.close()
-    assert [s.action for s in steps] == [RIGHT_A, NOOP, RIGHT_A, RIGHT_A]      # the action actually played
+    assert [s.action for s in steps] == [RIGHT_A, NOOP, RIGHT_A, RIGHT_A]  # the action actually played
     assert len(seen) == 3
     for obs, index in zip(seen, (0, 2, 3)):
         assert np.array_equal(obs, previous[index])
@@ -155,6 +158,7 @@ def test_greedy_asks_the_policy_with_the_newest_observation():
 def test_an_env_error_is_raised_in_the_callers_thread_and_the_thread_lives_on():
     class Boom(RuntimeError):
         pass
+
     env, frames = corridor()
     real_step = env.step
     calls = {"n": 0}
@@ -164,6 +168,7 @@ def test_an_env_error_is_raised_in_the_callers_thread_and_the_thread_lives_on():
         if calls["n"] == 3:
             raise Boom("emulator fault")
         return real_step(action)
+
     env.step = step
     stepper = EnvThread(env, policy=None, frame_source=frames)
     try:
@@ -173,7 +178,7 @@ def test_an_env_error_is_raised_in_the_callers_thread_and_the_thread_lives_on():
         assert isinstance(stepper.result(), Step) and isinstance(stepper.result(), Step)
         with pytest.raises(Boom, match="emulator fault"):
             stepper.result()
-        assert stepper.result() is None            # the failed episode is over until a reset
+        assert stepper.result() is None  # the failed episode is over until a reset
         stepper.reset()
         stepper.submit(RIGHT)
         assert stepper.result().info["x_pos"] == 4

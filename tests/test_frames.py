@@ -1,5 +1,6 @@
 """contiguous_rgb: the cheap path for nes-py's channel-reversed BGRX view gives exactly the same
 pixels as a plain copy, and anything else falls back to a plain copy."""
+
 import warnings
 
 import numpy as np
@@ -27,7 +28,7 @@ def test_other_layouts_fall_back_to_a_copy():
     for view in (frame[:, ::-1], frame[::2], frame[..., ::-1]):
         assert np.array_equal(contiguous_rgb(view), np.ascontiguousarray(view))
     bgrx = np.random.default_rng(1).integers(0, 255, (240, 256, 4), dtype=np.uint8)
-    offset_view = bgrx[..., 2::-1][..., :3]          # starts at byte 2: the nes-py layout
-    wrong_view = bgrx[..., 3:0:-1]                   # starts at byte 3: same strides, other channels
+    offset_view = bgrx[..., 2::-1][..., :3]  # starts at byte 2: the nes-py layout
+    wrong_view = bgrx[..., 3:0:-1]  # starts at byte 3: same strides, other channels
     for view in (offset_view, wrong_view):
         assert np.array_equal(contiguous_rgb(view), np.ascontiguousarray(view))

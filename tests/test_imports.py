@@ -1,5 +1,6 @@
 """The learner, the replay server and the launcher's spawn path stay free of gym, nes-py and cv2,
 so they run on a headless GPU box; role packages never import each other."""
+
 import ast
 import subprocess
 import sys
@@ -10,9 +11,11 @@ EMULATOR_MODULES = ("gym", "nes_py", "gym_super_mario_bros", "cv2")
 
 
 def test_learner_and_replay_import_no_emulator_or_opencv():
-    code = ("import sys, launch, launcher.supervisor, learner.service, replay_server.server, common.runtime\n"
-            f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {EMULATOR_MODULES!r})\n"
-            "print(','.join(bad))")
+    code = (
+        "import sys, launch, launcher.supervisor, learner.service, replay_server.server, common.runtime\n"
+        f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {EMULATOR_MODULES!r})\n"
+        "print(','.join(bad))"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "", f"imported: {result.stdout.strip()}"
@@ -23,8 +26,13 @@ def test_role_packages_do_not_import_each_other():
     for role in roles:
         for path in (REPO / role).glob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
-                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                    [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else []
+                )
                 for name in names:
                     top = name.split(".")[0]
                     assert top not in roles or top == role, f"{path.relative_to(REPO)} imports {name}"

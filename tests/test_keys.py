@@ -1,4 +1,5 @@
 """CurveZMQ keys and secured links, in one process: who gets in, and what each side is told."""
+
 import time
 
 import pytest
@@ -11,12 +12,22 @@ from tests.harness import free_base_port
 
 def test_create_keys_writes_one_folder_per_side(tmp_path):
     learner, actor = create_keys(str(tmp_path / "k"))
-    assert sorted(p.name for p in (tmp_path / "k" / "learner").iterdir()) == \
-        ["authorized_clients", "client.key", "client.key_secret", "server.key", "server.key_secret"]
-    assert sorted(p.name for p in (tmp_path / "k" / "actor").iterdir()) == ["client.key", "client.key_secret",
-                                                                             "server.key"]
-    assert sorted(p.name for p in (tmp_path / "k" / "learner" / "authorized_clients").iterdir()) == \
-        ["actor.key", "learner.key"]
+    assert sorted(p.name for p in (tmp_path / "k" / "learner").iterdir()) == [
+        "authorized_clients",
+        "client.key",
+        "client.key_secret",
+        "server.key",
+        "server.key_secret",
+    ]
+    assert sorted(p.name for p in (tmp_path / "k" / "actor").iterdir()) == [
+        "client.key",
+        "client.key_secret",
+        "server.key",
+    ]
+    assert sorted(p.name for p in (tmp_path / "k" / "learner" / "authorized_clients").iterdir()) == [
+        "actor.key",
+        "learner.key",
+    ]
     for secret in (tmp_path / "k").rglob("*.key_secret"):
         assert secret.stat().st_mode & 0o777 == 0o600, secret
     server = load_keys(learner, server=True, client=True)
@@ -26,11 +37,14 @@ def test_create_keys_writes_one_folder_per_side(tmp_path):
         create_keys(str(tmp_path / "k"))
 
 
-@pytest.mark.parametrize("side, server, client, message", [
-    ("actor", True, False, "no server.key_secret for the learner side"),
-    ("learner/authorized_clients", False, True, "no client.key_secret for the actor side"),
-    ("missing", False, True, "no such folder"),
-])
+@pytest.mark.parametrize(
+    "side, server, client, message",
+    [
+        ("actor", True, False, "no server.key_secret for the learner side"),
+        ("learner/authorized_clients", False, True, "no client.key_secret for the actor side"),
+        ("missing", False, True, "no such folder"),
+    ],
+)
 def test_load_keys_says_what_is_missing(tmp_path, side, server, client, message):
     create_keys(str(tmp_path))
     with pytest.raises(KeysError, match=message):
@@ -54,17 +68,17 @@ def _exchange(server_keys, client_keys):
         push = client.socket(zmq.PUSH, connect=address, link="replay-in")
         push.send(b"hello", zmq.NOBLOCK)
         received, server_refusals, client_refusals = None, [], []
-        deadline = time.monotonic() + 30        # generous: either outcome ends the wait, a loaded machine is slow
+        deadline = time.monotonic() + 30  # generous: either outcome ends the wait, a loaded machine is slow
         while time.monotonic() < deadline and received is None and not (server_refusals and client_refusals):
             if pull.poll(50):
                 received = pull.recv()
             server_refusals += server.check_links()
             client_refusals += client.check_links()
         server_refusals += server.check_links()
-        time.sleep(SETTLED_S + 0.1)             # a connection counts once it has settled
+        time.sleep(SETTLED_S + 0.1)  # a connection counts once it has settled
         server_refusals += server.check_links()
         peers = server.peers(pull)
-        while received is not None and peers == 0 and time.monotonic() < deadline:    # settling, under load
+        while received is not None and peers == 0 and time.monotonic() < deadline:  # settling, under load
             time.sleep(0.05)
             server_refusals += server.check_links()
             peers = server.peers(pull)
@@ -76,16 +90,18 @@ def _exchange(server_keys, client_keys):
 
 def test_the_right_keys_connect_and_encrypt(tmp_path):
     learner, actor = create_keys(str(tmp_path))
-    received, server_refusals, client_refusals, peers = _exchange(load_keys(learner, True, False),
-                                                                  load_keys(actor, False, True))
+    received, server_refusals, client_refusals, peers = _exchange(
+        load_keys(learner, True, False), load_keys(actor, False, True)
+    )
     assert received == b"hello" and not server_refusals and not client_refusals and peers == 1
 
 
 def test_a_foreign_key_is_refused_on_both_sides(tmp_path):
     learner, _ = create_keys(str(tmp_path / "a"))
     _, stranger = create_keys(str(tmp_path / "b"))
-    received, server_refusals, client_refusals, _ = _exchange(load_keys(learner, True, False),
-                                                              load_keys(stranger, False, True))
+    received, server_refusals, client_refusals, _ = _exchange(
+        load_keys(learner, True, False), load_keys(stranger, False, True)
+    )
     assert received is None
     assert server_refusals and server_refusals[0].message().startswith("refused a connection to replay-in (tcp://")
     assert client_refusals and "refused this connection" in client_refusals[0].message()
@@ -117,7 +133,7 @@ def test_only_the_authorized_client_counts_while_a_stranger_keeps_retrying(tmp_p
         pull = server.socket(zmq.PULL, bind=address, link="replay-in")
         authorized.socket(zmq.PUSH, connect=address, link="replay-in")
         counts, refusals, knocked = [], 0, 0.0
-        started = time.monotonic()       # at least 3 settling times, and until the strangers were refused (load)
+        started = time.monotonic()  # at least 3 settling times, and until the strangers were refused (load)
         while time.monotonic() - started < 3 * SETTLED_S or (refusals < 4 and time.monotonic() - started < 20):
             if time.monotonic() - knocked >= 0.1:
                 strangers.socket(zmq.PUSH, connect=address)

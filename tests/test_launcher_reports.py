@@ -1,5 +1,6 @@
 """The launcher's report channel: private to this user, and a bad report is dropped and counted,
 never raised (it used to stop the run, or hang the launcher inside _stop_all)."""
+
 import json
 import math
 import os
@@ -18,13 +19,21 @@ from launcher.console import Console
 from launcher.supervisor import Supervisor
 from tests.harness import free_base_port
 
-EPISODE = {"actor": 1, "episode": 3, "reward": 2.5, "steps": 40, "x_pos": 300, "flag": False, "epsilon": 0.5,
-           "actor_steps": 120, "session_steps": 120}
+EPISODE = {
+    "actor": 1,
+    "episode": 3,
+    "reward": 2.5,
+    "steps": 40,
+    "x_pos": 300,
+    "flag": False,
+    "epsilon": 0.5,
+    "actor_steps": 120,
+    "session_steps": 120,
+}
 
 
 def report(role="actor", index=1, kind="episode", values=None, **fields) -> bytes:
-    return encode("report", role=role, index=index, kind=kind, values=EPISODE if values is None else values,
-                  **fields)
+    return encode("report", role=role, index=index, kind=kind, values=EPISODE if values is None else values, **fields)
 
 
 def raw_report(**changes) -> bytes:
@@ -51,8 +60,9 @@ BAD_REPORTS = {
     "negative index": raw_report(index=-1),
     "learner index 1": report("learner", 1, "progress", {"updates": 1}),
     "episode of another actor": report(index=0),
-    "eval without env_steps": report(kind="eval", values={"actor": 1, "reward": 1.0, "steps": 3, "x_pos": 5,
-                                                          "flag": True}),
+    "eval without env_steps": report(
+        kind="eval", values={"actor": 1, "reward": 1.0, "steps": 3, "x_pos": 5, "flag": True}
+    ),
     "done without episodes": report(kind="done", values={"steps": 5}),
     "replay progress without size": report("replay", 0, "progress", {"env_steps": 1, "episodes": 1, "actors": 1}),
     "values not numbers": raw_report(values={"actor": "1"}),
@@ -63,8 +73,15 @@ BAD_REPORTS = {
 
 @pytest.fixture
 def supervisor(tmp_path):
-    config = Config(env_id="MarioApexTest-v0", runs_dir=str(tmp_path), base_port=free_base_port(), num_actors=2,
-                    device="cpu", headless=True, record_video=False)
+    config = Config(
+        env_id="MarioApexTest-v0",
+        runs_dir=str(tmp_path),
+        base_port=free_base_port(),
+        num_actors=2,
+        device="cpu",
+        headless=True,
+        record_video=False,
+    )
     sup = Supervisor(config, role="all")
     sup.console = Console(0, interactive=False)
     ctx = zmq.Context()
@@ -93,7 +110,7 @@ def test_report_socket_is_private_and_removed_at_exit(supervisor):
     reach), gone once the launcher finishes."""
     sup, _ = supervisor
     assert sup.reports_address.startswith("ipc://")
-    folder = os.path.dirname(sup.reports_address[len("ipc://"):])
+    folder = os.path.dirname(sup.reports_address[len("ipc://") :])
     info = os.stat(folder)
     assert stat.S_IMODE(info.st_mode) == 0o700 and info.st_uid == os.getuid()
     sup._finish()
@@ -113,18 +130,58 @@ def test_bad_report_is_dropped_and_counted(supervisor, name):
 def test_real_reports_are_accepted(supervisor):
     """What the roles send (see actor/actor.py, learner/service.py, replay_server/server.py) gets in."""
     sup, push = supervisor
-    progress = [report("actor", 0, "progress", {"steps": 10, "session_steps": 10, "episodes": 1, "steps_per_s": 5.0,
-                                                "epsilon": 0.9, "weights_version": 1, "weights_updates": 0,
-                                                "learner_stopped": False, "dropped": 0}),
-                report("learner", 0, "progress", {"updates": 7, "weights_version": 1, "dropped": 0,
-                                                  "torn_batches": 0, "lr": 1e-4, "wait_fraction": 0.5,
-                                                  "loss": 0.25, "q_mean": 1.0}),
-                report("replay", 0, "progress", {"size": 5, "inserted": 5, "actors": 1, "episodes": 1, "env_steps": 5,
-                                                 "sampled": 0, "dropped": 0, "batches": 0, "best_reward": 1.5}),
-                report("actor", 1, "eval", {"actor": 1, "reward": 1.0, "steps": 3, "x_pos": 5, "flag": True,
-                                            "env_steps": 10}),
-                report("actor", 0, "log", {}, text="hello"),
-                report("actor", 1, "done", {"steps": 5, "episodes": 1})]
+    progress = [
+        report(
+            "actor",
+            0,
+            "progress",
+            {
+                "steps": 10,
+                "session_steps": 10,
+                "episodes": 1,
+                "steps_per_s": 5.0,
+                "epsilon": 0.9,
+                "weights_version": 1,
+                "weights_updates": 0,
+                "learner_stopped": False,
+                "dropped": 0,
+            },
+        ),
+        report(
+            "learner",
+            0,
+            "progress",
+            {
+                "updates": 7,
+                "weights_version": 1,
+                "dropped": 0,
+                "torn_batches": 0,
+                "lr": 1e-4,
+                "wait_fraction": 0.5,
+                "loss": 0.25,
+                "q_mean": 1.0,
+            },
+        ),
+        report(
+            "replay",
+            0,
+            "progress",
+            {
+                "size": 5,
+                "inserted": 5,
+                "actors": 1,
+                "episodes": 1,
+                "env_steps": 5,
+                "sampled": 0,
+                "dropped": 0,
+                "batches": 0,
+                "best_reward": 1.5,
+            },
+        ),
+        report("actor", 1, "eval", {"actor": 1, "reward": 1.0, "steps": 3, "x_pos": 5, "flag": True, "env_steps": 10}),
+        report("actor", 0, "log", {}, text="hello"),
+        report("actor", 1, "done", {"steps": 5, "episodes": 1}),
+    ]
     send_and_drain(sup, push, progress)
     assert sup.status.dropped_reports == 0
     assert sup.status.updates == 7 and sup.status.replay["size"] == 5 and sup.status.evaluations == 1
@@ -140,7 +197,7 @@ def test_bad_reports_during_stop_neither_raise_nor_hang(supervisor):
     push.send(BAD_REPORTS["episode with empty values"])
     push.send(BAD_REPORTS["NaN updates"])
     assert sup.reports.poll(30_000, zmq.POLLIN)
-    sup._stop_all()                                   # drains what has arrived
+    sup._stop_all()  # drains what has arrived
     assert all(event.is_set() for event in sup.stop_events.values()) and sup.exit_code == 0
     deadline = time.monotonic() + 30
     while sup.status.dropped_reports < 2:

@@ -1,6 +1,7 @@
 """Bad input at the learner's own socket: a fake replay server (a ROUTER bound here) answers the real
 learner's sample requests with malformed and semantically wrong replies between good batches. Each bad
 one is dropped and counted (summary.json: learner.dropped), and the learner trains on every good one."""
+
 import math
 import multiprocessing
 import os
@@ -21,16 +22,21 @@ from tests.harness import free_base_port
 
 pytestmark = pytest.mark.slow
 
-BATCH = 32               # the default batch_size, which FAST_TEST_ENV keeps
-STACK2 = 8               # obs and next obs, 4 frames each
-ACTIONS = 7              # the test env's action count
+BATCH = 32  # the default batch_size, which FAST_TEST_ENV keeps
+STACK2 = 8  # obs and next obs, 4 frames each
+ACTIONS = 7  # the test env's action count
 STATS = {"size": 1000, "inserted": 1000, "episodes": 0, "env_steps": 1000}
 
 
 def _fields(n: int, first_id: int, **changes) -> dict:
-    fields = dict(ids=np.arange(first_id, first_id + n, dtype=np.int64),
-                  actions=(np.arange(n) % ACTIONS).astype(np.uint8), rewards=np.ones(n, np.float32),
-                  bootstraps=np.full(n, 0.99, np.float32), weights=np.ones(n, np.float32), stats=STATS)
+    fields = dict(
+        ids=np.arange(first_id, first_id + n, dtype=np.int64),
+        actions=(np.arange(n) % ACTIONS).astype(np.uint8),
+        rewards=np.ones(n, np.float32),
+        bootstraps=np.full(n, 0.99, np.float32),
+        weights=np.ones(n, np.float32),
+        stats=STATS,
+    )
     return {**fields, **changes}
 
 
@@ -50,39 +56,61 @@ def _bad_batches(rng: np.random.Generator) -> list[list]:
     good = [bytes(p) for p in _batch(0)]
     nan, inf = np.float32(np.nan), np.float32(np.inf)
     return [
-        [rng.bytes(100)], [b""], [good[0][:40]], [good[0]],                     # garbage, truncated, frames missing
-        [good[0], good[1][:-1]], [*good, b"extra part"],                         # short frames part, a part too many
-        [msgpack.packb([1, 2, 3])], [_raw("batch", v=2)], [encode("sample", batch_size=32, beta=0.5)],
-        [encode("weights", version=1, updates=1, tensors={})],                   # a type the learner never gets
+        [rng.bytes(100)],
+        [b""],
+        [good[0][:40]],
+        [good[0]],  # garbage, truncated, frames missing
+        [good[0], good[1][:-1]],
+        [*good, b"extra part"],  # short frames part, a part too many
+        [msgpack.packb([1, 2, 3])],
+        [_raw("batch", v=2)],
+        [encode("sample", batch_size=32, beta=0.5)],
+        [encode("weights", version=1, updates=1, tensors={})],  # a type the learner never gets
         encode_parts("batch", {"frames": np.zeros((BATCH, STACK2, 84, 84), np.float32)}, **_fields(BATCH, 0)),
-        _batch(0, frames=np.zeros((BATCH, 4, 84, 84), np.uint8)),                # obs without next obs
-        _batch(0, frames=np.zeros((BATCH, STACK2, 42, 42), np.uint8)),           # another frame size
-        _batch(0, actions=np.array(3, np.uint8)),                                # 0-d actions
-        _batch(0, weights=np.array(1.0, np.float32)),                            # 0-d weights
-        _batch(0, actions=np.zeros(BATCH - 1, np.uint8)),                        # lengths disagree
-        _batch(0, n=BATCH + 1),                                                  # not whole batches
-        _batch(0, n=0),                                                          # empty
-        _batch(0, ids=np.arange(BATCH, dtype=np.float64)),                       # float ids
-        _batch(0, rewards=np.ones(BATCH, np.float64)),                           # float64 rewards
-        _batch(0, weights=np.full(BATCH, nan)),                                  # NaN IS weights
-        _batch(0, weights=np.full(BATCH, -1.0, np.float32)),                     # negative weights
-        _batch(0, rewards=np.r_[np.ones(BATCH - 1, np.float32), inf]),           # an infinite reward
-        _batch(0, bootstraps=np.full(BATCH, nan)),                               # NaN bootstraps
-        _batch(0, bootstraps=np.full(BATCH, 5.0, np.float32)),                   # gamma^k > 1
-        _batch(0, actions=np.full(BATCH, 200, np.uint8)),                        # no such action
-        [_raw("batch", **{**msgpack.unpackb(encode("batch", frames=np.zeros((1, STACK2, 84, 84), np.uint8),
-                                                   **_fields(1, 0)), raw=False), "stats": {"size": math.nan}})],
-        [encode("batch_shared", frame_numbers=np.zeros((BATCH, STACK2), np.int64), ring=12345,  # a ring it
-                **_fields(BATCH, 0))],                                                           # never mapped
-        [encode("batch_shared", frame_numbers=np.zeros((BATCH, STACK2), np.int32), ring=12345,
-                **_fields(BATCH, 0))],                                                           # int32 numbers
+        _batch(0, frames=np.zeros((BATCH, 4, 84, 84), np.uint8)),  # obs without next obs
+        _batch(0, frames=np.zeros((BATCH, STACK2, 42, 42), np.uint8)),  # another frame size
+        _batch(0, actions=np.array(3, np.uint8)),  # 0-d actions
+        _batch(0, weights=np.array(1.0, np.float32)),  # 0-d weights
+        _batch(0, actions=np.zeros(BATCH - 1, np.uint8)),  # lengths disagree
+        _batch(0, n=BATCH + 1),  # not whole batches
+        _batch(0, n=0),  # empty
+        _batch(0, ids=np.arange(BATCH, dtype=np.float64)),  # float ids
+        _batch(0, rewards=np.ones(BATCH, np.float64)),  # float64 rewards
+        _batch(0, weights=np.full(BATCH, nan)),  # NaN IS weights
+        _batch(0, weights=np.full(BATCH, -1.0, np.float32)),  # negative weights
+        _batch(0, rewards=np.r_[np.ones(BATCH - 1, np.float32), inf]),  # an infinite reward
+        _batch(0, bootstraps=np.full(BATCH, nan)),  # NaN bootstraps
+        _batch(0, bootstraps=np.full(BATCH, 5.0, np.float32)),  # gamma^k > 1
+        _batch(0, actions=np.full(BATCH, 200, np.uint8)),  # no such action
+        [
+            _raw(
+                "batch",
+                **{
+                    **msgpack.unpackb(
+                        encode("batch", frames=np.zeros((1, STACK2, 84, 84), np.uint8), **_fields(1, 0)), raw=False
+                    ),
+                    "stats": {"size": math.nan},
+                },
+            )
+        ],
+        [
+            encode(
+                "batch_shared",
+                frame_numbers=np.zeros((BATCH, STACK2), np.int64),
+                ring=12345,  # a ring it
+                **_fields(BATCH, 0),
+            )
+        ],  # never mapped
+        [
+            encode("batch_shared", frame_numbers=np.zeros((BATCH, STACK2), np.int32), ring=12345, **_fields(BATCH, 0))
+        ],  # int32 numbers
         [_raw("frame_ring", pid="me", fd=3, token=1, frames=10, size=84)],
         [_raw("snapshot_done", name="x.replay.npz", ok="yes", stats={})],
         [_raw("snapshot_done", name=7, ok=True, stats={})],
     ]
 
 
-REATTACH = "then wait for attach_frames"     # ends an answer whose ring the learner does not map
+REATTACH = "then wait for attach_frames"  # ends an answer whose ring the learner does not map
 
 
 class FakeReplay:
@@ -108,8 +136,10 @@ class FakeReplay:
         deadline = time.monotonic() + timeout
         answers = list(answers)
         while not until():
-            assert time.monotonic() < deadline, (f"timed out after {timeout} s waiting for {what}: "
-                                                 f"{len(self.requests)} requests, {len(answers)} answers unsent")
+            assert time.monotonic() < deadline, (
+                f"timed out after {timeout} s waiting for {what}: "
+                f"{len(self.requests)} requests, {len(answers)} answers unsent"
+            )
             if not self.router.poll(100):
                 continue
             identity, *parts = self.router.recv_multipart()
@@ -146,6 +176,7 @@ def _script(bad: list[list], unsolicited: list[list], good, first_id: int = 1000
     def good_one(before=()):
         goods.append(first_id + 100 * len(goods))
         answers.append([*before, good(goods[-1])])
+
     good_one()
     for reply in bad:
         answers.append(reply if reply[-1] is REATTACH else [reply])
@@ -162,17 +193,30 @@ def test_the_learner_drops_and_counts_bad_replies_and_trains_on_the_good_ones(la
     base = free_base_port()
     fake = FakeReplay(f"tcp://127.0.0.1:{base + 1}")
     try:
-        run = launch(*FAST_TEST_ENV, "--role", "learner", "--replay", f"127.0.0.1:{base}", "--set", "local_ipc=false",
-                     "--insecure", base_port=base)
+        run = launch(
+            *FAST_TEST_ENV,
+            "--role",
+            "learner",
+            "--replay",
+            f"127.0.0.1:{base}",
+            "--set",
+            "local_ipc=false",
+            "--insecure",
+            base_port=base,
+        )
         ring = FrameRing(10, 84)
         bad = _bad_batches(np.random.default_rng(3))
-        unsolicited = [[encode("frame_ring", **ring.describe())]]     # a real ring on this machine, never asked for
+        unsolicited = [[encode("frame_ring", **ring.describe())]]  # a real ring on this machine, never asked for
         late = [encode("snapshot_done", name="checkpoint-1.replay.npz", ok=True, stats=STATS)]  # after a give-up:
-        replies, goods = _script(bad, unsolicited + [late], _batch)                             # ignored, not bad
+        replies, goods = _script(bad, unsolicited + [late], _batch)  # ignored, not bad
         expected = len(bad) + len(unsolicited)
         last = goods[-1]
-        fake.serve(replies, lambda: last in fake.trained_ids or run.proc.poll() is not None, 300,
-                   "the learner to train on the last good batch")
+        fake.serve(
+            replies,
+            lambda: last in fake.trained_ids or run.proc.poll() is not None,
+            300,
+            "the learner to train on the last good batch",
+        )
         assert run.proc.poll() is None, run.output()
         run.interrupt()
         assert run.wait(60) == 130, run.output()
@@ -189,8 +233,14 @@ def test_the_learner_drops_and_counts_bad_replies_and_trains_on_the_good_ones(la
 def _shared(ring: FrameRing, first_id: int, numbers=None, token=None, **changes) -> list:
     """A "batch_shared" naming frames of `ring` (all written: see ring.announce below)."""
     numbers = np.arange(BATCH * STACK2, dtype=np.int64).reshape(BATCH, STACK2) if numbers is None else numbers
-    return [encode("batch_shared", frame_numbers=numbers, ring=ring.token if token is None else token,
-                   **_fields(BATCH, first_id, **changes))]
+    return [
+        encode(
+            "batch_shared",
+            frame_numbers=numbers,
+            ring=ring.token if token is None else token,
+            **_fields(BATCH, first_id, **changes),
+        )
+    ]
 
 
 def test_the_learner_on_the_replay_machine_drops_bad_shared_batches_and_snapshot_answers(tmp_path):
@@ -203,23 +253,28 @@ def test_the_learner_on_the_replay_machine_drops_bad_shared_batches_and_snapshot
     ring = FrameRing(BATCH * STACK2, 84)
     if not ring.shared:
         pytest.skip("no memfd here: the frame ring cannot be shared")
-    ring.announce(BATCH * STACK2)                   # frames 0 .. 255 are written
+    ring.announce(BATCH * STACK2)  # frames 0 .. 255 are written
     config = Config(env_id=TEST_ENV_ID, base_port=free_base_port(), headless=True, record_video=False)
     fake = FakeReplay(config.local_address("replay_sample"), ring)
     reports = fake.ctx.socket(zmq.PULL)
     port = reports.bind_to_random_port("tcp://127.0.0.1")
     stop = multiprocessing.get_context("spawn").Event()
     learner = multiprocessing.get_context("spawn").Process(
-        target=role_entry, args=("learner", 0, config.to_dict(), str(tmp_path), stop, os.getpid(), {},
-                                 f"tcp://127.0.0.1:{port}"))
-    bad = [[_shared(ring, 0, token=ring.token ^ 1), REATTACH],                     # another ring
-           _shared(ring, 0, numbers=np.zeros((BATCH, STACK2), np.int32)),         # int32 numbers
-           _shared(ring, 0, numbers=np.zeros((BATCH, 4), np.int64)),              # obs without next obs
-           _shared(ring, 0, numbers=np.array(0, np.int64)),                       # 0-d
-           _shared(ring, 0, weights=np.full(BATCH, np.nan, np.float32)),
-           _shared(ring, 0, actions=np.full(BATCH, ACTIONS, np.uint8))]
-    torn = [_shared(ring, 0, numbers=np.full((BATCH, STACK2), -1, np.int64)),     # not in the ring
-            _shared(ring, 0, numbers=np.full((BATCH, STACK2), BATCH * STACK2, np.int64))]   # not written yet
+        target=role_entry,
+        args=("learner", 0, config.to_dict(), str(tmp_path), stop, os.getpid(), {}, f"tcp://127.0.0.1:{port}"),
+    )
+    bad = [
+        [_shared(ring, 0, token=ring.token ^ 1), REATTACH],  # another ring
+        _shared(ring, 0, numbers=np.zeros((BATCH, STACK2), np.int32)),  # int32 numbers
+        _shared(ring, 0, numbers=np.zeros((BATCH, 4), np.int64)),  # obs without next obs
+        _shared(ring, 0, numbers=np.array(0, np.int64)),  # 0-d
+        _shared(ring, 0, weights=np.full(BATCH, np.nan, np.float32)),
+        _shared(ring, 0, actions=np.full(BATCH, ACTIONS, np.uint8)),
+    ]
+    torn = [
+        _shared(ring, 0, numbers=np.full((BATCH, STACK2), -1, np.int64)),  # not in the ring
+        _shared(ring, 0, numbers=np.full((BATCH, STACK2), BATCH * STACK2, np.int64)),
+    ]  # not written yet
     answers, goods = _script(bad + torn, [], lambda first: _shared(ring, first))
     snapshots, final = [], {}
 
@@ -227,9 +282,11 @@ def test_the_learner_on_the_replay_machine_drops_bad_shared_batches_and_snapshot
         if msg["t"] == "snapshot":
             snapshots.append(msg["name"])
             (tmp_path / msg["name"]).write_bytes(b"a snapshot")
-            for answer in (_raw("snapshot_done", name=msg["name"], ok="yes", stats={}),         # malformed
-                           encode("snapshot_done", name="other.replay.npz", ok=True, stats=STATS),  # not ours
-                           encode("snapshot_done", name=msg["name"], ok=True, stats=STATS)):
+            for answer in (
+                _raw("snapshot_done", name=msg["name"], ok="yes", stats={}),  # malformed
+                encode("snapshot_done", name="other.replay.npz", ok=True, stats=STATS),  # not ours
+                encode("snapshot_done", name=msg["name"], ok=True, stats=STATS),
+            ):
                 fake.router.send_multipart([identity, answer])
 
     def learner_reports():
@@ -239,25 +296,33 @@ def test_the_learner_on_the_replay_machine_drops_bad_shared_batches_and_snapshot
                 final.update(msg["values"])
             elif msg["kind"] in ("log", "failed"):
                 logs.append(msg.get("text", ""))
+
     logs: list[str] = []
     learner.start()
     try:
-        fake.serve(answers, lambda: learner_reports() or goods[-1] in fake.trained_ids or not learner.is_alive(),
-                   300, "the learner to train on the last good batch", on_other)
+        fake.serve(
+            answers,
+            lambda: learner_reports() or goods[-1] in fake.trained_ids or not learner.is_alive(),
+            300,
+            "the learner to train on the last good batch",
+            on_other,
+        )
         assert learner.is_alive(), logs
         stop.set()
         fake.serve([], lambda: learner_reports() or not learner.is_alive(), 60, "the learner to stop", on_other)
         learner.join(30)
         learner_reports()
         assert learner.exitcode == 0, logs
-        expected = len(bad) + 1                  # and the malformed snapshot answer
+        expected = len(bad) + 1  # and the malformed snapshot answer
         assert final["dropped"] == expected, (final, expected, logs)
         assert final["torn_batches"] == len(torn), (final, logs)
         assert final["updates"] == len(goods), (final, len(goods))
         assert set(goods) <= fake.trained_ids
         assert any(r.get("shared") for r in fake.requests), "it asked for shared batches"
         assert fake.attaches == 2, "it asked for the ring again after a batch from another"
-        assert len(snapshots) == 1 and any("saved checkpoint_final.pth with replay memory" in line for line in logs), logs
+        assert len(snapshots) == 1 and any("saved checkpoint_final.pth with replay memory" in line for line in logs), (
+            logs
+        )
     finally:
         if learner.is_alive():
             learner.kill()

@@ -4,6 +4,7 @@ A real second virtual environment is built from requirements-learner.txt; the re
 learner run from it, in launchers of their own, and train from an actor side running in the full
 environment, over loopback.
 """
+
 import subprocess
 import sys
 
@@ -20,9 +21,20 @@ pytestmark = pytest.mark.slow
 def learner_python(tmp_path_factory) -> str:
     venv = tmp_path_factory.mktemp("learner-machine") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    result = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-compile", "--disable-pip-version-check",
-                             "-r", str(REPO / "requirements-learner.txt")],
-                            capture_output=True, text=True, timeout=1200)
+    result = subprocess.run(
+        [
+            str(venv / "bin" / "pip"),
+            "install",
+            "-q",
+            "--no-compile",
+            "--disable-pip-version-check",
+            "-r",
+            str(REPO / "requirements-learner.txt"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert result.returncode == 0, f"installing requirements-learner.txt failed:\n{result.stderr[-3000:]}"
     return str(venv / "bin" / "python")
 
@@ -38,10 +50,18 @@ def test_replay_learner_and_actors_in_three_launchers_without_the_emulator(launc
     from the learner-only environment; the actors, in the full one, send to the replay server and take
     weights from the learner."""
     replay = launch("--role", "replay", *LEARNER_SIDE, python=learner_python)
-    learner = launch("--role", "learner", "--replay", f"127.0.0.1:{replay.base_port}", *LEARNER_SIDE,
-                     python=learner_python)
-    actors = launch("--role", "actor", "--replay", f"127.0.0.1:{replay.base_port}",
-                    "--learner", f"127.0.0.1:{learner.base_port}", *FAST_TEST_ENV)
+    learner = launch(
+        "--role", "learner", "--replay", f"127.0.0.1:{replay.base_port}", *LEARNER_SIDE, python=learner_python
+    )
+    actors = launch(
+        "--role",
+        "actor",
+        "--replay",
+        f"127.0.0.1:{replay.base_port}",
+        "--learner",
+        f"127.0.0.1:{learner.base_port}",
+        *FAST_TEST_ENV,
+    )
     learner.wait_for_updates(20, timeout=120)
     actors.wait_for(lambda: weights_update(actors) > 0, 60, "weights reaching the actors")
     replay.wait_for(lambda: replay.status_value("replay") > 1000, 60, "the replay server storing experience")

@@ -1,5 +1,6 @@
 """Learner math (n-step TD targets, dueling head, weighted Huber loss, priorities, hard and soft target
 updates, schedules) and checkpoints."""
+
 import os
 
 import numpy as np
@@ -12,7 +13,7 @@ from common.network import QNetwork, build_network, load_arrays, network_from_ar
 from learner.learning import DQNLearner, linear_decay, td_targets
 
 CPU = torch.device("cpu")
-S = 4                                   # config.frame_stack
+S = 4  # config.frame_stack
 GAMMA = 0.9
 
 
@@ -27,8 +28,17 @@ def one_torch_thread():
 
 
 def make_config(**changes) -> Config:
-    base = dict(batch_size=4, replay_capacity=64, learning_starts=0, target_update_every=1000, lr=1e-3,
-                lr_decay_updates=1000, gamma=GAMMA, n_step=3, device="cpu")
+    base = dict(
+        batch_size=4,
+        replay_capacity=64,
+        learning_starts=0,
+        target_update_every=1000,
+        lr=1e-3,
+        lr_decay_updates=1000,
+        gamma=GAMMA,
+        n_step=3,
+        device="cpu",
+    )
     return Config(**{**base, **changes})
 
 
@@ -42,11 +52,13 @@ def make_batch(seed: int = 0, size: int = 84, stack: int = S) -> dict:
     for a full window (0.9^3), a terminal step (0), a truncation 2 steps on (0.9^2) and 1 step on (0.9);
     returns big and small (both Huber branches)."""
     rng = np.random.default_rng(seed)
-    return dict(frames=rng.integers(0, 256, (4, 2 * stack, size, size), dtype=np.uint8),
-                actions=np.array([0, 3, 6, 2], np.uint8),
-                rewards=np.array([3.0, -2.5, 0.1, 0.0], np.float32),
-                bootstraps=np.array([0.729, 0.0, 0.81, 0.9], np.float32),
-                weights=np.array([1.0, 0.5, 0.25, 0.8], np.float32))
+    return dict(
+        frames=rng.integers(0, 256, (4, 2 * stack, size, size), dtype=np.uint8),
+        actions=np.array([0, 3, 6, 2], np.uint8),
+        rewards=np.array([3.0, -2.5, 0.1, 0.0], np.float32),
+        bootstraps=np.array([0.729, 0.0, 0.81, 0.9], np.float32),
+        weights=np.array([1.0, 0.5, 0.25, 0.8], np.float32),
+    )
 
 
 def reference(learner: DQNLearner, batch: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -96,19 +108,19 @@ def detune_target(learner: DQNLearner, seed: int = 5) -> None:
 #   2: terminal 2 steps on, rewards (-1, 2)        R = -1 + 0.9*2 = 0.8,         bootstrap 0
 #   3: truncated 1 step on, reward 2               R = 2,                        bootstrap 0.9
 RETURNS = torch.tensor([2.62, 1.4, 0.8, 2.0])
-BOOTSTRAPS = torch.tensor([0.9 ** 3, 0.9 ** 2, 0.0, 0.9])
+BOOTSTRAPS = torch.tensor([0.9**3, 0.9**2, 0.0, 0.9])
 NEXT_TARGET = torch.tensor([[1.0, 3.0, 2.0], [0.0, -1.0, 5.0], [7.0, 8.0, 9.0], [4.0, 0.0, 1.0]])
 NEXT_ONLINE = torch.tensor([[5.0, 0.0, 1.0], [0.0, 9.0, 1.0], [1.0, 2.0, 3.0], [0.0, 1.0, 2.0]])
 # plain: argmax Q_target = [1, 2, 2, 0], values [3, 5, 9, 4]
 # double: argmax Q_online = [0, 1, 2, 2], Q_target there = [1, -1, 9, 1] (differs from plain in rows 0, 1, 3)
-PLAIN = [2.62 + 0.729 * 3, 1.4 + 0.81 * 5, 0.8, 2.0 + 0.9 * 4]        # [4.807, 5.45, 0.8, 5.6]
-DOUBLE = [2.62 + 0.729 * 1, 1.4 - 0.81 * 1, 0.8, 2.0 + 0.9 * 1]       # [3.349, 0.59, 0.8, 2.9]
+PLAIN = [2.62 + 0.729 * 3, 1.4 + 0.81 * 5, 0.8, 2.0 + 0.9 * 4]  # [4.807, 5.45, 0.8, 5.6]
+DOUBLE = [2.62 + 0.729 * 1, 1.4 - 0.81 * 1, 0.8, 2.0 + 0.9 * 1]  # [3.349, 0.59, 0.8, 2.9]
 
 
 def test_n_step_fixture_numbers():
     """The hand-computed returns and bootstraps above are what n=3, gamma=0.9 gives."""
     for r, rewards in zip(RETURNS.tolist(), [(1, 0, 2), (0.5, 1), (-1, 2), (2,)]):
-        assert r == pytest.approx(sum(GAMMA ** i * x for i, x in enumerate(rewards)))
+        assert r == pytest.approx(sum(GAMMA**i * x for i, x in enumerate(rewards)))
     assert BOOTSTRAPS.tolist() == pytest.approx([0.729, 0.81, 0.0, 0.9])
     assert PLAIN == pytest.approx([4.807, 5.45, 0.8, 5.6])
     assert DOUBLE == pytest.approx([3.349, 0.59, 0.8, 2.9])
@@ -141,12 +153,15 @@ def test_td_targets_with_zero_bootstraps_are_the_returns():
     assert torch.equal(y, RETURNS)
 
 
-@pytest.mark.parametrize("online,expected", [
-    # one-step DQN as the special case n=1: bootstrap = gamma * (1 - done); max Q_target = [3, 5, 9, 4]
-    (None, [1 + 0.9 * 3, 0.5 + 0.9 * 5, -1.0, 2 + 0.9 * 4]),
-    # a' = argmax Q_online = [0, 1, 2, 2]; Q_target(s', a') = [1, -1, 9, 1]
-    (NEXT_ONLINE, [1 + 0.9 * 1, 0.5 - 0.9 * 1, -1.0, 2 + 0.9 * 1]),
-])
+@pytest.mark.parametrize(
+    "online,expected",
+    [
+        # one-step DQN as the special case n=1: bootstrap = gamma * (1 - done); max Q_target = [3, 5, 9, 4]
+        (None, [1 + 0.9 * 3, 0.5 + 0.9 * 5, -1.0, 2 + 0.9 * 4]),
+        # a' = argmax Q_online = [0, 1, 2, 2]; Q_target(s', a') = [1, -1, 9, 1]
+        (NEXT_ONLINE, [1 + 0.9 * 1, 0.5 - 0.9 * 1, -1.0, 2 + 0.9 * 1]),
+    ],
+)
 def test_td_targets_one_step_special_case(online, expected):
     rewards, dones = torch.tensor([1.0, 0.5, -1.0, 2.0]), torch.tensor([0.0, 0.0, 1.0, 0.0])
     y = td_targets(rewards, GAMMA * (1.0 - dones), NEXT_TARGET, online)
@@ -154,6 +169,7 @@ def test_td_targets_one_step_special_case(online, expected):
 
 
 # --- dueling head --------------------------------------------------------------------------------------
+
 
 def frames_for(size: int = 36, batch: int = 3, seed: int = 0) -> torch.Tensor:
     rng = np.random.default_rng(seed)
@@ -185,15 +201,15 @@ def test_greedy_is_the_argmax_of_q_without_the_value_stream(dueling, monkeypatch
     """The actor's fast path: net.greedy gives argmax Q on many inputs, and never runs the value stream."""
     torch.manual_seed(1)
     net = QNetwork(S, 36, 7, dueling=dueling).eval()
-    with torch.no_grad():                                       # an untrained net picks one action everywhere
+    with torch.no_grad():  # an untrained net picks one action everywhere
         for layer in (net.head[2], *((net.value[2],) if dueling else ())):
             layer.weight.normal_(0.0, 1.0)
-    density = torch.rand(200, 1, 1, 1) ** 3                   # from nearly black to nearly white frames
+    density = torch.rand(200, 1, 1, 1) ** 3  # from nearly black to nearly white frames
     x = ((torch.rand(200, S, 36, 36) < density) * 255).to(torch.uint8)
     with torch.no_grad():
         expected = net(x).argmax(dim=1)
         if dueling:
-            monkeypatch.setattr(net, "value", None)     # greedy must not need it
+            monkeypatch.setattr(net, "value", None)  # greedy must not need it
         greedy = net.greedy(x)
     assert greedy.shape == (200,) and torch.equal(greedy, expected)
     assert len(set(expected.tolist())) > 1, "the inputs must not all pick one action"
@@ -236,7 +252,7 @@ def test_plain_network_has_no_value_head_and_q_is_the_head_output():
     with torch.no_grad():
         q = net(x)
         assert torch.equal(q, parts(net, x)[0])
-        net.head[-1].bias += 5.0                    # without a dueling head, Q does follow the head's bias
+        net.head[-1].bias += 5.0  # without a dueling head, Q does follow the head's bias
         assert torch.allclose(net(x), q + 5.0, atol=1e-5)
 
 
@@ -260,11 +276,13 @@ def test_network_from_arrays_is_the_sent_network_and_refuses_what_does_not_fit()
     assert not net.training and all(p.device.type == "cpu" for p in net.parameters())
     with torch.no_grad():
         assert torch.equal(net(x), sender(x))
-    arrays["head.0.bias"][:] = 7.0                  # the message's memory is not the network's
+    arrays["head.0.bias"][:] = 7.0  # the message's memory is not the network's
     assert not torch.equal(net.head[0].bias, torch.full_like(net.head[0].bias, 7.0))
-    bad = [{k: v for k, v in arrays.items() if k != "head.0.bias"},
-           {**arrays, "head.0.bias": np.zeros(3, np.float32)},
-           {**arrays, "head.0.bias": arrays["head.0.bias"].astype(np.float64)}]
+    bad = [
+        {k: v for k, v in arrays.items() if k != "head.0.bias"},
+        {**arrays, "head.0.bias": np.zeros(3, np.float32)},
+        {**arrays, "head.0.bias": arrays["head.0.bias"].astype(np.float64)},
+    ]
     for arrays_ in bad:
         with pytest.raises(ValueError):
             network_from_arrays(config, arrays_)
@@ -278,6 +296,7 @@ def test_config_defaults_n_step_dueling_hard_targets():
 
 
 # --- schedules -------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("step,expected", [(0, 1.0), (25, 0.775), (50, 0.55), (100, 0.1), (101, 0.1), (10**6, 0.1)])
 def test_linear_decay(step, expected):
@@ -293,6 +312,7 @@ def test_beta_anneals_to_one(updates, expected):
 
 
 # --- one update ----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dueling", [True, False], ids=["dueling", "plain-head"])
 @pytest.mark.parametrize("double_dqn", [True, False], ids=["double", "single"])
@@ -399,6 +419,7 @@ def test_mixed_precision_step_matches_full_precision_closely_and_learns():
 
 # --- target network ------------------------------------------------------------------------------------
 
+
 def test_target_network_syncs_exactly_every_n_updates():
     """With target_tau=0 and target_update_every=3 the target copies the online net after updates 3 and 6,
     and does not move at all in between."""
@@ -452,10 +473,12 @@ def test_learning_rate_follows_the_schedule():
 
 # --- checkpoints --------------------------------------------------------------------------------------
 
-SMALL = dict(frame_size=36)     # the same Nature CNN, on 36x36 frames: small files, fast tests
+SMALL = dict(frame_size=36)  # the same Nature CNN, on 36x36 frames: small files, fast tests
 
 
-@pytest.mark.parametrize("changes", [{}, {"dueling": False}, {"target_tau": 0.25}], ids=["dueling", "plain-head", "soft"])
+@pytest.mark.parametrize(
+    "changes", [{}, {"dueling": False}, {"target_tau": 0.25}], ids=["dueling", "plain-head", "soft"]
+)
 def test_save_restore_round_trip(tmp_path, changes):
     """A fresh learner restored from a checkpoint has identical weights, optimizer, scheduler and counter,
     and its next update is identical to the original's."""
@@ -517,19 +540,21 @@ def test_load_refuses_pickled_objects(tmp_path):
         load_checkpoint(str(path))
     assert str(path) in str(info.value)
     assert CALLS == []
-    torch.load(path, weights_only=False)          # the file really does carry a payload
+    torch.load(path, weights_only=False)  # the file really does carry a payload
     assert CALLS == ["code ran"]
 
 
 def _write(data):
     def make(path):
         path.write_bytes(data)
+
     return make
 
 
 def _torch_save(obj):
     def make(path):
         torch.save(obj, path)
+
     return make
 
 
@@ -574,8 +599,9 @@ def test_restore_from_a_different_network_shape_fails(tmp_path):
     assert path in str(info.value)
 
 
-@pytest.mark.parametrize("saved,restoring", [(True, False), (False, True)],
-                         ids=["dueling-into-plain", "plain-into-dueling"])
+@pytest.mark.parametrize(
+    "saved,restoring", [(True, False), (False, True)], ids=["dueling-into-plain", "plain-into-dueling"]
+)
 def test_restore_across_dueling_and_plain_heads_fails(tmp_path, saved, restoring):
     """The dueling head has a `value` submodule the plain one lacks: the checkpoint does not fit either way."""
     path = str(tmp_path / "checkpoint.pth")

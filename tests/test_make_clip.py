@@ -1,4 +1,5 @@
 """docs/make_clip.py: the README's GIF and last frame come from a recorded video (actor/recorder.py's)."""
+
 import numpy as np
 from PIL import Image
 
@@ -21,16 +22,16 @@ def test_gif_holds_the_last_seconds_and_png_the_last_frame(tmp_path):
     mp4 = video(tmp_path / "play.mp4", 20)
     assert main([mp4, str(tmp_path / "clip.gif"), "--seconds", "1", "--every", "2", "--scale", "2"]) == 0
     gif = Image.open(tmp_path / "clip.gif")
-    assert gif.n_frames == 5 and gif.size == (128, 96)          # the last 10 frames, every 2nd, doubled
+    assert gif.n_frames == 5 and gif.size == (128, 96)  # the last 10 frames, every 2nd, doubled
     gif.seek(gif.n_frames - 1)
-    assert abs(np.asarray(gif.convert("L")).mean() - 190) < 8   # ends on the video's last frame (gray 190)
+    assert abs(np.asarray(gif.convert("L")).mean() - 190) < 8  # ends on the video's last frame (gray 190)
     assert main([mp4, str(tmp_path / "last.png")]) == 0
     assert abs(np.asarray(Image.open(tmp_path / "last.png").convert("L")).mean() - 190) < 8
 
 
 def test_episode_end_cuts_the_video_first(tmp_path):
     mp4 = video(tmp_path / "play.mp4", 20)
-    assert main([mp4, str(tmp_path / "last.png"), "--episode-end-at", "0.95"]) == 0   # frames 0..9
+    assert main([mp4, str(tmp_path / "last.png"), "--episode-end-at", "0.95"]) == 0  # frames 0..9
     assert abs(np.asarray(Image.open(tmp_path / "last.png").convert("L")).mean() - 90) < 8
 
 

@@ -1,6 +1,7 @@
 """n-step returns built by the actor's ChunkBuilder, against a brute-force reference: discounted
 rewards, the next observation n steps later, and bootstrapping at episode ends (none after a
 terminal step; a shorter discount after a truncation)."""
+
 import numpy as np
 import pytest
 
@@ -22,13 +23,13 @@ def stack_of(frames: list[int], t: int) -> list[int]:
 def reference(rewards, end: str, n: int):
     """Brute force: for each step t, (obs frames, action, R, next frames, bootstrap)."""
     T = len(rewards)
-    frames = list(range(T + 1))                      # frame k is the frame after k steps
+    frames = list(range(T + 1))  # frame k is the frame after k steps
     out = []
     for t in range(T):
         k = min(n, T - t)
-        ret = sum(GAMMA ** i * rewards[t + i] for i in range(k))
+        ret = sum(GAMMA**i * rewards[t + i] for i in range(k))
         terminal_inside = end == "terminated" and t + k == T
-        bootstrap = 0.0 if terminal_inside else GAMMA ** k
+        bootstrap = 0.0 if terminal_inside else GAMMA**k
         out.append((stack_of(frames, t), t % 7, ret, stack_of(frames, t + k), bootstrap))
     return out
 
@@ -42,13 +43,20 @@ def run_builder(rewards, end: str, n: int, chunk_size: int):
         chunk = builder.take()
         values = chunk["frames"][:, 0, 0]
         for stack, a, r, b in zip(chunk["stack"], chunk["actions"], chunk["rewards"], chunk["bootstraps"]):
-            got.append(([int(values[i]) for i in stack[:S]], int(a), float(r), [int(values[i]) for i in stack[S:]],
-                        float(b)))
+            got.append(
+                ([int(values[i]) for i in stack[:S]], int(a), float(r), [int(values[i]) for i in stack[S:]], float(b))
+            )
+
     T = len(rewards)
     for t in range(T):
         last = t == T - 1
-        builder.add(frame(t + 1), t % 7, rewards[t], terminated=last and end == "terminated",
-                    truncated=last and end == "truncated")
+        builder.add(
+            frame(t + 1),
+            t % 7,
+            rewards[t],
+            terminated=last and end == "terminated",
+            truncated=last and end == "truncated",
+        )
         if last or len(builder) >= chunk_size:
             take()
     return got

@@ -1,4 +1,5 @@
 """End to end: the real launcher, replay server, learner and actor over real ZeroMQ sockets."""
+
 import subprocess
 import sys
 
@@ -22,8 +23,19 @@ pytestmark = pytest.mark.slow
 def test_test_env_greedy_policy_beats_random_after_a_short_run(launch):
     """The whole loop learns: after ~10 s on the test env the greedy policy clearly beats random. The replay
     ratio is pinned, so a loaded machine makes the run slower, not the learning weaker."""
-    run = launch(*FAST_TEST_ENV, "--max-steps", "8000", "--set", "eval_every_episodes=100",
-                 "--set", "eval_episodes=2", "--set", "samples_per_insert=1", "--set", "spi_tolerance=500")
+    run = launch(
+        *FAST_TEST_ENV,
+        "--max-steps",
+        "8000",
+        "--set",
+        "eval_every_episodes=100",
+        "--set",
+        "eval_episodes=2",
+        "--set",
+        "samples_per_insert=1",
+        "--set",
+        "spi_tolerance=500",
+    )
     assert run.wait(180) == 0, run.output()
     summary = run.summary()
     assert summary["stop_reason"] == "reached --max-steps"
@@ -56,8 +68,9 @@ def test_test_env_greedy_policy_beats_random_after_a_short_run(launch):
         accumulator.Reload()
         tags |= set(accumulator.Tags()["scalars"])
     assert {"Eval/Reward", "Eval/XPos", "Eval/FlagRate"} <= tags
-    result = subprocess.run([sys.executable, "launch.py", "--plot", str(run.run_dir)], cwd=REPO,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "launch.py", "--plot", str(run.run_dir)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     picture = plt.imread(run.run_dir / "learning_curve.png")
     assert picture.shape[0] >= 500 and picture.shape[1] >= 800 and picture.std() > 0.05
@@ -66,9 +79,21 @@ def test_test_env_greedy_policy_beats_random_after_a_short_run(launch):
 def test_mario_1_1_headless_bounded_run(launch):
     """Real Super Mario Bros 1-1: transitions reach the replay server, the learner updates, and its
     new weights reach the actor; run folder holds config, log, checkpoint and summary."""
-    run = launch("--headless", "--max-steps", "1500", "--set", "learning_starts=200",
-                 "--set", "publish_every=5", "--set", "batch_size=16", "--set", "replay_capacity=5000",
-                 "--set", "max_episode_steps=300")
+    run = launch(
+        "--headless",
+        "--max-steps",
+        "1500",
+        "--set",
+        "learning_starts=200",
+        "--set",
+        "publish_every=5",
+        "--set",
+        "batch_size=16",
+        "--set",
+        "replay_capacity=5000",
+        "--set",
+        "max_episode_steps=300",
+    )
     assert run.wait(240) == 0, run.output()
     summary = run.summary()
     assert summary["env_steps"] == 1500
@@ -93,11 +118,20 @@ def test_a_pinned_replay_ratio_holds_the_actors_back_for_a_slow_learner(launch, 
     """samples_per_insert=8 is more than this learner can sample at the test env's speed. Pinned, the
     actors wait for it, so it samples 8 per insert (within the tolerance and a few queued chunks);
     unpinned (the control), the actors run ahead and the ratio falls far short."""
-    run = launch(*FAST_TEST_ENV, "--max-steps", "3000", "--set", "samples_per_insert=8", "--set", "spi_tolerance=200",
-                 "--set", f"pin_replay_ratio={str(pinned).lower()}")
+    run = launch(
+        *FAST_TEST_ENV,
+        "--max-steps",
+        "3000",
+        "--set",
+        "samples_per_insert=8",
+        "--set",
+        "spi_tolerance=200",
+        "--set",
+        f"pin_replay_ratio={str(pinned).lower()}",
+    )
     assert run.wait(240) == 0, run.output()
     replay = run.summary()["replay"]
-    pinned_floor = (replay["inserted"] - 500 - 2 * 4 * 64) * 8 - 200      # chunks queued on either side
+    pinned_floor = (replay["inserted"] - 500 - 2 * 4 * 64) * 8 - 200  # chunks queued on either side
     assert replay["sampled"] <= (replay["inserted"] - 500) * 8 + 200, replay
     assert (replay["sampled"] >= pinned_floor) is pinned, replay
 
@@ -107,8 +141,17 @@ def test_samples_per_insert_limit_holds_the_learner_back(launch, limit):
     """With samples_per_insert=0.1 the learner may sample only one transition per ten inserted (plus the
     tolerance), though it trains; unlimited (the control), it samples far more than that (given steps enough
     that the learner's start-up, which the actor does not wait for, is a small part of the run)."""
-    run = launch(*FAST_TEST_ENV, "--max-steps", "4000" if limit else "12000", "--set", f"samples_per_insert={limit}",
-                 "--set", "spi_tolerance=200", "--set", "pin_replay_ratio=false")
+    run = launch(
+        *FAST_TEST_ENV,
+        "--max-steps",
+        "4000" if limit else "12000",
+        "--set",
+        f"samples_per_insert={limit}",
+        "--set",
+        "spi_tolerance=200",
+        "--set",
+        "pin_replay_ratio=false",
+    )
     assert run.wait(120) == 0, run.output()
     replay = run.summary()["replay"]
     assert run.summary()["updates"] > 10
@@ -119,8 +162,9 @@ def test_samples_per_insert_limit_holds_the_learner_back(launch, limit):
 def test_frames_in_the_messages_with_a_request_larger_than_a_message_still_train(launch):
     """shared_frames=false (as for a learner on another machine) and 4096 transitions per request: the
     learner asks for what one message carries, says so, and trains (it once reconnected silently forever)."""
-    run = launch(*FAST_TEST_ENV, "--max-steps", "3000", "--set", "shared_frames=false",
-                 "--set", "transitions_per_request=4096")
+    run = launch(
+        *FAST_TEST_ENV, "--max-steps", "3000", "--set", "shared_frames=false", "--set", "transitions_per_request=4096"
+    )
     assert run.wait(180) == 0, run.output()
     assert "asking for 1184 transitions per request, not 4096" in run.output()
     assert run.summary()["updates"] >= 37, "at least one full request trained"

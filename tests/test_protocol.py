@@ -1,4 +1,5 @@
 """The wire protocol: every message round-trips; every malformed input raises ProtocolError, nothing else."""
+
 import math
 import random
 
@@ -6,10 +7,20 @@ import msgpack
 import numpy as np
 import pytest
 
-from common.protocol import (ALLOWED_DTYPES, MAX_ARRAY_DIMS, PROTOCOL_VERSION, SAME_LENGTH, SCHEMAS, ProtocolError,
-                             decode, decode_parts, encode, encode_parts)
+from common.protocol import (
+    ALLOWED_DTYPES,
+    MAX_ARRAY_DIMS,
+    PROTOCOL_VERSION,
+    SAME_LENGTH,
+    SCHEMAS,
+    ProtocolError,
+    decode,
+    decode_parts,
+    encode,
+    encode_parts,
+)
 
-MAX = 1 << 22   # max_bytes for decode in these tests (4 MiB)
+MAX = 1 << 22  # max_bytes for decode in these tests (4 MiB)
 RNG = np.random.default_rng(1234)
 
 
@@ -19,42 +30,73 @@ def _frames(n: int, size: int = 84) -> np.ndarray:
 
 # Realistic messages, as the actor, replay server, learner and launcher send them.
 EXAMPLES = {
-    "transitions": dict(actor=3, frames=_frames(8), stack=np.arange(32, dtype=np.int32).reshape(4, 8) % 8,
-                        actions=np.array([0, 2, 6, 4], np.uint8),
-                        rewards=np.array([0.5, -1.0, 0.0, 1.0], np.float32),
-                        bootstraps=np.array([0.97, 0.97, 0.99, 0.0], np.float32)),
-    "episode": dict(actor=0, episode=17, reward=12.5, steps=400, x_pos=1234, flag=False, epsilon=0.37,
-                    actor_steps=123_456),
-    "sample": dict(batch_size=32, beta=0.4, shared=True, ids=np.array([3, 4], np.int64),
-                   priorities=np.array([0.5, 2.0])),
-    "batch": dict(ids=np.array([5, 99, 100_000, 2**40], np.int64), frames=RNG.integers(0, 256, (4, 8, 84, 84),
-                                                                                         dtype=np.uint8),
-                  actions=np.array([1, 2, 3, 0], np.uint8), rewards=np.array([0.1, 0, -1, 1], np.float32),
-                  bootstraps=np.array([0.0, 0.97, 0.97, 0.0], np.float32), weights=np.array([1, .5, .25, .125], np.float32),
-                  stats={"size": 1000, "mean_priority": 0.5, "full": False}),
-    "batch_shared": dict(ids=np.array([5, 99], np.int64), frame_numbers=np.arange(16, dtype=np.int64).reshape(2, 8),
-                         ring=2**55 + 3, actions=np.array([1, 2], np.uint8), rewards=np.array([0.1, 0], np.float32),
-                         bootstraps=np.array([0.0, 0.97], np.float32), weights=np.array([1, .5], np.float32),
-                         stats={"size": 1000}),
+    "transitions": dict(
+        actor=3,
+        frames=_frames(8),
+        stack=np.arange(32, dtype=np.int32).reshape(4, 8) % 8,
+        actions=np.array([0, 2, 6, 4], np.uint8),
+        rewards=np.array([0.5, -1.0, 0.0, 1.0], np.float32),
+        bootstraps=np.array([0.97, 0.97, 0.99, 0.0], np.float32),
+    ),
+    "episode": dict(
+        actor=0, episode=17, reward=12.5, steps=400, x_pos=1234, flag=False, epsilon=0.37, actor_steps=123_456
+    ),
+    "sample": dict(
+        batch_size=32, beta=0.4, shared=True, ids=np.array([3, 4], np.int64), priorities=np.array([0.5, 2.0])
+    ),
+    "batch": dict(
+        ids=np.array([5, 99, 100_000, 2**40], np.int64),
+        frames=RNG.integers(0, 256, (4, 8, 84, 84), dtype=np.uint8),
+        actions=np.array([1, 2, 3, 0], np.uint8),
+        rewards=np.array([0.1, 0, -1, 1], np.float32),
+        bootstraps=np.array([0.0, 0.97, 0.97, 0.0], np.float32),
+        weights=np.array([1, 0.5, 0.25, 0.125], np.float32),
+        stats={"size": 1000, "mean_priority": 0.5, "full": False},
+    ),
+    "batch_shared": dict(
+        ids=np.array([5, 99], np.int64),
+        frame_numbers=np.arange(16, dtype=np.int64).reshape(2, 8),
+        ring=2**55 + 3,
+        actions=np.array([1, 2], np.uint8),
+        rewards=np.array([0.1, 0], np.float32),
+        bootstraps=np.array([0.0, 0.97], np.float32),
+        weights=np.array([1, 0.5], np.float32),
+        stats={"size": 1000},
+    ),
     "attach_frames": dict(),
     "ask_stats": dict(),
     "stats": dict(stats={"size": 10, "episodes": 2, "env_steps": 300}),
     "frame_ring": dict(pid=1234, fd=7, token=2**55 + 3, frames=112_501, size=84),
     "priorities": dict(ids=np.array([3, 1, 4], np.int64), priorities=np.array([1e-6, 0.5, 12.25], np.float64)),
-    "weights": dict(version=3, updates=300,
-                    tensors={"features.0.weight": RNG.standard_normal((32, 4, 8, 8)).astype(np.float32),
-                             "head.2.bias": RNG.standard_normal(7).astype(np.float32)},
-                    run={"episodes": 12, "env_steps": 3400, "best_reward": 7.5}),
+    "weights": dict(
+        version=3,
+        updates=300,
+        tensors={
+            "features.0.weight": RNG.standard_normal((32, 4, 8, 8)).astype(np.float32),
+            "head.2.bias": RNG.standard_normal(7).astype(np.float32),
+        },
+        run={"episodes": 12, "env_steps": 3400, "best_reward": 7.5},
+    ),
     "bye": dict(checkpoint="checkpoint_final.pth"),
     "snapshot": dict(name="checkpoint-1795622647063481164.replay.npz"),
-    "snapshot_done": dict(name="checkpoint_final-17.replay.npz", ok=False, stats={"size": 10, "episodes": 2},
-                          text="writing checkpoint_final-17.replay.npz failed (disk full?)"),
-    "report": dict(role="actor", index=2, kind="failed", values={"steps": 10, "rate": 1.5, "ok": True},
-                   text="RuntimeError: boom ✓"),
+    "snapshot_done": dict(
+        name="checkpoint_final-17.replay.npz",
+        ok=False,
+        stats={"size": 10, "episodes": 2},
+        text="writing checkpoint_final-17.replay.npz failed (disk full?)",
+    ),
+    "report": dict(
+        role="actor", index=2, kind="failed", values={"steps": 10, "rate": 1.5, "ok": True}, text="RuntimeError: boom ✓"
+    ),
 }
-EMPTY_TRANSITIONS = dict(actor=0, frames=np.zeros((0, 84, 84), np.uint8), stack=np.zeros((0, 8), np.int32),
-                         actions=np.zeros(0, np.uint8), rewards=np.zeros(0, np.float32),
-                         bootstraps=np.zeros(0, np.float32))
+EMPTY_TRANSITIONS = dict(
+    actor=0,
+    frames=np.zeros((0, 84, 84), np.uint8),
+    stack=np.zeros((0, 8), np.int32),
+    actions=np.zeros(0, np.uint8),
+    rewards=np.zeros(0, np.float32),
+    bootstraps=np.zeros(0, np.float32),
+)
 
 # A value of each kind, for fields (of a future schema) without a hand-written example.
 BY_KIND = {"int": 7, "count": 7, "float": 0.25, "str": "text", "bool": True, "numbers": {"n": 1}}
@@ -129,13 +171,16 @@ def small_messages() -> list[bytes]:
 def probe(monkeypatch):
     """A test-only message type "probe" with one array field of the given kind; returns a function
     that round-trips an array through it."""
+
     def round_trip(array: np.ndarray, kind: str) -> np.ndarray:
         monkeypatch.setitem(SCHEMAS, "probe", {"a": kind})
         return decode(encode("probe", a=array), max_bytes=MAX)["a"]
+
     return round_trip
 
 
 # --- round trips ------------------------------------------------------------------------------------
+
 
 def test_every_schema_has_an_example():
     """The examples cover every message type in SCHEMAS (so a new type gets a realistic example)."""
@@ -220,6 +265,7 @@ def test_encode_rejects_unknown_type():
 
 
 # --- rejections --------------------------------------------------------------------------------------
+
 
 def reject(raw, **kwargs) -> str:
     """decode must raise ProtocolError (and only that); returns the message."""
@@ -325,15 +371,33 @@ def test_extra_field_is_rejected(msg_type, extra):
 
 WRONG_BY_KIND = {
     "int": ["3", 3.0, 3.5, True, False, None, [1], {"a": 1}, b"\x03"],
-    "count": ["3", 3.0, True, None, [1], -1, -2**63, 2**63],
+    "count": ["3", 3.0, True, None, [1], -1, -(2**63), 2**63],
     "float": ["0.5", True, None, math.nan, math.inf, -math.inf, [0.5], {"x": 0.5}],
     "bool": [1, 0, "true", None, 1.0, [True]],
     "str": [1, b"bytes", None, ["a"], {"a": "b"}, True],
-    "array": [5, "x", b"raw", [1, 2], None, {"dtype": "uint8", "shape": [1]},
-              {"dtype": "uint8", "shape": [1], "data": b"\x00", "extra": 1}],
+    "array": [
+        5,
+        "x",
+        b"raw",
+        [1, 2],
+        None,
+        {"dtype": "uint8", "shape": [1]},
+        {"dtype": "uint8", "shape": [1], "data": b"\x00", "extra": 1},
+    ],
     "arrays": [5, [], "x", {"a": 5}, {"a": None}, {b"a": {"dtype": "uint8", "shape": [1], "data": b"\x00"}}],
-    "numbers": [5, [1], "x", {"a": "x"}, {"a": None}, {"a": [1]}, {"a": {"b": 1}}, {b"k": 1},
-                {"a": math.nan}, {"a": math.inf}, {"a": -math.inf}],
+    "numbers": [
+        5,
+        [1],
+        "x",
+        {"a": "x"},
+        {"a": None},
+        {"a": [1]},
+        {"a": {"b": 1}},
+        {b"k": 1},
+        {"a": math.nan},
+        {"a": math.inf},
+        {"a": -math.inf},
+    ],
 }
 
 
@@ -362,12 +426,14 @@ def wrong_values(kind: str) -> list:
     return WRONG_BY_KIND[base]
 
 
-WRONG_KIND_CASES = [(t, k.rstrip("?"), v) for t, schema in SCHEMAS.items() for k, kind in schema.items()
-                    for v in wrong_values(kind)]
+WRONG_KIND_CASES = [
+    (t, k.rstrip("?"), v) for t, schema in SCHEMAS.items() for k, kind in schema.items() for v in wrong_values(kind)
+]
 
 
-@pytest.mark.parametrize("msg_type,name,value", WRONG_KIND_CASES,
-                         ids=[f"{t}.{n}={v!r}"[:60] for t, n, v in WRONG_KIND_CASES])
+@pytest.mark.parametrize(
+    "msg_type,name,value", WRONG_KIND_CASES, ids=[f"{t}.{n}={v!r}"[:60] for t, n, v in WRONG_KIND_CASES]
+)
 def test_field_of_the_wrong_kind_is_rejected(msg_type, name, value):
     """Every field of every message refuses values of the wrong kind, naming message and field."""
     body = body_for(msg_type)
@@ -388,8 +454,13 @@ def test_every_array_field_has_a_dtype_and_a_number_of_dimensions():
 
 def test_zero_d_actions_are_rejected():
     """The message that stopped a run: a 0-d actions array with a (1, 8) stack."""
-    fields = dict(EXAMPLES["transitions"], stack=np.zeros((1, 8), np.int32), actions=np.array(0, np.uint8),
-                  rewards=np.zeros(1, np.float32), bootstraps=np.ones(1, np.float32))
+    fields = dict(
+        EXAMPLES["transitions"],
+        stack=np.zeros((1, 8), np.int32),
+        actions=np.array(0, np.uint8),
+        rewards=np.zeros(1, np.float32),
+        bootstraps=np.ones(1, np.float32),
+    )
     assert "transitions.actions must have 1 dimension" in reject(encode("transitions", **fields))
 
 
@@ -409,13 +480,32 @@ def array_body(**changes) -> dict:
     """A 'priorities' message whose ids array has some parts replaced."""
     body = body_for("priorities")
     body["ids"] = {"dtype": "int64", "shape": [3], "data": np.arange(3, dtype=np.int64).tobytes()}
-    decode(pack(body), max_bytes=MAX)                                # valid before the change
+    decode(pack(body), max_bytes=MAX)  # valid before the change
     body["ids"].update(changes)
     return body
 
 
-@pytest.mark.parametrize("dtype", ["object", "float16", "<U4", "complex64", "S3", "V8", "uint64", "O",
-                                   "int64 ", "INT64", "", 5, None, b"int64", ["int64"], {"a": 1}])
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        "object",
+        "float16",
+        "<U4",
+        "complex64",
+        "S3",
+        "V8",
+        "uint64",
+        "O",
+        "int64 ",
+        "INT64",
+        "",
+        5,
+        None,
+        b"int64",
+        ["int64"],
+        {"a": 1},
+    ],
+)
 def test_disallowed_dtype_is_rejected(dtype):
     assert not (isinstance(dtype, str) and dtype in ALLOWED_DTYPES)
     reject(pack(array_body(dtype=dtype, data=b"\x00" * 24)))
@@ -427,14 +517,17 @@ def test_encoding_a_disallowed_dtype_gives_a_message_that_decode_refuses(dtype):
     assert "disallowed dtype" in reject(raw)
 
 
-@pytest.mark.parametrize("shape", [[-1], [3, -1], [1] * (MAX_ARRAY_DIMS + 1), [3.0], ["3"], [True, 3], [None],
-                                   [[3]], 3, "3", None, {"0": 3}])
+@pytest.mark.parametrize(
+    "shape", [[-1], [3, -1], [1] * (MAX_ARRAY_DIMS + 1), [3.0], ["3"], [True, 3], [None], [[3]], 3, "3", None, {"0": 3}]
+)
 def test_bad_shape_is_rejected(shape):
     assert "bad shape" in reject(pack(array_body(shape=shape)))
 
 
-@pytest.mark.parametrize("shape,data", [([4], 24), ([2], 24), ([3], 23), ([3], 25), ([0], 8), ([3, 0], 24),
-                                        ([2, 2], 24), ([2**63, 2], 24), ([], 24)])
+@pytest.mark.parametrize(
+    "shape,data",
+    [([4], 24), ([2], 24), ([3], 23), ([3], 25), ([0], 8), ([3, 0], 24), ([2, 2], 24), ([2**63, 2], 24), ([], 24)],
+)
 def test_shape_and_data_length_mismatch_is_rejected(shape, data):
     """shape x itemsize must equal the number of data bytes (int64: 3 items = 24 bytes)."""
     assert "does not match" in reject(pack(array_body(shape=shape, data=b"\x01" * data)))
@@ -461,19 +554,20 @@ def test_deeply_nested_input_is_rejected():
 
 # --- fuzzing ------------------------------------------------------------------------------------------
 
+
 def mutate(raw: bytes, rng: random.Random) -> bytes:
     data = bytearray(raw)
     for _ in range(rng.randint(1, 3)):
         op = rng.randrange(4)
         pos = rng.randrange(len(data) + 1)
         if op == 0 and pos < len(data):
-            data[pos] ^= 1 << rng.randrange(8)                  # flip a bit
+            data[pos] ^= 1 << rng.randrange(8)  # flip a bit
         elif op == 1 and pos < len(data):
-            data[pos] = rng.randrange(256)                      # replace a byte
+            data[pos] = rng.randrange(256)  # replace a byte
         elif op == 2:
-            data.insert(pos, rng.randrange(256))                # insert a byte
+            data.insert(pos, rng.randrange(256))  # insert a byte
         elif pos < len(data):
-            del data[pos]                                       # delete a byte
+            del data[pos]  # delete a byte
     return bytes(data)
 
 
@@ -500,6 +594,7 @@ def test_fuzzed_messages_raise_only_protocol_error():
 
 # --- out-of-band array parts (encode_parts / decode_parts) ---------------------------------------
 
+
 def _batch_parts():
     fields = dict(EXAMPLES["batch"])
     frames = fields.pop("frames")
@@ -514,14 +609,17 @@ def test_parts_round_trip_without_packing_the_frames():
     assert np.array_equal(out["ids"], EXAMPLES["batch"]["ids"])
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda h, f: [h], "missing or already used message part"),                       # part missing
-    (lambda h, f: [h, f, f], "not used by any field"),                                 # extra part
-    (lambda h, f: [h, f[:-1]], "does not match"),                                      # truncated part
-    (lambda h, f: [h, f + b"x"], "does not match"),                                    # oversized part
-    (lambda h, f: [h.replace(b"\xa4part\x01", b"\xa4part\x00"), f], "missing or already used"),  # part 0
-    (lambda h, f: [h, "text"], "not bytes"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda h, f: [h], "missing or already used message part"),  # part missing
+        (lambda h, f: [h, f, f], "not used by any field"),  # extra part
+        (lambda h, f: [h, f[:-1]], "does not match"),  # truncated part
+        (lambda h, f: [h, f + b"x"], "does not match"),  # oversized part
+        (lambda h, f: [h.replace(b"\xa4part\x01", b"\xa4part\x00"), f], "missing or already used"),  # part 0
+        (lambda h, f: [h, "text"], "not bytes"),
+    ],
+)
 def test_bad_parts_are_refused(mutate, message):
     _, parts = _batch_parts()
     with pytest.raises(ProtocolError, match=message):

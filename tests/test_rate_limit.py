@@ -1,4 +1,5 @@
 """The replay rate limiter: minimum fill, then a samples-per-insert ratio held both ways within a tolerance."""
+
 import pytest
 
 from replay_server.rate_limit import RateLimiter
@@ -23,12 +24,15 @@ def test_nothing_is_sampled_below_the_minimum_fill_and_inserts_count_from_it():
     assert limiter.origin == 100, "the origin is set once"
 
 
-@pytest.mark.parametrize("sampled, inserted, batch, expected", [
-    (0, 100, 32, True),              # credit 0 * 2 + 50
-    (18, 100, 32, True),             # 50 exactly reached
-    (19, 100, 32, False),            # one past: wait for the actors
-    (19, 101, 32, True),             # one more insert buys 2 samples
-])
+@pytest.mark.parametrize(
+    "sampled, inserted, batch, expected",
+    [
+        (0, 100, 32, True),  # credit 0 * 2 + 50
+        (18, 100, 32, True),  # 50 exactly reached
+        (19, 100, 32, False),  # one past: wait for the actors
+        (19, 101, 32, True),  # one more insert buys 2 samples
+    ],
+)
 def test_the_learner_waits_past_the_ratio(sampled, inserted, batch, expected):
     limiter = filled()
     limiter.took(sampled)
@@ -37,7 +41,7 @@ def test_the_learner_waits_past_the_ratio(sampled, inserted, batch, expected):
 
 def test_pinned_actors_wait_when_the_learner_is_behind_and_go_on_once_it_samples():
     limiter = filled(spi=4.0, tolerance=100)
-    assert not limiter.inserts_wait(125)        # 25 * 4 = 100 ahead: at the tolerance
+    assert not limiter.inserts_wait(125)  # 25 * 4 = 100 ahead: at the tolerance
     assert limiter.inserts_wait(126)
     limiter.took(4)
     assert not limiter.inserts_wait(126)
@@ -53,6 +57,6 @@ def test_unpinned_or_unlimited_actors_never_wait():
 
 def test_a_restored_buffer_gives_no_credit():
     limiter = RateLimiter(100, 1.0, 0, True)
-    limiter.observe(5_000, 80_000)           # restored: sampling may begin, counting from here
+    limiter.observe(5_000, 80_000)  # restored: sampling may begin, counting from here
     assert not limiter.can_sample(80_000, 1)
     assert limiter.can_sample(80_001, 1)

@@ -1,6 +1,7 @@
 """The README's commands work as written after its two set-up commands: they use the virtual
 environment's programs (a bare `python launch.py` fails with ModuleNotFoundError outside it), and the
 ones that finish in seconds are run exactly as printed."""
+
 import re
 import shlex
 import subprocess
@@ -10,8 +11,11 @@ from tests.harness import REPO
 
 README = (REPO / "README.md").read_text()
 # Commands in code blocks and in `inline code` that start a program of the project's.
-COMMANDS = [c.strip() for c in re.findall(r"`([^`\n]*(?:launch\.py|-m benchmarks|tensorboard --)[^`\n]*)`", README)
-            + re.findall(r"^((?:\.venv/bin/)?(?:python3?|tensorboard) [^\n#]*)", README, re.M)]
+COMMANDS = [
+    c.strip()
+    for c in re.findall(r"`([^`\n]*(?:launch\.py|-m benchmarks|tensorboard --)[^`\n]*)`", README)
+    + re.findall(r"^((?:\.venv/bin/)?(?:python3?|tensorboard) [^\n#]*)", README, re.M)
+]
 
 
 def test_the_readme_names_commands():
@@ -27,7 +31,11 @@ def test_the_quick_readme_commands_run_as_written(tmp_path):
     """keys, --help-config and TensorBoard's own check, from the repository root as the README says."""
     keys = next(c for c in COMMANDS if " keys mykeys" in c)
     argv = shlex.split(keys.replace("mykeys", str(tmp_path / "mykeys")))
-    for command in (argv, [".venv/bin/python", "launch.py", "--help-config"], [".venv/bin/tensorboard", "--version_tb"]):
+    for command in (
+        argv,
+        [".venv/bin/python", "launch.py", "--help-config"],
+        [".venv/bin/tensorboard", "--version_tb"],
+    ):
         result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, (command, result.stderr)
     assert (Path(tmp_path) / "mykeys" / "learner").is_dir() and (Path(tmp_path) / "mykeys" / "actor").is_dir()

@@ -1,4 +1,5 @@
 """Recorder: files decode as written, survive SIGKILL, and exactly one best-run file is kept across actors."""
+
 import errno
 import fcntl
 import multiprocessing
@@ -35,7 +36,7 @@ PATCH = (slice(16, 64), slice(16, 64))
 def frame(i: int) -> np.ndarray:
     """The scene scrolled by i pixels (no scene cuts, so keyframes come from the gop setting) with a patch whose
     colour encodes i."""
-    rgb = np.ascontiguousarray(_SCENE[:, i % W: i % W + W])
+    rgb = np.ascontiguousarray(_SCENE[:, i % W : i % W + W])
     rgb[PATCH] = colour(i)
     return rgb
 
@@ -51,10 +52,15 @@ def decode(path) -> dict:
                 count += 1
         container.seek(0)
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-        return dict(codec=stream.codec_context.name, pix_fmt=stream.codec_context.pix_fmt,
-                    width=stream.codec_context.width, height=stream.codec_context.height,
-                    duration=container.duration / 1e6 if container.duration else None,
-                    keyframes=keyframes, frames=frames)
+        return dict(
+            codec=stream.codec_context.name,
+            pix_fmt=stream.codec_context.pix_fmt,
+            width=stream.codec_context.width,
+            height=stream.codec_context.height,
+            duration=container.duration / 1e6 if container.duration else None,
+            keyframes=keyframes,
+            frames=frames,
+        )
 
 
 def assert_frames_match(frames, first=0):
@@ -137,11 +143,18 @@ def record_episode(rec: EpisodeRecorder, length: int, reward: float, first: int 
 
 def test_best_episode_is_kept(tmp_path):
     rec = EpisodeRecorder(str(tmp_path), 0, 15, W, H)
-    results = [record_episode(rec, length, reward, first=10 * k)
-               for k, (length, reward) in enumerate([(4, 1.0), (6, 3.5), (5, 2.0), (7, 5.25), (3, -1)])]
+    results = [
+        record_episode(rec, length, reward, first=10 * k)
+        for k, (length, reward) in enumerate([(4, 1.0), (6, 3.5), (5, 2.0), (7, 5.25), (3, -1)])
+    ]
     best = str(tmp_path / "mario_best_run_5.25.mp4")
-    assert results == [str(tmp_path / "mario_best_run_1.00.mp4"), str(tmp_path / "mario_best_run_3.50.mp4"),
-                       None, best, None]
+    assert results == [
+        str(tmp_path / "mario_best_run_1.00.mp4"),
+        str(tmp_path / "mario_best_run_3.50.mp4"),
+        None,
+        best,
+        None,
+    ]
     rec.start_episode()  # unfinished at close: discarded
     rec.write(frame(0))
     rec.close()
@@ -211,8 +224,7 @@ def test_actors_finishing_at_once_leave_one_best_file(tmp_path):
     actors, rounds = 3, 8
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(actors)
-    procs = [ctx.Process(target=_racing_actor, args=(str(tmp_path), i, actors, rounds, barrier))
-             for i in range(actors)]
+    procs = [ctx.Process(target=_racing_actor, args=(str(tmp_path), i, actors, rounds, barrier)) for i in range(actors)]
     for p in procs:
         p.start()
     for p in procs:
@@ -227,7 +239,7 @@ def test_best_run_is_decided_under_the_run_lock(tmp_path, monkeypatch):
     checked = []
 
     def assert_locked():
-        fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)     # the lock is on the run folder
+        fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)  # the lock is on the run folder
         try:
             with pytest.raises(BlockingIOError):
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another open file: conflicts even in-process
@@ -239,6 +251,7 @@ def test_best_run_is_decided_under_the_run_lock(tmp_path, monkeypatch):
             assert_locked()
             checked.append(name)
             return real(*args)
+
         return wrapper
 
     rec = EpisodeRecorder(str(tmp_path), 0, 15, W, H)
@@ -273,8 +286,12 @@ def test_read_only_folder_fails_at_construction(tmp_path):
         folder.chmod(0o500)
         expected = "Permission denied"
     else:
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
-                                 capture_output=True, text=True, timeout=60)
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if mounted.returncode != 0:
             pytest.skip(f"cannot mount a read-only tmpfs here: {mounted.stderr.strip()}")
         expected = "Read-only file system"

@@ -1,4 +1,5 @@
 """PrioritizedReplay: chunk validation, stack reconstruction, IS weights, priorities, eviction."""
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -8,25 +9,26 @@ from actor.chunks import ChunkBuilder
 from common.config import MAX_N_STEP
 from replay_server.buffer import ChunkError, PrioritizedReplay
 
-S = 4              # frame stack
+S = 4  # frame stack
 ACTIONS = 7
 GAMMA = 0.9
 
 
 def make_buffer(capacity: int, alpha: float = 0.6, frame_size: int = 8) -> PrioritizedReplay:
-    return PrioritizedReplay(capacity, frame_size=frame_size, frame_stack=S, alpha=alpha,
-                             num_actions=ACTIONS)
+    return PrioritizedReplay(capacity, frame_size=frame_size, frame_stack=S, alpha=alpha, num_actions=ACTIONS)
 
 
 def fresh_chunk(n: int, frame_size: int = 8) -> dict:
     """A valid one-step chunk of n transitions that starts an episode and ends it with a terminal
     step: n + 1 frames, reset stack first, next obs one frame on, bootstrap gamma (0 at the end)."""
     obs = np.arange(n)[:, None] + np.arange(S)[None, :] - (S - 1)
-    return {"frames": np.zeros((n + 1, frame_size, frame_size), np.uint8),
-            "stack": np.maximum(np.concatenate([obs, obs + 1], axis=1), 0).astype(np.int32),
-            "actions": (np.arange(n) % ACTIONS).astype(np.uint8),
-            "rewards": np.linspace(-1, 1, n).astype(np.float32),
-            "bootstraps": np.where(np.arange(n) == n - 1, 0.0, GAMMA).astype(np.float32)}
+    return {
+        "frames": np.zeros((n + 1, frame_size, frame_size), np.uint8),
+        "stack": np.maximum(np.concatenate([obs, obs + 1], axis=1), 0).astype(np.int32),
+        "actions": (np.arange(n) % ACTIONS).astype(np.uint8),
+        "rewards": np.linspace(-1, 1, n).astype(np.float32),
+        "bootstraps": np.where(np.arange(n) == n - 1, 0.0, GAMMA).astype(np.float32),
+    }
 
 
 def add(buf: PrioritizedReplay, n: int) -> np.ndarray:
@@ -45,6 +47,7 @@ def assert_live_priorities(buf: PrioritizedReplay, priorities) -> None:
 
 # --- chunk validation ----------------------------------------------------------------------------
 
+
 def _set(key, value):
     return lambda c: {**c, key: value(c) if callable(value) else value}
 
@@ -54,6 +57,7 @@ def _stack_entry(value, column=3):
         stack = c["stack"].copy()
         stack[2, column] = value
         return {**c, "stack": stack}
+
     return mutate
 
 
@@ -70,8 +74,8 @@ MALFORMED = {
     "next-obs index past last frame": _stack_entry(6, column=2 * S - 1),
     "negative next-obs index": _stack_entry(-1, column=S),
     "stack of S columns": _set("stack", lambda c: c["stack"][:, :S]),
-    "stack of S + 1 columns (one-step format)": _set("stack", lambda c: c["stack"][:, :S + 1]),
-    "stack of 2S - 1 columns": _set("stack", lambda c: c["stack"][:, :2 * S - 1]),
+    "stack of S + 1 columns (one-step format)": _set("stack", lambda c: c["stack"][:, : S + 1]),
+    "stack of 2S - 1 columns": _set("stack", lambda c: c["stack"][:, : 2 * S - 1]),
     "stack of 2S + 1 columns": _set("stack", lambda c: np.concatenate([c["stack"], c["stack"][:, :1]], axis=1)),
     "flat stack": _set("stack", lambda c: c["stack"].ravel()),
     "float stack": _set("stack", lambda c: c["stack"].astype(np.float32)),
@@ -98,9 +102,13 @@ MALFORMED = {
     "0-d rewards": _set("rewards", np.array(0, np.float32)),
     "0-d frames": _set("frames", np.array(0, np.uint8)),
     "2-D actions": _set("actions", lambda c: c["actions"][:, None]),
-    "no transitions": lambda c: {"frames": c["frames"][:1], "stack": np.zeros((0, 2 * S), np.int32),
-                                 "actions": np.zeros(0, np.uint8), "rewards": np.zeros(0, np.float32),
-                                 "bootstraps": np.zeros(0, np.float32)},
+    "no transitions": lambda c: {
+        "frames": c["frames"][:1],
+        "stack": np.zeros((0, 2 * S), np.int32),
+        "actions": np.zeros(0, np.uint8),
+        "rewards": np.zeros(0, np.float32),
+        "bootstraps": np.zeros(0, np.float32),
+    },
     "no frames": _set("frames", lambda c: c["frames"][:0]),
     "more than n + S + MAX_N_STEP frames": _set("frames", np.zeros((5 + S + MAX_N_STEP + 1, 8, 8), np.uint8)),
 }
@@ -112,9 +120,16 @@ def test_valid_chunk_is_accepted():
     assert len(buf) == 5 and buf.inserted == 5
 
 
-@pytest.mark.parametrize("bootstraps", [
-    np.zeros(5, np.float32), np.ones(5, np.float32), np.array([1.0, 0.0, GAMMA ** 3, 1e-30, GAMMA], np.float64),
-    np.array([GAMMA] * 4 + [GAMMA ** 2], np.float16)], ids=["all 0", "all 1", "float64 mix", "float16"])
+@pytest.mark.parametrize(
+    "bootstraps",
+    [
+        np.zeros(5, np.float32),
+        np.ones(5, np.float32),
+        np.array([1.0, 0.0, GAMMA**3, 1e-30, GAMMA], np.float64),
+        np.array([GAMMA] * 4 + [GAMMA**2], np.float16),
+    ],
+    ids=["all 0", "all 1", "float64 mix", "float16"],
+)
 def test_bootstraps_anywhere_in_0_1_are_accepted_and_stored(bootstraps):
     """Both ends of [0, 1] are valid (gamma = 1 gives bootstrap 1), whatever the float width."""
     buf = make_buffer(16)
@@ -187,22 +202,33 @@ def test_state_arrays_carry_bootstraps_and_round_trip():
 
 # --- stack reconstruction ------------------------------------------------------------------------
 
+
 @dataclass
 class Transition:
-    obs: list          # frame numbers the env stacks as the observation
-    next: list         # ... and as the observation min(n, steps left) steps later
+    obs: list  # frame numbers the env stacks as the observation
+    next: list  # ... and as the observation min(n, steps left) steps later
     action: int
-    reward: float      # discounted return over those steps
-    bootstrap: float   # gamma^k, 0 when the episode terminated within those k steps
+    reward: float  # discounted return over those steps
+    bootstrap: float  # gamma^k, 0 when the episode terminated within those k steps
 
 
 # (steps, how the episode ends): one-step episodes, truncated ones (they still bootstrap), episodes
 # shorter and longer than n, chunk cuts mid-episode (the 23-step one has chunks with transitions
 # pending at both ends: the most frames a chunk carries); the last one is cut by the actor stopping
 # (flush_pending), which counts as a truncation.
-EPISODES = [(7, "terminated"), (1, "terminated"), (12, "truncated"), (3, "terminated"), (1, "truncated"),
-            (23, "terminated"), (9, "terminated"), (5, "terminated"), (2, "truncated"), (2, "terminated"),
-            (8, "stopped")]
+EPISODES = [
+    (7, "terminated"),
+    (1, "terminated"),
+    (12, "truncated"),
+    (3, "terminated"),
+    (1, "truncated"),
+    (23, "terminated"),
+    (9, "terminated"),
+    (5, "terminated"),
+    (2, "truncated"),
+    (2, "terminated"),
+    (8, "stopped"),
+]
 CHUNK_SIZE = 5
 
 
@@ -218,10 +244,11 @@ def expected_transitions(frames: list, actions: list, rewards: list, end: str, n
         k = min(n_step, steps - t)
         ret = 0.0
         for i in range(k):
-            ret += GAMMA ** i * float(rewards[t + i])
+            ret += GAMMA**i * float(rewards[t + i])
         ends_inside = end == "terminated" and t + k == steps
-        out.append(Transition(env_obs(frames, t), env_obs(frames, t + k), actions[t], ret,
-                              0.0 if ends_inside else GAMMA ** k))
+        out.append(
+            Transition(env_obs(frames, t), env_obs(frames, t + k), actions[t], ret, 0.0 if ends_inside else GAMMA**k)
+        )
     return out
 
 
@@ -244,8 +271,13 @@ def play_episodes(seed: int = 0, n_step: int = 1) -> tuple[list[dict], list[Tran
             k += 1
             action, reward = int(rng.integers(ACTIONS)), np.float32(rng.normal())
             last = t == steps - 1
-            builder.add(np.full((84, 84), k, np.uint8), action, float(reward),
-                        terminated=last and end == "terminated", truncated=last and end == "truncated")
+            builder.add(
+                np.full((84, 84), k, np.uint8),
+                action,
+                float(reward),
+                terminated=last and end == "terminated",
+                truncated=last and end == "truncated",
+            )
             frames.append(k)
             actions.append(action)
             rewards.append(reward)
@@ -286,11 +318,15 @@ def test_reference_model_on_a_tiny_episode():
     """Sanity of the independent model itself on a tiny case (n=3, 4 steps, terminated)."""
     got = expected_transitions([10, 11, 12, 13, 14], [0, 1, 2, 3], [1.0, 2.0, 3.0, 4.0], "terminated", 3)
     assert [(t.obs, t.next) for t in got] == [
-        ([10, 10, 10, 10], [10, 11, 12, 13]), ([10, 10, 10, 11], [11, 12, 13, 14]),
-        ([10, 10, 11, 12], [11, 12, 13, 14]), ([10, 11, 12, 13], [11, 12, 13, 14])]
-    assert [t.reward for t in got] == pytest.approx([1 + 2 * GAMMA + 3 * GAMMA ** 2, 2 + 3 * GAMMA + 4 * GAMMA ** 2,
-                                                     3 + 4 * GAMMA, 4.0])
-    assert [t.bootstrap for t in got] == pytest.approx([GAMMA ** 3, 0.0, 0.0, 0.0])
+        ([10, 10, 10, 10], [10, 11, 12, 13]),
+        ([10, 10, 10, 11], [11, 12, 13, 14]),
+        ([10, 10, 11, 12], [11, 12, 13, 14]),
+        ([10, 11, 12, 13], [11, 12, 13, 14]),
+    ]
+    assert [t.reward for t in got] == pytest.approx(
+        [1 + 2 * GAMMA + 3 * GAMMA**2, 2 + 3 * GAMMA + 4 * GAMMA**2, 3 + 4 * GAMMA, 4.0]
+    )
+    assert [t.bootstrap for t in got] == pytest.approx([GAMMA**3, 0.0, 0.0, 0.0])
 
 
 @pytest.mark.parametrize("n_step", [1, 3])
@@ -328,9 +364,10 @@ def test_sampled_stacks_survive_eviction_and_ring_wraparound(n_step):
 
 # --- importance-sampling weights -----------------------------------------------------------------
 
+
 def expected_weights(priorities: np.ndarray, alpha: float, beta: float) -> np.ndarray:
     """w_i = (N P(i))^-beta / max_j (N P(j))^-beta with P(i) = p_i^alpha / sum p^alpha."""
-    probs = priorities ** alpha / np.sum(priorities ** alpha)
+    probs = priorities**alpha / np.sum(priorities**alpha)
     raw = (len(priorities) * probs) ** -beta
     return raw / raw.max()
 
@@ -344,8 +381,7 @@ def test_importance_weights_are_exact(alpha, beta):
     assert_live_priorities(buf, priorities)
     batch = buf.sample(256, beta, np.random.default_rng(5))
     assert batch.weights.dtype == np.float32
-    np.testing.assert_allclose(batch.weights, expected_weights(priorities, alpha, beta)[batch.ids],
-                               rtol=1e-6)
+    np.testing.assert_allclose(batch.weights, expected_weights(priorities, alpha, beta)[batch.ids], rtol=1e-6)
     if beta == 0 or alpha == 0:
         assert np.all(batch.weights == 1.0)
     else:
@@ -361,8 +397,7 @@ def test_importance_weights_normalise_by_buffer_not_batch():
     buf.update_priorities(ids, priorities)
     batch = buf.sample(8, 1.0, np.random.default_rng(7))
     assert 0 not in batch.ids
-    np.testing.assert_allclose(batch.weights, expected_weights(priorities, 1.0, 1.0)[batch.ids],
-                               rtol=1e-6)
+    np.testing.assert_allclose(batch.weights, expected_weights(priorities, 1.0, 1.0)[batch.ids], rtol=1e-6)
     assert batch.weights.max() < 1e-3
 
 
@@ -372,7 +407,7 @@ def test_importance_weights_normalise_by_smallest_live_priority():
     old, ids = add(buf, 5), add(buf, 5)
     buf.update_priorities(old, np.full(5, 1e-3))
     buf.update_priorities(ids, [1.0, 2.0, 3.0, 4.0, 5.0])
-    new = add(buf, 5)                              # evicts `old`; new ones get max priority 5
+    new = add(buf, 5)  # evicts `old`; new ones get max priority 5
     live = np.concatenate([ids, new])
     priorities = np.array([1.0, 2.0, 3.0, 4.0, 5.0] + [5.0] * 5)
     batch = buf.sample(200, 0.5, np.random.default_rng(6))
@@ -382,6 +417,7 @@ def test_importance_weights_normalise_by_smallest_live_priority():
 
 
 # --- priorities and eviction ---------------------------------------------------------------------
+
 
 def test_new_transitions_get_the_largest_priority_seen():
     buf = make_buffer(32, alpha=0.5)
@@ -400,8 +436,8 @@ def test_stale_and_unknown_ids_are_ignored():
     """An id whose slot now holds a newer transition or a future id (from a replay server before its
     restart) changes nothing: not the priorities and not max_priority."""
     buf = make_buffer(8, alpha=0.6)
-    old = add(buf, 5)                    # ids 0..4
-    new = add(buf, 5)                    # ids 5..9: evicts 0..4, ids 8 and 9 reuse slots of 0 and 1
+    old = add(buf, 5)  # ids 0..4
+    new = add(buf, 5)  # ids 5..9: evicts 0..4, ids 8 and 9 reuse slots of 0 and 1
     assert buf.update_priorities(old, np.full(5, 50.0)) == 0
     assert buf.update_priorities([0, 1, 9, 100, 2**62], [50.0, 50.0, 2.0, 50.0, 50.0]) == 1
     assert buf.max_priority == 2.0
@@ -409,9 +445,18 @@ def test_stale_and_unknown_ids_are_ignored():
     assert buf.update_priorities(new, np.full(5, 0.5)) == 5
 
 
-@pytest.mark.parametrize("ids, priorities", [
-    ([0, 1], [1.0]), ([0], [0.0]), ([0], [-1.0]), ([0], [np.nan]), ([0], [np.inf]), ([0, -3], [1.0, 1.0]),
-    ([-2**63], [1.0])])
+@pytest.mark.parametrize(
+    "ids, priorities",
+    [
+        ([0, 1], [1.0]),
+        ([0], [0.0]),
+        ([0], [-1.0]),
+        ([0], [np.nan]),
+        ([0], [np.inf]),
+        ([0, -3], [1.0, 1.0]),
+        ([-(2**63)], [1.0]),
+    ],
+)
 def test_invalid_priority_updates_raise(ids, priorities):
     buf = make_buffer(8)
     add(buf, 3)
@@ -427,7 +472,7 @@ def test_eviction_removes_whole_oldest_chunks_only_as_needed():
     would not fit beside the live ones."""
     buf = make_buffer(10)
     sizes = [3, 4, 1, 5, 2, 1, 1, 1, 1, 1, 6, 3, 10, 2, 1, 4]
-    chunks = []                                  # ids per chunk, oldest first
+    chunks = []  # ids per chunk, oldest first
     for n in sizes:
         chunks.append(add(buf, n))
         assert len(buf) <= buf.capacity
@@ -437,9 +482,9 @@ def test_eviction_removes_whole_oldest_chunks_only_as_needed():
         first_live = live.index(True)
         assert all(live[first_live:]) and not any(live[:first_live])
         assert len(buf) == sum(applied)
-        if first_live > 0:                       # the youngest evicted chunk had to go
+        if first_live > 0:  # the youngest evicted chunk had to go
             n_back = len(chunks[first_live - 1])
             transitions = len(buf) + n_back
-            frames = sum(len(ids) + 1 for ids in chunks[first_live - 1:])
+            frames = sum(len(ids) + 1 for ids in chunks[first_live - 1 :])
             assert transitions > buf.capacity or frames > buf.frame_capacity
     assert buf.inserted == sum(sizes)

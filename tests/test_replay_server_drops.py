@@ -1,5 +1,6 @@
 """The replay server's receive loop: whatever a handler raises, that message is dropped and counted
 (the reason logged, rate-limited), and the loop goes on to the next one."""
+
 import pytest
 import zmq
 
@@ -27,8 +28,16 @@ def bare_server(logs: list) -> ReplayServer:
     return server
 
 
-@pytest.mark.parametrize("error", [TypeError("len() of unsized object"), KeyError("actions"), IndexError("x"),
-                                   ProtocolError("bad"), ZeroDivisionError("division by zero")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        TypeError("len() of unsized object"),
+        KeyError("actions"),
+        IndexError("x"),
+        ProtocolError("bad"),
+        ZeroDivisionError("division by zero"),
+    ],
+)
 def test_any_handler_error_drops_and_counts_that_message_only(error):
     logs, handled = [], []
 
@@ -49,6 +58,7 @@ def test_any_handler_error_drops_and_counts_that_message_only(error):
 def sample_server(logs: list) -> ReplayServer:
     """What _on_learner_message needs for sample requests (frames do not live in shared memory)."""
     from common.config import Config
+
     server = bare_server(logs)
     server.config = Config()
     server.pending = __import__("collections").deque()
@@ -58,6 +68,7 @@ def sample_server(logs: list) -> ReplayServer:
 
 def sample(batch_size: int = 256) -> bytes:
     from common.protocol import encode
+
     return encode("sample", batch_size=batch_size, beta=0.4)
 
 
@@ -65,12 +76,13 @@ def test_one_peer_cannot_crowd_out_the_learners_waiting_requests():
     """Before learning_starts requests wait. A flood from one peer is refused past its share, and a full
     queue refuses the newest, never evicting the learner's requests that came first."""
     server = sample_server([])
-    server._drain(FakeSocket([[b"learner", sample()]] * 2 + [[b"flood", sample()]] * 200),
-                  server._on_learner_message, limit=1000)
+    server._drain(
+        FakeSocket([[b"learner", sample()]] * 2 + [[b"flood", sample()]] * 200), server._on_learner_message, limit=1000
+    )
     assert [p[0] for p in server.pending].count(b"learner") == 2
     assert [p[0] for p in server.pending].count(b"flood") == 8
     assert server.counters["dropped"] == 192
-    for peer in range(100):                   # many peers: the queue fills, the oldest requests stay
+    for peer in range(100):  # many peers: the queue fills, the oldest requests stay
         server._drain(FakeSocket([[b"peer%d" % peer, sample()]]), server._on_learner_message, limit=1)
     assert len(server.pending) == 64 and server.pending[0][0] == b"learner" and server.pending[1][0] == b"learner"
 

@@ -1,5 +1,6 @@
 """Checkpoints and resume through the real processes: counters continue, state is identical,
 snapshots are consistent with their .pth, and bad checkpoints are refused cleanly."""
+
 import hashlib
 import os
 import shutil
@@ -22,8 +23,9 @@ pytestmark = pytest.mark.slow
 
 
 def _replay(path, config: Config) -> tuple[PrioritizedReplay, dict]:
-    buffer = PrioritizedReplay(config.replay_capacity, config.frame_size, config.frame_stack,
-                               config.per_alpha, config.num_actions)
+    buffer = PrioritizedReplay(
+        config.replay_capacity, config.frame_size, config.frame_stack, config.per_alpha, config.num_actions
+    )
     return buffer, read_snapshot(path, buffer)
 
 
@@ -34,9 +36,12 @@ def _transitions(buffer: PrioritizedReplay) -> dict[int, tuple]:
     f_head, f_live = int(state["heads"][1]), int(state["heads"][3])
     for k, frame in enumerate(np.concatenate([state["frames"], state["frames_wrapped"]])):
         frames_by_slot[(f_head - f_live + k) % buffer.frame_capacity] = frame
-    return {int(i): (np.stack([frames_by_slot[int(s)] for s in stack]), int(a), float(r), bool(d), float(p))
-            for i, stack, a, r, d, p in zip(state["ids"], state["stack"], state["actions"], state["rewards"],
-                                            state["bootstraps"], state["priorities"])}
+    return {
+        int(i): (np.stack([frames_by_slot[int(s)] for s in stack]), int(a), float(r), bool(d), float(p))
+        for i, stack, a, r, d, p in zip(
+            state["ids"], state["stack"], state["actions"], state["rewards"], state["bootstraps"], state["priorities"]
+        )
+    }
 
 
 def _folder_state(folder) -> dict:
@@ -99,9 +104,10 @@ def test_resume_continues_counters_and_restores_identical_state(launch, finished
         assert np.array_equal(frames, got[0]) and (action, reward, bootstrap, priority) == got[1:], transition_id
 
     log_after = (folder / "log.txt").read_text().splitlines()
-    assert log_after[:len(log_before)] == log_before, "log.txt appended, not rewritten"
-    assert log_after[len(log_before)].endswith(f"] Resumed from checkpoint_final.pth: episode {len(log_before)}, 4000 "
-                                               "env steps (numbering goes on from there)")
+    assert log_after[: len(log_before)] == log_before, "log.txt appended, not rewritten"
+    assert log_after[len(log_before)].endswith(
+        f"] Resumed from checkpoint_final.pth: episode {len(log_before)}, 4000 env steps (numbering goes on from there)"
+    )
     episodes = [line for line in log_after if "] Episode " in line]
     numbers = [int(line.split("Episode ")[1].split(",")[0]) for line in episodes]
     assert numbers == list(range(1, len(episodes) + 1)), "episode numbers continue"
@@ -112,8 +118,15 @@ def test_resume_continues_counters_and_restores_identical_state(launch, finished
 def test_checkpoints_taken_while_training_are_consistent(launch):
     """checkpoint.pth taken every 100 episodes while actor and learner run: its counters and its
     replay snapshot describe the same moment."""
-    run = launch(*FAST_TEST_ENV, "--max-steps", "6000", "--set", "checkpoint_every_episodes=100",
-                 "--set", "checkpoint_time_share=1")      # every 100 episodes, however long saving takes
+    run = launch(
+        *FAST_TEST_ENV,
+        "--max-steps",
+        "6000",
+        "--set",
+        "checkpoint_every_episodes=100",
+        "--set",
+        "checkpoint_time_share=1",
+    )  # every 100 episodes, however long saving takes
     assert run.wait(120) == 0, run.output()
     assert run.output().count("saved checkpoint.pth with replay memory") >= 2
     state = load_checkpoint(str(run.run_dir / "checkpoint.pth"))
@@ -128,8 +141,14 @@ def test_checkpoints_taken_while_training_are_consistent(launch):
 
 
 def _resume_cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "launch.py", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=120, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "launch.py", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def _write(path, kind: str, source) -> None:
@@ -144,20 +163,23 @@ def _write(path, kind: str, source) -> None:
         save_checkpoint({"online": {}, "counters": {"updates": 1}}, str(path))
     elif kind == "other-actions":
         DQNLearner(Config(num_actions=12), torch.device("cpu")).save(str(path))
-    elif kind == "networks-for-other-frames":      # 64x64 networks under a config that says 84x84
+    elif kind == "networks-for-other-frames":  # 64x64 networks under a config that says 84x84
         state = DQNLearner(Config(frame_size=64), torch.device("cpu")).state_dict()
         save_checkpoint({**state, "config": Config().to_dict()}, str(path))
 
 
-@pytest.mark.parametrize("kind, reason", [
-    ("missing", "no such file or folder"),
-    ("truncated", "not a readable checkpoint"),
-    ("corrupt", "not a readable checkpoint"),
-    ("wrong-format", "not a mario-apex checkpoint"),
-    ("no-config", "damaged checkpoint (no config or counters)"),
-    ("other-actions", "num_actions is 12 but the env's action set (simple) has 7"),
-    ("networks-for-other-frames", "incompatible online network"),
-])
+@pytest.mark.parametrize(
+    "kind, reason",
+    [
+        ("missing", "no such file or folder"),
+        ("truncated", "not a readable checkpoint"),
+        ("corrupt", "not a readable checkpoint"),
+        ("wrong-format", "not a mario-apex checkpoint"),
+        ("no-config", "damaged checkpoint (no config or counters)"),
+        ("other-actions", "num_actions is 12 but the env's action set (simple) has 7"),
+        ("networks-for-other-frames", "incompatible online network"),
+    ],
+)
 def test_bad_checkpoint_is_refused_with_one_line_and_nothing_overwritten(finished_run, tmp_path, kind, reason):
     folder = finished_run.run_dir
     bad = tmp_path / "bad" / "checkpoint.pth"
@@ -181,8 +203,10 @@ def test_incompatible_override_is_refused(finished_run):
     before = _folder_state(folder)
     result = _resume_cli("--resume", str(folder), "--set", "frame_size=64", "--headless")
     assert result.returncode == 2
-    assert result.stderr.strip() == (f"launch.py: error: {folder / 'checkpoint_final.pth'}: incompatible: it was "
-                                     "trained with frame_size=84, this run has frame_size=64")
+    assert result.stderr.strip() == (
+        f"launch.py: error: {folder / 'checkpoint_final.pth'}: incompatible: it was "
+        "trained with frame_size=84, this run has frame_size=64"
+    )
     assert _folder_state(folder) == before
 
 
@@ -193,12 +217,24 @@ def test_terminal_start_asks_to_resume_and_loads_on_l(finished_copy, tmp_path):
     import select
     import signal
     import time
+
     runs_dir = finished_copy.parent
     master, slave = pty.openpty()
-    args = [sys.executable, "launch.py", "--runs-dir", str(runs_dir), "--headless", "--no-video",
-            "--base-port", str(free_base_port()), "--max-steps", "50"]
-    proc = subprocess.Popen(args, cwd=REPO, stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    args = [
+        sys.executable,
+        "launch.py",
+        "--runs-dir",
+        str(runs_dir),
+        "--headless",
+        "--no-video",
+        "--base-port",
+        str(free_base_port()),
+        "--max-steps",
+        "50",
+    ]
+    proc = subprocess.Popen(
+        args, cwd=REPO, stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
     os.close(slave)
     try:
         output, deadline = b"", time.monotonic() + 60
@@ -227,8 +263,11 @@ def test_a_run_folder_resumes_from_the_newest_checkpoint_preferring_one_with_rep
     from launcher.resume import find_checkpoint
 
     def save(name, updates, replay_file=""):
-        save_checkpoint({"counters": {"updates": updates, "env_steps": 10 * updates, "replay_file": replay_file}},
-                        str(tmp_path / name))
+        save_checkpoint(
+            {"counters": {"updates": updates, "env_steps": 10 * updates, "replay_file": replay_file}},
+            str(tmp_path / name),
+        )
+
     save("checkpoint.pth", 500, "checkpoint-1.replay.npz")
     save("checkpoint_final.pth", 400, "checkpoint_final-2.replay.npz")
     assert find_checkpoint(str(tmp_path)).endswith("/checkpoint.pth"), "newer by its counters"
@@ -241,6 +280,7 @@ def test_a_run_folder_resumes_from_the_newest_checkpoint_preferring_one_with_rep
 def test_a_resumed_runs_evaluations_go_on_from_the_last_one_in_log_txt(tmp_path):
     """Item 11: evaluation numbers do not start again at 1 after --resume (the launcher counts on from here)."""
     from launcher.episode_log import EpisodeLog
+
     log = EpisodeLog(str(tmp_path / "log.txt"))
     assert log.last_eval_number() == 0, "no file yet"
     episode = {"reward": 1.0, "actor": 0, "steps": 10, "x_pos": 40, "flag": False, "epsilon": 0.5, "env_steps": 9}

@@ -1,4 +1,5 @@
 """Bad input from the network and from the machine: servers drop and count, never die."""
+
 import glob
 import json
 import math
@@ -22,20 +23,46 @@ pytestmark = pytest.mark.slow
 
 def _bad_messages(rng: np.random.Generator) -> list[list[bytes]]:
     """Malformed, truncated, wrong-type and wrong-shape messages, each one ZeroMQ message."""
-    valid_chunk = encode("transitions", actor=0, frames=np.zeros((2, 84, 84), np.uint8),
-                         stack=np.array([[0, 0, 0, 0, 0, 0, 0, 1]], np.int32), actions=np.zeros(1, np.uint8),
-                         rewards=np.zeros(1, np.float32), bootstraps=np.ones(1, np.float32))
-    messages = [[rng.bytes(int(rng.integers(1, 300)))] for _ in range(40)]                # garbage
-    messages += [[valid_chunk[:cut]] for cut in rng.integers(1, len(valid_chunk), 40)]    # truncated
-    messages += [[msgpack.packb([1, 2, 3])], [msgpack.packb({"v": 99, "t": "transitions"})],
-                 [msgpack.packb({"v": 1, "t": "exec"})], [encode("sample", batch_size=32, beta=0.5)],
-                 [valid_chunk, valid_chunk],                                              # two parts
-                 [encode("transitions", actor=0, frames=np.zeros((1, 84, 84), np.uint8),   # index out of range
-                         stack=np.array([[0, 0, 0, 0, 0, 0, 0, 7]], np.int32), actions=np.zeros(1, np.uint8),
-                         rewards=np.zeros(1, np.float32), bootstraps=np.ones(1, np.float32))],
-                 [encode("transitions", actor=0, frames=np.zeros((2, 84, 84), np.float32),  # wrong dtype
-                         stack=np.array([[0, 0, 0, 0, 0, 0, 0, 1]], np.int32), actions=np.zeros(1, np.uint8),
-                         rewards=np.zeros(1, np.float32), bootstraps=np.ones(1, np.float32))]]
+    valid_chunk = encode(
+        "transitions",
+        actor=0,
+        frames=np.zeros((2, 84, 84), np.uint8),
+        stack=np.array([[0, 0, 0, 0, 0, 0, 0, 1]], np.int32),
+        actions=np.zeros(1, np.uint8),
+        rewards=np.zeros(1, np.float32),
+        bootstraps=np.ones(1, np.float32),
+    )
+    messages = [[rng.bytes(int(rng.integers(1, 300)))] for _ in range(40)]  # garbage
+    messages += [[valid_chunk[:cut]] for cut in rng.integers(1, len(valid_chunk), 40)]  # truncated
+    messages += [
+        [msgpack.packb([1, 2, 3])],
+        [msgpack.packb({"v": 99, "t": "transitions"})],
+        [msgpack.packb({"v": 1, "t": "exec"})],
+        [encode("sample", batch_size=32, beta=0.5)],
+        [valid_chunk, valid_chunk],  # two parts
+        [
+            encode(
+                "transitions",
+                actor=0,
+                frames=np.zeros((1, 84, 84), np.uint8),  # index out of range
+                stack=np.array([[0, 0, 0, 0, 0, 0, 0, 7]], np.int32),
+                actions=np.zeros(1, np.uint8),
+                rewards=np.zeros(1, np.float32),
+                bootstraps=np.ones(1, np.float32),
+            )
+        ],
+        [
+            encode(
+                "transitions",
+                actor=0,
+                frames=np.zeros((2, 84, 84), np.float32),  # wrong dtype
+                stack=np.array([[0, 0, 0, 0, 0, 0, 0, 1]], np.int32),
+                actions=np.zeros(1, np.uint8),
+                rewards=np.zeros(1, np.float32),
+                bootstraps=np.ones(1, np.float32),
+            )
+        ],
+    ]
     return messages
 
 
@@ -44,7 +71,7 @@ def test_servers_survive_bad_messages_and_count_them(launch):
     one is dropped and counted, nothing dies, and training goes on afterwards."""
     run = launch(*FAST_TEST_ENV)
     run.wait_for_updates(1)
-    for offset in range(3):        # on loopback no TCP port is open: the attacks below come in as this user
+    for offset in range(3):  # on loopback no TCP port is open: the attacks below come in as this user
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", run.base_port + offset), timeout=5).close()
     rng = np.random.default_rng(7)
@@ -58,18 +85,18 @@ def test_servers_survive_bad_messages_and_count_them(launch):
         for parts in _bad_messages(rng):
             push.send_multipart(parts)
             sent += 1
-        for parts in _bad_messages(rng)[:-4]:     # the last four are valid on the sample socket or actor-only
+        for parts in _bad_messages(rng)[:-4]:  # the last four are valid on the sample socket or actor-only
             dealer.send_multipart(parts)
             sent += 1
-    dealer.send_multipart([b"x"] * 3)              # ROUTER sees 4 parts: dropped too
+    dealer.send_multipart([b"x"] * 3)  # ROUTER sees 4 parts: dropped too
     sent += 1
-    dealer.send(encode("sample", batch_size=4, beta=0.5, ids=np.array([0, 1])))   # ids without priorities
+    dealer.send(encode("sample", batch_size=4, beta=0.5, ids=np.array([0, 1])))  # ids without priorities
     sent += 1
     dealer.send(encode("sample", batch_size=4, beta=0.5, ids=np.array([0, 1]), priorities=np.array([np.nan, 1.0])))
-    sent += 1                                      # its NaN priorities are dropped and counted ...
+    sent += 1  # its NaN priorities are dropped and counted ...
     assert dealer.poll(30_000), "... but the batch it asked for still comes"
     assert decode_parts(dealer.recv_multipart(), 64 << 20, expect=("batch",))["ids"].shape == (4,)
-    oversized = ctx.socket(zmq.PUSH)               # over max_message_bytes: refused by ZeroMQ itself
+    oversized = ctx.socket(zmq.PUSH)  # over max_message_bytes: refused by ZeroMQ itself
     oversized.connect(f"ipc://{run.channel_path(0)}")
     oversized.send(b"\0" * (64 * 1024 * 1024 + 1))
     for sock in (push, dealer, oversized):
@@ -77,7 +104,7 @@ def test_servers_survive_bad_messages_and_count_them(launch):
     ctx.term()
 
     episodes_after_fuzz = len(run.log_lines())
-    run.wait_for_episodes(episodes_after_fuzz + 20)     # the actor keeps playing and sending
+    run.wait_for_episodes(episodes_after_fuzz + 20)  # the actor keeps playing and sending
     run.interrupt()
     assert run.wait(10) == 130, run.output()
     summary = run.summary()
@@ -89,8 +116,10 @@ def test_servers_survive_bad_messages_and_count_them(launch):
     assert "exited unexpectedly" not in run.output()
 
 
-BUSY = "launch.py: error: cannot bind {address}: address already in use (is another run using these ports? try " \
-       "--base-port or --bind)"
+BUSY = (
+    "launch.py: error: cannot bind {address}: address already in use (is another run using these ports? try "
+    "--base-port or --bind)"
+)
 
 
 @pytest.mark.parametrize("offset", [0, 1, 2])
@@ -118,8 +147,9 @@ def test_a_busy_tcp_port_is_a_clear_error(launch):
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", base_port + 1))
         blocker.listen()
-        run = launch(*FAST_TEST_ENV, "--max-steps", "100", "--set", "local_ipc=false", "--insecure",
-                     base_port=base_port)
+        run = launch(
+            *FAST_TEST_ENV, "--max-steps", "100", "--set", "local_ipc=false", "--insecure", base_port=base_port
+        )
         assert run.wait(60) == 2, run.output()
     assert run.output().splitlines() == [BUSY.format(address=f"tcp://127.0.0.1:{base_port + 1}")]
 
@@ -138,7 +168,7 @@ def test_ten_thousand_bad_messages_at_every_bound_port(launch):
     push.connect(f"ipc://{run.channel_path(0)}")
     dealer = ctx.socket(zmq.DEALER)
     dealer.connect(f"ipc://{run.channel_path(1)}")
-    xsub = ctx.socket(zmq.XSUB)             # the only socket type that may talk to a PUB: junk "subscriptions"
+    xsub = ctx.socket(zmq.XSUB)  # the only socket type that may talk to a PUB: junk "subscriptions"
     xsub.connect(f"ipc://{run.channel_path(2)}")
     sent = 0
     for i in range(10_000):
@@ -146,7 +176,7 @@ def test_ten_thousand_bad_messages_at_every_bound_port(launch):
         dealer.send_multipart(pool[i % (len(pool) - 4)] if i % 2 else [rng.bytes(int(rng.integers(1, 2000)))])
         xsub.send(rng.bytes(int(rng.integers(1, 200))))
         sent += 2
-    for offset in (0, 1):       # oversized: ZeroMQ drops the connection itself
+    for offset in (0, 1):  # oversized: ZeroMQ drops the connection itself
         big = ctx.socket(zmq.PUSH if offset == 0 else zmq.DEALER)
         big.connect(f"ipc://{run.channel_path(offset)}")
         big.send(b"\0" * (64 * 1024 * 1024 + 1))
@@ -167,7 +197,7 @@ def test_ten_thousand_bad_messages_at_every_bound_port(launch):
 
     run.wait_for(lambda: run.status_value("updates") > 0 and "dropped" in run.output(), 30, "the drops")
     updates = run.status_value("updates")
-    run.wait_for_updates(updates + 20, timeout=120)           # training goes on
+    run.wait_for_updates(updates + 20, timeout=120)  # training goes on
     run.interrupt()
     assert run.wait(10) == 130, run.output()
     summary = run.summary()
@@ -179,8 +209,14 @@ def test_ten_thousand_bad_messages_at_every_bound_port(launch):
 
 def _chunk(**changes) -> dict:
     """A valid one-transition chunk (the test env: 84x84 frames, stack 4, 7 actions), with changes."""
-    fields = dict(actor=0, frames=np.zeros((2, 84, 84), np.uint8), stack=np.array([[0, 0, 0, 0, 0, 0, 0, 1]], np.int32),
-                  actions=np.zeros(1, np.uint8), rewards=np.zeros(1, np.float32), bootstraps=np.ones(1, np.float32))
+    fields = dict(
+        actor=0,
+        frames=np.zeros((2, 84, 84), np.uint8),
+        stack=np.array([[0, 0, 0, 0, 0, 0, 0, 1]], np.int32),
+        actions=np.zeros(1, np.uint8),
+        rewards=np.zeros(1, np.float32),
+        bootstraps=np.ones(1, np.float32),
+    )
     return {**fields, **changes}
 
 
@@ -192,25 +228,35 @@ def _raw(msg_type: str, **fields) -> bytes:
 def _wrong_actor_messages() -> list[bytes]:
     """Well-formed messages to replay-in whose content is wrong."""
     episode = dict(actor=0, episode=1, reward=1.0, steps=10, x_pos=5, flag=False, epsilon=0.5, actor_steps=10)
-    big = 20_001      # over replay_capacity (20000 in FAST_TEST_ENV)
+    big = 20_001  # over replay_capacity (20000 in FAST_TEST_ENV)
     return [
-        encode("transitions", **_chunk(actions=np.array(0, np.uint8))),                  # 0-d actions (issue 16)
-        encode("transitions", **_chunk(rewards=np.array(0.0, np.float32))),              # 0-d rewards
-        encode("transitions", **_chunk(actions=np.zeros((1, 1), np.uint8))),             # 2-d actions
-        encode("transitions", **_chunk(frames=np.zeros((1, 2, 84, 84), np.uint8))),      # 4-d frames
-        encode("transitions", **_chunk(actions=np.zeros(2, np.uint8))),                  # lengths disagree
+        encode("transitions", **_chunk(actions=np.array(0, np.uint8))),  # 0-d actions (issue 16)
+        encode("transitions", **_chunk(rewards=np.array(0.0, np.float32))),  # 0-d rewards
+        encode("transitions", **_chunk(actions=np.zeros((1, 1), np.uint8))),  # 2-d actions
+        encode("transitions", **_chunk(frames=np.zeros((1, 2, 84, 84), np.uint8))),  # 4-d frames
+        encode("transitions", **_chunk(actions=np.zeros(2, np.uint8))),  # lengths disagree
         encode("transitions", **_chunk(stack=np.zeros((2, 8), np.int32))),
-        encode("transitions", **_chunk(stack=np.zeros((1, 8), np.int64))),               # wrong dtype
+        encode("transitions", **_chunk(stack=np.zeros((1, 8), np.int64))),  # wrong dtype
         encode("transitions", **_chunk(stack=np.array([[0, 0, 0, 0, 0, 0, 0, -1]], np.int32))),  # frame -1
         encode("transitions", **_chunk(stack=np.array([[0, 0, 0, 0, 0, 0, 0, 2**31 - 1]], np.int32))),
-        encode("transitions", **_chunk(actions=np.array([200], np.uint8))),              # no such action
+        encode("transitions", **_chunk(actions=np.array([200], np.uint8))),  # no such action
         encode("transitions", **_chunk(rewards=np.array([np.nan], np.float32))),
         encode("transitions", **_chunk(rewards=np.array([-np.inf], np.float32))),
         encode("transitions", **_chunk(bootstraps=np.array([2.0], np.float32))),
-        encode("transitions", **_chunk(stack=np.zeros((big, 8), np.int32), actions=np.zeros(big, np.uint8),
-                                       rewards=np.zeros(big, np.float32), bootstraps=np.ones(big, np.float32))),
-        _raw("transitions", **{k: v for k, v in _encoded_fields(_chunk()).items() if k != "frames"},
-             frames={"dtype": "uint8", "shape": [2**40, 84, 84], "data": b"\0" * 10}),  # huge shape
+        encode(
+            "transitions",
+            **_chunk(
+                stack=np.zeros((big, 8), np.int32),
+                actions=np.zeros(big, np.uint8),
+                rewards=np.zeros(big, np.float32),
+                bootstraps=np.ones(big, np.float32),
+            ),
+        ),
+        _raw(
+            "transitions",
+            **{k: v for k, v in _encoded_fields(_chunk()).items() if k != "frames"},
+            frames={"dtype": "uint8", "shape": [2**40, 84, 84], "data": b"\0" * 10},
+        ),  # huge shape
         _raw("transitions", **{**_encoded_fields(_chunk()), "actor": -1}),
         _raw("episode", **{**episode, "steps": -3}),
         _raw("episode", **{**episode, "actor": 2**64 - 1}),
@@ -228,31 +274,36 @@ def _wrong_learner_messages() -> list[bytes]:
     """Well-formed messages to replay-sample whose content is wrong; none is answered."""
     ids, prios = np.array([0, 1], np.int64), np.array([1.0, 2.0])
     return [
-        encode("sample", batch_size=0, beta=0.5), encode("sample", batch_size=2**40, beta=0.5),
-        _raw("sample", batch_size=-1, beta=0.5), _raw("sample", batch_size=4, beta=math.nan),
+        encode("sample", batch_size=0, beta=0.5),
+        encode("sample", batch_size=2**40, beta=0.5),
+        _raw("sample", batch_size=-1, beta=0.5),
+        _raw("sample", batch_size=4, beta=math.nan),
         encode("sample", batch_size=4, beta=1.5),
-        encode("sample", batch_size=4, beta=0.5, ids=np.array(0, np.int64), priorities=np.array(1.0)),   # 0-d
+        encode("sample", batch_size=4, beta=0.5, ids=np.array(0, np.int64), priorities=np.array(1.0)),  # 0-d
         encode("priorities", ids=np.array(0, np.int64), priorities=np.array(1.0)),
-        encode("priorities", ids=ids.reshape(2, 1), priorities=prios.reshape(2, 1)),    # 2-d
-        encode("priorities", ids=ids, priorities=prios[:1]),                            # lengths disagree
-        encode("priorities", ids=ids.astype(np.float64), priorities=prios),             # float ids
-        encode("priorities", ids=np.array([-1, 0], np.int64), priorities=prios),        # negative id
-        encode("priorities", ids=np.array([-2**63, 0], np.int64), priorities=prios),
+        encode("priorities", ids=ids.reshape(2, 1), priorities=prios.reshape(2, 1)),  # 2-d
+        encode("priorities", ids=ids, priorities=prios[:1]),  # lengths disagree
+        encode("priorities", ids=ids.astype(np.float64), priorities=prios),  # float ids
+        encode("priorities", ids=np.array([-1, 0], np.int64), priorities=prios),  # negative id
+        encode("priorities", ids=np.array([-(2**63), 0], np.int64), priorities=prios),
         encode("priorities", ids=ids, priorities=np.array([np.inf, 1.0])),
         encode("priorities", ids=ids, priorities=np.array([-1.0, 1.0])),
-        encode("snapshot", name="../escape.replay.npz"), encode("snapshot", name="/tmp/abs.replay.npz"),
-        encode("snapshot", name="sub/dir.replay.npz"), encode("snapshot", name="x" * 5000 + ".replay.npz"),
+        encode("snapshot", name="../escape.replay.npz"),
+        encode("snapshot", name="/tmp/abs.replay.npz"),
+        encode("snapshot", name="sub/dir.replay.npz"),
+        encode("snapshot", name="x" * 5000 + ".replay.npz"),
         encode("snapshot", name="checkpoint.pth"),
     ]
 
 
 def _wrong_reports() -> list[bytes]:
     """Well-formed reports to the launcher whose content is wrong."""
-    episode = dict(actor=0, episode=1, reward=1.0, steps=10, x_pos=5, flag=False, epsilon=0.5, actor_steps=10,
-                   session_steps=10)
+    episode = dict(
+        actor=0, episode=1, reward=1.0, steps=10, x_pos=5, flag=False, epsilon=0.5, actor_steps=10, session_steps=10
+    )
     return [
-        encode("report", role="actor", index=0, kind="episode", values={}),             # KeyError (issue 16)
-        encode("report", role="actor", index=0, kind="episode", values={}),             # twice
+        encode("report", role="actor", index=0, kind="episode", values={}),  # KeyError (issue 16)
+        encode("report", role="actor", index=0, kind="episode", values={}),  # twice
         encode("report", role="learner", index=0, kind="progress", values={"updates": math.nan}),
         encode("report", role="learner", index=0, kind="progress", values={"updates": -1}),
         encode("report", role="actor", index=0, kind="episode", values={**episode, "reward": math.inf}),
@@ -263,8 +314,13 @@ def _wrong_reports() -> list[bytes]:
         encode("report", role="actor", index=0, kind="exec", values={}),
         encode("report", role="root", index=0, kind="failed", values={}, text="x"),
         encode("report", role="actor", index=0, kind="eval", values={"actor": 0}),
-        encode("report", role="replay", index=0, kind="progress", values={"size": 2.5, "env_steps": 1,
-                                                                         "episodes": 1, "actors": 1}),
+        encode(
+            "report",
+            role="replay",
+            index=0,
+            kind="progress",
+            values={"size": 2.5, "env_steps": 1, "episodes": 1, "actors": 1},
+        ),
         encode("sample", batch_size=4, beta=0.5),
         b"\x00garbage",
     ]
@@ -275,7 +331,7 @@ def test_semantically_wrong_messages_at_every_socket_are_dropped_and_counted(lau
     out-of-range ids, frame numbers and counts, NaN/inf, huge sizes, file names with paths) at the
     replay server's two sockets and at the launcher's report socket: each is dropped and counted
     and the run goes on, then stops cleanly (exit 0) with its counters."""
-    private_tmp = tempfile.mkdtemp()              # short: the launcher's report socket lives in here
+    private_tmp = tempfile.mkdtemp()  # short: the launcher's report socket lives in here
     monkeypatch.setenv("TMPDIR", private_tmp)
     try:
         run = launch(*FAST_TEST_ENV)
@@ -302,9 +358,9 @@ def test_semantically_wrong_messages_at_every_socket_are_dropped_and_counted(lau
         ctx.term()
 
         episodes = len(run.log_lines())
-        run.wait_for_episodes(episodes + 20)           # the actor keeps playing and the launcher logging
+        run.wait_for_episodes(episodes + 20)  # the actor keeps playing and the launcher logging
         updates = run.status_value("updates")
-        run.wait_for_updates(updates + 20, timeout=120)   # and the learner training
+        run.wait_for_updates(updates + 20, timeout=120)  # and the learner training
         run.signal_launcher(signal.SIGTERM)
         assert run.wait(15) == 0, run.output()
         summary = run.summary()

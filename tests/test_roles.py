@@ -1,5 +1,6 @@
 """Roles in separate launchers (as on two machines, here over loopback), actor restarts. Keys across
 two hosts: test_two_hosts.py; a learner-only environment and three launchers: test_learner_machine.py."""
+
 import os
 import re
 import signal
@@ -14,8 +15,18 @@ from tests.harness import REPO
 pytestmark = pytest.mark.slow
 
 # The learner side of FAST_TEST_ENV: what the replay server and learner need to know.
-LEARNER_SIDE = ("--set", "learning_starts=500", "--set", "publish_every=20", "--set", "target_update_every=200",
-                "--set", "replay_capacity=20000", "--set", "checkpoint_every_episodes=0")
+LEARNER_SIDE = (
+    "--set",
+    "learning_starts=500",
+    "--set",
+    "publish_every=20",
+    "--set",
+    "target_update_every=200",
+    "--set",
+    "replay_capacity=20000",
+    "--set",
+    "checkpoint_every_episodes=0",
+)
 
 
 def weights_update(run) -> int:
@@ -38,10 +49,13 @@ def test_learner_and_actor_sides_stop_and_restart_independently(launch):
     assert learner.wait(10) == 130, learner.output()
     assert (learner.run_dir / "checkpoint_final.pth").exists()
     first_summary = learner.summary()
-    actors.wait_for(lambda: "[actor-0] the learner stopped (it saved checkpoint_final.pth)" in actors.output(), 20,
-                    "the actors hearing that the learner stopped")
+    actors.wait_for(
+        lambda: "[actor-0] the learner stopped (it saved checkpoint_final.pth)" in actors.output(),
+        20,
+        "the actors hearing that the learner stopped",
+    )
     episodes = len(actors.log_lines())
-    actors.wait_for_episodes(episodes + 30)        # playing on without a learner
+    actors.wait_for_episodes(episodes + 30)  # playing on without a learner
     assert actors.proc.poll() is None
 
     again = launch("--role", "learner", "--resume", str(learner.run_dir), base_port=learner.base_port)
@@ -57,7 +71,7 @@ def test_learner_and_actor_sides_stop_and_restart_independently(launch):
     assert again.proc.poll() is None, "the learner side keeps running without actors"
     again.interrupt()
     assert again.wait(10) == 130, again.output()
-    final = learner.summary()          # the resumed learner side goes on in the same run folder
+    final = learner.summary()  # the resumed learner side goes on in the same run folder
     assert final["updates"] - updates <= 2 * 20, "the learner waited instead of training on without actors"
     # The replay server counts episodes and steps once each; the resumed run continues its counts.
     assert final["replay"]["episodes"] > first_summary["replay"]["episodes"] > 0
@@ -67,8 +81,13 @@ def test_learner_and_actor_sides_stop_and_restart_independently(launch):
 
 
 def test_non_loopback_bind_needs_keys_or_insecure(tmp_path):
-    result = subprocess.run([sys.executable, "launch.py", "--role", "learner", "--bind", "0.0.0.0:47999",
-                             "--runs-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "launch.py", "--role", "learner", "--bind", "0.0.0.0:47999", "--runs-dir", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert result.stderr.startswith("launch.py: error: --bind 0.0.0.0 listens beyond this machine: create keys with")
     assert not any(tmp_path.iterdir()), "nothing started, nothing written"
@@ -77,11 +96,18 @@ def test_non_loopback_bind_needs_keys_or_insecure(tmp_path):
 def test_loopback_tcp_needs_keys_or_insecure_too(tmp_path):
     """On loopback the roles use this user's ipc sockets; asking for loopback TCP instead (local_ipc=false)
     would let every user of the machine in, so it needs keys or --insecure like any open port."""
-    result = subprocess.run([sys.executable, "launch.py", "--set", "local_ipc=false", "--runs-dir", str(tmp_path)],
-                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "launch.py", "--set", "local_ipc=false", "--runs-dir", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
-    assert result.stderr.strip() == "launch.py: error: local_ipc=false opens loopback TCP ports that every user of " \
-                                    "this machine can reach: pass --keys or --insecure (or keep local_ipc on)"
+    assert (
+        result.stderr.strip() == "launch.py: error: local_ipc=false opens loopback TCP ports that every user of "
+        "this machine can reach: pass --keys or --insecure (or keep local_ipc on)"
+    )
     assert not any(tmp_path.iterdir()), "nothing started, nothing written"
 
 
@@ -97,16 +123,23 @@ def test_a_killed_actor_is_restarted_and_nothing_else_is(launch):
     run.wait_for(lambda: _episode_steps(run, "actor1"), 60, "actor-1's first TensorBoard episodes on disk")
     stored, played = run.status_value("replay"), run.status_value("steps")
     os.kill(before["actor-1"], signal.SIGKILL)
-    run.wait_for(lambda: "actor-1 exited unexpectedly (killed by SIGKILL); restarting it (1 of 3)" in run.output(),
-                 20, "the restart notice")
+    run.wait_for(
+        lambda: "actor-1 exited unexpectedly (killed by SIGKILL); restarting it (1 of 3)" in run.output(),
+        20,
+        "the restart notice",
+    )
     run.wait_for(lambda: run.role_pids().get("actor-1") not in (None, before["actor-1"]), 30, "the new actor-1")
     after = run.role_pids()
-    assert {k: after[k] for k in ("replay", "learner", "actor-0")} == \
-        {k: before[k] for k in ("replay", "learner", "actor-0")}, "nothing else restarted"
+    assert {k: after[k] for k in ("replay", "learner", "actor-0")} == {
+        k: before[k] for k in ("replay", "learner", "actor-0")
+    }, "nothing else restarted"
     run.wait_for(lambda: run.status_value("steps") > played + 2000, 60, "the actors playing on")
-    restarted_from = sum(", Actor: 1," in line for line in run.log_lines())     # (the killed one's included)
-    run.wait_for(lambda: sum(", Actor: 1," in line for line in run.log_lines()) >= restarted_from + 5, 60,
-                 "episodes of the restarted actor-1")     # on a loaded machine it starts slowly
+    restarted_from = sum(", Actor: 1," in line for line in run.log_lines())  # (the killed one's included)
+    run.wait_for(
+        lambda: sum(", Actor: 1," in line for line in run.log_lines()) >= restarted_from + 5,
+        60,
+        "episodes of the restarted actor-1",
+    )  # on a loaded machine it starts slowly
     run.interrupt()
     assert run.wait(10) == 130, run.output()
     summary = run.summary()
@@ -126,6 +159,7 @@ def _episode_steps(run, process: str) -> list[list[int]]:
     """The steps of each of a process's TensorBoard files' Episode/Reward scalars, oldest file first; files
     without any yet are left out."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     found = []
     for events in sorted(run.run_dir.glob(f"events.out.tfevents.*.{process}"), key=lambda p: p.stat().st_mtime):
         accumulator = EventAccumulator(str(events))

@@ -1,6 +1,7 @@
 """`launch.py --serial` (launcher/serial.py): one process, no ZeroMQ. It learns the test env and writes the
 usual run folder without a child process or a socket, its update is the distributed learner's to the bit,
 and Ctrl+C stops it cleanly."""
+
 import json
 import os
 import subprocess
@@ -55,7 +56,7 @@ def watch_alone(run, timeout: float) -> int:
     while run.proc.poll() is None and time.monotonic() < deadline:
         children = run.descendants()
         sockets = [t for t in fd_targets(run.proc.pid) if t.startswith("socket:")]
-        if run.proc.poll() is None:        # still running when looked at: what was seen is its own
+        if run.proc.poll() is None:  # still running when looked at: what was seen is its own
             assert not children, f"--serial started child processes {children}:\n{run.output()}"
             assert not sockets, f"--serial opened sockets {sockets}"
             seen += 1
@@ -99,11 +100,12 @@ def test_serial_learns_the_test_env_and_writes_the_usual_run_folder(launch):
         q = net(torch.from_numpy(obs).unsqueeze(0))[0]
     assert q.max() > 0.3, f"values were learned (an untrained network's are about 0): {q}"
 
-    checkpoint, state = load_resume_state(str(run.run_dir))      # as `--resume RUN` finds it
+    checkpoint, state = load_resume_state(str(run.run_dir))  # as `--resume RUN` finds it
     assert checkpoint == final
     plan = plan_resume(checkpoint, state, config, None)
-    replay = PrioritizedReplay(config.replay_capacity, config.frame_size, config.frame_stack, config.per_alpha,
-                               config.num_actions)
+    replay = PrioritizedReplay(
+        config.replay_capacity, config.frame_size, config.frame_stack, config.per_alpha, config.num_actions
+    )
     assert read_snapshot(plan.replay_snapshot, replay)["env_steps"] == 3000 and len(replay) == 3000
 
 
@@ -126,18 +128,30 @@ def test_ctrl_c_stops_serial_cleanly_with_a_final_checkpoint(launch):
     assert (run.run_dir / state["counters"]["replay_file"]).exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (("--role", "learner"), "--serial runs one actor, the replay and the learner in this process"),
-    (("--actors", "2"), "it takes no --role, --resume or more than one actor"),
-    (("--set", "num_actors=3"), "it takes no --role, --resume or more than one actor"),
-    (("--resume", "runs"), "it takes no --role, --resume or more than one actor"),
-    (("--env", "Tetris-v0"), "unknown env id 'Tetris-v0'"),
-    (("--env", TEST_ENV_ID, "--set", "action_set=right_only"), "MarioApexTest-v0 has 7 actions but num_actions is 5"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--role", "learner"), "--serial runs one actor, the replay and the learner in this process"),
+        (("--actors", "2"), "it takes no --role, --resume or more than one actor"),
+        (("--set", "num_actors=3"), "it takes no --role, --resume or more than one actor"),
+        (("--resume", "runs"), "it takes no --role, --resume or more than one actor"),
+        (("--env", "Tetris-v0"), "unknown env id 'Tetris-v0'"),
+        (
+            ("--env", TEST_ENV_ID, "--set", "action_set=right_only"),
+            "MarioApexTest-v0 has 7 actions but num_actions is 5",
+        ),
+    ],
+)
 def test_serial_refuses_what_it_cannot_do_in_one_line(tmp_path, args, message):
     """One line on stderr, exit status 2, no run folder."""
-    result = subprocess.run([sys.executable, "launch.py", "--serial", "--runs-dir", str(tmp_path / "runs"), *args],
-                            cwd=REPO, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [sys.executable, "launch.py", "--serial", "--runs-dir", str(tmp_path / "runs"), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
     assert lines[0].startswith("launch.py: error: ")
@@ -146,11 +160,13 @@ def test_serial_refuses_what_it_cannot_do_in_one_line(tmp_path, args, message):
 
 # --- the same update as the distributed path -----------------------------------------------------------------
 
+
 def filled_replay(config: Config, steps: int = 300) -> PrioritizedReplay:
     """A replay holding `steps` test-env transitions played with seeded random actions, chunked as actors do."""
     env, rng = make_env(config), np.random.default_rng(3)
-    replay = PrioritizedReplay(config.replay_capacity, config.frame_size, config.frame_stack, config.per_alpha,
-                               config.num_actions)
+    replay = PrioritizedReplay(
+        config.replay_capacity, config.frame_size, config.frame_stack, config.per_alpha, config.num_actions
+    )
     chunks = ChunkBuilder(config.frame_stack, config.n_step, config.gamma)
     obs, _ = env.reset()
     chunks.start_episode(obs[-1])
@@ -168,6 +184,7 @@ def filled_replay(config: Config, steps: int = 300) -> PrioritizedReplay:
 
 def learner_pair(config: Config):
     from learner.learning import DQNLearner
+
     torch.manual_seed(7)
     serial = DQNLearner(config, torch.device("cpu"))
     torch.manual_seed(7)
@@ -183,8 +200,17 @@ def test_serial_update_is_the_distributed_learners_update_on_the_same_batch(shar
     give bit-identical losses, priorities, weights, optimizer state and replay memory. The distributed learner
     asks for transitions_per_request (256) transitions and splits them into batches; here one batch per request,
     so both take the very same batch."""
-    config = Config(env_id=TEST_ENV_ID, device="cpu", learning_starts=0, replay_capacity=2000, batch_size=16,
-                    transitions_per_request=16, target_update_every=2, per_eps=1e-3, seed=0)
+    config = Config(
+        env_id=TEST_ENV_ID,
+        device="cpu",
+        learning_starts=0,
+        replay_capacity=2000,
+        batch_size=16,
+        transitions_per_request=16,
+        target_update_every=2,
+        per_eps=1e-3,
+        seed=0,
+    )
     replay_a, replay_b = filled_replay(config), filled_replay(config)
     assert replay_a.content_hash() == replay_b.content_hash()
     serial, distributed = learner_pair(config)
@@ -194,30 +220,52 @@ def test_serial_update_is_the_distributed_learners_update_on_the_same_batch(shar
     sent_to_learner, sent_to_server = [], []
     limiter = RateLimiter(1, 0.0, 0.0, False)
     limiter.observe(len(replay_b), replay_b.inserted)
-    server = SimpleNamespace(config=config, buffer=replay_b, rng=rng_b, limiter=limiter, pending=deque(),
-                             _paused_since=None, counters={"sampled": 0, "batches": 0},
-                             stats=lambda: {"size": len(replay_b), "inserted": replay_b.inserted},
-                             _send=lambda identity, parts: sent_to_learner.append(parts))
+    server = SimpleNamespace(
+        config=config,
+        buffer=replay_b,
+        rng=rng_b,
+        limiter=limiter,
+        pending=deque(),
+        _paused_since=None,
+        counters={"sampled": 0, "batches": 0},
+        stats=lambda: {"size": len(replay_b), "inserted": replay_b.inserted},
+        _send=lambda identity, parts: sent_to_learner.append(parts),
+    )
     server._drop = lambda reason: pytest.fail(f"the server dropped a message: {reason}")
-    batches = ReplayBatches(config.batch_size, config.transitions_per_request, config.frame_stack, config.frame_size,
-                            shared, log=lambda text: None)
+    batches = ReplayBatches(
+        config.batch_size,
+        config.transitions_per_request,
+        config.frame_stack,
+        config.frame_size,
+        shared,
+        log=lambda text: None,
+    )
     if shared:
-        batches.on_frame_ring(replay_b.ring.describe())      # the server's ring, mapped as a learner maps it
+        batches.on_frame_ring(replay_b.ring.describe())  # the server's ring, mapped as a learner maps it
         assert batches.ring is not None
-    service = SimpleNamespace(config=config, learner=distributed, replay_stats={}, batches=batches, in_flight=0,
-                              dropped_priorities=0, _window={"loss": 0.0, "q_mean": 0.0, "n": 0},
-                              rt=SimpleNamespace(log=lambda text: None), publish=lambda: None,
-                              _maybe_checkpoint=lambda: None,
-                              dealer=SimpleNamespace(send=lambda payload, flags=0: sent_to_server.append(payload)))
+    service = SimpleNamespace(
+        config=config,
+        learner=distributed,
+        replay_stats={},
+        batches=batches,
+        in_flight=0,
+        dropped_priorities=0,
+        _window={"loss": 0.0, "q_mean": 0.0, "n": 0},
+        rt=SimpleNamespace(log=lambda text: None),
+        publish=lambda: None,
+        _maybe_checkpoint=lambda: None,
+        dealer=SimpleNamespace(send=lambda payload, flags=0: sent_to_server.append(payload)),
+    )
     sent_to_server.append(batches.sample_request(distributed.beta()))
 
     for round_ in range(4):
         metrics = learn(serial, replay_a, rng_a)
 
-        ReplayServer._on_learner_message(server, [b"learner", sent_to_server.pop()])   # + last round's priorities
+        ReplayServer._on_learner_message(server, [b"learner", sent_to_server.pop()])  # + last round's priorities
         ReplayServer._serve_pending(server)
-        msg = decode_parts([bytes(p) for p in sent_to_learner.pop()], config.max_message_bytes,
-                           expect=("batch", "batch_shared"))
+        msg = decode_parts(
+            [bytes(p) for p in sent_to_learner.pop()], config.max_message_bytes, expect=("batch", "batch_shared")
+        )
         assert msg["t"] == ("batch_shared" if shared else "batch")
         _check_values(msg, config.num_actions)
         msg["batches"] = batches.batches(msg)
@@ -228,7 +276,7 @@ def test_serial_update_is_the_distributed_learners_update_on_the_same_batch(shar
         assert service._window == {"loss": metrics["loss"], "q_mean": metrics["q_mean"], "n": 1}
         request = decode(sent_to_server[-1], config.max_message_bytes, expect=("sample",))
         assert len(request["ids"]) == config.batch_size
-    ReplayServer._on_learner_message(server, [b"learner", sent_to_server.pop()])       # the last priorities
+    ReplayServer._on_learner_message(server, [b"learner", sent_to_server.pop()])  # the last priorities
 
     for a, b in ((serial.online, distributed.online), (serial.target, distributed.target)):
         for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):

@@ -5,6 +5,7 @@
 Every chunk here has random frames, so each transition's stack of frames is known by its global id:
 what a learner gathers is compared with what was inserted, not with what the buffer says it holds.
 """
+
 import json
 import os
 import select
@@ -20,22 +21,32 @@ import common.shared_frames as shared_frames
 import replay_server.snapshot as snapshot
 from common.config import MAX_N_STEP
 from common.protocol import ProtocolError, decode, decode_parts, encode, encode_parts
-from common.shared_frames import (ABANDONED, NO_SNAPSHOT, SNAPSHOT, TOKEN, WRITING, FrameRing, SharedFrames,
-                                  SharedFramesError)
+from common.shared_frames import (
+    ABANDONED,
+    NO_SNAPSHOT,
+    SNAPSHOT,
+    TOKEN,
+    WRITING,
+    FrameRing,
+    SharedFrames,
+    SharedFramesError,
+)
 from learner.replay_batches import ReplayBatches
 from replay_server.buffer import PrioritizedReplay
 from replay_server.snapshot import read_snapshot, start_snapshot, write_snapshot
 from tests.harness import REPO
 
-S = 4                       # frame stack
-SIZE = 8                    # frame size
+S = 4  # frame stack
+SIZE = 8  # frame size
 ACTIONS = 7
 GAMMA = 0.9
 MOST_EXTRA = S + MAX_N_STEP  # a chunk of n transitions may carry n + this many frames
 MAX_BYTES = 64 * 1024 * 1024
 
-needs_memfd = pytest.mark.skipif(not (hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd")),
-                                 reason="the frame ring is shared only where memfd and /proc exist (Linux)")
+needs_memfd = pytest.mark.skipif(
+    not (hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd")),
+    reason="the frame ring is shared only where memfd and /proc exist (Linux)",
+)
 
 
 def make_buffer(capacity: int) -> PrioritizedReplay:
@@ -55,8 +66,7 @@ class Book:
         return np.array([getattr(self, name)[i] for i in np.asarray(ids)])
 
 
-def insert(buffer: PrioritizedReplay, rng: np.random.Generator, book: Book, n: int = 4,
-           extra: int = 1) -> np.ndarray:
+def insert(buffer: PrioritizedReplay, rng: np.random.Generator, book: Book, n: int = 4, extra: int = 1) -> np.ndarray:
     """Add a chunk of n transitions carrying n + extra random frames; returns the new ids."""
     m = n + extra
     frames = rng.integers(0, 256, (m, SIZE, SIZE), dtype=np.uint8)
@@ -88,6 +98,7 @@ def gather(ring: SharedFrames, numbers) -> tuple[bool, np.ndarray]:
 
 # --- FrameRing and SharedFrames ----------------------------------------------------------------------
 
+
 @needs_memfd
 def test_ring_is_shared_and_described():
     ring = FrameRing(10, SIZE)
@@ -95,7 +106,7 @@ def test_ring_is_shared_and_described():
     info = ring.describe()
     assert info == {"pid": os.getpid(), "fd": ring.fd, "token": ring.token, "frames": 10, "size": SIZE}
     assert ring.token == int(ring.header[TOKEN]) and ring.token != 0
-    assert FrameRing(10, SIZE).token != ring.token          # each ring has its own token
+    assert FrameRing(10, SIZE).token != ring.token  # each ring has its own token
     assert ring.frames.shape == (10, SIZE, SIZE) and ring.frames.dtype == np.uint8
     assert ring.header[SNAPSHOT] == NO_SNAPSHOT and ring.header[WRITING] == 0
     assert os.fstat(ring.fd).st_size == shared_frames.HEADER_BYTES + 10 * SIZE * SIZE
@@ -105,10 +116,10 @@ def test_ring_is_shared_and_described():
 def test_learner_map_sees_frames_written_after_it_attached():
     rng, book = np.random.default_rng(0), Book()
     buffer = make_buffer(64)
-    learner = SharedFrames(buffer.ring.describe())      # attached to the empty ring
+    learner = SharedFrames(buffer.ring.describe())  # attached to the empty ring
     try:
         assert learner.token == buffer.ring.token and learner.count == buffer.frame_capacity
-        fill(buffer, rng, book, 30, n=4, extra=3)        # 120 transitions, 210 frames: both rings wrapped
+        fill(buffer, rng, book, 30, n=4, extra=3)  # 120 transitions, 210 frames: both rings wrapped
         assert buffer.inserted == 120 and len(buffer) <= 64
         batch = buffer.sample(48, 0.4, np.random.default_rng(7), with_frames=False)
         assert batch.frames is None and batch.frame_numbers.shape == (48, 2 * S)
@@ -137,12 +148,18 @@ def test_another_process_maps_the_ring_through_proc():
     buffer = make_buffer(32)
     fill(buffer, rng, book, 6, n=4, extra=2)
     batch = buffer.sample(8, 0.4, rng, with_frames=False)
-    code = ("import json, sys\nimport numpy as np\nfrom common.shared_frames import SharedFrames\n"
-            "info, numbers = json.loads(sys.argv[1]), np.array(json.loads(sys.argv[2]))\n"
-            "ring = SharedFrames(info)\nout = np.empty(numbers.shape + (ring.size, ring.size), np.uint8)\n"
-            "ok = ring.gather(numbers, out)\nsys.stdout.buffer.write(bytes([ok]) + out.tobytes())\n")
-    result = subprocess.run([sys.executable, "-c", code, json.dumps(buffer.ring.describe()),
-                             json.dumps(batch.frame_numbers.tolist())], cwd=REPO, capture_output=True, timeout=60)
+    code = (
+        "import json, sys\nimport numpy as np\nfrom common.shared_frames import SharedFrames\n"
+        "info, numbers = json.loads(sys.argv[1]), np.array(json.loads(sys.argv[2]))\n"
+        "ring = SharedFrames(info)\nout = np.empty(numbers.shape + (ring.size, ring.size), np.uint8)\n"
+        "ok = ring.gather(numbers, out)\nsys.stdout.buffer.write(bytes([ok]) + out.tobytes())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(buffer.ring.describe()), json.dumps(batch.frame_numbers.tolist())],
+        cwd=REPO,
+        capture_output=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     assert result.stdout[0] == 1
     frames = np.frombuffer(result.stdout[1:], np.uint8).reshape(8, 2 * S, SIZE, SIZE)
@@ -157,12 +174,12 @@ def test_gather_refuses_overwritten_unwritten_and_negative_numbers():
     learner = SharedFrames(buffer.ring.describe())
     try:
         ok, _ = gather(learner, [0])
-        assert not ok                                    # nothing written yet: WRITING is 0
-        fill(buffer, rng, book, 8, n=4, extra=2)         # 48 frames, the ring (73) not yet wrapped
+        assert not ok  # nothing written yet: WRITING is 0
+        fill(buffer, rng, book, 8, n=4, extra=2)  # 48 frames, the ring (73) not yet wrapped
         written = int(buffer.ring.header[WRITING])
         assert written == 48
         assert gather(learner, [written - 1])[0]
-        assert not gather(learner, [written])[0]          # not yet written
+        assert not gather(learner, [written])[0]  # not yet written
         assert not gather(learner, [0, written + 5])[0]
         assert not gather(learner, [-1])[0]
         assert not gather(learner, [5, -3, 7])[0]
@@ -177,7 +194,7 @@ def test_gather_refuses_overwritten_unwritten_and_negative_numbers():
             insert(buffer, rng, book, n=4, extra=2)
         ok, after = gather(learner, batch.frame_numbers)
         assert not ok
-        assert not np.array_equal(after, before)          # they really were overwritten
+        assert not np.array_equal(after, before)  # they really were overwritten
 
         # the window of intact numbers is [WRITING - count, WRITING), both ends exact
         written = int(buffer.ring.header[WRITING])
@@ -186,7 +203,7 @@ def test_gather_refuses_overwritten_unwritten_and_negative_numbers():
         assert ok
         np.testing.assert_array_equal(frames, buffer.ring.frames[[(written - fc) % fc, (written - 1) % fc]])
         assert not gather(learner, [written - fc - 1])[0]
-        assert not gather(learner, [written - fc - 1, written - 1])[0]   # one overwritten frame tears the batch
+        assert not gather(learner, [written - fc - 1, written - 1])[0]  # one overwritten frame tears the batch
         assert not gather(learner, [written - fc, written])[0]
         # a batch only partly overwritten is torn too
         fresh = buffer.sample(16, 0.4, rng, with_frames=False)
@@ -202,10 +219,10 @@ def test_gather_refuses_overwritten_unwritten_and_negative_numbers():
 def test_shared_frames_refuses_what_is_not_this_ring(tmp_path):
     ring = FrameRing(16, SIZE)
     info = ring.describe()
-    assert SharedFrames(info).token == ring.token         # the good description maps
+    assert SharedFrames(info).token == ring.token  # the good description maps
 
     unused_pid = next(p for p in range(4_000_000, 4_100_000) if not os.path.exists(f"/proc/{p}"))
-    with open(tmp_path / "other", "wb") as f:             # an open fd that is not a frame ring
+    with open(tmp_path / "other", "wb") as f:  # an open fd that is not a frame ring
         f.write(b"x" * 100)
     other = os.open(tmp_path / "other", os.O_RDONLY)
     try:
@@ -230,13 +247,14 @@ def test_shared_frames_refuses_what_is_not_this_ring(tmp_path):
 def test_ring_falls_back_to_private_memory_without_memfd(monkeypatch):
     def no_memfd(*args):
         raise OSError(38, "Function not implemented")
+
     monkeypatch.setattr(os, "memfd_create", no_memfd, raising=False)
     rng, book = np.random.default_rng(3), Book()
     buffer = make_buffer(32)
     assert not buffer.ring.shared and buffer.ring.describe()["fd"] == -1
-    buffer.ring.snapshot_begin(0)                         # nothing to guard: the snapshot copies on write
+    buffer.ring.snapshot_begin(0)  # nothing to guard: the snapshot copies on write
     assert buffer.ring.header[SNAPSHOT] == NO_SNAPSHOT
-    fill(buffer, rng, book, 12, n=4, extra=2)             # wraps, and never waits
+    fill(buffer, rng, book, 12, n=4, extra=2)  # wraps, and never waits
     batch = buffer.sample(16, 0.4, rng)
     np.testing.assert_array_equal(batch.frames, book.frames(batch.ids))
     learner = ReplayBatches(4, 16, S, SIZE, use_shared=True, log=(told := []).append)
@@ -262,8 +280,14 @@ def filled_buffer(seed: int = 4) -> tuple[PrioritizedReplay, Book, np.random.Gen
 def server_message(buffer, rng, shared: bool, n: int = 4 * B, **override) -> tuple[dict, object]:
     """What the server sends (replay_server/server.py), through the real encoding and decoding."""
     batch = buffer.sample(n, 0.4, rng, with_frames=not shared)
-    fields = dict(ids=batch.ids, actions=batch.actions, rewards=batch.rewards, bootstraps=batch.bootstraps,
-                  weights=batch.weights, stats={"size": len(buffer)})
+    fields = dict(
+        ids=batch.ids,
+        actions=batch.actions,
+        rewards=batch.rewards,
+        bootstraps=batch.bootstraps,
+        weights=batch.weights,
+        stats={"size": len(buffer)},
+    )
     if shared:
         fields = {**fields, "frame_numbers": batch.frame_numbers, "ring": buffer.ring.token, **override}
         return decode(encode("batch_shared", **fields), MAX_BYTES, expect=("batch_shared",)), batch
@@ -292,13 +316,13 @@ def check_split(batches, server, book: Book) -> None:
         np.testing.assert_array_equal(b["actions"], book.field("actions", b["ids"]))
         np.testing.assert_array_equal(b["rewards"], book.field("rewards", b["ids"]))
         np.testing.assert_array_equal(b["bootstraps"], book.field("bootstraps", b["ids"]))
-        weight_of = dict(zip(server.ids.tolist(), server.weights.tolist()))   # a transition's weight goes with it
+        weight_of = dict(zip(server.ids.tolist(), server.weights.tolist()))  # a transition's weight goes with it
         np.testing.assert_array_equal(b["weights"], [weight_of[i] for i in b["ids"].tolist()])
     assert len(taken) == 4
     ids = np.concatenate(taken)
-    np.testing.assert_array_equal(np.sort(ids), np.sort(server.ids))          # the same multiset
+    np.testing.assert_array_equal(np.sort(ids), np.sort(server.ids))  # the same multiset
     assert np.any(ids != server.ids), "the transitions were not shuffled"
-    assert len(set(server.weights.tolist())) > 1                              # the weights check meant something
+    assert len(set(server.weights.tolist())) > 1  # the weights check meant something
 
 
 @needs_memfd
@@ -306,8 +330,12 @@ def test_batch_shared_is_split_into_shuffled_batches_with_their_frames():
     buffer, book, rng = filled_buffer()
     learner = attached(buffer)
     try:
-        assert decode(learner.sample_request(0.4), MAX_BYTES) == {"t": "sample", "batch_size": 4 * B,
-                                                                   "beta": 0.4, "shared": True}
+        assert decode(learner.sample_request(0.4), MAX_BYTES) == {
+            "t": "sample",
+            "batch_size": 4 * B,
+            "beta": 0.4,
+            "shared": True,
+        }
         msg, server = server_message(buffer, rng, shared=True)
         assert msg["t"] == "batch_shared"
         check_split(learner.batches(msg), server, book)
@@ -342,9 +370,9 @@ def test_batch_shared_from_another_ring_asks_to_reattach():
         msg, _ = server_message(buffer, rng, shared=True, ring=buffer.ring.token ^ 1)
         assert list(learner.batches(msg)) == []
         assert learner.reattach and learner.torn == 0
-        assert learner.attach_request() is not None           # reconnecting clears it and unmaps
+        assert learner.attach_request() is not None  # reconnecting clears it and unmaps
         assert not learner.reattach and learner.ring is None
-        msg, _ = server_message(buffer, rng, shared=True)    # right token, but nothing mapped now
+        msg, _ = server_message(buffer, rng, shared=True)  # right token, but nothing mapped now
         assert list(learner.batches(msg)) == [] and learner.reattach
     finally:
         learner.close()
@@ -359,14 +387,16 @@ def test_batch_shared_torn_by_an_overwrite_is_dropped():
         while buffer.ring.header[WRITING] - buffer.frame_capacity <= server.frame_numbers.max():
             insert(buffer, rng, book, n=4, extra=2)
         assert list(learner.batches(msg)) == []
-        assert learner.torn == 4 and not learner.reattach     # each of the 4 batches
+        assert learner.torn == 4 and not learner.reattach  # each of the 4 batches
     finally:
         learner.close()
 
 
 @needs_memfd
-@pytest.mark.parametrize("bad", ["one short", "one over", "short weights", "frame_numbers columns",
-                                 "frame_numbers rows", "flat frame_numbers"])
+@pytest.mark.parametrize(
+    "bad",
+    ["one short", "one over", "short weights", "frame_numbers columns", "frame_numbers rows", "flat frame_numbers"],
+)
 def test_malformed_batch_shared_raises_protocol_error(bad):
     buffer, _, rng = filled_buffer()
     learner = attached(buffer)
@@ -374,8 +404,10 @@ def test_malformed_batch_shared_raises_protocol_error(bad):
     try:
         msg, _ = server_message(buffer, rng, shared=True, n=n + 1 if bad == "one over" else n)
         if bad == "one short":
-            msg = {**msg, **{k: msg[k][:-1] for k in ("ids", "actions", "rewards", "bootstraps", "weights",
-                                                      "frame_numbers")}}
+            msg = {
+                **msg,
+                **{k: msg[k][:-1] for k in ("ids", "actions", "rewards", "bootstraps", "weights", "frame_numbers")},
+            }
         elif bad == "short weights":
             msg["weights"] = msg["weights"][:-1]
         elif bad == "frame_numbers columns":
@@ -413,7 +445,7 @@ def test_malformed_batch_raises_protocol_error(bad):
         msg, _ = server_message(buffer, rng, shared=False, n=4 * B - 3)
     elif bad == "frame shape":
         msg, _ = server_message(buffer, rng, shared=False, frames=np.zeros((4 * B, 2 * S, SIZE, SIZE - 1), np.uint8))
-    else:       # the decoder refuses it already: frames are uint8 by the message's schema
+    else:  # the decoder refuses it already: frames are uint8 by the message's schema
         with pytest.raises(ProtocolError, match="frames"):
             server_message(buffer, rng, shared=False, frames=np.zeros((4 * B, 2 * S, SIZE, SIZE), np.int16))
         return
@@ -427,15 +459,16 @@ def test_frame_ring_of_another_frame_size_is_not_mapped():
     told = []
     learner = ReplayBatches(B, 4 * B, S, SIZE + 1, use_shared=True, log=told.append)
     learner.on_frame_ring(decode(encode("frame_ring", **buffer.ring.describe()), MAX_BYTES))
-    assert learner.ring is None and told == [f"batch frames travel over ZeroMQ: the replay server's frames are "
-                                              f"{SIZE} pixels wide"]
+    assert learner.ring is None and told == [
+        f"batch frames travel over ZeroMQ: the replay server's frames are {SIZE} pixels wide"
+    ]
     learner.on_frame_ring(decode(encode("frame_ring", **buffer.ring.describe()), MAX_BYTES))
-    assert len(told) == 1                                   # said once
+    assert len(told) == 1  # said once
 
 
 # --- the snapshot guard -----------------------------------------------------------------------------
 
-EXTRA = MOST_EXTRA       # chunks of 4 transitions and 24 frames: the frame ring, not the transitions, fills
+EXTRA = MOST_EXTRA  # chunks of 4 transitions and 24 frames: the frame ring, not the transitions, fills
 
 
 def full_frame_ring(seed: int = 6) -> tuple[PrioritizedReplay, Book, np.random.Generator]:
@@ -457,6 +490,7 @@ def recording_waits(ring: FrameRing) -> tuple[list, threading.Event]:
         calls.append((overwritten_below, int(ring.header[SNAPSHOT]) < overwritten_below))
         entered.set()
         FrameRing.wait_for_snapshot(ring, overwritten_below)
+
     ring.wait_for_snapshot = wait
     return calls, entered
 
@@ -474,15 +508,16 @@ def test_add_chunk_waits_for_unsaved_snapshot_frames():
     def add():
         insert(buffer, np.random.default_rng(99), book, n=4, extra=EXTRA)
         done.set()
+
     thread = threading.Thread(target=add, daemon=True)
     thread.start()
     try:
         assert entered.wait(60)
-        assert calls == [(288 + 24 - 289, True)]          # frames 0..22 are about to be overwritten
-        assert not done.wait(0.3)                        # blocked ...
-        assert ring.header[WRITING] == 288               # ... before announcing or writing anything
+        assert calls == [(288 + 24 - 289, True)]  # frames 0..22 are about to be overwritten
+        assert not done.wait(0.3)  # blocked ...
+        assert ring.header[WRITING] == 288  # ... before announcing or writing anything
         np.testing.assert_array_equal(ring.frames, frames_before)
-        ring.snapshot_saved(22)                          # progress, but frame 22 is still unsaved
+        ring.snapshot_saved(22)  # progress, but frame 22 is still unsaved
         assert not done.wait(0.2)
         np.testing.assert_array_equal(ring.frames, frames_before)
         ring.snapshot_saved(23)
@@ -492,7 +527,7 @@ def test_add_chunk_waits_for_unsaved_snapshot_frames():
         thread.join(10)
     assert not thread.is_alive()
     assert ring.header[WRITING] == 312 and not ring.snapshot_abandoned
-    written = [288] + list(range(23))                    # frames 288..311 in slots 288, 0..22
+    written = [288] + list(range(23))  # frames 288..311 in slots 288, 0..22
     assert all(not np.array_equal(ring.frames[i], frames_before[i]) for i in written)
     np.testing.assert_array_equal(ring.frames[23:288], frames_before[23:288])
     # and with no snapshot running nothing waits
@@ -508,12 +543,12 @@ def test_a_dead_snapshot_writer_is_not_waited_for(monkeypatch):
     buffer, book, rng = full_frame_ring()
     ring = buffer.ring
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()                                      # exited and reaped: its pid is free
+    gone.wait()  # exited and reaped: its pid is free
     ring.snapshot_begin(buffer.oldest_frame())
     ring.writer_pid = gone.pid
     started = time.monotonic()
-    insert(buffer, rng, book, n=4, extra=EXTRA)      # overwrites unsaved frames 0..22
-    assert time.monotonic() - started < 30           # not the 60 s stall (generous: a loaded machine is slow)
+    insert(buffer, rng, book, n=4, extra=EXTRA)  # overwrites unsaved frames 0..22
+    assert time.monotonic() - started < 30  # not the 60 s stall (generous: a loaded machine is slow)
     assert ring.header[SNAPSHOT] == NO_SNAPSHOT and not ring.snapshot_abandoned
     assert ring.header[WRITING] == 312
 
@@ -526,17 +561,17 @@ def test_add_chunk_does_not_wait_for_frames_it_does_not_overwrite(monkeypatch):
     calls, _ = recording_waits(buffer.ring)
     buffer.ring.snapshot_begin(buffer.oldest_frame())
     started = time.monotonic()
-    fill(buffer, rng, book, 12, n=4, extra=EXTRA)              # up to 288 of 289 slots: nothing overwritten
+    fill(buffer, rng, book, 12, n=4, extra=EXTRA)  # up to 288 of 289 slots: nothing overwritten
     assert time.monotonic() - started < 30
     assert [waited for _, waited in calls] == [False] * 12 and not buffer.ring.snapshot_abandoned
     # a chunk evicted by transitions count, not frames, overwrites only frames before the snapshot's first
     rng, book = np.random.default_rng(8), Book()
     buffer = make_buffer(256)
     calls, _ = recording_waits(buffer.ring)
-    fill(buffer, rng, book, 20, n=16, extra=1)               # 17 frames per 16 transitions: 340 frames, wrapped
+    fill(buffer, rng, book, 20, n=16, extra=1)  # 17 frames per 16 transitions: 340 frames, wrapped
     assert buffer.oldest_frame() == 68 and len(buffer) == 256
     buffer.ring.snapshot_begin(buffer.oldest_frame())
-    insert(buffer, rng, book, n=16, extra=1)                  # evicts a chunk, overwrites frames 51..67 only
+    insert(buffer, rng, book, n=16, extra=1)  # evicts a chunk, overwrites frames 51..67 only
     assert calls[-1] == (68, False) and not buffer.ring.snapshot_abandoned
     buffer.ring.snapshot_end()
 
@@ -548,40 +583,41 @@ def test_stalled_snapshot_is_abandoned(monkeypatch, tmp_path):
     ring = buffer.ring
     ring.snapshot_begin(buffer.oldest_frame())
     started = time.monotonic()
-    insert(buffer, rng, book, n=4, extra=EXTRA)          # needs frames 0..22 saved; nobody saves them
+    insert(buffer, rng, book, n=4, extra=EXTRA)  # needs frames 0..22 saved; nobody saves them
     took = time.monotonic() - started
-    assert 0.2 <= took < 60                              # abandoned after the stall, not waited for forever
+    assert 0.2 <= took < 60  # abandoned after the stall, not waited for forever
     assert ring.snapshot_abandoned and ring.header[ABANDONED] == 1
     assert ring.header[SNAPSHOT] == NO_SNAPSHOT and ring.header[WRITING] == 312
-    batch = buffer.sample(16, 0.4, rng)                  # the chunk was stored after all
+    batch = buffer.sample(16, 0.4, rng)  # the chunk was stored after all
     np.testing.assert_array_equal(batch.frames, book.frames(batch.ids))
-    ring.snapshot_saved(100)                             # a late writer cannot re-arm the guard
+    ring.snapshot_saved(100)  # a late writer cannot re-arm the guard
     assert ring.header[SNAPSHOT] == NO_SNAPSHOT
     # the writer reports the abandonment: its file would hold torn frames
     path = str(tmp_path / "replay.npz")
     with pytest.raises(OSError, match="stopped waiting"):
         write_snapshot(buffer, {}, path)
     assert not os.path.exists(path) and not os.path.exists(path + ".tmp")
-    ring.snapshot_begin(buffer.oldest_frame())           # the next snapshot starts afresh
+    ring.snapshot_begin(buffer.oldest_frame())  # the next snapshot starts afresh
     assert not ring.snapshot_abandoned and ring.header[SNAPSHOT] == buffer.oldest_frame()
     ring.snapshot_end()
 
 
 @needs_memfd
 def test_snapshot_making_progress_is_waited_for_beyond_the_stall_limit(monkeypatch):
-    monkeypatch.setattr(shared_frames, "SNAPSHOT_STALL_S", 2.0)   # a step never takes this long, even under load
+    monkeypatch.setattr(shared_frames, "SNAPSHOT_STALL_S", 2.0)  # a step never takes this long, even under load
     buffer, book, rng = full_frame_ring()
     ring = buffer.ring
     ring.snapshot_begin(buffer.oldest_frame())
     calls, entered = recording_waits(ring)
     stop = threading.Event()
 
-    def slow_writer():                                   # 2 frames per 0.25 s: 3 s in all, > 2 s
+    def slow_writer():  # 2 frames per 0.25 s: 3 s in all, > 2 s
         assert entered.wait(60)
         for saved in range(2, 25, 2):
             if stop.wait(0.25):
                 return
             ring.snapshot_saved(saved)
+
     thread = threading.Thread(target=slow_writer, daemon=True)
     thread.start()
     started = time.monotonic()
@@ -597,6 +633,7 @@ def test_snapshot_making_progress_is_waited_for_beyond_the_stall_limit(monkeypat
 
 # --- a real forked snapshot ------------------------------------------------------------------------
 
+
 @needs_memfd
 @pytest.mark.parametrize("force_overwrite", [False, True], ids=["free running", "slow writer"])
 def test_forked_snapshot_is_the_buffer_at_the_fork(tmp_path, monkeypatch, force_overwrite):
@@ -605,10 +642,10 @@ def test_forked_snapshot_is_the_buffer_at_the_fork(tmp_path, monkeypatch, force_
     the parent must wait for it), then pauses 2 ms after each piece it reports saved (a slow disk), so
     the parent follows it piece by piece: a writer that claimed frames before saving them, or a parent
     that did not wait, would leave torn frames in the file."""
-    monkeypatch.setattr(snapshot, "FRAMES_PER_WRITE", 8)        # progress in small steps (the child inherits it)
+    monkeypatch.setattr(snapshot, "FRAMES_PER_WRITE", 8)  # progress in small steps (the child inherits it)
     rng, book = np.random.default_rng(9), Book()
     buffer = make_buffer(256)
-    fill(buffer, rng, book, 20, n=4, extra=EXTRA)              # 480 frames: the frame ring has wrapped
+    fill(buffer, rng, book, 20, n=4, extra=EXTRA)  # 480 frames: the frame ring has wrapped
     live = buffer._ids[buffer._ids >= 0]
     buffer.update_priorities(live, rng.uniform(0.1, 5.0, len(live)))
     counters = {"episodes": 3, "env_steps": buffer.inserted}
@@ -618,24 +655,27 @@ def test_forked_snapshot_is_the_buffer_at_the_fork(tmp_path, monkeypatch, force_
     release_r, release_w = os.pipe()
     calls, _ = recording_waits(ring)
     if force_overwrite:
-        def snapshot_saved(upto):                          # runs in the child
+
+        def snapshot_saved(upto):  # runs in the child
             if not getattr(snapshot_saved, "released", False):
-                select.select([release_r], [], [], 20)     # until the parent had to wait (or 20 s)
+                select.select([release_r], [], [], 20)  # until the parent had to wait (or 20 s)
                 snapshot_saved.released = True
             FrameRing.snapshot_saved(ring, upto)
             time.sleep(0.002)
+
         ring.snapshot_saved = snapshot_saved
         parent_wait = ring.wait_for_snapshot
 
-        def wait(overwritten_below):                       # runs in the parent
+        def wait(overwritten_below):  # runs in the parent
             if int(ring.header[SNAPSHOT]) < overwritten_below:
                 os.write(release_w, b"x")
             parent_wait(overwritten_below)
+
         ring.wait_for_snapshot = wait
     try:
         pid = start_snapshot(buffer, counters, path)
         assert pid is not None and pid > 0
-        fill(buffer, rng, book, 14, n=4, extra=EXTRA)          # 336 > 289 frames: every saved frame overwritten
+        fill(buffer, rng, book, 14, n=4, extra=EXTRA)  # 336 > 289 frames: every saved frame overwritten
         after = buffer.content_hash()
         _, status = os.waitpid(pid, 0)
     finally:
@@ -644,8 +684,8 @@ def test_forked_snapshot_is_the_buffer_at_the_fork(tmp_path, monkeypatch, force_
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"snapshot child status {status}"
     assert after != before and buffer.oldest_frame() >= first + buffer.frame_capacity
     if force_overwrite:
-        assert calls[0] == (first + 23, True), calls[:3]     # the first overwrite found frames unsaved
-    assert ring.header[SNAPSHOT] == NO_SNAPSHOT and not ring.snapshot_abandoned   # the child ended it
+        assert calls[0] == (first + 23, True), calls[:3]  # the first overwrite found frames unsaved
+    assert ring.header[SNAPSHOT] == NO_SNAPSHOT and not ring.snapshot_abandoned  # the child ended it
     restored = make_buffer(256)
     assert read_snapshot(path, restored) == counters
     assert restored.content_hash() == before
@@ -661,7 +701,7 @@ def test_a_learner_whose_frames_travel_asks_for_no_more_than_one_message_carries
     for _ in range(2):
         assert decode(learner.sample_request(0.4), MAX_BYTES)["batch_size"] == 1184
     assert len(told) == 1 and "asking for 1184 transitions per request, not 4096" in told[0]
-    learner.ring = object()          # stands in for a mapped ring: frames no longer travel
+    learner.ring = object()  # stands in for a mapped ring: frames no longer travel
     assert decode(learner.sample_request(0.4), MAX_BYTES)["batch_size"] == 4096
     learner.ring = None
 
@@ -674,5 +714,7 @@ def test_off_x86_a_learner_takes_its_frames_from_the_messages(monkeypatch):
     told = []
     learner = ReplayBatches(4, 16, S, SIZE, use_shared=True, log=told.append)
     assert learner.attach_request() is None and not learner.use_shared
-    assert told == ["batch frames travel over ZeroMQ: reading the replay server's shared memory needs x86's memory "
-                    "ordering to detect overwritten frames, and this CPU is arm64"]
+    assert told == [
+        "batch frames travel over ZeroMQ: reading the replay server's shared memory needs x86's memory "
+        "ordering to detect overwritten frames, and this CPU is arm64"
+    ]

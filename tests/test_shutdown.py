@@ -1,4 +1,5 @@
 """Stopping: Ctrl+C, SIGTERM and SIGKILL of the launcher, and a child that dies."""
+
 import os
 import signal
 import subprocess
@@ -17,8 +18,11 @@ pytestmark = pytest.mark.slow
 def _running_with_children(launch):
     run = launch(*FAST_TEST_ENV)
     run.wait_for_episodes(3)
-    run.wait_for(lambda: {"replay", "learner", "actor-0"} <= set(run.role_pids()), 30,
-                 "named replay, learner and actor processes")
+    run.wait_for(
+        lambda: {"replay", "learner", "actor-0"} <= set(run.role_pids()),
+        30,
+        "named replay, learner and actor processes",
+    )
     run.track_processes()
     return run
 
@@ -40,10 +44,10 @@ def test_stop_signal_stops_everything_cleanly(launch, how, expected_status):
     else:
         run.signal_launcher(signal.SIGTERM)
     assert run.wait(10) == expected_status, run.output()
-    run.wait_gone(children, timeout=0)         # the launcher waited for its children: none may outlive it
+    run.wait_gone(children, timeout=0)  # the launcher waited for its children: none may outlive it
     output = run.output()
     assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
-    assert "did not stop in time" not in output, output      # the 10 s, by the launcher's clock
+    assert "did not stop in time" not in output, output  # the 10 s, by the launcher's clock
     summary = run.summary()
     assert summary["stop_reason"] == ("interrupted (Ctrl+C)" if how == "ctrl-c" else "terminated (SIGTERM)")
     state = load_checkpoint(str(run.run_dir / "checkpoint_final.pth"))
@@ -98,7 +102,6 @@ def test_a_dying_child_stops_the_run_and_is_named(launch):
     learner_pid = run.role_pids()["learner"]
     os.kill(learner_pid, signal.SIGKILL)
     assert run.wait(15) == 1, run.output()
-    run.wait_gone(children, timeout=0)         # the launcher waited for its children: none may outlive it
+    run.wait_gone(children, timeout=0)  # the launcher waited for its children: none may outlive it
     assert "learner exited unexpectedly (killed by SIGKILL)" in run.output()
     assert run.summary()["stop_reason"] == "learner stopped unexpectedly"
-

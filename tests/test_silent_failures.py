@@ -1,6 +1,7 @@
 """Failures that used to pass unseen (issue 16, items 13 and 15): replies and priorities that could not go are
 counted, failed log.txt writes keep being reported, a dead authenticator thread stops its role, refusals name
 the causes they may have, and a restarted actor reports its own rate and plays with a new seed."""
+
 import multiprocessing as mp
 import os
 import threading
@@ -20,7 +21,7 @@ from common.runtime import RoleRuntime, run_role
 from common.transport import Transport, TransportError
 from tests.harness import free_base_port
 
-pytestmark = pytest.mark.usefixtures("keep_process_hooks")     # RoleRuntimes are built in this process
+pytestmark = pytest.mark.usefixtures("keep_process_hooks")  # RoleRuntimes are built in this process
 
 
 def wait_until(predicate, timeout: float = 10.0) -> bool:
@@ -33,6 +34,7 @@ def wait_until(predicate, timeout: float = 10.0) -> bool:
 # --- 13a: the replay server's replies ----------------------------------------------------------------
 def replay_server(logs: list):
     from replay_server.server import ReplayServer
+
     config = Config(env_id=TEST_ENV_ID, base_port=free_base_port(), replay_capacity=256, learning_starts=256)
     runtime = RoleRuntime("replay", 0, config, StopAtCap(), os.getppid())
     runtime.log = logs.append
@@ -46,16 +48,17 @@ def test_a_reply_to_a_gone_or_full_peer_is_counted_in_the_stats():
         dealer.send(b"hello")
         assert server.router.poll(5000)
         identity, _ = server.router.recv_multipart()
-        server._send(identity, [b"reply"])                 # a peer that is there gets it
+        server._send(identity, [b"reply"])  # a peer that is there gets it
         assert dealer.poll(5000) and dealer.recv() == b"reply"
-        server._send(b"\0gone", [b"reply"])                # one that is not: raised (ROUTER_MANDATORY), counted
+        server._send(b"\0gone", [b"reply"])  # one that is not: raised (ROUTER_MANDATORY), counted
         assert server.stats()["undeliverable"] == 1
 
         class Full:
             def send_multipart(self, *args, **kwargs):
                 raise zmq.Again()
+
         server.router = Full()
-        server._send(identity, [b"reply"])                 # its queue full: counted too
+        server._send(identity, [b"reply"])  # its queue full: counted too
         assert server.stats()["undeliverable"] == 2
     finally:
         runtime.close()
@@ -74,8 +77,9 @@ def test_priorities_the_replay_server_could_not_take_are_counted_and_reported():
     reports = []
     service = LearnerService.__new__(LearnerService)
     step = lambda *batch: ({"loss": 1.0, "q_mean": 0.5}, np.ones(len(batch[1]), np.float32))  # noqa: E731
-    service.learner = SimpleNamespace(updates=0, step=step, beta=lambda: 0.4,
-                                      optimizer=SimpleNamespace(param_groups=[{"lr": 1e-4}]))
+    service.learner = SimpleNamespace(
+        updates=0, step=step, beta=lambda: 0.4, optimizer=SimpleNamespace(param_groups=[{"lr": 1e-4}])
+    )
     service.config = Config(prefetch_batches=2, publish_every=1000)
     service.rt = SimpleNamespace(log=lambda text: None, report=lambda kind, values: reports.append(values))
     service.batches = SimpleNamespace(sample_request=lambda *args: b"", torn=0)
@@ -83,9 +87,15 @@ def test_priorities_the_replay_server_could_not_take_are_counted_and_reported():
     service._window = {"loss": 0.0, "q_mean": 0.0, "n": 0}
     service._maybe_checkpoint = lambda: None
     service.dropped = service.dropped_priorities = 0
-    batch = {"frames": None, "actions": np.zeros(32, np.int64), "rewards": None, "bootstraps": None, "weights": None,
-             "ids": np.arange(32)}
-    for in_flight in (0, 2):          # priorities sent with the next request, or on their own
+    batch = {
+        "frames": None,
+        "actions": np.zeros(32, np.int64),
+        "rewards": None,
+        "bootstraps": None,
+        "weights": None,
+        "ids": np.arange(32),
+    }
+    for in_flight in (0, 2):  # priorities sent with the next request, or on their own
         service.in_flight = in_flight
         service._train({"stats": {}, "batches": [batch]})
     assert service.dropped_priorities == 64
@@ -115,8 +125,10 @@ def test_failed_log_txt_writes_are_reported_first_then_every_30_s_with_a_count(t
 # --- 13d: the authenticator thread ------------------------------------------------------------------
 def kill_authenticator(transport: Transport, keys_dir: str, address: str) -> None:
     """Make the ZAP handler raise, as a bug or a full disk would, and knock so that it runs."""
+
     async def broken(msg):
         raise RuntimeError("the ZAP handler broke")
+
     transport._authenticator.handle_zap_message = broken
     client = Transport(1 << 20, load_keys(os.path.join(keys_dir, "actor"), False, True))
     client.socket(zmq.PUSH, connect=address, link="replay-in")
@@ -126,7 +138,7 @@ def kill_authenticator(transport: Transport, keys_dir: str, address: str) -> Non
         client.close()
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")     # the thread's death, on purpose
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread's death, on purpose
 def test_a_dead_authenticator_thread_fails_check_links_and_close_does_not_hang(tmp_path):
     create_keys(str(tmp_path))
     address = f"tcp://127.0.0.1:{free_base_port()}"
@@ -161,11 +173,23 @@ def test_a_role_whose_authenticator_thread_died_stops_and_says_why(tmp_path):
     transport = Transport(1 << 20)
     reports = transport.socket(zmq.PULL, bind=f"ipc://{tmp_path}/reports")
     config = Config(env_id=TEST_ENV_ID, base_port=free_base_port())
-    context = mp.get_context("spawn")        # as the launcher starts roles
-    stop = context.Event()                    # referenced until the child has it (start() lets go of its args)
-    role = context.Process(target=run_role, args=(_role_whose_authenticator_dies, "replay", 0, config.to_dict(),
-                                                  str(tmp_path), stop, os.getpid(), None,
-                                                  f"ipc://{tmp_path}/reports", keys.to_dict()))
+    context = mp.get_context("spawn")  # as the launcher starts roles
+    stop = context.Event()  # referenced until the child has it (start() lets go of its args)
+    role = context.Process(
+        target=run_role,
+        args=(
+            _role_whose_authenticator_dies,
+            "replay",
+            0,
+            config.to_dict(),
+            str(tmp_path),
+            stop,
+            os.getpid(),
+            None,
+            f"ipc://{tmp_path}/reports",
+            keys.to_dict(),
+        ),
+    )
     role.start()
     try:
         role.join(60)
@@ -189,7 +213,7 @@ def test_a_socket_of_the_wrong_type_is_not_blamed_on_the_keys_alone(tmp_path):
     server = Transport(1 << 20, load_keys(str(tmp_path / "learner"), True, False))
     client = Transport(1 << 20, load_keys(str(tmp_path / "actor"), False, True))
     try:
-        server.socket(zmq.PUB, bind=address, link="weights")          # e.g. the weights port given as replay-in
+        server.socket(zmq.PUB, bind=address, link="weights")  # e.g. the weights port given as replay-in
         client.socket(zmq.PUSH, connect=address, link="replay-in")
         refusals = []
         assert wait_until(lambda: refusals.extend(client.check_links()) or refusals), "no refusal seen"
@@ -206,12 +230,14 @@ def test_a_keyless_client_is_told_it_is_a_security_mismatch(tmp_path):
     try:
         server.socket(zmq.PULL, bind=address, link="replay-in")
         client.socket(zmq.PUSH, connect=address, link="replay-in")
-        reasons = []       # the side that reads the other's greeting first knows; the other is just cut off
+        reasons = []  # the side that reads the other's greeting first knows; the other is just cut off
 
         def mismatch() -> bool:
             reasons.extend(r.reason for r in server.check_links() + client.check_links())
-            return any(r.startswith("security mismatch: one side has CurveZMQ keys and the other has none")
-                       for r in reasons)
+            return any(
+                r.startswith("security mismatch: one side has CurveZMQ keys and the other has none") for r in reasons
+            )
+
         assert wait_until(mismatch), reasons
     finally:
         client.close()
@@ -222,8 +248,16 @@ def test_a_keyless_client_is_told_it_is_a_security_mismatch(tmp_path):
 def restarted_actor(tmp_path, restarts: int, **resume):
     """An actor as the launcher restarts it: counters continued, and its restart count."""
     from actor.actor import Actor
-    config = Config(env_id=TEST_ENV_ID, headless=True, record_video=False, base_port=free_base_port(),
-                    eval_every_episodes=0, max_episodes=4, report_interval_s=0.05)
+
+    config = Config(
+        env_id=TEST_ENV_ID,
+        headless=True,
+        record_video=False,
+        base_port=free_base_port(),
+        eval_every_episodes=0,
+        max_episodes=4,
+        report_interval_s=0.05,
+    )
     stop = StopAtCap()
     runtime = RoleRuntime("actor", 0, config, stop, os.getppid(), resume={**resume, "restarts": restarts})
     logs, reports = [], []
@@ -248,8 +282,13 @@ def test_a_restarted_actors_rates_count_only_its_own_steps_and_time(tmp_path):
 
 def test_a_restarted_actor_gets_another_seed_and_says_so(tmp_path):
     from actor.actor import actor_seed
-    seeds = {(seed, actor, restarts): actor_seed(seed, actor, restarts)
-             for seed in (0, 1) for actor in (0, 1) for restarts in (0, 1, 2)}
+
+    seeds = {
+        (seed, actor, restarts): actor_seed(seed, actor, restarts)
+        for seed in (0, 1)
+        for actor in (0, 1)
+        for restarts in (0, 1, 2)
+    }
     assert len(set(seeds.values())) == len(seeds) - 1, "only seed 0 actor 1 and seed 1 actor 0 share, as before"
     assert seeds[(1, 1, 0)] == 2 and actor_seed(1, 1, 2) == seeds[(1, 1, 2)], "first starts keep seed + actor"
     draws, lines = {}, {}
@@ -269,6 +308,7 @@ def test_the_launcher_passes_the_restart_count_to_a_restarted_actor():
     from launcher.resume import ResumePlan
     from launcher.status import RunStatus
     from launcher.supervisor import Supervisor
+
     supervisor = Supervisor.__new__(Supervisor)
     supervisor.config, supervisor.resume, supervisor.restarts, supervisor.failures = Config(), ResumePlan(), {}, {}
     supervisor.status = RunStatus(1000)

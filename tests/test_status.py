@@ -1,4 +1,5 @@
 """The status line's rates: averaged over a window long enough that once-a-second reports never read 0/s."""
+
 from launcher import status
 from launcher.status import RunStatus
 
@@ -11,15 +12,15 @@ def test_rates_never_read_zero_between_reports(monkeypatch):
     run = RunStatus(replay_capacity=100)
     seen = []
     reported = 0
-    for tick in range(75):                    # 30 s
+    for tick in range(75):  # 30 s
         clock[0] = 1000.0 + tick * 0.4
-        while reported <= clock[0] - 1000.0:          # the reports due by now, one a second
+        while reported <= clock[0] - 1000.0:  # the reports due by now, one a second
             run.on_report({"role": "learner", "index": 0, "kind": "progress", "values": {"updates": 20 * reported}})
             run.on_report({"role": "actor", "index": 0, "kind": "progress", "values": {"steps": 150 * reported}})
             reported += 1
         run.line()
         seen.append(run.rates)
-    later = seen[10:]                         # after the first few seconds
+    later = seen[10:]  # after the first few seconds
     assert all(16 <= u <= 22 for _, u in later), [round(u, 1) for _, u in later]
     assert all(120 <= s <= 165 for s, _ in later), [round(s) for s, _ in later]
 
@@ -28,15 +29,23 @@ def test_a_resumed_run_goes_on_from_its_checkpoints_counters(monkeypatch):
     """No updates/s spike from the restored count, the best reward of earlier sessions is kept, and the
     --max-steps bar counts this session's steps, not the run's."""
     from launcher.console import Console
+
     clock = [1000.0]
     monkeypatch.setattr(status.time, "monotonic", lambda: clock[0])
-    run = RunStatus(replay_capacity=100, before={"episodes": 900, "env_steps": 200_000, "updates": 25_000,
-                                                 "best_reward": 321.2})
+    run = RunStatus(
+        replay_capacity=100, before={"episodes": 900, "env_steps": 200_000, "updates": 25_000, "best_reward": 321.2}
+    )
     for second in range(1, 13):
         clock[0] = 1000.0 + second
         run.on_report({"role": "learner", "index": 0, "kind": "progress", "values": {"updates": 25_000 + 20 * second}})
-        run.on_report({"role": "actor", "index": 0, "kind": "progress",
-                       "values": {"steps": 200_000 + 150 * second, "session_steps": 150 * second, "episodes": 0}})
+        run.on_report(
+            {
+                "role": "actor",
+                "index": 0,
+                "kind": "progress",
+                "values": {"steps": 200_000 + 150 * second, "session_steps": 150 * second, "episodes": 0},
+            }
+        )
         run.line()
         assert run.rates[1] <= 25 and run.rates[0] <= 200, run.rates
     run.on_report({"role": "actor", "index": 0, "kind": "episode", "values": {"reward": 50.0}})
@@ -58,8 +67,14 @@ def test_the_last_line_gives_the_sessions_average_rates(monkeypatch):
     run = RunStatus(replay_capacity=100, before={"updates": 500})
     for second in range(1, 61):
         clock[0] = 1000.0 + second
-        run.on_report({"role": "actor", "index": 0, "kind": "progress",
-                       "values": {"steps": 150 * second, "session_steps": 150 * second, "episodes": 0}})
+        run.on_report(
+            {
+                "role": "actor",
+                "index": 0,
+                "kind": "progress",
+                "values": {"steps": 150 * second, "session_steps": 150 * second, "episodes": 0},
+            }
+        )
         run.on_report({"role": "learner", "index": 0, "kind": "progress", "values": {"updates": 500 + 20 * second}})
         run.line()
     clock[0] += 5
@@ -76,10 +91,17 @@ def test_a_resumed_runs_lines_before_the_first_reports_read_no_spike(monkeypatch
     run = RunStatus(replay_capacity=100, before={"episodes": 5_893, "env_steps": 1_000_000, "updates": 124_000})
     for second in range(1, 30):
         clock[0] = 1000.0 + second
-        if second > 10:                        # the processes report from here on
-            run.on_report({"role": "learner", "index": 0, "kind": "progress",
-                           "values": {"updates": 124_000 + 10 * (second - 10)}})
-            run.on_report({"role": "actor", "index": 0, "kind": "progress",
-                           "values": {"steps": 1_000_000 + 100 * (second - 10), "session_steps": 100 * (second - 10)}})
+        if second > 10:  # the processes report from here on
+            run.on_report(
+                {"role": "learner", "index": 0, "kind": "progress", "values": {"updates": 124_000 + 10 * (second - 10)}}
+            )
+            run.on_report(
+                {
+                    "role": "actor",
+                    "index": 0,
+                    "kind": "progress",
+                    "values": {"steps": 1_000_000 + 100 * (second - 10), "session_steps": 100 * (second - 10)},
+                }
+            )
         run.line()
         assert run.rates[0] <= 110 and run.rates[1] <= 11, (second, run.rates)

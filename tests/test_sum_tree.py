@@ -1,4 +1,5 @@
 """SumTree: batched updates, totals and minimum, prefix-sum search, stratified sampling."""
+
 import numpy as np
 import pytest
 
@@ -22,7 +23,7 @@ def test_totals_min_and_leaves_for_any_capacity(capacity):
     """Integer priorities (exact in float64) make total, min and leaves exact at every capacity."""
     rng = np.random.default_rng(capacity)
     priorities = rng.integers(0, 10, capacity).astype(np.float64)
-    priorities[rng.integers(capacity)] = 3.0          # at least one non-zero leaf
+    priorities[rng.integers(capacity)] = 3.0  # at least one non-zero leaf
     tree = filled_tree(priorities)
     assert tree.total == priorities.sum()
     assert tree.min == priorities[priorities > 0].min()
@@ -38,7 +39,7 @@ def test_batched_updates_keep_total_equal_to_leaf_sum():
         index = rng.integers(0, 1000, 64)
         value = rng.integers(0, 100, 64).astype(np.float64)
         tree.update(index, value)
-        for i, v in zip(index, value):       # sequential reference: the last write wins
+        for i, v in zip(index, value):  # sequential reference: the last write wins
             expected[i] = v
         np.testing.assert_array_equal(tree.leaves(), expected)
         assert tree.total == expected.sum()
@@ -73,13 +74,16 @@ def test_min_ignores_cleared_leaves():
     assert tree.min == np.inf and tree.total == 0.0
 
 
-@pytest.mark.parametrize("priorities, targets, expected", [
-    # prefix sums 0 | 1 | 3 | 6 | 10 (capacity 5, last leaf empty)
-    ([1, 2, 3, 4, 0], [0.0, 0.999, 1.0, 2.999, 3.0, 5.999, 6.0, 9.999], [0, 0, 1, 1, 2, 2, 3, 3]),
-    # zero leaves in the middle and at the start are skipped, even exactly on their edge
-    ([0, 1, 0, 0, 2, 0, 3], [0.0, 0.5, 1.0, 2.999, 3.0, 5.999], [1, 1, 4, 4, 6, 6]),
-    ([5.0], [0.0, 2.5, 4.999], [0, 0, 0]),
-])
+@pytest.mark.parametrize(
+    "priorities, targets, expected",
+    [
+        # prefix sums 0 | 1 | 3 | 6 | 10 (capacity 5, last leaf empty)
+        ([1, 2, 3, 4, 0], [0.0, 0.999, 1.0, 2.999, 3.0, 5.999, 6.0, 9.999], [0, 0, 1, 1, 2, 2, 3, 3]),
+        # zero leaves in the middle and at the start are skipped, even exactly on their edge
+        ([0, 1, 0, 0, 2, 0, 3], [0.0, 0.5, 1.0, 2.999, 3.0, 5.999], [1, 1, 4, 4, 6, 6]),
+        ([5.0], [0.0, 2.5, 4.999], [0, 0, 0]),
+    ],
+)
 def test_find_at_segment_edges(priorities, targets, expected):
     tree = filled_tree(priorities)
     np.testing.assert_array_equal(tree.find(np.array(targets)), expected)
@@ -106,14 +110,17 @@ def test_find_matches_cumulative_sum_search():
     np.testing.assert_array_equal(tree.find(targets), reference_find(priorities, targets))
 
 
-@pytest.mark.parametrize("index, value, error", [
-    ([5], [1.0], IndexError),
-    ([-1], [1.0], IndexError),
-    ([0, 7], [1.0, 1.0], IndexError),
-    ([0], [-0.5], ValueError),
-    ([0, 1], [1.0, np.nan], ValueError),
-    ([2], [np.inf], ValueError),
-])
+@pytest.mark.parametrize(
+    "index, value, error",
+    [
+        ([5], [1.0], IndexError),
+        ([-1], [1.0], IndexError),
+        ([0, 7], [1.0, 1.0], IndexError),
+        ([0], [-0.5], ValueError),
+        ([0, 1], [1.0, np.nan], ValueError),
+        ([2], [np.inf], ValueError),
+    ],
+)
 def test_invalid_update_raises_and_leaves_tree_unchanged(index, value, error):
     tree = filled_tree([1.0, 2.0, 3.0, 4.0, 5.0])
     with pytest.raises(error):
@@ -135,7 +142,7 @@ def test_sampling_an_empty_tree_raises():
 def test_stratified_sample_is_one_draw_per_segment():
     """Each batch draws once in each of B equal segments, so its leaves come out in order and a
     leaf spanning fB segments (f: its share of the mass) is drawn fewer than 2 times off fB."""
-    tree = filled_tree([1.0, 0.0, 3.0, 4.0, 0.0, 2.0])      # fractions 0.1, 0.3, 0.4, 0.2
+    tree = filled_tree([1.0, 0.0, 3.0, 4.0, 0.0, 2.0])  # fractions 0.1, 0.3, 0.4, 0.2
     rng = np.random.default_rng(2)
     for _ in range(50):
         leaves = tree.sample(32, rng)
@@ -149,7 +156,7 @@ def test_sampling_frequencies_match_priorities_chi_square():
     """Many stratified batches reproduce P(i) = p_i / sum p (chi-square goodness of fit), and
     leaves of priority 0 are never drawn."""
     priorities = np.array([1.0, 0.0, 2.5, 7.0, 0.3, 4.0, 0.0, 1.2, 9.0, 3.3, 0.8, 5.0, 2.0])
-    tree = filled_tree(priorities)                          # 13 leaves: not a power of two
+    tree = filled_tree(priorities)  # 13 leaves: not a power of two
     rng = np.random.default_rng(12345)
     batches, batch_size = 2000, 37
     draws = np.concatenate([tree.sample(batch_size, rng) for _ in range(batches)])

@@ -1,5 +1,6 @@
 """The channel table (common/topology.py) is the one description of the channels: the README's diagram
 draws it, the protocol's messages all travel on it, and the roles' real sockets are what it says."""
+
 import os
 import re
 
@@ -13,8 +14,8 @@ from common.topology import CHANNELS, Channel, bound_by
 from tests.harness import REPO, free_base_port
 
 README = (REPO / "README.md").read_text()
-HOW_IT_WORKS = README[README.index("## How it works"):]
-HOW_IT_WORKS = HOW_IT_WORKS[:HOW_IT_WORKS.index("\n## ", 1)]
+HOW_IT_WORKS = README[README.index("## How it works") :]
+HOW_IT_WORKS = HOW_IT_WORKS[: HOW_IT_WORKS.index("\n## ", 1)]
 DIAGRAM = HOW_IT_WORKS.split("```")[1]
 # A channel's label in the diagram: "replay_in +0: PUSH -> PULL*" (* marks the side that binds).
 LABEL = re.compile(r"([a-z_]+) (\+\d+|\(no port\)): ([A-Z]+\*?) -> ([A-Z]+\*?)")
@@ -60,25 +61,38 @@ def sockets(tmp_path, keep_process_hooks):
     from launcher.supervisor import Supervisor
     from learner.service import LearnerService
     from replay_server.server import ReplayServer
-    config = Config(env_id=TEST_ENV_ID, base_port=free_base_port(), replay_capacity=256, learning_starts=256,
-                    samples_per_insert=4,      # pinned ratio: the actors' queue is 4 chunks, not ZeroMQ's default
-                    device="cpu", headless=True, record_video=False, acting_precision="float32",
-                    runs_dir=str(tmp_path / "runs"))
+
+    config = Config(
+        env_id=TEST_ENV_ID,
+        base_port=free_base_port(),
+        replay_capacity=256,
+        learning_starts=256,
+        samples_per_insert=4,  # pinned ratio: the actors' queue is 4 chunks, not ZeroMQ's default
+        device="cpu",
+        headless=True,
+        record_video=False,
+        acting_precision="float32",
+        runs_dir=str(tmp_path / "runs"),
+    )
     supervisor = Supervisor(config, role="all")
-    runtimes = {role: RoleRuntime(role, 0, config, None, os.getppid(), reports_address=supervisor.reports_address)
-                for role in ("replay", "learner", "actor")}
+    runtimes = {
+        role: RoleRuntime(role, 0, config, None, os.getppid(), reports_address=supervisor.reports_address)
+        for role in ("replay", "learner", "actor")
+    }
     replay = ReplayServer(runtimes["replay"], str(tmp_path))
     learner = LearnerService(runtimes["learner"], str(tmp_path))
     actor = Actor(runtimes["actor"], str(tmp_path))
     try:
-        found = {("replay_in", True): [(replay.pull, runtimes["replay"].transport)],
-                 ("replay_sample", True): [(replay.router, runtimes["replay"].transport)],
-                 ("replay_sample", False): [(learner.dealer, runtimes["learner"].transport)],
-                 ("weights", True): [(learner.pub, runtimes["learner"].transport)],
-                 ("replay_in", False): [(actor.push, runtimes["actor"].transport)],
-                 ("weights", False): [(actor.sub, runtimes["actor"].transport)],
-                 ("reports", True): [(supervisor.reports, supervisor.transport)],
-                 ("reports", False): [(rt._reports, rt.transport) for rt in runtimes.values()]}
+        found = {
+            ("replay_in", True): [(replay.pull, runtimes["replay"].transport)],
+            ("replay_sample", True): [(replay.router, runtimes["replay"].transport)],
+            ("replay_sample", False): [(learner.dealer, runtimes["learner"].transport)],
+            ("weights", True): [(learner.pub, runtimes["learner"].transport)],
+            ("replay_in", False): [(actor.push, runtimes["actor"].transport)],
+            ("weights", False): [(actor.sub, runtimes["actor"].transport)],
+            ("reports", True): [(supervisor.reports, supervisor.transport)],
+            ("reports", False): [(rt._reports, rt.transport) for rt in runtimes.values()],
+        }
         yield config, found
     finally:
         actor.close()
@@ -100,12 +114,12 @@ def test_each_roles_sockets_are_the_tables(sockets):
             where = f"{name} ({'binder' if binds else 'connector'})"
             assert sock.type == getattr(zmq, side.socket), where
             assert (sock.getsockopt(zmq.SNDHWM), sock.getsockopt(zmq.RCVHWM)) == (hwm, hwm), where
-            monitored = transport._links[sock].channel if sock in transport._links else None    # keys and monitor
+            monitored = transport._links[sock].channel if sock in transport._links else None  # keys and monitor
             assert monitored == ch.link, where
             options = dict(side.options)
             if "CONFLATE" in options:
                 assert sock.getsockopt(zmq.CONFLATE) == options["CONFLATE"], where
-            if "ROUTER_MANDATORY" in options:      # not readable: a reply to no one raises instead of vanishing
+            if "ROUTER_MANDATORY" in options:  # not readable: a reply to no one raises instead of vanishing
                 with pytest.raises(zmq.ZMQError):
                     sock.send_multipart([b"\0nobody", b"reply"], zmq.NOBLOCK)
     assert CHANNELS["replay_in"].binder.hwm(config) == config.actor_queue_chunks() == 4

@@ -1,8 +1,9 @@
 """CorridorEnv (MarioApexTest-v0): deterministic, Mario-shaped, with a known optimal policy."""
+
 import numpy as np
 import pytest
 
-from common.toy_level import (CELL_UNITS, GOAL_CELL, GOOMBA_CELLS, TIME_LIMIT_FRAMES, CorridorEnv)
+from common.toy_level import CELL_UNITS, GOAL_CELL, GOOMBA_CELLS, TIME_LIMIT_FRAMES, CorridorEnv
 
 NOOP, RIGHT, RIGHT_A, RIGHT_B, RIGHT_A_B, A, LEFT = range(7)
 MARIO_INFO_KEYS = {"x_pos", "y_pos", "flag_get", "time", "life", "world", "stage", "score", "coins", "status"}
@@ -133,8 +134,8 @@ def test_running_out_of_time_terminates():
 def test_stepping_after_done_raises_and_reset_restarts():
     env = CorridorEnv()
     with pytest.raises(RuntimeError):
-        env.step(NOOP)                                   # never reset
-    run(env, [RIGHT] * 100)                             # dies at the first goomba
+        env.step(NOOP)  # never reset
+    run(env, [RIGHT] * 100)  # dies at the first goomba
     with pytest.raises(RuntimeError):
         env.step(RIGHT_A)
     obs, info = env.reset()

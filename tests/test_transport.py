@@ -1,6 +1,7 @@
 """Transport: the ipc socket files a process bound are removed when it closes (ZeroMQ leaves them in
 the temporary folder), but never one that a later bind of the same path made; the channels' ipc
 folder is this user's alone."""
+
 import os
 import stat
 import tempfile
@@ -25,7 +26,7 @@ def test_a_file_rebound_by_another_process_is_left_alone(tmp_path):
     path = tmp_path / "b.sock"
     first = Transport(1 << 20)
     first.socket(zmq.PULL, bind=f"ipc://{path}")
-    os.unlink(path)                     # as if its owner had died and another run took the path
+    os.unlink(path)  # as if its owner had died and another run took the path
     second = Transport(1 << 20)
     second.socket(zmq.PULL, bind=f"ipc://{path}")
     first.close()
@@ -60,14 +61,16 @@ def test_a_channels_folder_of_another_users_is_refused_for_binding_and_connectin
         folder.symlink_to(tmp_path / "elsewhere")
     else:
         real_uid = os.getuid()
-        monkeypatch.setattr(os, "getuid", lambda: real_uid + 1)    # the folder's owner is now someone else
+        monkeypatch.setattr(os, "getuid", lambda: real_uid + 1)  # the folder's owner is now someone else
         folder = tmp_path / f"mario-apex-{real_uid + 1}"
         folder.mkdir(mode=0o700)
     config = Config(base_port=47_555)
     transport = Transport(1 << 20)
     try:
-        for kind, where in ((zmq.PULL, {"bind": config.bind_addresses("replay_in")}),
-                            (zmq.PUSH, {"connect": config.connect_address("replay_in")})):
+        for kind, where in (
+            (zmq.PULL, {"bind": config.bind_addresses("replay_in")}),
+            (zmq.PUSH, {"connect": config.connect_address("replay_in")}),
+        ):
             with pytest.raises(TransportError, match="is not a folder of this user's .* remove it, or set TMPDIR"):
                 transport.socket(kind, **where)
     finally:

@@ -6,6 +6,7 @@ Needs iproute2 and the right to create network namespaces (root, outside a restr
 as CI has; elsewhere it is skipped with ip's reason, and test_roles.py covers the roles over loopback
 and test_keys.py the key checks on real loopback sockets.
 """
+
 import contextlib
 import os
 import random
@@ -65,42 +66,76 @@ def test_no_permission_for_namespaces_skips_with_ips_reason(monkeypatch, tmp_pat
     with pytest.raises(pytest.skip.Exception) as skipped:
         with two_namespaces():
             pass
-    assert skipped.value.msg == ("cannot create a network namespace here: "
-                                 "mount --make-shared /run/netns failed: Operation not permitted")
+    assert skipped.value.msg == (
+        "cannot create a network namespace here: mount --make-shared /run/netns failed: Operation not permitted"
+    )
 
 
 def test_learner_and_actor_on_two_hosts_with_keys(launch, tmp_path, two_hosts):
     (learner_ns, learner_ip), (actor_ns, _) = two_hosts
     for name in ("keys", "other"):
-        result = subprocess.run([sys.executable, "launch.py", "keys", str(tmp_path / name)], cwd=REPO,
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "launch.py", "keys", str(tmp_path / name)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 0, result.stderr
-    learner = launch("--role", "learner", "--bind", learner_ip, "--keys", str(tmp_path / "keys" / "learner"),
-                     *LEARNER_SIDE, prefix=("ip", "netns", "exec", learner_ns))
+    learner = launch(
+        "--role",
+        "learner",
+        "--bind",
+        learner_ip,
+        "--keys",
+        str(tmp_path / "keys" / "learner"),
+        *LEARNER_SIDE,
+        prefix=("ip", "netns", "exec", learner_ns),
+    )
     address = f"{learner_ip}:{learner.base_port}"
-    actors = launch("--role", "actor", "--learner", address, "--keys", str(tmp_path / "keys" / "actor"),
-                    *FAST_TEST_ENV, prefix=("ip", "netns", "exec", actor_ns))
+    actors = launch(
+        "--role",
+        "actor",
+        "--learner",
+        address,
+        "--keys",
+        str(tmp_path / "keys" / "actor"),
+        *FAST_TEST_ENV,
+        prefix=("ip", "netns", "exec", actor_ns),
+    )
     stranger = launch("--role", "actor", "--learner", address, *FAST_TEST_ENV, prefix=("ip", "netns", "exec", actor_ns))
-    foreign = launch("--role", "actor", "--learner", address, "--keys", str(tmp_path / "other" / "actor"),
-                     *FAST_TEST_ENV, prefix=("ip", "netns", "exec", actor_ns))
+    foreign = launch(
+        "--role",
+        "actor",
+        "--learner",
+        address,
+        "--keys",
+        str(tmp_path / "other" / "actor"),
+        *FAST_TEST_ENV,
+        prefix=("ip", "netns", "exec", actor_ns),
+    )
 
     learner.wait_for_updates(20, timeout=120)
     actors.wait_for(lambda: weights_update(actors) > 0, 60, "weights crossing to the actor host")
     learner.wait_for(lambda: learner.status_value("replay") > 2000, 60, "the replay memory growing")
-    for refused in (stranger, foreign):        # no keys, and another key set
+    for refused in (stranger, foreign):  # no keys, and another key set
         refused.wait_for(lambda: "refused this connection" in refused.output(), 30, "the refusal on the actor side")
-        assert re.search(r"\[actor-0\] tcp://[\d.]+:\d+ \((replay-in|weights)\) refused this connection: ",
-                         refused.output()), refused.output()
-    learner.wait_for(lambda: len(re.findall(r"refused a connection to (replay-in|weights)", learner.output())) >= 2,
-                     30, "refusals on the learner side")
+        assert re.search(
+            r"\[actor-0\] tcp://[\d.]+:\d+ \((replay-in|weights)\) refused this connection: ", refused.output()
+        ), refused.output()
+    learner.wait_for(
+        lambda: len(re.findall(r"refused a connection to (replay-in|weights)", learner.output())) >= 2,
+        30,
+        "refusals on the learner side",
+    )
     assert weights_update(stranger) == 0 and weights_update(foreign) == 0, "refused actors never get weights"
     updates = learner.status_value("updates")
-    learner.wait_for_updates(updates + 10)     # training goes on
+    learner.wait_for_updates(updates + 10)  # training goes on
     for refused in (stranger, foreign):
         refused.interrupt()
         assert refused.wait(10) == 130, refused.output()
 
-    learner.interrupt()                      # the learner side first: final checkpoint, actors play on
+    learner.interrupt()  # the learner side first: final checkpoint, actors play on
     assert learner.wait(10) == 130, learner.output()
     assert (learner.run_dir / "checkpoint_final.pth").exists()
     actors.wait_for(lambda: "the learner stopped" in actors.output(), 20, "the actors hearing the learner stop")

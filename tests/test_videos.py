@@ -1,5 +1,6 @@
 """What the user keeps: H.264 videos that play, the best run, log.txt and TensorBoard scalars,
 and a full disk that stops recording but not training."""
+
 import json
 import os
 import re
@@ -13,15 +14,32 @@ from tests.conftest import WITH_VIDEO, fake_tool, require
 
 pytestmark = pytest.mark.slow
 
-LOG_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] Episode (\d+), Reward: (-?\d+\.\d\d), Actor: (\d+), "
-                      r"Steps: (\d+), X: (\d+), Flag: (yes|no), Epsilon: (\d\.\d{3})$")
+LOG_LINE = re.compile(
+    r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] Episode (\d+), Reward: (-?\d+\.\d\d), Actor: (\d+), "
+    r"Steps: (\d+), X: (\d+), Flag: (yes|no), Epsilon: (\d\.\d{3})$"
+)
 
 
 def probe(path) -> dict:
     """Decode the whole file with ffprobe; returns codec, size, pixel format and frames decoded."""
-    result = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_frames", "-show_entries",
-                             "stream=codec_name,width,height,pix_fmt,nb_read_frames,avg_frame_rate", "-of", "json",
-                             str(path)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-count_frames",
+            "-show_entries",
+            "stream=codec_name,width,height,pix_fmt,nb_read_frames,avg_frame_rate",
+            "-of",
+            "json",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)["streams"][0]
 
@@ -30,8 +48,9 @@ def mount_tmpfs(folder, size: str) -> None:
     """A tmpfs of `size` on `folder`, or skip the test with mount's own reason (not root, no permission
     in a container, ...)."""
     require("mount", "umount")
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, text=True, timeout=60
+    )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip() or f'mount exited {result.returncode}'}")
 
@@ -69,9 +88,19 @@ def test_videos_log_and_tensorboard_after_a_run(launch):
         accumulator.Reload()
         for tag in accumulator.Tags()["scalars"]:
             tags[tag] = tags.get(tag, 0) + len(accumulator.Scalars(tag))
-    for tag in ("Episode/Reward", "Episode/Epsilon", "Episode/XPos", "Episode/Flag", "Loss/Optimize",
-                "Q_Value/Mean", "Learning_Rate", "Actor/StepsPerSec", "Learner/UpdatesPerSec", "Replay/Size",
-                "Replay/SamplesPerInsert"):
+    for tag in (
+        "Episode/Reward",
+        "Episode/Epsilon",
+        "Episode/XPos",
+        "Episode/Flag",
+        "Loss/Optimize",
+        "Q_Value/Mean",
+        "Learning_Rate",
+        "Actor/StepsPerSec",
+        "Learner/UpdatesPerSec",
+        "Replay/Size",
+        "Replay/SamplesPerInsert",
+    ):
         assert tags.get(tag, 0) > 0, f"no values for {tag}: {sorted(tags)}"
     assert tags["Episode/Reward"] == len(log)
 
@@ -91,12 +120,20 @@ def test_sigkill_of_the_actor_leaves_a_playable_run_video(launch):
     """The killed actor's mario_run.mp4 stays playable; its restarted self records mario_run_2.mp4."""
     require("ffprobe")
     run = launch(*WITH_VIDEO, "--set", "learning_starts=20000")
-    run.wait_for(lambda: (run.runs_dir.exists() and any(run.runs_dir.glob("*_run/mario_run.mp4"))
-                          and run.status_value("steps") >= 600), 60, "600 steps recorded")
+    run.wait_for(
+        lambda: (
+            run.runs_dir.exists() and any(run.runs_dir.glob("*_run/mario_run.mp4")) and run.status_value("steps") >= 600
+        ),
+        60,
+        "600 steps recorded",
+    )
     actor = run.role_pids()["actor-0"]
     os.kill(actor, signal.SIGKILL)
-    run.wait_for(lambda: "actor-0 exited unexpectedly (killed by SIGKILL); restarting it (1 of 3)" in run.output(),
-                 15, "the restart")
+    run.wait_for(
+        lambda: "actor-0 exited unexpectedly (killed by SIGKILL); restarting it (1 of 3)" in run.output(),
+        15,
+        "the restart",
+    )
     video = probe(run.run_dir / "mario_run.mp4")
     assert video["codec_name"] == "h264" and int(video["nb_read_frames"]) >= 400, video
     run.wait_for(lambda: (run.run_dir / "mario_run_2.mp4").exists(), 30, "the restarted actor's segment")
@@ -117,7 +154,7 @@ def test_full_disk_stops_recording_but_not_training(launch, tmp_path):
     try:
         run = launch(*WITH_VIDEO, "--max-steps", "6000", "--runs-dir", str(disk))
         run.wait_for(lambda: any(disk.glob("*_run/mario_run.mp4")), 60, "the run video to be opened")
-        with open(disk / "filler", "wb") as filler:      # take every free byte
+        with open(disk / "filler", "wb") as filler:  # take every free byte
             try:
                 while True:
                     filler.write(b"\0" * 65536)
@@ -125,10 +162,14 @@ def test_full_disk_stops_recording_but_not_training(launch, tmp_path):
                 pass
         assert run.wait(120) == 0, run.output()
         output = run.output()
-        assert re.search(r"\[actor-0\] recording \S+ failed: No space left on device; recording stops, "
-                         r"training goes on", output), output
-        assert re.search(r"mario-apex: could not write \S+log.txt: No space left on device; training goes on",
-                         output), output
+        assert re.search(
+            r"\[actor-0\] recording \S+ failed: No space left on device; recording stops, "
+            r"training goes on",
+            output,
+        ), output
+        assert re.search(
+            r"mario-apex: could not write \S+log.txt: No space left on device; training goes on", output
+        ), output
         assert re.search(r"could not write \S*checkpoint_final.pth: No space left on device", output), output
         assert "Traceback" not in output
         assert "reached --max-steps" in output
@@ -137,10 +178,13 @@ def test_full_disk_stops_recording_but_not_training(launch, tmp_path):
 
 
 def test_missing_ffprobe_skips_and_says_so(monkeypatch, tmp_path):
-    monkeypatch.setenv("PATH", str(tmp_path))       # an empty folder: no tool at all
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no tool at all
     refuse_to_launch = lambda *args, **options: pytest.fail("launched without ffprobe to check the videos")
-    for test in (test_videos_log_and_tensorboard_after_a_run, test_ctrl_c_leaves_videos_that_play_to_the_end,
-                 test_sigkill_of_the_actor_leaves_a_playable_run_video):
+    for test in (
+        test_videos_log_and_tensorboard_after_a_run,
+        test_ctrl_c_leaves_videos_that_play_to_the_end,
+        test_sigkill_of_the_actor_leaves_a_playable_run_video,
+    ):
         with pytest.raises(pytest.skip.Exception, match=r"^needs ffprobe on PATH"):
             test(refuse_to_launch)
 

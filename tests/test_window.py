@@ -1,4 +1,5 @@
 """The live "Mario" window, on a real X server: there, 2x the game's frame, showing the game."""
+
 import re
 import subprocess
 
@@ -11,7 +12,7 @@ from tests.conftest import require, x_server
 pytestmark = pytest.mark.slow
 
 FRAME_W, FRAME_H = 256, 240
-SKY_BGR = np.array([252, 136, 104])   # the 1-1 sky in nes-py's palette (RGB 104, 136, 252)
+SKY_BGR = np.array([252, 136, 104])  # the 1-1 sky in nes-py's palette (RGB 104, 136, 252)
 
 
 def _window_geometry(display: str):
@@ -23,8 +24,25 @@ def _window_geometry(display: str):
 
 
 def _screenshot(display: str, path) -> np.ndarray:
-    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "x11grab", "-video_size", "1024x768",
-                    "-i", display, "-frames:v", "1", str(path)], check=True, timeout=60)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "x11grab",
+            "-video_size",
+            "1024x768",
+            "-i",
+            display,
+            "-frames:v",
+            "1",
+            str(path),
+        ],
+        check=True,
+        timeout=60,
+    )
     return cv2.imread(str(path))
 
 
@@ -33,11 +51,13 @@ def test_live_window_shows_the_game_at_2x(launch, xvfb, tmp_path):
     run = launch("--max-steps", "100000", "--set", "learning_starts=200", display=xvfb)
     # The window may show for a moment at the toolkit's default size before it is sized: wait for 2x.
     x, y, width, height = run.wait_for(
-        lambda: (g := _window_geometry(xvfb)) is not None and g[2:] == (2 * FRAME_W, 2 * FRAME_H) and g, 120,
-        f'a window named "Mario" of {2 * FRAME_W}x{2 * FRAME_H}')
+        lambda: (g := _window_geometry(xvfb)) is not None and g[2:] == (2 * FRAME_W, 2 * FRAME_H) and g,
+        120,
+        f'a window named "Mario" of {2 * FRAME_W}x{2 * FRAME_H}',
+    )
     run.wait_for(lambda: run.status_value("steps") >= 50, 60, "50 env steps")
     screen = _screenshot(xvfb, tmp_path / "screen.png")
-    window = screen[y:y + height, x:x + width]
+    window = screen[y : y + height, x : x + width]
     assert window.std() > 20, "the window is blank"
     sky = np.all(np.abs(window.astype(int) - SKY_BGR) < 12, axis=2).mean()
     assert sky > 0.3, f"only {sky:.0%} of the window is Mario's sky"
@@ -54,7 +74,7 @@ def test_no_display_means_no_window_and_one_line_saying_so(launch):
 
 def test_missing_x_tools_skip_and_say_which(monkeypatch, tmp_path):
     """Without Xvfb, xwininfo or ffmpeg the window test is skipped naming them, not an error."""
-    monkeypatch.setenv("PATH", str(tmp_path))       # an empty folder: no tool at all
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no tool at all
     with pytest.raises(pytest.skip.Exception, match=r"^needs Xvfb on PATH"):
         with x_server():
             pass

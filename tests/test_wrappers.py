@@ -1,4 +1,5 @@
 """Reward shaping, the wrappers (on small scripted fake envs) and the env factory with the test env."""
+
 import numpy as np
 import pytest
 
@@ -49,26 +50,30 @@ def plain_steps(n: int, terminate_at: int | None = None, truncate_at: int | None
 
 # --- shape_reward ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("env_reward,x,prev,terminated,flag,expected", [
-    (0.0, 11, 10, False, False, 0.1),          # +1 progress
-    (0.0, 9, 10, False, False, -0.1),          # -1 regress
-    (0.0, 10, 10, False, False, 0.0),          # standing
-    (3.0, 13, 10, False, False, 0.4),          # env reward + progress
-    (-3.0, 7, 10, False, False, -0.4),         # env reward + regress
-    (2.5, 10, 10, False, False, 0.25),
-    (45.0, 10, 10, True, False, -0.5),         # death: -50 (45 - 50 = -5)
-    (40.0, 11, 10, True, False, -0.9),         # death with progress: 40 + 1 - 50
-    (0.0, 10, 10, True, False, -1.0),          # death alone: -5, clipped
-    (-11.0, 16, 12, True, False, -1.0),        # the test env's goomba death, clipped
-    (-995.0, 10, 10, True, True, 0.5),         # flag: +1000 and no death penalty
-    (-1005.0, 11, 10, True, True, -0.4),       # flag with progress: -1005 + 1 + 1000
-    (4.0, 60, 56, True, True, 1.0),            # the test env's flag step, clipped
-    (0.0, 60, 60, False, True, 1.0),           # flag counts even without terminated
-    (9.0, 20, 10, False, False, 1.0),          # exactly 1 after scaling
-    (15.0, 30, 10, False, False, 1.0),         # 1.6 clipped to 1
-    (-10.0, 20, 10, False, False, -0.9),
-    (-12.0, 5, 10, False, False, -1.0),        # -1.3 clipped to -1
-])
+
+@pytest.mark.parametrize(
+    "env_reward,x,prev,terminated,flag,expected",
+    [
+        (0.0, 11, 10, False, False, 0.1),  # +1 progress
+        (0.0, 9, 10, False, False, -0.1),  # -1 regress
+        (0.0, 10, 10, False, False, 0.0),  # standing
+        (3.0, 13, 10, False, False, 0.4),  # env reward + progress
+        (-3.0, 7, 10, False, False, -0.4),  # env reward + regress
+        (2.5, 10, 10, False, False, 0.25),
+        (45.0, 10, 10, True, False, -0.5),  # death: -50 (45 - 50 = -5)
+        (40.0, 11, 10, True, False, -0.9),  # death with progress: 40 + 1 - 50
+        (0.0, 10, 10, True, False, -1.0),  # death alone: -5, clipped
+        (-11.0, 16, 12, True, False, -1.0),  # the test env's goomba death, clipped
+        (-995.0, 10, 10, True, True, 0.5),  # flag: +1000 and no death penalty
+        (-1005.0, 11, 10, True, True, -0.4),  # flag with progress: -1005 + 1 + 1000
+        (4.0, 60, 56, True, True, 1.0),  # the test env's flag step, clipped
+        (0.0, 60, 60, False, True, 1.0),  # flag counts even without terminated
+        (9.0, 20, 10, False, False, 1.0),  # exactly 1 after scaling
+        (15.0, 30, 10, False, False, 1.0),  # 1.6 clipped to 1
+        (-10.0, 20, 10, False, False, -0.9),
+        (-12.0, 5, 10, False, False, -1.0),  # -1.3 clipped to -1
+    ],
+)
 def test_shape_reward_table(env_reward, x, prev, terminated, flag, expected):
     """(env reward + progress +-1 + death -50 / flag +1000) / 10, clipped to [-1, 1]."""
     value = shape_reward(env_reward, x, prev, terminated, flag)
@@ -76,14 +81,17 @@ def test_shape_reward_table(env_reward, x, prev, terminated, flag, expected):
     assert value == pytest.approx(expected, abs=1e-12)
 
 
-@pytest.mark.parametrize("env_reward,x,prev,terminated,flag,expected", [
-    (-995.0, 10, 10, True, True, 100.0 - 1.0),   # flag: the -995 is clipped to -1, then +100
-    (4.0, 60, 56, True, True, 100.5),            # the test env's flag step: (4 + 1) / 10 + 100
-    (0.0, 60, 60, False, True, 100.0),           # flag counts even without terminated, no death penalty
-    (45.0, 10, 10, True, False, -0.5),           # everything but the flag is as in the original
-    (15.0, 30, 10, False, False, 1.0),
-    (0.0, 10, 10, True, False, -1.0),
-])
+@pytest.mark.parametrize(
+    "env_reward,x,prev,terminated,flag,expected",
+    [
+        (-995.0, 10, 10, True, True, 100.0 - 1.0),  # flag: the -995 is clipped to -1, then +100
+        (4.0, 60, 56, True, True, 100.5),  # the test env's flag step: (4 + 1) / 10 + 100
+        (0.0, 60, 60, False, True, 100.0),  # flag counts even without terminated, no death penalty
+        (45.0, 10, 10, True, False, -0.5),  # everything but the flag is as in the original
+        (15.0, 30, 10, False, False, 1.0),
+        (0.0, 10, 10, True, False, -1.0),
+    ],
+)
 def test_flag_unclipped_adds_the_flag_bonus_after_the_clip(env_reward, x, prev, terminated, flag, expected):
     """flag_unclipped: the flag's +1000 / 10 bypasses the clip, so finishing is worth 100 rather than 1."""
     assert shape_reward(env_reward, x, prev, terminated, flag, clip_flag=False) == pytest.approx(expected, abs=1e-12)
@@ -102,6 +110,7 @@ def test_the_reward_scheme_reaches_the_shaping(scheme, flag_reward):
 
 
 # --- FrameSkip ---------------------------------------------------------------------------------------
+
 
 def test_frame_skip_repeats_action_and_sums_rewards():
     """One agent step = `skip` env steps with the same action; rewards summed; last obs, info and frame kept."""
@@ -139,13 +148,14 @@ def test_frame_skip_of_one_is_the_plain_env():
 
 # --- ShapedReward ------------------------------------------------------------------------------------
 
+
 def test_shaped_reward_uses_x_pos_deltas_from_info():
     """The first delta is from reset's x_pos (not 0); a step without x_pos counts as standing still."""
     script = [
-        (rgb(1), 0.0, False, False, {"x_pos": 40}),                    # standing at reset position
-        (rgb(2), 1.0, False, False, {"x_pos": 41}),                    # (1 + 1) / 10
-        (rgb(3), 0.0, False, False, {}),                               # x_pos missing: no move
-        (rgb(4), -2.0, False, False, {"x_pos": 39}),                   # (-2 - 1) / 10
+        (rgb(1), 0.0, False, False, {"x_pos": 40}),  # standing at reset position
+        (rgb(2), 1.0, False, False, {"x_pos": 41}),  # (1 + 1) / 10
+        (rgb(3), 0.0, False, False, {}),  # x_pos missing: no move
+        (rgb(4), -2.0, False, False, {"x_pos": 39}),  # (-2 - 1) / 10
         (rgb(5), 45.0, True, False, {"x_pos": 40, "flag_get": False}),  # death: (45 + 1 - 50) / 10
     ]
     env = ShapedReward(ScriptedEnv(script, rgb(0), {"x_pos": 40}))
@@ -187,13 +197,16 @@ def test_shaped_reward_reset_rereads_x_pos():
 
 # --- GrayResize --------------------------------------------------------------------------------------
 
+
 def luma(r: int, g: int, b: int) -> int:
     """ITU-R BT.601 luma, as OpenCV's RGB2GRAY computes it."""
     return int(round(0.299 * r + 0.587 * g + 0.114 * b))
 
 
-@pytest.mark.parametrize("colour", [(255, 0, 0), (0, 255, 0), (0, 0, 255), (92, 148, 252), (200, 76, 12),
-                                    (0, 0, 0), (255, 255, 255), (128, 128, 128)])
+@pytest.mark.parametrize(
+    "colour",
+    [(255, 0, 0), (0, 255, 0), (0, 0, 255), (92, 148, 252), (200, 76, 12), (0, 0, 0), (255, 255, 255), (128, 128, 128)],
+)
 def test_gray_resize_uniform_colour(colour):
     """A uniform RGB frame becomes a uniform (84, 84) uint8 frame of its luma; red and blue are not swapped."""
     frame = np.full((240, 256, 3), colour, np.uint8)
@@ -223,6 +236,7 @@ def test_gray_resize_other_size():
 
 
 # --- FrameStack --------------------------------------------------------------------------------------
+
 
 def gray(k: int) -> np.ndarray:
     return np.full((84, 84), k, np.uint8)
@@ -271,6 +285,7 @@ def test_frame_stack_returns_independent_arrays():
 
 # --- TimeLimit ---------------------------------------------------------------------------------------
 
+
 def test_time_limit_truncates_after_max_steps():
     """Steps 1..max-1 are untouched; step max is truncated=True, terminated=False."""
     env = TimeLimit(ScriptedEnv(plain_steps(10), rgb(0)), max_steps=3)
@@ -305,6 +320,7 @@ def test_time_limit_passes_inner_truncation_through():
 
 # --- make_env with the built-in test env --------------------------------------------------------------
 
+
 def test_make_env_test_env_observations():
     """The factory chain on MarioApexTest-v0 gives (4, 84, 84) uint8 stacks and keeps the last RGB frame."""
     env = make_env(Config(env_id=TEST_ENV))
@@ -325,10 +341,13 @@ def test_find_wrapper_missing_kind():
         find_wrapper(make_env(Config(env_id=TEST_ENV)), gym.wrappers.RecordEpisodeStatistics)
 
 
-@pytest.mark.parametrize("action,rewards,info", [
-    (2, [0.5] * 14 + [1.0], {"x_pos": 60, "flag_get": True}),     # jump right: flag after 15 agent steps
-    (1, [0.5, 0.5, 0.5, -1.0], {"x_pos": 16, "flag_get": False}),  # walk right: goomba on the 4th step
-])
+@pytest.mark.parametrize(
+    "action,rewards,info",
+    [
+        (2, [0.5] * 14 + [1.0], {"x_pos": 60, "flag_get": True}),  # jump right: flag after 15 agent steps
+        (1, [0.5, 0.5, 0.5, -1.0], {"x_pos": 16, "flag_get": False}),  # walk right: goomba on the 4th step
+    ],
+)
 def test_make_env_episode_rewards(action, rewards, info):
     """With frame skip 4 one agent step is one cell; shaped rewards are exactly the documented values."""
     env = make_env(Config(env_id=TEST_ENV))
@@ -355,20 +374,26 @@ def test_make_env_time_limit_and_frame_skip_from_config():
 
 # --- the later reward scheme and single-life episodes -------------------------------------------
 
-@pytest.mark.parametrize("x, prev, life_lost, flag, expected", [
-    (110, 100, False, False, 0.1),        # +0.1 per x gained: 1.0 / 10
-    (100, 110, False, False, -0.1),
-    (100, 100, True, False, -1.0),        # -50 per life lost, clipped
-    (100, 100, False, True, 1.0),         # +2000 flag, clipped
-    (105, 100, False, False, 0.05),
-])
+
+@pytest.mark.parametrize(
+    "x, prev, life_lost, flag, expected",
+    [
+        (110, 100, False, False, 0.1),  # +0.1 per x gained: 1.0 / 10
+        (100, 110, False, False, -0.1),
+        (100, 100, True, False, -1.0),  # -50 per life lost, clipped
+        (100, 100, False, True, 1.0),  # +2000 flag, clipped
+        (105, 100, False, False, 0.05),
+    ],
+)
 def test_progress_scheme(x, prev, life_lost, flag, expected):
     from common.wrappers import shape_progress_reward
+
     assert shape_progress_reward(x, prev, life_lost, flag) == pytest.approx(expected)
 
 
 class _Lives(gym.Env):
     """Scripted infos: x_pos +8 per step, a life lost at step 3."""
+
     observation_space = gym.spaces.Box(0, 255, (2, 2, 3), np.uint8)
     action_space = gym.spaces.Discrete(7)
 
@@ -385,6 +410,7 @@ class _Lives(gym.Env):
 @pytest.mark.parametrize("single_life, terminated_at", [(True, 3), (False, None)])
 def test_single_life_ends_the_episode_on_a_lost_life(single_life, terminated_at):
     from common.wrappers import ShapedReward
+
     env = ShapedReward(_Lives(), "progress", single_life)
     env.reset()
     ends = []
@@ -404,6 +430,7 @@ def test_level_list_samples_a_level_per_episode():
     """A comma-separated env id: each reset plays one of the levels, chosen uniformly, seeded."""
     from common.config import Config
     from common.envs import LevelSampler, make_env, unknown_env_ids
+
     env = make_env(Config(env_id="SuperMarioBros-1-1-v0,SuperMarioBros-1-2-v0"), seed=3)
     sampler = env
     while not isinstance(sampler, LevelSampler):
@@ -427,13 +454,15 @@ def x_steps(xs):
 
 def test_time_limit_truncates_a_stalled_episode_only_after_stall_steps_without_a_new_best_x():
     """x 10, 12, 12, 11, 12 (no new best for 3 steps) then truncated; a new best resets the count."""
-    env = TimeLimit(ScriptedEnv(x_steps([10, 12, 12, 11, 12, 13, 13, 13, 13]), rgb(0), {"x_pos": 10}),
-                    max_steps=100, stall_steps=3)
+    env = TimeLimit(
+        ScriptedEnv(x_steps([10, 12, 12, 11, 12, 13, 13, 13, 13]), rgb(0), {"x_pos": 10}), max_steps=100, stall_steps=3
+    )
     env.reset()
     truncated = [env.step(0)[3] for _ in range(5)]
     assert truncated == [False, False, False, False, True]
-    env = TimeLimit(ScriptedEnv(x_steps([11, 12, 13, 14, 15, 15, 15]), rgb(0), {"x_pos": 10}),
-                    max_steps=100, stall_steps=3)
+    env = TimeLimit(
+        ScriptedEnv(x_steps([11, 12, 13, 14, 15, 15, 15]), rgb(0), {"x_pos": 10}), max_steps=100, stall_steps=3
+    )
     env.reset()
     assert [env.step(0)[3] for _ in range(7)] == [False] * 7, "always progressing (then 2 stalled): never cut"
 

@@ -146,12 +146,16 @@ def evaluations(run_dir: Path) -> list[tuple[int, int, bool, float]]:
     """(env steps, x_pos, flag, minutes the run had been running) of every greedy evaluation in log.txt;
     the time between a stop and a --resume does not count."""
     found, running = [], 0.0
-    last = datetime.strptime(run_dir.name[:19], "%Y-%m-%d_%H-%M-%S")  # the run folder's name: its start
+    try:
+        last = datetime.strptime(run_dir.name[:19], "%Y-%m-%d_%H-%M-%S")  # the run folder's name: its start
+    except ValueError:  # a renamed folder: its first log line then
+        last = None
     for line in (run_dir / "log.txt").read_text().splitlines():
         try:
             now = datetime.strptime(line[1:20], "%Y-%m-%d %H:%M:%S")
         except ValueError:
             continue
+        last = last or now
         if (now - last).total_seconds() < STOPPED_S:
             running += (now - last).total_seconds()
         last = now
@@ -221,14 +225,16 @@ def learn_mario(args, runs_dir: str) -> None:
         extra += ("--set", "learning_starts=500", "--set", "eval_every_episodes=1", "--set", "stall_steps=50")
     if not args.report:
         print(
-            f"SuperMarioBros-1-1-v0, {args.steps:,} env steps per seed, seeds 0..{args.seeds - 1}; settings: "
+            f"SuperMarioBros-1-1-v0, {args.steps:,} env steps per seed, seeds {args.first_seed}.."
+            f"{args.first_seed + args.seeds - 1}; settings: "
             f"{' '.join(MARIO_SETTINGS[4:] + extra)}",
             flush=True,
         )
     rows = []
-    for seed in range(len(args.report) if args.report else args.seeds):
+    for i in range(len(args.report) if args.report else args.seeds):
+        seed = i if args.report else args.first_seed + i
         if args.report:  # figures of runs already made (e.g. stopped early), from their log.txt
-            run_dir = Path(args.report[seed])
+            run_dir = Path(args.report[i])
         else:
             settings = (*MARIO_SETTINGS, "--max-steps", str(args.steps), "--seed", str(seed), *extra)
             run_dir, _, _ = train(
@@ -237,7 +243,7 @@ def learn_mario(args, runs_dir: str) -> None:
                 os.path.join(runs_dir, f"seed{seed}"),
                 solved=None if args.until_budget else lambda m: m[4] == "yes",
             )
-        evals = evaluations(run_dir)
+        evals = [e for e in evaluations(run_dir) if e[0] > args.after]
         flag = first_flag(evals)
         best = max(evals, key=lambda e: e[1], default=None)
         rows.append((flag, best, [at_budget(evals, b) for b in budgets]))
@@ -248,7 +254,8 @@ def learn_mario(args, runs_dir: str) -> None:
         reached = f"first greedy flag after {flag[0]:,} env steps, {flag[1]:.1f} minutes" if flag else "no greedy flag"
         print(
             f"{'run' if args.report else 'seed'} {seed}: {reached}; best greedy x_pos {best[1] if best else 0} "
-            f"(at {best[0] if best else 0:,} env steps); {len(evals)} evaluations; {at}; run folder {run_dir}",
+            f"(at {best[0] if best else 0:,} env steps); {len(evals)} evaluations ({sum(e[2] for e in evals)} with the "
+            f"flag, median x_pos {statistics.median(e[1] for e in evals) if evals else 0:.0f}); {at}; run folder {run_dir}",
             flush=True,
         )
     flags = [r[0] for r in rows if r[0]]
@@ -279,9 +286,23 @@ def main() -> None:
     p.add_argument("--minutes", type=float, help="wall-time cap per run (default: 1 for test; none for mario)")
     p.add_argument("--steps", type=int, default=GOAL_STEPS, help="mario: env-step budget per seed (default 1M)")
     p.add_argument("--seeds", type=int, default=1, help="mario: seeds 0..N-1, one after another (default 1)")
+    p.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        metavar="K",
+        help="mario: seeds K..K+N-1 instead (to run seeds side by side in two benchmarks)",
+    )
     p.add_argument("--at", default="150000,500000", help="mario: budgets to report x_pos and flag rate at")
     p.add_argument("--until-budget", action="store_true", help="mario: go on after the first greedy flag")
     p.add_argument("--report", nargs="+", metavar="RUN_FOLDER", help="mario: report on these runs' log.txt, train none")
+    p.add_argument(
+        "--after",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="mario: count only evaluations after this many env steps (e.g. what a --resume with a change did)",
+    )
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="passed to the launcher")
     p.add_argument("--episodes", type=int, default=5, help="test: evaluation episodes per policy (default 5)")
     p.add_argument("--keep", metavar="DIR", help="keep the run folders under DIR (default: a temporary folder)")

@@ -29,7 +29,7 @@ from actor.chunks import ChunkBuilder
 from actor.curriculum import Curriculum
 from actor.display import LiveWindow, display_available
 from actor.env_thread import GREEDY, EnvThread
-from actor.epsilon import linear_epsilon
+from actor.epsilon import actor_epsilon
 from actor.recorder import EpisodeRecorder, RecordingError, VideoWriter
 from common.envs import LevelSampler, evaluation_limits, find_wrapper, make_env
 from common.log_limit import LogLimit
@@ -196,12 +196,7 @@ class Actor:
             self.stepper.submit(int(self.rng.integers(self.config.num_actions)) if explore else GREEDY)
 
     def epsilon(self) -> float:
-        c = self.config
-        if c.epsilon_schedule == "apex":
-            return c.apex_epsilon_of(self.index)
-        return linear_epsilon(
-            self.steps - self.epsilon_origin, self.epsilon_start, c.epsilon_end, c.epsilon_decay_steps
-        )
+        return actor_epsilon(self.config, self.index, self.steps - self.epsilon_origin, self.epsilon_start)
 
     def _cap_reached(self, ahead: int = 0) -> bool:
         """This session's step or episode limit is reached, counting `ahead` steps already submitted."""

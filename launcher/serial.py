@@ -34,7 +34,7 @@ from actor.acting_network import choose_precision, make_policy
 from actor.best_eval import BestEval
 from actor.chunks import ChunkBuilder
 from actor.curriculum import Curriculum
-from actor.epsilon import linear_epsilon
+from actor.epsilon import actor_epsilon
 from common.config import Config
 from common.envs import EnvError, LevelSampler, evaluation_limits, find_wrapper, level_ids, make_env
 from common.metrics import Metrics
@@ -67,13 +67,6 @@ class Stop:
         if self.reason is None:
             self.reason = "interrupted (Ctrl+C)" if signum == signal.SIGINT else "terminated (SIGTERM)"
             self.exit_code = 130 if signum == signal.SIGINT else 0
-
-
-def epsilon(c: Config, steps: int) -> float:
-    """Actor 0's exploration after `steps` env steps (actor.Actor.epsilon)."""
-    if c.epsilon_schedule == "apex":
-        return c.apex_epsilon_of(0)
-    return linear_epsilon(steps, c.epsilon_start, c.epsilon_end, c.epsilon_decay_steps)
 
 
 def acting_policy(learner: DQNLearner, precision: str):
@@ -167,7 +160,7 @@ def run_serial(c: Config) -> int:
     episode_reward, episode_steps = 0.0, 0
     while stop.reason is None:
         # 1. act: a random action with probability epsilon, else the acting network's greedy one
-        explore = rng.random() < epsilon(c, steps)
+        explore = rng.random() < actor_epsilon(c, 0, steps)
         action = int(rng.integers(c.num_actions)) if explore else policy(obs)
         obs, reward, terminated, truncated, info = env.step(action)
         steps, episode_reward, episode_steps = steps + 1, episode_reward + reward, episode_steps + 1
@@ -209,12 +202,12 @@ def run_serial(c: Config) -> int:
                     "steps": episode_steps,
                     "x_pos": x_pos,
                     "flag": flag,
-                    "epsilon": epsilon(c, steps),
+                    "epsilon": actor_epsilon(c, 0, steps),
                 },
             )
             for tag, value in (
                 ("Reward", episode_reward),
-                ("Epsilon", epsilon(c, steps)),
+                ("Epsilon", actor_epsilon(c, 0, steps)),
                 ("XPos", x_pos),
                 ("Flag", float(flag)),
                 ("Steps", episode_steps),
@@ -251,7 +244,16 @@ def run_serial(c: Config) -> int:
             rates = ((steps - marks[1]) / (now - marks[0]), (learner.updates - marks[2]) / (now - marks[0]))
             print(
                 status(
-                    now - started, steps, episodes, learner.updates, rates, loss, epsilon(c, steps), replay, c, best
+                    now - started,
+                    steps,
+                    episodes,
+                    learner.updates,
+                    rates,
+                    loss,
+                    actor_epsilon(c, 0, steps),
+                    replay,
+                    c,
+                    best,
                 ),
                 flush=True,
             )
@@ -326,7 +328,7 @@ def run_serial(c: Config) -> int:
             learner.updates,
             (steps / elapsed, learner.updates / elapsed),
             loss,
-            epsilon(c, steps),
+            actor_epsilon(c, 0, steps),
             replay,
             c,
             best,

@@ -204,13 +204,14 @@ def _weights_subscriber(address: str, ready, done, conn, step_s: float) -> None:
     from common.config import Config
     from common.network import build_network, network_from_arrays
     from common.protocol import decode
+    from common.topology import connect_socket
     from common.transport import Transport
 
     torch.set_num_threads(1)  # as actor.main does
     config = Config()
     transport = Transport(config.max_message_bytes)
     try:
-        sub = transport.socket(zmq.SUB, connect=address, conflate=True, subscribe=True)
+        sub = connect_socket(transport, config, "weights", address)  # as the actor's (CONFLATE)
         precision, _ = choose_precision(build_network(config).eval(), config)
         records = []
         while not done.is_set():

@@ -88,8 +88,6 @@ class Transport:
         bind: str | list[str] | None = None,
         connect: str | None = None,
         hwm: int | None = None,
-        conflate: bool = False,
-        subscribe: bool = False,
         options: tuple[tuple[int, int | bytes], ...] = (),
         link: str | None = None,
     ) -> zmq.Socket:
@@ -104,10 +102,6 @@ class Transport:
         if hwm is not None:
             sock.setsockopt(zmq.SNDHWM, hwm)
             sock.setsockopt(zmq.RCVHWM, hwm)
-        if conflate:
-            sock.setsockopt(zmq.CONFLATE, 1)
-        if subscribe:
-            sock.setsockopt(zmq.SUBSCRIBE, b"")
         for option, value in options:
             sock.setsockopt(option, value)
         self._sockets.append(sock)

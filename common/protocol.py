@@ -55,12 +55,15 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "actor_steps": "count",
     },
     # learner -> replay server: ask for a batch; the reply is "batch", or "batch_shared" when asked
-    # by a learner that maps the server's frame ring (see common/shared_frames.py). It may carry the
-    # previous batch's new priorities (as "priorities" does): one message instead of two per batch.
+    # by a learner that maps the server's frame ring (see common/shared_frames.py), or "batch_mirror"
+    # when asked with `mirror`, the token of the learner's copy of the ring (learner/replay_batches.py).
+    # It may carry the previous batch's new priorities (as "priorities" does): one message instead of
+    # two per batch.
     "sample": {
         "batch_size": "count",
         "beta": "float",
         "shared?": "bool",
+        "mirror?": "count",
         "ids?": "array int64 1",
         "priorities?": "array float32|float64 1",
     },
@@ -80,6 +83,23 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "ids": "array int64 1",
         "frame_numbers": "array int64 2",
         "ring": "int",
+        "actions": "array uint8 1",
+        "rewards": "array float32 1",
+        "bootstraps": "array float32 1",
+        "weights": "array float32 1",
+        "stats": "numbers",
+    },
+    # the same for a learner on another machine, which keeps a copy of the ring (its mirror): frame_numbers
+    # (B, 2S) int64 name the batch's frames in ring `ring` of `ring_frames` frames; of those, the ones this
+    # mirror was not sent yet (or whose slot was overwritten since) come along: new_numbers (k,) int64
+    # and their frames (k, H, W) uint8, in the same order. Each frame travels once per time it is written.
+    "batch_mirror": {
+        "ids": "array int64 1",
+        "frame_numbers": "array int64 2",
+        "ring": "int",
+        "ring_frames": "count",
+        "new_numbers": "array int64 1",
+        "frames": "array uint8 3",
         "actions": "array uint8 1",
         "rewards": "array float32 1",
         "bootstraps": "array float32 1",
@@ -115,8 +135,11 @@ SAME_LENGTH: dict[str, tuple[str, ...]] = {
     "sample": ("ids", "priorities"),
     "batch": ("ids", "frames", "actions", "rewards", "bootstraps", "weights"),
     "batch_shared": ("ids", "frame_numbers", "actions", "rewards", "bootstraps", "weights"),
+    "batch_mirror": ("ids", "frame_numbers", "actions", "rewards", "bootstraps", "weights"),
     "priorities": ("ids", "priorities"),
 }
+# A second group of arrays that must agree in length: one entry per frame sent along.
+SAME_LENGTH_FRAMES: dict[str, tuple[str, ...]] = {"batch_mirror": ("new_numbers", "frames")}
 MAX_COUNT = 2**63 - 1
 
 # What a report's values hold, by kind and sending role (see RoleRuntime.report and its callers): the
@@ -240,9 +263,10 @@ def decode_parts(parts: list, max_bytes: int, expect: tuple[str, ...] | None = N
         out[name] = _check_field(msg_type, name, kind, body[name], parts, used)
     if len(used) != len(parts) - 1:
         raise ProtocolError(f"{msg_type}: {len(parts) - 1 - len(used)} message part(s) not used by any field")
-    lengths = {name: len(out[name]) for name in SAME_LENGTH.get(msg_type, ()) if name in out}
-    if len(set(lengths.values())) > 1:
-        raise ProtocolError(f"{msg_type}: per-transition arrays differ in length {lengths}")
+    for groups, what in ((SAME_LENGTH, "per-transition"), (SAME_LENGTH_FRAMES, "per-frame")):
+        lengths = {name: len(out[name]) for name in groups.get(msg_type, ()) if name in out}
+        if len(set(lengths.values())) > 1:
+            raise ProtocolError(f"{msg_type}: {what} arrays differ in length {lengths}")
     return out
 
 

@@ -73,7 +73,7 @@ CHANNELS: dict[str, Channel] = {
                 "ROUTER",
                 hwm=100,
                 options=(("ROUTER_MANDATORY", 1),),
-                sends=("batch", "batch_shared", "frame_ring", "snapshot_done", "stats"),
+                sends=("batch", "batch_shared", "batch_mirror", "frame_ring", "snapshot_done", "stats"),
             ),
             connectors=Side(
                 ("learner",),

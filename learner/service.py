@@ -4,7 +4,8 @@ Sockets (addresses from the config, types and options from common/topology.py):
 - replay_sample, DEALER (connects): keeps `prefetch_batches` "sample" requests in flight so the
   next batches are on their way while these train; their priorities go without waiting, on the
   next request. Small batches come several per request, and on the replay server's machine their
-  frames are read from the server's shared memory (replay_batches.py).
+  frames are read from the server's shared memory; elsewhere from the learner's copy of it, to which
+  each frame is sent once (replay_batches.py).
 - weights, PUB (bound): "weights" messages after every `publish_every` updates, at start, and
   again every few seconds so actors that join late get them; "bye" when it stops.
 Checkpoints: checkpoint.pth every `checkpoint_every_episodes` episodes, checkpoint_final.pth on stop,
@@ -41,6 +42,7 @@ SNAPSHOT_STALL_S = 30.0
 # the actors may take 2.25 s (launcher/supervisor.py STOP_SHARE); the .pth after it takes well under a second.
 FINAL_SNAPSHOT_S = 4.0
 RUN_COUNTERS = ("episodes", "env_steps", "best_reward", "replay_size")  # what a replay snapshot fixes
+BATCHES = ("batch", "batch_shared", "batch_mirror")
 SNAPSHOT_FILE = re.compile(r"^checkpoint(_final)?-\d+\.replay\.npz(\.tmp)?$")  # the names checkpoint() gives
 
 
@@ -65,6 +67,7 @@ class LearnerService:
             runtime.log,
             seed=c.seed,
             max_message_bytes=c.max_message_bytes,
+            mirror=True,
         )
         self.metrics = Metrics(run_dir, ".learner", runtime.log)
         self.replay_stats: dict = {}
@@ -121,13 +124,13 @@ class LearnerService:
             msg = decode_parts(
                 [f.buffer for f in frames],
                 self.config.max_message_bytes,
-                expect=("batch", "batch_shared", "snapshot_done", "frame_ring", "stats"),
+                expect=("batch", "batch_shared", "batch_mirror", "snapshot_done", "frame_ring", "stats"),
             )
-            if msg["t"] in ("batch", "batch_shared"):
+            if msg["t"] in BATCHES:
                 self.in_flight = max(0, self.in_flight - 1)
-                _check_values(msg, self.config.num_actions)
                 ring = self.batches.ring
-                msg["batches"] = self.batches.batches(msg)
+                msg["batches"] = self.batches.batches(msg)  # first: a batch_mirror's frames are kept even if
+                _check_values(msg, self.config.num_actions)  # its values are bad (the server counts them sent)
                 if msg["t"] == "batch_shared" and (ring is None or msg["ring"] != ring.token):
                     raise ProtocolError(f"a batch from frame ring {msg['ring']}, which this learner does not map")
             elif msg["t"] == "frame_ring" and not self.batches.use_shared:
@@ -144,7 +147,7 @@ class LearnerService:
         elif msg["t"] == "stats":
             self.replay_stats = {**self.replay_stats, **msg["stats"]}
             self._maybe_checkpoint()
-        elif msg["t"] in ("batch", "batch_shared") and train:
+        elif msg["t"] in BATCHES and train:
             self._train(msg)
         return msg
 

@@ -4,7 +4,8 @@ Sockets (addresses from the config, types and options from common/topology.py):
 - replay_in, PULL (bound): actors push "transitions" chunks and "episode" results.
 - replay_sample, ROUTER (bound): the learner's DEALER sends "sample" (answered with "batch", or with
   "batch_shared" for a learner on this machine that maps the frame ring: "attach_frames" tells it
-  where), which may carry the last batch's priorities, and "priorities" (no answer). Sample
+  where, or with "batch_mirror" for a learner that keeps a copy of the ring: see Mirrors), which may
+  carry the last batch's priorities, and "priorities" (no answer). Sample
   requests that arrive before `learning_starts` transitions are stored wait, unanswered, until there
   are enough, and (pause_without_actors) while no actor is connected, so a learner whose actors
   stopped waits for new experience.
@@ -20,7 +21,7 @@ import os
 import re
 import signal
 import time
-from collections import deque
+from collections import OrderedDict, deque
 
 import numpy as np
 import zmq
@@ -40,6 +41,46 @@ MAX_PENDING_PER_PEER = 8  # ... of them from one peer: a flood from one socket c
 POLL_MS = 100
 SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}\.replay\.npz$")  # a file name, never a path
 PAUSE_NOTICE_S = 10.0  # say that sampling paused only once it lasts (not during a normal stop, <= 10 s)
+MAX_MIRRORS = 8  # learners' frame mirrors the server keeps track of (least recently used forgotten)
+
+
+class Mirrors:
+    """What the frame mirror of each learner that keeps one holds (learner/replay_batches.py): a learner on
+    another machine cannot map the frame ring, so it keeps a copy, and each frame is sent to it once per
+    time it is written instead of with every batch that names it (each frame is in the stacks of about
+    2S transitions, obs and next obs, each sampled samples_per_insert times on average).
+
+    Per mirror token (a learner makes a new one for each (re)connection, and whenever its copy lacks a
+    frame the server thought sent), the number of the frame sent into each ring slot (-1: none), as
+    the learner stores them. An unknown token starts from nothing, so a new or restarted learner is
+    sent every frame it needs; a reply that could not be sent forgets its token (the learner, missing
+    frames, then starts a new one). At most MAX_MIRRORS tokens, 8 bytes per ring frame each; the least
+    recently used is forgotten first. Forgetting only costs frames sent again."""
+
+    def __init__(self, ring_frames: int):
+        self.ring_frames = ring_frames
+        self._held: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def to_send(self, token: int, frame_numbers: np.ndarray) -> np.ndarray:
+        """The numbers, sorted and once each, of the frames among these that mirror `token` lacks; from now
+        on they count as sent to it."""
+        held = self._held.pop(token, None)
+        if held is None:
+            held = np.full(self.ring_frames, -1, dtype=np.int64)
+            while len(self._held) >= MAX_MIRRORS:
+                self._held.popitem(last=False)
+        self._held[token] = held  # now the most recently used
+        numbers = frame_numbers.ravel()
+        lacking = numbers[held[numbers % self.ring_frames] != numbers]  # usually few or none: no sort
+        new = np.unique(lacking)  # live frames: within ring_frames of each other, so one per slot
+        held[new % self.ring_frames] = new
+        return new
+
+    def forget(self, token: int) -> None:
+        self._held.pop(token, None)
 
 
 class ReplayServer:
@@ -53,7 +94,9 @@ class ReplayServer:
         self.limiter = RateLimiter(c.learning_starts, c.samples_per_insert, c.spi_tolerance, c.actors_wait_for_learner)
         self.pull = bind_socket(runtime.transport, c, "replay_in")
         self.router = bind_socket(runtime.transport, c, "replay_sample")  # ROUTER_MANDATORY (topology): see _send
-        self.pending: deque[tuple[bytes, int, float, bool]] = deque()  # the oldest go first
+        # (peer, batch size, beta, shared, mirror token or 0) of waiting requests; the oldest go first
+        self.pending: deque[tuple[bytes, int, float, bool, int]] = deque()
+        self.mirrors = Mirrors(self.buffer.frame_capacity)
         self.counters = {"episodes": 0, "env_steps": 0, "sampled": 0, "dropped": 0, "batches": 0, "undeliverable": 0}
         self.best_reward = float("-inf")
         self._drop_log = LogLimit()
@@ -177,6 +220,7 @@ class ReplayServer:
                 except ChunkError as exc:  # bad priorities (NaN after a diverged update, say) are
                     self._drop(str(exc))  # dropped, but the request for a batch still stands
             shared = msg.get("shared", False) and self.buffer.ring.shared
+            mirror = 0 if shared else msg.get("mirror", 0)
             if (
                 not shared
                 and not frames_per_message(msg["batch_size"], c.frame_stack, c.frame_size, c.max_message_bytes)
@@ -187,7 +231,7 @@ class ReplayServer:
                 )
             if len(self.pending) >= MAX_PENDING or sum(p[0] == identity for p in self.pending) >= MAX_PENDING_PER_PEER:
                 raise ProtocolError("sample: too many requests waiting (the newest is dropped, the waiting ones stay)")
-            self.pending.append((identity, msg["batch_size"], msg["beta"], shared))
+            self.pending.append((identity, msg["batch_size"], msg["beta"], shared, mirror))
         elif msg["t"] == "priorities":
             self.buffer.update_priorities(msg["ids"], msg["priorities"])
         elif msg["t"] == "attach_frames":
@@ -267,21 +311,23 @@ class ReplayServer:
         """Answer the learner (which reports a failure to the user)."""
         self._send(identity, [encode("snapshot_done", name=name, ok=ok, stats=stats, text=text)])
 
-    def _send(self, identity: bytes, parts: list) -> None:
+    def _send(self, identity: bytes, parts: list) -> bool:
         """A reply to one peer; one that cannot go (the peer is gone, or not reading) is counted
-        (stats: undeliverable), never waited for: that learner asks again."""
+        (stats: undeliverable), never waited for: that learner asks again. Returns whether it went."""
         try:
             self.router.send_multipart([identity, *parts], zmq.NOBLOCK, copy=False)
         except zmq.ZMQError:  # zmq.Again (its queue is full), or EHOSTUNREACH (gone: ROUTER_MANDATORY)
             self.counters["undeliverable"] += 1
+            return False
+        return True
 
     def _serve_pending(self) -> None:
         if self._paused_since is not None:
             return
         while self.pending and self.limiter.can_sample(self.buffer.inserted, self.pending[0][1]):
-            identity, batch_size, beta, shared = self.pending.popleft()
+            identity, batch_size, beta, shared, mirror = self.pending.popleft()
             self.limiter.took(batch_size)
-            batch = self.buffer.sample(batch_size, beta, self.rng, with_frames=not shared)
+            batch = self.buffer.sample(batch_size, beta, self.rng, with_frames=not (shared or mirror))
             self.counters["sampled"] += batch_size
             self.counters["batches"] += 1
             fields = dict(
@@ -296,6 +342,21 @@ class ReplayServer:
                 parts = [
                     encode("batch_shared", frame_numbers=batch.frame_numbers, ring=self.buffer.ring.token, **fields)
                 ]
+            elif mirror:
+                ring = self.buffer.ring
+                new = self.mirrors.to_send(mirror, batch.frame_numbers)
+                parts = encode_parts(
+                    "batch_mirror",
+                    {"frames": ring.frames[new % ring.count]},  # only the frames this mirror lacks
+                    frame_numbers=batch.frame_numbers,
+                    ring=ring.token,
+                    ring_frames=ring.count,
+                    new_numbers=new,
+                    **fields,
+                )
+                if not self._send(identity, parts):
+                    self.mirrors.forget(mirror)  # those frames never went: start over with this mirror
+                continue
             else:
                 parts = encode_parts("batch", {"frames": batch.frames}, **fields)  # frames as their own part
             self._send(identity, parts)

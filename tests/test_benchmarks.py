@@ -52,6 +52,18 @@ pytestmark = pytest.mark.slow
             + [
                 re.compile(r"goal >= 1\.0: (met on every figure|missed on .+)\n"),
                 "torn batches (frames overwritten while read, dropped): 0",
+            ]
+            + [  # a learner on another machine: tcp://, frames sent once each to its copy of the ring
+                re.compile(
+                    rf"tcp sample\+update batch {size}: +ours +[1-9]\d* transitions/s +cpprb +[1-9]\d* "
+                    r"transitions/s +ours/cpprb +\d+\.\d\dx +[1-9]\d* bytes/transition on the wire"
+                )
+                for size in (" 32", "256")
+            ]
+            + [
+                re.compile(r"tcp goal >= 1\.0: (met on every figure|missed on .+)\n"),
+                re.compile(r"filling the copy first .*; torn batches 0\n"),
+                re.compile(r"frames in every message instead \(tcp://, no copy\): batch 32 [1-9]\d* transitions/s"),
             ],
         ),
     ],

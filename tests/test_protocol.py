@@ -12,6 +12,7 @@ from common.protocol import (
     MAX_ARRAY_DIMS,
     PROTOCOL_VERSION,
     SAME_LENGTH,
+    SAME_LENGTH_FRAMES,
     SCHEMAS,
     ProtocolError,
     decode,
@@ -57,6 +58,19 @@ EXAMPLES = {
         ids=np.array([5, 99], np.int64),
         frame_numbers=np.arange(16, dtype=np.int64).reshape(2, 8),
         ring=2**55 + 3,
+        actions=np.array([1, 2], np.uint8),
+        rewards=np.array([0.1, 0], np.float32),
+        bootstraps=np.array([0.0, 0.97], np.float32),
+        weights=np.array([1, 0.5], np.float32),
+        stats={"size": 1000},
+    ),
+    "batch_mirror": dict(
+        ids=np.array([5, 99], np.int64),
+        frame_numbers=np.arange(16, dtype=np.int64).reshape(2, 8),
+        ring=2**55 + 3,
+        ring_frames=112_501,
+        new_numbers=np.array([3, 7, 12], np.int64),
+        frames=RNG.integers(0, 256, (3, 84, 84), dtype=np.uint8),
         actions=np.array([1, 2], np.uint8),
         rewards=np.array([0.1, 0], np.float32),
         bootstraps=np.array([0.0, 0.97], np.float32),
@@ -255,7 +269,7 @@ def test_expect_accepts_listed_type():
 def test_encoded_message_is_a_versioned_map():
     """On the wire: a msgpack map with "v" = PROTOCOL_VERSION, "t" = the type, then the fields."""
     body = body_for("sample")
-    body.pop("ids"), body.pop("priorities")
+    body.pop("ids"), body.pop("priorities"), body.pop("mirror")
     assert body == {"v": PROTOCOL_VERSION, "t": "sample", "batch_size": 32, "beta": 0.4, "shared": True}
 
 
@@ -464,7 +478,9 @@ def test_zero_d_actions_are_rejected():
     assert "transitions.actions must have 1 dimension" in reject(encode("transitions", **fields))
 
 
-SAME_LENGTH_CASES = [(t, name) for t, names in SAME_LENGTH.items() for name in names]
+SAME_LENGTH_CASES = [
+    (t, name) for group in (SAME_LENGTH, SAME_LENGTH_FRAMES) for t, names in group.items() for name in names
+]
 
 
 @pytest.mark.parametrize("msg_type,name", SAME_LENGTH_CASES)

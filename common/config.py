@@ -53,7 +53,8 @@ def has_ipc() -> bool:
 def frames_per_message(batch_size: int, frame_stack: int, frame_size: int, max_message_bytes: int) -> int:
     """Most transitions, in whole batches, whose frames (obs and next obs) fit one batch message, for a
     learner that gets its frames in the messages (another machine); 0: not even one batch fits."""
-    per_transition = 2 * frame_stack * frame_size * frame_size + 32  # frames, plus the other fields
+    # frames, their numbers (a batch_mirror names each and may send it along, int64 each), the other fields
+    per_transition = 2 * frame_stack * (frame_size * frame_size + 16) + 32
     return (max(0, max_message_bytes - 64 * 1024) // per_transition) // batch_size * batch_size
 
 
@@ -215,6 +216,11 @@ class Config:
     shared_frames: bool = True
     """A learner on the replay server's machine reads batch frames from the server's shared memory
     (Linux), so only frame numbers cross ZeroMQ: the replay service then keeps up with small batches."""
+    frame_mirror: bool = True
+    """A learner that does not read that shared memory (on another machine, or shared_frames false) keeps
+    a copy of the server's frame ring, so each frame crosses the network once per time it is written
+    (memory: up to replay_capacity frames, about 7 KB each); false: every batch carries its frames (no
+    copy, about 56 KB per sampled transition on the wire)."""
     pause_without_actors: bool = True
     """The replay server stops serving batches while no actor is connected, so a learner whose actors
     stopped waits for new experience instead of overfitting the old."""

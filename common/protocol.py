@@ -16,7 +16,7 @@ from functools import lru_cache
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: batch_mirror (a learner's copy of the frame ring); both sides must agree
 
 ALLOWED_DTYPES = frozenset({"uint8", "int8", "int16", "int32", "int64", "float32", "float64", "bool"})
 MAX_ARRAY_DIMS = 4
@@ -93,11 +93,13 @@ SCHEMAS: dict[str, dict[str, str]] = {
     # (B, 2S) int64 name the batch's frames in ring `ring` of `ring_frames` frames; of those, the ones this
     # mirror was not sent yet (or whose slot was overwritten since) come along: new_numbers (k,) int64
     # and their frames (k, H, W) uint8, in the same order. Each frame travels once per time it is written.
+    # `mirror` echoes the request's token, so a reply meant for an older copy is told apart.
     "batch_mirror": {
         "ids": "array int64 1",
         "frame_numbers": "array int64 2",
         "ring": "int",
         "ring_frames": "count",
+        "mirror": "count",
         "new_numbers": "array int64 1",
         "frames": "array uint8 3",
         "actions": "array uint8 1",

@@ -92,6 +92,7 @@ class ReplayBatches:
         # Without the shared ring: a copy of it, filled by "batch_mirror" replies (mirror=True), or frames
         # in every message ("batch").
         self.use_mirror = mirror
+        self.awaiting_ring = False  # an attach_frames is unanswered: ask for plain batches until it is
         self.mirror: FrameMirror | None = None
         self.mirror_token = new_mirror_token()
         self.mirror_frames = 0  # frames received for the mirror (each one the server wrote, about once)
@@ -111,6 +112,7 @@ class ReplayBatches:
         # A (re)connection may have lost replies the server counted as delivered: a new token makes it start
         # over with this mirror (the frames it holds stay, named by their numbers).
         self.mirror_token = new_mirror_token()
+        self.awaiting_ring = self.use_shared
         return encode("attach_frames") if self.use_shared else None
 
     def sample_request(self, beta: float, ids=None, priorities=None) -> bytes:
@@ -120,16 +122,18 @@ class ReplayBatches:
         if self.ring is None and self.travel_size < size:
             size = self.travel_size
             self._tell(
-                f"asking for {size} transitions per request, not {self.request_size}: their frames travel "
-                f"in the messages, and more would not fit in one (max_message_bytes)"
+                f"asking for {size} transitions per request, not {self.request_size}: their frames can travel "
+                f"in the messages (all of them in a new copy's first replies), and more would not fit in one "
+                f"(max_message_bytes)"
             )
-        if self.ring is None and self.use_mirror:
+        if self.ring is None and self.use_mirror and not self.awaiting_ring:
             extra["mirror"] = self.mirror_token
         return encode("sample", batch_size=size, beta=beta, shared=self.ring is not None, **extra)
 
     def on_frame_ring(self, msg: dict) -> None:
         """The server's answer to attach_request: map its ring, or say once why frames travel instead."""
         self.close()
+        self.awaiting_ring = False
         if msg["size"] != self.frame_size:
             self._tell(f"batch frames travel over ZeroMQ: the replay server's frames are {msg['size']} pixels wide")
             return
@@ -148,13 +152,13 @@ class ReplayBatches:
         copied into one reused batch-sized buffer just before their batch is taken, so each copy is still
         in the cache when it trains; a batch is valid until the next. Batches torn by an overwrite are
         skipped (counted in `torn`); a message from a ring this learner does not map gives none."""
+        n, s2, size = len(msg["ids"]), 2 * self.frame_stack, self.frame_size
         if msg["t"] == "batch_mirror":
             try:
-                self._store_mirrored(msg)
-            except ProtocolError:  # the server counts its frames as delivered: start over with it
-                self.mirror_token, self.mirror_restarts = new_mirror_token(), self.mirror_restarts + 1
+                self._store_mirrored(msg, n)
+            except ProtocolError:
+                self._restart_mirror(msg)
                 raise
-        n, s2, size = len(msg["ids"]), 2 * self.frame_stack, self.frame_size
         if n == 0 or n % self.batch_size or any(msg[k].shape != (n,) for k in PER_TRANSITION):
             raise ProtocolError(f"a batch of {n} transitions for batches of {self.batch_size}")
         if msg["t"] == "batch":
@@ -162,19 +166,16 @@ class ReplayBatches:
                 raise ProtocolError(f"batch frames have shape {msg['frames'].shape}, dtype {msg['frames'].dtype}")
         elif msg["t"] == "batch_mirror":
             if not self.mirror.holds(msg["frame_numbers"]):
-                self.mirror_token, self.mirror_restarts = new_mirror_token(), self.mirror_restarts + 1
+                self._restart_mirror(msg)
                 raise ProtocolError(
                     "a batch_mirror names frames this learner's copy of the ring lacks (a reply was lost?): "
                     "the next requests start a fresh copy"
                 )
-        elif msg["frame_numbers"].shape != (n, s2) or msg["frame_numbers"].dtype != np.int64:
-            raise ProtocolError(
-                f"batch_shared frame_numbers are {msg['frame_numbers'].dtype} "
-                f"{msg['frame_numbers'].shape}, expected int64 {(n, s2)}"
-            )
-        elif self.ring is None or msg["ring"] != self.ring.token:
-            self.reattach = True
-            return iter(())
+        else:
+            self._check_frame_numbers(msg, n)
+            if self.ring is None or msg["ring"] != self.ring.token:
+                self.reattach = True
+                return iter(())
         order = self.rng.permutation(n) if n > self.batch_size else None  # one batch: as it came, no copy
         return self._each(msg, n, order)
 
@@ -196,15 +197,26 @@ class ReplayBatches:
                 batch["frames"] = self._out
             yield batch
 
-    def _store_mirrored(self, msg: dict) -> None:
+    def _check_frame_numbers(self, msg: dict, n: int) -> None:
+        """A batch_shared's or batch_mirror's frame_numbers: int64 (n, 2S). Raises ProtocolError."""
+        numbers, expected = msg["frame_numbers"], (n, 2 * self.frame_stack)
+        if numbers.shape != expected or numbers.dtype != np.int64:
+            raise ProtocolError(
+                f"{msg['t']} frame_numbers are {numbers.dtype} {numbers.shape}, expected int64 {expected}"
+            )
+
+    def _restart_mirror(self, msg: dict) -> None:
+        """A batch_mirror for this copy could not be used, but the server counts its frames delivered: the next
+        requests start a fresh copy (a new token). Replies to an older token, still on their way, are only dropped."""
+        if msg["mirror"] == self.mirror_token:
+            self.mirror_token, self.mirror_restarts = new_mirror_token(), self.mirror_restarts + 1
+
+    def _store_mirrored(self, msg: dict, n: int) -> None:
         """Check a batch_mirror's frame fields and store its new frames in the mirror (made, or made anew
         for another ring, here). Raises ProtocolError."""
-        n, s2, size = len(msg["ids"]), 2 * self.frame_stack, self.frame_size
+        self._check_frame_numbers(msg, n)
+        size = self.frame_size
         numbers, new, frames, count = msg["frame_numbers"], msg["new_numbers"], msg["frames"], msg["ring_frames"]
-        if numbers.shape != (n, s2) or numbers.dtype != np.int64:
-            raise ProtocolError(
-                f"batch_mirror frame_numbers are {numbers.dtype} {numbers.shape}, expected int64 {(n, s2)}"
-            )
         if new.ndim != 1 or new.dtype != np.int64 or frames.dtype != np.uint8 or frames.shape != (len(new), size, size):
             raise ProtocolError(
                 f"batch_mirror sends frames {frames.dtype} {frames.shape} numbered {new.dtype} {new.shape}, "

@@ -67,7 +67,7 @@ class LearnerService:
             runtime.log,
             seed=c.seed,
             max_message_bytes=c.max_message_bytes,
-            mirror=True,
+            mirror=c.frame_mirror,
         )
         self.metrics = Metrics(run_dir, ".learner", runtime.log)
         self.replay_stats: dict = {}
@@ -239,6 +239,8 @@ class LearnerService:
             "weights_version": self.weights_version,
             "dropped": self.dropped,
             "torn_batches": self.batches.torn,
+            "mirror_frames": self.batches.mirror_frames,
+            "mirror_restarts": self.batches.mirror_restarts,
             "dropped_priorities": self.dropped_priorities,
             "lr": self.learner.optimizer.param_groups[0]["lr"],
             "wait_fraction": self.wait_s / elapsed if elapsed > 0 else 0.0,
@@ -425,6 +427,8 @@ class LearnerService:
                 "weights_version": self.weights_version,
                 "dropped": self.dropped,
                 "torn_batches": self.batches.torn,
+                "mirror_frames": self.batches.mirror_frames,
+                "mirror_restarts": self.batches.mirror_restarts,
                 "dropped_priorities": self.dropped_priorities,
             },
         )

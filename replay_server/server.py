@@ -351,6 +351,7 @@ class ReplayServer:
                     frame_numbers=batch.frame_numbers,
                     ring=ring.token,
                     ring_frames=ring.count,
+                    mirror=mirror,
                     new_numbers=new,
                     **fields,
                 )

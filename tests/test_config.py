@@ -107,7 +107,7 @@ def test_invalid_value_raises_config_error_naming_the_field(name, value):
         ("epsilon_start", 1.0),
         ("base_port", 1),
         ("base_port", 65_533),
-        ("max_message_bytes", 64 * 1024 + 32 * (8 * 84 * 84 + 32)),
+        ("max_message_bytes", 64 * 1024 + 32 * (8 * (84 * 84 + 16) + 32)),
         ("frame_size", 256),
         ("seed", 0),
         ("learning_starts", 0),
@@ -448,9 +448,10 @@ def test_the_action_set_brings_its_own_number_of_actions():
 
 
 def test_a_batch_must_fit_in_one_message_when_frames_travel_in_it():
-    """One batch of 32 stacks of 4x84x84 frames (obs and next obs) needs 1.8 MB per message; a smaller
+    """One batch of 32 stacks of 4x84x84 frames (obs and next obs; a batch_mirror also numbers each, and
+    may send it along, 16 bytes) needs 1.8 MB per message; a smaller
     limit is refused with the way out, and the learner asks for no more than fit (learner/replay_batches.py)."""
-    fits = 64 * 1024 + 32 * (8 * 84 * 84 + 32)
+    fits = 64 * 1024 + 32 * (8 * (84 * 84 + 16) + 32)
     with pytest.raises(ConfigError, match="batch_size 32 of 4x84x84 frame stacks does not fit in max_message_bytes"):
         Config(max_message_bytes=fits - 1)
     assert frames_per_message(32, 4, 84, fits) == 32

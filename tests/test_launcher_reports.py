@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from common.config import Config
-from common.protocol import encode
+from common.protocol import PROTOCOL_VERSION, encode
 from launcher.console import Console
 from launcher.supervisor import Supervisor
 from tests.harness import free_base_port
@@ -38,7 +38,15 @@ def report(role="actor", index=1, kind="episode", values=None, **fields) -> byte
 
 def raw_report(**changes) -> bytes:
     """A report whose fields encode() would not check (e.g. a negative index)."""
-    body = {"v": 1, "t": "report", "role": "actor", "index": 1, "kind": "episode", "values": EPISODE, **changes}
+    body = {
+        "v": PROTOCOL_VERSION,
+        "t": "report",
+        "role": "actor",
+        "index": 1,
+        "kind": "episode",
+        "values": EPISODE,
+        **changes,
+    }
     return msgpack.packb(body, use_bin_type=True)
 
 

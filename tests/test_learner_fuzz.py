@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from common.config import TEST_ENV_ID, Config
-from common.protocol import decode, decode_parts, encode, encode_parts
+from common.protocol import PROTOCOL_VERSION, decode, decode_parts, encode, encode_parts
 from common.shared_frames import FrameRing, stores_in_order
 from launcher.supervisor import role_entry
 from tests.conftest import FAST_TEST_ENV
@@ -48,7 +48,7 @@ def _batch(first_id: int, n: int = BATCH, frames=None, **changes) -> list:
 
 def _raw(msg_type: str, **fields) -> bytes:
     """A message with fields encode() would refuse or pack otherwise."""
-    return msgpack.packb({"v": 1, "t": msg_type, **fields}, use_bin_type=True)
+    return msgpack.packb({"v": PROTOCOL_VERSION, "t": msg_type, **fields}, use_bin_type=True)
 
 
 def _bad_batches(rng: np.random.Generator) -> list[list]:
@@ -132,7 +132,8 @@ class FakeReplay:
 
     def serve(self, answers: list[list], until, timeout: float, what: str, on_other=None) -> None:
         """Answer requests with `answers` in order (then hold further ones) until `until()` holds. Each
-        answer is a list of messages (each a list of parts): an unsolicited message comes with a batch."""
+        answer is a list of messages (each a list of parts, or a function of the request that gives them):
+        an unsolicited message comes with a batch."""
         deadline = time.monotonic() + timeout
         answers = list(answers)
         while not until():
@@ -148,7 +149,7 @@ class FakeReplay:
                 self.trained_ids.update(msg["ids"].tolist())
             if msg["t"] == "sample":
                 self.requests.append(msg)
-                self.pending.append(identity)
+                self.pending.append((identity, msg))
             elif msg["t"] == "attach_frames" and self.ring is not None:
                 self.attaches += 1
                 self.router.send_multipart([identity, encode("frame_ring", **self.ring.describe())])
@@ -156,12 +157,13 @@ class FakeReplay:
             elif on_other is not None:
                 on_other(identity, msg)
             while self.pending and answers and not self.hold:
-                identity = self.pending.pop(0)
+                identity, request = self.pending.pop(0)
                 for message in answers.pop(0):
-                    if message == REATTACH:
+                    if message is REATTACH:
                         self.hold = True
                     else:
-                        self.router.send_multipart([identity, *message])
+                        parts = message(request) if callable(message) else message
+                        self.router.send_multipart([identity, *parts])
 
     def close(self) -> None:
         self.router.close(linger=0)
@@ -179,7 +181,7 @@ def _script(bad: list[list], unsolicited: list[list], good, first_id: int = 1000
 
     good_one()
     for reply in bad:
-        answers.append(reply if reply[-1] is REATTACH else [reply])
+        answers.append(reply if isinstance(reply, list) and reply[-1] is REATTACH else [reply])
         good_one()
     for message in unsolicited:
         good_one([message])

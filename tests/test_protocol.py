@@ -69,6 +69,7 @@ EXAMPLES = {
         frame_numbers=np.arange(16, dtype=np.int64).reshape(2, 8),
         ring=2**55 + 3,
         ring_frames=112_501,
+        mirror=2**40 + 1,
         new_numbers=np.array([3, 7, 12], np.int64),
         frames=RNG.integers(0, 256, (3, 84, 84), dtype=np.uint8),
         actions=np.array([1, 2], np.uint8),
@@ -329,9 +330,10 @@ def test_non_map_top_level_is_rejected(body):
     assert "not a map" in reject(pack(body))
 
 
-@pytest.mark.parametrize("version", [0, 2, -1, "1", None, 1.0, True, [1]])
+@pytest.mark.parametrize("version", [0, 1, 3, -1, "2", None, 2.0, [2]])
 def test_wrong_version_is_rejected(version):
-    """Only the integer PROTOCOL_VERSION is accepted (not 1.0 or True, which equal 1 in Python)."""
+    """Only the integer PROTOCOL_VERSION (2) is accepted: not version 1 (before batch_mirror), nor 2.0, which
+    equals 2 in Python."""
     body = body_for("sample")
     body["v"] = version
     assert "version" in reject(pack(body))

@@ -7,6 +7,7 @@ through the mirror must be bit-identical to those with the frames in the message
 from the shared ring, while the ring wraps; a learner with a fresh mirror (new, reconnected, or one
 that lost a reply) gets every frame it needs; malformed or semantically wrong replies are refused."""
 
+import functools
 from collections import deque
 from types import SimpleNamespace
 
@@ -217,8 +218,9 @@ def test_frame_mirror_reads_only_the_frames_it_holds():
     assert not mirror.gather(np.array([[10, 0, 11]]), out)  # never sent
 
 
-def mirror_reply(buffer, rng, n: int = PER_REQUEST, **override) -> list:
-    """A batch_mirror as the server sends it to a fresh mirror (all frames along), with fields overridden."""
+def mirror_reply(buffer, rng, n: int = PER_REQUEST, mirror: int = 1, **override) -> list:
+    """A batch_mirror as the server sends it to a fresh mirror `mirror` (all frames along), with fields
+    overridden."""
     batch = buffer.sample(n, 0.4, rng, with_frames=False)
     new = np.unique(batch.frame_numbers)
     fields = dict(
@@ -231,39 +233,40 @@ def mirror_reply(buffer, rng, n: int = PER_REQUEST, **override) -> list:
         frame_numbers=batch.frame_numbers,
         ring=buffer.ring.token,
         ring_frames=buffer.frame_capacity,
+        mirror=mirror,
         new_numbers=new,
     )
     frames = override.pop("frames", buffer.ring.frames[new % buffer.frame_capacity])
     return [bytes(p) for p in encode_parts("batch_mirror", {"frames": frames}, **{**fields, **override})]
 
 
-def bad_replies(buffer, rng) -> dict:
-    good = mirror_reply(buffer, rng)
+def bad_replies(buffer, rng, token: int = 1) -> dict:
+    """Malformed or wrong batch_mirror replies to the mirror `token`, by what is wrong."""
+    reply = functools.partial(mirror_reply, mirror=token)
+    good = reply(buffer, rng)
     numbers = decode_parts(good, MAX_BYTES)["frame_numbers"]
     new = np.unique(numbers)
     frames = buffer.ring.frames[new % buffer.frame_capacity]
     return {
-        "frames of another size": mirror_reply(buffer, rng, frames=np.zeros((len(new), SIZE, SIZE + 1), np.uint8)),
-        "frames int16": mirror_reply(buffer, rng, frames=frames.astype(np.int16)),
-        "frames 4-d": mirror_reply(buffer, rng, frames=frames[:, None]),
-        "fewer numbers than frames": mirror_reply(buffer, rng, frames=np.concatenate([frames, frames[:1]])),
-        "new numbers int32": mirror_reply(buffer, rng, new_numbers=np.arange(5, dtype=np.int32)),
-        "new numbers 2-d": mirror_reply(buffer, rng, new_numbers=np.zeros((1, 1), np.int64)),
-        "a frame twice": mirror_reply(
-            buffer, rng, new_numbers=np.r_[new[:-1], new[0]], frames=frames
-        ),  # and one missing
-        "negative numbers": mirror_reply(buffer, rng, frame_numbers=np.full((PER_REQUEST, 2 * S), -1, np.int64)),
-        "numbers of no one ring": mirror_reply(buffer, rng, frame_numbers=numbers + np.arange(2 * S) * 10**6),
-        "obs without next obs": mirror_reply(buffer, rng, frame_numbers=numbers[:, :S]),
-        "numbers int32": mirror_reply(buffer, rng, frame_numbers=numbers.astype(np.int32)),
-        "one number too many": mirror_reply(buffer, rng, frame_numbers=np.vstack([numbers, numbers[:1]])),
-        "an empty ring": mirror_reply(buffer, rng, ring_frames=0),
-        "ring_frames negative": mirror_reply(buffer, rng, ring_frames=-5),
-        "ring not an integer": mirror_reply(buffer, rng, ring="abc"),
-        "frames it never got": mirror_reply(  # of another ring, which the mirror does not hold
+        "frames of another size": reply(buffer, rng, frames=np.zeros((len(new), SIZE, SIZE + 1), np.uint8)),
+        "frames int16": reply(buffer, rng, frames=frames.astype(np.int16)),
+        "frames 4-d": reply(buffer, rng, frames=frames[:, None]),
+        "fewer numbers than frames": reply(buffer, rng, frames=np.concatenate([frames, frames[:1]])),
+        "new numbers int32": reply(buffer, rng, new_numbers=np.arange(5, dtype=np.int32)),
+        "new numbers 2-d": reply(buffer, rng, new_numbers=np.zeros((1, 1), np.int64)),
+        "a frame twice": reply(buffer, rng, new_numbers=np.r_[new[:-1], new[0]], frames=frames),  # and one missing
+        "negative numbers": reply(buffer, rng, frame_numbers=np.full((PER_REQUEST, 2 * S), -1, np.int64)),
+        "numbers of no one ring": reply(buffer, rng, frame_numbers=numbers + np.arange(2 * S) * 10**6),
+        "obs without next obs": reply(buffer, rng, frame_numbers=numbers[:, :S]),
+        "numbers int32": reply(buffer, rng, frame_numbers=numbers.astype(np.int32)),
+        "one number too many": reply(buffer, rng, frame_numbers=np.vstack([numbers, numbers[:1]])),
+        "an empty ring": reply(buffer, rng, ring_frames=0),
+        "ring_frames negative": reply(buffer, rng, ring_frames=-5),
+        "ring not an integer": reply(buffer, rng, ring="abc"),
+        "frames it never got": reply(  # of another ring, which the mirror does not hold
             buffer, rng, ring=buffer.ring.token ^ 1, new_numbers=np.zeros(0, np.int64), frames=frames[:0]
         ),
-        "more frames than named": mirror_reply(
+        "more frames than named": reply(
             buffer,
             rng,
             n=B,
@@ -279,8 +282,9 @@ def test_malformed_and_wrong_mirror_replies_raise_protocol_error_and_restart_the
     reply after each still gives right batches."""
     (buffer, rng, book), _ = twins()
     batches = learner("mirror")
-    for name, parts in bad_replies(buffer, rng).items():
+    for name in bad_replies(buffer, rng):
         token = batches.mirror_token
+        parts = bad_replies(buffer, rng, token)[name]
         with pytest.raises(ProtocolError):
             batches.batches(decode_parts(parts, MAX_BYTES, expect=("batch_mirror",)))
         decoded = True
@@ -289,8 +293,46 @@ def test_malformed_and_wrong_mirror_replies_raise_protocol_error_and_restart_the
         except ProtocolError:
             decoded = False
         assert (batches.mirror_token != token) == decoded, name
-        for b in taken(batches, decode_parts(mirror_reply(buffer, rng), MAX_BYTES)):
+        for b in taken(batches, decode_parts(mirror_reply(buffer, rng, mirror=batches.mirror_token), MAX_BYTES)):
             np.testing.assert_array_equal(b["frames"], book.frames(b["ids"]))
+
+
+def test_a_reply_to_an_older_mirror_token_is_dropped_without_starting_yet_another_copy():
+    """After a loss the learner takes a new token; replies to the old one still on their way (up to
+    prefetch_batches) name frames its copy may lack: each is dropped, but only a reply to the current
+    token starts a fresh copy, so one loss costs one full resend."""
+    (buffer, rng, _), _ = twins()
+    batches = learner("mirror")
+    old = batches.mirror_token
+    batches.attach_request()  # a reconnection: a new token
+    lacking = mirror_reply(
+        buffer, rng, mirror=old, new_numbers=np.zeros(0, np.int64), frames=np.zeros((0, SIZE, SIZE), np.uint8)
+    )
+    with pytest.raises(ProtocolError, match="lacks"):
+        taken(batches, decode_parts(lacking, MAX_BYTES))
+    assert batches.mirror_restarts == 0
+    current = batches.mirror_token
+    lacking = mirror_reply(
+        buffer, rng, mirror=current, new_numbers=np.zeros(0, np.int64), frames=np.zeros((0, SIZE, SIZE), np.uint8)
+    )
+    with pytest.raises(ProtocolError, match="lacks"):
+        taken(batches, decode_parts(lacking, MAX_BYTES))
+    assert batches.mirror_restarts == 1 and batches.mirror_token != current
+
+
+def test_a_local_learner_asks_for_no_copy_while_its_attach_is_unanswered():
+    """A learner on the replay server's machine asks for plain batches until the server says where its
+    ring is (a copy would cost memory and a misleading log line); if the ring cannot be mapped, it then
+    keeps a copy."""
+    (buffer, _, _), _ = twins()
+    batches = ReplayBatches(B, PER_REQUEST, S, SIZE, use_shared=True, log=lambda t: None, mirror=True)
+    assert decode(batches.attach_request(), MAX_BYTES)["t"] == "attach_frames"
+    assert "mirror" not in decode(batches.sample_request(0.4), MAX_BYTES)
+    batches.on_frame_ring(decode(encode("frame_ring", **buffer.ring.describe()), MAX_BYTES))
+    assert batches.ring is not None and "mirror" not in decode(batches.sample_request(0.4), MAX_BYTES)
+    batches.attach_request()
+    batches.on_frame_ring(decode(encode("frame_ring", **{**buffer.ring.describe(), "size": SIZE + 1}), MAX_BYTES))
+    assert batches.ring is None and decode(batches.sample_request(0.4), MAX_BYTES)["mirror"] == batches.mirror_token
 
 
 def test_the_server_drops_and_counts_sample_requests_with_a_bad_mirror_token():
@@ -320,8 +362,9 @@ RING_FRAMES = 1000
 FAKE_FRAMES = np.random.default_rng(11).integers(0, 256, (2 * 256, 84, 84), dtype=np.uint8)
 
 
-def _fake_mirror(first_id: int, full: bool = True, numbers=None, new=None, frames=None, **changes) -> list:
-    """A batch_mirror of 32 transitions naming frames 0..255 of ring 777 (all of them along when `full`)."""
+def _fake_mirror(first_id: int, full: bool = True, numbers=None, new=None, frames=None, **changes):
+    """A batch_mirror of 32 transitions naming frames 0..255 of ring 777 (all of them along when `full`), as a
+    FakeReplay answer: a function of the request, whose mirror token it echoes."""
     from tests.test_learner_fuzz import BATCH, STACK2, _fields
 
     numbers = np.arange(BATCH * STACK2, dtype=np.int64).reshape(BATCH, STACK2) if numbers is None else numbers
@@ -330,7 +373,13 @@ def _fake_mirror(first_id: int, full: bool = True, numbers=None, new=None, frame
     frames = FAKE_FRAMES[: len(new)] if frames is None else frames
     fields = dict(ring=777, ring_frames=RING_FRAMES, **_fields(BATCH, first_id))
     fields.update(changes)
-    return encode_parts("batch_mirror", {"frames": frames}, frame_numbers=numbers, new_numbers=new, **fields)
+    return lambda request: encode_parts(
+        "batch_mirror",
+        {"frames": frames},
+        frame_numbers=numbers,
+        new_numbers=new,
+        **{"mirror": request["mirror"], **fields},
+    )
 
 
 @pytest.mark.slow
@@ -394,6 +443,7 @@ def test_the_remote_learner_drops_and_counts_bad_mirror_replies_and_trains_on_th
         assert set(goods) <= fake.trained_ids, "every good batch was trained on"
         tokens = [r.get("mirror") for r in fake.requests]
         assert all(tokens) and len(set(tokens)) > 1, "it asked with a mirror token, and a new one after a loss"
+        assert summary["learner"]["mirror_restarts"] >= 1, summary["learner"]
         assert "keeping a copy of the replay server's frame ring" in run.output()
         assert "exited unexpectedly" not in run.output() and "Traceback" not in run.output()
     finally:
@@ -413,3 +463,4 @@ def test_the_pipeline_trains_through_a_copy_of_the_ring(launch):
     assert "reading batch frames from the replay server's shared memory" not in run.output()
     assert summary["updates"] > 10, summary
     assert summary["learner"]["dropped"] == 0 and summary["learner"]["torn_batches"] == 0, summary["learner"]
+    assert summary["learner"]["mirror_frames"] > 0 and summary["learner"]["mirror_restarts"] == 0, summary["learner"]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import zmq
 
-from common.protocol import decode_parts, encode
+from common.protocol import PROTOCOL_VERSION, decode_parts, encode
 from tests.conftest import FAST_TEST_ENV
 from tests.harness import free_base_port
 
@@ -37,7 +37,7 @@ def _bad_messages(rng: np.random.Generator) -> list[list[bytes]]:
     messages += [
         [msgpack.packb([1, 2, 3])],
         [msgpack.packb({"v": 99, "t": "transitions"})],
-        [msgpack.packb({"v": 1, "t": "exec"})],
+        [msgpack.packb({"v": PROTOCOL_VERSION, "t": "exec"})],
         [encode("sample", batch_size=32, beta=0.5)],
         [valid_chunk, valid_chunk],  # two parts
         [
@@ -222,7 +222,7 @@ def _chunk(**changes) -> dict:
 
 def _raw(msg_type: str, **fields) -> bytes:
     """A message with fields that encode() would not pack as arrays (raw maps, out-of-range ints)."""
-    return msgpack.packb({"v": 1, "t": msg_type, **fields}, use_bin_type=True)
+    return msgpack.packb({"v": PROTOCOL_VERSION, "t": msg_type, **fields}, use_bin_type=True)
 
 
 def _wrong_actor_messages() -> list[bytes]:

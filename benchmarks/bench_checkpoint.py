@@ -54,13 +54,7 @@ def timed(fn) -> tuple[float, object]:
 
 def bench_replay(capacity: int, folder: str) -> bool:
     rng = np.random.default_rng(0)
-    new_buffer = lambda: PrioritizedReplay(
-        capacity,
-        FRAME_SIZE,
-        FRAME_STACK,
-        alpha=0.6,  # noqa: E731
-        num_actions=NUM_ACTIONS,
-    )
+    new_buffer = partial(PrioritizedReplay, capacity, FRAME_SIZE, FRAME_STACK, alpha=0.6, num_actions=NUM_ACTIONS)
     buffer = new_buffer()
     fill(buffer, rng)
     counters = {"episodes": 100, "env_steps": buffer.inserted}
@@ -80,25 +74,28 @@ def bench_replay(capacity: int, folder: str) -> bool:
     if pid is not None:
         _, status = os.waitpid(pid, 0)
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"snapshot child failed ({status})"
-    child_s = time.perf_counter() - child_start
+    # Without a fork the server itself wrote the snapshot, in fork_s: that is what the learner waits for.
+    snapshot_s = time.perf_counter() - child_start if pid is not None else fork_s
     print(
         f"start_snapshot: parent blocked {fork_s * 1e3:.1f} ms by the fork; "
-        f"child wrote the file in {child_s:.2f} s more"
+        f"child wrote the file in {snapshot_s:.2f} s more"
         if pid is not None
         else f"start_snapshot: no fork here, written synchronously in {fork_s:.2f} s"
     )
     os.remove(forked_path)
     share = Config().checkpoint_time_share
     print(
-        f"checkpoint_time_share {share:.0%}: the learner waits for the forked snapshot ({child_s:.1f} s), so "
-        f"periodic checkpoints come no more often than every {child_s / share / 60:.1f} min at this size"
+        f"checkpoint_time_share {share:.0%}: the learner waits for the snapshot ({snapshot_s:.1f} s), so "
+        f"periodic checkpoints come no more often than every {snapshot_s / share / 60:.1f} min at this size"
     )
 
     expected, length = buffer.content_hash(), len(buffer)
+    buffer.close()  # its frame ring (shared memory) goes now, whatever still refers to the buffer
     del buffer  # read back into a fresh buffer, not beside this one
     restored = new_buffer()
     read_s, _ = timed(partial(read_snapshot, path, restored))
     assert restored.content_hash() == expected, "the snapshot did not read back identical"
+    restored.close()
     del restored
     os.remove(path)
     print(
@@ -141,14 +138,19 @@ def bench_learner(folder: str, repeats: int) -> None:
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--capacity", type=int, default=100_000, help="replay transitions (default 100000)")
+    p.add_argument(
+        "--capacity", type=int, help="replay transitions (default 100000; --smoke uses 5000 and takes no --capacity)"
+    )
     args = p.parse_args()
+    if args.capacity is None:
+        args.capacity = 5_000 if args.smoke else 100_000
+    elif args.smoke:
+        p.error("--smoke runs at capacity 5000: leave out --capacity or --smoke")
     if args.capacity < 1_000:
         p.error("--capacity must be at least 1000")
-    capacity = 5_000 if args.smoke else args.capacity
-    print(f"machine: {machine()}; capacity {capacity:,}, {FRAME_SIZE}x{FRAME_SIZE} frames, stack {FRAME_STACK}")
+    print(f"machine: {machine()}; capacity {args.capacity:,}, {FRAME_SIZE}x{FRAME_SIZE} frames, stack {FRAME_STACK}")
     with tempfile.TemporaryDirectory(prefix="bench_checkpoint_", dir="/tmp") as folder:
-        ok = bench_replay(capacity, folder)
+        ok = bench_replay(args.capacity, folder)
         bench_learner(folder, 1 if args.smoke else 3)
     if not ok:
         sys.exit(1)

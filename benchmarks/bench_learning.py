@@ -299,9 +299,11 @@ def main() -> None:
     p.add_argument(
         "--after",
         type=int,
-        default=0,
+        default=-1,
         metavar="STEPS",
-        help="mario: count only evaluations after this many env steps (e.g. what a --resume with a change did)",
+        help="mario: count only evaluations after this many env steps (default -1: all, the one at step 0 too), "
+        "e.g. what a --resume with a change did; 'first greedy flag after X env steps, Y minutes' still counts "
+        "both from the run's start",
     )
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="passed to the launcher")
     p.add_argument("--episodes", type=int, default=5, help="test: evaluation episodes per policy (default 5)")

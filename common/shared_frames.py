@@ -23,6 +23,7 @@ import mmap
 import os
 import platform
 import time
+import weakref
 
 import numpy as np
 
@@ -64,6 +65,16 @@ class FrameRing:
         self.header[TOKEN] = int.from_bytes(os.urandom(7), "little")  # tells this ring from any other
         self.header[SNAPSHOT] = NO_SNAPSHOT
         self.writer_pid: int | None = None
+        # A dropped ring frees its memory too: the memfd's pages live as long as this fd stays open.
+        self._finalizer = weakref.finalize(self, _release, memory, self.fd)
+
+    def close(self) -> None:
+        """Unmap the ring and close its memfd, so its memory goes (a 1M-transition buffer's is 8 GB).
+        A learner that mapped it, or a forked snapshot writer, keeps its own map until done with it; views
+        of `frames` kept elsewhere hold the map until they go. Idempotent; the ring is unusable after."""
+        self.header = self.frames = self._memory = None  # this ring's views: the map closes if no others
+        self.fd = -1
+        self._finalizer()
 
     @property
     def shared(self) -> bool:
@@ -121,6 +132,17 @@ class FrameRing:
                 self.header[ABANDONED] = 1
                 self.snapshot_end()
                 return
+
+
+def _release(memory: mmap.mmap | bytearray, fd: int) -> None:
+    """A FrameRing's close (and finalizer): takes the memory, not the ring, so a dropped ring can be freed."""
+    if isinstance(memory, mmap.mmap):
+        try:
+            memory.close()
+        except BufferError:  # numpy views of it remain: it is unmapped when the last of them goes
+            pass
+    if fd >= 0:
+        os.close(fd)
 
 
 def _running(pid: int) -> bool:

@@ -11,25 +11,30 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import deque
 
 import av
 from PIL import Image
 
 
-def read_frames(path: str, end_s: float | None) -> tuple[list[Image.Image], float]:
-    """Every frame up to end_s seconds from the first frame (all when None) as RGB images, and the frame rate."""
+def read_frames(path: str, end_s: float | None, seconds: float | None) -> tuple[list[Image.Image], int, float]:
+    """The last `seconds` of frames (None: the last frame) up to end_s seconds from the first frame (the end
+    when None) as RGB images, how many frames that cut holds, and the frame rate. Only the kept frames stay
+    in memory: a several-episode mario_play.mp4 decoded whole is over 1 GB of images."""
     with av.open(path) as container:
         stream = container.streams.video[0]
         fps = float(stream.average_rate or 30)
-        frames, start = [], None
+        frames = deque(maxlen=1 if seconds is None else max(1, round(seconds * fps)))
+        count, start = 0, None
         for frame in container.decode(stream):
             start = frame.time if start is None else start  # H.264 streams start a little after 0
             if end_s is not None and frame.time is not None and frame.time - start > end_s:
                 break
             frames.append(frame.to_image())
+            count += 1
     if not frames:
         raise ValueError(f"{path} has no video frames")
-    return frames, fps
+    return list(frames), count, fps
 
 
 def write_gif(frames: list[Image.Image], fps: float, seconds: float, every: int, scale: float, out: str) -> int:
@@ -61,19 +66,20 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.seconds <= 0 or args.every < 1 or args.scale <= 0:
         p.error("--seconds and --scale must be positive, --every at least 1")
+    gif = args.out.lower().endswith(".gif")
+    if not (gif or args.out.lower().endswith(".png")):  # before the video is read, which takes a while
+        p.error("out must end in .gif or .png")
     try:
-        frames, fps = read_frames(args.video, args.episode_end_at)
+        frames, count, fps = read_frames(args.video, args.episode_end_at, args.seconds if gif else None)
     except (OSError, ValueError, av.error.FFmpegError) as exc:
         print(f"make_clip: cannot read {args.video}: {exc}", file=sys.stderr)
         return 1
-    if args.out.lower().endswith(".png"):
-        frames[-1].save(args.out)
-        print(f"wrote {args.out}: the last of {len(frames)} frames")
-    elif args.out.lower().endswith(".gif"):
+    if gif:
         n = write_gif(frames, fps, args.seconds, args.every, args.scale, args.out)
         print(f"wrote {args.out}: {n} frames, {args.seconds:g} s")
     else:
-        p.error("out must end in .gif or .png")
+        frames[-1].save(args.out)
+        print(f"wrote {args.out}: the last of {count} frames")
     return 0
 
 

@@ -66,6 +66,12 @@ class PrioritizedReplay:
     def __len__(self) -> int:
         return self._t_live
 
+    def close(self) -> None:
+        """Free the frame ring's shared memory now, not whenever the last reference to the buffer goes;
+        the buffer is unusable after. Idempotent."""
+        self._frames = None  # a view of the ring: it would keep the ring mapped
+        self.ring.close()
+
     @property
     def inserted(self) -> int:
         return self._t_head

@@ -3,6 +3,7 @@
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -83,6 +84,35 @@ def test_benchmark_smoke_mode(name, expected):
         assert found, f"{getattr(text, 'pattern', text)!r} not in:\n{result.stdout}"
 
 
+def test_checkpoint_spacing_without_a_fork_counts_the_synchronous_write(monkeypatch, capsys, tmp_path):
+    """Where start_snapshot cannot fork it writes the snapshot itself: the spacing of periodic checkpoints
+    follows that write, not the ~0 s spent waiting for no child ("every 0.0 min")."""
+    import benchmarks.bench_checkpoint as bench
+
+    def without_fork(buffer, counters, path):
+        bench.write_snapshot(buffer, counters, path)
+        time.sleep(0.6)  # a write that takes a while
+        return None
+
+    monkeypatch.setattr(bench, "start_snapshot", without_fork)
+    assert bench.bench_replay(1_000, str(tmp_path))
+    out = capsys.readouterr().out
+    assert "no fork here, written synchronously" in out
+    assert float(re.search(r"waits for the (?:forked )?snapshot \((\d+\.\d) s\)", out)[1]) >= 0.6, out
+
+
+def test_checkpoint_smoke_refuses_an_explicit_capacity():
+    """--smoke runs at capacity 5000: a --capacity beside it would be ignored, so it is an error."""
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_checkpoint", "--smoke", "--capacity", "2000"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "--smoke" in result.stderr.splitlines()[-1], result.stderr
+
+
 def test_learning_minutes_leave_out_the_time_between_a_stop_and_a_resume(tmp_path):
     """bench_learning --report on a resumed run: minutes to an evaluation count the time the run ran, not
     the hour it stood stopped before --resume (no log.txt line for 5 minutes or more)."""
@@ -135,3 +165,22 @@ def test_learning_report_counts_only_evaluations_after_a_step_and_reads_a_rename
     assert result.returncode == 0, result.stderr
     assert "first greedy flag after 2,000 env steps, 1.0 minutes" in result.stdout
     assert "3 evaluations (1 with the flag, median x_pos 1000)" in result.stdout
+
+
+def test_learning_report_counts_an_evaluation_at_step_0_by_default(tmp_path):
+    """Without --after every evaluation counts, the one at env step 0 (before any training) too."""
+    run = tmp_path / "2026-12-03_10-00-00_run"
+    run.mkdir()
+    eval_line = "[2026-12-03 10:0{}:00] Eval {}, Reward: 1.00, Actor: 0, Steps: 10, X: {}, Flag: {}, Env steps: {}"
+    rows = [(1, 3000, "yes", 0), (2, 1000, "no", 1000)]
+    (run / "log.txt").write_text("\n".join(eval_line.format(i, i, x, f, s) for i, x, f, s in rows) + "\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_learning", "--env", "mario", "--report", str(run), "--at", "1000"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "first greedy flag after 0 env steps, 1.0 minutes" in result.stdout
+    assert "2 evaluations (1 with the flag, median x_pos 2000)" in result.stdout

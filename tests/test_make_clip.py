@@ -1,10 +1,11 @@
 """docs/make_clip.py: the README's GIF and last frame come from a recorded video (actor/recorder.py's)."""
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from actor.recorder import VideoWriter
-from docs.make_clip import main
+from docs.make_clip import main, read_frames
 
 FPS = 10
 
@@ -41,3 +42,22 @@ def test_an_unreadable_video_is_one_line_and_exit_1(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("make_clip: cannot read") and err.count("\n") == 1
     assert not (tmp_path / "x.gif").exists()
+
+
+def test_only_the_frames_the_output_needs_are_kept(tmp_path):
+    """A several-episode video decoded whole is over 1 GB of images: a GIF keeps its last seconds, a PNG
+    its last frame."""
+    mp4 = video(tmp_path / "play.mp4", 20)
+    frames, count, fps = read_frames(mp4, None, 1.0)
+    assert (len(frames), count, fps) == (10, 20, FPS)
+    assert abs(np.asarray(frames[-1].convert("L")).mean() - 190) < 8
+    frames, count, _ = read_frames(mp4, 0.95, None)
+    assert (len(frames), count) == (1, 10) and abs(np.asarray(frames[0].convert("L")).mean() - 90) < 8
+
+
+def test_a_bad_output_name_fails_before_the_video_is_read(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main([str(tmp_path / "no_such_video.mp4"), str(tmp_path / "clip.jpg")])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "out must end in .gif or .png" in err and "cannot read" not in err

@@ -6,6 +6,7 @@ Every chunk here has random frames, so each transition's stack of frames is know
 what a learner gathers is compared with what was inserted, not with what the buffer says it holds.
 """
 
+import gc
 import json
 import os
 import select
@@ -110,6 +111,83 @@ def test_ring_is_shared_and_described():
     assert ring.frames.shape == (10, SIZE, SIZE) and ring.frames.dtype == np.uint8
     assert ring.header[SNAPSHOT] == NO_SNAPSHOT and ring.header[WRITING] == 0
     assert os.fstat(ring.fd).st_size == shared_frames.HEADER_BYTES + 10 * SIZE * SIZE
+
+
+def memfd_holders(inode: int) -> tuple[list[str], list[str]]:
+    """This process's open fds and maps of the frame ring whose memfd has this inode: while any remain,
+    its memory stays allocated."""
+    fds = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}").startswith("/memfd:mario-apex-frames"):
+                if os.stat(f"/proc/self/fd/{name}").st_ino == inode:
+                    fds.append(name)
+        except OSError:  # the fd listdir itself used, closed since
+            pass
+    with open("/proc/self/maps") as f:
+        fields = (line.split(maxsplit=5) for line in f)
+        maps = [x[0] for x in fields if len(x) == 6 and int(x[4]) == inode and "memfd:mario-apex-frames" in x[5]]
+    return fds, maps
+
+
+@needs_memfd
+def test_close_frees_the_ring_and_a_mapped_learner_keeps_reading():
+    rng, book = np.random.default_rng(3), Book()
+    buffer = make_buffer(64)
+    fill(buffer, rng, book, 10)
+    inode = os.fstat(buffer.ring.fd).st_ino
+    learner = SharedFrames(buffer.ring.describe())
+    batch = buffer.sample(16, 0.4, rng, with_frames=False)
+    fds, maps = memfd_holders(inode)  # (Python's mmap keeps a dup of the fd it maps)
+    assert (len(fds), len(maps)) == (3, 2)  # the server's fd, map and its fd; the learner's map and its fd
+    buffer.close()
+    buffer.close()  # idempotent
+    fds, maps = memfd_holders(inode)
+    assert (len(fds), len(maps)) == (1, 1) and not buffer.ring.shared  # the learner's only
+    ok, frames = gather(learner, batch.frame_numbers)  # its own map: the frames are still there
+    assert ok
+    np.testing.assert_array_equal(frames, book.frames(batch.ids))
+    learner.close()
+    assert memfd_holders(inode) == ([], [])
+
+
+@needs_memfd
+def test_a_dropped_buffer_frees_its_ring():
+    buffer = make_buffer(64)
+    fill(buffer, np.random.default_rng(4), Book(), 10)
+    inode = os.fstat(buffer.ring.fd).st_ino
+    assert memfd_holders(inode) != ([], [])
+    del buffer
+    gc.collect()
+    assert memfd_holders(inode) == ([], [])
+
+
+@needs_memfd
+def test_a_forked_snapshot_writer_outlives_the_close_of_its_buffer(tmp_path, monkeypatch):
+    """The writer has its own map of the ring: the server closing its buffer does not tear the file."""
+    rng = np.random.default_rng(5)
+    buffer = make_buffer(256)
+    fill(buffer, rng, Book(), 20, n=4, extra=EXTRA)
+    counters, path, expected = {"episodes": 1}, str(tmp_path / "replay.npz"), buffer.content_hash()
+    go_r, go_w = os.pipe()
+    write = snapshot.write_snapshot
+
+    def write_after_the_close(*args):  # runs in the child
+        select.select([go_r], [], [], 20)
+        write(*args)
+
+    monkeypatch.setattr(snapshot, "write_snapshot", write_after_the_close)
+    try:
+        pid = start_snapshot(buffer, counters, path)
+        buffer.close()
+        os.write(go_w, b"x")
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(go_r)
+        os.close(go_w)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"snapshot child status {status}"
+    restored = make_buffer(256)
+    assert read_snapshot(path, restored) == counters and restored.content_hash() == expected
 
 
 @needs_memfd

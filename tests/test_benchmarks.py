@@ -32,7 +32,8 @@ pytestmark = pytest.mark.slow
             "bench_learning --env mario",
             [
                 re.compile(
-                    r"seed 0: (first greedy flag after|no greedy flag).*; \d+ evaluations; "
+                    r"seed 0: (first greedy flag after|no greedy flag).*; \d+ evaluations "
+                    r"\(\d+ with the flag, median x_pos \d+\); "
                     r"at 1,000: x \d+, flags \d+%"
                 ),
                 re.compile(

@@ -151,7 +151,9 @@ def test_samples_per_insert_limit_holds_the_learner_back(launch, limit):
         "spi_tolerance=200",
         "--set",
         "pin_replay_ratio=false",
-    )
+        "--set",
+        "transitions_per_request=32",  # one batch per request: at 256, the budget (about 550) held two
+    )  # requests, and the stop often came before the second, granted near the end, had trained
     assert run.wait(120) == 0, run.output()
     replay = run.summary()["replay"]
     assert run.summary()["updates"] > 10

@@ -82,7 +82,7 @@ def test_priorities_the_replay_server_could_not_take_are_counted_and_reported():
     )
     service.config = Config(prefetch_batches=2, publish_every=1000)
     service.rt = SimpleNamespace(log=lambda text: None, report=lambda kind, values: reports.append(values))
-    service.batches = SimpleNamespace(sample_request=lambda *args: b"", torn=0)
+    service.batches = SimpleNamespace(sample_request=lambda *args: b"", torn=0, mirror_frames=0, mirror_restarts=0)
     service.dealer, service.in_flight, service.replay_stats = Saturated(), 0, {}
     service._window = {"loss": 0.0, "q_mean": 0.0, "n": 0}
     service._maybe_checkpoint = lambda: None

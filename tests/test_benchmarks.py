@@ -136,52 +136,35 @@ def test_learning_minutes_leave_out_the_time_between_a_stop_and_a_resume(tmp_pat
     assert evaluations(run) == [(1000, 300, False, 4.0), (2000, 900, False, 8.0), (3000, 3161, True, 12.0)]
 
 
-def test_learning_report_counts_only_evaluations_after_a_step_and_reads_a_renamed_folder(tmp_path):
-    """bench_learning --report --after N scores what a --resume with a change did (the evaluations past N);
-    a run folder renamed from YYYY-MM-DD_HH-MM-SS_run counts its minutes from its first log line."""
-    run = tmp_path / "control"
+def learning_report(run, rows, *args: str) -> str:
+    """bench_learning --report on a run folder whose log.txt holds these (eval, x, flag, env steps) rows,
+    a minute apart from 10:01; its stdout."""
     run.mkdir()
     eval_line = "[2026-12-03 10:0{}:00] Eval {}, Reward: 1.00, Actor: 0, Steps: 10, X: {}, Flag: {}, Env steps: {}"
-    rows = [(1, 300, "yes", 1000), (2, 3161, "yes", 2000), (3, 900, "no", 3000), (4, 1000, "no", 4000)]
     (run / "log.txt").write_text("\n".join(eval_line.format(i, i, x, f, s) for i, x, f, s in rows) + "\n")
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.bench_learning",
-            "--env",
-            "mario",
-            "--report",
-            str(run),
-            "--after",
-            "1500",
-            "--at",
-            "4000",
-        ],
+        [sys.executable, "-m", "benchmarks.bench_learning", "--env", "mario", "--report", str(run), *args],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert "first greedy flag after 2,000 env steps, 1.0 minutes" in result.stdout
-    assert "3 evaluations (1 with the flag, median x_pos 1000)" in result.stdout
+    return result.stdout
+
+
+def test_learning_report_counts_only_evaluations_after_a_step_and_reads_a_renamed_folder(tmp_path):
+    """bench_learning --report --after N scores what a --resume with a change did (the evaluations past N);
+    a run folder renamed from YYYY-MM-DD_HH-MM-SS_run counts its minutes from its first log line."""
+    rows = [(1, 300, "yes", 1000), (2, 3161, "yes", 2000), (3, 900, "no", 3000), (4, 1000, "no", 4000)]
+    out = learning_report(tmp_path / "control", rows, "--after", "1500", "--at", "4000")
+    assert "first greedy flag after 2,000 env steps, 1.0 minutes" in out
+    assert "3 evaluations (1 with the flag, median x_pos 1000)" in out
 
 
 def test_learning_report_counts_an_evaluation_at_step_0_by_default(tmp_path):
     """Without --after every evaluation counts, the one at env step 0 (before any training) too."""
-    run = tmp_path / "2026-12-03_10-00-00_run"
-    run.mkdir()
-    eval_line = "[2026-12-03 10:0{}:00] Eval {}, Reward: 1.00, Actor: 0, Steps: 10, X: {}, Flag: {}, Env steps: {}"
     rows = [(1, 3000, "yes", 0), (2, 1000, "no", 1000)]
-    (run / "log.txt").write_text("\n".join(eval_line.format(i, i, x, f, s) for i, x, f, s in rows) + "\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_learning", "--env", "mario", "--report", str(run), "--at", "1000"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "first greedy flag after 0 env steps, 1.0 minutes" in result.stdout
-    assert "2 evaluations (1 with the flag, median x_pos 2000)" in result.stdout
+    out = learning_report(tmp_path / "2026-12-03_10-00-00_run", rows, "--at", "1000")
+    assert "first greedy flag after 0 env steps, 1.0 minutes" in out
+    assert "2 evaluations (1 with the flag, median x_pos 2000)" in out

@@ -2,6 +2,7 @@
 learner's sample requests with malformed and semantically wrong replies between good batches. Each bad
 one is dropped and counted (summary.json: learner.dropped), and the learner trains on every good one."""
 
+import contextlib
 import math
 import multiprocessing
 import os
@@ -170,6 +171,31 @@ class FakeReplay:
         self.ctx.term()
 
 
+@contextlib.contextmanager
+def remote_learner(launch):
+    """The real learner (launch.py --role learner --replay) over loopback TCP, as from another machine
+    (local_ipc=false, which needs --insecure), against a FakeReplay on its replay_sample port."""
+    base = free_base_port()
+    fake = FakeReplay(f"tcp://127.0.0.1:{base + 1}")
+    try:
+        yield (
+            launch(
+                *FAST_TEST_ENV,
+                "--role",
+                "learner",
+                "--replay",
+                f"127.0.0.1:{base}",
+                "--set",
+                "local_ipc=false",
+                "--insecure",
+                base_port=base,
+            ),
+            fake,
+        )
+    finally:
+        fake.close()
+
+
 def _script(bad: list[list], unsolicited: list[list], good, first_id: int = 1000) -> tuple[list[list], list[int]]:
     """Answers to sample requests: good batches between the bad replies, and one after the last. An
     unsolicited message (no answer to a request) goes just before a good batch."""
@@ -192,20 +218,7 @@ def test_the_learner_drops_and_counts_bad_replies_and_trains_on_the_good_ones(la
     """The real learner (launch.py --role learner --replay) against a fake replay server over tcp, as from
     another machine (loopback TCP: local_ipc=false, which needs --insecure): every bad reply is dropped and counted in summary.json, none stops it asking, and it trains on
     each good batch exactly once (their ids come back as priorities)."""
-    base = free_base_port()
-    fake = FakeReplay(f"tcp://127.0.0.1:{base + 1}")
-    try:
-        run = launch(
-            *FAST_TEST_ENV,
-            "--role",
-            "learner",
-            "--replay",
-            f"127.0.0.1:{base}",
-            "--set",
-            "local_ipc=false",
-            "--insecure",
-            base_port=base,
-        )
+    with remote_learner(launch) as (run, fake):
         ring = FrameRing(10, 84)
         bad = _bad_batches(np.random.default_rng(3))
         unsolicited = [[encode("frame_ring", **ring.describe())]]  # a real ring on this machine, never asked for
@@ -228,8 +241,6 @@ def test_the_learner_drops_and_counts_bad_replies_and_trains_on_the_good_ones(la
         assert set(goods) <= fake.trained_ids, "every good batch was trained on"
         assert all(r.get("shared") is False for r in fake.requests), "a frame ring it never asked for is not used"
         assert "exited unexpectedly" not in run.output() and "Traceback" not in run.output()
-    finally:
-        fake.close()
 
 
 def _shared(ring: FrameRing, first_id: int, numbers=None, token=None, **changes) -> list:

@@ -388,9 +388,7 @@ def test_the_remote_learner_drops_and_counts_bad_mirror_replies_and_trains_on_th
     token and gets batch_mirror replies: each malformed or semantically wrong one is dropped and counted
     in summary.json, it trains on every good one (also on those that bring no frames and rely on its
     copy), and after a reply naming frames its copy lacks it asks with a new token."""
-    from tests.harness import free_base_port
-    from tests.test_learner_fuzz import BATCH, STACK2, FakeReplay, _script
-    from tests.conftest import FAST_TEST_ENV
+    from tests.test_learner_fuzz import BATCH, STACK2, _script, remote_learner
 
     numbers = np.arange(BATCH * STACK2, dtype=np.int64).reshape(BATCH, STACK2)
     new = np.arange(BATCH * STACK2, dtype=np.int64)
@@ -410,20 +408,7 @@ def test_the_remote_learner_drops_and_counts_bad_mirror_replies_and_trains_on_th
         _fake_mirror(0, weights=np.full(BATCH, np.nan, np.float32)),  # bad values (its frames are kept)
         _fake_mirror(0, actions=np.full(BATCH, 7, np.uint8)),  # no such action
     ]
-    base = free_base_port()
-    fake = FakeReplay(f"tcp://127.0.0.1:{base + 1}")
-    try:
-        run = launch(
-            *FAST_TEST_ENV,
-            "--role",
-            "learner",
-            "--replay",
-            f"127.0.0.1:{base}",
-            "--set",
-            "local_ipc=false",
-            "--insecure",
-            base_port=base,
-        )
+    with remote_learner(launch) as (run, fake):
         answers, goods = _script(bad, [], _fake_mirror)
         for i in range(3):  # then replies that bring no frames: from its copy
             goods.append(goods[-1] + 100)
@@ -446,8 +431,6 @@ def test_the_remote_learner_drops_and_counts_bad_mirror_replies_and_trains_on_th
         assert summary["learner"]["mirror_restarts"] >= 1, summary["learner"]
         assert "keeping a copy of the replay server's frame ring" in run.output()
         assert "exited unexpectedly" not in run.output() and "Traceback" not in run.output()
-    finally:
-        fake.close()
 
 
 @pytest.mark.slow

@@ -85,6 +85,11 @@ class Config:
     """original: env reward +1 forward, -1 back, -50 death, +1000 flag; progress (the original's later
     scheme): +0.1 per x_pos gained, -50 per life lost, +2000 flag. Both then /10, clipped to [-1, 1].
     flag_unclipped: original, but the flag's +1000/10 is added after the clip (the flag is worth 100, not 1)."""
+    jump_repress: bool = False
+    """Holding A on the ground jumps again: the A button is released for one emulator frame when Mario
+    stands on the ground with A held since an earlier jump. The game jumps only on a new press of A and the
+    frames do not show whether A is held, so without this a greedy policy that holds "right A" against a
+    pipe never jumps again (a state it cannot tell apart from one where it could). Mario only."""
     single_life: bool = False
     """End the episode when a life is lost (for multi-life envs such as SuperMarioBros-v0)."""
     level_mode: str = "sample"

@@ -12,7 +12,7 @@ import numpy as np
 
 from common.config import TEST_ENV_ID, Config
 from common.quiet_gym import gym
-from common.wrappers import FrameSkip, FrameStack, GrayResize, ShapedReward, TimeLimit
+from common.wrappers import FrameSkip, FrameStack, GrayResize, JumpRepress, ShapedReward, TimeLimit
 
 
 class EnvError(ValueError):
@@ -20,16 +20,19 @@ class EnvError(ValueError):
 
 
 def make_env(config: Config, seed: int = 0) -> gym.Env:
-    """Raw env -> joypad action set -> frame skip -> time limit -> shaped reward -> gray 84x84 -> stack.
+    """Raw env -> (jump repress) -> joypad action set -> frame skip -> time limit -> shaped reward -> gray 84x84 -> stack.
 
     A comma-separated env_id ("SuperMarioBros-1-1-v0,SuperMarioBros-1-2-v0") plays a uniformly
     sampled level each episode (seeded by `seed`), or with level_mode=curriculum the levels in order."""
     ids = level_ids(config.env_id)
     env = (
-        _make_raw(ids[0], config.action_set)
+        _make_raw(ids[0], config.action_set, config.jump_repress)
         if len(ids) == 1
         else LevelSampler(
-            [_make_raw(i, config.action_set) for i in ids], seed, ids, curriculum=config.level_mode == "curriculum"
+            [_make_raw(i, config.action_set, config.jump_repress) for i in ids],
+            seed,
+            ids,
+            curriculum=config.level_mode == "curriculum",
         )
     )
     env = FrameSkip(env, config.frame_skip)
@@ -60,7 +63,7 @@ def find_wrapper(env: gym.Env, kind: type):
     raise LookupError(kind.__name__)
 
 
-def _make_raw(env_id: str, action_set: str = "simple") -> gym.Env:
+def _make_raw(env_id: str, action_set: str = "simple", jump_repress: bool = False) -> gym.Env:
     if env_id == TEST_ENV_ID:
         from common.toy_level import CorridorEnv
 
@@ -77,7 +80,7 @@ def _make_raw(env_id: str, action_set: str = "simple") -> gym.Env:
         warnings.simplefilter("ignore")  # gym's deprecation chatter about old env versions
         env = gym_super_mario_bros.make(env_id, apply_api_compatibility=True, render_mode="rgb_array")
     joypad = {"simple": actions.SIMPLE_MOVEMENT, "right_only": actions.RIGHT_ONLY, "complex": actions.COMPLEX_MOVEMENT}
-    return JoypadSpace(env, joypad[action_set])
+    return JoypadSpace(JumpRepress(env) if jump_repress else env, joypad[action_set])
 
 
 def level_ids(env_id: str) -> list[str]:

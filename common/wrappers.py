@@ -90,6 +90,47 @@ class FrameSkip(gym.Wrapper):
         return obs, total, terminated, truncated, info
 
 
+class JumpRepress(gym.Wrapper):
+    """Makes a held A button jump again on landing (config.jump_repress), one emulator frame at a time.
+
+    Sits under the joypad wrapper, on the raw NES controller byte. Super Mario Bros jumps only on a new
+    press of A; this releases A for the one frame on which Mario stands on the ground (RAM 0x001D = 0)
+    with A held for at least two frames (the jump shows in RAM one frame after the press), so the next
+    frame is a new press. In the air nothing changes: holding A still makes the jump higher.
+    """
+
+    A_BUTTON = 0b00000001
+    FLOAT_STATE = 0x001D  # 0: on the ground; 1: jumping; 2: falling; 3: sliding down the flagpole
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self._ram = _nes_ram(env)
+        self._held = 0
+
+    def reset(self, **kwargs):
+        self._held = 0
+        return self.env.reset(**kwargs)
+
+    def step(self, action):
+        action = int(action)
+        if action & self.A_BUTTON:
+            if self._held >= 2 and self._ram[self.FLOAT_STATE] == 0:
+                action &= ~self.A_BUTTON
+                self._held = 0
+            else:
+                self._held += 1
+        else:
+            self._held = 0
+        return self.env.step(action)
+
+
+def _nes_ram(env: gym.Env) -> np.ndarray:
+    """The emulator's live 2 KiB RAM array under gym's compatibility wrappers."""
+    while not hasattr(env, "ram"):
+        env = env.env
+    return env.ram
+
+
 def shape_progress_reward(x_pos: int, prev_x_pos: int, life_lost: bool, flag_get: bool) -> float:
     """The original trainer's later scheme: +0.1 per x_pos gained, -50 per life lost, +2000 on the flag;
     then /10 and clipped to [-1, 1] like the default, so the learner sees the same range."""

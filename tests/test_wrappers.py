@@ -6,7 +6,7 @@ import pytest
 from common.config import Config
 from common.envs import find_wrapper, make_env
 from common.quiet_gym import gym
-from common.wrappers import FrameSkip, FrameStack, GrayResize, ShapedReward, TimeLimit, shape_reward
+from common.wrappers import FrameSkip, FrameStack, GrayResize, JumpRepress, ShapedReward, TimeLimit, shape_reward
 
 TEST_ENV = "MarioApexTest-v0"
 
@@ -471,3 +471,95 @@ def test_time_limit_without_stall_steps_never_cuts_a_stall():
     env = TimeLimit(ScriptedEnv(x_steps([10] * 50), rgb(0), {"x_pos": 10}), max_steps=100)
     env.reset()
     assert not any(env.step(0)[3] for _ in range(50))
+
+
+# --- JumpRepress -------------------------------------------------------------------------------------
+
+
+class FakeNes(gym.Env):
+    """Records the controller bytes it gets; its RAM's float state (0x001D) follows a script, per step."""
+
+    def __init__(self, float_states):
+        self.ram = np.zeros(2048, np.uint8)
+        self.float_states = list(float_states)
+        self.bytes: list[int] = []
+        self.observation_space = gym.spaces.Box(0, 255, (1,), np.uint8)
+        self.action_space = gym.spaces.Discrete(256)
+
+    def reset(self, *, seed=None, options=None):
+        self.ram[0x1D] = 0
+        return np.zeros(1, np.uint8), {}
+
+    def step(self, action):
+        self.bytes.append(action)
+        self.ram[0x1D] = self.float_states[len(self.bytes) - 1]
+        return np.zeros(1, np.uint8), 0.0, False, False, {}
+
+
+RIGHT_A, RIGHT = 0b10000001, 0b10000000
+
+
+def test_jump_repress_releases_a_for_one_frame_on_the_ground_only():
+    # press on the ground; RAM shows the jump one frame later; three frames in the air; landed; landed.
+    nes = FakeNes([0, 1, 1, 1, 0, 0, 1, 1])
+    env = JumpRepress(nes)
+    env.reset()
+    for _ in range(8):
+        env.step(RIGHT_A)
+    # frame 2 still reads "ground" (the jump shows late) and keeps A; frame 6 is on the ground after a
+    # landing with A held: released, so frame 7 is a new press.
+    assert nes.bytes == [RIGHT_A, RIGHT_A, RIGHT_A, RIGHT_A, RIGHT_A, RIGHT, RIGHT_A, RIGHT_A]
+
+
+def test_jump_repress_passes_other_buttons_and_fresh_presses_through():
+    nes = FakeNes([0] * 6)
+    env = JumpRepress(nes)
+    env.reset()
+    for byte in (RIGHT, RIGHT_A, RIGHT, RIGHT_A, 0b00000011, 0):
+        env.step(byte)
+    assert nes.bytes == [RIGHT, RIGHT_A, RIGHT, RIGHT_A, 0b00000011, 0]
+
+
+def test_jump_repress_forgets_a_held_button_on_reset():
+    nes = FakeNes([0] * 4)
+    env = JumpRepress(nes)
+    env.reset()
+    env.step(RIGHT_A)
+    env.step(RIGHT_A)
+    env.reset()
+    env.step(RIGHT_A)
+    env.step(RIGHT_A)
+    assert nes.bytes == [RIGHT_A] * 4
+
+
+def _jumps_holding_right_a(jump_repress: bool) -> tuple[list[int], int]:
+    """Hold "right A" in real 1-1 for 300 emulator frames: the peak height of each jump, and the final x_pos."""
+    from common.envs import _make_raw
+
+    env = _make_raw("SuperMarioBros-1-1-v0", "right_only", jump_repress)
+    env.reset()
+    ys, x = [], 0
+    for _ in range(300):
+        _, _, terminated, _, info = env.step(2)  # RIGHT_ONLY[2] = right A
+        ys.append(info["y_pos"])
+        x = info["x_pos"]
+        if terminated:
+            break
+    env.close()
+    peaks, rising = [], False
+    for before, after in zip(ys, ys[1:]):
+        if after > before:
+            rising = True
+        elif after < before and rising:
+            rising = False
+            peaks.append(before)
+    return peaks, x
+
+
+def test_jump_repress_on_real_mario_jumps_again_and_as_high():
+    plain_peaks, plain_x = _jumps_holding_right_a(False)
+    repress_peaks, repress_x = _jumps_holding_right_a(True)
+    assert len(plain_peaks) == 1  # the game jumps on a new press only: held A never jumps again
+    assert len(repress_peaks) >= 4
+    assert repress_peaks[0] == plain_peaks[0]  # the first jump is not cut short
+    assert repress_x > plain_x + 200  # over the first pipes, where the plain hold walks into a goomba

@@ -86,10 +86,13 @@ class Config:
     scheme): +0.1 per x_pos gained, -50 per life lost, +2000 flag. Both then /10, clipped to [-1, 1].
     flag_unclipped: original, but the flag's +1000/10 is added after the clip (the flag is worth 100, not 1)."""
     jump_repress: bool = False
-    """Holding A on the ground jumps again: the A button is released for one emulator frame when Mario
-    stands on the ground with A held since an earlier jump. The game jumps only on a new press of A and the
-    frames do not show whether A is held, so without this a greedy policy that holds "right A" against a
-    pipe never jumps again (a state it cannot tell apart from one where it could). Mario only."""
+    """Holding A on the ground jumps again (A is released for one emulator frame on landing), a change to
+    the game's controls. It makes 1-1 easy for the wrong reason: the constant action "right A" then reaches
+    the flag, with no learning at all. For experiments; show_a_button is the fix that keeps the game."""
+    show_a_button: bool = False
+    """Draw whether the A button is held into the top rows of each observation frame. The game jumps only
+    on a new press of A, and without this the frames cannot tell a Mario holding A against a pipe (who must
+    let go to jump) from one who can jump: a greedy policy holding "right A" there stays stuck."""
     single_life: bool = False
     """End the episode when a life is lost (for multi-life envs such as SuperMarioBros-v0)."""
     level_mode: str = "sample"

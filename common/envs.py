@@ -12,7 +12,7 @@ import numpy as np
 
 from common.config import TEST_ENV_ID, Config
 from common.quiet_gym import gym
-from common.wrappers import FrameSkip, FrameStack, GrayResize, JumpRepress, ShapedReward, TimeLimit
+from common.wrappers import FrameSkip, FrameStack, GrayResize, JumpRepress, ShapedReward, ShowAButton, TimeLimit
 
 
 class EnvError(ValueError):
@@ -20,7 +20,8 @@ class EnvError(ValueError):
 
 
 def make_env(config: Config, seed: int = 0) -> gym.Env:
-    """Raw env -> (jump repress) -> joypad action set -> frame skip -> time limit -> shaped reward -> gray 84x84 -> stack.
+    """Raw env -> (jump repress) -> joypad action set -> frame skip -> time limit -> shaped reward -> gray 84x84
+    -> (A button shown) -> stack.
 
     A comma-separated env_id ("SuperMarioBros-1-1-v0,SuperMarioBros-1-2-v0") plays a uniformly
     sampled level each episode (seeded by `seed`), or with level_mode=curriculum the levels in order."""
@@ -39,6 +40,8 @@ def make_env(config: Config, seed: int = 0) -> gym.Env:
     env = TimeLimit(env, config.max_episode_steps, config.stall_steps)
     env = ShapedReward(env, config.reward_scheme, config.single_life)
     env = GrayResize(env, config.frame_size)
+    if config.show_a_button:
+        env = ShowAButton(env, ["A" in buttons for buttons in joypad_actions(config.action_set)])
     return FrameStack(env, config.frame_stack)
 
 
@@ -69,7 +72,6 @@ def _make_raw(env_id: str, action_set: str = "simple", jump_repress: bool = Fals
 
         return CorridorEnv()
     import gym_super_mario_bros
-    from gym_super_mario_bros import actions
     from nes_py.wrappers import JoypadSpace
 
     if env_id not in gym.envs.registry:
@@ -79,8 +81,16 @@ def _make_raw(env_id: str, action_set: str = "simple", jump_repress: bool = Fals
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # gym's deprecation chatter about old env versions
         env = gym_super_mario_bros.make(env_id, apply_api_compatibility=True, render_mode="rgb_array")
-    joypad = {"simple": actions.SIMPLE_MOVEMENT, "right_only": actions.RIGHT_ONLY, "complex": actions.COMPLEX_MOVEMENT}
-    return JoypadSpace(JumpRepress(env) if jump_repress else env, joypad[action_set])
+    return JoypadSpace(JumpRepress(env) if jump_repress else env, joypad_actions(action_set))
+
+
+def joypad_actions(action_set: str) -> list[list[str]]:
+    """The buttons of each action of a gym-super-mario-bros action set (the test env plays `simple`'s)."""
+    from gym_super_mario_bros import actions
+
+    return {"simple": actions.SIMPLE_MOVEMENT, "right_only": actions.RIGHT_ONLY, "complex": actions.COMPLEX_MOVEMENT}[
+        action_set
+    ]
 
 
 def level_ids(env_id: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""Environment wrappers: frame skip, reward shaping, grayscale 84x84, frame stack.
+"""Environment wrappers: frame skip, reward shaping, grayscale 84x84, the A button's state, frame stack.
 
 Actor-side only (imports gym and cv2); the learner and replay server never import this module.
 """
@@ -204,6 +204,34 @@ class GrayResize(gym.ObservationWrapper):
                 return cv2.resize(gray, (self.size, self.size), interpolation=cv2.INTER_AREA)
             self._shrink = AreaShrinker(*gray.shape, self.size)
         return self._shrink(gray)
+
+
+class ShowAButton(gym.Wrapper):
+    """Draws whether the A button is held into each observation frame (config.show_a_button).
+
+    Super Mario Bros jumps only on a new press of A, and the screen does not show a held button: a Mario
+    against a pipe holding "right A" looks the same as one that could jump, so a greedy policy that holds
+    it stays there for good. Here the top rows of each gray frame (sky, above the score line) are white
+    while the last step's action held A and black otherwise; the game itself is unchanged.
+    """
+
+    def __init__(self, env: gym.Env, holds_a: list[bool]):
+        super().__init__(env)
+        self.holds_a = holds_a
+        self.rows = max(1, env.observation_space.shape[0] // 42)
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        return self._draw(obs, False), info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return self._draw(obs, self.holds_a[int(action)]), reward, terminated, truncated, info
+
+    def _draw(self, frame: np.ndarray, held: bool) -> np.ndarray:
+        frame = frame.copy()
+        frame[: self.rows] = 255 if held else 0
+        return frame
 
 
 class FrameStack(gym.Wrapper):

@@ -6,7 +6,16 @@ import pytest
 from common.config import Config
 from common.envs import find_wrapper, make_env
 from common.quiet_gym import gym
-from common.wrappers import FrameSkip, FrameStack, GrayResize, JumpRepress, ShapedReward, TimeLimit, shape_reward
+from common.wrappers import (
+    FrameSkip,
+    FrameStack,
+    GrayResize,
+    JumpRepress,
+    ShapedReward,
+    ShowAButton,
+    TimeLimit,
+    shape_reward,
+)
 
 TEST_ENV = "MarioApexTest-v0"
 
@@ -563,3 +572,54 @@ def test_jump_repress_on_real_mario_jumps_again_and_as_high():
     assert len(repress_peaks) >= 4
     assert repress_peaks[0] == plain_peaks[0]  # the first jump is not cut short
     assert repress_x > plain_x + 200  # over the first pipes, where the plain hold walks into a goomba
+
+
+def test_jump_repress_lets_a_constant_action_clear_1_1():
+    """Why jump_repress is not the default: with it, holding "right A" reaches the flag with no learning."""
+    from common.envs import evaluation_limits
+
+    for repress, flag in ((False, False), (True, True)):
+        config = Config(action_set="right_only", jump_repress=repress)
+        env = make_env(config)
+        env.reset()
+        with evaluation_limits(env, config):
+            done = False
+            while not done:
+                _, _, terminated, truncated, info = env.step(2)  # right A
+                done = terminated or truncated
+        env.close()
+        assert bool(info["flag_get"]) == flag, (repress, info)
+
+
+# --- ShowAButton -------------------------------------------------------------------------------------
+
+
+def test_show_a_button_draws_the_last_action_s_a_into_the_top_rows():
+    frame = np.full((84, 84), 140, np.uint8)
+    inner = ScriptedEnv([(frame, 0.0, False, False, {})] * 3, frame)
+    inner.observation_space = gym.spaces.Box(0, 255, (84, 84), np.uint8)
+    env = ShowAButton(inner, [False, True, True])
+    obs, _ = env.reset()
+    tops = [obs[:3, 0].tolist()]
+    for action in (1, 0, 2):
+        obs, *_ = env.step(action)
+        tops.append(obs[:3, 0].tolist())
+    assert tops == [[0, 0, 140], [255, 255, 140], [0, 0, 140], [255, 255, 140]]
+    assert (obs[2:] == 140).all() and (frame == 140).all()  # the rest of the frame, and the env's own array, untouched
+
+
+def test_show_a_button_in_make_env_follows_the_action_set_s_buttons():
+    """RIGHT_ONLY: 0 NOOP, 1 right, 2 right A, 3 right B, 4 right A B; the band lives in every stacked frame."""
+    env = make_env(Config(action_set="right_only", show_a_button=True))
+    obs, _ = env.reset()
+    assert (obs[:, :2] == 0).all()
+    bands = []
+    for action in range(5):
+        obs, *_ = env.step(action)
+        bands.append(int(obs[-1, 0, 0]))
+        assert (obs[-1, :2] == obs[-1, 0, 0]).all()
+    env.close()
+    assert bands == [0, 0, 255, 0, 255]
+    assert obs[:, 0, 0].tolist() == [0, 255, 0, 255]  # the stack keeps each frame's own band
+    plain, _ = make_env(Config(action_set="right_only")).reset()
+    assert (plain[:, :2] != 0).any()  # without the option the sky is left alone

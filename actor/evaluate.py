@@ -24,6 +24,10 @@ class EpisodeResult:
     x_pos: int
     flag: bool
     steps: int
+    last_action: int = 0
+    """The episode's last action, and for how many of its last steps it was taken in a row: a greedy
+    Mario stopped by eval_stall_steps is usually holding one action against an obstacle."""
+    last_action_repeats: int = 0
 
 
 def load_policy(path: str, config: Config | None = None) -> tuple[torch.nn.Module, Config]:
@@ -60,17 +64,20 @@ def play(
                 obs, info = env.reset()
                 if on_frame:
                     on_frame(frame_skip.last_rgb)
-                total, steps, done = 0.0, 0, False
+                total, steps, done, last, repeats = 0.0, 0, False, -1, 0
                 while not done:
                     explore = rng.random() < epsilon
                     action = int(rng.integers(config.num_actions)) if explore else greedy_action(net, obs)
+                    last, repeats = action, repeats + 1 if action == last else 1
                     obs, reward, terminated, truncated, info = env.step(action)
                     if on_frame:
                         on_frame(frame_skip.last_rgb)
                     total += reward
                     steps += 1
                     done = terminated or truncated
-                result = EpisodeResult(total, int(info.get("x_pos", 0)), bool(info.get("flag_get", False)), steps)
+                result = EpisodeResult(
+                    total, int(info.get("x_pos", 0)), bool(info.get("flag_get", False)), steps, last, repeats
+                )
                 results.append(result)
                 if on_episode:
                     on_episode(episode, result)

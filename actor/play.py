@@ -15,6 +15,7 @@ import numpy as np
 from actor.display import LiveWindow, display_available
 from actor.evaluate import EpisodeResult, load_policy, play
 from actor.recorder import RecordingError, VideoWriter
+from common.envs import joypad_actions
 
 
 class _Screen:
@@ -67,10 +68,13 @@ def play_checkpoint(
     video_path = os.path.join(os.path.dirname(os.path.abspath(path)), "mario_play.mp4") if record else None
     screen = _Screen(video_path, 60.0 / config.frame_skip, headless, say)
 
+    names = [" ".join(buttons) for buttons in joypad_actions(config.action_set)]
+
     def report(episode: int, result: EpisodeResult) -> None:
+        held = "" if result.flag else f" (its last {result.last_action_repeats} steps: {names[result.last_action]!r})"
         say(
             f"episode {episode}: reward {result.reward:.2f}, x_pos {result.x_pos}, steps {result.steps}, "
-            f"flag {'reached' if result.flag else 'not reached'}"
+            f"flag {'reached' if result.flag else 'not reached'}{held}"
         )
 
     try:

@@ -1,0 +1,28 @@
+"""--play says what a greedy Mario that did not finish was doing at the end: the action it held."""
+
+import torch
+
+import actor.play
+from common.config import Config
+from common.network import build_network
+
+
+def _always(action: int, config: Config) -> torch.nn.Module:
+    """A network whose greedy action is always `action` (its last layer's weights zeroed, its bias one-hot)."""
+    net = build_network(config)
+    last = net.head[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+        last.bias[action] = 1.0
+    return net.eval()
+
+
+def test_play_names_the_action_a_stopped_mario_was_holding(monkeypatch):
+    config = Config(action_set="right_only")
+    monkeypatch.setattr(actor.play, "load_policy", lambda path: (_always(2, config), config))
+    lines: list[str] = []
+    (result,) = actor.play.play_checkpoint("unused.pth", 1, headless=True, record=False, say=lines.append)
+    assert not result.flag and result.x_pos < 400  # "right A" held: one jump, then the first goomba
+    assert (result.last_action, result.last_action_repeats) == (2, result.steps)
+    assert lines[-1].endswith(f"flag not reached (its last {result.steps} steps: 'right A')"), lines

@@ -18,6 +18,7 @@ short test-env run that only checks the script works.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -230,7 +231,7 @@ def learn_mario(args, runs_dir: str) -> None:
             f"{' '.join(MARIO_SETTINGS[4:] + extra)}",
             flush=True,
         )
-    rows = []
+    rows, run_dirs = [], []
     for i in range(len(args.report) if args.report else args.seeds):
         seed = i if args.report else args.first_seed + i
         if args.report:  # figures of runs already made (e.g. stopped early), from their log.txt
@@ -243,6 +244,7 @@ def learn_mario(args, runs_dir: str) -> None:
                 os.path.join(runs_dir, f"seed{seed}"),
                 solved=None if args.until_budget else lambda m: m[4] == "yes",
             )
+        run_dirs.append(run_dir)
         evals = [e for e in evaluations(run_dir) if e[0] > args.after]
         flag = first_flag(evals)
         best = max(evals, key=lambda e: e[1], default=None)
@@ -274,10 +276,21 @@ def learn_mario(args, runs_dir: str) -> None:
                 f"flag rate {statistics.median(p[1] for p in points):.0%} ({len(points)} seeds)"
             )
     met = all(r[0] and r[0][0] <= GOAL_STEPS and r[0][1] <= GOAL_MINUTES for r in rows)
+    if any(_repressed_jumps(run_dir) for run_dir in run_dirs):
+        verdict = "not counted: jump_repress changes the game (the constant action 'right A' reaches the flag)"
+    else:
+        verdict = "met" if met else "missed"
     print(
-        f"goal (first greedy flag within {GOAL_STEPS:,} env steps and {GOAL_MINUTES} minutes in every seed): "
-        f"{'met' if met else 'missed'}"
+        f"goal (first greedy flag within {GOAL_STEPS:,} env steps and {GOAL_MINUTES} minutes in every seed): {verdict}"
     )
+
+
+def _repressed_jumps(run_dir: Path) -> bool:
+    """Whether the run played with jump_repress on (its config.json), under which 1-1 needs no learning."""
+    try:
+        return bool(json.loads((run_dir / "config.json").read_text()).get("jump_repress", False))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def main() -> None:

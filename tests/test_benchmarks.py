@@ -1,5 +1,6 @@
 """Every benchmark script runs in its smoke mode and prints its figures, so none of them rots."""
 
+import json
 import re
 import subprocess
 import sys
@@ -136,10 +137,12 @@ def test_learning_minutes_leave_out_the_time_between_a_stop_and_a_resume(tmp_pat
     assert evaluations(run) == [(1000, 300, False, 4.0), (2000, 900, False, 8.0), (3000, 3161, True, 12.0)]
 
 
-def learning_report(run, rows, *args: str) -> str:
+def learning_report(run, rows, *args: str, config: dict | None = None) -> str:
     """bench_learning --report on a run folder whose log.txt holds these (eval, x, flag, env steps) rows,
-    a minute apart from 10:01; its stdout."""
+    a minute apart from 10:01 (and this config.json, if given); its stdout."""
     run.mkdir()
+    if config is not None:
+        (run / "config.json").write_text(json.dumps(config))
     eval_line = "[2026-12-03 10:0{}:00] Eval {}, Reward: 1.00, Actor: 0, Steps: 10, X: {}, Flag: {}, Env steps: {}"
     (run / "log.txt").write_text("\n".join(eval_line.format(i, i, x, f, s) for i, x, f, s in rows) + "\n")
     result = subprocess.run(
@@ -168,3 +171,12 @@ def test_learning_report_counts_an_evaluation_at_step_0_by_default(tmp_path):
     out = learning_report(tmp_path / "2026-12-03_10-00-00_run", rows, "--at", "1000")
     assert "first greedy flag after 0 env steps, 1.0 minutes" in out
     assert "2 evaluations (1 with the flag, median x_pos 2000)" in out
+
+
+@pytest.mark.parametrize("jump_repress,verdict", [(False, "met"), (True, "not counted: jump_repress changes the game")])
+def test_a_flag_under_jump_repress_does_not_count_toward_the_goal(tmp_path, jump_repress, verdict):
+    """With jump_repress a constant action reaches the flag of 1-1: the report says so instead of 'met'."""
+    out = learning_report(
+        tmp_path / "run", [(1, 3161, "yes", 1000)], "--at", "1000", config={"jump_repress": jump_repress}
+    )
+    assert f"minutes in every seed): {verdict}" in out, out

@@ -252,16 +252,20 @@ class Supervisor:
                 self.keys,
             ),
         )
-        # Children ignore SIGINT from birth (the setting survives exec); the launcher coordinates. A Ctrl+C
-        # meanwhile is held back (blocked), not ignored, and reaches the launcher once the child is started.
+        self._spawn_holding_ctrl_c(proc)
+        self.processes[name] = proc
+
+    @staticmethod
+    def _spawn_holding_ctrl_c(proc: mp.Process) -> None:
+        """Start `proc` with SIGINT blocked in this thread: the child inherits the blocked mask (it survives
+        fork and exec), so a Ctrl+C waits in it until run_role ignores SIGINT (the launcher coordinates the
+        stop). The launcher only blocks SIGINT, never ignores it: an ignored Ctrl+C that another of its
+        threads (numpy's OpenBLAS one) took was discarded, and the run went on as if none had come."""
         held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             proc.start()
         finally:
-            signal.signal(signal.SIGINT, previous)
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
-        self.processes[name] = proc
 
     def _on_signal(self, signum, frame) -> None:
         self.signal_count += 1

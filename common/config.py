@@ -205,6 +205,11 @@ class Config:
     mixed_precision: bool = False
     """Learner forward passes in float16 on CUDA (with loss scaling), bfloat16 elsewhere; the loss,
     the TD targets and the weights stay float32."""
+    compile_update: bool = False
+    """Run the learner's forward passes, TD targets, loss and backward through torch.compile (on CUDA with
+    CUDA graphs, mode reduce-overhead). It pays on a GPU at small batches, where an update is bound by
+    kernel launches, not arithmetic; the first updates are slow (compiling). Same results as without; if
+    compiling fails the learner says so in one line and runs uncompiled."""
 
     # --- processes and network ---------------------------------------------------------
     host: str = "127.0.0.1"

@@ -39,7 +39,7 @@ def linear_decay(end_factor: float, updates: int):
 
 
 class DQNLearner:
-    def __init__(self, config: Config, device: torch.device):
+    def __init__(self, config: Config, device: torch.device, log=print):
         self.config = config
         self.device = device
         self.online = build_network(config).to(device)
@@ -58,6 +58,26 @@ class DQNLearner:
         cuda = device.type == "cuda"
         self.autocast_dtype = torch.float16 if cuda else torch.bfloat16
         self.scaler = torch.amp.GradScaler("cuda", enabled=cuda and config.mixed_precision)
+        self.log = log
+        self._loss_fn, self.compiled = self._loss, False
+        if config.compile_update:
+            self._compile()
+
+    def _compile(self) -> None:
+        """compile_update: the loss (forward passes, TD targets, Huber loss) runs through torch.compile,
+        whose backward is compiled with it. On CUDA reduce-overhead replays both as CUDA graphs, so a small
+        batch costs a few launches instead of hundreds. Compiling a function, not the networks, keeps the
+        parameters' names (checkpoints load into an uncompiled learner). Errors show up at the first call."""
+        try:
+            mode = "reduce-overhead" if self.device.type == "cuda" else None
+            self._loss_fn, self.compiled = torch.compile(self._loss, mode=mode), True
+        except Exception as exc:  # e.g. a Python version torch.compile does not support
+            self._compile_failed(exc)
+
+    def _compile_failed(self, exc: Exception) -> None:
+        self._loss_fn, self.compiled = self._loss, False
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        self.log(f"compile_update: torch.compile failed ({type(exc).__name__}: {reason[:200]}); updating uncompiled")
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.config.mixed_precision)
@@ -87,18 +107,15 @@ class DQNLearner:
         rewards_t, bootstraps_t = self._tensor(rewards), self._tensor(bootstraps)
         weights_t = self._tensor(weights)
 
-        with self._autocast():
-            q_all = self.online(obs).float()
-            with torch.no_grad():
-                next_q_target = self.target(next_obs).float()
-                next_q_online = self.online(next_obs).float() if self.config.double_dqn else None
-        q = q_all.gather(1, actions_t.unsqueeze(1)).squeeze(1)
-        y = td_targets(rewards_t, bootstraps_t, next_q_target, next_q_online)
-        td_error = y - q
-        loss = (weights_t * F.smooth_l1_loss(q, y, reduction="none")).mean()
+        inputs = (obs, next_obs, actions_t, rewards_t, bootstraps_t, weights_t)
+        try:
+            loss, td_error, q_mean = self._backward(inputs)
+        except Exception as exc:
+            if not self.compiled:
+                raise
+            self._compile_failed(exc)  # no weights changed yet: the same batch again, uncompiled
+            loss, td_error, q_mean = self._backward(inputs)
 
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)  # clip the true gradients (no-op without scaling)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.online.parameters(), self.config.grad_clip_norm)
         self.scaler.step(self.optimizer)
@@ -108,12 +125,7 @@ class DQNLearner:
         self._update_target()
 
         # Priorities and metrics come back in one transfer: one wait for the GPU per update, not four.
-        back = torch.cat(
-            [
-                td_error.detach().abs().float(),
-                torch.stack([loss.detach(), q_all.detach().mean(), grad_norm.float()]).float(),
-            ]
-        )
+        back = torch.cat([td_error.abs().float(), torch.stack([loss.detach(), q_mean, grad_norm.float()]).float()])
         back = back.cpu().numpy().astype(np.float64)
         priorities = back[:-3] + self.config.per_eps
         metrics = {
@@ -123,6 +135,26 @@ class DQNLearner:
             "lr": self.optimizer.param_groups[0]["lr"],
         }
         return metrics, priorities
+
+    def _backward(self, inputs: tuple) -> tuple[torch.Tensor, ...]:
+        """The loss and its gradients (a compiled backward is compiled at its first call, so errors show
+        up here too)."""
+        loss, td_error, q_mean = self._loss_fn(*inputs)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        return loss, td_error, q_mean
+
+    def _loss(self, obs, next_obs, actions, rewards, bootstraps, weights) -> tuple[torch.Tensor, ...]:
+        """(weighted Huber loss, TD errors, mean Q) for one batch: what compile_update compiles."""
+        with self._autocast():
+            q_all = self.online(obs).float()
+            with torch.no_grad():
+                next_q_target = self.target(next_obs).float()
+                next_q_online = self.online(next_obs).float() if self.config.double_dqn else None
+        q = q_all.gather(1, actions.unsqueeze(1)).squeeze(1)
+        y = td_targets(rewards, bootstraps, next_q_target, next_q_online)
+        loss = (weights * F.smooth_l1_loss(q, y, reduction="none")).mean()
+        return loss, (y - q).detach(), q_all.detach().mean()
 
     def _update_target(self) -> None:
         """Hard copy every target_update_every updates, or soft (Polyak) updates with target_tau."""

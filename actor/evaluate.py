@@ -25,9 +25,10 @@ class EpisodeResult:
     flag: bool
     steps: int
     last_action: int = 0
-    """The episode's last action, and for how many of its last steps it was taken in a row: a greedy
-    Mario stopped by eval_stall_steps is usually holding one action against an obstacle."""
+    """The episode's last action: a greedy Mario stopped by eval_stall_steps is usually holding one
+    action against an obstacle."""
     last_action_repeats: int = 0
+    """For how many of the episode's last steps last_action was taken in a row."""
 
 
 def load_policy(path: str, config: Config | None = None) -> tuple[torch.nn.Module, Config]:
@@ -68,7 +69,8 @@ def play(
                 while not done:
                     explore = rng.random() < epsilon
                     action = int(rng.integers(config.num_actions)) if explore else greedy_action(net, obs)
-                    last, repeats = action, repeats + 1 if action == last else 1
+                    repeats = repeats + 1 if action == last else 1
+                    last = action
                     obs, reward, terminated, truncated, info = env.step(action)
                     if on_frame:
                         on_frame(frame_skip.last_rgb)

@@ -71,7 +71,8 @@ def play_checkpoint(
     names = [" ".join(buttons) for buttons in joypad_actions(config.action_set)]
 
     def report(episode: int, result: EpisodeResult) -> None:
-        held = "" if result.flag else f" (its last {result.last_action_repeats} steps: {names[result.last_action]!r})"
+        greedy_stop = not result.flag and epsilon == 0  # with exploration the last steps are partly random
+        held = f" (its last {result.last_action_repeats} steps: {names[result.last_action]!r})" if greedy_stop else ""
         say(
             f"episode {episode}: reward {result.reward:.2f}, x_pos {result.x_pos}, steps {result.steps}, "
             f"flag {'reached' if result.flag else 'not reached'}{held}"

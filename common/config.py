@@ -88,9 +88,11 @@ class Config:
     jump_repress: bool = False
     """Holding A on the ground jumps again (A is released for one emulator frame on landing), a change to
     the game's controls. It makes 1-1 easy for the wrong reason: the constant action "right A" then reaches
-    the flag, with no learning at all. For experiments; show_a_button is the fix that keeps the game."""
+    the flag, with no learning at all. For experiments; show_a_button is the fix that keeps the game.
+    Real Mario only (it reads the emulator's RAM)."""
     show_a_button: bool = False
-    """Draw whether the A button is held into the top rows of each observation frame. The game jumps only
+    """Draw whether the last action held the A button into the top rows of each observation frame (white:
+    held, black: not; 2 rows at frame_size 84). The game jumps only
     on a new press of A, and without this the frames cannot tell a Mario holding A against a pipe (who must
     let go to jump) from one who can jump: a greedy policy holding "right A" there stays stuck."""
     single_life: bool = False

@@ -212,7 +212,9 @@ class ShowAButton(gym.Wrapper):
     Super Mario Bros jumps only on a new press of A, and the screen does not show a held button: a Mario
     against a pipe holding "right A" looks the same as one that could jump, so a greedy policy that holds
     it stays there for good. Here the top rows of each gray frame (sky, above the score line) are white
-    while the last step's action held A and black otherwise; the game itself is unchanged.
+    while the last step's action held A and black otherwise; the game itself is unchanged. (After a lost
+    life in a multi-life env the game has let go of A in its own frames, and the band says "held" for
+    one step more.)
     """
 
     def __init__(self, env: gym.Env, holds_a: list[bool]):

@@ -167,7 +167,7 @@ def build_parser() -> OneLineParser:
     p.add_argument(
         "--resume-new-env",
         action="store_true",
-        help="with --resume: allow an --env other than the "
+        help="with --resume: allow an --env (or show_a_button, jump_repress) other than the "
         "checkpoint's (refused without it: one replay memory and log.txt would then mix both envs)",
     )
     p.add_argument(

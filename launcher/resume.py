@@ -21,6 +21,8 @@ CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint.pth")
 # What a checkpoint and its replay memory were built with: changing any of these cannot continue a run
 # (the networks' shapes, or the n-step returns and discounts stored in the replay memory).
 STRUCTURAL = ("frame_stack", "frame_size", "num_actions", "dueling", "replay_capacity", "n_step", "gamma")
+# What the game and its observations are: changing one mixes two envs in one replay memory and log.txt.
+ENV_DEFINING = ("env_id", "show_a_button", "jump_repress")
 
 
 class ResumeError(ValueError):
@@ -117,7 +119,8 @@ def plan_resume(
     checkpoint: str, state: dict, config: Config, reset_epsilon: float | None, new_env: bool = False
 ) -> ResumePlan:
     """Check that a loaded checkpoint can continue under `config`; ResumeError if not.
-    Another env is refused unless `new_env`: the run's replay memory and log.txt would mix both."""
+    Another env (id, or what its observations show) is refused unless `new_env`: the run's replay memory
+    and log.txt would mix both."""
     try:
         saved = Config.from_dict(state["config"])
     except ConfigError as exc:
@@ -129,9 +132,16 @@ def plan_resume(
                 f"{checkpoint}: incompatible: it was trained with {name}={getattr(saved, name)}, "
                 f"this run has {name}={getattr(config, name)}"
             )
-    if saved.env_id != config.env_id and not new_env:
+    changed = [name for name in ENV_DEFINING if getattr(saved, name) != getattr(config, name)]
+    if changed and not new_env:
+        name = changed[0]
+        was = (
+            f"trained on {saved.env_id}, not {config.env_id}"
+            if name == "env_id"
+            else f"trained with {name}={getattr(saved, name)}, this run has {name}={getattr(config, name)}"
+        )
         raise ResumeError(
-            f"{checkpoint}: it was trained on {saved.env_id}, not {config.env_id}: continuing would "
+            f"{checkpoint}: it was {was}: continuing would "
             "mix both envs in one replay memory and log.txt (pass --resume-new-env to do it anyway)"
         )
     _check_networks(checkpoint, state, config)

@@ -214,6 +214,8 @@ class Supervisor:
         c = self.config
         if TEST_ENV_ID in level_ids(c.env_id) and c.action_set != "simple":
             raise StartError(f"{TEST_ENV_ID} has the simple action set only, got action_set={c.action_set}")
+        if TEST_ENV_ID in level_ids(c.env_id) and c.jump_repress:
+            raise StartError(f"jump_repress works on the NES emulator's RAM: {TEST_ENV_ID} has none")
         if c.num_actions != ACTION_SETS[c.action_set]:
             raise StartError(
                 f"num_actions is {c.num_actions} but the env's action set "

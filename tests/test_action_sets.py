@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from common.config import Config
 from common.envs import find_wrapper, make_env
 from tests.harness import REPO
@@ -25,7 +27,14 @@ def test_mario_gets_the_chosen_action_set():
         env.close()
 
 
-def test_the_test_env_refuses_another_action_set(tmp_path):
+@pytest.mark.parametrize(
+    "setting,message",
+    [
+        ("action_set=right_only", "MarioApexTest-v0 has the simple action set only"),
+        ("jump_repress=true", "jump_repress works on the NES emulator's RAM: MarioApexTest-v0 has none"),
+    ],
+)
+def test_the_test_env_refuses_what_only_mario_has(tmp_path, setting, message):
     result = subprocess.run(
         [
             sys.executable,
@@ -37,7 +46,7 @@ def test_the_test_env_refuses_another_action_set(tmp_path):
             "--runs-dir",
             str(tmp_path),
             "--set",
-            "action_set=right_only",
+            setting,
         ],
         cwd=REPO,
         capture_output=True,
@@ -45,5 +54,5 @@ def test_the_test_env_refuses_another_action_set(tmp_path):
         timeout=60,
     )
     assert result.returncode == 2, result.stderr
-    assert "MarioApexTest-v0 has the simple action set only" in result.stderr + result.stdout
+    assert message in result.stderr + result.stdout
     assert "Traceback" not in result.stderr

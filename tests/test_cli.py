@@ -203,6 +203,22 @@ def test_resume_on_another_env_is_refused_unless_asked(tmp_path):
     assert plan_resume(checkpoint, state, Config.from_dict(state["config"]), None).checkpoint == checkpoint
 
 
+@pytest.mark.parametrize("name", ["show_a_button", "jump_repress"])
+def test_resume_that_changes_what_the_env_shows_is_refused_unless_asked(tmp_path, name):
+    """Drawing the A button (or re-pressing it) changes the observations or the game: mixing both in one
+    replay memory is refused like another env id."""
+    from common.config import Config
+    from launcher.resume import ResumeError, load_resume_state, plan_resume
+
+    path = tmp_path / "old" / "checkpoint_final.pth"
+    _test_env_checkpoint(path)
+    checkpoint, state = load_resume_state(str(path))
+    other = Config.from_dict({**state["config"], name: True})
+    with pytest.raises(ResumeError, match=f"trained with {name}=False, this run has {name}=True"):
+        plan_resume(checkpoint, state, other, None)
+    assert plan_resume(checkpoint, state, other, None, new_env=True).checkpoint == checkpoint
+
+
 def _answers(*answers):
     """An `input` that gives these answers in turn (an exception class is raised) and records the prompts."""
     prompts, queue = [], list(answers)

@@ -26,3 +26,12 @@ def test_play_names_the_action_a_stopped_mario_was_holding(monkeypatch):
     assert not result.flag and result.x_pos < 400  # "right A" held: one jump, then the first goomba
     assert (result.last_action, result.last_action_repeats) == (2, result.steps)
     assert lines[-1].endswith(f"flag not reached (its last {result.steps} steps: 'right A')"), lines
+
+
+def test_play_with_exploration_names_no_held_action(monkeypatch):
+    """With epsilon > 0 the last steps are partly random: naming "the" held action would mislead."""
+    config = Config(action_set="right_only")
+    monkeypatch.setattr(actor.play, "load_policy", lambda path: (_always(2, config), config))
+    lines: list[str] = []
+    (result,) = actor.play.play_checkpoint("unused.pth", 1, headless=True, record=False, epsilon=0.5, say=lines.append)
+    assert not result.flag and lines[-1].endswith("flag not reached"), lines

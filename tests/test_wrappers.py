@@ -621,5 +621,7 @@ def test_show_a_button_in_make_env_follows_the_action_set_s_buttons():
     env.close()
     assert bands == [0, 0, 255, 0, 255]
     assert obs[:, 0, 0].tolist() == [0, 255, 0, 255]  # the stack keeps each frame's own band
-    plain, _ = make_env(Config(action_set="right_only")).reset()
+    plain_env = make_env(Config(action_set="right_only"))
+    plain, _ = plain_env.reset()
+    plain_env.close()
     assert (plain[:, :2] != 0).any()  # without the option the sky is left alone

@@ -54,7 +54,7 @@ class LearnerService:
         self.device = pick_device(c.device)
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, (os.cpu_count() or 2) - c.num_actors))
-        self.learner = DQNLearner(c, self.device)
+        self.learner = DQNLearner(c, self.device, log=self.rt.log)
         self.dealer = connect_socket(runtime.transport, c, "replay_sample")
         self.pub = bind_socket(runtime.transport, c, "weights")
         local = c.connect_address("replay_sample").startswith("ipc://")

@@ -93,6 +93,17 @@ def joypad_actions(action_set: str) -> list[list[str]]:
     ]
 
 
+def refused_settings(config: Config) -> str | None:
+    """Why the env cannot play with these settings (one line), or None: the test env has only the simple
+    action set and no NES RAM for jump_repress."""
+    if TEST_ENV_ID in level_ids(config.env_id):
+        if config.action_set != "simple":
+            return f"{TEST_ENV_ID} has the simple action set only, got action_set={config.action_set}"
+        if config.jump_repress:
+            return f"jump_repress works on the NES emulator's RAM: {TEST_ENV_ID} has none"
+    return None
+
+
 def level_ids(env_id: str) -> list[str]:
     return [part.strip() for part in env_id.split(",") if part.strip()]
 

@@ -36,7 +36,7 @@ from actor.chunks import ChunkBuilder
 from actor.curriculum import Curriculum
 from actor.epsilon import actor_epsilon
 from common.config import Config
-from common.envs import EnvError, LevelSampler, evaluation_limits, find_wrapper, level_ids, make_env
+from common.envs import EnvError, LevelSampler, evaluation_limits, find_wrapper, level_ids, make_env, refused_settings
 from common.metrics import Metrics
 from common.network import greedy_action, network_from_arrays, weights_to_arrays
 from launcher.episode_log import EpisodeLog
@@ -108,6 +108,9 @@ def evaluate(env, net, c: Config, rng: np.random.Generator, stop: Stop) -> dict 
 def run_serial(c: Config) -> int:
     # --- set-up: everything that can fail comes before the run folder -------------------------------
     warnings.filterwarnings("ignore", module="gym")  # as the actor: gym's deprecation chatter
+    refused = refused_settings(c)
+    if refused:
+        raise StartError(refused)
     try:
         device = pick_device(c.device)
         env = make_env(c, seed=c.seed + c.first_actor)

@@ -29,7 +29,7 @@ from datetime import datetime
 
 import zmq
 
-from common.config import ACTION_SETS, LOCAL_FOR_ANY, TEST_ENV_ID, Config
+from common.config import ACTION_SETS, LOCAL_FOR_ANY, Config
 from common.keys import CurveKeys
 from common.log_limit import LogLimit
 from common.protocol import ProtocolError, check_report, decode
@@ -203,7 +203,7 @@ class Supervisor:
                         raise StartError(f"cannot bind {address}: {reason}")
 
     def _check_env(self) -> None:
-        from common.envs import level_ids, unknown_env_ids
+        from common.envs import refused_settings, unknown_env_ids
 
         unknown = unknown_env_ids(self.config.env_id)
         if unknown:
@@ -212,10 +212,9 @@ class Supervisor:
                 "SuperMarioBros-1-1-v0 (or several, comma-separated), or MarioApexTest-v0"
             )
         c = self.config
-        if TEST_ENV_ID in level_ids(c.env_id) and c.action_set != "simple":
-            raise StartError(f"{TEST_ENV_ID} has the simple action set only, got action_set={c.action_set}")
-        if TEST_ENV_ID in level_ids(c.env_id) and c.jump_repress:
-            raise StartError(f"jump_repress works on the NES emulator's RAM: {TEST_ENV_ID} has none")
+        refused = refused_settings(c)
+        if refused:
+            raise StartError(refused)
         if c.num_actions != ACTION_SETS[c.action_set]:
             raise StartError(
                 f"num_actions is {c.num_actions} but the env's action set "

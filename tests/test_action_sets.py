@@ -34,11 +34,14 @@ def test_mario_gets_the_chosen_action_set():
         ("jump_repress=true", "jump_repress works on the NES emulator's RAM: MarioApexTest-v0 has none"),
     ],
 )
-def test_the_test_env_refuses_what_only_mario_has(tmp_path, setting, message):
+@pytest.mark.parametrize("mode", [(), ("--serial",)])
+def test_the_test_env_refuses_what_only_mario_has(tmp_path, setting, message, mode):
+    """In the launcher and in --serial alike, with a one-line error and no run folder."""
     result = subprocess.run(
         [
             sys.executable,
             "launch.py",
+            *mode,
             "--env",
             "MarioApexTest-v0",
             "--headless",
@@ -56,3 +59,4 @@ def test_the_test_env_refuses_what_only_mario_has(tmp_path, setting, message):
     assert result.returncode == 2, result.stderr
     assert message in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
+    assert not any(tmp_path.iterdir())

@@ -138,7 +138,7 @@ def test_ctrl_c_stops_serial_cleanly_with_a_final_checkpoint(launch):
         (("--env", "Tetris-v0"), "unknown env id 'Tetris-v0'"),
         (
             ("--env", TEST_ENV_ID, "--set", "action_set=right_only"),
-            "MarioApexTest-v0 has 7 actions but num_actions is 5",
+            "MarioApexTest-v0 has the simple action set only, got action_set=right_only",
         ),
     ],
 )

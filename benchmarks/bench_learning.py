@@ -35,6 +35,7 @@ if __package__ in (None, ""):  # run as a file path: make the repository importa
     sys.path.insert(0, str(REPO))
 
 from benchmarks.common import free_base_port, machine, parser  # noqa: E402
+from common.config import ConfigError, parse_assignment  # noqa: E402
 
 TEST_SETTINGS = (
     "--env",
@@ -69,6 +70,7 @@ MARIO_SETTINGS = (
     "samples_per_insert=4",
 )
 GOAL_STEPS, GOAL_MINUTES = 1_000_000, 120
+NOT_LEARNING = "jump_repress changes the game (the constant action 'right A' reaches the flag)"
 _EVAL = re.compile(
     r"Eval \d+, Reward: (-?[\d.]+), Actor: \d+, Steps: (\d+), X: (\d+), Flag: (yes|no), "
     r"Env steps: (\d+)"
@@ -225,8 +227,8 @@ def learn_mario(args, runs_dir: str) -> None:
         args.steps, budgets = 1_500, [1_000]
         extra += ("--set", "learning_starts=500", "--set", "eval_every_episodes=1", "--set", "stall_steps=50")
     if not args.report:
-        if any(pair.replace(" ", "").lower() in ("jump_repress=true", "jump_repress=1") for pair in args.set):
-            print("note: with jump_repress a constant action reaches the flag; this run does not count toward the goal")
+        if _asks_jump_repress(args.set):
+            print(f"note: this run does not count toward the goal: {NOT_LEARNING}")
         print(
             f"SuperMarioBros-1-1-v0, {args.steps:,} env steps per seed, seeds {args.first_seed}.."
             f"{args.first_seed + args.seeds - 1}; settings: "
@@ -279,12 +281,24 @@ def learn_mario(args, runs_dir: str) -> None:
             )
     met = all(r[0] and r[0][0] <= GOAL_STEPS and r[0][1] <= GOAL_MINUTES for r in rows)
     if any(_repressed_jumps(run_dir) for run_dir in run_dirs):
-        verdict = "not counted: jump_repress changes the game (the constant action 'right A' reaches the flag)"
+        verdict = f"not counted: {NOT_LEARNING}"
     else:
         verdict = "met" if met else "missed"
     print(
         f"goal (first greedy flag within {GOAL_STEPS:,} env steps and {GOAL_MINUTES} minutes in every seed): {verdict}"
     )
+
+
+def _asks_jump_repress(assignments: list[str]) -> bool:
+    """Whether these --set NAME=VALUE turn jump_repress on, read as the launcher reads them (a bad one is
+    the launcher's to refuse)."""
+    for text in assignments:
+        try:
+            if parse_assignment(text) == ("jump_repress", True):
+                return True
+        except ConfigError:
+            pass
+    return False
 
 
 def _repressed_jumps(run_dir: Path) -> bool:

@@ -180,3 +180,12 @@ def test_a_flag_under_jump_repress_does_not_count_toward_the_goal(tmp_path, jump
         tmp_path / "run", [(1, 3161, "yes", 1000)], "--at", "1000", config={"jump_repress": jump_repress}
     )
     assert f"minutes in every seed): {verdict}" in out, out
+
+
+def test_the_start_note_reads_jump_repress_as_the_launcher_does():
+    from benchmarks.bench_learning import _asks_jump_repress
+
+    assert _asks_jump_repress(["action_set=right_only", "jump_repress = yes"])
+    assert _asks_jump_repress(["jump_repress=True"])
+    assert not _asks_jump_repress(["jump_repress=false", "action_set=right_only"])
+    assert not _asks_jump_repress(["jump_repress=banana"])  # the launcher refuses it, with its own message

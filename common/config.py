@@ -109,6 +109,10 @@ class Config:
     stall_steps: int = 0
     """Truncate an episode (training and evaluation) after this many agent steps without a new rightmost
     x_pos (0 = never); a Mario stuck at a pipe otherwise waits out the game clock (~2,400 steps)."""
+    stall_terminal: bool = False
+    """A training stall (stall_steps) ends the episode as a death does: terminated, with the death penalty, not
+    a truncation that bootstraps. Standing still then costs what falling does, so holding "right A" against a
+    pipe is worth much less than letting go and jumping, instead of about gamma times as much."""
     eval_stall_steps: int = 300
     """The same for evaluation and --play episodes (0 = as stall_steps): a greedy Mario stuck at a pipe for
     this long stays stuck, so waiting out the game clock would only cost wall time."""
@@ -356,6 +360,8 @@ class Config:
             )
         if self.level_mode not in ("sample", "curriculum"):
             raise ConfigError(f"level_mode must be sample or curriculum, got {self.level_mode!r}")
+        if self.stall_terminal and not self.stall_steps:
+            raise ConfigError("stall_terminal needs stall_steps (the steps without progress that make a stall)")
         if self.samples_per_insert < 0 or self.spi_tolerance < 0:
             raise ConfigError("samples_per_insert and spi_tolerance must not be negative")
         if not 0.0 < self.gamma <= 1.0:

@@ -37,7 +37,7 @@ def make_env(config: Config, seed: int = 0) -> gym.Env:
         )
     )
     env = FrameSkip(env, config.frame_skip)
-    env = TimeLimit(env, config.max_episode_steps, config.stall_steps)
+    env = TimeLimit(env, config.max_episode_steps, config.stall_steps, config.stall_terminal)
     env = ShapedReward(env, config.reward_scheme, config.single_life)
     env = GrayResize(env, config.frame_size)
     if config.show_a_button:
@@ -47,14 +47,15 @@ def make_env(config: Config, seed: int = 0) -> gym.Env:
 
 @contextlib.contextmanager
 def evaluation_limits(env: gym.Env, config: Config):
-    """Within the block, episodes of `env` end after config.eval_stall_steps steps without progress (when set)."""
+    """Within the block, episodes of `env` end after config.eval_stall_steps steps without progress (when set),
+    as a truncation: an evaluation is not trained on, and its reward should not carry a stall's death penalty."""
     limit = find_wrapper(env, TimeLimit)
-    training = limit.stall_steps
-    limit.stall_steps = config.eval_stall_steps or training
+    training = limit.stall_steps, limit.stall_terminal
+    limit.stall_steps, limit.stall_terminal = config.eval_stall_steps or training[0], False
     try:
         yield
     finally:
-        limit.stall_steps = training
+        limit.stall_steps, limit.stall_terminal = training
 
 
 def find_wrapper(env: gym.Env, kind: type):

@@ -261,12 +261,14 @@ class FrameStack(gym.Wrapper):
 class TimeLimit(gym.Wrapper):
     """Truncate an episode (truncated=True, not terminated: the cut is ours, so it still bootstraps) after
     `max_steps` agent steps, or after `stall_steps` steps without a new rightmost x_pos (0 = never):
-    a Mario stuck at a pipe otherwise waits out the game clock, about 2,400 steps."""
+    a Mario stuck at a pipe otherwise waits out the game clock, about 2,400 steps. With `stall_terminal`
+    a stall ends the episode as a death (terminated; ShapedReward then charges the death penalty)."""
 
-    def __init__(self, env: gym.Env, max_steps: int, stall_steps: int = 0):
+    def __init__(self, env: gym.Env, max_steps: int, stall_steps: int = 0, stall_terminal: bool = False):
         super().__init__(env)
         self.max_steps = max_steps
         self.stall_steps = stall_steps
+        self.stall_terminal = stall_terminal
         self._steps = 0
         self._best_x = 0
         self._best_at = 0
@@ -283,6 +285,8 @@ class TimeLimit(gym.Wrapper):
         if x_pos > self._best_x:
             self._best_x, self._best_at = x_pos, self._steps
         stalled = self.stall_steps and self._steps - self._best_at >= self.stall_steps
-        if (self._steps >= self.max_steps or stalled) and not terminated:
+        if stalled and self.stall_terminal and not terminated:
+            terminated = True
+        elif (self._steps >= self.max_steps or stalled) and not terminated:
             truncated = True
         return obs, reward, terminated, truncated, info

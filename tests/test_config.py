@@ -125,6 +125,7 @@ def test_boundary_values_are_accepted(name, value):
     [
         ({"learning_starts": 1001, "replay_capacity": 1000}, ("learning_starts", "replay_capacity")),
         ({"batch_size": 64, "replay_capacity": 32, "learning_starts": 0}, ("batch_size", "replay_capacity")),
+        ({"stall_terminal": True}, ("stall_terminal", "stall_steps")),
     ],
 )
 def test_cross_field_checks_name_both_fields(changes, names):

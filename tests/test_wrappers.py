@@ -482,6 +482,37 @@ def test_time_limit_without_stall_steps_never_cuts_a_stall():
     assert not any(env.step(0)[3] for _ in range(50))
 
 
+def test_a_stall_with_stall_terminal_ends_the_episode_as_a_death_with_its_penalty():
+    """stall_terminal: the stall is terminated (no bootstrap), not truncated, and ShapedReward charges the
+    death penalty (-50 / 10, clipped to -1) for it; before the stall nothing changes."""
+    env = ShapedReward(
+        TimeLimit(
+            ScriptedEnv(x_steps([11, 11, 11, 11]), rgb(0), {"x_pos": 10}),
+            max_steps=100,
+            stall_steps=3,
+            stall_terminal=True,
+        )
+    )
+    env.reset()
+    steps = [env.step(0)[1:4] for _ in range(4)]
+    assert steps == [(0.1, False, False), (0.0, False, False), (0.0, False, False), (-1.0, True, False)]
+
+
+def test_evaluations_end_a_stall_as_a_truncation_even_with_stall_terminal():
+    """Evaluation episodes are not trained on: their stall (eval_stall_steps) is a plain cut, with no death
+    penalty in the reward they report; training keeps its terminal stall afterwards."""
+    from common.envs import evaluation_limits
+
+    config = Config(env_id="MarioApexTest-v0", stall_steps=7, stall_terminal=True, eval_stall_steps=5)
+    env = make_env(config)
+    limit = find_wrapper(env, TimeLimit)
+    assert (limit.stall_steps, limit.stall_terminal) == (7, True)
+    with evaluation_limits(env, config):
+        assert (limit.stall_steps, limit.stall_terminal) == (5, False)
+    assert (limit.stall_steps, limit.stall_terminal) == (7, True)
+    env.close()
+
+
 # --- JumpRepress -------------------------------------------------------------------------------------
 
 

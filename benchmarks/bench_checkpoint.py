@@ -1,6 +1,7 @@
-"""Checkpoints: replay snapshot write/read seconds and bytes per stored transition (84x84, stack 4), the
-time start_snapshot's fork blocks the server, how far apart checkpoint_time_share then spaces periodic
-checkpoints, and the learner checkpoint's size and save/load seconds. Checks the requirement that a
+"""Checkpoints: replay snapshot write/read seconds and bytes per stored transition (84x84, stack 4); the
+next, incremental snapshot after a tenth of the buffer is new (forked, as in a run): the time its fork blocks
+the server, its seconds and bytes, and how far apart checkpoint_time_share then spaces periodic checkpoints;
+the learner checkpoint's size and save/load seconds. Checks the requirement that a
 replay snapshot takes at most 8192 bytes per stored transition. --capacity 1000000 needs about 9 GB of
 memory and disk (the buffer is freed before it is read back)."""
 
@@ -26,12 +27,13 @@ MAX_SNAPSHOT_BYTES_PER_TRANSITION = 8192
 FRAME_SIZE, FRAME_STACK, NUM_ACTIONS, CHUNK = 84, 4, 7, 64
 
 
-def fill(buffer: PrioritizedReplay, rng: np.random.Generator) -> None:
-    """Actor-like chunks (ChunkBuilder, random frames): 64 transitions, shorter at an episode's end."""
+def fill(buffer: PrioritizedReplay, rng: np.random.Generator, until: int) -> None:
+    """Actor-like chunks (ChunkBuilder, random frames) until `until` transitions were ever inserted: 64
+    transitions, shorter at an episode's end."""
     builder = ChunkBuilder(FRAME_STACK)
     builder.start_episode(rng.integers(0, 256, (FRAME_SIZE, FRAME_SIZE), dtype=np.uint8))
     episode_left = int(rng.integers(200, 2000))
-    while buffer.inserted < buffer.capacity:
+    while buffer.inserted < until:
         frames = rng.integers(0, 256, (CHUNK, FRAME_SIZE, FRAME_SIZE), dtype=np.uint8)
         for frame in frames:
             episode_left -= 1
@@ -52,37 +54,50 @@ def timed(fn) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
+def written(folder: str, before: set[str]) -> int:
+    """Bytes of the files in `folder` that are not in `before` (what a snapshot wrote)."""
+    return sum(os.path.getsize(os.path.join(folder, name)) for name in set(os.listdir(folder)) - before)
+
+
 def bench_replay(capacity: int, folder: str) -> bool:
     rng = np.random.default_rng(0)
     new_buffer = partial(PrioritizedReplay, capacity, FRAME_SIZE, FRAME_STACK, alpha=0.6, num_actions=NUM_ACTIONS)
     buffer = new_buffer()
-    fill(buffer, rng)
+    fill(buffer, rng, capacity)
     counters = {"episodes": 100, "env_steps": buffer.inserted}
-    path = os.path.join(folder, "replay.npz")
 
-    write_s, _ = timed(partial(write_snapshot, buffer, counters, path))
-    size = os.path.getsize(path)
+    write_s, saved = timed(partial(write_snapshot, buffer, counters, os.path.join(folder, "full.replay.npz")))
+    size = written(folder, set())
     per_transition = size / len(buffer)
     print(
         f"replay snapshot: {per_transition:.0f} bytes per stored transition "
         f"(in memory {buffer.nbytes() / capacity:.0f} bytes/transition)"
     )
 
-    forked_path = os.path.join(folder, "replay_forked.npz")
-    fork_s, pid = timed(partial(start_snapshot, buffer, counters, forked_path))
+    # The next checkpoint, after the actors added a tenth of the buffer: it writes only what is new.
+    added = capacity // 10
+    fill(buffer, rng, buffer.inserted + added)
+    path = os.path.join(folder, "incremental.replay.npz")
+    before = set(os.listdir(folder))
+    fork_s, pid = timed(partial(start_snapshot, buffer, counters, path, saved))
     child_start = time.perf_counter()
     if pid is not None:
         _, status = os.waitpid(pid, 0)
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"snapshot child failed ({status})"
     # Without a fork the server itself wrote the snapshot, in fork_s: that is what the learner waits for.
     snapshot_s = time.perf_counter() - child_start if pid is not None else fork_s
+    increment = written(folder, before)
     print(
         f"start_snapshot: parent blocked {fork_s * 1e3:.1f} ms by the fork; "
         f"child wrote the file in {snapshot_s:.2f} s more"
         if pid is not None
         else f"start_snapshot: no fork here, written synchronously in {fork_s:.2f} s"
     )
-    os.remove(forked_path)
+    print(
+        f"incremental snapshot after {added:,} new transitions: {increment / 1e6:.1f} MB written in "
+        f"{snapshot_s:.2f} s ({increment / size:.0%} of the full snapshot's {size / 1e6:.1f} MB, "
+        f"{write_s:.2f} s)"
+    )
     share = Config().checkpoint_time_share
     print(
         f"checkpoint_time_share {share:.0%}: the learner waits for the snapshot ({snapshot_s:.1f} s), so "
@@ -97,7 +112,6 @@ def bench_replay(capacity: int, folder: str) -> bool:
     assert restored.content_hash() == expected, "the snapshot did not read back identical"
     restored.close()
     del restored
-    os.remove(path)
     print(
         f"replay snapshot: {length:,} transitions, {size / 1e6:.1f} MB, write {write_s:.2f} s, "
         f"read {read_s:.2f} s ({size / 1e6 / write_s:.0f} / {size / 1e6 / read_s:.0f} MB/s)"

@@ -14,6 +14,7 @@ each naming a replay snapshot beside it (protocol below, at `checkpoint`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -35,8 +36,8 @@ from learner.learning import DQNLearner
 
 POLL_MS = 100
 REPUBLISH_S = 5.0
-# A snapshot's file grows with the buffer (about 7 KB per transition), so no fixed timeout fits: the learner waits
-# as long as the file grows and gives up after SNAPSHOT_STALL_S without progress.
+# A snapshot writes the frames stored since the previous one (about 7 KB each; all of them in a new run folder), so
+# no fixed timeout fits: the learner waits as long as its files grow and gives up after SNAPSHOT_STALL_S without.
 SNAPSHOT_STALL_S = 30.0
 # The final snapshot must fit the stop: the launcher allows the learner 0.9 x 7.5 s from the start of the stop, of which
 # the actors may take 2.25 s (launcher/supervisor.py STOP_SHARE); the .pth after it takes well under a second.
@@ -358,14 +359,13 @@ class LearnerService:
         """Ask the replay server for a snapshot and wait for it as long as its file grows (until `deadline` if
         given). Returns (the server's answer, "") or (None, why not)."""
         self.dealer.send(encode("snapshot", name=name))
-        tmp = os.path.join(self.run_dir, f"{name}.tmp")
         size, grew = -1, time.monotonic()
         while True:
             if self.dealer.poll(POLL_MS, zmq.POLLIN):
                 msg = self._receive(train=False)
                 if msg is not None and msg["t"] == "snapshot_done" and msg["name"] == name:
                     return (msg, "") if msg["ok"] else (None, f"replay snapshot failed: {msg.get('text', '')}")
-            now_size = _file_size(tmp)
+            now_size = _partial_bytes(self.run_dir)
             now = time.monotonic()
             if now_size != size:
                 size, grew = now_size, now
@@ -448,11 +448,15 @@ def _check_values(msg: dict, num_actions: int) -> None:
         raise ProtocolError("negative weights, or bootstraps outside 0..1")
 
 
-def _file_size(path: str) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return -1
+def _partial_bytes(folder: str) -> int:
+    """The bytes in the folder's partial (.tmp) files: a snapshot's, and its frame file's, grow as it writes."""
+    total = 0
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.endswith(".tmp"):
+                with contextlib.suppress(OSError):
+                    total += entry.stat().st_size
+    return total
 
 
 def _named_snapshot(path: str) -> str:

@@ -194,19 +194,30 @@ class PrioritizedReplay:
 
     # --- snapshots -----------------------------------------------------------------------------
     def oldest_frame(self) -> int:
-        """The global number of the oldest live frame (the first a snapshot saves)."""
+        """The global number of the oldest live frame."""
         return self._f_head - self._f_live
+
+    @property
+    def frames_written(self) -> int:
+        """Frames ever stored: the live ones are numbered oldest_frame() up to this."""
+        return self._f_head
+
+    def frame_views(self, first: int, end: int) -> list[np.ndarray]:
+        """The live frames numbered first..end-1 as (at most) two views of the ring, oldest first: no copy,
+        which matters in the forked snapshot writer (a copy would double the memory of a 1M buffer)."""
+        if not self.oldest_frame() <= first <= end <= self._f_head:
+            raise ValueError(f"frames {first}..{end} are not all live")
+        start = first % self.frame_capacity
+        head = min(end - first, self.frame_capacity - start)
+        return [self._frames[start : start + head], self._frames[: end - first - head]]
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """The live contents as plain arrays (frames once each, oldest first) for a snapshot file."""
-        # The live frames as (at most) two views of the ring, oldest first: no copy, which matters in
-        # the forked snapshot writer (a copy would double the memory of a 1M-transition buffer).
-        start = (self._f_head - self._f_live) % self.frame_capacity
-        first = min(self._f_live, self.frame_capacity - start)
+        frames, wrapped = self.frame_views(self.oldest_frame(), self._f_head)
         t_slots = (self._t_head - self._t_live + np.arange(self._t_live)) % self.capacity
         return {
-            "frames": self._frames[start : start + first],
-            "frames_wrapped": self._frames[: self._f_live - first],
+            "frames": frames,
+            "frames_wrapped": wrapped,
             "stack": self._stack[t_slots],
             "actions": self._actions[t_slots],
             "rewards": self._rewards[t_slots],
@@ -223,8 +234,9 @@ class PrioritizedReplay:
             "alpha": np.array(self.alpha),
         }
 
-    def load_state_arrays(self, arrays) -> None:
-        """Restore `state_arrays` output into this (empty, same-shaped) buffer. Raises ChunkError."""
+    def load_state_arrays(self, arrays, frame_parts: list[np.ndarray] | None = None) -> None:
+        """Restore `state_arrays` output into this (empty, same-shaped) buffer; the live frames come from
+        `frame_parts` (oldest first) where given, else from the arrays. Raises ChunkError."""
         try:
             shape = tuple(int(v) for v in arrays["shape"])
             if shape != (self.capacity, self.frame_capacity, self.frame_size, self.frame_stack, self.num_actions):
@@ -237,12 +249,21 @@ class PrioritizedReplay:
             chunks = arrays["chunks"]
             if len(arrays["ids"]) != t_live or chunks[:, 0].sum() != t_live or chunks[:, 1].sum() != f_live:
                 raise ChunkError("replay snapshot is inconsistent (counts do not match)")
-            if len(arrays["frames"]) + len(arrays["frames_wrapped"]) != f_live:
+            if frame_parts is None:
+                frame_parts = [arrays["frames"], arrays["frames_wrapped"]]
+            if sum(len(part) for part in frame_parts) != f_live:
                 raise ChunkError("replay snapshot is inconsistent (frame count does not match)")
-            f_slots = (f_head - f_live + np.arange(f_live)) % self.frame_capacity
             t_slots = (t_head - t_live + np.arange(t_live)) % self.capacity
             self.ring.announce(f_head)
-            self._frames[f_slots] = np.concatenate([arrays["frames"], arrays["frames_wrapped"]])
+            number = f_head - f_live
+            for part in frame_parts:  # slice by slice: never the whole memory twice
+                done = 0
+                while done < len(part):
+                    slot = (number + done) % self.frame_capacity
+                    count = min(len(part) - done, self.frame_capacity - slot)
+                    self._frames[slot : slot + count] = part[done : done + count]
+                    done += count
+                number += len(part)
             for name in ("stack", "actions", "rewards", "bootstraps", "ids"):
                 getattr(self, f"_{name}")[t_slots] = arrays[name]
             self._tree.update(t_slots, arrays["priorities"])

@@ -22,6 +22,7 @@ import re
 import signal
 import time
 from collections import OrderedDict, deque
+from dataclasses import dataclass
 
 import numpy as np
 import zmq
@@ -34,7 +35,14 @@ from common.topology import bind_socket
 from common.transport import SETTLED_S
 from replay_server.buffer import ChunkError, PrioritizedReplay
 from replay_server.rate_limit import RateLimiter
-from replay_server.snapshot import read_snapshot, start_snapshot
+from replay_server.snapshot import (
+    Segment,
+    frame_files_named,
+    frame_plan,
+    read_snapshot,
+    remove_unused_frame_files,
+    start_snapshot,
+)
 
 MAX_PENDING = 64  # sample requests kept waiting (a learner re-asks after a restart of either side)
 MAX_PENDING_PER_PEER = 8  # ... of them from one peer: a flood from one socket cannot crowd out the learner's
@@ -42,6 +50,18 @@ POLL_MS = 100
 SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}\.replay\.npz$")  # a file name, never a path
 PAUSE_NOTICE_S = 10.0  # say that sampling paused only once it lasts (not during a normal stop, <= 10 s)
 MAX_MIRRORS = 8  # learners' frame mirrors the server keeps track of (least recently used forgotten)
+
+
+@dataclass
+class SnapshotWrite:
+    """A snapshot being written: for whom, into which file, by which child, and what it will name."""
+
+    learner: bytes
+    name: str
+    pid: int | None
+    stats: dict
+    fingerprint: str
+    frame_files: list[Segment]
 
 
 class Mirrors:
@@ -100,9 +120,9 @@ class ReplayServer:
         self.counters = {"episodes": 0, "env_steps": 0, "sampled": 0, "dropped": 0, "batches": 0, "undeliverable": 0}
         self.best_reward = float("-inf")
         self._drop_log = LogLimit()
-        # (learner, name, pid, stats, fingerprint) of the snapshot being written
-        self.snapshot: tuple[bytes, str, int | None, dict, str] | None = None
+        self.snapshot: SnapshotWrite | None = None
         self._last_snapshot = ("", "")  # (file name, fingerprint) of the last complete snapshot
+        self._frame_files: list[Segment] = []  # the frame files in run_dir the last complete snapshot names
         self.actors = 0  # connected actor processes
         self._last_actor_message = float("-inf")
         self._paused_since: float | None = None
@@ -113,6 +133,8 @@ class ReplayServer:
 
     def _restore(self, path: str) -> None:
         saved = read_snapshot(path, self.buffer)
+        if os.path.dirname(os.path.abspath(path)) == os.path.abspath(self.run_dir):
+            self._frame_files = frame_files_named(path)  # a resume goes on in its run folder: build on them
         if isinstance(saved.get("rng"), dict):
             self.rng.bit_generator.state = saved["rng"]  # sampling continues where it left off
         for key in ("episodes", "env_steps"):
@@ -145,6 +167,7 @@ class ReplayServer:
                 self.rt.report("progress", self.stats())
         self._check_snapshot()
         self._end_snapshot()
+        remove_unused_frame_files(self.run_dir)  # the learner has named its last snapshot (it stops first)
 
     def _check_actors(self) -> None:
         """Count connected actors; sampling pauses while there are none (pause_without_actors)."""
@@ -258,12 +281,14 @@ class ReplayServer:
                 self._last_snapshot = (name, fingerprint)
                 self._reply_snapshot(identity, name, True, stats, "")
                 return
+        remove_unused_frame_files(self.run_dir, keep=self._frame_files)  # those of checkpoints since replaced
+        frame_files = frame_plan(self.buffer, self._frame_files)
         try:
-            pid = start_snapshot(self.buffer, counters, os.path.join(self.run_dir, name))
+            pid = start_snapshot(self.buffer, counters, os.path.join(self.run_dir, name), self._frame_files)
         except OSError as exc:
             self._reply_snapshot(identity, name, False, stats, f"cannot write {name}: {exc.strerror}")
             return
-        self.snapshot = (identity, name, pid, stats, fingerprint)
+        self.snapshot = SnapshotWrite(identity, name, pid, stats, fingerprint, frame_files)
 
     def _fingerprint(self, counters: dict) -> str:
         """What a snapshot of the buffer now would hold, in brief: its contents change only by inserts (the
@@ -278,9 +303,9 @@ class ReplayServer:
     def _check_snapshot(self) -> None:
         if self.snapshot is None:
             return
-        identity, name, pid, stats, fingerprint = self.snapshot
-        if pid is not None:
-            done, status = os.waitpid(pid, os.WNOHANG)
+        writing = self.snapshot
+        if writing.pid is not None:
+            done, status = os.waitpid(writing.pid, os.WNOHANG)
             if not done:
                 return
             self.buffer.ring.snapshot_end()
@@ -289,21 +314,23 @@ class ReplayServer:
             ok = True
         self.snapshot = None
         if ok:
-            self._last_snapshot = (name, fingerprint)
-        self._reply_snapshot(identity, name, ok, stats, "" if ok else f"writing {name} failed (disk full?)")
+            self._last_snapshot = (writing.name, writing.fingerprint)
+            self._frame_files = writing.frame_files
+        text = "" if ok else f"writing {writing.name} failed (disk full?)"
+        self._reply_snapshot(writing.learner, writing.name, ok, writing.stats, text)
 
     def _end_snapshot(self) -> None:
         """At the stop the learner has already stopped (the launcher stops it first) and named the last complete
         snapshot: an unfinished one is of no use, so its writer is ended and its partial file removed."""
         if self.snapshot is None:
             return
-        _, name, pid, _, _ = self.snapshot
+        name, pid = self.snapshot.name, self.snapshot.pid
         if pid is not None:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             self.buffer.ring.snapshot_end()
         with contextlib.suppress(OSError):
-            os.remove(os.path.join(self.run_dir, f"{name}.tmp"))
+            os.remove(os.path.join(self.run_dir, f"{name}.tmp"))  # (a partial frame file goes with the unused)
         self.snapshot = None
         self.rt.log(f"stopped writing the unfinished replay snapshot {name}")
 

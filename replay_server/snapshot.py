@@ -1,11 +1,19 @@
-"""Replay snapshots: the buffer's live contents in one uncompressed .npz file (no pickles).
+"""Replay snapshots: the buffer's state in a small .npz, its frames in frame files written once each (no pickles).
 
-Writing 100 k transitions (about 750 MB) takes seconds, so the server forks and the child writes
-its copy-on-write view of the buffer while the parent goes on serving actors: the snapshot is the
-buffer at the instant of the fork. The frame ring is shared memory, not copy-on-write, so the child
-saves frames last, oldest first, and tells the ring how far it got; the server never overwrites a
-frame it has not saved yet (common/shared_frames.py). Files are written to a temporary name,
-fsynced and renamed, so a crash mid-write never damages an existing snapshot.
+A frame is stored once and never changes, so the frames live in files of their own beside the snapshots,
+`replay-frames-<first>-<end>.npy` (global frame numbers first..end-1), written once and shared: each
+snapshot writes one file with the frames stored since the run's previous snapshot and names the files that
+hold its live frames. So a checkpoint writes what changed (new frames, and the transitions and
+priorities, about 50 bytes per stored transition), not the whole buffer, and a run folder holds one copy of
+the replay memory however many snapshots name it. Files no snapshot names any more are removed
+(`remove_unused_frame_files`). Snapshots from before this layout (frames inside the .npz) still load.
+
+Writing frames takes seconds, so the server forks and the child writes its copy-on-write view of the
+buffer while the parent goes on serving actors: the snapshot is the buffer at the instant of the fork.
+The frame ring is shared memory, not copy-on-write, so the child saves frames oldest first and tells
+the ring how far it got; the server never overwrites a frame it has not saved yet
+(common/shared_frames.py). Files are written to a temporary name, fsynced and renamed, so a crash
+mid-write never damages an existing snapshot or frame file.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import signal
 import zipfile
 
@@ -27,28 +36,62 @@ class SnapshotError(ValueError):
 
 
 FRAMES_PER_WRITE = 1024  # about 7 MB: how often the writer tells the ring how far it got
+FRAME_FILE = re.compile(r"^replay-frames-(\d+)-(\d+)\.npy(\.tmp)?$")
+Segment = tuple[int, int]  # a frame file's global frame numbers: first, end (exclusive)
 
 
-def write_snapshot(buffer: PrioritizedReplay, counters: dict, path: str) -> None:
-    """An .npz that np.load reads as usual (what np.savez writes), frames written last and in pieces."""
+def frame_file_name(segment: Segment) -> str:
+    return f"replay-frames-{segment[0]}-{segment[1]}.npy"
+
+
+def frame_plan(buffer: PrioritizedReplay, saved: list[Segment]) -> list[Segment]:
+    """The frame files a snapshot of the buffer now names: those of `saved` (already in the folder) that hold
+    live frames, then one for the frames stored since, which the snapshot writes (the last, if not in saved)."""
+    oldest, head = buffer.oldest_frame(), buffer.frames_written
+    live = [segment for segment in saved if segment[1] > oldest]
+    joined = all(end == first for (_, end), (first, _) in zip(live, live[1:]))
+    if not (live and joined and live[0][0] <= oldest and live[-1][1] <= head):
+        live = []  # nothing usable saved (a fresh folder, or a buffer that is not the one saved)
+    first = live[-1][1] if live else oldest
+    return live + [(first, head)] if first < head else live
+
+
+def write_snapshot(buffer: PrioritizedReplay, counters: dict, path: str, saved: list[Segment] = ()) -> list[Segment]:
+    """Write the snapshot at `path` and the frame file it needs beside it; `saved`: the frame files already
+    there (from this folder's earlier snapshots). Returns the frame files the snapshot names."""
+    folder = os.path.dirname(path)
+    plan = frame_plan(buffer, list(saved))
+    if plan and plan[-1] not in saved:
+        _write_frames(buffer, plan[-1], os.path.join(folder, frame_file_name(plan[-1])))
     arrays = buffer.state_arrays()
+    del arrays["frames"], arrays["frames_wrapped"]
+    arrays["frame_files"] = np.array(plan, dtype=np.int64).reshape(-1, 2)
     arrays["counters"] = np.array(json.dumps(counters))  # a unicode array: no pickle needed
-    frame_views = [(name, arrays.pop(name)) for name in ("frames", "frames_wrapped")]  # oldest first
 
-    def write(f) -> None:
+    def write(f) -> None:  # what np.savez writes, without its temporary copies
         with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
             for name, array in arrays.items():
                 with archive.open(f"{name}.npy", "w", force_zip64=True) as out:
                     np.lib.format.write_array(out, np.asanyarray(array), allow_pickle=False)
-            saved = buffer.oldest_frame()
-            for name, frames in frame_views:
-                with archive.open(f"{name}.npy", "w", force_zip64=True) as out:
-                    np.lib.format.write_array_header_1_0(out, np.lib.format.header_data_from_array_1_0(frames))
-                    for start in range(0, len(frames), FRAMES_PER_WRITE):
-                        piece = frames[start : start + FRAMES_PER_WRITE]
-                        out.write(memoryview(np.ascontiguousarray(piece)).cast("B"))
-                        saved += len(piece)
-                        buffer.ring.snapshot_saved(saved)
+
+    write_atomically(path, write)
+    return plan
+
+
+def _write_frames(buffer: PrioritizedReplay, segment: Segment, path: str) -> None:
+    """One .npy of the frames numbered segment[0]..segment[1]-1, in pieces, oldest first, telling the ring."""
+    first, end = segment
+    header = {"descr": "|u1", "fortran_order": False, "shape": (end - first, buffer.frame_size, buffer.frame_size)}
+
+    def write(out) -> None:
+        np.lib.format.write_array_header_1_0(out, header)
+        saved = first
+        for frames in buffer.frame_views(first, end):
+            for start in range(0, len(frames), FRAMES_PER_WRITE):
+                piece = frames[start : start + FRAMES_PER_WRITE]
+                out.write(memoryview(np.ascontiguousarray(piece)).cast("B"))
+                saved += len(piece)
+                buffer.ring.snapshot_saved(saved)
         if buffer.ring.snapshot_abandoned:
             raise OSError("the replay server stopped waiting for this snapshot; its frames may be torn")
 
@@ -56,13 +99,21 @@ def write_snapshot(buffer: PrioritizedReplay, counters: dict, path: str) -> None
 
 
 def read_snapshot(path: str, buffer: PrioritizedReplay) -> dict:
-    """Load a snapshot into an empty buffer; returns the server counters saved with it."""
+    """Load a snapshot, and the frames of the frame files it names, into an empty buffer; returns the server
+    counters saved with it."""
+    folder = os.path.dirname(path)
     try:
         with np.load(path, allow_pickle=False) as data:
-            buffer.load_state_arrays(data)
+            parts = _frame_parts(buffer, data, folder) if "frame_files" in data else None  # else frames inside
+            buffer.load_state_arrays(data, parts)
             counters = json.loads(str(data["counters"]))
-    except FileNotFoundError:
-        raise SnapshotError(f"{path}: no such file") from None
+    except FileNotFoundError as exc:
+        missing = os.path.basename(exc.filename or path)
+        raise SnapshotError(
+            f"{path}: no such file"
+            if missing == os.path.basename(path)
+            else f"{path}: its frame file {missing} is missing"
+        ) from None
     except ChunkError as exc:
         raise SnapshotError(f"{path}: {exc}") from None
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
@@ -72,12 +123,64 @@ def read_snapshot(path: str, buffer: PrioritizedReplay) -> dict:
     return counters
 
 
-def start_snapshot(buffer: PrioritizedReplay, counters: dict, path: str) -> int | None:
-    """Write a snapshot in a forked child; returns its pid (None: written synchronously, no fork here)."""
+def _frame_parts(buffer: PrioritizedReplay, data, folder: str) -> list[np.ndarray]:
+    """The live frames, oldest first, as views of the (memory-mapped) frame files a snapshot names."""
+    _, f_head, _, f_live = (int(v) for v in data["heads"])
+    number, parts = f_head - f_live, []
+    for first, end in data["frame_files"]:
+        first, end = int(first), int(end)
+        name = frame_file_name((first, end))
+        frames = np.load(os.path.join(folder, name), mmap_mode="r", allow_pickle=False)
+        if frames.dtype != np.uint8 or frames.shape != (end - first, buffer.frame_size, buffer.frame_size):
+            raise ChunkError(f"frame file {name} does not hold the frames its name says")
+        if not first <= number < end:
+            raise ChunkError(f"frame file {name} does not follow on from frame {number}")
+        parts.append(frames[number - first :])
+        number = end
+    if number != f_head:
+        raise ChunkError(f"its frame files end at frame {number}, the buffer at {f_head}")
+    return parts
+
+
+def frame_files_named(snapshot: str) -> list[Segment]:
+    """The frame files a snapshot names ([] for one with its frames inside, or one that cannot be read)."""
+    try:
+        with np.load(snapshot, allow_pickle=False) as data:
+            if "frame_files" not in data:
+                return []
+            return [(int(a), int(b)) for a, b in data["frame_files"]]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
+        return []
+
+
+def remove_unused_frame_files(folder: str, keep: list[Segment] = ()) -> int:
+    """Remove the frame files (and partial ones) in `folder` that no snapshot there names, except `keep`;
+    call only while no snapshot is being written there. Returns how many were removed."""
+    names = os.listdir(folder)
+    used = {frame_file_name(segment) for segment in keep}
+    for name in names:
+        if name.endswith(".replay.npz"):
+            used.update(frame_file_name(segment) for segment in frame_files_named(os.path.join(folder, name)))
+    removed = 0
+    for name in names:
+        if FRAME_FILE.match(name) and name not in used:
+            try:
+                os.remove(os.path.join(folder, name))
+                removed += 1
+            except OSError:
+                pass
+    return removed
+
+
+def start_snapshot(buffer: PrioritizedReplay, counters: dict, path: str, saved: list[Segment] = ()) -> int | None:
+    """Write a snapshot (as write_snapshot) in a forked child; returns its pid (None: written synchronously,
+    no fork here). The snapshot names the frame files frame_plan(buffer, saved) gives now."""
     if not hasattr(os, "fork"):
-        write_snapshot(buffer, counters, path)
+        write_snapshot(buffer, counters, path, saved)
         return None
-    buffer.ring.snapshot_begin(buffer.oldest_frame())
+    plan = frame_plan(buffer, list(saved))
+    new = plan and plan[-1] not in saved
+    buffer.ring.snapshot_begin(plan[-1][0] if new else buffer.frames_written)  # older frames are on disk
     parent = os.getpid()
     try:
         pid = os.fork()
@@ -88,7 +191,7 @@ def start_snapshot(buffer: PrioritizedReplay, counters: dict, path: str) -> int 
         status = 1
         try:
             _die_with(parent)
-            write_snapshot(buffer, counters, path)
+            write_snapshot(buffer, counters, path, saved)
             status = 0
         finally:
             buffer.ring.snapshot_end()  # (the server also ends it when it sees this child exit)

@@ -91,8 +91,8 @@ def test_checkpoint_spacing_without_a_fork_counts_the_synchronous_write(monkeypa
     follows that write, not the ~0 s spent waiting for no child ("every 0.0 min")."""
     import benchmarks.bench_checkpoint as bench
 
-    def without_fork(buffer, counters, path):
-        bench.write_snapshot(buffer, counters, path)
+    def without_fork(buffer, counters, path, saved):
+        bench.write_snapshot(buffer, counters, path, saved)
         time.sleep(0.6)  # a write that takes a while
         return None
 

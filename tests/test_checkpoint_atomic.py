@@ -120,7 +120,8 @@ EXTRA_DELAYS = [0.02, 0.05, 0.09, 0.13, 0.2, 0.25]
 
 def run_and_kill(code: str, path: str, first_generation: int, delay: float) -> bool:
     """Start a writer at `first_generation`, wait for its first complete save, SIGKILL it `delay` s later.
-    Returns whether a .tmp file was left (the kill landed while a save was in progress)."""
+    Returns whether it left a .tmp file (the kill landed while a save was in progress: a checkpoint's, a
+    snapshot's or its frame file's)."""
     proc = subprocess.Popen(
         [sys.executable, "-c", code, path, str(first_generation)],
         cwd=REPO,
@@ -134,6 +135,7 @@ def run_and_kill(code: str, path: str, first_generation: int, delay: float) -> b
         if line.strip() != "first done":
             proc.kill()
             pytest.fail(f"writer did not finish its first save: {line!r} {proc.communicate()[1][-2000:]}")
+        started = time.time()
         time.sleep(delay)
         assert proc.poll() is None, "the writer exited on its own"
         os.kill(proc.pid, signal.SIGKILL)
@@ -145,7 +147,9 @@ def run_and_kill(code: str, path: str, first_generation: int, delay: float) -> b
         proc.stdout.close()
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
-    return os.path.exists(path + ".tmp")
+    folder = os.path.dirname(path)
+    partial = [os.path.join(folder, name) for name in os.listdir(folder) if name.endswith(".tmp")]
+    return any(os.path.getmtime(name) >= started for name in partial)  # not one a previous writer left
 
 
 def kill_repeatedly(code: str, path: str, check) -> list[bool]:

@@ -215,15 +215,32 @@ def test_a_checkpoint_with_nothing_new_links_the_same_snapshot(side):
     assert side.files() == sorted([periodic, final])
 
 
-def test_a_checkpoint_after_new_transitions_writes_a_new_snapshot(side):
+def frame_files(side) -> tuple[set[str], set[str]]:
+    """The frame files in the run folder, and those its snapshots name."""
+    present = {name for name in os.listdir(side.run_dir) if snapshot.FRAME_FILE.match(name)}
+    named = {
+        snapshot.frame_file_name(segment)
+        for name in side.files()
+        for segment in snapshot.frame_files_named(os.path.join(side.run_dir, name))
+    }
+    return present, named
+
+
+def test_a_checkpoint_after_new_transitions_writes_a_new_snapshot_with_only_the_new_frames(side):
     assert side.learner.checkpoint("checkpoint")
     first = side.named("checkpoint")
+    head = side.server.buffer.frames_written
     side.change()
     assert side.learner.checkpoint("checkpoint")
     assert side.named("checkpoint") != first and side.files() == [side.named("checkpoint")]
     buffer = PrioritizedReplay(2048, 84, 4, 0.6, side.config.num_actions)
     snapshot.read_snapshot(os.path.join(side.run_dir, side.named("checkpoint")), buffer)
     assert buffer.content_hash() == side.server.buffer.content_hash()
+    segments = snapshot.frame_files_named(os.path.join(side.run_dir, side.named("checkpoint")))
+    assert segments == [(0, head), (head, side.server.buffer.frames_written)], "the first frames written again"
+    side.close()
+    present, named = frame_files(side)
+    assert present == named and len(present) == 2, "frame files no snapshot names were left, or named ones removed"
 
 
 def test_periodic_checkpoints_keep_to_their_share_of_the_learners_time(side, monkeypatch):

@@ -15,7 +15,7 @@ from common.checkpoint import load_checkpoint, save_checkpoint
 from common.config import Config
 from learner.learning import DQNLearner
 from replay_server.buffer import PrioritizedReplay
-from replay_server.snapshot import read_snapshot
+from replay_server.snapshot import FRAME_FILE, frame_file_name, frame_files_named, read_snapshot
 from tests.conftest import FAST_TEST_ENV
 from tests.harness import REPO, LaunchedRun, free_base_port
 
@@ -75,6 +75,8 @@ def test_resume_continues_counters_and_restores_identical_state(launch, finished
     replay_before, saved_first = _replay(folder / before["counters"]["replay_file"], config)
     log_before = (folder / "log.txt").read_text().splitlines()
     assert before["counters"]["episodes"] == len(log_before) and before["counters"]["env_steps"] == 4000
+    frames_before = frame_files_named(str(folder / before["counters"]["replay_file"]))
+    assert frames_before, "the snapshot keeps its frames in frame files"
 
     # The resumed session trains no further (learning_starts = capacity), so the learner state must
     # come back bit for bit, and the old replay contents must still be there, unchanged.
@@ -96,6 +98,8 @@ def test_resume_continues_counters_and_restores_identical_state(launch, finished
 
     assert torch.equal(after["rng"]["torch"], before["rng"]["torch"]), "learner RNG state restored"
     replay_after, saved_after = _replay(folder / after["counters"]["replay_file"], config)
+    frames_after = frame_files_named(str(folder / after["counters"]["replay_file"]))
+    assert frames_after[:-1] == frames_before, "the resumed run wrote the frames it had restored again"
     assert saved_after["rng"] == saved_first["rng"], "replay sampling RNG state restored"
     old, new = _transitions(replay_before), _transitions(replay_after)
     assert len(new) == len(old) + 600
@@ -138,6 +142,12 @@ def test_checkpoints_taken_while_training_are_consistent(launch):
     assert sorted(p.name for p in run.run_dir.glob("*.replay.npz*")) == sorted(
         [counters["replay_file"], load_checkpoint(str(run.run_dir / "checkpoint_final.pth"))["counters"]["replay_file"]]
     ), "old snapshots are cleaned up"
+    named = {
+        frame_file_name(segment)
+        for path in run.run_dir.glob("*.replay.npz")
+        for segment in frame_files_named(str(path))
+    }
+    assert {p.name for p in run.run_dir.iterdir() if FRAME_FILE.match(p.name)} == named, "old frame files cleaned up"
 
 
 def _resume_cli(*args) -> subprocess.CompletedProcess:

@@ -307,9 +307,9 @@ class Actor:
         if self.learner_stopped:
             self.learner_stopped = False
             self.rt.log(f"a learner is back: weights of update {msg['updates']:,}")
-        run_steps = (msg.get("run") or {}).get("env_steps", 0)
-        if self.joining and self.config.epsilon_schedule == "anneal" and math.isfinite(run_steps) and run_steps > 0:
-            share = int(run_steps) // self.config.num_actors
+        run_steps = msg["run"].env_steps if "run" in msg else 0  # (a RunCounters record)
+        if self.joining and self.config.epsilon_schedule == "anneal" and run_steps > 0:
+            share = run_steps // self.config.num_actors
             if share > self.steps:  # joining a running learner: explore as far into the schedule as the run is
                 self.steps = share
                 self.rt.log(f"joined a run at {int(run_steps):,} env steps: epsilon {self.epsilon():.2f}")

@@ -188,7 +188,7 @@ class Poller:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the replay server did not answer within {REPLY_TIMEOUT_S:.0f} s")
         parts = [f.buffer for f in self.dealer.recv_multipart(copy=False)]
-        return int(decode_parts(parts, self.config.max_message_bytes, expect=("batch",))["stats"]["inserted"])
+        return int(decode_parts(parts, self.config.max_message_bytes, expect=("batch",))["stats"].inserted)
 
 
 def bench_ours(capacity: int, seconds: float, chunks: list[dict], shared: bool, mirror: bool = False) -> dict:

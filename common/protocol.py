@@ -10,13 +10,16 @@ reaches `len()`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from functools import lru_cache
 
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = 2  # 2: batch_mirror (a learner's copy of the frame ring); both sides must agree
+from common.records import RECORDS, as_map, field_kinds
+
+PROTOCOL_VERSION = 3  # 2: batch_mirror (a learner's copy of the frame ring); 3: typed records; both sides must agree
 
 ALLOWED_DTYPES = frozenset({"uint8", "int8", "int16", "int32", "int64", "float32", "float64", "bool"})
 MAX_ARRAY_DIMS = 4
@@ -29,7 +32,8 @@ class ProtocolError(ValueError):
 # Field kinds: "int", "count" (an int >= 0), "float" (finite), "str", "bool", "numbers" (a map of
 # name -> int/finite float/bool; small metrics blobs), "array DTYPES NDIM" (one array: DTYPES is one
 # dtype or several joined by "|") and "arrays DTYPES" (a map of name -> array, any NDIM up to
-# MAX_ARRAY_DIMS). Optional fields end in "?".
+# MAX_ARRAY_DIMS), "record NAME" (a map with exactly the fields of the dataclass NAME in
+# common/records.py; decoded into that record). Optional fields end in "?".
 SCHEMAS: dict[str, dict[str, str]] = {
     # actor -> replay server: a chunk of n-step transitions from one episode (see actor/chunks.py).
     # frames (m, H, W) uint8; stack (n, 2S) int32 indices into frames: obs = stack[:, :S],
@@ -76,7 +80,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "rewards": "array float32 1",
         "bootstraps": "array float32 1",
         "weights": "array float32 1",
-        "stats": "numbers",
+        "stats": "record ReplayStats",
     },
     # the same without frames: frame_numbers (B, 2S) int64 say which frames of the ring `ring` (its token)
     "batch_shared": {
@@ -87,7 +91,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "rewards": "array float32 1",
         "bootstraps": "array float32 1",
         "weights": "array float32 1",
-        "stats": "numbers",
+        "stats": "record ReplayStats",
     },
     # the same for a learner on another machine, which keeps a copy of the ring (its mirror): frame_numbers
     # (B, 2S) int64 name the batch's frames in ring `ring` of `ring_frames` frames; of those, the ones this
@@ -106,7 +110,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "rewards": "array float32 1",
         "bootstraps": "array float32 1",
         "weights": "array float32 1",
-        "stats": "numbers",
+        "stats": "record ReplayStats",
     },
     # learner -> replay server: where is your frame ring? The reply, "frame_ring", is what
     # SharedFrames needs to map it (fd -1: not shared).
@@ -117,14 +121,14 @@ SCHEMAS: dict[str, dict[str, str]] = {
     # learner -> replay server: snapshot the buffer now into <run folder>/<name> (a plain file name);
     # answered with "snapshot_done" once the file is complete.
     "snapshot": {"name": "str"},
-    "snapshot_done": {"name": "str", "ok": "bool", "stats": "numbers", "text?": "str"},
+    "snapshot_done": {"name": "str", "ok": "bool", "stats": "record ReplayStats", "text?": "str"},
     # learner -> replay server, while no batch comes yet (before learning_starts): how far is the run? The
     # reply, "stats", lets the learner keep its checkpoint schedule before training starts.
     "ask_stats": {},
-    "stats": {"stats": "numbers"},
+    "stats": {"stats": "record ReplayStats"},
     # learner -> actors: network weights after `updates` learner updates, and the run's counters as the
     # replay server counted them (episodes, env_steps, best_reward): what a joining actor continues from.
-    "weights": {"version": "count", "updates": "count", "tensors": "arrays float32", "run?": "numbers"},
+    "weights": {"version": "count", "updates": "count", "tensors": "arrays float32", "run?": "record RunCounters"},
     # learner -> actors: the learner is stopping (after writing `checkpoint`); actors play on.
     "bye": {"checkpoint": "str"},
     # any process -> launcher: progress, the last words of a failing process, or a stop request.
@@ -182,6 +186,8 @@ def encode(msg_type: str, **fields) -> bytes:
     for name, value in fields.items():
         if isinstance(value, np.ndarray):
             value = _pack_array(value)
+        elif dataclasses.is_dataclass(value):
+            value = as_map(value)
         elif isinstance(value, dict) and value and all(isinstance(v, np.ndarray) for v in value.values()):
             value = {k: _pack_array(v) for k, v in value.items()}
         body[name] = value
@@ -307,6 +313,8 @@ def _check_field(msg_type: str, name: str, kind: str, value, parts: list, used: 
             if isinstance(v, float) and not math.isfinite(v):
                 raise ProtocolError(f"{where}.{k} must be finite")
         return value
+    if kind.startswith("record "):
+        return _record(msg_type, name, RECORDS[kind.split()[1]], value)
     base, dtypes, ndim = _array_kind(kind)
     if base == "array":
         return _typed(where, _unpack_array(where, value, parts, used), dtypes, ndim)
@@ -315,6 +323,19 @@ def _check_field(msg_type: str, name: str, kind: str, value, parts: list, used: 
     return {
         k: _typed(f"{where}.{k}", _unpack_array(f"{where}.{k}", v, parts, used), dtypes, ndim) for k, v in value.items()
     }
+
+
+def _record(msg_type: str, name: str, cls: type, value):
+    """A map with exactly the record's fields, each of its kind, as that record."""
+    kinds = field_kinds(cls)
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{msg_type}.{name} must be a map")
+    missing, extra = set(kinds) - set(value), set(value) - set(kinds)
+    if missing or extra:
+        raise ProtocolError(
+            f"{msg_type}.{name} is not a {cls.__name__}: missing {sorted(missing)}, unexpected {sorted(map(str, extra))}"
+        )
+    return cls(**{k: _check_field(msg_type, f"{name}.{k}", kinds[k], value[k], [], set()) for k in kinds})
 
 
 @lru_cache(maxsize=None)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from common.config import Config, ConfigError
-from replay_server.snapshot import frame_file_name
+from replay_server.snapshot import SnapshotError, frame_file_name, frame_files_named
 
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint.pth")
 # What a checkpoint and its replay memory were built with: changing any of these cannot continue a run
@@ -178,7 +178,6 @@ def _check_snapshot(path: str, config: Config) -> None:
     try:
         with np.load(path, allow_pickle=False) as data:
             shape = [int(v) for v in data["shape"]]
-            frame_files = [frame_file_name((a, b)) for a, b in data["frame_files"]] if "frame_files" in data else []
     except FileNotFoundError:
         raise ResumeError(f"{path}: the replay snapshot this checkpoint names is missing") from None
     except KeyError:
@@ -189,6 +188,10 @@ def _check_snapshot(path: str, config: Config) -> None:
         raise ResumeError(f"{path}: cannot read the replay snapshot ({exc.strerror or exc})") from None
     if shape[0] != config.replay_capacity or shape[2:] != [config.frame_size, config.frame_stack, config.num_actions]:
         raise ResumeError(f"{path}: replay snapshot does not fit this run's replay capacity or frames")
+    try:
+        frame_files = [frame_file_name(segment) for segment in frame_files_named(path)]
+    except SnapshotError as exc:
+        raise ResumeError(str(exc)) from None
     for name in frame_files:
         if not os.path.exists(os.path.join(os.path.dirname(path), name)):
             raise ResumeError(f"{path}: its frame file {name} is missing")

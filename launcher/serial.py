@@ -45,7 +45,7 @@ from learner.device import DeviceError, pick_device
 from learner.learning import DQNLearner
 from replay_server.buffer import PrioritizedReplay
 from replay_server.rate_limit import RateLimiter
-from replay_server.snapshot import write_snapshot
+from replay_server.snapshot import SnapshotError, remove_unused_frame_files, write_snapshot
 
 PROGRESS_EVERY_S = 5.0
 STEPS_PER_UPDATE = 4  # with samples_per_insert 0: one batch per 4 env steps
@@ -297,11 +297,10 @@ def run_serial(c: Config) -> int:
         say(f"saved checkpoint_final.pth with replay memory ({len(replay):,} transitions)")
     except KeyboardInterrupt:
         stop.exit_code = 130
-        if not os.path.exists(os.path.join(run_dir, "checkpoint_final.pth")):
-            with contextlib.suppress(OSError):  # a snapshot no checkpoint names
-                os.remove(os.path.join(run_dir, snapshot))
+        _remove_unnamed_snapshot(run_dir, snapshot)
         say("Ctrl+C during the final save: stopped without checkpoint_final.pth")
     except OSError as exc:
+        _remove_unnamed_snapshot(run_dir, snapshot)
         say(f"could not write the final checkpoint: {exc.strerror or exc}")
     metrics.close()
     env.close()
@@ -339,6 +338,16 @@ def run_serial(c: Config) -> int:
     )
     say(f"stopped: {stop.reason}; results in {run_dir}")
     return stop.exit_code
+
+
+def _remove_unnamed_snapshot(run_dir: str, snapshot: str) -> None:
+    """After a failed final save: the snapshot no checkpoint names, and its frame files (a full disk is not
+    left full)."""
+    if not os.path.exists(os.path.join(run_dir, "checkpoint_final.pth")):
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(run_dir, snapshot))
+    with contextlib.suppress(OSError, SnapshotError):
+        remove_unused_frame_files(run_dir)
 
 
 def counters(episodes: int, steps: int, best: float | None, replay: PrioritizedReplay, weights_version: int) -> dict:

@@ -28,6 +28,7 @@ from common.log_limit import LogLimit
 from common.metrics import Metrics
 from common.network import weights_to_arrays
 from common.protocol import ProtocolError, decode_parts, encode
+from common.records import ReplayStats
 from common.runtime import RoleRuntime
 from common.topology import bind_socket, connect_socket
 from learner.replay_batches import ReplayBatches
@@ -44,6 +45,7 @@ SNAPSHOT_STALL_S = 30.0
 FINAL_SNAPSHOT_S = 4.0
 RUN_COUNTERS = ("episodes", "env_steps", "best_reward", "replay_size")  # what a replay snapshot fixes
 BATCHES = ("batch", "batch_shared", "batch_mirror")
+PARTIAL_FRAME_FILE = re.compile(r"^replay-frames-\d+-\d+\.npy\.tmp$")  # (replay_server/snapshot.py writes them)
 SNAPSHOT_FILE = re.compile(r"^checkpoint(_final)?-\d+\.replay\.npz(\.tmp)?$")  # the names checkpoint() gives
 
 
@@ -71,7 +73,7 @@ class LearnerService:
             mirror=c.frame_mirror,
         )
         self.metrics = Metrics(run_dir, ".learner", runtime.log)
-        self.replay_stats: dict = {}
+        self.replay_stats = ReplayStats()
         self.weights_version = 0
         self._published_updates = 0
         self._weights_msg = b""
@@ -93,7 +95,7 @@ class LearnerService:
 
     # --- loop --------------------------------------------------------------------------------
     def run(self) -> None:
-        restored = int(self.replay_stats.get("size", 0))  # a resumed run's replay memory
+        restored = self.replay_stats.size  # a resumed run's replay memory
         if restored >= self.config.learning_starts:
             self.rt.log(f"training on {self.device}; {restored:,} transitions restored, enough to train on")
         else:
@@ -146,7 +148,7 @@ class LearnerService:
         if msg["t"] == "frame_ring":
             self.batches.on_frame_ring(msg)
         elif msg["t"] == "stats":
-            self.replay_stats = {**self.replay_stats, **msg["stats"]}
+            self.replay_stats = msg["stats"]
             self._maybe_checkpoint()
         elif msg["t"] in BATCHES and train:
             self._train(msg)
@@ -218,14 +220,12 @@ class LearnerService:
         if self.learner.updates != self._published_updates or not self.weights_version:
             self.weights_version += 1
             self._published_updates = self.learner.updates
-            counters = self.counters()
-            run = {k: counters[k] for k in ("episodes", "env_steps", "best_reward")}
             self._weights_msg = encode(
                 "weights",
                 version=self.weights_version,
                 updates=self.learner.updates,
                 tensors=weights_to_arrays(self.learner.online),
-                run=run,
+                run=self.replay_stats.run(),
             )
         self.pub.send(self._weights_msg)
         self.last_publish = time.monotonic()
@@ -254,10 +254,10 @@ class LearnerService:
             self.metrics.scalar("Q_Value/Mean", values["q_mean"], updates)
             self.metrics.scalar("Learning_Rate", values["lr"], updates)
             self.metrics.scalar("Learner/UpdatesPerSec", rate, updates)
-            self.metrics.scalar("Replay/Size", self.replay_stats.get("size", 0), updates)
-            inserted = self.replay_stats.get("inserted", 0)
+            self.metrics.scalar("Replay/Size", self.replay_stats.size, updates)
+            inserted = self.replay_stats.inserted
             if inserted:
-                self.metrics.scalar("Replay/SamplesPerInsert", self.replay_stats.get("sampled", 0) / inserted, updates)
+                self.metrics.scalar("Replay/SamplesPerInsert", self.replay_stats.sampled / inserted, updates)
             self._window = {"loss": 0.0, "q_mean": 0.0, "n": 0}
         self.rt.report("progress", values)
 
@@ -270,16 +270,16 @@ class LearnerService:
     def counters(self) -> dict:
         stats = self.replay_stats
         return {
-            "episodes": int(stats.get("episodes", 0)),
-            "env_steps": int(stats.get("env_steps", 0)),
-            "best_reward": float(stats.get("best_reward", 0.0)),
-            "replay_size": int(stats.get("size", 0)),
+            "episodes": stats.episodes,
+            "env_steps": stats.env_steps,
+            "best_reward": stats.best_reward,
+            "replay_size": stats.size,
             "weights_version": self.weights_version,
         }
 
     def _maybe_checkpoint(self) -> None:
         every = self.config.checkpoint_every_episodes
-        episodes = int(self.replay_stats.get("episodes", 0))
+        episodes = self.replay_stats.episodes
         if not every or episodes // every <= self._checkpointed_at_episode // every:
             return
         now = time.monotonic()
@@ -314,7 +314,7 @@ class LearnerService:
                 f"{base}-{time.time_ns()}.replay.npz", started + FINAL_SNAPSHOT_S if final else None
             )
             if done is not None:
-                self.replay_stats = {**self.replay_stats, **done["stats"]}
+                self.replay_stats = done["stats"]
                 counters = self.counters()
                 replay = {
                     "file": done["name"],
@@ -365,7 +365,7 @@ class LearnerService:
                 msg = self._receive(train=False)
                 if msg is not None and msg["t"] == "snapshot_done" and msg["name"] == name:
                     return (msg, "") if msg["ok"] else (None, f"replay snapshot failed: {msg.get('text', '')}")
-            now_size = _partial_bytes(self.run_dir)
+            now_size = _partial_bytes(self.run_dir, name)
             now = time.monotonic()
             if now_size != size:
                 size, grew = now_size, now
@@ -400,12 +400,12 @@ class LearnerService:
 
     def restore(self, path: str) -> None:
         counters = self.learner.restore(path)
-        self.replay_stats = {
-            "episodes": counters.get("episodes", 0),
-            "env_steps": counters.get("env_steps", 0),
-            "best_reward": counters.get("best_reward", 0.0),
-            "size": counters.get("replay_size", 0) if counters.get("replay_file") else 0,
-        }
+        self.replay_stats = ReplayStats(  # until the replay server's first answer (a checkpoint's keys, as saved)
+            episodes=int(counters.get("episodes", 0)),
+            env_steps=int(counters.get("env_steps", 0)),
+            best_reward=float(counters.get("best_reward", 0.0)),
+            size=int(counters.get("replay_size", 0)) if counters.get("replay_file") else 0,
+        )
         self._checkpointed_at_episode = int(counters.get("episodes", 0))
         if counters.get("replay_file"):
             self._replay = {
@@ -448,12 +448,12 @@ def _check_values(msg: dict, num_actions: int) -> None:
         raise ProtocolError("negative weights, or bootstraps outside 0..1")
 
 
-def _partial_bytes(folder: str) -> int:
-    """The bytes in the folder's partial (.tmp) files: a snapshot's, and its frame file's, grow as it writes."""
+def _partial_bytes(folder: str, name: str) -> int:
+    """The bytes in snapshot `name`'s partial files: its own and its frame file's (.tmp) grow as it writes."""
     total = 0
     with contextlib.suppress(OSError), os.scandir(folder) as entries:
         for entry in entries:
-            if entry.name.endswith(".tmp"):
+            if entry.name == f"{name}.tmp" or PARTIAL_FRAME_FILE.match(entry.name):
                 with contextlib.suppress(OSError):
                     total += entry.stat().st_size
     return total

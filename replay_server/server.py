@@ -30,6 +30,7 @@ import zmq
 from common.config import MAX_SAMPLE_BATCH, frames_per_message
 from common.log_limit import LogLimit
 from common.protocol import ProtocolError, decode, encode, encode_parts
+from common.records import ReplayStats, as_map
 from common.runtime import RoleRuntime
 from common.topology import bind_socket
 from common.transport import SETTLED_S
@@ -37,6 +38,7 @@ from replay_server.buffer import ChunkError, PrioritizedReplay
 from replay_server.rate_limit import RateLimiter
 from replay_server.snapshot import (
     Segment,
+    SnapshotError,
     frame_files_named,
     frame_plan,
     read_snapshot,
@@ -59,7 +61,7 @@ class SnapshotWrite:
     learner: bytes
     name: str
     pid: int | None
-    stats: dict
+    stats: ReplayStats
     fingerprint: str
     frame_files: list[Segment]
 
@@ -164,10 +166,10 @@ class ReplayServer:
             self._serve_pending()
             self._check_snapshot()
             if self.rt.progress_due():
-                self.rt.report("progress", self.stats())
+                self.rt.report("progress", as_map(self.stats()))
         self._check_snapshot()
         self._end_snapshot()
-        remove_unused_frame_files(self.run_dir)  # the learner has named its last snapshot (it stops first)
+        self._remove_unused_frame_files()  # the learner has named its last snapshot (it stops first)
 
     def _check_actors(self) -> None:
         """Count connected actors; sampling pauses while there are none (pause_without_actors)."""
@@ -272,7 +274,7 @@ class ReplayServer:
             self._reply_snapshot(identity, name, False, self.stats(), "another snapshot is in progress")
             return
         stats = self.stats()
-        counters = {**stats, "rng": self.rng.bit_generator.state}
+        counters = {**as_map(stats), "rng": self.rng.bit_generator.state}
         fingerprint = self._fingerprint(counters)
         last, last_fingerprint = self._last_snapshot
         if fingerprint == last_fingerprint:  # nothing changed (a checkpoint on the stop boundary): the same file
@@ -281,7 +283,7 @@ class ReplayServer:
                 self._last_snapshot = (name, fingerprint)
                 self._reply_snapshot(identity, name, True, stats, "")
                 return
-        remove_unused_frame_files(self.run_dir, keep=self._frame_files)  # those of checkpoints since replaced
+        self._remove_unused_frame_files()  # those of checkpoints since replaced
         frame_files = frame_plan(self.buffer, self._frame_files)
         try:
             pid = start_snapshot(self.buffer, counters, os.path.join(self.run_dir, name), self._frame_files)
@@ -289,6 +291,12 @@ class ReplayServer:
             self._reply_snapshot(identity, name, False, stats, f"cannot write {name}: {exc.strerror}")
             return
         self.snapshot = SnapshotWrite(identity, name, pid, stats, fingerprint, frame_files)
+
+    def _remove_unused_frame_files(self) -> None:
+        try:
+            remove_unused_frame_files(self.run_dir, keep=self._frame_files)
+        except (SnapshotError, OSError) as exc:
+            self.rt.log(f"kept every replay frame file for now: {exc}")
 
     def _fingerprint(self, counters: dict) -> str:
         """What a snapshot of the buffer now would hold, in brief: its contents change only by inserts (the
@@ -334,7 +342,7 @@ class ReplayServer:
         self.snapshot = None
         self.rt.log(f"stopped writing the unfinished replay snapshot {name}")
 
-    def _reply_snapshot(self, identity: bytes, name: str, ok: bool, stats: dict, text: str) -> None:
+    def _reply_snapshot(self, identity: bytes, name: str, ok: bool, stats: ReplayStats, text: str) -> None:
         """Answer the learner (which reports a failure to the user)."""
         self._send(identity, [encode("snapshot_done", name=name, ok=ok, stats=stats, text=text)])
 
@@ -389,21 +397,21 @@ class ReplayServer:
                 parts = encode_parts("batch", {"frames": batch.frames}, **fields)  # frames as their own part
             self._send(identity, parts)
 
-    def stats(self) -> dict:
-        return {
-            "size": len(self.buffer),
-            "inserted": self.buffer.inserted,
-            "actors": self.actors,
+    def stats(self) -> ReplayStats:
+        return ReplayStats(
+            size=len(self.buffer),
+            inserted=self.buffer.inserted,
+            actors=self.actors,
             **self.counters,
-            "best_reward": self.best_reward if self.counters["episodes"] else 0.0,
-        }
+            best_reward=self.best_reward if self.counters["episodes"] else 0.0,
+        )
 
 
 def main(runtime: RoleRuntime, run_dir: str) -> None:
     server = ReplayServer(runtime, run_dir, runtime.resume.get("replay_snapshot"))
     started = time.monotonic()
     server.run()
-    runtime.report("progress", server.stats())
+    runtime.report("progress", as_map(server.stats()))
     runtime.log(
         f"stopped after {time.monotonic() - started:.0f} s: {server.buffer.inserted} transitions "
         f"stored, {server.counters['dropped']} bad messages dropped"

@@ -19,6 +19,7 @@ mid-write never damages an existing snapshot or frame file.
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
 import re
@@ -79,8 +80,12 @@ def write_snapshot(buffer: PrioritizedReplay, counters: dict, path: str, saved: 
 
 
 def _write_frames(buffer: PrioritizedReplay, segment: Segment, path: str) -> None:
-    """One .npy of the frames numbered segment[0]..segment[1]-1, in pieces, oldest first, telling the ring."""
+    """One .npy of the frames numbered segment[0]..segment[1]-1, in pieces, oldest first, telling the ring.
+    Never over an existing frame file: one of that name that no earlier snapshot of this buffer wrote belongs
+    to another history of the run (a resume from an older checkpoint), and a snapshot there names it."""
     first, end = segment
+    if os.path.exists(path):
+        raise FileExistsError(errno.EEXIST, "a frame file of that name exists (another snapshot names it)", path)
     header = {"descr": "|u1", "fortran_order": False, "shape": (end - first, buffer.frame_size, buffer.frame_size)}
 
     def write(out) -> None:
@@ -127,7 +132,7 @@ def _frame_parts(buffer: PrioritizedReplay, data, folder: str) -> list[np.ndarra
     """The live frames, oldest first, as views of the (memory-mapped) frame files a snapshot names."""
     _, f_head, _, f_live = (int(v) for v in data["heads"])
     number, parts = f_head - f_live, []
-    for first, end in data["frame_files"]:
+    for first, end in _segments(data):
         first, end = int(first), int(end)
         name = frame_file_name((first, end))
         frames = np.load(os.path.join(folder, name), mmap_mode="r", allow_pickle=False)
@@ -143,24 +148,36 @@ def _frame_parts(buffer: PrioritizedReplay, data, folder: str) -> list[np.ndarra
 
 
 def frame_files_named(snapshot: str) -> list[Segment]:
-    """The frame files a snapshot names ([] for one with its frames inside, or one that cannot be read)."""
+    """The frame files a snapshot names ([] for one with its frames inside). Raises SnapshotError."""
     try:
         with np.load(snapshot, allow_pickle=False) as data:
             if "frame_files" not in data:
                 return []
-            return [(int(a), int(b)) for a, b in data["frame_files"]]
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
-        return []
+            return [(int(a), int(b)) for a, b in _segments(data)]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+        raise SnapshotError(f"{snapshot}: cannot read which frame files it names ({exc})") from None
+
+
+def _segments(data) -> np.ndarray:
+    segments = data["frame_files"]
+    if segments.dtype != np.int64 or segments.ndim != 2 or segments.shape[1] != 2:
+        raise ValueError("its frame_files are not (first, end) pairs")
+    return segments
 
 
 def remove_unused_frame_files(folder: str, keep: list[Segment] = ()) -> int:
     """Remove the frame files (and partial ones) in `folder` that no snapshot there names, except `keep`;
-    call only while no snapshot is being written there. Returns how many were removed."""
+    call only while no snapshot is being written there. A snapshot that cannot be read might name any of
+    them, so then none is removed (SnapshotError). Returns how many were removed."""
     names = os.listdir(folder)
     used = {frame_file_name(segment) for segment in keep}
     for name in names:
         if name.endswith(".replay.npz"):
-            used.update(frame_file_name(segment) for segment in frame_files_named(os.path.join(folder, name)))
+            try:
+                used.update(frame_file_name(segment) for segment in frame_files_named(os.path.join(folder, name)))
+            except SnapshotError:
+                if os.path.exists(os.path.join(folder, name)):  # not one deleted since the listing
+                    raise
     removed = 0
     for name in names:
         if FRAME_FILE.match(name) and name not in used:
@@ -176,7 +193,10 @@ def start_snapshot(buffer: PrioritizedReplay, counters: dict, path: str, saved: 
     """Write a snapshot (as write_snapshot) in a forked child; returns its pid (None: written synchronously,
     no fork here). The snapshot names the frame files frame_plan(buffer, saved) gives now."""
     if not hasattr(os, "fork"):
-        write_snapshot(buffer, counters, path, saved)
+        try:
+            write_snapshot(buffer, counters, path, saved)
+        finally:
+            buffer.ring.snapshot_end()  # _write_frames told the ring how far it got: nothing waits now
         return None
     plan = frame_plan(buffer, list(saved))
     new = plan and plan[-1] not in saved

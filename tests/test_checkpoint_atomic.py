@@ -22,7 +22,7 @@ from common.checkpoint import load_checkpoint, save_checkpoint
 from common.config import Config
 from learner.learning import DQNLearner
 from replay_server.buffer import PrioritizedReplay
-from replay_server.snapshot import read_snapshot, start_snapshot, write_snapshot
+from replay_server.snapshot import read_snapshot, remove_unused_frame_files, start_snapshot, write_snapshot
 from tests.harness import REPO, alive
 
 pytestmark = pytest.mark.slow
@@ -99,16 +99,20 @@ SNAPSHOT_WRITER = (
     GENERATIONS
     + """
 import sys
-from replay_server.snapshot import write_snapshot
+import os
+from replay_server.snapshot import remove_unused_frame_files, write_snapshot
 
 path, g = sys.argv[1], int(sys.argv[2])
 # Two contents built once, written alternately: the loop's time goes to writing, so kills land mid-write.
+# Before each write the frame files no snapshot names go, as the replay server does before each snapshot.
 contents = [replay_generation(g), replay_generation(g + 1)]
 first = g
+remove_unused_frame_files(os.path.dirname(path))
 write_snapshot(contents[0], {"generation": g}, path)
 print("first done", flush=True)
 while True:
     g += 1
+    remove_unused_frame_files(os.path.dirname(path))
     write_snapshot(contents[(g - first) % 2], {"generation": g}, path)
 """
 )
@@ -208,6 +212,7 @@ def test_sigkill_during_replay_snapshot_keeps_a_complete_snapshot(tmp_path):
     mid_write = kill_repeatedly(SNAPSHOT_WRITER, path, check_snapshot)
     assert len(mid_write) >= 5
     assert any(mid_write), "no kill landed during a write: the test did not exercise a torn write"
+    remove_unused_frame_files(str(tmp_path))
     write_snapshot(replay_generation(3), {"generation": 3}, path)
     check_snapshot(path, 3)
     assert not os.path.exists(path + ".tmp")

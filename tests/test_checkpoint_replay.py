@@ -6,6 +6,7 @@ then the checkpoint names the last complete snapshot; a failed snapshot or .pth 
 snapshot a checkpoint on disk names, and leaves no orphan behind; repeated failures are one line per 30 s.
 """
 
+import dataclasses
 import errno
 import os
 import threading
@@ -248,25 +249,26 @@ def test_periodic_checkpoints_keep_to_their_share_of_the_learners_time(side, mon
     at most checkpoint_time_share (5%) of the learner's time: one that took T seconds is followed by none for T / share;
     the due one then comes at the next episode."""
     side.learner.config = side.config.replace(checkpoint_every_episodes=1)
-    spent, taken, episodes = 0.0, 0, 0
+    took, episodes = [], 0  # each checkpoint's seconds
     real = side.learner.checkpoint
 
     def timed(base, final=False):
-        nonlocal spent, taken
         started = time.monotonic()
         try:
             return real(base, final)
         finally:
-            spent, taken = spent + time.monotonic() - started, taken + 1
+            took.append(time.monotonic() - started)
 
     monkeypatch.setattr(side.learner, "checkpoint", timed)
     started = time.monotonic()
-    while (time.monotonic() - started < 8 or taken < 2) and time.monotonic() - started < 120:  # a slow first
+    while (time.monotonic() - started < 8 or len(took) < 2) and time.monotonic() - started < 120:  # a slow first
         episodes += 1  # checkpoint (a loaded machine) spaces more
-        side.learner.replay_stats = {**side.learner.replay_stats, "episodes": episodes}
+        side.learner.replay_stats = dataclasses.replace(side.learner.replay_stats, episodes=episodes)
         side.change()  # each snapshot has something new to write
         side.learner._maybe_checkpoint()
     elapsed = time.monotonic() - started
-    assert taken >= 2, "the schedule still checkpoints"
-    assert spent <= 0.05 * elapsed + spent / taken, (spent, taken, elapsed)
+    assert len(took) >= 2, "the schedule still checkpoints"
+    # Each checkpoint but the last is paid back by the 20 T without one after it, all within `elapsed` (the last
+    # one's time can be anything: on a loaded machine it may take longer than the ones before).
+    assert sum(took[:-1]) <= 0.05 * elapsed, (took, elapsed)
     assert any("checkpoints come at most every" in line for line in side.logs)

@@ -17,6 +17,7 @@ import zmq
 from common.config import TEST_ENV_ID, Config
 from common.protocol import PROTOCOL_VERSION, decode, decode_parts, encode, encode_parts
 from common.shared_frames import FrameRing, stores_in_order
+from common.records import ReplayStats, as_map
 from launcher.supervisor import role_entry
 from tests.conftest import FAST_TEST_ENV
 from tests.harness import free_base_port
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.slow
 BATCH = 32  # the default batch_size, which FAST_TEST_ENV keeps
 STACK2 = 8  # obs and next obs, 4 frames each
 ACTIONS = 7  # the test env's action count
-STATS = {"size": 1000, "inserted": 1000, "episodes": 0, "env_steps": 1000}
+STATS = ReplayStats(size=1000, inserted=1000, env_steps=1000)
 
 
 def _fields(n: int, first_id: int, **changes) -> dict:
@@ -90,7 +91,7 @@ def _bad_batches(rng: np.random.Generator) -> list[list]:
                     **msgpack.unpackb(
                         encode("batch", frames=np.zeros((1, STACK2, 84, 84), np.uint8), **_fields(1, 0)), raw=False
                     ),
-                    "stats": {"size": math.nan},
+                    "stats": {**as_map(STATS), "size": math.nan},
                 },
             )
         ],

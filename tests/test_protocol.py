@@ -20,6 +20,7 @@ from common.protocol import (
     encode,
     encode_parts,
 )
+from common.records import RECORDS, ReplayStats, RunCounters, field_kinds
 
 MAX = 1 << 22  # max_bytes for decode in these tests (4 MiB)
 RNG = np.random.default_rng(1234)
@@ -52,7 +53,7 @@ EXAMPLES = {
         rewards=np.array([0.1, 0, -1, 1], np.float32),
         bootstraps=np.array([0.0, 0.97, 0.97, 0.0], np.float32),
         weights=np.array([1, 0.5, 0.25, 0.125], np.float32),
-        stats={"size": 1000, "mean_priority": 0.5, "full": False},
+        stats=ReplayStats(size=1000, inserted=5000, actors=2, episodes=7, env_steps=5000, best_reward=-0.5),
     ),
     "batch_shared": dict(
         ids=np.array([5, 99], np.int64),
@@ -62,7 +63,7 @@ EXAMPLES = {
         rewards=np.array([0.1, 0], np.float32),
         bootstraps=np.array([0.0, 0.97], np.float32),
         weights=np.array([1, 0.5], np.float32),
-        stats={"size": 1000},
+        stats=ReplayStats(size=1000),
     ),
     "batch_mirror": dict(
         ids=np.array([5, 99], np.int64),
@@ -76,11 +77,11 @@ EXAMPLES = {
         rewards=np.array([0.1, 0], np.float32),
         bootstraps=np.array([0.0, 0.97], np.float32),
         weights=np.array([1, 0.5], np.float32),
-        stats={"size": 1000},
+        stats=ReplayStats(size=1000),
     ),
     "attach_frames": dict(),
     "ask_stats": dict(),
-    "stats": dict(stats={"size": 10, "episodes": 2, "env_steps": 300}),
+    "stats": dict(stats=ReplayStats(size=10, episodes=2, env_steps=300)),
     "frame_ring": dict(pid=1234, fd=7, token=2**55 + 3, frames=112_501, size=84),
     "priorities": dict(ids=np.array([3, 1, 4], np.int64), priorities=np.array([1e-6, 0.5, 12.25], np.float64)),
     "weights": dict(
@@ -90,14 +91,14 @@ EXAMPLES = {
             "features.0.weight": RNG.standard_normal((32, 4, 8, 8)).astype(np.float32),
             "head.2.bias": RNG.standard_normal(7).astype(np.float32),
         },
-        run={"episodes": 12, "env_steps": 3400, "best_reward": 7.5},
+        run=RunCounters(episodes=12, env_steps=3400, best_reward=7.5),
     ),
     "bye": dict(checkpoint="checkpoint_final.pth"),
     "snapshot": dict(name="checkpoint-1795622647063481164.replay.npz"),
     "snapshot_done": dict(
         name="checkpoint_final-17.replay.npz",
         ok=False,
-        stats={"size": 10, "episodes": 2},
+        stats=ReplayStats(size=10, episodes=2),
         text="writing checkpoint_final-17.replay.npz failed (disk full?)",
     ),
     "report": dict(
@@ -131,6 +132,8 @@ def tiny_array(kind: str, length: int = 1) -> np.ndarray:
 
 
 def value_for(kind: str):
+    if kind.startswith("record "):
+        return RECORDS[kind.split()[1]]()
     if kind.startswith("arrays "):
         return {"a": tiny_array(kind, 2)}
     return tiny_array(kind, 2) if kind.startswith("array ") else BY_KIND[kind]
@@ -330,10 +333,10 @@ def test_non_map_top_level_is_rejected(body):
     assert "not a map" in reject(pack(body))
 
 
-@pytest.mark.parametrize("version", [0, 1, 3, -1, "2", None, 2.0, [2]])
+@pytest.mark.parametrize("version", [0, 1, 2, 4, -1, "3", None, 3.0, [3]])
 def test_wrong_version_is_rejected(version):
-    """Only the integer PROTOCOL_VERSION (2) is accepted: not version 1 (before batch_mirror), nor 2.0, which
-    equals 2 in Python."""
+    """Only the integer PROTOCOL_VERSION (3) is accepted: not version 2 (before typed records), nor 3.0, which
+    equals 3 in Python."""
     body = body_for("sample")
     body["v"] = version
     assert "version" in reject(pack(body))
@@ -433,8 +436,23 @@ def wrong_arrays(kind: str) -> list[dict]:
     return [raw_array(a) for a in arrays]
 
 
+def wrong_records(name: str) -> list:
+    """Maps that are not the record: a field missing, one too many, a field of the wrong kind."""
+    kinds = field_kinds(RECORDS[name])
+    whole = {k: (1.5 if kind == "float" else 1) for k, kind in kinds.items()}
+    first = next(iter(kinds))
+    wrong = [{**whole, first: v} for v in ("1", None, [1], math.nan, math.inf, True)]
+    counts = [k for k, kind in kinds.items() if kind == "count"]
+    return [5, [1], "x", {}, {k: v for k, v in whole.items() if k != first}, {**whole, "typo": 1}, *wrong] + [
+        {**whole, counts[0]: -1},
+        {**whole, counts[0]: 2.5},
+    ]
+
+
 def wrong_values(kind: str) -> list:
     base = kind.split()[0]
+    if base == "record":
+        return wrong_records(kind.split()[1])
     if base == "array":
         return WRONG_BY_KIND[base] + wrong_arrays(kind)
     if base == "arrays":
@@ -648,3 +666,16 @@ def test_parts_count_towards_the_size_limit():
     _, parts = _batch_parts()
     with pytest.raises(ProtocolError, match="exceeds"):
         decode_parts([bytes(p) for p in parts], max_bytes=len(bytes(parts[1])))
+
+
+def test_a_record_field_decodes_into_its_record_and_a_misspelt_name_fails():
+    """What the learner reads off a batch's stats is the record: an attribute, not .get(name, 0)."""
+    fields = EXAMPLES["stats"]
+    got = decode(encode("stats", **fields), MAX)["stats"]
+    assert isinstance(got, ReplayStats) and got == fields["stats"] and got.env_steps == 300
+    with pytest.raises(AttributeError):
+        got.env_step  # noqa: B018 - the misspelling that used to read as 0
+    for schema in SCHEMAS.values():
+        for kind in schema.values():
+            if kind.startswith("record "):
+                assert kind.split()[1] in RECORDS, kind

@@ -20,6 +20,7 @@ from common.checkpoint import load_checkpoint
 from common.config import TEST_ENV_ID, Config
 from common.envs import make_env
 from common.protocol import decode, decode_parts
+from common.records import ReplayStats
 from launcher.plot import read_log
 from launcher.resume import load_resume_state, plan_resume
 from launcher.serial import learn
@@ -228,7 +229,7 @@ def test_serial_update_is_the_distributed_learners_update_on_the_same_batch(shar
         pending=deque(),
         _paused_since=None,
         counters={"sampled": 0, "batches": 0},
-        stats=lambda: {"size": len(replay_b), "inserted": replay_b.inserted},
+        stats=lambda: ReplayStats(size=len(replay_b), inserted=replay_b.inserted),
         _send=lambda identity, parts: sent_to_learner.append(parts),
     )
     server._drop = lambda reason: pytest.fail(f"the server dropped a message: {reason}")
@@ -246,7 +247,7 @@ def test_serial_update_is_the_distributed_learners_update_on_the_same_batch(shar
     service = SimpleNamespace(
         config=config,
         learner=distributed,
-        replay_stats={},
+        replay_stats=ReplayStats(),
         batches=batches,
         in_flight=0,
         dropped_priorities=0,

@@ -32,6 +32,7 @@ from common.shared_frames import (
     SharedFrames,
     SharedFramesError,
 )
+from common.records import ReplayStats
 from learner.replay_batches import ReplayBatches
 from replay_server.buffer import PrioritizedReplay
 from replay_server.snapshot import read_snapshot, start_snapshot, write_snapshot
@@ -364,7 +365,7 @@ def server_message(buffer, rng, shared: bool, n: int = 4 * B, **override) -> tup
         rewards=batch.rewards,
         bootstraps=batch.bootstraps,
         weights=batch.weights,
-        stats={"size": len(buffer)},
+        stats=ReplayStats(size=len(buffer)),
     )
     if shared:
         fields = {**fields, "frame_numbers": batch.frame_numbers, "ring": buffer.ring.token, **override}

@@ -19,6 +19,7 @@ from common.keys import create_keys, load_keys
 from common.protocol import decode
 from common.runtime import RoleRuntime, run_role
 from common.transport import Transport, TransportError
+from common.records import ReplayStats
 from tests.harness import free_base_port
 
 pytestmark = pytest.mark.usefixtures("keep_process_hooks")  # RoleRuntimes are built in this process
@@ -51,7 +52,7 @@ def test_a_reply_to_a_gone_or_full_peer_is_counted_in_the_stats():
         server._send(identity, [b"reply"])  # a peer that is there gets it
         assert dealer.poll(5000) and dealer.recv() == b"reply"
         server._send(b"\0gone", [b"reply"])  # one that is not: raised (ROUTER_MANDATORY), counted
-        assert server.stats()["undeliverable"] == 1
+        assert server.stats().undeliverable == 1
 
         class Full:
             def send_multipart(self, *args, **kwargs):
@@ -59,7 +60,7 @@ def test_a_reply_to_a_gone_or_full_peer_is_counted_in_the_stats():
 
         server.router = Full()
         server._send(identity, [b"reply"])  # its queue full: counted too
-        assert server.stats()["undeliverable"] == 2
+        assert server.stats().undeliverable == 2
     finally:
         runtime.close()
 
@@ -83,7 +84,7 @@ def test_priorities_the_replay_server_could_not_take_are_counted_and_reported():
     service.config = Config(prefetch_batches=2, publish_every=1000)
     service.rt = SimpleNamespace(log=lambda text: None, report=lambda kind, values: reports.append(values))
     service.batches = SimpleNamespace(sample_request=lambda *args: b"", torn=0, mirror_frames=0, mirror_restarts=0)
-    service.dealer, service.in_flight, service.replay_stats = Saturated(), 0, {}
+    service.dealer, service.in_flight, service.replay_stats = Saturated(), 0, ReplayStats()
     service._window = {"loss": 0.0, "q_mean": 0.0, "n": 0}
     service._maybe_checkpoint = lambda: None
     service.dropped = service.dropped_priorities = 0
@@ -97,7 +98,7 @@ def test_priorities_the_replay_server_could_not_take_are_counted_and_reported():
     }
     for in_flight in (0, 2):  # priorities sent with the next request, or on their own
         service.in_flight = in_flight
-        service._train({"stats": {}, "batches": [batch]})
+        service._train({"stats": ReplayStats(), "batches": [batch]})
     assert service.dropped_priorities == 64
     service._window["n"], service.wait_s, service._rate_mark, service.weights_version = 0, 0.0, (0.0, 0), 1
     service.metrics = SimpleNamespace(scalar=lambda *args: None)

@@ -151,3 +151,77 @@ def test_a_snapshot_with_its_frames_inside_still_loads(tmp_path):
     assert plan == [(restored.oldest_frame(), restored.frames_written)]
     again, _ = loaded(tmp_path / "new.replay.npz")
     assert again.content_hash() == restored.content_hash()
+
+
+def test_a_snapshot_that_cannot_be_read_keeps_every_frame_file(tmp_path):
+    """It might name any of them: removing them would lose the replay memory of the checkpoint naming it."""
+    buffer = new_buffer()
+    fill(buffer, 300, seed=0)
+    saved = write_snapshot(buffer, {}, str(tmp_path / "a.replay.npz"))
+    (tmp_path / "b.replay.npz").write_bytes(b"not a zip")  # damaged, or unreadable for now (EMFILE, EIO)
+    with pytest.raises(SnapshotError, match="b.replay.npz: cannot read which frame files it names"):
+        remove_unused_frame_files(str(tmp_path))
+    assert frame_files_in(tmp_path) == {frame_file_name(saved[0])}
+
+
+def test_a_frame_file_of_another_history_is_never_overwritten(tmp_path):
+    """A resume from an older checkpoint numbers its new frames as the newer checkpoint's were: a frame file
+    of the same name holds the other history's frames, and a snapshot there names it."""
+    buffer = new_buffer()
+    fill(buffer, 300, seed=0)
+    saved = write_snapshot(buffer, {}, str(tmp_path / "a.replay.npz"))
+    other = new_buffer()
+    fill(other, 300, seed=0)  # the same frame numbers (the frames do not matter: the name does)
+    with pytest.raises(FileExistsError):
+        write_snapshot(other, {}, str(tmp_path / "b.replay.npz"))
+    assert not (tmp_path / "b.replay.npz").exists()
+    restored, _ = loaded(tmp_path / "a.replay.npz")
+    assert restored.content_hash() == buffer.content_hash() and frame_files_in(tmp_path) == {frame_file_name(saved[0])}
+
+
+def test_a_synchronous_snapshot_leaves_the_ring_unguarded(tmp_path, monkeypatch):
+    """Without fork the server writes the snapshot itself; afterwards no writer is waited for (before, the
+    guard stayed at the saved frames and the next inserts past it stalled for 30 s, then failed)."""
+    from common.shared_frames import NO_SNAPSHOT, SNAPSHOT
+    from replay_server.snapshot import start_snapshot
+
+    buffer = new_buffer()
+    fill(buffer, 300, seed=0)
+    monkeypatch.delattr(os, "fork")
+    assert start_snapshot(buffer, {}, str(tmp_path / "a.replay.npz")) is None
+    assert buffer.ring.shared and buffer.ring.header[SNAPSHOT] == NO_SNAPSHOT
+    restored, _ = loaded(tmp_path / "a.replay.npz")
+    assert restored.content_hash() == buffer.content_hash()
+
+
+def test_a_failed_final_serial_save_leaves_no_replay_files(tmp_path, monkeypatch):
+    """--serial's final save: a .pth that cannot be written (a full disk) takes its snapshot and the frame
+    files only it names with it."""
+    import errno
+
+    import launcher.serial as serial
+    from learner.learning import DQNLearner
+
+    def full(self, path, counters=None):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(DQNLearner, "save", full)
+    config = CONFIG.replace(runs_dir=str(tmp_path), max_steps=300, headless=True, record_video=False, device="cpu")
+    assert serial.run_serial(config) == 0
+    (run_dir,) = tmp_path.iterdir()
+    left = [p.name for p in run_dir.iterdir() if ".replay.npz" in p.name or FRAME_FILE.match(p.name)]
+    assert left == [], left
+
+
+def test_a_snapshot_whose_frame_file_list_is_malformed_is_refused_in_one_line(tmp_path):
+    buffer = new_buffer()
+    fill(buffer, 300, seed=0)
+    write_snapshot(buffer, {}, str(tmp_path / "a.replay.npz"))
+    with np.load(tmp_path / "a.replay.npz") as data:
+        arrays = {name: data[name] for name in data.files}
+    arrays["frame_files"] = arrays["frame_files"].ravel()  # 1-D: not (first, end) pairs
+    np.savez(tmp_path / "b.replay.npz", **arrays)
+    with pytest.raises(SnapshotError, match="b.replay.npz: not a readable replay snapshot"):
+        loaded(tmp_path / "b.replay.npz")
+    with pytest.raises(ResumeError, match="not \\(first, end\\) pairs"):
+        _check_snapshot(str(tmp_path / "b.replay.npz"), CONFIG)

@@ -153,6 +153,8 @@ class ReplayBatches:
         in the cache when it trains; a batch is valid until the next. Batches torn by an overwrite are
         skipped (counted in `torn`); a message from a ring this learner does not map gives none."""
         n, s2, size = len(msg["ids"]), 2 * self.frame_stack, self.frame_size
+        if msg["t"] == "batch_mirror" and self.ring is not None:
+            return iter(())  # asked for before the shared ring was mapped (the request was on its way): stale
         if msg["t"] == "batch_mirror":
             try:
                 self._store_mirrored(msg, n)

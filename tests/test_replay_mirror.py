@@ -336,6 +336,27 @@ def test_a_local_learner_asks_for_no_copy_while_its_attach_is_unanswered():
     assert batches.ring is None and decode(batches.sample_request(0.4), MAX_BYTES)["mirror"] == batches.mirror_token
 
 
+def test_a_mirror_reply_that_arrives_after_the_ring_is_mapped_is_dropped_quietly():
+    """A local learner's requests sent before the server said where its ring is may be answered with
+    batch_mirror after it mapped the ring: such a stale reply is skipped; before, it made a copy of the ring
+    (memory, a "keeping a copy" line) that lacked its frames, and was dropped as a bad message."""
+    (buffer, rng, _), _ = twins()
+    said = []
+    batches = ReplayBatches(B, PER_REQUEST, S, SIZE, use_shared=True, log=said.append, mirror=True)
+    batches.attach_request()
+    batches.on_frame_ring(decode(encode("frame_ring", **buffer.ring.describe()), MAX_BYTES))
+    late = mirror_reply(
+        buffer,
+        rng,
+        mirror=batches.mirror_token,
+        new_numbers=np.zeros(0, np.int64),
+        frames=np.zeros((0, SIZE, SIZE), np.uint8),
+    )
+    assert taken(batches, decode_parts(late, MAX_BYTES)) == []
+    assert batches.mirror is None and batches.mirror_restarts == 0
+    assert not any("keeping a copy" in line for line in said), said
+
+
 def test_the_server_drops_and_counts_sample_requests_with_a_bad_mirror_token():
     (buffer, _, _), _ = twins()
     server = replay_server(buffer)

@@ -130,7 +130,10 @@ def test_checkpoints_taken_while_training_are_consistent(launch):
         "checkpoint_every_episodes=100",
         "--set",
         "checkpoint_time_share=1",
-    )  # every 100 episodes, however long saving takes
+        "--set",
+        "samples_per_insert=1",
+    )  # every 100 episodes, however long saving takes; the ratio pinned, so the learner (which takes the
+    # checkpoints when its replay stats cross 100 episodes) keeps up with the actor however loaded the machine
     assert run.wait(120) == 0, run.output()
     assert run.output().count("saved checkpoint.pth with replay memory") >= 2
     state = load_checkpoint(str(run.run_dir / "checkpoint.pth"))

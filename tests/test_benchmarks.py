@@ -26,7 +26,15 @@ pytestmark = pytest.mark.slow
                 "learner batch  32, mixed bfloat16:",
             ],
         ),
-        ("bench_checkpoint", ["replay snapshot:", "PASS:", "learner checkpoint:"]),
+        ("bench_checkpoint", ["replay snapshot:", "incremental snapshot after", "PASS:", "learner checkpoint:"]),
+        (
+            "bench_checkpoint --live 0.3",
+            [
+                re.compile(
+                    r"live run, test env, 0.3 min \(.*\): \d+ checkpoints with replay memory, .* MB of replay files"
+                )
+            ],
+        ),
         ("bench_pipeline", ["learner batch  32:", "weights publish->act:", "replay    20,000:", "actors 2:"]),
         ("bench_learning", ["test env solved:", "trained, greedy", "random policy", "untrained networks (start)"]),
         (

@@ -208,7 +208,7 @@ def check_snapshot(path: str, first: int) -> None:
 
 
 def test_sigkill_during_replay_snapshot_keeps_a_complete_snapshot(tmp_path):
-    path = str(tmp_path / "replay.npz")
+    path = str(tmp_path / "snapshot.replay.npz")  # a snapshot's name, as the unused frame files' removal knows it
     mid_write = kill_repeatedly(SNAPSHOT_WRITER, path, check_snapshot)
     assert len(mid_write) >= 5
     assert any(mid_write), "no kill landed during a write: the test did not exercise a torn write"

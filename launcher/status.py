@@ -72,6 +72,12 @@ class RunStatus:
             "level": newest("level"),
         }
 
+    def env_steps_at(self, index: int, own_steps: int) -> int:
+        """The run's env steps when actor `index` had played `own_steps` (an evaluation's moment): its exact
+        count plus the other actors' latest (those of this launcher)."""
+        others = (set(self.actors) | set(self.actor_episodes)) - {index}
+        return own_steps + sum(self.actor_counters(i)["steps"] for i in others)
+
     @property
     def env_steps(self) -> int:
         """Env steps of the whole run, resumed sessions included (the replay server's count where no

@@ -393,8 +393,10 @@ class Supervisor:
             error = None
             if msg["kind"] == "episode":
                 error = self.episode_log.write(self.status.total_episodes, msg["values"])
-            elif msg["kind"] == "eval":
-                error = self.episode_log.write_eval(self.status.evaluations, msg["values"])
+            elif msg["kind"] == "eval":  # its env_steps are the actor's own: log.txt gives the run's
+                values = msg["values"]
+                at = self.status.env_steps_at(index, values["env_steps"])
+                error = self.episode_log.write_eval(self.status.evaluations, {**values, "env_steps": at})
             if error:
                 self.console.say(f"mario-apex: {error}", error=True)
 

@@ -194,6 +194,8 @@ def test_real_reports_are_accepted(supervisor):
     assert sup.status.dropped_reports == 0
     assert sup.status.updates == 7 and sup.status.replay["size"] == 5 and sup.status.evaluations == 1
     assert sup.status.done_actors == {1}
+    evals = [line for line in open(sup.episode_log.path).read().splitlines() if "] Eval " in line]
+    assert len(evals) == 1 and evals[0].endswith("Env steps: 20"), evals  # actor 1's 10 and actor 0's 10: the run's
 
 
 def test_bad_reports_during_stop_neither_raise_nor_hang(supervisor):

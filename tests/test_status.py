@@ -105,3 +105,15 @@ def test_a_resumed_runs_lines_before_the_first_reports_read_no_spike(monkeypatch
             )
         run.line()
         assert run.rates[0] <= 110 and run.rates[1] <= 11, (second, run.rates)
+
+
+def test_an_evaluation_is_placed_at_the_runs_env_steps_not_its_actors():
+    """With 2 actors, actor 0's own count is about half the run's: an evaluation logged at it put every
+    budget of bench_learning (and the learning curve) at half the env steps the run had played."""
+    run = RunStatus(replay_capacity=100)
+    run.on_report({"role": "actor", "index": 0, "kind": "progress", "values": {"steps": 900, "session_steps": 900}})
+    run.on_report({"role": "actor", "index": 1, "kind": "progress", "values": {"steps": 950, "session_steps": 950}})
+    episode = {"actor": 1, "episode": 7, "reward": 1.0, "steps": 40, "x_pos": 300, "flag": False, "epsilon": 0.1}
+    run.on_report({"role": "actor", "index": 1, "kind": "episode", "values": {**episode, "actor_steps": 990}})
+    assert run.env_steps_at(0, 1000) == 1000 + 990  # its own count at the evaluation, the other's newest
+    assert RunStatus(replay_capacity=100).env_steps_at(0, 1000) == 1000  # one actor: its own count

@@ -164,8 +164,16 @@ def test_samples_per_insert_limit_holds_the_learner_back(launch, limit):
 def test_frames_in_the_messages_with_a_request_larger_than_a_message_still_train(launch):
     """shared_frames=false (as for a learner on another machine) and 4096 transitions per request: the
     learner asks for what one message carries, says so, and trains (it once reconnected silently forever)."""
-    run = launch(
-        *FAST_TEST_ENV, "--max-steps", "3000", "--set", "shared_frames=false", "--set", "transitions_per_request=4096"
+    run = launch(  # the ratio pinned, so the learner trains however loaded the machine
+        *FAST_TEST_ENV,
+        "--max-steps",
+        "3000",
+        "--set",
+        "shared_frames=false",
+        "--set",
+        "transitions_per_request=4096",
+        "--set",
+        "samples_per_insert=1",
     )
     assert run.wait(180) == 0, run.output()
     assert "asking for 1184 transitions per request, not 4096" in run.output()

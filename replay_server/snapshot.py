@@ -60,23 +60,21 @@ def frame_plan(buffer: PrioritizedReplay, saved: list[Segment]) -> list[Segment]
 def write_snapshot(buffer: PrioritizedReplay, counters: dict, path: str, saved: list[Segment] = ()) -> list[Segment]:
     """Write the snapshot at `path` and the frame file it needs beside it; `saved`: the frame files already
     there (from this folder's earlier snapshots). Returns the frame files the snapshot names."""
-    folder = os.path.dirname(path)
     plan = frame_plan(buffer, list(saved))
-    if plan and plan[-1] not in saved:
-        _write_frames(buffer, plan[-1], os.path.join(folder, frame_file_name(plan[-1])))
+    new = _new_frame_file(plan, saved)
+    if new is not None:
+        _write_frames(buffer, new, os.path.join(os.path.dirname(path), frame_file_name(new)))
     arrays = buffer.state_arrays()
-    del arrays["frames"], arrays["frames_wrapped"]
+    del arrays["frames"], arrays["frames_wrapped"]  # (views: nothing copied) they are in the frame files
     arrays["frame_files"] = np.array(plan, dtype=np.int64).reshape(-1, 2)
     arrays["counters"] = np.array(json.dumps(counters))  # a unicode array: no pickle needed
-
-    def write(f) -> None:  # what np.savez writes, without its temporary copies
-        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
-            for name, array in arrays.items():
-                with archive.open(f"{name}.npy", "w", force_zip64=True) as out:
-                    np.lib.format.write_array(out, np.asanyarray(array), allow_pickle=False)
-
-    write_atomically(path, write)
+    write_atomically(path, lambda f: np.savez(f, **arrays))
     return plan
+
+
+def _new_frame_file(plan: list[Segment], saved: list[Segment]) -> Segment | None:
+    """The frame file a snapshot with this plan writes: its last, unless an earlier snapshot wrote it."""
+    return plan[-1] if plan and plan[-1] not in saved else None
 
 
 def _write_frames(buffer: PrioritizedReplay, segment: Segment, path: str) -> None:
@@ -198,9 +196,8 @@ def start_snapshot(buffer: PrioritizedReplay, counters: dict, path: str, saved: 
         finally:
             buffer.ring.snapshot_end()  # _write_frames told the ring how far it got: nothing waits now
         return None
-    plan = frame_plan(buffer, list(saved))
-    new = plan and plan[-1] not in saved
-    buffer.ring.snapshot_begin(plan[-1][0] if new else buffer.frames_written)  # older frames are on disk
+    new = _new_frame_file(frame_plan(buffer, list(saved)), saved)
+    buffer.ring.snapshot_begin(buffer.frames_written if new is None else new[0])  # older frames are on disk
     parent = os.getpid()
     try:
         pid = os.fork()

@@ -36,6 +36,7 @@ from common.log_limit import LogLimit
 from common.metrics import Metrics
 from common.network import build_network, greedy_action, network_from_arrays
 from common.protocol import ProtocolError, decode, encode
+from common.records import ActorStart
 from common.runtime import RoleRuntime
 from common.topology import connect_socket
 from common.wrappers import FrameSkip
@@ -46,7 +47,8 @@ class Actor:
         self.rt = runtime
         c = self.config = runtime.config
         self.index = runtime.index
-        self.restarts = int(runtime.resume.get("restarts", 0))  # times the launcher restarted this actor
+        start: ActorStart = runtime.start
+        self.restarts = start.restarts
         self.seed = actor_seed(c.seed, c.run_actor(self.index), self.restarts)
         self.env = make_env(c, seed=self.seed)
         if self.env.action_space.n != c.num_actions:
@@ -67,14 +69,13 @@ class Actor:
         self.run_video, self.episode_video = self._open_recorders(run_dir)
         self.metrics = Metrics(run_dir, f".actor{self.index}", runtime.log)
         self.best_eval = BestEval(run_dir, c, runtime.log)
-        resume = runtime.resume
-        self.steps = int(resume.get("steps", 0))  # this actor's env steps over the whole run
-        self.session_steps = int(resume.get("session_steps", 0))  # ... since this launch (what limits count)
-        self.joining = bool(resume.get("join"))  # an actor side of its own: continue the run's exploration
-        reset = resume.get("reset_epsilon")  # --resume-reset-exploration: decay again from here
-        self.epsilon_origin = 0 if reset is None else int(resume.get("epsilon_origin", self.steps))
+        self.steps = start.steps  # this actor's env steps over the whole run
+        self.session_steps = start.session_steps  # ... since this launch (what limits count)
+        self.joining = start.join  # an actor side of its own: continue the run's exploration
+        reset = start.reset_epsilon  # --resume-reset-exploration: decay again from here
+        self.epsilon_origin = 0 if reset is None else start.epsilon_origin
         self.epsilon_start = c.epsilon_start if reset is None else reset
-        self.episodes = int(resume.get("episodes", 0))  # this launch's, continued over a restart
+        self.episodes = start.episodes  # this launch's, continued over a restart
         self.learner_stopped = False
         self.weights_version = 0
         self.weights_updates = 0  # learner updates behind the weights in use (0 = initial)
@@ -91,7 +92,7 @@ class Actor:
             levels = find_wrapper(self.env, LevelSampler)
         except LookupError:
             return None  # one level: nothing to move on to
-        levels.index = min(int(self.rt.resume.get("level", 0)), len(levels.levels) - 1)  # after a restart
+        levels.index = min(self.rt.start.level, len(levels.levels) - 1)  # after a restart
         return Curriculum(levels, c.curriculum_threshold, c.curriculum_window)
 
     def _open_window(self) -> LiveWindow | None:

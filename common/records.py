@@ -50,6 +50,84 @@ class ReplayStats(RunCounters):
 RECORDS: dict[str, type] = {cls.__name__: cls for cls in (RunCounters, ReplayStats)}
 
 
+@dataclass(frozen=True)
+class CheckpointCounters:
+    """Where the run was when a checkpoint (.pth) was saved: the learner writes them, `--resume` and a
+    restored learner read them. With a replay snapshot, the run counters are the snapshot's own (a final
+    checkpoint whose snapshot failed names the last good one, and its counters)."""
+
+    updates: int = 0
+    """Learner updates."""
+    episodes: int = 0
+    """Episodes finished, all actors (the replay server's count)."""
+    env_steps: int = 0
+    """Agent steps stored, all actors."""
+    best_reward: float = 0.0
+    """The best episode's shaped reward."""
+    replay_size: int = 0
+    """Transitions in the replay memory."""
+    weights_version: int = 0
+    """Weight publications to the actors."""
+    replay_file: str = ""
+    """The replay snapshot beside it that holds the replay memory ("": none saved)."""
+    replay_updates: int = 0
+    """Learner updates when that snapshot was taken."""
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> CheckpointCounters:
+        """From a checkpoint's "counters" map. A key an older checkpoint lacks takes its default and one this
+        version does not know is ignored; a value of the wrong type is a ValueError."""
+        if not isinstance(saved, dict):
+            raise ValueError(f"its counters are a {type(saved).__name__}, not a map")
+        values = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in saved:
+                continue
+            value = saved[f.name]
+            fits = {
+                "int": isinstance(value, int),
+                "float": isinstance(value, (int, float)),
+                "str": isinstance(value, str),
+            }
+            if isinstance(value, bool) or not fits[f.type]:
+                raise ValueError(f"its counter {f.name} is {type(value).__name__}, not {f.type}")
+            values[f.name] = float(value) if f.type == "float" else value
+        return cls(**values)
+
+    def with_snapshot_of(self, saved: CheckpointCounters) -> CheckpointCounters:
+        """These counters, but the replay memory and the run counters it fixes from `saved` (the checkpoint
+        of the last good snapshot)."""
+        return dataclasses.replace(
+            self,
+            **{name: getattr(saved, name) for name in ("episodes", "env_steps", "best_reward", "replay_size")},
+            replay_file=saved.replay_file,
+            replay_updates=saved.replay_updates,
+        )
+
+
+@dataclass(frozen=True)
+class ActorStart:
+    """What an actor process continues from, given by the launcher when it starts one (launcher/resume.py
+    for a resumed run, RunStatus.actor_counters for a restarted actor)."""
+
+    steps: int = 0
+    """This actor's env steps over the whole run: where its exploration schedule is."""
+    session_steps: int = 0
+    """... since this launch (what --max-steps counts); nonzero after a restart."""
+    episodes: int = 0
+    """This launch's episodes, continued over a restart."""
+    level: int = 0
+    """Curriculum level, continued over a restart."""
+    restarts: int = 0
+    """Times the launcher restarted this actor (each restart plays with a new seed)."""
+    join: bool = False
+    """An actor side of its own (--role actor): continue the run's exploration from the replay server's count."""
+    reset_epsilon: float | None = None
+    """--resume-reset-exploration: epsilon decays again from this value ..."""
+    epsilon_origin: int = 0
+    """... starting at this many of the actor's steps (those it resumed at)."""
+
+
 def as_map(record) -> dict:
     """The record as a plain map (what goes on the wire, into a report or a checkpoint)."""
     return dataclasses.asdict(record)

@@ -21,6 +21,7 @@ import zmq
 from common.config import Config
 from common.keys import CurveKeys
 from common.protocol import encode
+from common.records import ActorStart
 from common.topology import connect_socket
 from common.transport import Transport, TransportError
 
@@ -40,12 +41,14 @@ class RoleRuntime:
         config: Config,
         stop_event,
         parent_pid: int,
-        resume: dict | None = None,
+        start: ActorStart | str | None = None,
         reports_address: str = "",
         keys: dict | None = None,
     ):
         self.role, self.index, self.config = role, index, config
-        self.resume = resume or {}  # what this role continues from (see launcher/resume.py)
+        # What this role continues from (launcher/resume.py's ResumePlan.for_role): an ActorStart for an actor,
+        # the checkpoint (learner) or replay snapshot (replay server) to restore, "" for none.
+        self.start = (ActorStart() if role == "actor" else "") if start is None else start
         self.name = process_name(role, index)
         self._stop_event = stop_event
         self._parent_pid = parent_pid
@@ -123,7 +126,7 @@ def run_role(
     run_dir: str,
     stop_event,
     parent_pid: int,
-    resume: dict | None = None,
+    start: ActorStart | str | None = None,
     reports_address: str = "",
     keys: dict | None = None,
 ) -> None:
@@ -136,7 +139,7 @@ def run_role(
     runtime = None
     try:
         config = Config.from_dict(config_dict)
-        runtime = RoleRuntime(role, index, config, stop_event, parent_pid, resume, reports_address, keys)
+        runtime = RoleRuntime(role, index, config, stop_event, parent_pid, start, reports_address, keys)
         main(runtime, run_dir)
     except TransportError as exc:
         _fail(runtime, role, str(exc), show_traceback=False)

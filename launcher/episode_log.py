@@ -7,6 +7,7 @@ import re
 from datetime import datetime
 
 from common.log_limit import LogLimit
+from common.records import CheckpointCounters
 
 _EVAL_NUMBER = re.compile(r"^\[[^\]]+\] Eval (\d+),")
 
@@ -21,12 +22,12 @@ class EpisodeLog:
         most once per 30 s with the count (a lost line is never silent for long)."""
         return self._append(f"Episode {number}, {self._common(episode)}, Epsilon: {episode['epsilon']:.3f}")
 
-    def write_resumed(self, checkpoint: str, counters: dict) -> str | None:
+    def write_resumed(self, checkpoint: str, counters: CheckpointCounters) -> str | None:
         """The line that starts a resumed session. Episodes logged after that checkpoint was saved (a crash, say)
         are not in it, so their numbers come again after this line."""
         return self._append(
-            f"Resumed from {checkpoint}: episode {int(counters.get('episodes', 0))}, "
-            f"{int(counters.get('env_steps', 0))} env steps (numbering goes on from there)"
+            f"Resumed from {checkpoint}: episode {counters.episodes}, "
+            f"{counters.env_steps} env steps (numbering goes on from there)"
         )
 
     def last_eval_number(self) -> int:

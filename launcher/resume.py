@@ -10,13 +10,12 @@ before all checks pass.
 from __future__ import annotations
 
 import os
-import zipfile
 from dataclasses import dataclass, field
 
-import numpy as np
 
 from common.config import Config, ConfigError
-from replay_server.snapshot import SnapshotError, frame_file_name, frame_files_named
+from common.records import ActorStart, CheckpointCounters
+from replay_server.snapshot import SnapshotError, check_snapshot
 
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint.pth")
 # What a checkpoint and its replay memory were built with: changing any of these cannot continue a run
@@ -36,22 +35,24 @@ class ResumePlan:
 
     checkpoint: str | None = None
     replay_snapshot: str | None = None
-    counters: dict = field(default_factory=dict)
+    counters: CheckpointCounters = field(default_factory=CheckpointCounters)
     reset_epsilon: float | None = None
 
     @property
     def run_dir(self) -> str | None:
         return os.path.dirname(self.checkpoint) if self.checkpoint else None
 
-    def for_role(self, role: str, index: int, num_actors: int = 1) -> dict:
-        if self.checkpoint is None:
-            return {}
+    def for_role(self, role: str, num_actors: int = 1) -> ActorStart | str:
+        """What a role process starts from: the checkpoint file for the learner, the replay snapshot for the
+        replay server ("": none, a fresh start), an ActorStart for an actor (each its share of the run's steps)."""
         if role == "learner":
-            return {"checkpoint": self.checkpoint}
+            return self.checkpoint or ""
         if role == "replay":
-            return {"replay_snapshot": self.replay_snapshot} if self.replay_snapshot else {}
-        steps = int(self.counters.get("env_steps", 0)) // max(1, num_actors)
-        return {"steps": steps, "reset_epsilon": self.reset_epsilon}
+            return self.replay_snapshot or ""
+        if self.checkpoint is None:
+            return ActorStart()
+        steps = self.counters.env_steps // max(1, num_actors)
+        return ActorStart(steps=steps, reset_epsilon=self.reset_epsilon, epsilon_origin=steps)
 
 
 def find_checkpoint(path: str) -> str:
@@ -67,20 +68,11 @@ def find_checkpoint(path: str) -> str:
         candidate = os.path.join(path, name)
         if os.path.exists(candidate):
             try:
-                counters = load_checkpoint(candidate).get("counters", {})
-            except CheckpointError:
+                counters = CheckpointCounters.from_saved(load_checkpoint(candidate).get("counters", {}))
+            except (CheckpointError, ValueError):
                 continue
             # Newest by its counters; of two equally new, the one whose replay memory was saved.
-            candidates.append(
-                (
-                    (
-                        int(counters.get("updates", 0)),
-                        int(counters.get("env_steps", 0)),
-                        bool(counters.get("replay_file")),
-                    ),
-                    candidate,
-                )
-            )
+            candidates.append(((counters.updates, counters.env_steps, bool(counters.replay_file)), candidate))
     if not candidates:
         raise ResumeError(f"{path}: no loadable checkpoint_final.pth or checkpoint.pth in this folder")
     return max(candidates)[1]
@@ -126,7 +118,10 @@ def plan_resume(
         saved = Config.from_dict(state["config"])
     except ConfigError as exc:
         raise ResumeError(f"{checkpoint}: damaged checkpoint (its config: {exc})") from None
-    counters = dict(state["counters"])
+    try:
+        counters = CheckpointCounters.from_saved(state["counters"])
+    except ValueError as exc:
+        raise ResumeError(f"{checkpoint}: damaged checkpoint ({exc})") from None
     for name in STRUCTURAL:
         if getattr(saved, name) != getattr(config, name):
             raise ResumeError(
@@ -147,8 +142,8 @@ def plan_resume(
         )
     _check_networks(checkpoint, state, config)
     replay_snapshot = None
-    if counters.get("replay_file"):
-        replay_snapshot = os.path.join(os.path.dirname(checkpoint), counters["replay_file"])
+    if counters.replay_file:
+        replay_snapshot = os.path.join(os.path.dirname(checkpoint), counters.replay_file)
         _check_snapshot(replay_snapshot, config)
     return ResumePlan(checkpoint, replay_snapshot, counters, reset_epsilon)
 
@@ -174,24 +169,7 @@ def _first_mismatch(exc: RuntimeError, limit: int = 160) -> str:
 
 
 def _check_snapshot(path: str, config: Config) -> None:
-    """A cheap look at the replay snapshot (its header arrays, not the frames; that its frame files are there)."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            shape = [int(v) for v in data["shape"]]
-    except FileNotFoundError:
-        raise ResumeError(f"{path}: the replay snapshot this checkpoint names is missing") from None
-    except KeyError:
-        raise ResumeError(f"{path}: not a mario-apex replay snapshot (no shape header)") from None
-    except (ValueError, zipfile.BadZipFile, EOFError):
-        raise ResumeError(f"{path}: the replay snapshot is damaged or truncated") from None
-    except OSError as exc:
-        raise ResumeError(f"{path}: cannot read the replay snapshot ({exc.strerror or exc})") from None
-    if shape[0] != config.replay_capacity or shape[2:] != [config.frame_size, config.frame_stack, config.num_actions]:
-        raise ResumeError(f"{path}: replay snapshot does not fit this run's replay capacity or frames")
-    try:
-        frame_files = [frame_file_name(segment) for segment in frame_files_named(path)]
+        check_snapshot(path, config.replay_capacity, config.frame_size, config.frame_stack, config.num_actions)
     except SnapshotError as exc:
         raise ResumeError(str(exc)) from None
-    for name in frame_files:
-        if not os.path.exists(os.path.join(os.path.dirname(path), name)):
-            raise ResumeError(f"{path}: its frame file {name} is missing")

@@ -21,6 +21,7 @@ debugging it and stepping through it in a debugger. Where it differs from the de
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -39,6 +40,7 @@ from common.config import Config
 from common.envs import EnvError, LevelSampler, evaluation_limits, find_wrapper, level_ids, make_env, refused_settings
 from common.metrics import Metrics
 from common.network import greedy_action, network_from_arrays, weights_to_arrays
+from common.records import CheckpointCounters, as_map
 from launcher.episode_log import EpisodeLog
 from launcher.supervisor import StartError, make_run_dir
 from learner.device import DeviceError, pick_device
@@ -233,7 +235,7 @@ def run_serial(c: Config) -> int:
                 try:
                     learner.save(
                         os.path.join(run_dir, "checkpoint.pth"),
-                        counters(episodes, steps, best, replay, weights_version),
+                        as_map(counters(episodes, steps, best, replay, weights_version)),
                     )
                 except OSError as exc:
                     say(f"could not write checkpoint.pth: {exc.strerror or exc}; training goes on")
@@ -288,11 +290,13 @@ def run_serial(c: Config) -> int:
         )
         learner.save(
             os.path.join(run_dir, "checkpoint_final.pth"),
-            {
-                **counters(episodes, steps, best, replay, weights_version),
-                "replay_file": snapshot,
-                "replay_updates": learner.updates,
-            },
+            as_map(
+                dataclasses.replace(
+                    counters(episodes, steps, best, replay, weights_version),
+                    replay_file=snapshot,
+                    replay_updates=learner.updates,
+                )
+            ),
         )
         say(f"saved checkpoint_final.pth with replay memory ({len(replay):,} transitions)")
     except KeyboardInterrupt:
@@ -350,17 +354,18 @@ def _remove_unnamed_snapshot(run_dir: str, snapshot: str) -> None:
         remove_unused_frame_files(run_dir)
 
 
-def counters(episodes: int, steps: int, best: float | None, replay: PrioritizedReplay, weights_version: int) -> dict:
-    """The run's counters in a checkpoint, as the learner process writes them (without a replay file)."""
-    return {
-        "episodes": episodes,
-        "env_steps": steps,
-        "best_reward": best or 0.0,
-        "replay_size": len(replay),
-        "weights_version": weights_version,
-        "replay_file": "",
-        "replay_updates": 0,
-    }
+def counters(
+    episodes: int, steps: int, best: float | None, replay: PrioritizedReplay, weights_version: int
+) -> CheckpointCounters:
+    """The run's counters in a checkpoint, as the learner process writes them (without a replay file; the
+    learner adds its updates)."""
+    return CheckpointCounters(
+        episodes=episodes,
+        env_steps=steps,
+        best_reward=best or 0.0,
+        replay_size=len(replay),
+        weights_version=weights_version,
+    )
 
 
 def status(

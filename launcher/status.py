@@ -6,33 +6,33 @@ from __future__ import annotations
 import time
 from collections import deque
 
+from common.records import ActorStart, CheckpointCounters
+
 RATE_WINDOW_S = 10.0
 """Rates are averaged over this long: reports come once a second, so a 1 s window read 0/s about
 every third refresh."""
 
 
 class RunStatus:
-    def __init__(self, replay_capacity: int, before: dict | None = None):
-        """`before`: the counters of the checkpoint a resumed run continues (episodes, env_steps, updates,
-        best_reward), so totals, rates and the best reward go on from them."""
-        before = before or {}
+    def __init__(self, replay_capacity: int, before: CheckpointCounters | None = None):
+        """`before`: the counters of the checkpoint a resumed run continues, so totals, rates and the best
+        reward go on from them."""
+        before = before or CheckpointCounters()
         self.replay_capacity = replay_capacity
-        self.episodes_before = int(before.get("episodes", 0))
+        self.episodes_before = before.episodes
         self.started = time.monotonic()
         self.actors: dict[int, dict] = {}  # latest progress per actor
         self.actor_episodes: dict[int, dict] = {}  # latest episode per actor
         self.learner: dict = {}
         self.replay: dict = {}
         self.episodes = 0
-        self.best_reward: float | None = (
-            float(before["best_reward"]) if self.episodes_before and "best_reward" in before else None
-        )
+        self.best_reward: float | None = before.best_reward if self.episodes_before else None
         self.last_episode: dict = {}
         self.done_actors: set[int] = set()
         self.evaluations = 0
         self.last_eval: dict = {}
         self.dropped_reports = 0  # bad reports the launcher dropped (see Supervisor._drain_reports)
-        self._rate_origin = (int(before.get("env_steps", 0)), int(before.get("updates", 0)))
+        self._rate_origin = (before.env_steps, before.updates)
         self._rate_marks: deque[tuple[float, int, int]] = deque([(time.monotonic(), *self._rate_origin)])
         self.rates = (0.0, 0.0)
 
@@ -57,7 +57,7 @@ class RunStatus:
         elif kind == "done" and role == "actor":
             self.done_actors.add(index)
 
-    def actor_counters(self, index: int) -> dict:
+    def actor_counters(self, index: int) -> ActorStart:
         """What a restarted actor continues from: its steps, this launch's steps and episodes, and its
         curriculum level, from its latest progress report or episode, whichever is newer."""
         progress, episode = self.actors.get(index, {}), self.actor_episodes.get(index, {})
@@ -65,18 +65,18 @@ class RunStatus:
         def newest(key: str, episode_key: str | None = None) -> int:
             return max(int(progress.get(key, 0)), int(episode.get(episode_key or key, 0)))
 
-        return {
-            "steps": newest("steps", "actor_steps"),
-            "session_steps": newest("session_steps"),
-            "episodes": newest("episodes", "episode"),
-            "level": newest("level"),
-        }
+        return ActorStart(
+            steps=newest("steps", "actor_steps"),
+            session_steps=newest("session_steps"),
+            episodes=newest("episodes", "episode"),
+            level=newest("level"),
+        )
 
     def env_steps_at(self, index: int, own_steps: int) -> int:
         """The run's env steps when actor `index` had played `own_steps` (an evaluation's moment): its exact
         count plus the other actors' latest (those of this launcher)."""
         others = (set(self.actors) | set(self.actor_episodes)) - {index}
-        return own_steps + sum(self.actor_counters(i)["steps"] for i in others)
+        return own_steps + sum(self.actor_counters(i).steps for i in others)
 
     @property
     def env_steps(self) -> int:

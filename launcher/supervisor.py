@@ -15,6 +15,7 @@ STOP_KILL_S, so everything is gone within 10 s. A second Ctrl+C skips the grace 
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import multiprocessing as mp
@@ -33,6 +34,7 @@ from common.config import ACTION_SETS, LOCAL_FOR_ANY, Config
 from common.keys import CurveKeys
 from common.log_limit import LogLimit
 from common.protocol import ProtocolError, check_report, decode
+from common.records import ActorStart
 from common.runtime import process_name, run_role
 from common.topology import bind_socket, bound_by
 from common.transport import ADDRESS_IN_USE, Transport, TransportError
@@ -86,11 +88,11 @@ def role_entry(
     run_dir: str,
     stop_event,
     parent_pid: int,
-    resume: dict,
+    start: ActorStart | str,
     reports_address: str = "",
     keys: dict | None = None,
 ) -> None:
-    run_role(_role_main(role), role, index, config_dict, run_dir, stop_event, parent_pid, resume, reports_address, keys)
+    run_role(_role_main(role), role, index, config_dict, run_dir, stop_event, parent_pid, start, reports_address, keys)
 
 
 def make_run_dir(runs_dir: str) -> str:
@@ -227,15 +229,18 @@ class Supervisor:
         self.stop_events = {role: self._mp.Event() for role in STOP_ORDER}
         for role in ("replay", "learner"):
             if role in self.roles and self.stop_reason is None:  # Ctrl+C during start-up: start no more
-                self._start(role, 0, self.resume.for_role(role, 0))
+                self._start(role, 0, self.resume.for_role(role))
         if "actor" in self.roles:
             # An actor side of its own joins a learner that may have been running for a while.
-            join = {"join": True} if self.role == "actor" else {}
+            start = dataclasses.replace(
+                self.resume.for_role("actor", self.config.num_actors), join=self.role == "actor"
+            )
             for i in range(self.config.num_actors):
                 if self.stop_reason is None:
-                    self._start("actor", i, {**self.resume.for_role("actor", i, self.config.num_actors), **join})
+                    self._start("actor", i, start)
 
-    def _start(self, role: str, index: int, resume: dict) -> None:
+    def _start(self, role: str, index: int, start: ActorStart | str) -> None:
+        """Spawn one role process; `start` is what it continues from (see ResumePlan.for_role)."""
         name = process_name(role, index)
         proc = self._mp.Process(
             target=role_entry,
@@ -248,7 +253,7 @@ class Supervisor:
                 self.run_dir,
                 self.stop_events[role],
                 os.getpid(),
-                resume,
+                start,
                 self.reports_address,
                 self.keys,
             ),
@@ -282,8 +287,8 @@ class Supervisor:
         if self.resume.checkpoint:
             c = self.resume.counters
             print(
-                f"mario-apex: resuming from {os.path.basename(self.resume.checkpoint)}: {c.get('episodes', 0):,} "
-                f"episodes, {c.get('env_steps', 0):,} env steps, {c.get('updates', 0):,} updates",
+                f"mario-apex: resuming from {os.path.basename(self.resume.checkpoint)}: {c.episodes:,} "
+                f"episodes, {c.env_steps:,} env steps, {c.updates:,} updates",
                 flush=True,
             )
         self._print_role()
@@ -441,16 +446,17 @@ class Supervisor:
         )
         self.failures.pop(name, None)
         index = int(name.split("-")[1])
-        start = self.resume.for_role("actor", index, self.config.num_actors)
-        counters = self.status.actor_counters(index)
-        resume = {
-            **start,
-            **counters,
-            "steps": max(int(start.get("steps", 0)), counters["steps"]),
-            "epsilon_origin": int(start.get("steps", 0)),  # a reset exploration keeps its origin
-            "restarts": self.restarts[name],
-        }  # its seed: not the same episodes again
-        self._start("actor", index, resume)
+        start = self.resume.for_role("actor", self.config.num_actors)
+        now = self.status.actor_counters(index)
+        restart = dataclasses.replace(
+            start,  # a reset exploration keeps its origin
+            steps=max(start.steps, now.steps),
+            session_steps=now.session_steps,
+            episodes=now.episodes,
+            level=now.level,
+            restarts=self.restarts[name],  # its seed: not the same episodes again
+        )
+        self._start("actor", index, restart)
 
     def _reason(self, name: str) -> str:
         """ ": <the reason it reported>" for a failed child, or nothing."""

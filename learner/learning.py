@@ -175,7 +175,7 @@ class DQNLearner:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "counters": {"updates": self.updates, **(counters or {})},
+            "counters": {**(counters or {}), "updates": self.updates},
             "rng": {"torch": torch.get_rng_state()},
         }
 

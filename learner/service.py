@@ -15,6 +15,7 @@ each naming a replay snapshot beside it (protocol below, at `checkpoint`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import time
@@ -28,7 +29,7 @@ from common.log_limit import LogLimit
 from common.metrics import Metrics
 from common.network import weights_to_arrays
 from common.protocol import ProtocolError, decode_parts, encode
-from common.records import ReplayStats
+from common.records import CheckpointCounters, ReplayStats, as_map
 from common.runtime import RoleRuntime
 from common.topology import bind_socket, connect_socket
 from learner.replay_batches import ReplayBatches
@@ -43,7 +44,6 @@ SNAPSHOT_STALL_S = 30.0
 # The final snapshot must fit the stop: the launcher allows the learner 0.9 x 7.5 s from the start of the stop, of which
 # the actors may take 2.25 s (launcher/supervisor.py STOP_SHARE); the .pth after it takes well under a second.
 FINAL_SNAPSHOT_S = 4.0
-RUN_COUNTERS = ("episodes", "env_steps", "best_reward", "replay_size")  # what a replay snapshot fixes
 BATCHES = ("batch", "batch_shared", "batch_mirror")
 PARTIAL_FRAME_FILE = re.compile(r"^replay-frames-\d+-\d+\.npy\.tmp$")  # (replay_server/snapshot.py writes them)
 SNAPSHOT_FILE = re.compile(r"^checkpoint(_final)?-\d+\.replay\.npz(\.tmp)?$")  # the names checkpoint() gives
@@ -87,7 +87,7 @@ class LearnerService:
         self._checkpointed_at_episode = 0
         self._next_checkpoint_at = self._last_started = 0.0  # no periodic checkpoint starts before the former
         self._spacing_said = False
-        self._replay: dict | None = None  # the newest good snapshot a checkpoint names: file, updates, counters
+        self._replay: CheckpointCounters | None = None  # those of the newest checkpoint with a good snapshot
         self._named: dict[str, str] = {}  # checkpoint base -> the snapshot its .pth on disk names
         self._failures, self._failure_log = 0, LogLimit()  # checkpoint failures (a full disk, say)
         self._drop_log = LogLimit()
@@ -267,15 +267,17 @@ class LearnerService:
     # and the snapshot is the buffer at that instant; (2) batches that arrive meanwhile are dropped
     # untrained (sampling leaves the buffer as it was), so the learner's state matches the snapshot;
     # (3) once the snapshot is on disk, write the .pth naming it. Actors never wait.
-    def counters(self) -> dict:
+    def counters(self) -> CheckpointCounters:
+        """The checkpoint's counters now, with no replay memory named."""
         stats = self.replay_stats
-        return {
-            "episodes": stats.episodes,
-            "env_steps": stats.env_steps,
-            "best_reward": stats.best_reward,
-            "replay_size": stats.size,
-            "weights_version": self.weights_version,
-        }
+        return CheckpointCounters(
+            updates=self.learner.updates,
+            episodes=stats.episodes,
+            env_steps=stats.env_steps,
+            best_reward=stats.best_reward,
+            replay_size=stats.size,
+            weights_version=self.weights_version,
+        )
 
     def _maybe_checkpoint(self) -> None:
         every = self.config.checkpoint_every_episodes
@@ -315,39 +317,31 @@ class LearnerService:
             )
             if done is not None:
                 self.replay_stats = done["stats"]
-                counters = self.counters()
-                replay = {
-                    "file": done["name"],
-                    "updates": self.learner.updates,
-                    "counters": {k: counters[k] for k in RUN_COUNTERS},
-                }
+                replay = dataclasses.replace(
+                    self.counters(), replay_file=done["name"], replay_updates=self.learner.updates
+                )
             elif not final:
                 self._failed(f"{base}.pth not saved: {why}; the previous checkpoint stays, training goes on")
                 self._remove_unnamed_snapshots()
                 return ""
-        counters = {
-            **self.counters(),
-            **(replay["counters"] if replay else {}),
-            "replay_file": replay["file"] if replay else "",
-            "replay_updates": replay["updates"] if replay else 0,
-        }
+        counters = self.counters() if replay is None else self.counters().with_snapshot_of(replay)
         path = os.path.join(self.run_dir, f"{base}.pth")
         try:
-            self.learner.save(path, counters)
+            self.learner.save(path, as_map(counters))
         except OSError as exc:
             self._failed(f"could not write {os.path.basename(path)}: {exc.strerror}; training goes on", always=final)
             self._remove_unnamed_snapshots()  # the new snapshot no .pth names: a full disk is not left full
             return ""
-        self._named[base] = counters["replay_file"]
+        self._named[base] = counters.replay_file
         fresh, self._replay = replay is not None and replay is not self._replay, replay
         self._remove_unnamed_snapshots()
         seconds = f"in {time.monotonic() - started:.1f} s"
         if fresh:
-            self.rt.log(f"saved {base}.pth with replay memory ({counters['replay_size']:,} transitions) {seconds}")
+            self.rt.log(f"saved {base}.pth with replay memory ({counters.replay_size:,} transitions) {seconds}")
         elif replay is not None:
             self.rt.log(
-                f"saved {base}.pth with the replay memory of update {replay['updates']:,} "
-                f"({counters['replay_size']:,} transitions, the newest complete one) {seconds}: {why}"
+                f"saved {base}.pth with the replay memory of update {replay.replay_updates:,} "
+                f"({counters.replay_size:,} transitions, the newest complete one) {seconds}: {why}"
             )
         else:
             self.rt.log(
@@ -399,21 +393,19 @@ class LearnerService:
                     pass
 
     def restore(self, path: str) -> None:
-        counters = self.learner.restore(path)
-        self.replay_stats = ReplayStats(  # until the replay server's first answer (a checkpoint's keys, as saved)
-            episodes=int(counters.get("episodes", 0)),
-            env_steps=int(counters.get("env_steps", 0)),
-            best_reward=float(counters.get("best_reward", 0.0)),
-            size=int(counters.get("replay_size", 0)) if counters.get("replay_file") else 0,
+        try:
+            counters = CheckpointCounters.from_saved(self.learner.restore(path))
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: damaged checkpoint ({exc})") from None
+        self.replay_stats = ReplayStats(  # until the replay server's first answer
+            episodes=counters.episodes,
+            env_steps=counters.env_steps,
+            best_reward=counters.best_reward,
+            size=counters.replay_size if counters.replay_file else 0,
         )
-        self._checkpointed_at_episode = int(counters.get("episodes", 0))
-        if counters.get("replay_file"):
-            self._replay = {
-                "file": counters["replay_file"],
-                "updates": int(counters.get("replay_updates", self.learner.updates)),
-                "counters": {k: counters[k] for k in RUN_COUNTERS if k in counters},
-            }
-        self.weights_version = int(counters.get("weights_version", 0))
+        self._checkpointed_at_episode = counters.episodes
+        self._replay = counters if counters.replay_file else None
+        self.weights_version = counters.weights_version
         self._published_updates = -1
         self.rt.log(f"resumed from {os.path.basename(path)} at update {self.learner.updates:,}")
 
@@ -464,15 +456,15 @@ def _named_snapshot(path: str) -> str:
     if not os.path.exists(path):
         return ""
     try:
-        return str(load_checkpoint(path).get("counters", {}).get("replay_file", ""))
-    except CheckpointError:
+        return CheckpointCounters.from_saved(load_checkpoint(path).get("counters", {})).replay_file
+    except (CheckpointError, ValueError):
         return ""
 
 
 def main(runtime: RoleRuntime, run_dir: str) -> None:
     service = LearnerService(runtime, run_dir)
-    if runtime.resume.get("checkpoint"):
-        service.restore(runtime.resume["checkpoint"])
+    if runtime.start:
+        service.restore(runtime.start)
     try:
         service.run()
     finally:

@@ -408,7 +408,7 @@ class ReplayServer:
 
 
 def main(runtime: RoleRuntime, run_dir: str) -> None:
-    server = ReplayServer(runtime, run_dir, runtime.resume.get("replay_snapshot"))
+    server = ReplayServer(runtime, run_dir, runtime.start or None)
     started = time.monotonic()
     server.run()
     runtime.report("progress", as_map(server.stats()))

@@ -145,6 +145,28 @@ def _frame_parts(buffer: PrioritizedReplay, data, folder: str) -> list[np.ndarra
     return parts
 
 
+def check_snapshot(path: str, capacity: int, frame_size: int, frame_stack: int, num_actions: int) -> None:
+    """A cheap look before a resume: the snapshot's header fits a buffer of this shape and the frame files it
+    names are there (the frames themselves are not read). Raises SnapshotError."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            shape = [int(v) for v in data["shape"]]  # PrioritizedReplay.state_arrays's layout
+    except FileNotFoundError:
+        raise SnapshotError(f"{path}: the replay snapshot this checkpoint names is missing") from None
+    except KeyError:
+        raise SnapshotError(f"{path}: not a mario-apex replay snapshot (no shape header)") from None
+    except (ValueError, zipfile.BadZipFile, EOFError):
+        raise SnapshotError(f"{path}: the replay snapshot is damaged or truncated") from None
+    except OSError as exc:
+        raise SnapshotError(f"{path}: cannot read the replay snapshot ({exc.strerror or exc})") from None
+    if shape[0] != capacity or shape[2:] != [frame_size, frame_stack, num_actions]:
+        raise SnapshotError(f"{path}: replay snapshot does not fit this run's replay capacity or frames")
+    for segment in frame_files_named(path):
+        name = frame_file_name(segment)
+        if not os.path.exists(os.path.join(os.path.dirname(path), name)):
+            raise SnapshotError(f"{path}: its frame file {name} is missing")
+
+
 def frame_files_named(snapshot: str) -> list[Segment]:
     """The frame files a snapshot names ([] for one with its frames inside). Raises SnapshotError."""
     try:

@@ -175,7 +175,8 @@ def test_a_final_snapshot_that_cannot_finish_in_time_names_the_last_good_one(sid
     assert time.monotonic() - started < 5.0, "the final checkpoint did not keep to the stop's deadline"
     final = load_checkpoint(os.path.join(side.run_dir, "checkpoint_final.pth"))["counters"]
     assert final["replay_file"] == good
-    assert {k: final[k] for k in service.RUN_COUNTERS} == {k: good_counters[k] for k in service.RUN_COUNTERS}
+    fixed = ("episodes", "env_steps", "best_reward", "replay_size")  # what the snapshot fixes
+    assert {k: final[k] for k in fixed} == {k: good_counters[k] for k in fixed}
     assert any(
         "checkpoint_final.pth with the replay memory of update" in line and "did not finish" in line
         for line in side.logs

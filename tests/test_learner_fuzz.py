@@ -275,7 +275,7 @@ def test_the_learner_on_the_replay_machine_drops_bad_shared_batches_and_snapshot
     stop = multiprocessing.get_context("spawn").Event()
     learner = multiprocessing.get_context("spawn").Process(
         target=role_entry,
-        args=("learner", 0, config.to_dict(), str(tmp_path), stop, os.getpid(), {}, f"tcp://127.0.0.1:{port}"),
+        args=("learner", 0, config.to_dict(), str(tmp_path), stop, os.getpid(), "", f"tcp://127.0.0.1:{port}"),
     )
     bad = [
         [_shared(ring, 0, token=ring.token ^ 1), REATTACH],  # another ring

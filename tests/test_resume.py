@@ -13,6 +13,7 @@ import torch
 
 from common.checkpoint import load_checkpoint, save_checkpoint
 from common.config import Config
+from common.records import CheckpointCounters
 from learner.learning import DQNLearner
 from replay_server.buffer import PrioritizedReplay
 from replay_server.snapshot import FRAME_FILE, frame_file_name, frame_files_named, read_snapshot
@@ -120,20 +121,24 @@ def test_resume_continues_counters_and_restores_identical_state(launch, finished
 
 
 def test_checkpoints_taken_while_training_are_consistent(launch):
-    """checkpoint.pth taken every 100 episodes while actor and learner run: its counters and its
+    """checkpoint.pth taken every 50 episodes while actor and learner run: its counters and its
     replay snapshot describe the same moment."""
     run = launch(
         *FAST_TEST_ENV,
         "--max-steps",
         "6000",
         "--set",
-        "checkpoint_every_episodes=100",
+        "checkpoint_every_episodes=50",
         "--set",
         "checkpoint_time_share=1",
         "--set",
         "samples_per_insert=1",
-    )  # every 100 episodes, however long saving takes; the ratio pinned, so the learner (which takes the
-    # checkpoints when its replay stats cross 100 episodes) keeps up with the actor however loaded the machine
+        "--set",
+        "spi_tolerance=1000",
+    )  # every 50 episodes, however long saving takes; the ratio pinned closely, so the learner (which takes the
+    # checkpoints when its replay stats cross 50 episodes) keeps up with the actor however loaded the machine.
+    # (6,000 steps are 150 to 400 episodes, fewer the less the agent learned: every 100 with the default
+    # tolerance, which let a loaded learner fall 5,000 steps behind, once gave 197 episodes, one checkpoint.)
     assert run.wait(120) == 0, run.output()
     assert run.output().count("saved checkpoint.pth with replay memory") >= 2
     state = load_checkpoint(str(run.run_dir / "checkpoint.pth"))
@@ -174,6 +179,9 @@ def _write(path, kind: str, source) -> None:
         torch.save({"weights": torch.zeros(3)}, path)
     elif kind == "no-config":
         save_checkpoint({"online": {}, "counters": {"updates": 1}}, str(path))
+    elif kind == "bad-counters":  # a misspelt or mistyped counter would otherwise become a silent 0
+        state = load_checkpoint(str(source))
+        save_checkpoint({**state, "counters": {**state["counters"], "env_steps": "4000"}}, str(path))
     elif kind == "other-actions":
         DQNLearner(Config(num_actions=12), torch.device("cpu")).save(str(path))
     elif kind == "networks-for-other-frames":  # 64x64 networks under a config that says 84x84
@@ -189,6 +197,7 @@ def _write(path, kind: str, source) -> None:
         ("corrupt", "not a readable checkpoint"),
         ("wrong-format", "not a mario-apex checkpoint"),
         ("no-config", "damaged checkpoint (no config or counters)"),
+        ("bad-counters", "damaged checkpoint (its counter env_steps is str, not int)"),
         ("other-actions", "num_actions is 12 but the env's action set (simple) has 7"),
         ("networks-for-other-frames", "incompatible online network"),
     ],
@@ -300,6 +309,6 @@ def test_a_resumed_runs_evaluations_go_on_from_the_last_one_in_log_txt(tmp_path)
     for number in (1, 2, 3):
         log.write(number, episode)
         log.write_eval(number, episode)
-    log.write_resumed("checkpoint.pth", {"episodes": 2, "env_steps": 20})
+    log.write_resumed("checkpoint.pth", CheckpointCounters(episodes=2, env_steps=20))
     log.write(3, episode)
     assert log.last_eval_number() == 3

@@ -19,7 +19,7 @@ from common.keys import create_keys, load_keys
 from common.protocol import decode
 from common.runtime import RoleRuntime, run_role
 from common.transport import Transport, TransportError
-from common.records import ReplayStats
+from common.records import ActorStart, ReplayStats
 from tests.harness import free_base_port
 
 pytestmark = pytest.mark.usefixtures("keep_process_hooks")  # RoleRuntimes are built in this process
@@ -246,7 +246,7 @@ def test_a_keyless_client_is_told_it_is_a_security_mismatch(tmp_path):
 
 
 # --- 15a and 15c: a restarted actor ----------------------------------------------------------------
-def restarted_actor(tmp_path, restarts: int, **resume):
+def restarted_actor(tmp_path, restarts: int, **start):
     """An actor as the launcher restarts it: counters continued, and its restart count."""
     from actor.actor import Actor
 
@@ -260,7 +260,7 @@ def restarted_actor(tmp_path, restarts: int, **resume):
         report_interval_s=0.05,
     )
     stop = StopAtCap()
-    runtime = RoleRuntime("actor", 0, config, stop, os.getppid(), resume={**resume, "restarts": restarts})
+    runtime = RoleRuntime("actor", 0, config, stop, os.getppid(), ActorStart(**start, restarts=restarts))
     logs, reports = [], []
     runtime.log = logs.append
     runtime.report = lambda kind, values, text=None: reports.append((kind, values))
@@ -315,7 +315,7 @@ def test_the_launcher_passes_the_restart_count_to_a_restarted_actor():
     supervisor.status = RunStatus(1000)
     supervisor.console = type("Console", (), {"say": lambda self, *args, **kwargs: None})()
     started = []
-    supervisor._start = lambda role, index, resume: started.append(resume)
+    supervisor._start = lambda role, index, start: started.append(start)
     for _ in range(2):
         supervisor._restart_actor("actor-0", type("Proc", (), {"exitcode": -9})())
-    assert [resume["restarts"] for resume in started] == [1, 2]
+    assert [start.restarts for start in started] == [1, 2]

@@ -34,7 +34,8 @@ def test_a_resumed_run_goes_on_from_its_checkpoints_counters(monkeypatch):
     clock = [1000.0]
     monkeypatch.setattr(status.time, "monotonic", lambda: clock[0])
     run = RunStatus(
-        replay_capacity=100, before=CheckpointCounters(episodes=900, env_steps=200_000, updates=25_000, best_reward=321.2)
+        replay_capacity=100,
+        before=CheckpointCounters(episodes=900, env_steps=200_000, updates=25_000, best_reward=321.2),
     )
     for second in range(1, 13):
         clock[0] = 1000.0 + second
@@ -89,7 +90,9 @@ def test_a_resumed_runs_lines_before_the_first_reports_read_no_spike(monkeypatch
     session's (they once read 97,587 steps/s and 12,099 updates/s)."""
     clock = [1000.0]
     monkeypatch.setattr(status.time, "monotonic", lambda: clock[0])
-    run = RunStatus(replay_capacity=100, before=CheckpointCounters(episodes=5_893, env_steps=1_000_000, updates=124_000))
+    run = RunStatus(
+        replay_capacity=100, before=CheckpointCounters(episodes=5_893, env_steps=1_000_000, updates=124_000)
+    )
     for second in range(1, 30):
         clock[0] = 1000.0 + second
         if second > 10:  # the processes report from here on

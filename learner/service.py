@@ -29,6 +29,7 @@ from common.log_limit import LogLimit
 from common.metrics import Metrics
 from common.network import weights_to_arrays
 from common.protocol import ProtocolError, decode_parts, encode
+from common.run_files import FRAME_FILE
 from common.records import CheckpointCounters, ReplayStats, as_map
 from common.runtime import RoleRuntime
 from common.topology import bind_socket, connect_socket
@@ -45,7 +46,6 @@ SNAPSHOT_STALL_S = 30.0
 # the actors may take 2.25 s (launcher/supervisor.py STOP_SHARE); the .pth after it takes well under a second.
 FINAL_SNAPSHOT_S = 4.0
 BATCHES = ("batch", "batch_shared", "batch_mirror")
-PARTIAL_FRAME_FILE = re.compile(r"^replay-frames-\d+-\d+\.npy\.tmp$")  # (replay_server/snapshot.py writes them)
 SNAPSHOT_FILE = re.compile(r"^checkpoint(_final)?-\d+\.replay\.npz(\.tmp)?$")  # the names checkpoint() gives
 
 
@@ -445,7 +445,7 @@ def _partial_bytes(folder: str, name: str) -> int:
     total = 0
     with contextlib.suppress(OSError), os.scandir(folder) as entries:
         for entry in entries:
-            if entry.name == f"{name}.tmp" or PARTIAL_FRAME_FILE.match(entry.name):
+            if entry.name == f"{name}.tmp" or ((frame := FRAME_FILE.match(entry.name)) and frame.group(3)):
                 with contextlib.suppress(OSError):
                     total += entry.stat().st_size
     return total

@@ -22,13 +22,13 @@ import ctypes
 import errno
 import json
 import os
-import re
 import signal
 import zipfile
 
 import numpy as np
 
 from common.atomic_file import write_atomically
+from common.run_files import FRAME_FILE, Segment, frame_file_name
 from replay_server.buffer import ChunkError, PrioritizedReplay
 
 
@@ -37,12 +37,6 @@ class SnapshotError(ValueError):
 
 
 FRAMES_PER_WRITE = 1024  # about 7 MB: how often the writer tells the ring how far it got
-FRAME_FILE = re.compile(r"^replay-frames-(\d+)-(\d+)\.npy(\.tmp)?$")
-Segment = tuple[int, int]  # a frame file's global frame numbers: first, end (exclusive)
-
-
-def frame_file_name(segment: Segment) -> str:
-    return f"replay-frames-{segment[0]}-{segment[1]}.npy"
 
 
 def frame_plan(buffer: PrioritizedReplay, saved: list[Segment]) -> list[Segment]:

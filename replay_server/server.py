@@ -52,6 +52,7 @@ POLL_MS = 100
 SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}\.replay\.npz$")  # a file name, never a path
 PAUSE_NOTICE_S = 10.0  # say that sampling paused only once it lasts (not during a normal stop, <= 10 s)
 MAX_MIRRORS = 8  # learners' frame mirrors the server keeps track of (least recently used forgotten)
+LAST_TRANSITIONS_S = 0.5  # at the stop: time to store what the actors flushed (the stop allows 7 s in all)
 
 
 @dataclass
@@ -167,9 +168,18 @@ class ReplayServer:
             self._check_snapshot()
             if self.rt.progress_due():
                 self.rt.report("progress", as_map(self.stats()))
+        self._take_last_transitions()
         self._check_snapshot()
         self._end_snapshot()
         self._remove_unused_frame_files()  # the learner has named its last snapshot (it stops first)
+
+    def _take_last_transitions(self) -> None:
+        """The actors stop first and flush what they hold; a pinned ratio may have left those messages
+        queued here. With the actors gone there is nothing left to hold back: store them all, so every
+        env step the run counted is in the buffer and its stats."""
+        deadline = time.monotonic() + LAST_TRANSITIONS_S  # actors of another launcher may still be sending
+        while self.pull.poll(0, zmq.POLLIN) and time.monotonic() < deadline:
+            self._drain(self.pull, self._on_actor_message, limit=64)
 
     def _check_actors(self) -> None:
         """Count connected actors; sampling pauses while there are none (pause_without_actors)."""

@@ -1,14 +1,13 @@
 """One config object for every role: hyperparameters, addresses and run options.
 
-Every field has a default that makes sense for DQN on Super Mario Bros and a docstring
-(the string under it) that `launch.py --help-config` prints. Any field can be changed on
-the command line with `--set name=value`; the launcher saves the final config as
-`config.json` in the run folder.
+Every field is declared in its section (ENV, ACTOR, ...) with a default that makes sense for DQN on
+Super Mario Bros and a doc, both kept in the field's metadata, which `launch.py --help-config` prints
+by section. Any field can be changed on the command line with `--set name=value`; the launcher saves
+the final config as `config.json` in the run folder.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import json
 import math
@@ -65,211 +64,249 @@ class ConfigError(ValueError):
     """A config value that cannot be used; the message is one line, fit for the user."""
 
 
+@dataclass(frozen=True)
+class Section:
+    """A group of settings: Config's fields are declared as SECTION(default, doc), which keeps each field's
+    doc and section in its metadata (what --help-config prints)."""
+
+    name: str
+    title: str
+
+    def __call__(self, default, doc: str):
+        return dataclasses.field(default=default, metadata={"section": self, "doc": doc})
+
+
+ENV = Section("env", "the game, its wrappers and episode limits")
+ACTOR = Section("actor", "exploration, evaluation and acting")
+REPLAY = Section("replay", "the prioritized replay buffer and the replay ratio")
+LEARNER = Section("learner", "the update, the target network, checkpoints and the device")
+NETWORK = Section("network", "addresses, links, message limits and restarts")
+RUN = Section("run", "folders, the window, videos, limits and the actor processes")
+SECTIONS = (ENV, ACTOR, REPLAY, LEARNER, NETWORK, RUN)
+
+
 @dataclass
 class Config:
-    # --- environment -------------------------------------------------------------------
-    env_id: str = "SuperMarioBros-1-1-v0"
-    """A gym-super-mario-bros id, or MarioApexTest-v0 for the built-in test environment."""
-    frame_skip: int = 4
-    """Emulator frames per agent step (the action repeats; rewards are summed)."""
-    frame_size: int = 84
-    """Observations are frame_size x frame_size grayscale frames."""
-    frame_stack: int = 4
-    """Frames stacked into one observation."""
-    action_set: str = "simple"
-    """gym-super-mario-bros joypad action set: simple (SIMPLE_MOVEMENT, 7 actions), right_only (RIGHT_ONLY, 5:
-    no-op and right with A/B combinations) or complex (COMPLEX_MOVEMENT, 12). The test env has simple only."""
-    num_actions: int = 0
-    """Size of the action set; 0 = that of action_set (checked against the env at start)."""
-    reward_scheme: str = "original"
-    """original: env reward +1 forward, -1 back, -50 death, +1000 flag; progress (the original's later
-    scheme): +0.1 per x_pos gained, -50 per life lost, +2000 flag. Both then /10, clipped to [-1, 1].
-    flag_unclipped: original, but the flag's +1000/10 is added after the clip (the flag is worth 100, not 1)."""
-    jump_repress: bool = False
-    """Holding A on the ground jumps again (A is released for one emulator frame on landing), a change to
-    the game's controls. It makes 1-1 easy for the wrong reason: the constant action "right A" then reaches
-    the flag, with no learning at all. For experiments; show_a_button is the fix that keeps the game.
-    Real Mario only (it reads the emulator's RAM)."""
-    show_a_button: bool = False
-    """Draw whether the last action held the A button into the top rows of each observation frame (white:
-    held, black: not; 2 rows at frame_size 84). The game jumps only
-    on a new press of A, and without this the frames cannot tell a Mario holding A against a pipe (who must
-    let go to jump) from one who can jump: a greedy policy holding "right A" there stays stuck."""
-    single_life: bool = False
-    """End the episode when a life is lost (for multi-life envs such as SuperMarioBros-v0)."""
-    level_mode: str = "sample"
-    """With several comma-separated env ids: sample (a uniformly random level each episode) or curriculum
-    (the levels in order, moving on when the recent average reward passes curriculum_threshold)."""
-    curriculum_threshold: float = 30.0
-    """Curriculum: average training-episode reward that moves an actor on to the next level ..."""
-    curriculum_window: int = 20
-    """... averaged over this many of its latest episodes on the current level."""
-    max_episode_steps: int = 4000
-    """Agent steps after which an episode is truncated (no bootstrap cut)."""
-    stall_steps: int = 0
-    """Truncate an episode (training and evaluation) after this many agent steps without a new rightmost
-    x_pos (0 = never); a Mario stuck at a pipe otherwise waits out the game clock (~2,400 steps)."""
-    stall_terminal: bool = False
-    """A training stall (stall_steps) ends the episode as a death does: terminated, with the death penalty, not
-    a truncation that bootstraps. Standing still then costs what falling does, so holding "right A" against a
-    pipe is worth much less than letting go and jumping, instead of about gamma times as much."""
-    eval_stall_steps: int = 300
-    """The same for evaluation and --play episodes (0 = as stall_steps): a greedy Mario stuck at a pipe for
-    this long stays stuck, so waiting out the game clock would only cost wall time."""
+    env_id: str = ENV(
+        "SuperMarioBros-1-1-v0", "A gym-super-mario-bros id, or MarioApexTest-v0 for the built-in test environment."
+    )
+    frame_skip: int = ENV(4, "Emulator frames per agent step (the action repeats; rewards are summed).")
+    frame_size: int = ENV(84, "Observations are frame_size x frame_size grayscale frames.")
+    frame_stack: int = ENV(4, "Frames stacked into one observation.")
+    action_set: str = ENV(
+        "simple",
+        "gym-super-mario-bros joypad action set: simple (SIMPLE_MOVEMENT, 7 actions), right_only (RIGHT_ONLY, 5: "
+        "no-op and right with A/B combinations) or complex (COMPLEX_MOVEMENT, 12). The test env has simple only.",
+    )
+    num_actions: int = ENV(0, "Size of the action set; 0 = that of action_set (checked against the env at start).")
+    reward_scheme: str = ENV(
+        "original",
+        "original: env reward +1 forward, -1 back, -50 death, +1000 flag; progress (the original's later "
+        "scheme): +0.1 per x_pos gained, -50 per life lost, +2000 flag. Both then /10, clipped to [-1, 1]. "
+        "flag_unclipped: original, but the flag's +1000/10 is added after the clip (the flag is worth 100, not 1).",
+    )
+    jump_repress: bool = ENV(
+        False,
+        "Holding A on the ground jumps again (A is released for one emulator frame on landing), a change to "
+        'the game\'s controls. It makes 1-1 easy for the wrong reason: the constant action "right A" then reaches '
+        "the flag, with no learning at all. For experiments; show_a_button is the fix that keeps the game. "
+        "Real Mario only (it reads the emulator's RAM).",
+    )
+    show_a_button: bool = ENV(
+        False,
+        "Draw whether the last action held the A button into the top rows of each observation frame (white: "
+        "held, black: not; 2 rows at frame_size 84). The game jumps only "
+        "on a new press of A, and without this the frames cannot tell a Mario holding A against a pipe (who must "
+        'let go to jump) from one who can jump: a greedy policy holding "right A" there stays stuck.',
+    )
+    single_life: bool = ENV(
+        False, "End the episode when a life is lost (for multi-life envs such as SuperMarioBros-v0)."
+    )
+    level_mode: str = ENV(
+        "sample",
+        "With several comma-separated env ids: sample (a uniformly random level each episode) or curriculum "
+        "(the levels in order, moving on when the recent average reward passes curriculum_threshold).",
+    )
+    curriculum_threshold: float = ENV(
+        30.0, "Curriculum: average training-episode reward that moves an actor on to the next level ..."
+    )
+    curriculum_window: int = ENV(20, "... averaged over this many of its latest episodes on the current level.")
+    max_episode_steps: int = ENV(4000, "Agent steps after which an episode is truncated (no bootstrap cut).")
+    stall_steps: int = ENV(
+        0,
+        "Truncate an episode (training and evaluation) after this many agent steps without a new rightmost "
+        "x_pos (0 = never); a Mario stuck at a pipe otherwise waits out the game clock (~2,400 steps).",
+    )
+    stall_terminal: bool = ENV(
+        False,
+        "A training stall (stall_steps) ends the episode as a death does: terminated, with the death penalty, not "
+        'a truncation that bootstraps. Standing still then costs what falling does, so holding "right A" against a '
+        "pipe is worth much less than letting go and jumping, instead of about gamma times as much.",
+    )
+    eval_stall_steps: int = ENV(
+        300,
+        "The same for evaluation and --play episodes (0 = as stall_steps): a greedy Mario stuck at a pipe for "
+        "this long stays stuck, so waiting out the game clock would only cost wall time.",
+    )
 
-    # --- actor -------------------------------------------------------------------------
-    epsilon_start: float = 1.0
-    """Exploration rate at the first step."""
-    epsilon_end: float = 0.05
-    """Exploration rate after the decay."""
-    epsilon_decay_steps: int = 250_000
-    """Actor env steps over which epsilon falls linearly from start to end."""
-    eval_every_episodes: int = 50
-    """Actor 0 plays greedy evaluation episodes after every N training episodes (0 = never)."""
-    eval_episodes: int = 1
-    """Evaluation episodes each time (their transitions are not trained on)."""
-    eval_epsilon: float = 0.0
-    """Exploration rate during evaluation (0 = fully greedy)."""
-    chunk_size: int = 64
-    """Transitions per message from actor to replay server (also sent at episode end)."""
-    epsilon_schedule: str = "anneal"
-    """anneal: every actor's epsilon falls from epsilon_start to epsilon_end; apex: fixed per-actor values
-    as in Ape-X, eps_i = apex_epsilon ** (1 + apex_alpha * i / (N - 1)) for actor i of N."""
-    apex_epsilon: float = 0.4
-    """Ape-X schedule: the base epsilon (actor 0's) ..."""
-    apex_alpha: float = 7.0
-    """... and the exponent spread (the last actor gets apex_epsilon ** (1 + apex_alpha))."""
-    seed: int = 0
-    """Base random seed; actor i uses seed + first_actor + i."""
-    acting_precision: str = "auto"
-    """The actors' greedy forward: float32 (exact); int8 (the first linear layer as int8, one scale per row,
-    the convolutions in bfloat16: about a third faster, and the action can differ from float32's only
-    where two Q-values nearly tie); auto (int8 where this CPU runs it at least 10% faster). The learner
-    and the evaluation episodes always use float32."""
+    epsilon_start: float = ACTOR(1.0, "Exploration rate at the first step.")
+    epsilon_end: float = ACTOR(0.05, "Exploration rate after the decay.")
+    epsilon_decay_steps: int = ACTOR(250_000, "Actor env steps over which epsilon falls linearly from start to end.")
+    eval_every_episodes: int = ACTOR(
+        50, "Actor 0 plays greedy evaluation episodes after every N training episodes (0 = never)."
+    )
+    eval_episodes: int = ACTOR(1, "Evaluation episodes each time (their transitions are not trained on).")
+    eval_epsilon: float = ACTOR(0.0, "Exploration rate during evaluation (0 = fully greedy).")
+    chunk_size: int = ACTOR(64, "Transitions per message from actor to replay server (also sent at episode end).")
+    epsilon_schedule: str = ACTOR(
+        "anneal",
+        "anneal: every actor's epsilon falls from epsilon_start to epsilon_end; apex: fixed per-actor values "
+        "as in Ape-X, eps_i = apex_epsilon ** (1 + apex_alpha * i / (N - 1)) for actor i of N.",
+    )
+    apex_epsilon: float = ACTOR(0.4, "Ape-X schedule: the base epsilon (actor 0's) ...")
+    apex_alpha: float = ACTOR(
+        7.0, "... and the exponent spread (the last actor gets apex_epsilon ** (1 + apex_alpha))."
+    )
+    seed: int = ACTOR(0, "Base random seed; actor i uses seed + first_actor + i.")
+    acting_precision: str = ACTOR(
+        "auto",
+        "The actors' greedy forward: float32 (exact); int8 (the first linear layer as int8, one scale per row, "
+        "the convolutions in bfloat16: about a third faster, and the action can differ from float32's only "
+        "where two Q-values nearly tie); auto (int8 where this CPU runs it at least 10% faster). The learner "
+        "and the evaluation episodes always use float32.",
+    )
 
-    # --- replay ------------------------------------------------------------------------
-    replay_capacity: int = 100_000
-    """Transitions kept in the prioritized replay buffer."""
-    per_alpha: float = 0.6
-    """Priority exponent: P(i) = p_i^alpha / sum_k p_k^alpha."""
-    per_beta_start: float = 0.4
-    """Importance-sampling exponent at the first update, annealed to 1."""
-    per_beta_updates: int = 200_000
-    """Learner updates over which beta rises linearly to 1."""
-    per_eps: float = 1e-6
-    """Added to |TD error| so no transition gets zero priority."""
-    learning_starts: int = 10_000
-    """Stored transitions needed before the replay server serves sample batches."""
-    samples_per_insert: float = 0.0
-    """Rate limit: sampled transitions per inserted one the learner may reach (0 = no limit); past it,
-    sample requests wait for the actors. DQN's classic ratio is 8 (batch 32 every 4 steps)."""
-    spi_tolerance: float = 5_000.0
-    """How many sampled transitions the learner may run ahead of samples_per_insert (and, pinned, behind it)."""
-    pin_replay_ratio: bool = True
-    """With samples_per_insert > 0, actors also wait when the learner falls behind the ratio, so a learning
-    curve over env steps does not depend on machine load (false: actors never wait, the ratio is a cap)."""
+    replay_capacity: int = REPLAY(100_000, "Transitions kept in the prioritized replay buffer.")
+    per_alpha: float = REPLAY(0.6, "Priority exponent: P(i) = p_i^alpha / sum_k p_k^alpha.")
+    per_beta_start: float = REPLAY(0.4, "Importance-sampling exponent at the first update, annealed to 1.")
+    per_beta_updates: int = REPLAY(200_000, "Learner updates over which beta rises linearly to 1.")
+    per_eps: float = REPLAY(1e-6, "Added to |TD error| so no transition gets zero priority.")
+    learning_starts: int = REPLAY(10_000, "Stored transitions needed before the replay server serves sample batches.")
+    samples_per_insert: float = REPLAY(
+        0.0,
+        "Rate limit: sampled transitions per inserted one the learner may reach (0 = no limit); past it, "
+        "sample requests wait for the actors. DQN's classic ratio is 8 (batch 32 every 4 steps).",
+    )
+    spi_tolerance: float = REPLAY(
+        5_000.0,
+        "How many sampled transitions the learner may run ahead of samples_per_insert (and, pinned, behind it).",
+    )
+    pin_replay_ratio: bool = REPLAY(
+        True,
+        "With samples_per_insert > 0, actors also wait when the learner falls behind the ratio, so a learning "
+        "curve over env steps does not depend on machine load (false: actors never wait, the ratio is a cap).",
+    )
 
-    # --- learner -----------------------------------------------------------------------
-    n_step: int = 3
-    """Steps of real rewards before bootstrapping: R = sum_i gamma^i r_(t+i) + gamma^n Q(s_(t+n)) (Ape-X uses 3)."""
-    dueling: bool = True
-    """Dueling head: Q = V + A - mean(A)."""
-    batch_size: int = 32
-    """Transitions per gradient update."""
-    gamma: float = 0.99
-    """Discount factor."""
-    lr: float = 1e-4
-    """Adam learning rate at the start."""
-    lr_end_factor: float = 0.1
-    """The LR scheduler decays the learning rate linearly to lr * lr_end_factor ..."""
-    lr_decay_updates: int = 1_000_000
-    """... over this many learner updates, then holds it."""
-    adam_eps: float = 1.5e-4
-    """Adam epsilon (DQN-style, larger than the default for stability)."""
-    grad_clip_norm: float = 10.0
-    """Gradient-norm clipping threshold."""
-    double_dqn: bool = True
-    """Pick the next action with the online network, value it with the target network."""
-    target_update_every: int = 2_000
-    """Learner updates between copies of the online network into the target network (when target_tau is 0)."""
-    target_tau: float = 0.0
-    """0: hard target updates (above); > 0: soft updates every step, target += tau * (online - target)."""
-    publish_every: int = 100
-    """Learner updates between weight broadcasts to the actors."""
-    prefetch_batches: int = 2
-    """Sample requests the learner keeps in flight so it never waits for data."""
-    transitions_per_request: int = 256
-    """Smaller batches are fetched several per request (shuffled, then split): ZeroMQ's per-message cost
-    is shared, which lets batch-32 sampling keep pace with an in-process buffer. 0: one per request."""
-    checkpoint_every_episodes: int = 50
-    """Episodes between checkpoint.pth saves (0 = only the final checkpoint) ..."""
-    checkpoint_time_share: float = 0.05
-    """... spaced so that saving takes at most this share of the learner's time, which waits for the replay
-    snapshot: after a checkpoint that took T seconds, none for T / share seconds (1 = no spacing)."""
-    device: str = "auto"
-    """Learner device: auto (CUDA, then MPS, then CPU), cpu, cuda or mps."""
-    mixed_precision: bool = False
-    """Learner forward passes in float16 on CUDA (with loss scaling), bfloat16 elsewhere; the loss,
-    the TD targets and the weights stay float32."""
-    compile_update: bool = False
-    """Run the learner's forward passes, TD targets, loss and backward through torch.compile (on CUDA with
-    CUDA graphs, mode reduce-overhead). It pays on a GPU at small batches, where an update is bound by
-    kernel launches, not arithmetic; the first updates are slow (compiling). Same results as without; if
-    compiling fails the learner says so in one line and runs uncompiled."""
+    n_step: int = LEARNER(
+        3, "Steps of real rewards before bootstrapping: R = sum_i gamma^i r_(t+i) + gamma^n Q(s_(t+n)) (Ape-X uses 3)."
+    )
+    dueling: bool = LEARNER(True, "Dueling head: Q = V + A - mean(A).")
+    batch_size: int = LEARNER(32, "Transitions per gradient update.")
+    gamma: float = LEARNER(0.99, "Discount factor.")
+    lr: float = LEARNER(1e-4, "Adam learning rate at the start.")
+    lr_end_factor: float = LEARNER(0.1, "The LR scheduler decays the learning rate linearly to lr * lr_end_factor ...")
+    lr_decay_updates: int = LEARNER(1_000_000, "... over this many learner updates, then holds it.")
+    adam_eps: float = LEARNER(1.5e-4, "Adam epsilon (DQN-style, larger than the default for stability).")
+    grad_clip_norm: float = LEARNER(10.0, "Gradient-norm clipping threshold.")
+    double_dqn: bool = LEARNER(True, "Pick the next action with the online network, value it with the target network.")
+    target_update_every: int = LEARNER(
+        2_000, "Learner updates between copies of the online network into the target network (when target_tau is 0)."
+    )
+    target_tau: float = LEARNER(
+        0.0, "0: hard target updates (above); > 0: soft updates every step, target += tau * (online - target)."
+    )
+    publish_every: int = LEARNER(100, "Learner updates between weight broadcasts to the actors.")
+    prefetch_batches: int = LEARNER(2, "Sample requests the learner keeps in flight so it never waits for data.")
+    transitions_per_request: int = LEARNER(
+        256,
+        "Smaller batches are fetched several per request (shuffled, then split): ZeroMQ's per-message cost "
+        "is shared, which lets batch-32 sampling keep pace with an in-process buffer. 0: one per request.",
+    )
+    checkpoint_every_episodes: int = LEARNER(
+        50, "Episodes between checkpoint.pth saves (0 = only the final checkpoint) ..."
+    )
+    checkpoint_time_share: float = LEARNER(
+        0.05,
+        "... spaced so that saving takes at most this share of the learner's time, which waits for the replay "
+        "snapshot: after a checkpoint that took T seconds, none for T / share seconds (1 = no spacing).",
+    )
+    device: str = LEARNER("auto", "Learner device: auto (CUDA, then MPS, then CPU), cpu, cuda or mps.")
+    mixed_precision: bool = LEARNER(
+        False,
+        "Learner forward passes in float16 on CUDA (with loss scaling), bfloat16 elsewhere; the loss, "
+        "the TD targets and the weights stay float32.",
+    )
+    compile_update: bool = LEARNER(
+        False,
+        "Run the learner's forward passes, TD targets, loss and backward through torch.compile (on CUDA with "
+        "CUDA graphs, mode reduce-overhead). It pays on a GPU at small batches, where an update is bound by "
+        "kernel launches, not arithmetic; the first updates are slow (compiling). Same results as without; if "
+        "compiling fails the learner says so in one line and runs uncompiled.",
+    )
 
-    # --- processes and network ---------------------------------------------------------
-    host: str = "127.0.0.1"
-    """Address this launcher's replay server and learner bind to (--bind). A non-loopback address
-    needs CurveZMQ keys (--keys) or --insecure."""
-    base_port: int = 47_555
-    """First of three consecutive TCP ports: replay-in (+0), replay-sample (+1), weights (+2)."""
-    learner_address: str = ""
-    """HOST[:PORT] of the learner side, for actors on another machine (--learner); empty: this machine."""
-    replay_address: str = ""
-    """HOST[:PORT] of a separately started replay server (--replay); empty: the learner side's."""
-    local_ipc: bool = True
-    """Roles on the same machine talk over ipc:// (Unix domain sockets in a folder only this user may enter:
-    no other user can connect, and they are faster than TCP for the large sample batches); roles on other
-    machines over tcp://. With a loopback host no TCP port is opened at all. false: loopback TCP, which any
-    local user can reach (needs --keys or --insecure)."""
-    shared_frames: bool = True
-    """A learner on the replay server's machine reads batch frames from the server's shared memory
-    (Linux), so only frame numbers cross ZeroMQ: the replay service then keeps up with small batches."""
-    frame_mirror: bool = True
-    """A learner that does not read that shared memory (on another machine, or shared_frames false) keeps
-    a copy of the server's frame ring, so each frame crosses the network once per time it is written
-    (memory: up to replay_capacity frames, about 7 KB each); false: every batch carries its frames (no
-    copy, about 56 KB per sampled transition on the wire)."""
-    pause_without_actors: bool = True
-    """The replay server stops serving batches while no actor is connected, so a learner whose actors
-    stopped waits for new experience instead of overfitting the old."""
-    actor_restarts: int = 3
-    """Times the launcher restarts each crashed actor process before giving up and stopping the run."""
-    max_message_bytes: int = 64 * 1024 * 1024
-    """Largest network message accepted; bigger ones are refused by ZeroMQ or dropped."""
-    report_interval_s: float = 1.0
-    """Seconds between progress reports from each process to the launcher."""
+    host: str = NETWORK(
+        "127.0.0.1",
+        "Address this launcher's replay server and learner bind to (--bind). A non-loopback address "
+        "needs CurveZMQ keys (--keys) or --insecure.",
+    )
+    base_port: int = NETWORK(
+        47_555, "First of three consecutive TCP ports: replay-in (+0), replay-sample (+1), weights (+2)."
+    )
+    learner_address: str = NETWORK(
+        "", "HOST[:PORT] of the learner side, for actors on another machine (--learner); empty: this machine."
+    )
+    replay_address: str = NETWORK(
+        "", "HOST[:PORT] of a separately started replay server (--replay); empty: the learner side's."
+    )
+    local_ipc: bool = NETWORK(
+        True,
+        "Roles on the same machine talk over ipc:// (Unix domain sockets in a folder only this user may enter: "
+        "no other user can connect, and they are faster than TCP for the large sample batches); roles on other "
+        "machines over tcp://. With a loopback host no TCP port is opened at all. false: loopback TCP, which any "
+        "local user can reach (needs --keys or --insecure).",
+    )
+    shared_frames: bool = NETWORK(
+        True,
+        "A learner on the replay server's machine reads batch frames from the server's shared memory "
+        "(Linux), so only frame numbers cross ZeroMQ: the replay service then keeps up with small batches.",
+    )
+    frame_mirror: bool = NETWORK(
+        True,
+        "A learner that does not read that shared memory (on another machine, or shared_frames false) keeps "
+        "a copy of the server's frame ring, so each frame crosses the network once per time it is written "
+        "(memory: up to replay_capacity frames, about 7 KB each); false: every batch carries its frames (no "
+        "copy, about 56 KB per sampled transition on the wire).",
+    )
+    pause_without_actors: bool = NETWORK(
+        True,
+        "The replay server stops serving batches while no actor is connected, so a learner whose actors "
+        "stopped waits for new experience instead of overfitting the old.",
+    )
+    actor_restarts: int = NETWORK(
+        3, "Times the launcher restarts each crashed actor process before giving up and stopping the run."
+    )
+    max_message_bytes: int = NETWORK(
+        64 * 1024 * 1024, "Largest network message accepted; bigger ones are refused by ZeroMQ or dropped."
+    )
+    report_interval_s: float = NETWORK(1.0, "Seconds between progress reports from each process to the launcher.")
 
-    # --- run -----------------------------------------------------------------------------
-    runs_dir: str = "runs"
-    """Parent folder of the run folders (YYYY-MM-DD_HH-MM-SS_run)."""
-    headless: bool = False
-    """No live window."""
-    record_video: bool = True
-    """Record mario_run.mp4 (actor 0) and keep the best episode as mario_best_run_<reward>.mp4."""
-    max_episodes: int = 0
-    """Stop cleanly after this many episodes (0 = no limit)."""
-    max_steps: int = 0
-    """Stop cleanly after this many env steps over all actors (0 = no limit)."""
-    max_minutes: float = 0.0
-    """Stop cleanly after this many minutes of wall time (0 = no limit)."""
-    num_actors: int = 1
-    """Actor processes to start."""
-    first_actor: int = 0
-    """With actors on several machines: the run-wide number of this launcher's first actor, so seeds and
-    Ape-X epsilons differ between machines (e.g. 0 on the first machine of 4 actors, 4 on the second)."""
-    total_actors: int = 0
-    """With actors on several machines: all actors of the run, the N of the Ape-X schedule (0 = num_actors)."""
+    runs_dir: str = RUN("runs", "Parent folder of the run folders (YYYY-MM-DD_HH-MM-SS_run).")
+    headless: bool = RUN(False, "No live window.")
+    record_video: bool = RUN(
+        True, "Record mario_run.mp4 (actor 0) and keep the best episode as mario_best_run_<reward>.mp4."
+    )
+    max_episodes: int = RUN(0, "Stop cleanly after this many episodes (0 = no limit).")
+    max_steps: int = RUN(0, "Stop cleanly after this many env steps over all actors (0 = no limit).")
+    max_minutes: float = RUN(0.0, "Stop cleanly after this many minutes of wall time (0 = no limit).")
+    num_actors: int = RUN(1, "Actor processes to start.")
+    first_actor: int = RUN(
+        0,
+        "With actors on several machines: the run-wide number of this launcher's first actor, so seeds and "
+        "Ape-X epsilons differ between machines (e.g. 0 on the first machine of 4 actors, 4 on the second).",
+    )
+    total_actors: int = RUN(
+        0, "With actors on several machines: all actors of the run, the N of the Ape-X schedule (0 = num_actors)."
+    )
 
     # ------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -479,10 +516,9 @@ class Config:
             f.write("\n")
 
     @staticmethod
-    def describe() -> list[tuple[str, str, object, str]]:
-        """(name, type, default, doc) for every field, for --help-config."""
-        docs = _field_docs()
-        return [(f.name, f.type, f.default, docs.get(f.name, "")) for f in fields(Config)]
+    def describe() -> list[tuple[Section, str, str, object, str]]:
+        """(section, name, type, default, doc) for every field, for --help-config."""
+        return [(f.metadata["section"], f.name, f.type, f.default, f.metadata["doc"]) for f in fields(Config)]
 
 
 def parse_assignment(text: str) -> tuple[str, object]:
@@ -566,20 +602,3 @@ def _coerce(name: str, value):
     ):
         raise ConfigError(f"{name} must be of type {kind.__name__}, got {value!r}")
     return value
-
-
-def _field_docs() -> dict[str, str]:
-    """Read the docstring under each field from this module's source."""
-    import inspect
-
-    tree = ast.parse(inspect.getsource(Config))
-    docs, last = {}, None
-    for node in tree.body[0].body:
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            last = node.target.id
-        elif last and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
-            docs[last] = node.value.value
-            last = None
-        else:
-            last = None
-    return docs

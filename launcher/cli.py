@@ -7,6 +7,7 @@ replay server must stay free of gym, nes-py and cv2 (and quick to start).
 from __future__ import annotations
 
 import argparse
+import textwrap
 import sys
 
 from common.config import TEST_ENV_ID, Config, ConfigError, has_ipc, is_loopback, parse_assignment, parse_endpoint
@@ -267,9 +268,14 @@ def check_network(args: argparse.Namespace, config: Config):
 
 
 def help_config() -> str:
-    lines = ["config fields (change with --set NAME=VALUE):"]
-    for name, kind, default, doc in Config.describe():
-        lines.append(f"  {name} ({kind}, default {default!r})\n      {doc}")
+    """Every config field by section, with its type, default and doc (from the fields' metadata)."""
+    lines, section = ["config fields, by section (change any with --set NAME=VALUE):"], None
+    for field_section, name, kind, default, doc in Config.describe():
+        if field_section is not section:
+            section = field_section
+            lines += ["", f"[{section.name}] {section.title}"]
+        lines.append(f"  {name} ({kind}, default {default!r})")
+        lines.append(textwrap.fill(doc, width=110, initial_indent=" " * 6, subsequent_indent=" " * 6))
     return "\n".join(lines)
 
 

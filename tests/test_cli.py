@@ -59,8 +59,11 @@ def test_help_config_lists_every_field_with_its_doc(tmp_path):
 
     result = _launch("--help-config", tmp_path=tmp_path)
     assert result.returncode == 0
-    for name, _, default, doc in Config.describe():
-        assert f"  {name} (" in result.stdout and doc in result.stdout
+    blocks = dict(block.partition("\n")[::2] for block in result.stdout.split("\n\n")[1:])  # header: its fields
+    for section, name, _, default, doc in Config.describe():
+        fields = blocks[f"[{section.name}] {section.title}"]
+        assert f"  {name} (" in fields, f"{name} is listed under its section"
+        assert doc and " ".join(doc.split()) in " ".join(fields.split()), f"{name}'s doc (wrapped) is printed"
 
 
 @pytest.mark.parametrize(

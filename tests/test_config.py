@@ -6,7 +6,18 @@ import math
 
 import pytest
 
-from common.config import Config, ConfigError, frames_per_message, _coerce, parse_assignment, parse_endpoint
+from common.config import (
+    ENV,
+    LEARNER,
+    REPLAY,
+    SECTIONS,
+    Config,
+    ConfigError,
+    frames_per_message,
+    _coerce,
+    parse_assignment,
+    parse_endpoint,
+)
 
 FIELDS = {f.name: f.type for f in dataclasses.fields(Config)}
 
@@ -404,16 +415,21 @@ def test_actors_on_two_machines_share_one_apex_schedule():
         Config(num_actors=4, first_actor=4, total_actors=6)
 
 
-def test_describe_has_a_doc_for_every_field():
-    """--help-config lists every field, in order, with its type, default and a non-empty docstring."""
+def test_describe_has_a_doc_and_a_section_for_every_field():
+    """--help-config lists every field, in order, with its section, type, default and a non-empty doc, all read
+    from the fields' metadata (no source parsing)."""
     rows = Config.describe()
-    assert [r[0] for r in rows] == list(FIELDS)
+    assert [r[1] for r in rows] == list(FIELDS)
     defaults = Config()
-    for name, kind, default, doc in rows:
+    for section, name, kind, default, doc in rows:
         derived = name == "num_actions" and default == 0 and getattr(defaults, name) == 7  # from action_set
+        assert section in SECTIONS, name
         assert kind == FIELDS[name] and (default == getattr(defaults, name) or derived)
-        assert isinstance(doc, str) and doc.strip(), f"{name} has no docstring"
-    docs = {r[0]: r[3] for r in rows}
+        assert isinstance(doc, str) and doc.strip(), f"{name} has no doc"
+    sections = {r[1]: r[0] for r in rows}
+    assert (sections["env_id"], sections["gamma"], sections["replay_capacity"]) == (ENV, LEARNER, REPLAY)
+    assert [s for s in SECTIONS if s in sections.values()] == list(SECTIONS), "every section has fields"
+    docs = {r[1]: r[4] for r in rows}
     assert docs["gamma"] == "Discount factor."
     assert "frame skip" in docs["frame_skip"].lower() or "frames" in docs["frame_skip"].lower()
 

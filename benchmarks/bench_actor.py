@@ -28,6 +28,7 @@ from actor.acting_network import choose_precision
 from actor.actor import Actor
 from actor.display import display_available
 from benchmarks.common import machine, parser
+from common.addresses import bind_addresses
 from common.config import Config
 from common.envs import _make_raw
 from common.network import build_network
@@ -64,7 +65,7 @@ class StopAtCap:
 def actor_loop(config: Config, run_dir: str) -> float:
     """Steps/s of the real Actor.run loop, its chunks drained by a PULL socket in a thread."""
     transport = Transport(config.max_message_bytes)
-    pull = transport.socket(zmq.PULL, bind=config.bind_addresses("replay_in"))
+    pull = transport.socket(zmq.PULL, bind=bind_addresses(config, "replay_in"))
     stop_draining = threading.Event()
 
     def drain():

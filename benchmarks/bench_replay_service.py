@@ -29,6 +29,7 @@ import zmq
 
 from actor.chunks import ChunkBuilder
 from benchmarks.common import free_base_port, machine, parser, rate
+from common.addresses import connect_address
 from common.config import Config
 from common.protocol import decode_parts, encode
 
@@ -176,7 +177,7 @@ class Poller:
         self.config, self.server = config, server
         self.dealer = context.socket(zmq.DEALER)
         self.dealer.setsockopt(zmq.LINGER, 0)
-        self.dealer.connect(config.connect_address("replay_sample"))
+        self.dealer.connect(connect_address(config, "replay_sample"))
         self.request = encode("sample", batch_size=1, beta=BETA)
 
     def inserted(self) -> int:
@@ -225,7 +226,7 @@ def bench_ours(capacity: int, seconds: float, chunks: list[dict], shared: bool, 
         name="sample-client",
         daemon=True,
         args=(
-            config.connect_address("replay_sample"),
+            connect_address(config, "replay_sample"),
             config.max_message_bytes,
             (32, 256),
             seconds,
@@ -242,7 +243,7 @@ def bench_ours(capacity: int, seconds: float, chunks: list[dict], shared: bool, 
         push = context.socket(zmq.PUSH)
         push.setsockopt(zmq.LINGER, 0)
         push.setsockopt(zmq.SNDHWM, 64)
-        push.connect(config.connect_address("replay_in"))
+        push.connect(connect_address(config, "replay_in"))
         poller = Poller(context, config, server)
         if not parent_conn.poll(REPLY_TIMEOUT_S) or parent_conn.recv() != "ready":
             raise RuntimeError("the sample client did not start")

@@ -11,11 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, fields
 
-from common.topology import CHANNELS
 
 ACTION_SETS = {"simple": 7, "right_only": 5, "complex": 12}
 """Actions in each joypad action set (gym_super_mario_bros.actions; the learner does not import it)."""
@@ -24,29 +21,6 @@ TEST_ENV_ID = "MarioApexTest-v0"
 MAX_SAMPLE_BATCH = 4096  # transitions in one sample request
 MAX_N_STEP = 16
 """Largest n_step; bounds how many context frames a transitions chunk may carry."""
-
-
-PORT_OFFSETS = {name: ch.port_offset for name, ch in CHANNELS.items() if ch.port_offset is not None}
-"""Networked channels' ports relative to base_port, from the channel table in common/topology.py."""
-LOCAL_FOR_ANY = {"0.0.0.0": "127.0.0.1", "::": "::1"}
-"""Bound to every interface: this machine's own roles connect over loopback."""
-LOOPBACK = ("localhost", "::1")
-
-
-def is_loopback(host: str) -> bool:
-    return host in LOOPBACK or host.startswith("127.")
-
-
-def private_ipc_dir() -> str:
-    """This user's folder for the channels' ipc sockets (kept 0700 by common/transport.py): a Unix socket in it
-    can be reached by this user only, so links between roles on one machine need no keys."""
-    return os.path.join(tempfile.gettempdir(), f"mario-apex-{os.getuid() if hasattr(os, 'getuid') else 0}")
-
-
-def has_ipc() -> bool:
-    import zmq
-
-    return bool(zmq.has("ipc"))
 
 
 def frames_per_message(batch_size: int, frame_stack: int, frame_size: int, max_message_bytes: int) -> int:
@@ -444,43 +418,6 @@ class Config:
         a short queue keeps actors within a few chunks of it; otherwise a long one rides out an outage."""
         return 4 if self.actors_wait_for_learner else 1000
 
-    # --- addresses -----------------------------------------------------------------------
-    def bind_endpoint(self, channel: str) -> tuple[str, int]:
-        """(host, port) where this machine's binder of a networked channel binds (common/topology.py)."""
-        return self.host, self.base_port + PORT_OFFSETS[channel]
-
-    def bind_address(self, channel: str) -> str:
-        return _tcp(*self.bind_endpoint(channel))
-
-    def local_address(self, channel: str, base_port: int | None = None) -> str:
-        """The ipc:// address of a channel for roles on this machine (of this run's ports, or base_port's)."""
-        port = (self.base_port if base_port is None else base_port) + PORT_OFFSETS[channel]
-        return f"ipc://{private_ipc_dir()}/{port}.sock"
-
-    def ipc_only(self) -> bool:
-        """A loopback host: every role is on this machine, so channels are ipc sockets only, no TCP port."""
-        return self.local_ipc and is_loopback(self.host) and has_ipc()
-
-    def bind_addresses(self, channel: str) -> list[str]:
-        """Everything a channel's socket binds: ipc only for a loopback host; else tcp (other machines)
-        and, with local_ipc, ipc (this one)."""
-        if self.ipc_only():
-            return [self.local_address(channel)]
-        return [self.bind_address(channel)] + ([self.local_address(channel)] if self.local_ipc and has_ipc() else [])
-
-    def connect_address(self, channel: str) -> str:
-        """Where a role connects to reach a channel: on the machine given by --learner / --replay
-        (tcp; ipc for a loopback one), or on this machine (ipc, or tcp to the own bind address without local_ipc)."""
-        remote = next((getattr(self, f) for f in CHANNELS[channel].remote if getattr(self, f)), "")
-        if remote:
-            host, port = parse_endpoint(remote, self.base_port, channel)
-            if self.local_ipc and is_loopback(host) and has_ipc():  # another launcher on this machine
-                return self.local_address(channel, port)
-            return _tcp(host, port + PORT_OFFSETS[channel])
-        if self.local_ipc and has_ipc():
-            return self.local_address(channel)
-        return _tcp(LOCAL_FOR_ANY.get(self.host, self.host), self.base_port + PORT_OFFSETS[channel])
-
     def run_actor(self, actor: int) -> int:
         """The run-wide number of this launcher's actor `actor` (they differ between actor machines)."""
         return self.first_actor + actor
@@ -557,7 +494,7 @@ def _valid_host(host: str) -> bool:
     return bool(host) and not any(ch in host for ch in "/ []*")
 
 
-def _tcp(host: str, port: int) -> str:
+def tcp_address(host: str, port: int) -> str:
     return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
 
 

@@ -1,7 +1,7 @@
 """The channels between processes, in one table: who binds, who connects, with which sockets, what flows.
 
 Roles open their sockets by channel name (`bind_socket`, `connect_socket`), so a channel's socket types,
-high-water marks and options are written here only; the addresses come from common/config.py, whose
+high-water marks and options are written here only; the addresses come from common/addresses.py, whose
 PORT_OFFSETS is derived from this table. README.md's diagram ("How it works") draws the same table, and
 tests/test_topology.py fails when the two disagree.
 """
@@ -110,12 +110,18 @@ def bound_by(role: str) -> list[str]:
 
 def bind_socket(transport: Transport, config: Config, name: str, address: str | None = None) -> zmq.Socket:
     """The binding side's socket of channel `name`, bound at the config's addresses (or `address`)."""
-    return _open(transport, config, CHANNELS[name], True, config.bind_addresses(name) if address is None else address)
+    from common.addresses import bind_addresses  # (it builds on this table)
+
+    return _open(transport, config, CHANNELS[name], True, bind_addresses(config, name) if address is None else address)
 
 
 def connect_socket(transport: Transport, config: Config, name: str, address: str | None = None) -> zmq.Socket:
     """A connecting side's socket of channel `name`, connected to the config's address (or `address`)."""
-    return _open(transport, config, CHANNELS[name], False, config.connect_address(name) if address is None else address)
+    from common.addresses import connect_address  # (it builds on this table)
+
+    return _open(
+        transport, config, CHANNELS[name], False, connect_address(config, name) if address is None else address
+    )
 
 
 def _open(transport: Transport, config: Config, channel: Channel, bound: bool, where) -> zmq.Socket:

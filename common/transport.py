@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from common.config import private_ipc_dir
+from common.addresses import private_ipc_dir
 from common.keys import CurveKeys
 
 LINGER_MS = 500

@@ -10,7 +10,8 @@ import argparse
 import textwrap
 import sys
 
-from common.config import TEST_ENV_ID, Config, ConfigError, has_ipc, is_loopback, parse_assignment, parse_endpoint
+from common.addresses import has_ipc, ipc_only, is_loopback
+from common.config import TEST_ENV_ID, Config, ConfigError, parse_assignment, parse_endpoint
 
 EPILOG = f"""\
 examples:
@@ -250,7 +251,7 @@ def check_network(args: argparse.Namespace, config: Config):
     if args.resume and args.role == "actor":
         raise ConfigError("--resume is for the learner side: an actor side continues from the learner it joins")
     binds = args.role != "actor"
-    if binds and not config.ipc_only() and not args.keys and not args.insecure:  # TCP ports, no keys
+    if binds and not ipc_only(config) and not args.keys and not args.insecure:  # TCP ports, no keys
         if not is_loopback(config.host):
             raise ConfigError(
                 f"--bind {config.host} listens beyond this machine: create keys with `python launch.py "

@@ -30,7 +30,8 @@ from datetime import datetime
 
 import zmq
 
-from common.config import ACTION_SETS, LOCAL_FOR_ANY, Config
+from common.addresses import LOCAL_FOR_ANY, bind_addresses, bind_endpoint, connect_address, ipc_only
+from common.config import ACTION_SETS, Config
 from common.keys import CurveKeys
 from common.log_limit import LogLimit
 from common.protocol import ProtocolError, check_report, decode
@@ -195,9 +196,9 @@ class Supervisor:
         (ZeroMQ would silently take over a live ipc:// socket file, so those are checked too.)"""
         for role in self.roles:
             for channel in bound_by(role):
-                for address in self.config.bind_addresses(channel):
+                for address in bind_addresses(self.config, channel):
                     reason = (
-                        _tcp_in_use(*self.config.bind_endpoint(channel))
+                        _tcp_in_use(*bind_endpoint(self.config, channel))
                         if address.startswith("tcp://")
                         else _ipc_in_use(address[len("ipc://") :])
                     )
@@ -308,10 +309,10 @@ class Supervisor:
             return
         if self.role != "actor":
             what = " and ".join(r if r == "learner" else "replay server" for r in self.roles)
-            where = c.bind_addresses("replay_in" if "replay" in self.roles else "weights")[0]
+            where = bind_addresses(c, "replay_in" if "replay" in self.roles else "weights")[0]
             keys = (
                 "this machine only: this user's ipc sockets"
-                if c.ipc_only()
+                if ipc_only(c)
                 else "CurveZMQ keys"
                 if self.keys
                 else "no keys"
@@ -319,7 +320,7 @@ class Supervisor:
             print(f"mario-apex: {what} on {where} ({keys}); actors join with: {self._join_command()}", flush=True)
             print("mario-apex: Ctrl+C stops this side (final checkpoint; connected actors play on)", flush=True)
         else:
-            target = c.learner_address or f"this machine ({c.connect_address('replay_in')})"
+            target = c.learner_address or f"this machine ({connect_address(c, 'replay_in')})"
             print(
                 f"mario-apex: env {c.env_id}, {c.num_actors} actor(s) feeding the learner side at {target}; "
                 "Ctrl+C stops this side (the learner keeps running and waits)",

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import zmq
 
+from common.addresses import connect_address
 from common.checkpoint import CheckpointError, load_checkpoint
 from common.log_limit import LogLimit
 from common.metrics import Metrics
@@ -60,7 +61,7 @@ class LearnerService:
         self.learner = DQNLearner(c, self.device, log=self.rt.log)
         self.dealer = connect_socket(runtime.transport, c, "replay_sample")
         self.pub = bind_socket(runtime.transport, c, "weights")
-        local = c.connect_address("replay_sample").startswith("ipc://")
+        local = connect_address(c, "replay_sample").startswith("ipc://")
         self.batches = ReplayBatches(
             c.batch_size,
             c.transitions_per_request,

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import zmq
 
+from common.addresses import bind_addresses
 from common.config import MAX_SAMPLE_BATCH, frames_per_message
 from common.log_limit import LogLimit
 from common.protocol import ProtocolError, decode, encode, encode_parts
@@ -153,7 +154,7 @@ class ReplayServer:
         poller.register(self.pull, zmq.POLLIN)
         poller.register(self.router, zmq.POLLIN)
         c = self.config
-        self.rt.log(f"listening on {' and '.join(c.bind_addresses('replay_in') + c.bind_addresses('replay_sample'))}")
+        self.rt.log(f"listening on {' and '.join(bind_addresses(c, 'replay_in') + bind_addresses(c, 'replay_sample'))}")
         while not self.rt.should_stop():
             actors_wait = self.limiter.inserts_wait(self.buffer.inserted)  # pinned ratio: the learner is behind
             poller.modify(self.pull, 0 if actors_wait else zmq.POLLIN)

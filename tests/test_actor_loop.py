@@ -16,6 +16,7 @@ from actor.best_eval import BEST_EVAL_FILE
 from actor.evaluate import load_policy
 from actor.evaluate import play as evaluate
 from benchmarks.bench_actor import StopAtCap
+from common.addresses import bind_addresses
 from common.checkpoint import load_checkpoint
 from common.config import TEST_ENV_ID, Config
 from common.network import build_network, weights_to_arrays
@@ -45,7 +46,7 @@ def play(tmp_path, before_run=lambda actor: None, serve_replay=True, **changes):
         }
     )
     transport = Transport(config.max_message_bytes)
-    pull = transport.socket(zmq.PULL, bind=config.bind_addresses("replay_in") if serve_replay else "inproc://none")
+    pull = transport.socket(zmq.PULL, bind=bind_addresses(config, "replay_in") if serve_replay else "inproc://none")
     stop = StopAtCap()
     runtime = RoleRuntime("actor", 0, config, stop, os.getppid())
     closed = False
@@ -138,7 +139,7 @@ def test_weights_from_the_learners_socket_replace_the_policy_the_env_thread_acts
 
     def take_weights(actor):
         initial.append(actor.policy)
-        pub = actor.rt.transport.socket(zmq.PUB, bind=actor.config.bind_addresses("weights"))
+        pub = actor.rt.transport.socket(zmq.PUB, bind=bind_addresses(actor.config, "weights"))
         deadline = time.monotonic() + 10
         while actor.weights_version == 0 and time.monotonic() < deadline:
             pub.send(message)  # until the SUB has connected: PUB drops what comes before

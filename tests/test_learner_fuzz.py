@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import zmq
 
+from common.addresses import local_address
 from common.config import TEST_ENV_ID, Config
 from common.protocol import PROTOCOL_VERSION, decode, decode_parts, encode, encode_parts
 from common.shared_frames import FrameRing, stores_in_order
@@ -269,7 +270,7 @@ def test_the_learner_on_the_replay_machine_drops_bad_shared_batches_and_snapshot
         pytest.skip("no memfd here: the frame ring cannot be shared")
     ring.announce(BATCH * STACK2)  # frames 0 .. 255 are written
     config = Config(env_id=TEST_ENV_ID, base_port=free_base_port(), headless=True, record_video=False)
-    fake = FakeReplay(config.local_address("replay_sample"), ring)
+    fake = FakeReplay(local_address(config, "replay_sample"), ring)
     reports = fake.ctx.socket(zmq.PULL)
     port = reports.bind_to_random_port("tcp://127.0.0.1")
     stop = multiprocessing.get_context("spawn").Event()

@@ -4,6 +4,7 @@
 import pytest
 import zmq
 
+from common.addresses import connect_address
 from common.protocol import ProtocolError
 from common.log_limit import LogLimit
 from replay_server.server import ReplayServer
@@ -119,7 +120,7 @@ def test_the_actors_last_transitions_are_stored_at_the_stop_even_while_the_ratio
     runtime = RoleRuntime("replay", 0, config, StopAtCap(), os.getppid())
     server = ReplayServer(runtime, ".")
     try:
-        push = runtime.transport.socket(zmq.PUSH, connect=config.connect_address("replay_in"))
+        push = runtime.transport.socket(zmq.PUSH, connect=connect_address(config, "replay_in"))
         transitions = 5
         chunk = dict(
             actor=0,

@@ -14,6 +14,7 @@ import zmq
 import common.log_limit as log_limit
 import launcher.episode_log as episode_log
 from benchmarks.bench_actor import StopAtCap
+from common.addresses import connect_address
 from common.config import TEST_ENV_ID, Config
 from common.keys import create_keys, load_keys
 from common.protocol import decode
@@ -45,7 +46,7 @@ def replay_server(logs: list):
 def test_a_reply_to_a_gone_or_full_peer_is_counted_in_the_stats():
     server, runtime = replay_server([])
     try:
-        dealer = runtime.transport.socket(zmq.DEALER, connect=server.config.connect_address("replay_sample"))
+        dealer = runtime.transport.socket(zmq.DEALER, connect=connect_address(server.config, "replay_sample"))
         dealer.send(b"hello")
         assert server.router.poll(5000)
         identity, _ = server.router.recv_multipart()

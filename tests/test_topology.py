@@ -7,7 +7,8 @@ import re
 import pytest
 import zmq
 
-from common.config import PORT_OFFSETS, TEST_ENV_ID, Config
+from common.addresses import PORT_OFFSETS
+from common.config import TEST_ENV_ID, Config
 from common.protocol import SCHEMAS
 from common.runtime import RoleRuntime
 from common.topology import CHANNELS, Channel, bound_by

@@ -9,6 +9,7 @@ import tempfile
 import pytest
 import zmq
 
+from common.addresses import bind_addresses, connect_address
 from common.config import Config
 from common.transport import Transport, TransportError
 
@@ -44,7 +45,7 @@ def test_the_channels_folder_is_made_0700_and_a_loose_one_is_closed(tmp_path, mo
             folder.chmod(before)
         transport = Transport(1 << 20)
         try:
-            transport.socket(zmq.PULL, bind=config.bind_addresses("replay_in"))
+            transport.socket(zmq.PULL, bind=bind_addresses(config, "replay_in"))
             assert stat.S_IMODE(folder.stat().st_mode) == 0o700
             assert (folder / "47555.sock").exists()
         finally:
@@ -68,8 +69,8 @@ def test_a_channels_folder_of_another_users_is_refused_for_binding_and_connectin
     transport = Transport(1 << 20)
     try:
         for kind, where in (
-            (zmq.PULL, {"bind": config.bind_addresses("replay_in")}),
-            (zmq.PUSH, {"connect": config.connect_address("replay_in")}),
+            (zmq.PULL, {"bind": bind_addresses(config, "replay_in")}),
+            (zmq.PUSH, {"connect": connect_address(config, "replay_in")}),
         ):
             with pytest.raises(TransportError, match="is not a folder of this user's .* remove it, or set TMPDIR"):
                 transport.socket(kind, **where)

@@ -36,7 +36,7 @@ from common.log_limit import LogLimit
 from common.metrics import Metrics
 from common.network import build_network, greedy_action, network_from_arrays
 from common.protocol import ProtocolError, decode, encode
-from common.records import ActorStart
+from common.records import ActorDone, ActorProgress, ActorStart, EpisodeReport, EvalResult
 from common.runtime import RoleRuntime
 from common.topology import connect_socket
 from common.wrappers import FrameSkip
@@ -183,7 +183,7 @@ class Actor:
         elapsed = time.monotonic() - self._session_started
         self._report_progress((self.session_steps - steps_at_start) / max(elapsed, 1e-9), self.epsilon())  # its mean
         if self._cap_reached():
-            self.rt.report("done", {"steps": self.session_steps, "episodes": self.episodes})
+            self.rt.report("done", ActorDone(steps=self.session_steps, episodes=self.episodes))
             self.rt.log(f"reached its limit after {self.session_steps} steps and {self.episodes} episodes")
             while not self.rt.should_stop():  # wait for the launcher to stop everyone
                 time.sleep(0.1)
@@ -227,11 +227,11 @@ class Actor:
             self.rt.report("eval", result)  # the launcher logs it to log.txt
             results.append(result)
             self.best_eval.offer(result, net)
-        self.metrics.scalar("Eval/Reward", float(np.mean([r["reward"] for r in results])), self.steps)
-        self.metrics.scalar("Eval/XPos", float(np.mean([r["x_pos"] for r in results])), self.steps)
-        self.metrics.scalar("Eval/FlagRate", float(np.mean([r["flag"] for r in results])), self.steps)
+        self.metrics.scalar("Eval/Reward", float(np.mean([r.reward for r in results])), self.steps)
+        self.metrics.scalar("Eval/XPos", float(np.mean([r.x_pos for r in results])), self.steps)
+        self.metrics.scalar("Eval/FlagRate", float(np.mean([r.flag for r in results])), self.steps)
 
-    def _evaluation_episode(self) -> dict | None:
+    def _evaluation_episode(self) -> EvalResult | None:
         """One evaluation episode's result (None: stopped midway)."""
         obs, _ = self.env.reset()  # the env thread is idle: between episodes
         self._show_and_record(self.frame_skip.last_rgb, episode=False)
@@ -242,14 +242,14 @@ class Actor:
             obs, reward, terminated, truncated, info = self.env.step(self._act(obs, self.config.eval_epsilon))
             self._show_and_record(self.frame_skip.last_rgb, episode=False)
             total, steps, done = total + reward, steps + 1, terminated or truncated
-        return {
-            "actor": self.index,
-            "reward": float(total),
-            "steps": steps,
-            "x_pos": int(info.get("x_pos", 0)),
-            "flag": bool(info.get("flag_get", False)),
-            "env_steps": self.steps,
-        }
+        return EvalResult(
+            actor=self.index,
+            reward=float(total),
+            steps=steps,
+            x_pos=int(info.get("x_pos", 0)),
+            flag=bool(info.get("flag_get", False)),
+            env_steps=self.steps,
+        )
 
     def _reset(self) -> None:
         obs, _, rgb = self.stepper.reset()  # nes-py takes no seed; exploration randomness comes from self.rng
@@ -331,7 +331,7 @@ class Actor:
             "actor_steps": self.steps,
         }
         self._send(encode("episode", **values))
-        self.rt.report("episode", {**values, "session_steps": self.session_steps, **self._level()})  # -> log.txt
+        self.rt.report("episode", EpisodeReport(**values, session_steps=self.session_steps, level=self._level()))
         if self.curriculum is not None:
             self.metrics.scalar("Episode/Level", self.curriculum.levels.index, self.steps)
             moved = self.curriculum.on_episode(reward)
@@ -356,25 +356,25 @@ class Actor:
         ):
             self.metrics.scalar(tag, value, self.steps)
 
-    def _level(self) -> dict:
+    def _level(self) -> int:
         """The curriculum position, for the launcher to hand back if this process is restarted."""
-        return {"level": self.curriculum.levels.index} if self.curriculum is not None else {}
+        return self.curriculum.levels.index if self.curriculum is not None else 0
 
     def _report_progress(self, rate: float, epsilon: float) -> None:
         self.rt.report(
             "progress",
-            {
-                "steps": self.steps,
-                "session_steps": self.session_steps,
-                "episodes": self.episodes,
-                "steps_per_s": rate,
-                "epsilon": epsilon,
-                "weights_version": self.weights_version,
-                "weights_updates": self.weights_updates,
-                "learner_stopped": self.learner_stopped,
-                **self._level(),
-                "dropped": self.dropped,
-            },
+            ActorProgress(
+                steps=self.steps,
+                session_steps=self.session_steps,
+                episodes=self.episodes,
+                steps_per_s=rate,
+                epsilon=epsilon,
+                weights_version=self.weights_version,
+                weights_updates=self.weights_updates,
+                learner_stopped=self.learner_stopped,
+                level=self._level(),
+                dropped=self.dropped,
+            ),
         )
 
     def close(self) -> None:

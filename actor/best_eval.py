@@ -15,11 +15,13 @@ import torch
 
 from common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from common.config import Config
+from common.records import EvalResult, as_map
 
 BEST_EVAL_FILE = "best_eval.pth"
 
 
 def _score(result: dict) -> tuple[bool, float]:
+    """A flag first, then the reward; from an EvalResult's map (as best_eval.pth keeps it)."""
     return bool(result["flag"]), float(result["reward"])
 
 
@@ -35,16 +37,15 @@ class BestEval:
             except (CheckpointError, KeyError, TypeError, ValueError) as exc:
                 log(f"{self.path} is unreadable and will be replaced by the next evaluation ({exc})")
 
-    def offer(self, result: dict, net: torch.nn.Module) -> bool:
+    def offer(self, result: EvalResult, net: torch.nn.Module) -> bool:
         """Save `net` if `result` beats the best evaluation so far; True if it was saved."""
-        if self.best is not None and _score(result) <= self.best:
+        played = as_map(result)
+        if self.best is not None and _score(played) <= self.best:
             return False
         try:
-            save_checkpoint(
-                {"config": self.config.to_dict(), "online": net.state_dict(), "eval": dict(result)}, self.path
-            )
+            save_checkpoint({"config": self.config.to_dict(), "online": net.state_dict(), "eval": played}, self.path)
         except OSError as exc:
             self.log(f"could not save {BEST_EVAL_FILE} ({exc.strerror or exc}); training goes on")
             return False
-        self.best = _score(result)
+        self.best = _score(played)
         return True

@@ -17,7 +17,17 @@ from functools import lru_cache
 import msgpack
 import numpy as np
 
-from common.records import RECORDS, as_map, field_kinds
+from common.records import (
+    RECORDS,
+    ActorDone,
+    ActorProgress,
+    EpisodeReport,
+    EvalResult,
+    LearnerProgress,
+    ReplayStats,
+    as_map,
+    field_kinds,
+)
 
 PROTOCOL_VERSION = 3  # 2: batch_mirror (a learner's copy of the frame ring); 3: typed records; both sides must agree
 
@@ -148,33 +158,16 @@ SAME_LENGTH: dict[str, tuple[str, ...]] = {
 SAME_LENGTH_FRAMES: dict[str, tuple[str, ...]] = {"batch_mirror": ("new_numbers", "frames")}
 MAX_COUNT = 2**63 - 1
 
-# What a report's values hold, by kind and sending role (see RoleRuntime.report and its callers): the
-# keys the launcher reads, with their kinds as in SCHEMAS ("?": optional). Other keys may come too
-# (decode already made every value a finite number). "log" and "failed" carry only their text.
-REPORT_VALUES: dict[tuple[str, str], dict[str, str]] = {
-    ("progress", "actor"): {
-        "steps": "count",
-        "session_steps": "count",
-        "episodes": "count",
-        "steps_per_s?": "float",
-        "epsilon?": "float",
-        "weights_updates?": "count",
-        "learner_stopped?": "bool",
-        "level?": "count",
-    },
-    ("progress", "learner"): {"updates": "count", "loss?": "float"},
-    ("progress", "replay"): {"size": "count", "env_steps": "count", "episodes": "count", "actors": "count"},
-    ("episode", "actor"): {**SCHEMAS["episode"], "session_steps": "count", "level?": "count"},
-    ("eval", "actor"): {
-        "actor": "count",
-        "reward": "float",
-        "steps": "count",
-        "x_pos": "int",
-        "flag": "bool",
-        "env_steps": "count",
-    },
-    ("done", "actor"): {"steps": "count", "episodes": "count"},
-    **{(kind, role): {} for kind in ("log", "failed") for role in ("actor", "learner", "replay")},
+# The record a report's values hold, by kind and sending role (see RoleRuntime.report and its callers);
+# "log" and "failed" carry only their text.
+REPORTS: dict[tuple[str, str], type | None] = {
+    ("progress", "actor"): ActorProgress,
+    ("progress", "learner"): LearnerProgress,
+    ("progress", "replay"): ReplayStats,
+    ("episode", "actor"): EpisodeReport,
+    ("eval", "actor"): EvalResult,
+    ("done", "actor"): ActorDone,
+    **{(kind, role): None for kind in ("log", "failed") for role in ("actor", "learner", "replay")},
 }
 
 
@@ -267,21 +260,17 @@ def decode_parts(parts: list, max_bytes: int, expect: tuple[str, ...] | None = N
     return out
 
 
-def check_report(msg: dict) -> None:
-    """A decoded report is one REPORT_VALUES knows, with the values the launcher reads; an actor's
-    episode or eval names that actor. Raises ProtocolError."""
-    spec = REPORT_VALUES.get((msg["kind"], msg["role"]))
-    if spec is None:
+def check_report(msg: dict) -> dict:
+    """A decoded report as one REPORTS knows it: its values decoded into that kind's record (exactly its
+    fields), None for "log" and "failed"; an actor's episode or eval names that actor. Raises ProtocolError."""
+    key = (msg["kind"], msg["role"])
+    if key not in REPORTS:
         raise ProtocolError(f"report: unknown kind {msg['kind'][:40]!r} from role {msg['role'][:40]!r}")
-    values = msg["values"]
-    for key, kind in spec.items():
-        name = key.rstrip("?")
-        if name in values:
-            _check_field("report", f"values.{name}", kind, values[name], [], set())
-        elif not key.endswith("?"):
-            raise ProtocolError(f"report: {msg['kind']} values lack {name!r}")
-    if "actor" in spec and values["actor"] != msg["index"]:
-        raise ProtocolError(f"report: {msg['kind']} of actor {values['actor']} sent as actor {msg['index']}")
+    cls = REPORTS[key]
+    values = None if cls is None else _record("report", "values", cls, msg["values"])
+    if getattr(values, "actor", msg["index"]) != msg["index"]:
+        raise ProtocolError(f"report: {msg['kind']} of actor {values.actor} sent as actor {msg['index']}")
+    return {**msg, "values": values}
 
 
 def _check_field(msg_type: str, name: str, kind: str, value, parts: list, used: set):

@@ -1,4 +1,5 @@
-"""Typed records for the counters that travel inside messages (the protocol's "record" fields).
+"""Typed records for the counters that travel inside messages (the protocol's "record" fields) and for the
+reports the roles send their launcher.
 
 Each field is named once, here, with its type: the decoder checks a record field against its dataclass
 (exactly these keys, each of its type) and hands the handler the record, so a misspelt name is an
@@ -48,6 +49,116 @@ class ReplayStats(RunCounters):
 
 
 RECORDS: dict[str, type] = {cls.__name__: cls for cls in (RunCounters, ReplayStats)}
+
+
+# --- reports: what a role tells its launcher (common/protocol.py REPORTS says which kind carries which) -------
+@dataclass(frozen=True)
+class ActorProgress:
+    """An actor's progress, once a report interval and at its stop: the status line, summary.json, and
+    (with its latest episode) what the launcher restarts it from."""
+
+    steps: int = 0
+    """This actor's env steps over the whole run."""
+    session_steps: int = 0
+    """... since this launch (what --max-steps counts)."""
+    episodes: int = 0
+    """Training episodes since this launch."""
+    steps_per_s: float = 0.0
+    """Env steps per second since the last report (at the stop: this launch's mean)."""
+    epsilon: float = 0.0
+    """Exploration rate now."""
+    weights_version: int = 0
+    """The learner's publication the actor acts with (0: its initial network)."""
+    weights_updates: int = 0
+    """... and the learner update those weights come from."""
+    learner_stopped: bool = False
+    """The learner said goodbye; the actor plays on with its last weights."""
+    level: int = 0
+    """Curriculum level (0 without a curriculum)."""
+    dropped: int = 0
+    """Bad messages the actor dropped."""
+
+
+@dataclass(frozen=True)
+class LearnerProgress:
+    """The learner's progress, once a report interval and at its stop."""
+
+    updates: int = 0
+    """Updates of the online network."""
+    weights_version: int = 0
+    """Weight publications to the actors."""
+    dropped: int = 0
+    """Bad messages dropped."""
+    torn_batches: int = 0
+    """Batches from shared memory overwritten while being read (dropped, never trained on)."""
+    mirror_frames: int = 0
+    """Frames copied into the learner's mirror of the frame ring (a learner on another machine)."""
+    mirror_restarts: int = 0
+    """Times that mirror started over (after a restart of either side)."""
+    dropped_priorities: int = 0
+    """Priority updates the replay server could not take."""
+    lr: float = 0.0
+    """Learning rate now."""
+    wait_fraction: float = 0.0
+    """Share of the time spent waiting for batches."""
+    loss: float = 0.0
+    """Mean loss over the last report interval with updates (0 before the first)."""
+    q_mean: float = 0.0
+    """Mean Q-value of the sampled actions, likewise."""
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """One greedy evaluation episode: a line of log.txt, TensorBoard's Eval/ tags, best_eval.pth."""
+
+    actor: int = 0
+    """The actor that played it."""
+    reward: float = 0.0
+    """Shaped reward of the episode."""
+    steps: int = 0
+    """Its agent steps."""
+    x_pos: int = 0
+    """Mario's x position at its end."""
+    flag: bool = False
+    """It reached the flag."""
+    env_steps: int = 0
+    """Env steps trained when it was played (the actor's own; the launcher logs the run's)."""
+
+
+@dataclass(frozen=True)
+class EpisodeReport:
+    """A finished training episode: a line of log.txt (the launcher numbers the episodes run-wide)."""
+
+    actor: int = 0
+    """The actor that played it."""
+    episode: int = 0
+    """The actor's count of episodes this launch, this one included."""
+    reward: float = 0.0
+    """Shaped reward of the episode."""
+    steps: int = 0
+    """Its agent steps."""
+    x_pos: int = 0
+    """Mario's x position at its end."""
+    flag: bool = False
+    """It reached the flag."""
+    epsilon: float = 0.0
+    """Exploration rate at its end."""
+    actor_steps: int = 0
+    """The actor's env steps over the whole run, at its end."""
+    session_steps: int = 0
+    """... since this launch."""
+    level: int = 0
+    """Curriculum level it was played on (0 without a curriculum)."""
+
+
+@dataclass(frozen=True)
+class ActorDone:
+    """An actor reached its share of --max-steps or --max-episodes and waits for the launcher's stop."""
+
+    steps: int = 0
+    """Its env steps this launch."""
+    episodes: int = 0
+    """Its episodes this launch."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +245,7 @@ def as_map(record) -> dict:
 
 
 def field_kinds(cls: type) -> dict[str, str]:
-    """The protocol kind of each field: "count" for an int (counters are never negative), "float" (finite)."""
-    kinds = {"int": "count", "float": "float"}
+    """The protocol kind of each field: "count" for an int (counters are never negative), "float" (finite),
+    "bool", "str"."""
+    kinds = {"int": "count", "float": "float", "bool": "bool", "str": "str"}
     return {f.name: kinds[f.type] for f in dataclasses.fields(cls)}

@@ -79,7 +79,9 @@ class RoleRuntime:
         """The launcher is gone (e.g. SIGKILLed): stop fast, with no help from the other roles."""
         return os.getppid() != self._parent_pid
 
-    def report(self, kind: str, values: dict, text: str | None = None) -> None:
+    def report(self, kind: str, values, text: str | None = None) -> None:
+        """Tell the launcher: `values` is the record common/protocol.py REPORTS names for this kind ({} for
+        "log" and "failed", which carry `text`)."""
         fields = {"role": self.role, "index": self.index, "kind": kind, "values": values}
         if text is not None:
             fields["text"] = text

@@ -7,7 +7,7 @@ import re
 from datetime import datetime
 
 from common.log_limit import LogLimit
-from common.records import CheckpointCounters
+from common.records import CheckpointCounters, EpisodeReport, EvalResult
 
 _EVAL_NUMBER = re.compile(r"^\[[^\]]+\] Eval (\d+),")
 
@@ -17,10 +17,10 @@ class EpisodeLog:
         self.path = path
         self._failures, self._failure_log = 0, LogLimit()  # failed writes (a full disk, say)
 
-    def write(self, number: int, episode: dict) -> str | None:
+    def write(self, number: int, episode: EpisodeReport) -> str | None:
         """A training episode's line; returns an error message when writing fails: the first time, then at
         most once per 30 s with the count (a lost line is never silent for long)."""
-        return self._append(f"Episode {number}, {self._common(episode)}, Epsilon: {episode['epsilon']:.3f}")
+        return self._append(f"Episode {number}, {self._common(episode)}, Epsilon: {episode.epsilon:.3f}")
 
     def write_resumed(self, checkpoint: str, counters: CheckpointCounters) -> str | None:
         """The line that starts a resumed session. Episodes logged after that checkpoint was saved (a crash, say)
@@ -44,15 +44,15 @@ class EpisodeLog:
             pass
         return last
 
-    def write_eval(self, number: int, episode: dict) -> str | None:
+    def write_eval(self, number: int, result: EvalResult) -> str | None:
         """A greedy evaluation episode's line, marked "Eval", with the env steps trained so far."""
-        return self._append(f"Eval {number}, {self._common(episode)}, Env steps: {episode['env_steps']}")
+        return self._append(f"Eval {number}, {self._common(result)}, Env steps: {result.env_steps}")
 
     @staticmethod
-    def _common(e: dict) -> str:
+    def _common(e: EpisodeReport | EvalResult) -> str:
         return (
-            f"Reward: {e['reward']:.2f}, Actor: {e['actor']}, Steps: {e['steps']}, X: {e['x_pos']}, "
-            f"Flag: {'yes' if e['flag'] else 'no'}"
+            f"Reward: {e.reward:.2f}, Actor: {e.actor}, Steps: {e.steps}, X: {e.x_pos}, "
+            f"Flag: {'yes' if e.flag else 'no'}"
         )
 
     def _append(self, text: str) -> str | None:

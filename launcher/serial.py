@@ -40,7 +40,7 @@ from common.config import Config
 from common.envs import EnvError, LevelSampler, evaluation_limits, find_wrapper, level_ids, make_env, refused_settings
 from common.metrics import Metrics
 from common.network import greedy_action, network_from_arrays, weights_to_arrays
-from common.records import CheckpointCounters, as_map
+from common.records import CheckpointCounters, EpisodeReport, EvalResult, as_map
 from launcher.episode_log import EpisodeLog
 from launcher.supervisor import StartError, make_run_dir
 from learner.device import DeviceError, pick_device
@@ -86,7 +86,7 @@ def learn(learner: DQNLearner, replay: PrioritizedReplay, rng: np.random.Generat
     return metrics
 
 
-def evaluate(env, net, c: Config, rng: np.random.Generator, stop: Stop) -> dict | None:
+def evaluate(env, net, c: Config, rng: np.random.Generator, stop: Stop, env_steps: int) -> EvalResult | None:
     """A greedy evaluation episode (epsilon eval_epsilon), never trained on; None if stopped midway."""
     with evaluation_limits(env, c):
         obs, _ = env.reset()
@@ -98,13 +98,14 @@ def evaluate(env, net, c: Config, rng: np.random.Generator, stop: Stop) -> dict 
             action = int(rng.integers(c.num_actions)) if explore else greedy_action(net, obs)
             obs, reward, terminated, truncated, info = env.step(action)
             total, steps, done = total + reward, steps + 1, terminated or truncated
-    return {
-        "actor": 0,
-        "reward": float(total),
-        "steps": steps,
-        "x_pos": int(info.get("x_pos", 0)),
-        "flag": bool(info.get("flag_get", False)),
-    }
+    return EvalResult(
+        actor=0,
+        reward=float(total),
+        steps=steps,
+        x_pos=int(info.get("x_pos", 0)),
+        flag=bool(info.get("flag_get", False)),
+        env_steps=env_steps,
+    )
 
 
 def run_serial(c: Config) -> int:
@@ -201,14 +202,18 @@ def run_serial(c: Config) -> int:
             x_pos, flag = int(info.get("x_pos", 0)), bool(info.get("flag_get", False))
             log.write(
                 episodes,
-                {
-                    "actor": 0,
-                    "reward": episode_reward,
-                    "steps": episode_steps,
-                    "x_pos": x_pos,
-                    "flag": flag,
-                    "epsilon": actor_epsilon(c, 0, steps),
-                },
+                EpisodeReport(
+                    actor=0,
+                    episode=episodes,
+                    reward=episode_reward,
+                    steps=episode_steps,
+                    x_pos=x_pos,
+                    flag=flag,
+                    epsilon=actor_epsilon(c, 0, steps),
+                    actor_steps=steps,
+                    session_steps=steps,
+                    level=curriculum.levels.index if curriculum else 0,
+                ),
             )
             for tag, value in (
                 ("Reward", episode_reward),
@@ -223,14 +228,14 @@ def run_serial(c: Config) -> int:
                 say(moved)
             if c.eval_every_episodes and episodes % c.eval_every_episodes == 0 and not stop.reason:
                 for _ in range(c.eval_episodes):  # with the acting weights, as actor 0 plays them
-                    result = evaluate(env, net, c, rng, stop)
+                    result = evaluate(env, net, c, rng, stop, steps)
                     if result is None:
                         break
                     evaluations += 1
-                    log.write_eval(evaluations, {**result, "env_steps": steps})
+                    log.write_eval(evaluations, result)
                     best_eval.offer(result, net)
-                    metrics.scalar("Eval/Reward", result["reward"], steps)
-                    metrics.scalar("Eval/XPos", result["x_pos"], steps)
+                    metrics.scalar("Eval/Reward", result.reward, steps)
+                    metrics.scalar("Eval/XPos", result.x_pos, steps)
             if c.checkpoint_every_episodes and episodes % c.checkpoint_every_episodes == 0 and not stop.reason:
                 try:
                     learner.save(

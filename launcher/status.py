@@ -6,7 +6,16 @@ from __future__ import annotations
 import time
 from collections import deque
 
-from common.records import ActorStart, CheckpointCounters
+from common.records import (
+    ActorProgress,
+    ActorStart,
+    CheckpointCounters,
+    EpisodeReport,
+    EvalResult,
+    LearnerProgress,
+    ReplayStats,
+    as_map,
+)
 
 RATE_WINDOW_S = 10.0
 """Rates are averaged over this long: reports come once a second, so a 1 s window read 0/s about
@@ -21,36 +30,34 @@ class RunStatus:
         self.replay_capacity = replay_capacity
         self.episodes_before = before.episodes
         self.started = time.monotonic()
-        self.actors: dict[int, dict] = {}  # latest progress per actor
-        self.actor_episodes: dict[int, dict] = {}  # latest episode per actor
-        self.learner: dict = {}
-        self.replay: dict = {}
+        self.actors: dict[int, ActorProgress] = {}  # latest progress per actor
+        self.actor_episodes: dict[int, EpisodeReport] = {}  # latest episode per actor
+        self.learner: LearnerProgress | None = None
+        self.replay: ReplayStats | None = None
         self.episodes = 0
         self.best_reward: float | None = before.best_reward if self.episodes_before else None
-        self.last_episode: dict = {}
         self.done_actors: set[int] = set()
         self.evaluations = 0
-        self.last_eval: dict = {}
+        self.last_eval: EvalResult | None = None
         self.dropped_reports = 0  # bad reports the launcher dropped (see Supervisor._drain_reports)
         self._rate_origin = (before.env_steps, before.updates)
         self._rate_marks: deque[tuple[float, int, int]] = deque([(time.monotonic(), *self._rate_origin)])
         self.rates = (0.0, 0.0)
 
     def on_report(self, msg: dict) -> None:
+        """A report as common.protocol.check_report returns it: its values are the kind's record."""
         role, index, kind, values = msg["role"], msg["index"], msg["kind"], msg["values"]
         if kind == "progress":
             if role == "actor":
                 self.actors[index] = values
             elif role == "learner":
-                self.learner.update(values)
+                self.learner = values
             elif role == "replay":
                 self.replay = values
         elif kind == "episode":
             self.episodes += 1
-            self.last_episode = values
             self.actor_episodes[index] = values
-            reward = float(values.get("reward", 0.0))
-            self.best_reward = reward if self.best_reward is None else max(self.best_reward, reward)
+            self.best_reward = values.reward if self.best_reward is None else max(self.best_reward, values.reward)
         elif kind == "eval":
             self.evaluations += 1
             self.last_eval = values
@@ -60,16 +67,12 @@ class RunStatus:
     def actor_counters(self, index: int) -> ActorStart:
         """What a restarted actor continues from: its steps, this launch's steps and episodes, and its
         curriculum level, from its latest progress report or episode, whichever is newer."""
-        progress, episode = self.actors.get(index, {}), self.actor_episodes.get(index, {})
-
-        def newest(key: str, episode_key: str | None = None) -> int:
-            return max(int(progress.get(key, 0)), int(episode.get(episode_key or key, 0)))
-
+        progress, episode = self.actors.get(index, ActorProgress()), self.actor_episodes.get(index, EpisodeReport())
         return ActorStart(
-            steps=newest("steps", "actor_steps"),
-            session_steps=newest("session_steps"),
-            episodes=newest("episodes", "episode"),
-            level=newest("level"),
+            steps=max(progress.steps, episode.actor_steps),
+            session_steps=max(progress.session_steps, episode.session_steps),
+            episodes=max(progress.episodes, episode.episode),
+            level=max(progress.level, episode.level),
         )
 
     def env_steps_at(self, index: int, own_steps: int) -> int:
@@ -83,23 +86,23 @@ class RunStatus:
         """Env steps of the whole run, resumed sessions included (the replay server's count where no
         actor runs under this launcher)."""
         if not self.actors:
-            return int(self.replay.get("env_steps", 0))
-        return sum(int(a.get("steps", 0)) for a in self.actors.values())
+            return self.replay.env_steps if self.replay else 0
+        return sum(a.steps for a in self.actors.values())
 
     @property
     def session_steps(self) -> int:
         """Env steps since this launcher started (what --max-steps counts)."""
-        return sum(int(a.get("session_steps", 0)) for a in self.actors.values())
+        return sum(a.session_steps for a in self.actors.values())
 
     @property
     def total_episodes(self) -> int:
-        if not self.actors and "episodes" in self.replay:
-            return int(self.replay["episodes"])  # the learner side: as the replay server counted them
+        if not self.actors and self.replay:
+            return self.replay.episodes  # the learner side: as the replay server counted them
         return self.episodes_before + self.episodes
 
     @property
     def updates(self) -> int:
-        return int(self.learner.get("updates", 0))
+        return self.learner.updates if self.learner else 0
 
     def _update_rates(self) -> None:
         """Steps/s and updates/s over the last RATE_WINDOW_S seconds (or since the start). Until a process
@@ -131,32 +134,29 @@ class RunStatus:
         if rates is None:
             self._update_rates()
             rates = self.rates
-        eps = [a.get("epsilon") for a in self.actors.values() if "epsilon" in a]
         parts = [f"episodes {self.total_episodes:,}"]
         if self.learner or not self.actors:
             parts.append(f"updates {self.updates:,} ({rates[1]:.1f}/s)")
         else:  # the actor side: the learner is elsewhere; its newest weights tell how far it is
-            parts.append(f"weights of update {max(int(a.get('weights_updates', 0)) for a in self.actors.values()):,}")
-        if "loss" in self.learner:
-            parts.append(f"loss {self.learner['loss']:.4f}")
+            parts.append(f"weights of update {max(a.weights_updates for a in self.actors.values()):,}")
+        if self.learner and self.learner.updates:
+            parts.append(f"loss {self.learner.loss:.4f}")
         if len(self.actors) > 1:  # per-actor throughput: a slow or stuck actor shows
             parts.append(
-                "actors "
-                + "/".join(f"{self.actors[i].get('steps_per_s', 0):.0f}" for i in sorted(self.actors))
-                + " steps/s"
+                "actors " + "/".join(f"{self.actors[i].steps_per_s:.0f}" for i in sorted(self.actors)) + " steps/s"
             )
-        if not self.actors and "actors" in self.replay:
-            parts.append(f"actors connected {int(self.replay['actors'])}")
-        if any(a.get("learner_stopped") for a in self.actors.values()):
+        if not self.actors and self.replay:
+            parts.append(f"actors connected {self.replay.actors}")
+        if any(a.learner_stopped for a in self.actors.values()):
             parts.append("learner stopped")
-        if eps:
-            parts.append(f"eps {min(eps):.2f}")
+        if self.actors:
+            parts.append(f"eps {min(a.epsilon for a in self.actors.values()):.2f}")
         if self.replay or not self.actors:
-            parts.append(f"replay {int(self.replay.get('size', 0)):,}/{self.replay_capacity:,}")
+            parts.append(f"replay {self.replay.size if self.replay else 0:,}/{self.replay_capacity:,}")
         if self.best_reward is not None:
             parts.append(f"best {self.best_reward:.2f}")
         if self.last_eval:
-            parts.append(f"eval x {self.last_eval.get('x_pos', 0)}{' FLAG' if self.last_eval.get('flag') else ''}")
+            parts.append(f"eval x {self.last_eval.x_pos}{' FLAG' if self.last_eval.flag else ''}")
         return parts
 
     def summary(self) -> dict:
@@ -168,10 +168,10 @@ class RunStatus:
             "updates": self.updates,
             "best_reward": self.best_reward,
             "evaluations": self.evaluations,
-            "last_eval": self.last_eval,
+            "last_eval": as_map(self.last_eval) if self.last_eval else {},
             "dropped_reports": self.dropped_reports,
             "seconds": round(time.monotonic() - self.started, 1),
-            "actors": {str(k): v for k, v in self.actors.items()},
-            "learner": self.learner,
-            "replay": self.replay,
+            "actors": {str(k): as_map(v) for k, v in self.actors.items()},
+            "learner": as_map(self.learner) if self.learner else {},
+            "replay": as_map(self.replay) if self.replay else {},
         }

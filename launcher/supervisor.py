@@ -385,7 +385,7 @@ class Supervisor:
                 self._drop_report(str(exc) if isinstance(exc, ProtocolError) else f"{type(exc).__name__}: {exc}")
 
     def _on_report(self, msg: dict) -> None:
-        check_report(msg)
+        msg = check_report(msg)
         role, index = msg["role"], msg["index"]
         if role not in self.roles or index >= (self.config.num_actors if role == "actor" else 1):
             raise ProtocolError(f"report from {role} {index}, which this launcher did not start")
@@ -401,8 +401,8 @@ class Supervisor:
                 error = self.episode_log.write(self.status.total_episodes, msg["values"])
             elif msg["kind"] == "eval":  # its env_steps are the actor's own: log.txt gives the run's
                 values = msg["values"]
-                at = self.status.env_steps_at(index, values["env_steps"])
-                error = self.episode_log.write_eval(self.status.evaluations, {**values, "env_steps": at})
+                at = self.status.env_steps_at(index, values.env_steps)
+                error = self.episode_log.write_eval(self.status.evaluations, dataclasses.replace(values, env_steps=at))
             if error:
                 self.console.say(f"mario-apex: {error}", error=True)
 

@@ -31,7 +31,7 @@ from common.metrics import Metrics
 from common.network import weights_to_arrays
 from common.protocol import ProtocolError, decode_parts, encode
 from common.run_files import FRAME_FILE
-from common.records import CheckpointCounters, ReplayStats, as_map
+from common.records import CheckpointCounters, LearnerProgress, ReplayStats, as_map
 from common.runtime import RoleRuntime
 from common.topology import bind_socket, connect_socket
 from learner.replay_batches import ReplayBatches
@@ -93,6 +93,8 @@ class LearnerService:
         self._failures, self._failure_log = 0, LogLimit()  # checkpoint failures (a full disk, say)
         self._drop_log = LogLimit()
         self._window = {"loss": 0.0, "q_mean": 0.0, "n": 0}
+        self._losses = (0.0, 0.0)  # (loss, mean Q) of the last report interval with updates
+        self._wait_fraction = 0.0
 
     # --- loop --------------------------------------------------------------------------------
     def run(self) -> None:
@@ -236,31 +238,37 @@ class LearnerService:
         now = time.monotonic()
         rate = (updates - self._rate_mark[1]) / max(now - self._rate_mark[0], 1e-9)
         self._rate_mark = (now, updates)
-        values = {
-            "updates": updates,
-            "weights_version": self.weights_version,
-            "dropped": self.dropped,
-            "torn_batches": self.batches.torn,
-            "mirror_frames": self.batches.mirror_frames,
-            "mirror_restarts": self.batches.mirror_restarts,
-            "dropped_priorities": self.dropped_priorities,
-            "lr": self.learner.optimizer.param_groups[0]["lr"],
-            "wait_fraction": self.wait_s / elapsed if elapsed > 0 else 0.0,
-        }
         n = self._window["n"]
         if n:
-            values["loss"] = self._window["loss"] / n
-            values["q_mean"] = self._window["q_mean"] / n
-            self.metrics.scalar("Loss/Optimize", values["loss"], updates)
-            self.metrics.scalar("Q_Value/Mean", values["q_mean"], updates)
-            self.metrics.scalar("Learning_Rate", values["lr"], updates)
+            self._losses = (self._window["loss"] / n, self._window["q_mean"] / n)
+        self._wait_fraction = self.wait_s / elapsed if elapsed > 0 else 0.0
+        progress = self._progress()
+        if n:
+            self.metrics.scalar("Loss/Optimize", progress.loss, updates)
+            self.metrics.scalar("Q_Value/Mean", progress.q_mean, updates)
+            self.metrics.scalar("Learning_Rate", progress.lr, updates)
             self.metrics.scalar("Learner/UpdatesPerSec", rate, updates)
             self.metrics.scalar("Replay/Size", self.replay_stats.size, updates)
             inserted = self.replay_stats.inserted
             if inserted:
                 self.metrics.scalar("Replay/SamplesPerInsert", self.replay_stats.sampled / inserted, updates)
             self._window = {"loss": 0.0, "q_mean": 0.0, "n": 0}
-        self.rt.report("progress", values)
+        self.rt.report("progress", progress)
+
+    def _progress(self) -> LearnerProgress:
+        return LearnerProgress(
+            updates=self.learner.updates,
+            weights_version=self.weights_version,
+            dropped=self.dropped,
+            torn_batches=self.batches.torn,
+            mirror_frames=self.batches.mirror_frames,
+            mirror_restarts=self.batches.mirror_restarts,
+            dropped_priorities=self.dropped_priorities,
+            lr=self.learner.optimizer.param_groups[0]["lr"],
+            wait_fraction=self._wait_fraction,
+            loss=self._losses[0],
+            q_mean=self._losses[1],
+        )
 
     # --- checkpoints -------------------------------------------------------------------------
     # Protocol for one consistent moment: (1) ask the replay server for a snapshot on the socket
@@ -413,18 +421,7 @@ class LearnerService:
     def close(self) -> None:
         path = self.checkpoint("checkpoint_final", final=True)
         self.pub.send(encode("bye", checkpoint=os.path.basename(path)))  # actors on other machines play on
-        self.rt.report(
-            "progress",
-            {
-                "updates": self.learner.updates,
-                "weights_version": self.weights_version,
-                "dropped": self.dropped,
-                "torn_batches": self.batches.torn,
-                "mirror_frames": self.batches.mirror_frames,
-                "mirror_restarts": self.batches.mirror_restarts,
-                "dropped_priorities": self.dropped_priorities,
-            },
-        )
+        self.rt.report("progress", self._progress())
         self.batches.close()
         self.metrics.close()
 

@@ -21,6 +21,7 @@ from common.checkpoint import load_checkpoint
 from common.config import TEST_ENV_ID, Config
 from common.network import build_network, weights_to_arrays
 from common.protocol import decode, encode
+from common.records import as_map
 from common.runtime import RoleRuntime
 from common.transport import Transport
 from tests.conftest import kept_process_hooks, process_hooks
@@ -193,7 +194,7 @@ def test_the_best_evaluations_network_is_kept_and_replays_that_evaluation(tmp_pa
     )
     assert len(reported) == 4
     kept = load_checkpoint(str(tmp_path / BEST_EVAL_FILE))["eval"]
-    assert kept == max(reported, key=lambda r: (r["flag"], r["reward"]))
+    assert kept == as_map(max(reported, key=lambda r: (r.flag, r.reward)))
     net, config = load_policy(str(tmp_path / BEST_EVAL_FILE))
     [again] = evaluate(net, config, episodes=1)
     assert (again.reward, again.x_pos, again.flag, again.steps) == pytest.approx(
@@ -243,7 +244,7 @@ def test_evaluations_give_up_after_eval_stall_steps_without_progress(tmp_path):
         epsilon_start=1.0,
         epsilon_end=1.0,
     )
-    assert [r["steps"] for r in reported] == [5]
+    assert [r.steps for r in reported] == [5]
     assert all(m["steps"] != 5 or m["x_pos"] > 0 for m in episodes(messages)), "training episodes are not cut"
     config = Config(env_id=TEST_ENV_ID, eval_stall_steps=5)
     assert [r.steps for r in evaluate(standing, config, episodes=1)] == [5]

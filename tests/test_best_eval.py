@@ -8,11 +8,12 @@ import pytest
 from actor.best_eval import BEST_EVAL_FILE, BestEval
 from common.config import TEST_ENV_ID, Config
 from common.network import build_network
+from common.records import EvalResult
 from launcher.resume import ResumeError, load_resume_state
 
 
 def _result(reward, flag=False):
-    return {"actor": 0, "reward": reward, "steps": 10, "x_pos": 40, "flag": flag, "env_steps": 100}
+    return EvalResult(actor=0, reward=reward, steps=10, x_pos=40, flag=flag, env_steps=100)
 
 
 def test_only_a_better_evaluation_replaces_the_kept_network(tmp_path):

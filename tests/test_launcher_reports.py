@@ -15,6 +15,7 @@ import zmq
 
 from common.config import Config
 from common.protocol import PROTOCOL_VERSION, encode
+from common.records import ActorDone, ActorProgress, EvalResult, LearnerProgress, ReplayStats, as_map
 from launcher.console import Console
 from launcher.supervisor import Supervisor
 from tests.harness import free_base_port
@@ -29,7 +30,9 @@ EPISODE = {
     "epsilon": 0.5,
     "actor_steps": 120,
     "session_steps": 120,
+    "level": 0,
 }
+LEARNER = as_map(LearnerProgress(updates=1))
 
 
 def report(role="actor", index=1, kind="episode", values=None, **fields) -> bytes:
@@ -54,25 +57,30 @@ def raw_report(**changes) -> bytes:
 BAD_REPORTS = {
     "episode with empty values": report(values={}),
     "episode without epsilon": report(values={k: v for k, v in EPISODE.items() if k != "epsilon"}),
-    "NaN updates": report("learner", 0, "progress", {"updates": math.nan}),
+    "NaN updates": report("learner", 0, "progress", {**LEARNER, "updates": math.nan}),
     "inf reward": report(values={**EPISODE, "reward": math.inf}),
-    "negative updates": report("learner", 0, "progress", {"updates": -5}),
+    "negative updates": report("learner", 0, "progress", {**LEARNER, "updates": -5}),
+    "a misspelt field": report(values={**{k: v for k, v in EPISODE.items() if k != "epsilon"}, "epsilom": 0.5}),
+    "a field no record has": report(values={**EPISODE, "bonus": 1}),
+    "learner progress lacking a field": report("learner", 0, "progress", {"updates": 1}),
     "float steps": report(values={**EPISODE, "steps": 40.5}),
     "bool as a count": report(values={**EPISODE, "episode": True}),
     "count over 2**63": report(values={**EPISODE, "actor_steps": 2**63}),
     "unknown kind": report(kind="exec", values={}),
-    "unknown role": report(role="wizard", index=0, kind="progress", values={"updates": 1}),
+    "unknown role": report(role="wizard", index=0, kind="progress", values=LEARNER),
     "episode from the learner": report(role="learner", index=0),
     "actor index out of range": report(index=2, values={**EPISODE, "actor": 2}),
     "huge actor index": report(index=2**62, values={**EPISODE, "actor": 2**62}),
     "negative index": raw_report(index=-1),
-    "learner index 1": report("learner", 1, "progress", {"updates": 1}),
+    "learner index 1": report("learner", 1, "progress", LEARNER),
     "episode of another actor": report(index=0),
     "eval without env_steps": report(
         kind="eval", values={"actor": 1, "reward": 1.0, "steps": 3, "x_pos": 5, "flag": True}
     ),
     "done without episodes": report(kind="done", values={"steps": 5}),
-    "replay progress without size": report("replay", 0, "progress", {"env_steps": 1, "episodes": 1, "actors": 1}),
+    "replay progress without size": report(
+        "replay", 0, "progress", {k: v for k, v in as_map(ReplayStats()).items() if k != "size"}
+    ),
     "values not numbers": raw_report(values={"actor": "1"}),
     "not a report": encode("sample", batch_size=1, beta=0.5),
     "garbage": b"\x93\x01\x02",
@@ -130,7 +138,7 @@ def test_bad_report_is_dropped_and_counted(supervisor, name):
     sup, push = supervisor
     send_and_drain(sup, push, [BAD_REPORTS[name]])
     assert sup.status.dropped_reports == 1
-    assert sup.status.episodes == 1 and sup.status.learner == {} and sup.status.replay == {}
+    assert sup.status.episodes == 1 and sup.status.learner is None and sup.status.replay is None
     assert not sup.status.done_actors and not sup.failures
     assert len(open(sup.episode_log.path).read().splitlines()) == 1, "only the valid episode is logged"
 
@@ -143,56 +151,18 @@ def test_real_reports_are_accepted(supervisor):
             "actor",
             0,
             "progress",
-            {
-                "steps": 10,
-                "session_steps": 10,
-                "episodes": 1,
-                "steps_per_s": 5.0,
-                "epsilon": 0.9,
-                "weights_version": 1,
-                "weights_updates": 0,
-                "learner_stopped": False,
-                "dropped": 0,
-            },
+            ActorProgress(steps=10, session_steps=10, episodes=1, steps_per_s=5.0, epsilon=0.9, weights_version=1),
         ),
-        report(
-            "learner",
-            0,
-            "progress",
-            {
-                "updates": 7,
-                "weights_version": 1,
-                "dropped": 0,
-                "torn_batches": 0,
-                "lr": 1e-4,
-                "wait_fraction": 0.5,
-                "loss": 0.25,
-                "q_mean": 1.0,
-            },
-        ),
-        report(
-            "replay",
-            0,
-            "progress",
-            {
-                "size": 5,
-                "inserted": 5,
-                "actors": 1,
-                "episodes": 1,
-                "env_steps": 5,
-                "sampled": 0,
-                "dropped": 0,
-                "batches": 0,
-                "best_reward": 1.5,
-            },
-        ),
-        report("actor", 1, "eval", {"actor": 1, "reward": 1.0, "steps": 3, "x_pos": 5, "flag": True, "env_steps": 10}),
+        report("learner", 0, "progress", LearnerProgress(updates=7, weights_version=1, lr=1e-4, loss=0.25)),
+        report("replay", 0, "progress", ReplayStats(size=5, inserted=5, actors=1, episodes=1, env_steps=5)),
+        report("actor", 1, "eval", EvalResult(actor=1, reward=1.0, steps=3, x_pos=5, flag=True, env_steps=10)),
         report("actor", 0, "log", {}, text="hello"),
-        report("actor", 1, "done", {"steps": 5, "episodes": 1}),
+        report("actor", 1, "done", ActorDone(steps=5, episodes=1)),
     ]
     send_and_drain(sup, push, progress)
     assert sup.status.dropped_reports == 0
-    assert sup.status.updates == 7 and sup.status.replay["size"] == 5 and sup.status.evaluations == 1
+    assert sup.status.updates == 7 and sup.status.replay.size == 5 and sup.status.evaluations == 1
+    assert sup.status.learner.loss == 0.25 and sup.status.actors[0].epsilon == 0.9
     assert sup.status.done_actors == {1}
     evals = [line for line in open(sup.episode_log.path).read().splitlines() if "] Eval " in line]
     assert len(evals) == 1 and evals[0].endswith("Env steps: 20"), evals  # actor 1's 10 and actor 0's 10: the run's

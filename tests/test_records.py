@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from common.records import ActorStart, CheckpointCounters, as_map
+from common.records import ActorProgress, ActorStart, CheckpointCounters, EpisodeReport, as_map
 from launcher.resume import ResumePlan
 from launcher.status import RunStatus
 
@@ -60,10 +60,15 @@ def test_each_role_starts_from_its_own_record():
 def test_a_restarted_actor_continues_from_its_newest_counters():
     status = RunStatus(100)
     status.on_report(
-        {"role": "actor", "index": 1, "kind": "progress", "values": {"steps": 40, "session_steps": 30, "episodes": 2}}
+        {
+            "role": "actor",
+            "index": 1,
+            "kind": "progress",
+            "values": ActorProgress(steps=40, session_steps=30, episodes=2),
+        }
     )
     status.on_report(
-        {"role": "actor", "index": 1, "kind": "episode", "values": {"actor_steps": 55, "episode": 3, "level": 1}}
+        {"role": "actor", "index": 1, "kind": "episode", "values": EpisodeReport(actor_steps=55, episode=3, level=1)}
     )
     assert status.actor_counters(1) == ActorStart(steps=55, session_steps=30, episodes=3, level=1)
     assert status.actor_counters(0) == ActorStart()

@@ -13,7 +13,7 @@ import torch
 
 from common.checkpoint import load_checkpoint, save_checkpoint
 from common.config import Config
-from common.records import CheckpointCounters
+from common.records import CheckpointCounters, EpisodeReport, EvalResult
 from learner.learning import DQNLearner
 from replay_server.buffer import PrioritizedReplay
 from replay_server.snapshot import FRAME_FILE, frame_file_name, frame_files_named, read_snapshot
@@ -305,10 +305,11 @@ def test_a_resumed_runs_evaluations_go_on_from_the_last_one_in_log_txt(tmp_path)
 
     log = EpisodeLog(str(tmp_path / "log.txt"))
     assert log.last_eval_number() == 0, "no file yet"
-    episode = {"reward": 1.0, "actor": 0, "steps": 10, "x_pos": 40, "flag": False, "epsilon": 0.5, "env_steps": 9}
+    episode = EpisodeReport(reward=1.0, steps=10, x_pos=40, epsilon=0.5)
+    result = EvalResult(reward=1.0, steps=10, x_pos=40, env_steps=9)
     for number in (1, 2, 3):
         log.write(number, episode)
-        log.write_eval(number, episode)
+        log.write_eval(number, result)
     log.write_resumed("checkpoint.pth", CheckpointCounters(episodes=2, env_steps=20))
     log.write(3, episode)
     assert log.last_eval_number() == 3

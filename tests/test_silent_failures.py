@@ -20,7 +20,7 @@ from common.keys import create_keys, load_keys
 from common.protocol import decode
 from common.runtime import RoleRuntime, run_role
 from common.transport import Transport, TransportError
-from common.records import ActorStart, ReplayStats
+from common.records import ActorStart, EpisodeReport, ReplayStats
 from tests.harness import free_base_port
 
 pytestmark = pytest.mark.usefixtures("keep_process_hooks")  # RoleRuntimes are built in this process
@@ -86,7 +86,7 @@ def test_priorities_the_replay_server_could_not_take_are_counted_and_reported():
     service.rt = SimpleNamespace(log=lambda text: None, report=lambda kind, values: reports.append(values))
     service.batches = SimpleNamespace(sample_request=lambda *args: b"", torn=0, mirror_frames=0, mirror_restarts=0)
     service.dealer, service.in_flight, service.replay_stats = Saturated(), 0, ReplayStats()
-    service._window = {"loss": 0.0, "q_mean": 0.0, "n": 0}
+    service._window, service._losses = {"loss": 0.0, "q_mean": 0.0, "n": 0}, (0.0, 0.0)
     service._maybe_checkpoint = lambda: None
     service.dropped = service.dropped_priorities = 0
     batch = {
@@ -104,7 +104,7 @@ def test_priorities_the_replay_server_could_not_take_are_counted_and_reported():
     service._window["n"], service.wait_s, service._rate_mark, service.weights_version = 0, 0.0, (0.0, 0), 1
     service.metrics = SimpleNamespace(scalar=lambda *args: None)
     service._log_progress(1.0)
-    assert reports[-1]["dropped_priorities"] == 64, "it reaches summary.json's learner section"
+    assert reports[-1].dropped_priorities == 64, "it reaches summary.json's learner section"
 
 
 # --- 13c: log.txt -----------------------------------------------------------------------------------
@@ -112,7 +112,7 @@ def test_failed_log_txt_writes_are_reported_first_then_every_30_s_with_a_count(t
     now = [1000.0]
     monkeypatch.setattr(log_limit.time, "monotonic", lambda: now[0])
     log = episode_log.EpisodeLog(str(tmp_path / "missing" / "log.txt"))
-    episode = {"reward": 1.0, "actor": 0, "steps": 10, "x_pos": 40, "flag": False, "epsilon": 0.5}
+    episode = EpisodeReport(reward=1.0, steps=10, x_pos=40, epsilon=0.5)
     messages = []
     for _ in range(5):
         messages.append(log.write(1, episode))
@@ -276,7 +276,7 @@ def test_a_restarted_actors_rates_count_only_its_own_steps_and_time(tmp_path):
     finally:
         actor.close()
         runtime.close()
-    rates = [values["steps_per_s"] for kind, values in reports if kind == "progress"]
+    rates = [values.steps_per_s for kind, values in reports if kind == "progress"]
     played = actor.session_steps - 5_000_000
     assert len(rates) >= 2 and played > 0
     assert max(rates) < 100_000, f"{rates[:3]}: steps from before the restart counted as this process's"

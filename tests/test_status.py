@@ -1,7 +1,7 @@
 """The status line's rates: averaged over a window long enough that once-a-second reports never read 0/s."""
 
 from launcher import status
-from common.records import CheckpointCounters
+from common.records import ActorProgress, CheckpointCounters, EpisodeReport, LearnerProgress
 from launcher.status import RunStatus
 
 
@@ -16,8 +16,12 @@ def test_rates_never_read_zero_between_reports(monkeypatch):
     for tick in range(75):  # 30 s
         clock[0] = 1000.0 + tick * 0.4
         while reported <= clock[0] - 1000.0:  # the reports due by now, one a second
-            run.on_report({"role": "learner", "index": 0, "kind": "progress", "values": {"updates": 20 * reported}})
-            run.on_report({"role": "actor", "index": 0, "kind": "progress", "values": {"steps": 150 * reported}})
+            run.on_report(
+                {"role": "learner", "index": 0, "kind": "progress", "values": LearnerProgress(updates=20 * reported)}
+            )
+            run.on_report(
+                {"role": "actor", "index": 0, "kind": "progress", "values": ActorProgress(steps=150 * reported)}
+            )
             reported += 1
         run.line()
         seen.append(run.rates)
@@ -39,18 +43,20 @@ def test_a_resumed_run_goes_on_from_its_checkpoints_counters(monkeypatch):
     )
     for second in range(1, 13):
         clock[0] = 1000.0 + second
-        run.on_report({"role": "learner", "index": 0, "kind": "progress", "values": {"updates": 25_000 + 20 * second}})
+        run.on_report(
+            {"role": "learner", "index": 0, "kind": "progress", "values": LearnerProgress(updates=25_000 + 20 * second)}
+        )
         run.on_report(
             {
                 "role": "actor",
                 "index": 0,
                 "kind": "progress",
-                "values": {"steps": 200_000 + 150 * second, "session_steps": 150 * second, "episodes": 0},
+                "values": ActorProgress(steps=200_000 + 150 * second, session_steps=150 * second),
             }
         )
         run.line()
         assert run.rates[1] <= 25 and run.rates[0] <= 200, run.rates
-    run.on_report({"role": "actor", "index": 0, "kind": "episode", "values": {"reward": 50.0}})
+    run.on_report({"role": "actor", "index": 0, "kind": "episode", "values": EpisodeReport(reward=50.0)})
     assert run.best_reward == 321.2 and run.summary()["best_reward"] == 321.2
     assert run.total_episodes == 901
     console = Console(max_steps=10_000, interactive=True)
@@ -74,10 +80,12 @@ def test_the_last_line_gives_the_sessions_average_rates(monkeypatch):
                 "role": "actor",
                 "index": 0,
                 "kind": "progress",
-                "values": {"steps": 150 * second, "session_steps": 150 * second, "episodes": 0},
+                "values": ActorProgress(steps=150 * second, session_steps=150 * second),
             }
         )
-        run.on_report({"role": "learner", "index": 0, "kind": "progress", "values": {"updates": 500 + 20 * second}})
+        run.on_report(
+            {"role": "learner", "index": 0, "kind": "progress", "values": LearnerProgress(updates=500 + 20 * second)}
+        )
         run.line()
     clock[0] += 5
     assert "steps 9,000 (138/s) | episodes 0 | updates 1,700 (18.5/s)" in run.line(whole_run=True)
@@ -97,14 +105,19 @@ def test_a_resumed_runs_lines_before_the_first_reports_read_no_spike(monkeypatch
         clock[0] = 1000.0 + second
         if second > 10:  # the processes report from here on
             run.on_report(
-                {"role": "learner", "index": 0, "kind": "progress", "values": {"updates": 124_000 + 10 * (second - 10)}}
+                {
+                    "role": "learner",
+                    "index": 0,
+                    "kind": "progress",
+                    "values": LearnerProgress(updates=124_000 + 10 * (second - 10)),
+                }
             )
             run.on_report(
                 {
                     "role": "actor",
                     "index": 0,
                     "kind": "progress",
-                    "values": {"steps": 1_000_000 + 100 * (second - 10), "session_steps": 100 * (second - 10)},
+                    "values": ActorProgress(steps=1_000_000 + 100 * (second - 10), session_steps=100 * (second - 10)),
                 }
             )
         run.line()
@@ -115,9 +128,13 @@ def test_an_evaluation_is_placed_at_the_runs_env_steps_not_its_actors():
     """With 2 actors, actor 0's own count is about half the run's: an evaluation logged at it put every
     budget of bench_learning (and the learning curve) at half the env steps the run had played."""
     run = RunStatus(replay_capacity=100)
-    run.on_report({"role": "actor", "index": 0, "kind": "progress", "values": {"steps": 900, "session_steps": 900}})
-    run.on_report({"role": "actor", "index": 1, "kind": "progress", "values": {"steps": 950, "session_steps": 950}})
-    episode = {"actor": 1, "episode": 7, "reward": 1.0, "steps": 40, "x_pos": 300, "flag": False, "epsilon": 0.1}
-    run.on_report({"role": "actor", "index": 1, "kind": "episode", "values": {**episode, "actor_steps": 990}})
+    run.on_report(
+        {"role": "actor", "index": 0, "kind": "progress", "values": ActorProgress(steps=900, session_steps=900)}
+    )
+    run.on_report(
+        {"role": "actor", "index": 1, "kind": "progress", "values": ActorProgress(steps=950, session_steps=950)}
+    )
+    episode = EpisodeReport(actor=1, episode=7, reward=1.0, steps=40, x_pos=300, epsilon=0.1, actor_steps=990)
+    run.on_report({"role": "actor", "index": 1, "kind": "episode", "values": episode})
     assert run.env_steps_at(0, 1000) == 1000 + 990  # its own count at the evaluation, the other's newest
     assert RunStatus(replay_capacity=100).env_steps_at(0, 1000) == 1000  # one actor: its own count

@@ -69,7 +69,7 @@ class Actor:
         self.run_video, self.episode_video = self._open_recorders(run_dir)
         self.metrics = Metrics(run_dir, f".actor{self.index}", runtime.log)
         self.best_eval = BestEval(run_dir, c, runtime.log)
-        self.steps = start.steps  # this actor's env steps over the whole run
+        self.steps = start.actor_steps  # this actor's env steps over the whole run
         self.session_steps = start.session_steps  # ... since this launch (what limits count)
         self.joining = start.join  # an actor side of its own: continue the run's exploration
         reset = start.reset_epsilon  # --resume-reset-exploration: decay again from here
@@ -183,7 +183,7 @@ class Actor:
         elapsed = time.monotonic() - self._session_started
         self._report_progress((self.session_steps - steps_at_start) / max(elapsed, 1e-9), self.epsilon())  # its mean
         if self._cap_reached():
-            self.rt.report("done", ActorDone(steps=self.session_steps, episodes=self.episodes))
+            self.rt.report("done", ActorDone(session_steps=self.session_steps, episodes=self.episodes))
             self.rt.log(f"reached its limit after {self.session_steps} steps and {self.episodes} episodes")
             while not self.rt.should_stop():  # wait for the launcher to stop everyone
                 time.sleep(0.1)
@@ -248,7 +248,7 @@ class Actor:
             steps=steps,
             x_pos=int(info.get("x_pos", 0)),
             flag=bool(info.get("flag_get", False)),
-            env_steps=self.steps,
+            actor_steps=self.steps,
         )
 
     def _reset(self) -> None:
@@ -364,7 +364,7 @@ class Actor:
         self.rt.report(
             "progress",
             ActorProgress(
-                steps=self.steps,
+                actor_steps=self.steps,
                 session_steps=self.session_steps,
                 episodes=self.episodes,
                 steps_per_s=rate,

@@ -57,8 +57,8 @@ class ActorProgress:
     """An actor's progress, once a report interval and at its stop: the status line, summary.json, and
     (with its latest episode) what the launcher restarts it from."""
 
-    steps: int = 0
-    """This actor's env steps over the whole run."""
+    actor_steps: int = 0
+    """This actor's env steps over the whole run (the run's env_steps are all actors' together)."""
     session_steps: int = 0
     """... since this launch (what --max-steps counts)."""
     episodes: int = 0
@@ -121,8 +121,8 @@ class EvalResult:
     """Mario's x position at its end."""
     flag: bool = False
     """It reached the flag."""
-    env_steps: int = 0
-    """Env steps trained when it was played (the actor's own; the launcher logs the run's)."""
+    actor_steps: int = 0
+    """The actor's env steps when it was played (log.txt gives the run's, all actors', as the launcher counts)."""
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ class EpisodeReport:
 class ActorDone:
     """An actor reached its share of --max-steps or --max-episodes and waits for the launcher's stop."""
 
-    steps: int = 0
+    session_steps: int = 0
     """Its env steps this launch."""
     episodes: int = 0
     """Its episodes this launch."""
@@ -221,7 +221,7 @@ class ActorStart:
     """What an actor process continues from, given by the launcher when it starts one (launcher/resume.py
     for a resumed run, RunStatus.actor_counters for a restarted actor)."""
 
-    steps: int = 0
+    actor_steps: int = 0
     """This actor's env steps over the whole run: where its exploration schedule is."""
     session_steps: int = 0
     """... since this launch (what --max-steps counts); nonzero after a restart."""

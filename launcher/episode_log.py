@@ -44,9 +44,9 @@ class EpisodeLog:
             pass
         return last
 
-    def write_eval(self, number: int, result: EvalResult) -> str | None:
-        """A greedy evaluation episode's line, marked "Eval", with the env steps trained so far."""
-        return self._append(f"Eval {number}, {self._common(result)}, Env steps: {result.env_steps}")
+    def write_eval(self, number: int, result: EvalResult, env_steps: int) -> str | None:
+        """A greedy evaluation episode's line, marked "Eval", with the run's env steps when it was played."""
+        return self._append(f"Eval {number}, {self._common(result)}, Env steps: {env_steps}")
 
     @staticmethod
     def _common(e: EpisodeReport | EvalResult) -> str:

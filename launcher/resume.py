@@ -52,7 +52,7 @@ class ResumePlan:
         if self.checkpoint is None:
             return ActorStart()
         steps = self.counters.env_steps // max(1, num_actors)
-        return ActorStart(steps=steps, reset_epsilon=self.reset_epsilon, epsilon_origin=steps)
+        return ActorStart(actor_steps=steps, reset_epsilon=self.reset_epsilon, epsilon_origin=steps)
 
 
 def find_checkpoint(path: str) -> str:

@@ -86,7 +86,7 @@ def learn(learner: DQNLearner, replay: PrioritizedReplay, rng: np.random.Generat
     return metrics
 
 
-def evaluate(env, net, c: Config, rng: np.random.Generator, stop: Stop, env_steps: int) -> EvalResult | None:
+def evaluate(env, net, c: Config, rng: np.random.Generator, stop: Stop, steps: int) -> EvalResult | None:
     """A greedy evaluation episode (epsilon eval_epsilon), never trained on; None if stopped midway."""
     with evaluation_limits(env, c):
         obs, _ = env.reset()
@@ -104,7 +104,7 @@ def evaluate(env, net, c: Config, rng: np.random.Generator, stop: Stop, env_step
         steps=steps,
         x_pos=int(info.get("x_pos", 0)),
         flag=bool(info.get("flag_get", False)),
-        env_steps=env_steps,
+        actor_steps=steps,
     )
 
 
@@ -232,7 +232,7 @@ def run_serial(c: Config) -> int:
                     if result is None:
                         break
                     evaluations += 1
-                    log.write_eval(evaluations, result)
+                    log.write_eval(evaluations, result, steps)
                     best_eval.offer(result, net)
                     metrics.scalar("Eval/Reward", result.reward, steps)
                     metrics.scalar("Eval/XPos", result.x_pos, steps)

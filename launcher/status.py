@@ -69,7 +69,7 @@ class RunStatus:
         curriculum level, from its latest progress report or episode, whichever is newer."""
         progress, episode = self.actors.get(index, ActorProgress()), self.actor_episodes.get(index, EpisodeReport())
         return ActorStart(
-            steps=max(progress.steps, episode.actor_steps),
+            actor_steps=max(progress.actor_steps, episode.actor_steps),
             session_steps=max(progress.session_steps, episode.session_steps),
             episodes=max(progress.episodes, episode.episode),
             level=max(progress.level, episode.level),
@@ -79,7 +79,7 @@ class RunStatus:
         """The run's env steps when actor `index` had played `own_steps` (an evaluation's moment): its exact
         count plus the other actors' latest (those of this launcher)."""
         others = (set(self.actors) | set(self.actor_episodes)) - {index}
-        return own_steps + sum(self.actor_counters(i).steps for i in others)
+        return own_steps + sum(self.actor_counters(i).actor_steps for i in others)
 
     @property
     def env_steps(self) -> int:
@@ -87,7 +87,7 @@ class RunStatus:
         actor runs under this launcher)."""
         if not self.actors:
             return self.replay.env_steps if self.replay else 0
-        return sum(a.steps for a in self.actors.values())
+        return sum(a.actor_steps for a in self.actors.values())
 
     @property
     def session_steps(self) -> int:

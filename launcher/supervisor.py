@@ -400,9 +400,8 @@ class Supervisor:
             if msg["kind"] == "episode":
                 error = self.episode_log.write(self.status.total_episodes, msg["values"])
             elif msg["kind"] == "eval":  # its env_steps are the actor's own: log.txt gives the run's
-                values = msg["values"]
-                at = self.status.env_steps_at(index, values.env_steps)
-                error = self.episode_log.write_eval(self.status.evaluations, dataclasses.replace(values, env_steps=at))
+                at = self.status.env_steps_at(index, msg["values"].actor_steps)
+                error = self.episode_log.write_eval(self.status.evaluations, msg["values"], at)
             if error:
                 self.console.say(f"mario-apex: {error}", error=True)
 
@@ -451,7 +450,7 @@ class Supervisor:
         now = self.status.actor_counters(index)
         restart = dataclasses.replace(
             start,  # a reset exploration keeps its origin
-            steps=max(start.steps, now.steps),
+            actor_steps=max(start.actor_steps, now.actor_steps),
             session_steps=now.session_steps,
             episodes=now.episodes,
             level=now.level,

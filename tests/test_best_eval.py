@@ -13,7 +13,7 @@ from launcher.resume import ResumeError, load_resume_state
 
 
 def _result(reward, flag=False):
-    return EvalResult(actor=0, reward=reward, steps=10, x_pos=40, flag=flag, env_steps=100)
+    return EvalResult(actor=0, reward=reward, steps=10, x_pos=40, flag=flag, actor_steps=100)
 
 
 def test_only_a_better_evaluation_replaces_the_kept_network(tmp_path):

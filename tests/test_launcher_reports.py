@@ -151,13 +151,15 @@ def test_real_reports_are_accepted(supervisor):
             "actor",
             0,
             "progress",
-            ActorProgress(steps=10, session_steps=10, episodes=1, steps_per_s=5.0, epsilon=0.9, weights_version=1),
+            ActorProgress(
+                actor_steps=10, session_steps=10, episodes=1, steps_per_s=5.0, epsilon=0.9, weights_version=1
+            ),
         ),
         report("learner", 0, "progress", LearnerProgress(updates=7, weights_version=1, lr=1e-4, loss=0.25)),
         report("replay", 0, "progress", ReplayStats(size=5, inserted=5, actors=1, episodes=1, env_steps=5)),
-        report("actor", 1, "eval", EvalResult(actor=1, reward=1.0, steps=3, x_pos=5, flag=True, env_steps=10)),
+        report("actor", 1, "eval", EvalResult(actor=1, reward=1.0, steps=3, x_pos=5, flag=True, actor_steps=10)),
         report("actor", 0, "log", {}, text="hello"),
-        report("actor", 1, "done", ActorDone(steps=5, episodes=1)),
+        report("actor", 1, "done", ActorDone(session_steps=5, episodes=1)),
     ]
     send_and_drain(sup, push, progress)
     assert sup.status.dropped_reports == 0

@@ -54,7 +54,7 @@ def test_each_role_starts_from_its_own_record():
     assert (fresh.for_role("learner"), fresh.for_role("replay"), fresh.for_role("actor", 2)) == ("", "", ActorStart())
     plan = ResumePlan("run/checkpoint.pth", "run/s.replay.npz", CheckpointCounters(env_steps=1001), reset_epsilon=0.5)
     assert plan.for_role("learner") == "run/checkpoint.pth" and plan.for_role("replay") == "run/s.replay.npz"
-    assert plan.for_role("actor", 2) == ActorStart(steps=500, reset_epsilon=0.5, epsilon_origin=500)
+    assert plan.for_role("actor", 2) == ActorStart(actor_steps=500, reset_epsilon=0.5, epsilon_origin=500)
 
 
 def test_a_restarted_actor_continues_from_its_newest_counters():
@@ -64,11 +64,11 @@ def test_a_restarted_actor_continues_from_its_newest_counters():
             "role": "actor",
             "index": 1,
             "kind": "progress",
-            "values": ActorProgress(steps=40, session_steps=30, episodes=2),
+            "values": ActorProgress(actor_steps=40, session_steps=30, episodes=2),
         }
     )
     status.on_report(
         {"role": "actor", "index": 1, "kind": "episode", "values": EpisodeReport(actor_steps=55, episode=3, level=1)}
     )
-    assert status.actor_counters(1) == ActorStart(steps=55, session_steps=30, episodes=3, level=1)
+    assert status.actor_counters(1) == ActorStart(actor_steps=55, session_steps=30, episodes=3, level=1)
     assert status.actor_counters(0) == ActorStart()

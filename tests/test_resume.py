@@ -306,10 +306,10 @@ def test_a_resumed_runs_evaluations_go_on_from_the_last_one_in_log_txt(tmp_path)
     log = EpisodeLog(str(tmp_path / "log.txt"))
     assert log.last_eval_number() == 0, "no file yet"
     episode = EpisodeReport(reward=1.0, steps=10, x_pos=40, epsilon=0.5)
-    result = EvalResult(reward=1.0, steps=10, x_pos=40, env_steps=9)
+    result = EvalResult(reward=1.0, steps=10, x_pos=40, actor_steps=9)
     for number in (1, 2, 3):
         log.write(number, episode)
-        log.write_eval(number, result)
+        log.write_eval(number, result, 9)
     log.write_resumed("checkpoint.pth", CheckpointCounters(episodes=2, env_steps=20))
     log.write(3, episode)
     assert log.last_eval_number() == 3

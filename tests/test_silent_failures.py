@@ -270,7 +270,9 @@ def restarted_actor(tmp_path, restarts: int, **start):
 
 
 def test_a_restarted_actors_rates_count_only_its_own_steps_and_time(tmp_path):
-    actor, runtime, _, reports = restarted_actor(tmp_path, 1, steps=5_000_000, session_steps=5_000_000, episodes=0)
+    actor, runtime, _, reports = restarted_actor(
+        tmp_path, 1, actor_steps=5_000_000, session_steps=5_000_000, episodes=0
+    )
     try:
         actor.run()
     finally:

@@ -20,7 +20,7 @@ def test_rates_never_read_zero_between_reports(monkeypatch):
                 {"role": "learner", "index": 0, "kind": "progress", "values": LearnerProgress(updates=20 * reported)}
             )
             run.on_report(
-                {"role": "actor", "index": 0, "kind": "progress", "values": ActorProgress(steps=150 * reported)}
+                {"role": "actor", "index": 0, "kind": "progress", "values": ActorProgress(actor_steps=150 * reported)}
             )
             reported += 1
         run.line()
@@ -51,7 +51,7 @@ def test_a_resumed_run_goes_on_from_its_checkpoints_counters(monkeypatch):
                 "role": "actor",
                 "index": 0,
                 "kind": "progress",
-                "values": ActorProgress(steps=200_000 + 150 * second, session_steps=150 * second),
+                "values": ActorProgress(actor_steps=200_000 + 150 * second, session_steps=150 * second),
             }
         )
         run.line()
@@ -80,7 +80,7 @@ def test_the_last_line_gives_the_sessions_average_rates(monkeypatch):
                 "role": "actor",
                 "index": 0,
                 "kind": "progress",
-                "values": ActorProgress(steps=150 * second, session_steps=150 * second),
+                "values": ActorProgress(actor_steps=150 * second, session_steps=150 * second),
             }
         )
         run.on_report(
@@ -117,7 +117,9 @@ def test_a_resumed_runs_lines_before_the_first_reports_read_no_spike(monkeypatch
                     "role": "actor",
                     "index": 0,
                     "kind": "progress",
-                    "values": ActorProgress(steps=1_000_000 + 100 * (second - 10), session_steps=100 * (second - 10)),
+                    "values": ActorProgress(
+                        actor_steps=1_000_000 + 100 * (second - 10), session_steps=100 * (second - 10)
+                    ),
                 }
             )
         run.line()
@@ -129,10 +131,10 @@ def test_an_evaluation_is_placed_at_the_runs_env_steps_not_its_actors():
     budget of bench_learning (and the learning curve) at half the env steps the run had played."""
     run = RunStatus(replay_capacity=100)
     run.on_report(
-        {"role": "actor", "index": 0, "kind": "progress", "values": ActorProgress(steps=900, session_steps=900)}
+        {"role": "actor", "index": 0, "kind": "progress", "values": ActorProgress(actor_steps=900, session_steps=900)}
     )
     run.on_report(
-        {"role": "actor", "index": 1, "kind": "progress", "values": ActorProgress(steps=950, session_steps=950)}
+        {"role": "actor", "index": 1, "kind": "progress", "values": ActorProgress(actor_steps=950, session_steps=950)}
     )
     episode = EpisodeReport(actor=1, episode=7, reward=1.0, steps=40, x_pos=300, epsilon=0.1, actor_steps=990)
     run.on_report({"role": "actor", "index": 1, "kind": "episode", "values": episode})

@@ -178,6 +178,25 @@ def at_budget(evals: list, budget: int, last: int = 5) -> tuple[float, float] | 
     return statistics.median(e[1] for e in window), sum(e[2] for e in window) / len(window)
 
 
+TRAINING_WINDOW = 200
+"""Training episodes whose median x_pos is given at each budget: exploring episodes move less from one
+network to the next than a greedy one does, so they show learning where the 5 evaluations are all at one pipe."""
+
+
+def training_at(run_dir: Path, budget: int, after: int = 0) -> tuple[float, int] | None:
+    """(median x_pos of the last TRAINING_WINDOW training episodes, training flags) among the episodes ended
+    after `after` and by `budget` env steps; None if the run did not get that far."""
+    from launcher.plot import read_log
+
+    train, _ = read_log(str(run_dir / "log.txt"))
+    if not len(train.steps) or train.steps[-1] < budget * 0.98:
+        return None
+    played = (train.steps > after) & (train.steps <= budget)
+    if not played.any():
+        return None
+    return float(statistics.median(train.x_pos[played][-TRAINING_WINDOW:])), int(train.flag[played].sum())
+
+
 def first_flag(evals: list) -> tuple[int, float] | None:
     """(env steps, minutes) of the first greedy evaluation that reached the flag."""
     return next(((steps, minutes) for steps, _, flag, minutes in evals if flag), None)
@@ -252,10 +271,12 @@ def learn_mario(args, runs_dir: str) -> None:
         evals = [e for e in evaluations(run_dir) if e[0] > args.after]
         flag = first_flag(evals)
         best = max(evals, key=lambda e: e[1], default=None)
-        rows.append((flag, best, [at_budget(evals, b) for b in budgets]))
+        training = [training_at(run_dir, b, args.after) for b in budgets]
+        rows.append((flag, best, [at_budget(evals, b) for b in budgets], training))
         at = "; ".join(
-            f"at {b:,}: x {r[0]:.0f}, flags {r[1]:.0%}" if r else f"at {b:,}: not reached"
-            for b, r in zip(budgets, rows[-1][2])
+            (f"at {b:,}: x {r[0]:.0f}, flags {r[1]:.0%}" if r else f"at {b:,}: not reached")
+            + (f", training x {t[0]:.0f} (median of the last {TRAINING_WINDOW}), {t[1]} training flags" if t else "")
+            for b, r, t in zip(budgets, rows[-1][2], training)
         )
         reached = f"first greedy flag after {flag[0]:,} env steps, {flag[1]:.1f} minutes" if flag else "no greedy flag"
         print(
@@ -274,10 +295,17 @@ def learn_mario(args, runs_dir: str) -> None:
     print(f"median best greedy x_pos: {statistics.median(r[1][1] if r[1] else 0 for r in rows):.0f}")
     for i, budget in enumerate(budgets):
         points = [r[2][i] for r in rows if r[2][i]]
+        trained = [r[3][i] for r in rows if r[3][i]]
         if points:
             print(
                 f"at {budget:,} env steps: median greedy x_pos {statistics.median(p[0] for p in points):.0f}, "
                 f"flag rate {statistics.median(p[1] for p in points):.0%} ({len(points)} seeds)"
+                + (
+                    f"; median training x_pos {statistics.median(t[0] for t in trained):.0f}, training flags "
+                    f"{statistics.median(t[1] for t in trained):.0f} ({len(trained)} seeds)"
+                    if trained
+                    else ""
+                )
             )
     met = all(r[0] and r[0][0] <= GOAL_STEPS and r[0][1] <= GOAL_MINUTES for r in rows)
     if any(_repressed_jumps(run_dir) for run_dir in run_dirs):

@@ -197,3 +197,37 @@ def test_the_start_note_reads_jump_repress_as_the_launcher_does():
     assert _asks_jump_repress(["jump_repress=True"])
     assert not _asks_jump_repress(["jump_repress=false", "action_set=right_only"])
     assert not _asks_jump_repress(["jump_repress=banana"])  # the launcher refuses it, with its own message
+
+
+def test_learning_report_gives_the_training_episodes_median_x_and_flags_at_each_budget(tmp_path):
+    """Beside the greedy figures, each budget gets the median x_pos of the last 200 training episodes ended by
+    it and the training flags up to it (the README's "training x" figures)."""
+    run = tmp_path / "2026-12-03_10-00-00_run"
+    run.mkdir()
+    train_line = "[2026-12-03 10:00:0{}] Episode {}, Reward: 1.00, Actor: 0, Steps: 500, X: {}, Flag: {}, Epsilon: 0.5"
+    lines = [train_line.format(i, i, x, flag) for i, (x, flag) in enumerate([(100, "no"), (200, "yes"), (900, "no")])]
+    evaluation = "[2026-12-03 10:00:0{}] Eval {}, Reward: 1.00, Actor: 0, Steps: 10, X: 434, Flag: no, Env steps: {}"
+    lines.insert(2, evaluation.format(5, 1, 1000))
+    lines.append(evaluation.format(6, 2, 1500))
+    (run / "log.txt").write_text("\n".join(lines) + "\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.bench_learning",
+            "--env",
+            "mario",
+            "--report",
+            str(run),
+            "--at",
+            "1000,1500",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "at 1,000: x 434, flags 0%, training x 150 (median of the last 200), 1 training flags" in result.stdout
+    assert "at 1,500: x 434, flags 0%, training x 200 (median of the last 200), 1 training flags" in result.stdout
+    assert "median training x_pos 150, training flags 1 (1 seeds)" in result.stdout

@@ -36,6 +36,7 @@ if __package__ in (None, ""):  # run as a file path: make the repository importa
 
 from benchmarks.common import free_base_port, machine, parser  # noqa: E402
 from common.config import ConfigError, parse_assignment  # noqa: E402
+from launcher.plot import read_log  # noqa: E402
 
 TEST_SETTINGS = (
     "--env",
@@ -183,18 +184,16 @@ TRAINING_WINDOW = 200
 network to the next than a greedy one does, so they show learning where the 5 evaluations are all at one pipe."""
 
 
-def training_at(run_dir: Path, budget: int, after: int = 0) -> tuple[float, int] | None:
+def training_at(episodes, budget: int, after: int = 0) -> tuple[float, int] | None:
     """(median x_pos of the last TRAINING_WINDOW training episodes, training flags) among the episodes ended
-    after `after` and by `budget` env steps; None if the run did not get that far."""
-    from launcher.plot import read_log
-
-    train, _ = read_log(str(run_dir / "log.txt"))
-    if not len(train.steps) or train.steps[-1] < budget * 0.98:
+    after `after` and by `budget` env steps (summed episode lengths, as launcher/plot.py reads log.txt);
+    None if the run did not get that far."""
+    if not len(episodes.steps) or episodes.steps[-1] < budget * 0.98:
         return None
-    played = (train.steps > after) & (train.steps <= budget)
+    played = (episodes.steps > after) & (episodes.steps <= budget)
     if not played.any():
         return None
-    return float(statistics.median(train.x_pos[played][-TRAINING_WINDOW:])), int(train.flag[played].sum())
+    return float(statistics.median(episodes.x_pos[played][-TRAINING_WINDOW:])), int(episodes.flag[played].sum())
 
 
 def first_flag(evals: list) -> tuple[int, float] | None:
@@ -271,7 +270,8 @@ def learn_mario(args, runs_dir: str) -> None:
         evals = [e for e in evaluations(run_dir) if e[0] > args.after]
         flag = first_flag(evals)
         best = max(evals, key=lambda e: e[1], default=None)
-        training = [training_at(run_dir, b, args.after) for b in budgets]
+        episodes, _ = read_log(str(run_dir / "log.txt"))
+        training = [training_at(episodes, b, args.after) for b in budgets]
         rows.append((flag, best, [at_budget(evals, b) for b in budgets], training))
         at = "; ".join(
             (f"at {b:,}: x {r[0]:.0f}, flags {r[1]:.0%}" if r else f"at {b:,}: not reached")

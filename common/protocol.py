@@ -63,7 +63,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "episode": "count",
         "reward": "float",
         "steps": "count",
-        "x_pos": "int",
+        "x_pos": "count",
         "flag": "bool",
         "epsilon": "float",
         "actor_steps": "count",

@@ -86,7 +86,7 @@ def learn(learner: DQNLearner, replay: PrioritizedReplay, rng: np.random.Generat
     return metrics
 
 
-def evaluate(env, net, c: Config, rng: np.random.Generator, stop: Stop, steps: int) -> EvalResult | None:
+def evaluate(env, net, c: Config, rng: np.random.Generator, stop: Stop, run_steps: int) -> EvalResult | None:
     """A greedy evaluation episode (epsilon eval_epsilon), never trained on; None if stopped midway."""
     with evaluation_limits(env, c):
         obs, _ = env.reset()
@@ -104,7 +104,7 @@ def evaluate(env, net, c: Config, rng: np.random.Generator, stop: Stop, steps: i
         steps=steps,
         x_pos=int(info.get("x_pos", 0)),
         flag=bool(info.get("flag_get", False)),
-        actor_steps=steps,
+        actor_steps=run_steps,
     )
 
 

@@ -139,7 +139,7 @@ class RunStatus:
             parts.append(f"updates {self.updates:,} ({rates[1]:.1f}/s)")
         else:  # the actor side: the learner is elsewhere; its newest weights tell how far it is
             parts.append(f"weights of update {max(a.weights_updates for a in self.actors.values()):,}")
-        if self.learner and self.learner.updates:
+        if self.learner and self.learner.updates > self._rate_origin[1]:  # (a resumed run: once it trains)
             parts.append(f"loss {self.learner.loss:.4f}")
         if len(self.actors) > 1:  # per-actor throughput: a slow or stuck actor shows
             parts.append(

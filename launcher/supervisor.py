@@ -399,7 +399,7 @@ class Supervisor:
             error = None
             if msg["kind"] == "episode":
                 error = self.episode_log.write(self.status.total_episodes, msg["values"])
-            elif msg["kind"] == "eval":  # its env_steps are the actor's own: log.txt gives the run's
+            elif msg["kind"] == "eval":  # its actor_steps are the actor's own: log.txt gives the run's
                 at = self.status.env_steps_at(index, msg["values"].actor_steps)
                 error = self.episode_log.write_eval(self.status.evaluations, msg["values"], at)
             if error:

@@ -402,10 +402,13 @@ class LearnerService:
                     pass
 
     def restore(self, path: str) -> None:
+        saved = self.learner.restore(path)
         try:
-            counters = CheckpointCounters.from_saved(self.learner.restore(path))
+            counters = CheckpointCounters.from_saved(saved)
         except ValueError as exc:
             raise CheckpointError(f"{path}: damaged checkpoint ({exc})") from None
+        if "replay_updates" not in saved:  # older checkpoints: their snapshot was taken with them
+            counters = dataclasses.replace(counters, replay_updates=self.learner.updates)
         self.replay_stats = ReplayStats(  # until the replay server's first answer
             episodes=counters.episodes,
             env_steps=counters.env_steps,

@@ -168,7 +168,7 @@ class ReplayServer:
             self._serve_pending()
             self._check_snapshot()
             if self.rt.progress_due():
-                self.rt.report("progress", as_map(self.stats()))
+                self.rt.report("progress", self.stats())
         self._take_last_transitions()
         self._check_snapshot()
         self._end_snapshot()
@@ -177,7 +177,8 @@ class ReplayServer:
     def _take_last_transitions(self) -> None:
         """The actors stop first and flush what they hold; a pinned ratio may have left those messages
         queued here. With the actors gone there is nothing left to hold back: store them all, so every
-        env step the run counted is in the buffer and its stats."""
+        env step the run counted is in the buffer and its stats (summary.json). The learner's final checkpoint
+        came before (it stops first), so a --resume starts without these last few."""
         deadline = time.monotonic() + LAST_TRANSITIONS_S  # actors of another launcher may still be sending
         while self.pull.poll(0, zmq.POLLIN) and time.monotonic() < deadline:
             self._drain(self.pull, self._on_actor_message, limit=64)
@@ -422,7 +423,7 @@ def main(runtime: RoleRuntime, run_dir: str) -> None:
     server = ReplayServer(runtime, run_dir, runtime.start or None)
     started = time.monotonic()
     server.run()
-    runtime.report("progress", as_map(server.stats()))
+    runtime.report("progress", server.stats())
     runtime.log(
         f"stopped after {time.monotonic() - started:.0f} s: {server.buffer.inserted} transitions "
         f"stored, {server.counters['dropped']} bad messages dropped"

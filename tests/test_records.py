@@ -72,3 +72,18 @@ def test_a_restarted_actor_continues_from_its_newest_counters():
     )
     assert status.actor_counters(1) == ActorStart(actor_steps=55, session_steps=30, episodes=3, level=1)
     assert status.actor_counters(0) == ActorStart()
+
+
+@pytest.mark.parametrize("saved, expected", [({"updates": 700}, 700), ({"updates": 700, "replay_updates": 650}, 650)])
+def test_a_checkpoint_from_before_replay_updates_names_its_own_update_for_its_snapshot(saved, expected):
+    """Checkpoints older than the replay_updates counter took their snapshot with them: a restored learner
+    says so (it read 0, "the replay memory of update 0", and wrote that into its next checkpoint)."""
+    from types import SimpleNamespace
+
+    from learner.service import LearnerService
+
+    service = LearnerService.__new__(LearnerService)
+    service.learner = SimpleNamespace(updates=700, restore=lambda path: {**saved, "replay_file": "s.replay.npz"})
+    service.rt = SimpleNamespace(log=lambda text: None)
+    service.restore("checkpoint.pth")
+    assert service._replay.replay_updates == expected

@@ -96,7 +96,7 @@ def test_a_sample_whose_frames_cannot_fit_in_one_message_is_refused():
     assert server.counters["dropped"] == 1 and "exceed max_message_bytes" in logs[0]
 
 
-def test_the_actors_last_transitions_are_stored_at_the_stop_even_while_the_ratio_holds_them_back():
+def test_the_actors_last_transitions_are_stored_at_the_stop_even_while_the_ratio_holds_them_back(tmp_path):
     """The actors stop first and flush; a pinned ratio (the learner behind) leaves that flush queued at the
     replay server. CI once counted 7,995 of 8,000 env steps inserted: the stop must store them all."""
     import os
@@ -118,7 +118,7 @@ def test_the_actors_last_transitions_are_stored_at_the_stop_even_while_the_ratio
         spi_tolerance=1,
     )
     runtime = RoleRuntime("replay", 0, config, StopAtCap(), os.getppid())
-    server = ReplayServer(runtime, ".")
+    server = ReplayServer(runtime, str(tmp_path))
     try:
         push = runtime.transport.socket(zmq.PUSH, connect=connect_address(config, "replay_in"))
         transitions = 5

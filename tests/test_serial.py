@@ -87,7 +87,8 @@ def test_serial_learns_the_test_env_and_writes_the_usual_run_folder(launch):
     train, evaluation = read_log(str(run.run_dir / "log.txt"))
     assert len(train.steps) == summary["episodes"] and max(train.steps) <= 3000
     assert len(evaluation.steps) == summary["evaluations"] >= 2
-    assert (run.run_dir / "best_eval.pth").exists()
+    kept = load_checkpoint(str(run.run_dir / "best_eval.pth"))["eval"]
+    assert kept["actor_steps"] in evaluation.steps, "the env steps it was played at, not its length"
 
     final = str(run.run_dir / "checkpoint_final.pth")
     assert load_checkpoint(final)["counters"]["updates"] == summary["updates"]

@@ -119,7 +119,7 @@ def test_ctrl_c_leaves_videos_that_play_to_the_end(launch):
     run.wait_for_episodes(30)
     run.interrupt()
     assert run.wait(10) == 130, run.output()
-    steps = run.summary()["actors"]["0"]["steps"]
+    steps = run.summary()["actors"]["0"]["actor_steps"]
     log = episodes(run.run_dir)
     assert int(probe(run.run_dir / "mario_run.mp4")["nb_read_frames"]) == steps + len(log) + 1
 

@@ -108,8 +108,8 @@ class LearnerProgress:
 
 
 @dataclass(frozen=True)
-class EvalResult:
-    """One greedy evaluation episode: a line of log.txt, TensorBoard's Eval/ tags, best_eval.pth."""
+class EpisodeResult:
+    """What any episode's line in log.txt gives."""
 
     actor: int = 0
     """The actor that played it."""
@@ -122,31 +122,25 @@ class EvalResult:
     flag: bool = False
     """It reached the flag."""
     actor_steps: int = 0
-    """The actor's env steps when it was played (log.txt gives the run's, all actors', as the launcher counts)."""
+    """The actor's env steps over the whole run, at its end."""
 
 
 @dataclass(frozen=True)
-class EpisodeReport:
+class EvalResult(EpisodeResult):
+    """One greedy evaluation episode: a line of log.txt (with the run's env steps, all actors', which the
+    launcher counts), TensorBoard's Eval/ tags, best_eval.pth."""
+
+
+@dataclass(frozen=True)
+class EpisodeReport(EpisodeResult):
     """A finished training episode: a line of log.txt (the launcher numbers the episodes run-wide)."""
 
-    actor: int = 0
-    """The actor that played it."""
     episode: int = 0
     """The actor's count of episodes this launch, this one included."""
-    reward: float = 0.0
-    """Shaped reward of the episode."""
-    steps: int = 0
-    """Its agent steps."""
-    x_pos: int = 0
-    """Mario's x position at its end."""
-    flag: bool = False
-    """It reached the flag."""
     epsilon: float = 0.0
     """Exploration rate at its end."""
-    actor_steps: int = 0
-    """The actor's env steps over the whole run, at its end."""
     session_steps: int = 0
-    """... since this launch."""
+    """The actor's env steps since this launch, at its end."""
     level: int = 0
     """Curriculum level it was played on (0 without a curriculum)."""
 

@@ -7,7 +7,7 @@ import re
 from datetime import datetime
 
 from common.log_limit import LogLimit
-from common.records import CheckpointCounters, EpisodeReport, EvalResult
+from common.records import CheckpointCounters, EpisodeReport, EpisodeResult, EvalResult
 
 _EVAL_NUMBER = re.compile(r"^\[[^\]]+\] Eval (\d+),")
 
@@ -49,7 +49,7 @@ class EpisodeLog:
         return self._append(f"Eval {number}, {self._common(result)}, Env steps: {env_steps}")
 
     @staticmethod
-    def _common(e: EpisodeReport | EvalResult) -> str:
+    def _common(e: EpisodeResult) -> str:
         return (
             f"Reward: {e.reward:.2f}, Actor: {e.actor}, Steps: {e.steps}, X: {e.x_pos}, "
             f"Flag: {'yes' if e.flag else 'no'}"

@@ -41,6 +41,8 @@ from common.runtime import RoleRuntime
 from common.topology import connect_socket
 from common.wrappers import FrameSkip
 
+LAST_SEND_WAIT_MS = 1000  # at the stop, how long the last flush waits for room in a full queue
+
 
 class Actor:
     def __init__(self, runtime: RoleRuntime, run_dir: str):
@@ -275,6 +277,8 @@ class Actor:
             if self.push.poll(100, zmq.POLLOUT):
                 break
             self._poll_weights()
+        if self.rt.should_stop():  # the last flush: the replay server takes everything once the stop began
+            self.push.poll(LAST_SEND_WAIT_MS, zmq.POLLOUT)
         try:
             self.push.send(payload, zmq.NOBLOCK)
         except zmq.Again:

@@ -44,6 +44,7 @@ class RoleRuntime:
         start: ActorStart | str | None = None,
         reports_address: str = "",
         keys: dict | None = None,
+        run_stop_event=None,
     ):
         self.role, self.index, self.config = role, index, config
         # What this role continues from (launcher/resume.py's ResumePlan.for_role): an ActorStart for an actor,
@@ -51,6 +52,7 @@ class RoleRuntime:
         self.start = (ActorStart() if role == "actor" else "") if start is None else start
         self.name = process_name(role, index)
         self._stop_event = stop_event
+        self._run_stop_event = run_stop_event  # set when the launcher begins the stop (None: not told)
         self._parent_pid = parent_pid
         self._terminated = False
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -74,6 +76,10 @@ class RoleRuntime:
 
     def should_stop(self) -> bool:
         return self._terminated or self._stop_event.is_set() or self.orphaned()
+
+    def run_stopping(self) -> bool:
+        """The launcher has begun to stop the run (the actors first): this role may still be running."""
+        return self.should_stop() or (self._run_stop_event is not None and self._run_stop_event.is_set())
 
     def orphaned(self) -> bool:
         """The launcher is gone (e.g. SIGKILLed): stop fast, with no help from the other roles."""
@@ -131,6 +137,7 @@ def run_role(
     start: ActorStart | str | None = None,
     reports_address: str = "",
     keys: dict | None = None,
+    run_stop_event=None,
 ) -> None:
     """Process entry point: build the runtime, run `main(runtime, run_dir)`, turn failures into a report.
 
@@ -141,7 +148,7 @@ def run_role(
     runtime = None
     try:
         config = Config.from_dict(config_dict)
-        runtime = RoleRuntime(role, index, config, stop_event, parent_pid, start, reports_address, keys)
+        runtime = RoleRuntime(role, index, config, stop_event, parent_pid, start, reports_address, keys, run_stop_event)
         main(runtime, run_dir)
     except TransportError as exc:
         _fail(runtime, role, str(exc), show_traceback=False)

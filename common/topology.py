@@ -47,6 +47,11 @@ class Channel:
         return self.name.replace("_", "-") if self.port_offset is not None else None
 
 
+# How long a stopping actor's socket keeps trying to deliver its last queued chunks (the replay server takes
+# them all once the stop has begun); within the actors' share of the launcher's stop.
+LAST_CHUNKS_LINGER_MS = 1500
+
+
 def _actor_queue(c: Config) -> int:
     return c.actor_queue_chunks()
 
@@ -60,7 +65,13 @@ CHANNELS: dict[str, Channel] = {
             "replay_in",
             0,
             binder=Side(("replay",), "PULL", hwm=_actor_queue),
-            connectors=Side(("actor",), "PUSH", hwm=_actor_queue, sends=("transitions", "episode")),
+            connectors=Side(
+                ("actor",),
+                "PUSH",
+                hwm=_actor_queue,
+                options=(("LINGER", LAST_CHUNKS_LINGER_MS),),
+                sends=("transitions", "episode"),
+            ),
             remote=("replay_address", "learner_address"),
         ),
         # Sampling: the learner's requests (with the previous batch's priorities) and the server's replies.

@@ -198,7 +198,7 @@ class Transport:
             link.monitor.close(linger=0)
         self._links.clear()
         for sock in self._sockets:
-            sock.close(linger=LINGER_MS)
+            sock.close()  # with its own LINGER: LINGER_MS unless its channel sets one (common/topology.py)
         self._sockets.clear()
         if self._authenticator is not None:
             if not self._authenticator.is_alive() and self._authenticator.pipe is not None:

@@ -92,8 +92,21 @@ def role_entry(
     start: ActorStart | str,
     reports_address: str = "",
     keys: dict | None = None,
+    run_stop_event=None,
 ) -> None:
-    run_role(_role_main(role), role, index, config_dict, run_dir, stop_event, parent_pid, start, reports_address, keys)
+    run_role(
+        _role_main(role),
+        role,
+        index,
+        config_dict,
+        run_dir,
+        stop_event,
+        parent_pid,
+        start,
+        reports_address,
+        keys,
+        run_stop_event,
+    )
 
 
 def make_run_dir(runs_dir: str) -> str:
@@ -257,6 +270,7 @@ class Supervisor:
                 start,
                 self.reports_address,
                 self.keys,
+                self.stop_events[STOP_ORDER[0]],  # the first one set: every role learns the stop has begun
             ),
         )
         self._spawn_holding_ctrl_c(proc)

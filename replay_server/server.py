@@ -156,7 +156,9 @@ class ReplayServer:
         c = self.config
         self.rt.log(f"listening on {' and '.join(bind_addresses(c, 'replay_in') + bind_addresses(c, 'replay_sample'))}")
         while not self.rt.should_stop():
-            actors_wait = self.limiter.inserts_wait(self.buffer.inserted)  # pinned ratio: the learner is behind
+            # Pinned ratio, the learner behind: the actors wait. Not once the run is stopping: their last
+            # chunks must arrive before their sockets give up on them (the actor side's linger).
+            actors_wait = self.limiter.inserts_wait(self.buffer.inserted) and not self.rt.run_stopping()
             poller.modify(self.pull, 0 if actors_wait else zmq.POLLIN)
             events = dict(poller.poll(POLL_MS))
             if self.pull in events:

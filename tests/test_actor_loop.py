@@ -251,3 +251,38 @@ def test_evaluations_give_up_after_eval_stall_steps_without_progress(tmp_path):
     assert [r.steps for r in evaluate(standing, config.replace(eval_stall_steps=0), episodes=1)] == [50], (
         "without it, standing still runs out the test env's clock"
     )
+
+
+def test_the_last_flush_at_the_stop_waits_for_room_in_a_full_queue():
+    """With the ratio pinned the queue to the replay server is short and full when the run stops (the learner
+    behind); the replay server takes everything once the stop begins, so the actor's last chunk waits for
+    room (a second at most) instead of being dropped at once."""
+    import threading
+
+    from common.log_limit import LogLimit
+    from common.topology import bind_socket, connect_socket
+
+    config = Config(env_id=TEST_ENV_ID, base_port=free_base_port(), samples_per_insert=1)
+    assert config.actor_queue_chunks() == 4
+    transport = Transport(config.max_message_bytes)
+    try:
+        pull = bind_socket(transport, config, "replay_in")
+        push = connect_socket(transport, config, "replay_in")
+        queued = 0
+        while push.poll(5000 if not queued else 300, zmq.POLLOUT):  # the replay server reads nothing yet
+            push.send(b"x" * 100_000, zmq.NOBLOCK)
+            queued += 1
+        assert queued >= config.actor_queue_chunks()
+        actor = Actor.__new__(Actor)  # only what _send uses
+        actor.config, actor.push, actor.learner_stopped, actor.dropped = config, push, False, 0
+        actor.rt = type("Stopping", (), {"should_stop": staticmethod(lambda: True), "log": print})()
+        actor._drop_log = LogLimit()
+        received = []
+        reader = threading.Timer(0.3, lambda: received.extend(pull.recv() for _ in range(queued + 1)))
+        reader.start()  # the replay server, once told the run is stopping
+        actor._send(b"last")
+        reader.join(30)
+        assert actor.dropped == 0
+        assert received[-1] == b"last"
+    finally:
+        transport.close()

@@ -311,6 +311,10 @@ class Supervisor:
         try:
             self._start_all()
             self._monitor()
+        except Exception as exc:  # summary.json says so, not "stop_reason: null, exit_code: 0"
+            self.stop_reason = self.stop_reason or f"launcher error ({type(exc).__name__}: {exc})"
+            self.exit_code = 1
+            raise
         finally:
             self._stop_all()
             self._finish()

@@ -88,9 +88,12 @@ def test_a_run_that_played_keeps_its_folder(launch):
 @pytest.mark.slow
 def test_checkpoints_are_kept_before_training_starts(launch):
     """--checkpoint-every counts episodes from the first on, not from the first batch: with learning_starts
-    never reached, checkpoint.pth (with the replay memory so far) is still written."""
+    never reached, checkpoint.pth (with the replay memory so far) is still written, and checkpoint_final.pth at
+    the stop."""
     run = launch(*FAST_TEST_ENV, "--max-steps", "1500", "--set", "learning_starts=19000", "--checkpoint-every", "10")
     assert run.wait(120) == 0, run.output()
     assert run.summary()["updates"] == 0
     assert (run.run_dir / "checkpoint.pth").exists(), run.output()
     assert "saved checkpoint.pth with replay memory" in run.output()
+    assert (run.run_dir / "checkpoint_final.pth").exists(), "a clean stop before any update still leaves the final one"
+    assert "saved checkpoint_final.pth with replay memory (1,500 transitions)" in run.output()

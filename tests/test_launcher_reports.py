@@ -7,6 +7,7 @@ import os
 import stat
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import msgpack
@@ -18,6 +19,7 @@ from common.protocol import PROTOCOL_VERSION, encode
 from common.records import ActorDone, ActorProgress, EvalResult, LearnerProgress, ReplayStats, as_map
 from launcher.console import Console
 from launcher.supervisor import Supervisor
+from tests.conftest import kept_process_hooks
 from tests.harness import free_base_port
 
 EPISODE = {
@@ -189,3 +191,21 @@ def test_bad_reports_during_stop_neither_raise_nor_hang(supervisor):
     sup._finish()
     summary = json.loads(open(os.path.join(sup.run_dir, "summary.json")).read())
     assert summary["dropped_reports"] == 2
+
+
+def test_an_error_in_the_launcher_is_the_stop_reason_in_summary_json(supervisor, monkeypatch):
+    """An exception the launcher did not foresee stops the run with exit status 1, and summary.json says why
+    (it said stop_reason null and exit_code 0)."""
+    sup, _ = supervisor
+
+    def monitor():
+        raise RuntimeError("something broke")
+
+    monkeypatch.setattr(sup, "_start_all", lambda: None)
+    monkeypatch.setattr(sup, "_monitor", monitor)
+    monkeypatch.setattr(sup, "_nothing_ran", lambda: False)  # keep the folder, as a run that played would
+    with kept_process_hooks(), pytest.raises(RuntimeError, match="something broke"):
+        sup.run()  # (it sets the signal handlers)
+    summary = json.loads((Path(sup.run_dir) / "summary.json").read_text())
+    assert summary["stop_reason"] == "launcher error (RuntimeError: something broke)"
+    assert summary["exit_code"] == 1

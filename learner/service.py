@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import re
 import time
 
 import numpy as np
@@ -30,7 +29,7 @@ from common.log_limit import LogLimit
 from common.metrics import Metrics
 from common.network import weights_to_arrays
 from common.protocol import ProtocolError, decode_parts, encode
-from common.run_files import FRAME_FILE
+from common.run_files import FRAME_FILE, SNAPSHOT_FILE, snapshot_name
 from common.records import CheckpointCounters, LearnerProgress, ReplayStats, as_map
 from common.runtime import RoleRuntime
 from common.topology import bind_socket, connect_socket
@@ -47,7 +46,6 @@ SNAPSHOT_STALL_S = 30.0
 # the actors may take 2.25 s (launcher/supervisor.py STOP_SHARE); the .pth after it takes well under a second.
 FINAL_SNAPSHOT_S = 4.0
 BATCHES = ("batch", "batch_shared", "batch_mirror")
-SNAPSHOT_FILE = re.compile(r"^checkpoint(_final)?-\d+\.replay\.npz(\.tmp)?$")  # the names checkpoint() gives
 
 
 class LearnerService:
@@ -322,7 +320,7 @@ class LearnerService:
         if with_replay:
             # A unique name: a new snapshot never overwrites the one the previous .pth names.
             done, why = self._request_snapshot(
-                f"{base}-{time.time_ns()}.replay.npz", started + FINAL_SNAPSHOT_S if final else None
+                snapshot_name(base, time.time_ns()), started + FINAL_SNAPSHOT_S if final else None
             )
             if done is not None:
                 self.replay_stats = done["stats"]

@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import signal
 import time
 from collections import OrderedDict, deque
@@ -32,6 +31,7 @@ from common.config import MAX_SAMPLE_BATCH, frames_per_message
 from common.log_limit import LogLimit
 from common.protocol import ProtocolError, decode, encode, encode_parts
 from common.records import ReplayStats, as_map
+from common.run_files import SNAPSHOT_FILE
 from common.runtime import RoleRuntime
 from common.topology import bind_socket
 from common.transport import SETTLED_S
@@ -50,7 +50,6 @@ from replay_server.snapshot import (
 MAX_PENDING = 64  # sample requests kept waiting (a learner re-asks after a restart of either side)
 MAX_PENDING_PER_PEER = 8  # ... of them from one peer: a flood from one socket cannot crowd out the learner's
 POLL_MS = 100
-SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}\.replay\.npz$")  # a file name, never a path
 PAUSE_NOTICE_S = 10.0  # say that sampling paused only once it lasts (not during a normal stop, <= 10 s)
 MAX_MIRRORS = 8  # learners' frame mirrors the server keeps track of (least recently used forgotten)
 LAST_TRANSITIONS_S = 0.5  # at the stop: time to store what the actors flushed (the stop allows 7 s in all)
@@ -282,7 +281,7 @@ class ReplayServer:
 
     # --- snapshots (see learner/service.py for the protocol) --------------------------------------
     def _start_snapshot(self, identity: bytes, name: str) -> None:
-        if not SNAPSHOT_NAME.match(name):
+        if not SNAPSHOT_FILE.match(name) or name.endswith(".tmp"):  # the learner's names only: never a path
             raise ProtocolError(f"snapshot: bad file name {name[:80]!r}")
         if self.snapshot is not None:
             self._reply_snapshot(identity, name, False, self.stats(), "another snapshot is in progress")

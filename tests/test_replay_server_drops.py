@@ -93,3 +93,20 @@ def test_a_sample_whose_frames_cannot_fit_in_one_message_is_refused():
     server._drain(FakeSocket([[b"x", sample(4096)], [b"x", sample(1184)]]), server._on_learner_message, limit=10)
     assert [p[1] for p in server.pending] == [1184]
     assert server.counters["dropped"] == 1 and "exceed max_message_bytes" in logs[0]
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["x.replay.npz", "checkpoint-1.replay.npz.tmp", "../checkpoint-1.replay.npz", "checkpoint-1.replay.npz/x", ""],
+)
+def test_a_snapshot_is_written_only_under_a_name_the_learner_gives_and_cleans_up(name):
+    """Any other name (a client's own choice) was written and never removed: refused as a bad message."""
+    with pytest.raises(ProtocolError, match="snapshot: bad file name"):
+        bare_server([])._start_snapshot(b"peer", name)
+
+
+def test_the_learners_snapshot_names_pass_the_replay_servers_check():
+    from common.run_files import SNAPSHOT_FILE, snapshot_name
+
+    for base in ("checkpoint", "checkpoint_final"):
+        assert SNAPSHOT_FILE.match(snapshot_name(base, 1796474748123456789))

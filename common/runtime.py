@@ -106,11 +106,12 @@ class RoleRuntime:
 
     def check_links(self) -> None:
         """Count the links' connections and tell the user about refused ones (wrong or missing keys):
-        the first at once, then at most one line per link every REFUSAL_LOG_S seconds. Raises TransportError
+        the first at once, then at most one line per link and reason every REFUSAL_LOG_S seconds (so a
+        refused impostor is not hidden behind another reason's lines). Raises TransportError
         (the role stops, a failure the launcher names) if the authenticator thread has died."""
         now = time.monotonic()
         for refusal in self.transport.check_links():
-            key = f"{refusal.channel} {refusal.endpoint}"
+            key = f"{refusal.channel} {refusal.endpoint} {refusal.reason}"
             last, count = self._refusals.get(key, (-REFUSAL_LOG_S, 0))
             count += 1
             if now - last >= REFUSAL_LOG_S:

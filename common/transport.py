@@ -9,6 +9,7 @@ machines (`link="..."`) are also encrypted and authenticated with CurveZMQ when 
 from __future__ import annotations
 
 import logging
+from collections import deque
 import os
 import stat
 import time
@@ -53,10 +54,12 @@ class Refusal:
     endpoint: str
     bound: bool  # we are the server side of the link
     reason: str
+    peer: str = ""  # the refused client's address, where the authenticator turned it away ("" if unknown)
 
     def message(self) -> str:
         if self.bound:
-            return f"refused a connection to {self.channel} ({self.endpoint}): {self.reason}"
+            source = f" from {self.peer}" if self.peer else ""
+            return f"refused a connection to {self.channel} ({self.endpoint}){source}: {self.reason}"
         return f"{self.endpoint} ({self.channel}) refused this connection: {self.reason}; retrying"
 
 
@@ -132,12 +135,10 @@ class Transport:
             if keys.server_secret is None:
                 raise TransportError("CurveZMQ: no server keys for a bound socket (--keys: the learner/ folder)")
             if self._authenticator is None:  # ZAP: only the authorized client keys get in
-                from zmq.auth.thread import ThreadAuthenticator
-
                 quiet = logging.getLogger("mario_apex.zap")
                 quiet.addHandler(logging.NullHandler())
                 quiet.propagate = False
-                self._authenticator = ThreadAuthenticator(self.context, log=quiet)
+                self._authenticator = _authenticator(self.context, quiet)
                 self._authenticator.start()
                 self._authenticator.thread.name = AUTHENTICATOR_THREAD
                 self._authenticator.configure_curve(domain="*", location=keys.authorized_dir)
@@ -177,8 +178,16 @@ class Transport:
                     endpoint = event["endpoint"].decode(errors="replace") if event.get("endpoint") else "?"
                     protocol = kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                     reason = _PROTOCOL_ERRORS.get(value, _REFUSALS[kind]) if protocol else _REFUSALS[kind]
-                    refusals.append(Refusal(link.channel, endpoint, link.bound, reason))
+                    peer = self._turned_away() if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH and link.bound else ""
+                    refusals.append(Refusal(link.channel, endpoint, link.bound, reason, peer))
         return refusals
+
+    def _turned_away(self) -> str:
+        """The address of the oldest client the authenticator turned away and no refusal named yet."""
+        try:
+            return self._authenticator.turned_away.popleft()
+        except (AttributeError, IndexError):
+            return ""
 
     def peers(self, sock: zmq.Socket) -> int:
         """Settled open connections of a monitored socket, as of the last check_links() call."""
@@ -237,3 +246,26 @@ def keep_private(folder: str) -> None:
 
 class TransportError(RuntimeError):
     """A socket could not be set up; the message is one line, fit for the user."""
+
+
+def _authenticator(context: zmq.Context, log):
+    """ZAP: only the authorized client keys get in. It keeps the addresses of the clients it turned away
+    (`turned_away`), which ZeroMQ's refusal events do not name, so a refusal line can say who it was."""
+    from zmq.auth.thread import ThreadAuthenticator
+
+    class Authenticator(ThreadAuthenticator):
+        def __init__(self):
+            super().__init__(context, log=log)
+            self.turned_away: deque[str] = deque(maxlen=100)
+            self._address = ""
+
+        async def handle_zap_message(self, msg: list[bytes]) -> None:
+            self._address = msg[3].decode(errors="replace") if len(msg) > 3 else ""  # (version, id, domain, address)
+            await super().handle_zap_message(msg)
+
+        def _send_zap_reply(self, request_id, status_code, status_text, user_id="anonymous") -> None:
+            if status_code != b"200":
+                self.turned_away.append(self._address)
+            super()._send_zap_reply(request_id, status_code, status_text, user_id)
+
+    return Authenticator()

@@ -108,6 +108,17 @@ def test_a_foreign_key_is_refused_on_both_sides(tmp_path):
     assert client_refusals[0].message().endswith("; retrying")
 
 
+def test_an_unauthorized_client_key_is_refused_and_its_address_named(tmp_path):
+    """It knows the server's key but is not among the authorized clients: the ZAP handler turns it away,
+    and the server's line names where it came from (ZeroMQ's refusal event does not)."""
+    learner, actor = create_keys(str(tmp_path))
+    (tmp_path / "learner" / "authorized_clients" / "actor.key").unlink()
+    received, server_refusals, _, peers = _exchange(load_keys(learner, True, False), load_keys(actor, False, True))
+    assert received is None and peers == 0
+    assert server_refusals and server_refusals[0].peer == "127.0.0.1"
+    assert server_refusals[0].message().endswith(") from 127.0.0.1: the key is not authorized (wrong --keys?)")
+
+
 def test_no_keys_against_a_keyed_server_is_refused(tmp_path):
     learner, _ = create_keys(str(tmp_path))
     received, server_refusals, client_refusals, _ = _exchange(load_keys(learner, True, False), None)

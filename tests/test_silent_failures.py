@@ -208,6 +208,31 @@ def test_a_role_whose_authenticator_thread_died_stops_and_says_why(tmp_path):
         transport.close()
 
 
+# --- 15c: refusal lines -------------------------------------------------------------------------------
+def test_refusal_lines_are_limited_per_reason_so_an_impostor_is_not_hidden_behind_another_reason():
+    """A stream of one kind of refusal (a keyless client retrying) used to take the link's one line per 30 s,
+    so an impostor's "not authorized" with its address never showed."""
+    from common.transport import Refusal
+
+    config = Config(env_id=TEST_ENV_ID, base_port=free_base_port())
+    runtime = RoleRuntime("replay", 0, config, StopAtCap(), os.getppid())
+    try:
+        logs, seen = [], []
+        runtime.log = logs.append
+        runtime.transport.check_links = lambda: seen.pop(0) if seen else []
+        keyless = Refusal("replay-in", "tcp://0.0.0.0:47555", True, "security mismatch")
+        impostor = Refusal("replay-in", "tcp://0.0.0.0:47555", True, "the key is not authorized", "10.0.0.2")
+        seen += [[keyless], [keyless, impostor], [keyless, impostor]]
+        for _ in range(3):
+            runtime.check_links()
+        assert logs == [
+            "refused a connection to replay-in (tcp://0.0.0.0:47555): security mismatch",
+            "refused a connection to replay-in (tcp://0.0.0.0:47555) from 10.0.0.2: the key is not authorized",
+        ]
+    finally:
+        runtime.close()
+
+
 # --- 15b: a wrong socket type ----------------------------------------------------------------------
 def test_a_socket_of_the_wrong_type_is_not_blamed_on_the_keys_alone(tmp_path):
     create_keys(str(tmp_path))

@@ -56,6 +56,13 @@ def _actor_queue(c: Config) -> int:
     return c.actor_queue_chunks()
 
 
+def _reply_queue(c: Config) -> int:
+    """Replies the replay server queues for one peer: the learner reads its prefetch_batches and the odd
+    snapshot or stats answer at once; a peer that asks and never reads gets no more than this (each reply
+    at most max_message_bytes), the rest are counted as undeliverable."""
+    return c.prefetch_batches + 8
+
+
 CHANNELS: dict[str, Channel] = {
     ch.name: ch
     for ch in (
@@ -82,7 +89,7 @@ CHANNELS: dict[str, Channel] = {
             binder=Side(
                 ("replay",),
                 "ROUTER",
-                hwm=100,
+                hwm=_reply_queue,
                 options=(("ROUTER_MANDATORY", 1),),
                 sends=("batch", "batch_shared", "batch_mirror", "frame_ring", "snapshot_done", "stats"),
             ),

@@ -66,6 +66,26 @@ def test_a_reply_to_a_gone_or_full_peer_is_counted_in_the_stats():
         runtime.close()
 
 
+def test_replies_a_peer_does_not_read_are_bounded_and_counted():
+    """A client that asks and never reads held up to 100 replies of up to max_message_bytes each (issue 16,
+    item 5: 23 GB). Now its queue is a few replies deep; the rest are undeliverable, counted."""
+    server, runtime = replay_server([])
+    try:
+        queue = server.config.prefetch_batches + 8  # common/topology.py: the learner's few, and a margin
+        # A client that never reads takes nothing off the socket: here its own queue holds one message.
+        address = connect_address(server.config, "replay_sample")
+        dealer = runtime.transport.socket(zmq.DEALER, connect=address, hwm=1)
+        dealer.send(b"hello")
+        assert server.router.poll(5000)
+        identity, _ = server.router.recv_multipart()
+        for _ in range(60):
+            server._send(identity, [b"x" * (1 << 20)])  # never read
+        accepted = 60 - server.stats().undeliverable
+        assert 0 < accepted <= 2 * queue + 2, accepted  # (ZeroMQ counts its high-water mark loosely)
+    finally:
+        runtime.close()
+
+
 # --- 13b: the learner's priorities ---------------------------------------------------------------------
 def test_priorities_the_replay_server_could_not_take_are_counted_and_reported():
     from types import SimpleNamespace

@@ -95,13 +95,16 @@ def test_sigkill_of_the_launcher_takes_the_children_down(launch):
     run.wait_gone(children, timeout=5)
 
 
-def test_a_dying_child_stops_the_run_and_is_named(launch):
-    """A child killed from outside: the launcher says which and why, stops the others, exits non-zero."""
+@pytest.mark.parametrize("role", ["learner", "replay"])
+def test_a_dying_child_stops_the_run_and_is_named(launch, role):
+    """A child killed from outside: the launcher says which and why, stops the others within 10 s by its
+    clock (a SIGKILLed replay server once left a run that took 11 s to stop), exits non-zero."""
     run = _running_with_children(launch)
     children = run.descendants()
-    learner_pid = run.role_pids()["learner"]
-    os.kill(learner_pid, signal.SIGKILL)
+    os.kill(run.role_pids()[role], signal.SIGKILL)
     assert run.wait(15) == 1, run.output()
     run.wait_gone(children, timeout=0)  # the launcher waited for its children: none may outlive it
-    assert "learner exited unexpectedly (killed by SIGKILL)" in run.output()
-    assert run.summary()["stop_reason"] == "learner stopped unexpectedly"
+    assert f"{role} exited unexpectedly (killed by SIGKILL)" in run.output(), run.output()
+    summary = run.summary()
+    assert summary["stop_reason"] == f"{role} stopped unexpectedly"
+    assert 0 < summary["stop_seconds"] <= 10, (summary["stop_seconds"], run.output())

@@ -124,7 +124,7 @@ class ReplayServer:
         self.best_reward = float("-inf")
         self._drop_log = LogLimit()
         self.snapshot: SnapshotWrite | None = None
-        self._last_snapshot = ("", "")  # (file name, fingerprint) of the last complete snapshot
+        self._last_snapshot = ("", "", 0)  # (file name, fingerprint, inserted) of the last complete snapshot
         self._frame_files: list[Segment] = []  # the frame files in run_dir the last complete snapshot names
         self.actors = 0  # connected actor processes
         self._last_actor_message = float("-inf")
@@ -173,6 +173,7 @@ class ReplayServer:
         self._take_last_transitions()
         self._check_snapshot()
         self._end_snapshot()
+        self._say_what_the_last_snapshot_lacks()
         self._remove_unused_frame_files()  # the learner has named its last snapshot (it stops first)
 
     def _take_last_transitions(self) -> None:
@@ -183,6 +184,16 @@ class ReplayServer:
         deadline = time.monotonic() + LAST_TRANSITIONS_S  # actors of another launcher may still be sending
         while self.pull.poll(0, zmq.POLLIN) and time.monotonic() < deadline:
             self._drain(self.pull, self._on_actor_message, limit=64)
+
+    def _say_what_the_last_snapshot_lacks(self) -> None:
+        """Transitions stored after the last complete snapshot (actors of another launcher still sending
+        while this side stopped) are in no checkpoint: say how many, so a --resume's gap is known."""
+        name, _, inserted = self._last_snapshot
+        if name and self.buffer.inserted > inserted:
+            self.rt.log(
+                f"{self.buffer.inserted - inserted:,} transition(s) arrived after the last replay snapshot "
+                f"({name}): a --resume from it starts without them"
+            )
 
     def _check_actors(self) -> None:
         """Count connected actors; sampling pauses while there are none (pause_without_actors)."""
@@ -289,11 +300,11 @@ class ReplayServer:
         stats = self.stats()
         counters = {**as_map(stats), "rng": self.rng.bit_generator.state}
         fingerprint = self._fingerprint(counters)
-        last, last_fingerprint = self._last_snapshot
+        last, last_fingerprint, _ = self._last_snapshot
         if fingerprint == last_fingerprint:  # nothing changed (a checkpoint on the stop boundary): the same file
             with contextlib.suppress(OSError):  # under the new name, not a second copy
                 os.link(os.path.join(self.run_dir, last), os.path.join(self.run_dir, name))
-                self._last_snapshot = (name, fingerprint)
+                self._last_snapshot = (name, fingerprint, stats.inserted)
                 self._reply_snapshot(identity, name, True, stats, "")
                 return
         self._remove_unused_frame_files()  # those of checkpoints since replaced
@@ -335,7 +346,7 @@ class ReplayServer:
             ok = True
         self.snapshot = None
         if ok:
-            self._last_snapshot = (writing.name, writing.fingerprint)
+            self._last_snapshot = (writing.name, writing.fingerprint, writing.stats.inserted)
             self._frame_files = writing.frame_files
         text = "" if ok else f"writing {writing.name} failed (disk full?)"
         self._reply_snapshot(writing.learner, writing.name, ok, writing.stats, text)

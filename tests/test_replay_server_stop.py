@@ -96,3 +96,26 @@ def test_chunks_still_queued_at_a_stopping_actor_reach_the_replay_server(tmp_pat
         actor_gone.set()
         thread.join(10)
         runtime.close()
+
+
+def test_transitions_stored_after_the_last_snapshot_are_counted_at_the_stop(tmp_path):
+    """Issue 16, item 11: what reached the replay server after the learner's final snapshot (actors of another
+    launcher still playing) is in no checkpoint; the stop says how much, instead of losing it silently."""
+    stop = threading.Event()
+    server, runtime = held_back_server(tmp_path, stop)
+    logs = []
+    runtime.log = logs.append
+    try:
+        server._start_snapshot(b"learner", "checkpoint_final-1.replay.npz")
+        while server.snapshot is not None:
+            server._check_snapshot()
+        assert server._last_snapshot[0] == "checkpoint_final-1.replay.npz"
+        server._on_actor_message([chunk()])  # a straggler's chunk
+        stop.set()
+        server.run()
+        assert (
+            f"{TRANSITIONS} transition(s) arrived after the last replay snapshot (checkpoint_final-1.replay.npz)"
+            in ("\n".join(logs))
+        )
+    finally:
+        runtime.close()

@@ -13,7 +13,9 @@ and publishes how far it got (SNAPSHOT); the server waits before overwriting a f
 which in practice never happens: the writer moves at disk speed, the actors at a few MB/s.
 Both checks rely on the server's header store preceding its frame stores, and the learner's header
 load following its copy, which x86 guarantees. Weakly ordered CPUs (ARM: Apple silicon, Graviton) do
-not, so a learner there takes its frames from the messages (`stores_in_order`).
+not (`stores_in_order`), so there the ring is private memory: a learner takes its frames from the
+messages, and a forked snapshot writer gets a copy-on-write image of the ring as it was at the fork,
+consistent by construction with no guard to trust.
 Elsewhere (no memfd, another machine, the header's token does not match) batches carry their frames.
 """
 
@@ -42,14 +44,15 @@ SNAPSHOT_STALL_S = 30.0
 
 
 class FrameRing:
-    """The server's side: `count` frames of size x size uint8, shared when this platform allows."""
+    """The server's side: `count` frames of size x size uint8, shared where this platform has memfds and
+    keeps stores in order (elsewhere private: the guards above would not hold)."""
 
     def __init__(self, count: int, size: int):
         self.count, self.size = count, size
         self.fd = -1
         nbytes = HEADER_BYTES + count * size * size
         memory = None
-        if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+        if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd") and stores_in_order():
             try:
                 fd = os.memfd_create("mario-apex-frames", os.MFD_CLOEXEC)
                 os.ftruncate(fd, nbytes)  # pages are allocated when first written

@@ -797,3 +797,24 @@ def test_off_x86_a_learner_takes_its_frames_from_the_messages(monkeypatch):
         "batch frames travel over ZeroMQ: reading the replay server's shared memory needs x86's memory "
         "ordering to detect overwritten frames, and this CPU is arm64"
     ]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the snapshot writer forks only where os.fork exists")
+def test_off_x86_the_ring_is_private_and_a_forked_snapshot_sees_it_as_at_the_fork(tmp_path, monkeypatch):
+    """The snapshot writer's guard (the server waits for frames the writer says it saved) also relies on
+    x86's store ordering. Off x86 the ring is not shared, so the fork's copy-on-write keeps the writer's
+    view as it was, however much the server overwrites meanwhile."""
+    monkeypatch.setattr("platform.machine", lambda: "aarch64")
+    rng, book = np.random.default_rng(11), Book()
+    buffer = make_buffer(256)
+    assert not buffer.ring.shared and buffer.ring.describe()["fd"] == -1
+    fill(buffer, rng, book, 20, n=4, extra=EXTRA)  # the frame ring has wrapped
+    counters, path, before = {"episodes": 2}, str(tmp_path / "replay.npz"), buffer.content_hash()
+    pid = start_snapshot(buffer, counters, path)
+    assert pid is not None and pid > 0
+    fill(buffer, rng, book, 14, n=4, extra=EXTRA)  # every frame the writer saves is overwritten here
+    assert buffer.content_hash() != before
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"snapshot child status {status}"
+    restored = make_buffer(256)
+    assert read_snapshot(path, restored) == counters and restored.content_hash() == before

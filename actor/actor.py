@@ -81,8 +81,10 @@ class Actor:
         self.learner_stopped = False
         self.weights_version = 0
         self.weights_updates = 0  # learner updates behind the weights in use (0 = initial)
-        self.dropped = 0
+        self.dropped_chunks = 0  # experience messages dropped: the replay server was not taking them
         self._drop_log = LogLimit()
+        self.dropped = 0  # bad weights messages, ignored
+        self._bad_weights_log = LogLimit()
         self.step_cap = math.ceil(c.max_steps / c.num_actors) if c.max_steps else 0
         self.episode_cap = math.ceil(c.max_episodes / c.num_actors) if c.max_episodes else 0
 
@@ -282,11 +284,11 @@ class Actor:
         try:
             self.push.send(payload, zmq.NOBLOCK)
         except zmq.Again:
-            self.dropped += 1
+            self.dropped_chunks += 1
             if self._drop_log.due():
                 self.rt.log(
                     f"the replay server is not taking experience (its queue of {self.config.actor_queue_chunks()} "
-                    f"messages is full): {self.dropped:,} message(s) dropped so far; playing on"
+                    f"messages is full): {self.dropped_chunks:,} message(s) dropped so far; playing on"
                 )
 
     def _poll_weights(self) -> None:
@@ -300,7 +302,9 @@ class Actor:
                 net = network_from_arrays(self.config, msg["tensors"])  # whole: never changed in place
                 self.net, self.policy = net, make_policy(net, self.precision)
         except (ProtocolError, ValueError) as exc:
-            self.rt.log(f"ignored bad weights ({exc})")
+            self.dropped += 1
+            if self._bad_weights_log.due():
+                self.rt.log(f"ignored bad weights ({str(exc)[:200]}); {self.dropped:,} ignored so far")
             return
         if msg["t"] == "bye":
             self.learner_stopped = True
@@ -378,6 +382,7 @@ class Actor:
                 learner_stopped=self.learner_stopped,
                 level=self._level(),
                 dropped=self.dropped,
+                dropped_chunks=self.dropped_chunks,
             ),
         )
 

@@ -75,6 +75,8 @@ def load_arrays(net: nn.Module, arrays: dict[str, np.ndarray], assign: bool = Fa
         array = arrays[name]
         if tuple(array.shape) != tuple(ref.shape) or array.dtype != np.float32:
             raise ValueError(f"weight {name} has shape {array.shape}/{array.dtype}, expected {tuple(ref.shape)}")
+        if not np.isfinite(array).all():
+            raise ValueError(f"weight {name} is not finite (NaN or inf)")
         state[name] = torch.from_numpy(array.copy())
     net.load_state_dict(state, assign=assign)
 

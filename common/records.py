@@ -76,7 +76,9 @@ class ActorProgress:
     level: int = 0
     """Curriculum level (0 without a curriculum)."""
     dropped: int = 0
-    """Bad messages the actor dropped."""
+    """Bad weights messages the actor ignored."""
+    dropped_chunks: int = 0
+    """Experience messages the actor dropped because the replay server was not taking them."""
 
 
 @dataclass(frozen=True)

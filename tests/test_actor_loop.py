@@ -213,7 +213,7 @@ def test_experience_dropped_while_no_replay_server_takes_it_is_counted_and_told(
     actor, messages = play(tmp_path, keep_logs, serve_replay=False, max_steps=3000, chunk_size=1)
     assert messages == [] and actor.session_steps == 3000
     queue = actor.config.actor_queue_chunks()
-    assert actor.dropped >= 3000 - 2 * queue > 0  # the queue (both sides of the link) held the rest
+    assert actor.dropped_chunks >= 3000 - 2 * queue > 0  # the queue (both sides of the link) held the rest
     told = [line for line in logs if "is not taking experience" in line]
     assert len(told) == 1 and told[0].startswith(f"the replay server is not taking experience (its queue of {queue} ")
 
@@ -274,7 +274,7 @@ def test_the_last_flush_at_the_stop_waits_for_room_in_a_full_queue():
             queued += 1
         assert queued >= config.actor_queue_chunks()
         actor = Actor.__new__(Actor)  # only what _send uses
-        actor.config, actor.push, actor.learner_stopped, actor.dropped = config, push, False, 0
+        actor.config, actor.push, actor.learner_stopped, actor.dropped_chunks = config, push, False, 0
         actor.rt = type("Stopping", (), {"should_stop": staticmethod(lambda: True), "log": print})()
         actor._drop_log = LogLimit()
         received = []
@@ -282,7 +282,7 @@ def test_the_last_flush_at_the_stop_waits_for_room_in_a_full_queue():
         reader.start()  # the replay server, once told the run is stopping
         actor._send(b"last")
         reader.join(30)
-        assert actor.dropped == 0
+        assert actor.dropped_chunks == 0
         assert received[-1] == b"last"
     finally:
         transport.close()

@@ -1,9 +1,10 @@
 """Checkpoints: replay snapshot write/read seconds and bytes per stored transition (84x84, stack 4); the
 next, incremental snapshot after a tenth of the buffer is new (forked, as in a run): the time its fork blocks
 the server, its seconds and bytes, and how far apart checkpoint_time_share then spaces periodic checkpoints;
-the learner checkpoint's size and save/load seconds. --live MINUTES also runs the launcher on the test
-environment at the defaults (periodic checkpoints every 50 episodes, a few steps each) and reports its
-checkpoints: how many, the learner's share of time spent on them, and the replay files they wrote. Checks the requirement that a
+the learner checkpoint's size and save/load seconds. --live MINUTES also runs the launcher at the defaults
+(periodic checkpoints every 50 episodes) on the test environment (episodes of a few steps) or, with
+--live-env mario, on Super Mario Bros 1-1, and reports its checkpoints: how many, the learner's share of
+time spent on them, and the replay files they wrote. Checks the requirement that a
 replay snapshot takes at most 8192 bytes per stored transition. --capacity 1000000 needs about 9 GB of
 memory and disk (the buffer is freed before it is read back)."""
 
@@ -30,6 +31,7 @@ from replay_server.buffer import PrioritizedReplay
 from replay_server.snapshot import FRAME_FILE, read_snapshot, start_snapshot, write_snapshot
 
 MAX_SNAPSHOT_BYTES_PER_TRANSITION = 8192
+LIVE_ENVS = {"test": TEST_ENV_ID, "mario": Config().env_id}
 FRAME_SIZE, FRAME_STACK, NUM_ACTIONS, CHUNK = 84, 4, 7, 64
 
 
@@ -156,10 +158,11 @@ def bench_learner(folder: str, repeats: int) -> None:
     )
 
 
-def bench_live(minutes: float) -> None:
-    """A real run (the test env: episodes of a few steps, so checkpoints come as often as the spacing allows)."""
+def bench_live(minutes: float, env: str) -> None:
+    """A real run at the defaults: on the test env (episodes of a few steps, so checkpoints come as often as
+    the spacing allows) or on Mario 1-1 (checkpoints every 50 episodes, as a user's run)."""
     with tempfile.TemporaryDirectory(prefix="bench_checkpoint_live_", dir="/tmp") as runs:
-        command = [sys.executable, "launch.py", "--env", TEST_ENV_ID, "--headless", "--no-video", "--runs-dir", runs]
+        command = [sys.executable, "launch.py", "--env", LIVE_ENVS[env], "--headless", "--no-video", "--runs-dir", runs]
         command += ["--max-minutes", f"{minutes:g}", "--set", f"base_port={free_base_port()}"]
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         sizes: dict[str, int] = {}  # each replay file the run wrote (a snapshot or a frame file), at its largest
@@ -176,7 +179,7 @@ def bench_live(minutes: float) -> None:
     if proc.returncode != 0 or not seconds:
         sys.exit(f"the live run failed (exit {proc.returncode}):\n{output[-3000:]}")
     print(
-        f"live run, test env, {minutes:g} min ({summary[1] if summary else 'stopped'}): {len(seconds)} checkpoints "
+        f"live run, {env}, {minutes:g} min ({summary[1] if summary else 'stopped'}): {len(seconds)} checkpoints "
         f"with replay memory, {sum(seconds):.1f} s of them ({sum(seconds) / (minutes * 60):.1%} of the run), "
         f"{sum(sizes.values()) / 1e6:.0f} MB of replay files written"
     )
@@ -187,7 +190,8 @@ def main() -> None:
     p.add_argument(
         "--capacity", type=int, help="replay transitions (default 100000; --smoke uses 5000 and takes no --capacity)"
     )
-    p.add_argument("--live", type=float, metavar="MINUTES", help="also a real test-env run of this many minutes")
+    p.add_argument("--live", type=float, metavar="MINUTES", help="also a real run of this many minutes")
+    p.add_argument("--live-env", choices=sorted(LIVE_ENVS), default="test", help="the live run's env (default test)")
     args = p.parse_args()
     if args.capacity is None:
         args.capacity = 5_000 if args.smoke else 100_000
@@ -200,7 +204,7 @@ def main() -> None:
         ok = bench_replay(args.capacity, folder)
         bench_learner(folder, 1 if args.smoke else 3)
     if args.live:
-        bench_live(args.live)
+        bench_live(args.live, args.live_env)
     if not ok:
         sys.exit(1)
 

@@ -302,8 +302,8 @@ class LearnerService:
             return
         self._checkpointed_at_episode = episodes
         self.checkpoint("checkpoint")
-        self._last_started = now
-        self._next_checkpoint_at = now + (time.monotonic() - now) / self.config.checkpoint_time_share
+        self._last_started, done = now, time.monotonic()
+        self._next_checkpoint_at = done + (done - now) / self.config.checkpoint_time_share  # T / share after it
 
     def checkpoint(self, base: str, final: bool = False) -> str:
         """Write <base>.pth naming its replay snapshot; returns the .pth path ("" if none was written).

@@ -250,7 +250,7 @@ def test_periodic_checkpoints_keep_to_their_share_of_the_learners_time(side, mon
     at most checkpoint_time_share (5%) of the learner's time: one that took T seconds is followed by none for T / share;
     the due one then comes at the next episode."""
     side.learner.config = side.config.replace(checkpoint_every_episodes=1)
-    took, episodes = [], 0  # each checkpoint's seconds
+    took, ended, episodes = [], [], 0  # each checkpoint's seconds, and when it ended
     real = side.learner.checkpoint
 
     def timed(base, final=False):
@@ -258,7 +258,8 @@ def test_periodic_checkpoints_keep_to_their_share_of_the_learners_time(side, mon
         try:
             return real(base, final)
         finally:
-            took.append(time.monotonic() - started)
+            ended.append(time.monotonic())
+            took.append(ended[-1] - started)
 
     monkeypatch.setattr(side.learner, "checkpoint", timed)
     started = time.monotonic()
@@ -272,4 +273,5 @@ def test_periodic_checkpoints_keep_to_their_share_of_the_learners_time(side, mon
     # Each checkpoint but the last is paid back by the 20 T without one after it, all within `elapsed` (the last
     # one's time can be anything: on a loaded machine it may take longer than the ones before).
     assert sum(took[:-1]) <= 0.05 * elapsed, (took, elapsed)
+    assert side.learner._next_checkpoint_at >= ended[-1] + took[-1] / 0.05  # T / share from its end, not its start
     assert any("checkpoints come at most every" in line for line in side.logs)

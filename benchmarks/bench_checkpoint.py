@@ -179,7 +179,7 @@ def bench_live(minutes: float, env: str) -> None:
     if proc.returncode != 0 or not seconds:
         sys.exit(f"the live run failed (exit {proc.returncode}):\n{output[-3000:]}")
     print(
-        f"live run, {env}, {minutes:g} min ({summary[1] if summary else 'stopped'}): {len(seconds)} checkpoints "
+        f"live run, {'test env' if env == 'test' else LIVE_ENVS[env]}, {minutes:g} min ({summary[1] if summary else 'stopped'}): {len(seconds)} checkpoints "
         f"with replay memory, {sum(seconds):.1f} s of them ({sum(seconds) / (minutes * 60):.1%} of the run), "
         f"{sum(sizes.values()) / 1e6:.0f} MB of replay files written"
     )

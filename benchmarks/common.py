@@ -34,9 +34,15 @@ def rate(fn, seconds: float, min_iters: int = 3) -> float:
 
 
 def free_base_port() -> int:
-    """A base port with 4 consecutive free loopback ports (one run's ports), picked at random."""
+    """A base port with 4 consecutive free loopback ports (one run's ports), picked at random, whose ipc
+    socket files (common/addresses.py) do not exist either: a killed run leaves its files behind, and a
+    test that binds one of them itself (to stand for a busy channel) would fail to."""
+    from common.addresses import private_ipc_dir
+
     for _ in range(200):
         base = random.randint(20_000, 60_000)
+        if any(os.path.exists(os.path.join(private_ipc_dir(), f"{port}.sock")) for port in range(base, base + 4)):
+            continue
         socks = []
         try:
             for port in range(base, base + 4):

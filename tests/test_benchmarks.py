@@ -231,3 +231,16 @@ def test_learning_report_gives_the_training_episodes_median_x_and_flags_at_each_
     assert "at 1,000: x 434, flags 0%, training x 150 (median of the last 200), 1 training flags" in result.stdout
     assert "at 1,500: x 434, flags 0%, training x 200 (median of the last 200), 1 training flags" in result.stdout
     assert "median training x_pos 150, training flags 1 (1 seeds)" in result.stdout
+
+
+def test_a_free_base_port_has_no_ipc_socket_file_left_by_a_killed_run(tmp_path, monkeypatch):
+    """A SIGKILLed run leaves its <port>.sock files behind; a base port among them is not free for a test
+    that binds such a file itself (it failed with EADDRINUSE when the random pick hit one)."""
+    import benchmarks.common as common
+    import common.addresses as addresses
+
+    monkeypatch.setattr(addresses, "private_ipc_dir", lambda: str(tmp_path))
+    (tmp_path / "30002.sock").touch()  # one of 30000..30003
+    picks = iter([30_000, 40_000])
+    monkeypatch.setattr(common.random, "randint", lambda low, high: next(picks))
+    assert common.free_base_port() == 40_000

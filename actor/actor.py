@@ -54,7 +54,7 @@ class Actor:
         self.seed = actor_seed(c.seed, c.run_actor(self.index), self.restarts)
         self.env = make_env(c, seed=self.seed)
         if self.env.action_space.n != c.num_actions:
-            raise ValueError(f"{c.env_id} has {self.env.action_space.n} actions but num_actions is {c.num_actions}")
+            raise ValueError(f"{c.env} has {self.env.action_space.n} actions but num_actions is {c.num_actions}")
         self.frame_skip = find_wrapper(self.env, FrameSkip)
         self.curriculum = self._make_curriculum()
         self.net = build_network(c).eval()
@@ -85,12 +85,12 @@ class Actor:
         self._drop_log = LogLimit()
         self.dropped = 0  # bad weights messages, ignored
         self._bad_weights_log = LogLimit()
-        self.step_cap = math.ceil(c.max_steps / c.num_actors) if c.max_steps else 0
-        self.episode_cap = math.ceil(c.max_episodes / c.num_actors) if c.max_episodes else 0
+        self.step_cap = math.ceil(c.max_steps / c.actors) if c.max_steps else 0
+        self.episode_cap = math.ceil(c.max_episodes / c.actors) if c.max_episodes else 0
 
     def _make_curriculum(self) -> Curriculum | None:
         c = self.config
-        if c.level_mode != "curriculum":
+        if not c.curriculum:
             return None
         try:
             levels = find_wrapper(self.env, LevelSampler)
@@ -111,7 +111,7 @@ class Actor:
     def _open_recorders(self, run_dir: str):
         """mario_run.mp4 for the display actor (a new mario_run_N.mp4 segment on resume); every
         actor records its episodes so the run's best one can be kept."""
-        if not self.config.record_video:
+        if not self.config.video:
             return None, None
         height, width = self.frame_skip.env.observation_space.shape[:2]
         fps = 60.0 / self.config.frame_skip  # one frame per agent step plays at the game's speed
@@ -318,7 +318,7 @@ class Actor:
             self.rt.log(f"a learner is back: weights of update {msg['updates']:,}")
         run_steps = msg["run"].env_steps if "run" in msg else 0  # (a RunCounters record)
         if self.joining and self.config.epsilon_schedule == "anneal" and run_steps > 0:
-            share = run_steps // self.config.num_actors
+            share = run_steps // self.config.actors
             if share > self.steps:  # joining a running learner: explore as far into the schedule as the run is
                 self.steps = share
                 self.rt.log(f"joined a run at {int(run_steps):,} env steps: epsilon {self.epsilon():.2f}")

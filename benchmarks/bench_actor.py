@@ -37,7 +37,7 @@ from common.transport import Transport
 
 
 def bare_emulator(config: Config, steps: int) -> float:
-    env = _make_raw(config.env_id)
+    env = _make_raw(config.env)
     rng = np.random.default_rng(0)
     env.reset()
     start = time.perf_counter()
@@ -103,15 +103,13 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)  # as actor.main does
     rounds, steps = (1, 150) if args.smoke else (args.rounds, args.steps)
-    base = Config(
-        max_steps=steps, epsilon_start=0.5, epsilon_end=0.5, base_port=47_655, headless=True, record_video=False
-    )
+    base = Config(max_steps=steps, epsilon_start=0.5, epsilon_end=0.5, base_port=47_655, headless=True, video=False)
     modes = {"actor loop, window+video off": {}}
     video = importlib.util.find_spec("av") is not None
     if video:
-        modes["actor loop, video on"] = dict(record_video=True)
+        modes["actor loop, video on"] = dict(video=True)
     if video and display_available():
-        modes["actor loop, window+video on"] = dict(headless=False, record_video=True)
+        modes["actor loop, window+video on"] = dict(headless=False, video=True)
     for eps in (1.0, 0.05):  # the two ends of an annealed run: no forward at all, a forward nearly every step
         modes[f"  the same at epsilon {eps:g}"] = dict(epsilon_start=eps, epsilon_end=eps)
     modes["  the same, float32 forward"] = dict(acting_precision="float32")

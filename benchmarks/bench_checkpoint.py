@@ -31,7 +31,7 @@ from replay_server.buffer import PrioritizedReplay
 from replay_server.snapshot import FRAME_FILE, read_snapshot, start_snapshot, write_snapshot
 
 MAX_SNAPSHOT_BYTES_PER_TRANSITION = 8192
-LIVE_ENVS = {"test": TEST_ENV_ID, "mario": Config().env_id}
+LIVE_ENVS = {"test": TEST_ENV_ID, "mario": Config().env}
 FRAME_SIZE, FRAME_STACK, NUM_ACTIONS, CHUNK = 84, 4, 7, 64
 
 

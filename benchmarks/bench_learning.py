@@ -66,7 +66,7 @@ MARIO_SETTINGS = (
     "--set",
     "eval_every_episodes=20",
     "--set",
-    "checkpoint_every_episodes=0",
+    "checkpoint_every=0",
     "--set",
     "samples_per_insert=4",
 )
@@ -83,7 +83,7 @@ def optimal_test_steps() -> int:
     from common.config import TEST_ENV_ID, Config
     from common.envs import make_env
 
-    env = make_env(Config(env_id=TEST_ENV_ID))
+    env = make_env(Config(env=TEST_ENV_ID))
     env.reset()
     steps, done, info = 0, False, {}
     while not done:

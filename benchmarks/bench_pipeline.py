@@ -174,7 +174,7 @@ def learner_starvation(smoke: bool, actor_counts: list[int]) -> None:
                 "--set",
                 f"batch_size={batch_size}",
                 "--set",
-                "checkpoint_every_episodes=0",
+                "checkpoint_every=0",
                 "--set",
                 "eval_every_episodes=0",
                 "--device",

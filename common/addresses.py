@@ -34,7 +34,7 @@ def has_ipc() -> bool:
 
 def bind_endpoint(config: Config, channel: str) -> tuple[str, int]:
     """(host, port) where this machine's binder of a networked channel binds."""
-    return config.host, config.base_port + PORT_OFFSETS[channel]
+    return config.bind, config.base_port + PORT_OFFSETS[channel]
 
 
 def bind_address(config: Config, channel: str) -> str:
@@ -49,7 +49,7 @@ def local_address(config: Config, channel: str, base_port: int | None = None) ->
 
 def ipc_only(config: Config) -> bool:
     """A loopback host: every role is on this machine, so channels are ipc sockets only, no TCP port."""
-    return config.local_ipc and is_loopback(config.host) and has_ipc()
+    return config.local_ipc and is_loopback(config.bind) and has_ipc()
 
 
 def bind_addresses(config: Config, channel: str) -> list[str]:
@@ -72,4 +72,4 @@ def connect_address(config: Config, channel: str) -> str:
         return tcp_address(host, port + PORT_OFFSETS[channel])
     if config.local_ipc and has_ipc():
         return local_address(config, channel)
-    return tcp_address(LOCAL_FOR_ANY.get(config.host, config.host), config.base_port + PORT_OFFSETS[channel])
+    return tcp_address(LOCAL_FOR_ANY.get(config.bind, config.bind), config.base_port + PORT_OFFSETS[channel])

@@ -46,8 +46,11 @@ class Section:
     name: str
     title: str
 
-    def __call__(self, default, doc: str):
-        return dataclasses.field(default=default, metadata={"section": self, "doc": doc})
+    def __call__(self, default, doc: str, flag: str | None = None):
+        """`flag`: the field is also a launch.py flag, --name (--no-name for a switch that is on by default),
+        taking a value shown as `flag` ("" for a switch)."""
+        metadata = {"section": self, "doc": doc} if flag is None else {"section": self, "doc": doc, "flag": flag}
+        return dataclasses.field(default=default, metadata=metadata)
 
 
 ENV = Section("env", "the game, its wrappers and episode limits")
@@ -61,8 +64,11 @@ SECTIONS = (ENV, ACTOR, REPLAY, LEARNER, NETWORK, RUN)
 
 @dataclass
 class Config:
-    env_id: str = ENV(
-        "SuperMarioBros-1-1-v0", "A gym-super-mario-bros id, or MarioApexTest-v0 for the built-in test environment."
+    env: str = ENV(
+        "SuperMarioBros-1-1-v0",
+        "A gym-super-mario-bros id, several comma-separated (a level sampled per episode, or played in order with "
+        "curriculum), or MarioApexTest-v0, the built-in test environment.",
+        flag="ID",
     )
     frame_skip: int = ENV(4, "Emulator frames per agent step (the action repeats; rewards are summed).")
     frame_size: int = ENV(84, "Observations are frame_size x frame_size grayscale frames.")
@@ -96,10 +102,11 @@ class Config:
     single_life: bool = ENV(
         False, "End the episode when a life is lost (for multi-life envs such as SuperMarioBros-v0)."
     )
-    level_mode: str = ENV(
-        "sample",
-        "With several comma-separated env ids: sample (a uniformly random level each episode) or curriculum "
-        "(the levels in order, moving on when the recent average reward passes curriculum_threshold).",
+    curriculum: bool = ENV(
+        False,
+        "With several comma-separated env ids: play the levels in order, moving on when the recent average "
+        "reward passes curriculum_threshold (off: a uniformly random level each episode).",
+        flag="",
     )
     curriculum_threshold: float = ENV(
         30.0, "Curriculum: average training-episode reward that moves an actor on to the next level ..."
@@ -141,7 +148,7 @@ class Config:
     apex_alpha: float = ACTOR(
         7.0, "... and the exponent spread (the last actor gets apex_epsilon ** (1 + apex_alpha))."
     )
-    seed: int = ACTOR(0, "Base random seed; actor i uses seed + first_actor + i.")
+    seed: int = ACTOR(0, "Base random seed; actor i uses seed + first_actor + i.", flag="N")
     acting_precision: str = ACTOR(
         "auto",
         "The actors' greedy forward: float32 (exact); int8 (the first linear layer as int8, one scale per row, "
@@ -196,15 +203,19 @@ class Config:
         "Smaller batches are fetched several per request (shuffled, then split): ZeroMQ's per-message cost "
         "is shared, which lets batch-32 sampling keep pace with an in-process buffer. 0: one per request.",
     )
-    checkpoint_every_episodes: int = LEARNER(
-        50, "Episodes between checkpoint.pth saves (0 = only the final checkpoint) ..."
+    checkpoint_every: int = LEARNER(
+        50,
+        "Episodes between checkpoint.pth saves (0 = only the final checkpoint; checkpoint_final.pth on every stop) ...",
+        flag="N",
     )
     checkpoint_time_share: float = LEARNER(
         0.05,
         "... spaced so that saving takes at most this share of the learner's time, which waits for the replay "
         "snapshot: after a checkpoint that took T seconds, none for T / share seconds (1 = no spacing).",
     )
-    device: str = LEARNER("auto", "Learner device: auto (CUDA, then MPS, then CPU), cpu, cuda or mps.")
+    device: str = LEARNER(
+        "auto", "Learner device: auto (CUDA, then MPS, then CPU), cpu, cuda or mps.", flag="{auto,cpu,cuda,mps}"
+    )
     mixed_precision: bool = LEARNER(
         False,
         "Learner forward passes in float16 on CUDA (with loss scaling), bfloat16 elsewhere; the loss, "
@@ -219,19 +230,25 @@ class Config:
         "compiling fails the learner says so in one line and runs uncompiled.",
     )
 
-    host: str = NETWORK(
+    bind: str = NETWORK(
         "127.0.0.1",
-        "Address this launcher's replay server and learner bind to (--bind). A non-loopback address "
-        "needs CurveZMQ keys (--keys) or --insecure.",
+        "Address this launcher's replay server and learner listen on; the flag's PORT sets base_port. Anything "
+        "but loopback needs CurveZMQ keys (--keys) or --insecure.",
+        flag="HOST[:PORT]",
     )
     base_port: int = NETWORK(
-        47_555, "First of three consecutive TCP ports: replay-in (+0), replay-sample (+1), weights (+2)."
+        47_555, "First of three consecutive TCP ports: replay-in (+0), replay-sample (+1), weights (+2).", flag="PORT"
     )
-    learner_address: str = NETWORK(
-        "", "HOST[:PORT] of the learner side, for actors on another machine (--learner); empty: this machine."
+    learner: str = NETWORK(
+        "",
+        "HOST[:PORT] of the learner side (its bind), for --role actor on another machine; empty: this machine.",
+        flag="HOST[:PORT]",
     )
-    replay_address: str = NETWORK(
-        "", "HOST[:PORT] of a separately started replay server (--replay); empty: the learner side's."
+    replay: str = NETWORK(
+        "",
+        "HOST[:PORT] of a replay server started on its own (--role replay), for --role learner (which then starts "
+        "none) and --role actor; empty: the learner side's.",
+        flag="HOST[:PORT]",
     )
     local_ipc: bool = NETWORK(
         True,
@@ -265,22 +282,22 @@ class Config:
     )
     report_interval_s: float = NETWORK(1.0, "Seconds between progress reports from each process to the launcher.")
 
-    runs_dir: str = RUN("runs", "Parent folder of the run folders (YYYY-MM-DD_HH-MM-SS_run).")
-    headless: bool = RUN(False, "No live window.")
-    record_video: bool = RUN(
-        True, "Record mario_run.mp4 (actor 0) and keep the best episode as mario_best_run_<reward>.mp4."
+    runs_dir: str = RUN("runs", "Parent folder of the run folders (YYYY-MM-DD_HH-MM-SS_run).", flag="DIR")
+    headless: bool = RUN(False, "No live window (also automatic without a display).", flag="")
+    video: bool = RUN(
+        True, "Record mario_run.mp4 (actor 0) and keep the best episode as mario_best_run_<reward>.mp4.", flag=""
     )
-    max_episodes: int = RUN(0, "Stop cleanly after this many episodes (0 = no limit).")
-    max_steps: int = RUN(0, "Stop cleanly after this many env steps over all actors (0 = no limit).")
-    max_minutes: float = RUN(0.0, "Stop cleanly after this many minutes of wall time (0 = no limit).")
-    num_actors: int = RUN(1, "Actor processes to start.")
+    max_episodes: int = RUN(0, "Stop cleanly after this many episodes (0 = no limit).", flag="N")
+    max_steps: int = RUN(0, "Stop cleanly after this many env steps over all actors (0 = no limit).", flag="N")
+    max_minutes: float = RUN(0.0, "Stop cleanly after this many minutes of wall time (0 = no limit).", flag="M")
+    actors: int = RUN(1, "Actor processes to start.", flag="N")
     first_actor: int = RUN(
         0,
         "With actors on several machines: the run-wide number of this launcher's first actor, so seeds and "
         "Ape-X epsilons differ between machines (e.g. 0 on the first machine of 4 actors, 4 on the second).",
     )
     total_actors: int = RUN(
-        0, "With actors on several machines: all actors of the run, the N of the Ape-X schedule (0 = num_actors)."
+        0, "With actors on several machines: all actors of the run, the N of the Ape-X schedule (0 = actors)."
     )
 
     # ------------------------------------------------------------------------------------
@@ -312,7 +329,7 @@ class Config:
             "target_update_every",
             "publish_every",
             "prefetch_batches",
-            "num_actors",
+            "actors",
             "curriculum_window",
         )
         for name in positive:
@@ -322,7 +339,7 @@ class Config:
             "eval_every_episodes",
             "epsilon_decay_steps",
             "learning_starts",
-            "checkpoint_every_episodes",
+            "checkpoint_every",
             "stall_steps",
             "eval_stall_steps",
             "max_episodes",
@@ -335,9 +352,9 @@ class Config:
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
-        if self.total_actors and self.first_actor + self.num_actors > self.total_actors:
+        if self.total_actors and self.first_actor + self.actors > self.total_actors:
             raise ConfigError(
-                f"actors {self.first_actor}..{self.first_actor + self.num_actors - 1} do not fit in "
+                f"actors {self.first_actor}..{self.first_actor + self.actors - 1} do not fit in "
                 f"total_actors={self.total_actors}"
             )
         unit = (
@@ -363,15 +380,13 @@ class Config:
             raise ConfigError(f"epsilon_schedule must be anneal or apex, got {self.epsilon_schedule!r}")
         if not 0 <= self.apex_alpha < 100:
             raise ConfigError(f"apex_alpha must be between 0 and 100, got {self.apex_alpha}")
-        for name in ("learner_address", "replay_address"):
+        for name in ("learner", "replay"):
             if getattr(self, name):
                 parse_endpoint(getattr(self, name), self.base_port, name)
-        if not _valid_host(self.host):
+        if not _valid_host(self.bind):
             raise ConfigError(
-                f"host must be a host name or IP address (0.0.0.0 for every interface), got {self.host!r}"
+                f"bind must be a host name or IP address (0.0.0.0 for every interface), got {self.bind!r}"
             )
-        if self.level_mode not in ("sample", "curriculum"):
-            raise ConfigError(f"level_mode must be sample or curriculum, got {self.level_mode!r}")
         if self.stall_terminal and not self.stall_steps:
             raise ConfigError("stall_terminal needs stall_steps (the steps without progress that make a stall)")
         if self.samples_per_insert < 0 or self.spi_tolerance < 0:
@@ -425,7 +440,7 @@ class Config:
 
     def apex_epsilon_of(self, actor: int) -> float:
         """Ape-X's fixed epsilon of this launcher's actor `actor`, among all the run's actors."""
-        n, i = self.total_actors or self.num_actors, self.run_actor(actor)
+        n, i = self.total_actors or self.actors, self.run_actor(actor)
         return self.apex_epsilon ** (1 + self.apex_alpha * i / (n - 1)) if n > 1 else self.apex_epsilon
 
     # --- (de)serialisation ---------------------------------------------------------------
@@ -434,7 +449,9 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Config":
-        """Build from a dict (e.g. config.json); unknown keys are an error, missing ones default."""
+        """Build from a dict (e.g. config.json, old names included); unknown keys are an error, missing ones
+        default."""
+        data = current_names(data)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -465,9 +482,38 @@ def parse_assignment(text: str) -> tuple[str, object]:
     name = name.strip()
     if not sep or not name:
         raise ConfigError(f"--set expects name=value, got {text!r}")
+    if name in RENAMED:
+        [(name, raw)] = current_names({name: raw.strip()}).items()
     if name not in {f.name for f in fields(Config)}:
         raise ConfigError(f"unknown config field {name!r} (see --help-config)")
-    return name, _coerce(name, raw.strip())
+    return name, _coerce(name, raw.strip() if isinstance(raw, str) else raw)
+
+
+RENAMED = {
+    "env_id": "env",
+    "num_actors": "actors",
+    "record_video": "video",
+    "level_mode": "curriculum",
+    "checkpoint_every_episodes": "checkpoint_every",
+    "host": "bind",
+    "learner_address": "learner",
+    "replay_address": "replay",
+}
+"""Fields renamed to their flags' names: config.json files, checkpoints and --set still take the old names."""
+
+
+def current_names(data: dict) -> dict:
+    """`data` with old field names (RENAMED) under their new ones; a new name given too wins."""
+    out = {k: v for k, v in data.items() if k not in RENAMED}
+    for old, new in RENAMED.items():
+        if old in data and new not in data:
+            value = data[old]
+            if old == "level_mode":  # sample | curriculum, now a switch
+                if value not in ("sample", "curriculum"):
+                    raise ConfigError(f"level_mode must be sample or curriculum, got {value!r}")
+                value = value == "curriculum"
+            out[new] = value
+    return out
 
 
 def parse_endpoint(text: str, default_port: int, what: str = "address") -> tuple[str, int]:

@@ -23,17 +23,14 @@ def make_env(config: Config, seed: int = 0) -> gym.Env:
     """Raw env -> (jump repress) -> joypad action set -> frame skip -> time limit -> shaped reward -> gray 84x84
     -> (A button shown) -> stack.
 
-    A comma-separated env_id ("SuperMarioBros-1-1-v0,SuperMarioBros-1-2-v0") plays a uniformly
-    sampled level each episode (seeded by `seed`), or with level_mode=curriculum the levels in order."""
-    ids = level_ids(config.env_id)
+    A comma-separated env ("SuperMarioBros-1-1-v0,SuperMarioBros-1-2-v0") plays a uniformly
+    sampled level each episode (seeded by `seed`), or with curriculum=true the levels in order."""
+    ids = level_ids(config.env)
     env = (
         _make_raw(ids[0], config.action_set, config.jump_repress)
         if len(ids) == 1
         else LevelSampler(
-            [_make_raw(i, config.action_set, config.jump_repress) for i in ids],
-            seed,
-            ids,
-            curriculum=config.level_mode == "curriculum",
+            [_make_raw(i, config.action_set, config.jump_repress) for i in ids], seed, ids, curriculum=config.curriculum
         )
     )
     env = FrameSkip(env, config.frame_skip)
@@ -97,7 +94,7 @@ def joypad_actions(action_set: str) -> list[list[str]]:
 def refused_settings(config: Config) -> str | None:
     """Why the env cannot play with these settings (one line), or None: the test env has only the simple
     action set and no NES RAM for jump_repress."""
-    if TEST_ENV_ID in level_ids(config.env_id):
+    if TEST_ENV_ID in level_ids(config.env):
         if config.action_set != "simple":
             return f"{TEST_ENV_ID} has the simple action set only, got action_set={config.action_set}"
         if config.jump_repress:

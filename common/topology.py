@@ -79,7 +79,7 @@ CHANNELS: dict[str, Channel] = {
                 options=(("LINGER", LAST_CHUNKS_LINGER_MS),),
                 sends=("transitions", "episode"),
             ),
-            remote=("replay_address", "learner_address"),
+            remote=("replay", "learner"),
         ),
         # Sampling: the learner's requests (with the previous batch's priorities) and the server's replies.
         # ROUTER_MANDATORY: a reply to a gone peer raises (and is counted) instead of vanishing.
@@ -99,7 +99,7 @@ CHANNELS: dict[str, Channel] = {
                 hwm=100,
                 sends=("sample", "priorities", "attach_frames", "snapshot", "ask_stats"),
             ),
-            remote=("replay_address",),
+            remote=("replay",),
         ),
         # Weights: only the newest matters, so a tiny queue on the PUB and CONFLATE on each actor's SUB.
         Channel(
@@ -107,7 +107,7 @@ CHANNELS: dict[str, Channel] = {
             2,
             binder=Side(("learner",), "PUB", hwm=2, sends=("weights", "bye")),
             connectors=Side(("actor",), "SUB", options=(("CONFLATE", 1), ("SUBSCRIBE", b""))),
-            remote=("learner_address",),
+            remote=("learner",),
         ),
         # Reports to this machine's launcher (progress, episodes, last words): an ipc socket in a folder of
         # its own (launcher/supervisor.py), never between machines, so no port, keys or monitor.

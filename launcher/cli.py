@@ -7,11 +7,12 @@ replay server must stay free of gym, nes-py and cv2 (and quick to start).
 from __future__ import annotations
 
 import argparse
-import textwrap
+import dataclasses
 import sys
+import textwrap
 
 from common.addresses import has_ipc, ipc_only, is_loopback
-from common.config import TEST_ENV_ID, Config, ConfigError, parse_assignment, parse_endpoint
+from common.config import TEST_ENV_ID, Config, ConfigError, current_names, parse_assignment, parse_endpoint
 
 EPILOG = f"""\
 examples:
@@ -66,7 +67,6 @@ def _ranged(kind, low, high, what: str):
 
 
 _positive_int = _ranged(int, 1, float("inf"), "a positive integer")
-_port = _ranged(int, 1, 65_533, "a port between 1 and 65533")
 _unit_float = _ranged(float, 0.0, 1.0, "a number between 0 and 1")
 PLAY_EPISODES = 3
 
@@ -81,53 +81,11 @@ def build_parser() -> OneLineParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--env",
-        metavar="ID",
-        help="gym-super-mario-bros id (default SuperMarioBros-1-1-v0), several "
-        f"comma-separated (a level sampled per episode), or {TEST_ENV_ID}, the built-in test environment",
-    )
-    p.add_argument("--headless", action="store_true", help="no live window (also automatic without a display)")
-    p.add_argument("--no-video", action="store_true", help="record no videos (mario_run.mp4, mario_best_run_*.mp4)")
-    p.add_argument("--runs-dir", metavar="DIR", help="parent folder of the run folders (default: runs)")
-    p.add_argument("--max-episodes", type=_positive_int, metavar="N", help="stop cleanly after N episodes")
-    p.add_argument("--max-steps", type=_positive_int, metavar="N", help="stop cleanly after N env steps")
-    p.add_argument(
-        "--max-minutes",
-        type=_ranged(float, 1e-3, 1e9, "a positive number of minutes"),
-        metavar="M",
-        help="stop cleanly after M minutes of wall time",
-    )
-    p.add_argument(
-        "--curriculum",
-        action="store_true",
-        help="with several --env ids: play them in order, moving "
-        "on when the average reward of the last episodes passes a threshold (curriculum_* in --help-config)",
-    )
-    p.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda", "mps"),
-        help="learner device (default auto: CUDA, then MPS, then CPU)",
-    )
-    p.add_argument("--actors", type=_positive_int, metavar="N", help="actor processes (default 1)")
-    p.add_argument(
         "--role",
         choices=("all", "learner", "replay", "actor"),
         default="all",
         help="processes to start here: all (default); learner (the learner and the replay server, or "
         "the learner alone with --replay); replay (the replay server alone); actor (the actors)",
-    )
-    p.add_argument(
-        "--bind",
-        metavar="HOST[:PORT]",
-        help="address the learner side listens on (default 127.0.0.1:47555; "
-        "ports PORT..PORT+2); anything but loopback needs --keys or --insecure",
-    )
-    p.add_argument("--learner", metavar="HOST[:PORT]", help="with --role actor: the learner side's --bind address")
-    p.add_argument(
-        "--replay",
-        metavar="HOST[:PORT]",
-        help="a replay server started on its own (--role replay): "
-        "for --role learner (which then starts none) and --role actor",
     )
     p.add_argument(
         "--keys",
@@ -140,19 +98,6 @@ def build_parser() -> OneLineParser:
         action="store_true",
         help="allow a non-loopback --bind without keys (anyone who "
         "can reach the ports can send experience and read weights)",
-    )
-    p.add_argument(
-        "--base-port",
-        type=_port,
-        metavar="PORT",
-        help="first of 3 consecutive TCP ports the processes use (default 47555; same as --bind's PORT)",
-    )
-    p.add_argument("--seed", type=int, metavar="N", help="base random seed (default 0)")
-    p.add_argument(
-        "--checkpoint-every",
-        type=_positive_int,
-        metavar="N",
-        help="save checkpoint.pth every N episodes (default 50; checkpoint_final.pth on every stop)",
     )
     p.add_argument(
         "--resume",
@@ -199,43 +144,65 @@ def build_parser() -> OneLineParser:
         help="set any config field, e.g. --set lr=2.5e-4 (repeatable; list: --help-config)",
     )
     p.add_argument("--help-config", action="store_true", help="list every config field with its default and exit")
+    _add_field_flags(p)
     return p
 
 
+def _add_field_flags(p: argparse.ArgumentParser) -> None:
+    """A flag for each config field declared with one: --name VALUE, a switch --name, or --no-name for a
+    switch that is on by default. The flag is the field: one name, one doc, the field's own checks."""
+    group = p.add_argument_group(
+        "settings", "config fields with a flag of their own (--set NAME=VALUE sets any field, see --help-config)"
+    )
+    for f in dataclasses.fields(Config):
+        if "flag" not in f.metadata:
+            continue
+        flag, doc = field_flag(f), f.metadata["doc"].removesuffix(" ...")
+        if f.type == "bool":
+            help_text = f"off: {doc}" if f.default else doc
+            group.add_argument(
+                flag, dest=f.name, action="store_const", const=not f.default, default=None, help=help_text
+            )
+        else:
+            group.add_argument(flag, dest=f.name, metavar=f.metadata["flag"], type=_field_value(f.name), help=doc)
+
+
+def field_flag(f: dataclasses.Field) -> str:
+    """A field's flag: --name, or --no-name for a switch that is on by default."""
+    return f"--{'no-' if f.type == 'bool' and f.default else ''}{f.name.replace('_', '-')}"
+
+
+def _field_value(name: str):
+    """An argparse type: the text as config field `name` takes it, checked as the field is (alone)."""
+
+    def parse(text: str):
+        try:
+            if name == "bind":  # HOST[:PORT]: the port goes to base_port (config_from_args)
+                parse_endpoint(text, Config.base_port, "bind")
+                return text
+            _, value = parse_assignment(f"{name}={text}")
+            Config(**{name: value})
+        except ConfigError as exc:  # (argparse names the flag: "argument --learner: the port in ...")
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{name}: ")) from None
+        return value
+
+    return parse
+
+
 def config_from_args(args: argparse.Namespace, base: dict | None = None) -> Config:
-    """Defaults (or a resumed run's config), then --set values, then the dedicated flags (which win).
+    """Defaults (or a resumed run's config), then --set values, then the fields' own flags (which win).
     Raises ConfigError."""
-    values = dict(base or {})
+    values = current_names(dict(base or {}))
     for assignment in args.set:
         name, value = parse_assignment(assignment)
         values[name] = value
-    flags = {
-        "env_id": args.env,
-        "runs_dir": args.runs_dir,
-        "max_episodes": args.max_episodes,
-        "max_steps": args.max_steps,
-        "max_minutes": args.max_minutes,
-        "device": args.device,
-        "num_actors": args.actors,
-        "base_port": args.base_port,
-        "seed": args.seed,
-        "checkpoint_every_episodes": args.checkpoint_every,
-    }
-    values.update({k: v for k, v in flags.items() if v is not None})
-    if args.headless:
-        values["headless"] = True
-    if args.no_video:
-        values["record_video"] = False
-    if args.curriculum:
-        values["level_mode"] = "curriculum"
+    for f in dataclasses.fields(Config):
+        if "flag" in f.metadata and getattr(args, f.name) is not None:
+            values[f.name] = getattr(args, f.name)
     if args.bind:
-        values["host"], values["base_port"] = parse_endpoint(
+        values["bind"], values["base_port"] = parse_endpoint(
             args.bind, values.get("base_port", Config.base_port), "--bind"
         )
-    for flag, name in (("learner", "learner_address"), ("replay", "replay_address")):
-        if getattr(args, flag):
-            parse_endpoint(getattr(args, flag), 1, f"--{flag}")  # a bad value is a ConfigError naming the flag
-            values[name] = getattr(args, flag)
     return Config.from_dict(values)
 
 
@@ -252,9 +219,9 @@ def check_network(args: argparse.Namespace, config: Config):
         raise ConfigError("--resume is for the learner side: an actor side continues from the learner it joins")
     binds = args.role != "actor"
     if binds and not ipc_only(config) and not args.keys and not args.insecure:  # TCP ports, no keys
-        if not is_loopback(config.host):
+        if not is_loopback(config.bind):
             raise ConfigError(
-                f"--bind {config.host} listens beyond this machine: create keys with `python launch.py "
+                f"--bind {config.bind} listens beyond this machine: create keys with `python launch.py "
                 "keys DIR` and pass --keys (DIR/learner here, DIR/actor on the actor machines), or pass "
                 "--insecure to accept anyone who can reach the ports"
             )
@@ -271,11 +238,13 @@ def check_network(args: argparse.Namespace, config: Config):
 def help_config() -> str:
     """Every config field by section, with its type, default and doc (from the fields' metadata)."""
     lines, section = ["config fields, by section (change any with --set NAME=VALUE):"], None
+    flags = {f.name: field_flag(f) for f in dataclasses.fields(Config) if "flag" in f.metadata}
     for field_section, name, kind, default, doc in Config.describe():
         if field_section is not section:
             section = field_section
             lines += ["", f"[{section.name}] {section.title}"]
-        lines.append(f"  {name} ({kind}, default {default!r})")
+        flag = f", flag {flags[name]}" if name in flags else ""
+        lines.append(f"  {name} ({kind}, default {default!r}{flag})")
         lines.append(textwrap.fill(doc, width=110, initial_indent=" " * 6, subsequent_indent=" " * 6))
     return "\n".join(lines)
 
@@ -333,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serial(parser: OneLineParser, args: argparse.Namespace, config: Config) -> int:
     """--serial: actor, replay and learner in this process, no ZeroMQ, no child processes (launcher/serial.py)."""
-    if args.role != "all" or args.resume or config.num_actors > 1:
+    if args.role != "all" or args.resume or config.actors > 1:
         parser.error(
             "--serial runs one actor, the replay and the learner in this process: it takes no --role, "
             "--resume or more than one actor"
@@ -392,7 +361,7 @@ def _play(parser: OneLineParser, args: argparse.Namespace) -> int:
             find_checkpoint(args.play),
             args.episodes or PLAY_EPISODES,
             headless=args.headless,
-            record=not args.no_video,
+            record=args.video is not False,
             say=lambda text: print(f"mario-apex: {text}", flush=True),
         )
     except (CheckpointError, ResumeError) as exc:

@@ -22,7 +22,7 @@ CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint.pth")
 # (the networks' shapes, or the n-step returns and discounts stored in the replay memory).
 STRUCTURAL = ("frame_stack", "frame_size", "num_actions", "dueling", "replay_capacity", "n_step", "gamma")
 # What the game and its observations are: changing one mixes two envs in one replay memory and log.txt.
-ENV_DEFINING = ("env_id", "show_a_button", "jump_repress")
+ENV_DEFINING = ("env", "show_a_button", "jump_repress")
 
 
 class ResumeError(ValueError):
@@ -42,7 +42,7 @@ class ResumePlan:
     def run_dir(self) -> str | None:
         return os.path.dirname(self.checkpoint) if self.checkpoint else None
 
-    def for_role(self, role: str, num_actors: int = 1) -> ActorStart | str:
+    def for_role(self, role: str, actors: int = 1) -> ActorStart | str:
         """What a role process starts from: the checkpoint file for the learner, the replay snapshot for the
         replay server ("": none, a fresh start), an ActorStart for an actor (each its share of the run's steps)."""
         if role == "learner":
@@ -51,7 +51,7 @@ class ResumePlan:
             return self.replay_snapshot or ""
         if self.checkpoint is None:
             return ActorStart()
-        steps = self.counters.env_steps // max(1, num_actors)
+        steps = self.counters.env_steps // max(1, actors)
         return ActorStart(actor_steps=steps, reset_epsilon=self.reset_epsilon, epsilon_origin=steps)
 
 
@@ -132,8 +132,8 @@ def plan_resume(
     if changed and not new_env:
         name = changed[0]
         was = (
-            f"trained on {saved.env_id}, not {config.env_id}"
-            if name == "env_id"
+            f"trained on {saved.env}, not {config.env}"
+            if name == "env"
             else f"trained with {name}={getattr(saved, name)}, this run has {name}={getattr(config, name)}"
         )
         raise ResumeError(

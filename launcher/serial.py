@@ -12,7 +12,7 @@ debugging it and stepping through it in a debugger. Where it differs from the de
   (DQN's classic ratio, batch_size / 4). Updates follow inserts, which come in chunks (every chunk_size
   steps and at each episode's end), as at the replay server.
 - One actor (actor 0's seed), no live window and no videos, no child process, no --resume.
-- checkpoint.pth (every checkpoint_every_episodes episodes) holds the learner only; checkpoint_final.pth
+- checkpoint.pth (every checkpoint_every episodes) holds the learner only; checkpoint_final.pth
   names a replay snapshot written synchronously beside it, so `--resume RUN` continues the run in the
   distributed trainer with its replay memory. Ctrl+C stops at the next step (exit status 130; SIGTERM 0);
   Ctrl+C during the final save abandons it (files are written atomically: those on disk stay whole).
@@ -120,26 +120,22 @@ def run_serial(c: Config) -> int:
     except (DeviceError, EnvError) as exc:
         raise StartError(str(exc)) from None
     if env.action_space.n != c.num_actions:
-        raise StartError(f"{c.env_id} has {env.action_space.n} actions but num_actions is {c.num_actions}")
+        raise StartError(f"{c.env} has {env.action_space.n} actions but num_actions is {c.num_actions}")
     if device.type == "cpu":  # as the learner process with one actor beside it
         torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
     run_dir = make_run_dir(c.runs_dir)
     c.save(os.path.join(run_dir, "config.json"))
     say(f"run folder {run_dir}")
     say(
-        f"serial: env {c.env_id}, actor, replay and learner in this process (no ZeroMQ), learner on {device}; "
+        f"serial: env {c.env}, actor, replay and learner in this process (no ZeroMQ), learner on {device}; "
         "Ctrl+C stops cleanly"
     )
-    if not c.headless or c.record_video:
+    if not c.headless or c.video:
         say("--serial shows no live window and records no videos")
     log, metrics = EpisodeLog(os.path.join(run_dir, "log.txt")), Metrics(run_dir, ".serial", say)
     best_eval = BestEval(run_dir, c, say)
-    levels = find_wrapper(env, LevelSampler) if len(level_ids(c.env_id)) > 1 else None
-    curriculum = (
-        Curriculum(levels, c.curriculum_threshold, c.curriculum_window)
-        if levels and c.level_mode == "curriculum"
-        else None
-    )
+    levels = find_wrapper(env, LevelSampler) if len(level_ids(c.env)) > 1 else None
+    curriculum = Curriculum(levels, c.curriculum_threshold, c.curriculum_window) if levels and c.curriculum else None
 
     torch.manual_seed(c.seed)  # the network's initial weights: the same config starts the same run
     learner = DQNLearner(c, device)
@@ -236,7 +232,7 @@ def run_serial(c: Config) -> int:
                     best_eval.offer(result, net)
                     metrics.scalar("Eval/Reward", result.reward, steps)
                     metrics.scalar("Eval/XPos", result.x_pos, steps)
-            if c.checkpoint_every_episodes and episodes % c.checkpoint_every_episodes == 0 and not stop.reason:
+            if c.checkpoint_every and episodes % c.checkpoint_every == 0 and not stop.reason:
                 try:
                     learner.save(
                         os.path.join(run_dir, "checkpoint.pth"),

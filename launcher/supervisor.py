@@ -62,7 +62,7 @@ ROLES = {
 
 
 def role_processes(role: str, config: Config) -> tuple[str, ...]:
-    if role == "learner" and config.replay_address:
+    if role == "learner" and config.replay:
         return ("learner",)
     return ROLES[role]
 
@@ -221,7 +221,7 @@ class Supervisor:
     def _check_env(self) -> None:
         from common.envs import refused_settings, unknown_env_ids
 
-        unknown = unknown_env_ids(self.config.env_id)
+        unknown = unknown_env_ids(self.config.env)
         if unknown:
             raise StartError(
                 f"unknown env id {unknown[0]!r}: use a gym-super-mario-bros id such as "
@@ -246,10 +246,8 @@ class Supervisor:
                 self._start(role, 0, self.resume.for_role(role))
         if "actor" in self.roles:
             # An actor side of its own joins a learner that may have been running for a while.
-            start = dataclasses.replace(
-                self.resume.for_role("actor", self.config.num_actors), join=self.role == "actor"
-            )
-            for i in range(self.config.num_actors):
+            start = dataclasses.replace(self.resume.for_role("actor", self.config.actors), join=self.role == "actor")
+            for i in range(self.config.actors):
                 if self.stop_reason is None:
                     self._start("actor", i, start)
 
@@ -323,7 +321,7 @@ class Supervisor:
     def _print_role(self) -> None:
         c = self.config
         if self.role == "all":
-            print(f"mario-apex: env {c.env_id}, {c.num_actors} actor(s); Ctrl+C stops everything cleanly", flush=True)
+            print(f"mario-apex: env {c.env}, {c.actors} actor(s); Ctrl+C stops everything cleanly", flush=True)
             return
         if self.role != "actor":
             what = " and ".join(r if r == "learner" else "replay server" for r in self.roles)
@@ -338,9 +336,9 @@ class Supervisor:
             print(f"mario-apex: {what} on {where} ({keys}); actors join with: {self._join_command()}", flush=True)
             print("mario-apex: Ctrl+C stops this side (final checkpoint; connected actors play on)", flush=True)
         else:
-            target = c.learner_address or f"this machine ({connect_address(c, 'replay_in')})"
+            target = c.learner or f"this machine ({connect_address(c, 'replay_in')})"
             print(
-                f"mario-apex: env {c.env_id}, {c.num_actors} actor(s) feeding the learner side at {target}; "
+                f"mario-apex: env {c.env}, {c.actors} actor(s) feeding the learner side at {target}; "
                 "Ctrl+C stops this side (the learner keeps running and waits)",
                 flush=True,
             )
@@ -348,12 +346,12 @@ class Supervisor:
     def _join_command(self) -> str:
         """The actor side's command line for this learner side."""
         c = self.config
-        host = "<this machine's address>" if c.host in LOCAL_FOR_ANY else f"[{c.host}]" if ":" in c.host else c.host
+        host = "<this machine's address>" if c.bind in LOCAL_FOR_ANY else f"[{c.bind}]" if ":" in c.bind else c.bind
         here = f"{host}:{c.base_port}"
         if self.role == "replay":
             where = f"--replay {here} --learner <the learner's address>"
-        elif c.replay_address:
-            where = f"--learner {here} --replay {c.replay_address}"
+        elif c.replay:
+            where = f"--learner {here} --replay {c.replay}"
         else:
             where = f"--learner {here}"
         return f"python launch.py --role actor {where}{' --keys <DIR>/actor' if self.keys else ''}"
@@ -373,7 +371,7 @@ class Supervisor:
             return "reached --max-minutes"
         if "actor" not in self.roles:
             return None
-        if status.done_actors >= set(range(c.num_actors)):
+        if status.done_actors >= set(range(c.actors)):
             return (
                 "reached --max-steps"
                 if c.max_steps and status.session_steps >= c.max_steps
@@ -405,7 +403,7 @@ class Supervisor:
     def _on_report(self, msg: dict) -> None:
         msg = check_report(msg)
         role, index = msg["role"], msg["index"]
-        if role not in self.roles or index >= (self.config.num_actors if role == "actor" else 1):
+        if role not in self.roles or index >= (self.config.actors if role == "actor" else 1):
             raise ProtocolError(f"report from {role} {index}, which this launcher did not start")
         name = process_name(role, index)
         if msg["kind"] == "failed":
@@ -464,7 +462,7 @@ class Supervisor:
         )
         self.failures.pop(name, None)
         index = int(name.split("-")[1])
-        start = self.resume.for_role("actor", self.config.num_actors)
+        start = self.resume.for_role("actor", self.config.actors)
         now = self.status.actor_counters(index)
         restart = dataclasses.replace(
             start,  # a reset exploration keeps its origin

@@ -8,7 +8,7 @@ Sockets (addresses from the config, types and options from common/topology.py):
   each frame is sent once (replay_batches.py).
 - weights, PUB (bound): "weights" messages after every `publish_every` updates, at start, and
   again every few seconds so actors that join late get them; "bye" when it stops.
-Checkpoints: checkpoint.pth every `checkpoint_every_episodes` episodes, checkpoint_final.pth on stop,
+Checkpoints: checkpoint.pth every `checkpoint_every` episodes, checkpoint_final.pth on stop,
 each naming a replay snapshot beside it (protocol below, at `checkpoint`).
 """
 
@@ -55,7 +55,7 @@ class LearnerService:
         self.run_dir = run_dir
         self.device = pick_device(c.device)
         if self.device.type == "cpu":
-            torch.set_num_threads(max(1, (os.cpu_count() or 2) - c.num_actors))
+            torch.set_num_threads(max(1, (os.cpu_count() or 2) - c.actors))
         self.learner = DQNLearner(c, self.device, log=self.rt.log)
         self.dealer = connect_socket(runtime.transport, c, "replay_sample")
         self.pub = bind_socket(runtime.transport, c, "weights")
@@ -101,9 +101,9 @@ class LearnerService:
             self.rt.log(f"training on {self.device}; {restored:,} transitions restored, enough to train on")
         else:
             self.rt.log(f"training on {self.device}; waiting for {self.config.learning_starts} transitions")
-        if self.config.replay_address:
+        if self.config.replay:
             self.rt.log(
-                f"the replay server at {self.config.replay_address} runs on its own: checkpoints hold the "
+                f"the replay server at {self.config.replay} runs on its own: checkpoints hold the "
                 "learner's state, not the replay memory"
             )
         self.publish()
@@ -210,7 +210,7 @@ class LearnerService:
         if self.rt.progress_due():
             self.rt.check_links()
             self._log_progress(elapsed)
-            if not self.learner.updates and self.config.checkpoint_every_episodes:
+            if not self.learner.updates and self.config.checkpoint_every:
                 try:
                     self.dealer.send(encode("ask_stats"), zmq.NOBLOCK)
                 except zmq.Again:
@@ -287,7 +287,7 @@ class LearnerService:
         )
 
     def _maybe_checkpoint(self) -> None:
-        every = self.config.checkpoint_every_episodes
+        every = self.config.checkpoint_every
         episodes = self.replay_stats.episodes
         if not every or episodes // every <= self._checkpointed_at_episode // every:
             return
@@ -314,8 +314,8 @@ class LearnerService:
         # A replay server started on its own (--replay) writes into its own run folder, maybe on another
         # machine, so the checkpoint could not name its snapshot: there the checkpoint is the learner's state.
         # Orphaned (the launcher was killed), the replay server is stopping too: save what is ours.
-        with_replay = not self.config.replay_address and not (final and self.rt.orphaned())
-        replay = None if self.config.replay_address else self._replay
+        with_replay = not self.config.replay and not (final and self.rt.orphaned())
+        replay = None if self.config.replay else self._replay
         why = "the launcher is gone, so is the replay server"
         if with_replay:
             # A unique name: a new snapshot never overwrites the one the previous .pth names.
@@ -352,7 +352,7 @@ class LearnerService:
             )
         else:
             self.rt.log(
-                f"saved {base}.pth WITHOUT replay memory {seconds}" + ("" if self.config.replay_address else f": {why}")
+                f"saved {base}.pth WITHOUT replay memory {seconds}" + ("" if self.config.replay else f": {why}")
             )
         return path
 

@@ -55,7 +55,7 @@ def test_ctrl_c_while_a_child_is_spawned_reaches_the_launcher(tmp_path):
     (so the child was born ignoring it): a Ctrl+C then taken by another of its threads (numpy's OpenBLAS starts
     one) was discarded, and the launcher ran on (the test above hung). Here a thread stands ready, as OpenBLAS's
     does, and the child is still born with SIGINT held back (blocked)."""
-    config = Config(env_id=TEST_ENV_ID, runs_dir=str(tmp_path), base_port=free_base_port(), device="cpu")
+    config = Config(env=TEST_ENV_ID, runs_dir=str(tmp_path), base_port=free_base_port(), device="cpu")
     sup = Supervisor(config, role="all")
     sup.console = Console(0, interactive=False)
     sup._mp = SimpleNamespace(Process=CtrlCDuringSpawn)

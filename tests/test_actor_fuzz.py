@@ -20,7 +20,7 @@ DEADLINE_S = 30  # generous: a loaded machine is slow
 
 def _preferring(action: int) -> dict[str, np.ndarray]:
     """Weights whose action head always picks `action` (zero weights, a one-hot bias)."""
-    net = build_network(Config(env_id=TEST_ENV_ID))
+    net = build_network(Config(env=TEST_ENV_ID))
     with torch.no_grad():
         net.head[2].weight.zero_()
         net.head[2].bias.copy_(torch.eye(7)[action])

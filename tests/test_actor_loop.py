@@ -38,9 +38,9 @@ def play(tmp_path, before_run=lambda actor: None, serve_replay=True, **changes):
     (none is bound without serve_replay)."""
     config = Config(
         **{
-            "env_id": TEST_ENV_ID,
+            "env": TEST_ENV_ID,
             "headless": True,
-            "record_video": False,
+            "video": False,
             "base_port": free_base_port(),
             "eval_every_episodes": 0,
             **changes,
@@ -131,7 +131,7 @@ def test_the_network_chooses_every_step_at_epsilon_0_and_none_at_1(tmp_path, eps
 def test_weights_from_the_learners_socket_replace_the_policy_the_env_thread_acts_with(tmp_path, precision):
     """Weights whose action head always prefers action 5 (zero weights, a one-hot bias), published on a
     real PUB socket: once the actor has taken them, every action at epsilon 0 is 5."""
-    sender = build_network(Config(env_id=TEST_ENV_ID))
+    sender = build_network(Config(env=TEST_ENV_ID))
     with torch.no_grad():
         sender.head[2].weight.zero_()
         sender.head[2].bias.copy_(torch.eye(7)[5])
@@ -164,7 +164,7 @@ def test_a_role_runtime_built_here_leaves_the_process_hooks_as_they_were():
         signal.signal(signal.SIGINT, signal.default_int_handler)  # (a background job starts with SIGINT ignored)
         before = process_hooks()
         with kept_process_hooks():
-            runtime = RoleRuntime("actor", 0, Config(env_id=TEST_ENV_ID), StopAtCap(), os.getppid())
+            runtime = RoleRuntime("actor", 0, Config(env=TEST_ENV_ID), StopAtCap(), os.getppid())
             runtime.close()
             assert process_hooks()[0] == signal.SIG_IGN
             assert all(now != then for now, then in zip(process_hooks(), before)), "nothing to restore"
@@ -221,7 +221,7 @@ def test_experience_dropped_while_no_replay_server_takes_it_is_counted_and_told(
 def test_evaluations_give_up_after_eval_stall_steps_without_progress(tmp_path):
     """A greedy Mario that stands still stays still: evaluation (and --play) episodes end after
     eval_stall_steps without a new rightmost x_pos, while training episodes keep stall_steps (here none)."""
-    standing = build_network(Config(env_id=TEST_ENV_ID))
+    standing = build_network(Config(env=TEST_ENV_ID))
     with torch.no_grad():
         standing.head[2].weight.zero_()
         standing.head[2].bias.copy_(torch.eye(7)[0])  # always NOOP
@@ -246,7 +246,7 @@ def test_evaluations_give_up_after_eval_stall_steps_without_progress(tmp_path):
     )
     assert [r.steps for r in reported] == [5]
     assert all(m["steps"] != 5 or m["x_pos"] > 0 for m in episodes(messages)), "training episodes are not cut"
-    config = Config(env_id=TEST_ENV_ID, eval_stall_steps=5)
+    config = Config(env=TEST_ENV_ID, eval_stall_steps=5)
     assert [r.steps for r in evaluate(standing, config, episodes=1)] == [5]
     assert [r.steps for r in evaluate(standing, config.replace(eval_stall_steps=0), episodes=1)] == [50], (
         "without it, standing still runs out the test env's clock"
@@ -262,7 +262,7 @@ def test_the_last_flush_at_the_stop_waits_for_room_in_a_full_queue():
     from common.log_limit import LogLimit
     from common.topology import bind_socket, connect_socket
 
-    config = Config(env_id=TEST_ENV_ID, base_port=free_base_port(), samples_per_insert=1)
+    config = Config(env=TEST_ENV_ID, base_port=free_base_port(), samples_per_insert=1)
     assert config.actor_queue_chunks() == 4
     transport = Transport(config.max_message_bytes)
     try:

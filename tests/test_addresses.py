@@ -18,7 +18,7 @@ from common.config import Config
 )
 def test_bind_address_for_each_channel(host, base, expected):
     """Three consecutive ports in a fixed channel order; IPv6 hosts are bracketed."""
-    config = Config(host=host, base_port=base, local_ipc=False)
+    config = Config(bind=host, base_port=base, local_ipc=False)
     channels = ["replay_in", "replay_sample", "weights"]
     assert [bind_address(config, c) for c in channels] == expected
     assert [connect_address(config, c) for c in channels] == expected, "no --learner: connect to ourselves"
@@ -36,13 +36,13 @@ def test_roles_on_one_machine_use_ipc_only_in_this_users_folder():
     ipc = f"ipc://{tempfile.gettempdir()}/mario-apex-{os.getuid()}/47556.sock"
     assert ipc_only(config) and bind_addresses(config, "replay_sample") == [ipc]
     assert connect_address(config, "replay_sample") == ipc
-    joined = Config(learner_address="localhost:6000", replay_address="127.0.0.1")
+    joined = Config(learner="localhost:6000", replay="127.0.0.1")
     assert connect_address(joined, "weights").endswith("/6002.sock")
     assert connect_address(joined, "replay_in").endswith("/47555.sock"), "a loopback --learner or --replay: ipc"
-    shared = Config(host="0.0.0.0", base_port=47_555)
+    shared = Config(bind="0.0.0.0", base_port=47_555)
     assert not ipc_only(shared) and bind_addresses(shared, "replay_sample") == ["tcp://0.0.0.0:47556", ipc]
     assert connect_address(shared, "replay_sample") == ipc
-    remote = Config(learner_address="10.0.0.2")
+    remote = Config(learner="10.0.0.2")
     assert connect_address(remote, "weights") == "tcp://10.0.0.2:47557", "other machines: tcp"
     assert connect_address(remote, "replay_sample").startswith("ipc://"), "the learner's own replay server: ipc"
 
@@ -55,12 +55,12 @@ def test_bind_address_unknown_channel_fails():
 @pytest.mark.parametrize(
     "changes, expected",
     [
-        ({"host": "0.0.0.0"}, ["tcp://127.0.0.1:47555", "tcp://127.0.0.1:47556", "tcp://127.0.0.1:47557"]),
-        ({"host": "::"}, ["tcp://[::1]:47555", "tcp://[::1]:47556", "tcp://[::1]:47557"]),
-        ({"learner_address": "10.0.0.2"}, ["tcp://10.0.0.2:47555", "tcp://127.0.0.1:47556", "tcp://10.0.0.2:47557"]),
-        ({"learner_address": "gpu-box:6000"}, ["tcp://gpu-box:6000", "tcp://127.0.0.1:47556", "tcp://gpu-box:6002"]),
+        ({"bind": "0.0.0.0"}, ["tcp://127.0.0.1:47555", "tcp://127.0.0.1:47556", "tcp://127.0.0.1:47557"]),
+        ({"bind": "::"}, ["tcp://[::1]:47555", "tcp://[::1]:47556", "tcp://[::1]:47557"]),
+        ({"learner": "10.0.0.2"}, ["tcp://10.0.0.2:47555", "tcp://127.0.0.1:47556", "tcp://10.0.0.2:47557"]),
+        ({"learner": "gpu-box:6000"}, ["tcp://gpu-box:6000", "tcp://127.0.0.1:47556", "tcp://gpu-box:6002"]),
         (
-            {"learner_address": "[fe80::1]:7000", "replay_address": "10.0.0.3:8000"},
+            {"learner": "[fe80::1]:7000", "replay": "10.0.0.3:8000"},
             ["tcp://10.0.0.3:8000", "tcp://10.0.0.3:8001", "tcp://[fe80::1]:7002"],
         ),
     ],

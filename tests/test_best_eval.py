@@ -17,7 +17,7 @@ def _result(reward, flag=False):
 
 
 def test_only_a_better_evaluation_replaces_the_kept_network(tmp_path):
-    config, logs = Config(env_id=TEST_ENV_ID), []
+    config, logs = Config(env=TEST_ENV_ID), []
     best = BestEval(str(tmp_path), config, logs.append)
     net = build_network(config)
     assert best.offer(_result(5.0), net)
@@ -30,14 +30,14 @@ def test_only_a_better_evaluation_replaces_the_kept_network(tmp_path):
 
 
 def test_resume_refuses_the_best_evaluation_file_with_a_reason(tmp_path):
-    config = Config(env_id=TEST_ENV_ID)
+    config = Config(env=TEST_ENV_ID)
     BestEval(str(tmp_path), config, print).offer(_result(1.0), build_network(config))
     with pytest.raises(ResumeError, match="best evaluation, for --play; it holds no training state"):
         load_resume_state(str(tmp_path / BEST_EVAL_FILE))
 
 
 def test_an_unwritable_or_damaged_file_is_reported_and_training_goes_on(tmp_path):
-    config, logs = Config(env_id=TEST_ENV_ID), []
+    config, logs = Config(env=TEST_ENV_ID), []
     (tmp_path / BEST_EVAL_FILE).write_bytes(b"not a checkpoint")
     best = BestEval(str(tmp_path), config, logs.append)
     assert len(logs) == 1 and "unreadable" in logs[0]

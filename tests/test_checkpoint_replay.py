@@ -48,11 +48,11 @@ class Side:
     def __init__(self, run_dir):
         self.run_dir = str(run_dir)
         self.config = Config(
-            env_id=TEST_ENV_ID,
+            env=TEST_ENV_ID,
             base_port=free_base_port(),
             replay_capacity=2048,
             learning_starts=2048,
-            checkpoint_every_episodes=0,
+            checkpoint_every=0,
             device="cpu",
         )
         self.logs: list[str] = []
@@ -249,7 +249,7 @@ def test_periodic_checkpoints_keep_to_their_share_of_the_learners_time(side, mon
     """Item 9: however often episodes end (the test env ends one every few steps), periodic checkpoints take
     at most checkpoint_time_share (5%) of the learner's time: one that took T seconds is followed by none for T / share;
     the due one then comes at the next episode."""
-    side.learner.config = side.config.replace(checkpoint_every_episodes=1)
+    side.learner.config = side.config.replace(checkpoint_every=1)
     took, ended, episodes = [], [], 0  # each checkpoint's seconds, and when it ended
     real = side.learner.checkpoint
 

@@ -59,21 +59,14 @@ def test_defaults_validate():
                 "target_update_every",
                 "publish_every",
                 "prefetch_batches",
-                "num_actors",
+                "actors",
             )
             for v in (0, -3)
         ],
         # non-negative integers
         *[
             (n, -1)
-            for n in (
-                "epsilon_decay_steps",
-                "learning_starts",
-                "checkpoint_every_episodes",
-                "max_episodes",
-                "max_steps",
-                "seed",
-            )
+            for n in ("epsilon_decay_steps", "learning_starts", "checkpoint_every", "max_episodes", "max_steps", "seed")
         ],
         # fractions in [0, 1]
         *[
@@ -172,8 +165,8 @@ def test_learning_starts_equal_to_capacity_is_fine():
         ("double_dqn=NO", ("double_dqn", False)),
         ("double_dqn=0", ("double_dqn", False)),
         ("double_dqn=off", ("double_dqn", False)),
-        ("env_id=SuperMarioBros-2-1-v0", ("env_id", "SuperMarioBros-2-1-v0")),
-        ("host=::1", ("host", "::1")),
+        ("env=SuperMarioBros-2-1-v0", ("env", "SuperMarioBros-2-1-v0")),
+        ("host=::1", ("bind", "::1")),
         ("runs_dir=a=b", ("runs_dir", "a=b")),
         ("device=cpu", ("device", "cpu")),
     ],
@@ -256,9 +249,9 @@ def test_from_dict_rejects_unknown_keys_listing_them():
         ("headless", 0),
         ("headless", "perhaps"),
         ("headless", None),
-        ("env_id", 5),
-        ("env_id", None),
-        ("env_id", ["SuperMarioBros-1-1-v0"]),
+        ("env", 5),
+        ("env", None),
+        ("env", ["SuperMarioBros-1-1-v0"]),
         ("device", True),
     ],
 )
@@ -332,22 +325,22 @@ def test_parse_endpoint_rejects(text):
 
 def test_apex_epsilons():
     """eps_i = 0.4 ** (1 + 7 i / (N - 1)): 0.4 for actor 0, 0.4 ** 8 for the last; one actor gets 0.4."""
-    config = Config(num_actors=8, epsilon_schedule="apex")
+    config = Config(actors=8, epsilon_schedule="apex")
     eps = [config.apex_epsilon_of(i) for i in range(8)]
     assert eps[0] == pytest.approx(0.4) and eps[-1] == pytest.approx(0.4**8)
     assert eps[3] == pytest.approx(0.4**4) and eps == sorted(eps, reverse=True)
-    assert Config(num_actors=1).apex_epsilon_of(0) == pytest.approx(0.4)
+    assert Config(actors=1).apex_epsilon_of(0) == pytest.approx(0.4)
 
 
 def test_actors_on_two_machines_share_one_apex_schedule():
     """4 actors on each of two machines (first_actor 0 and 4, total_actors 8) get the 8 distinct
     epsilons one 8-actor launcher would, and distinct run-wide numbers (their seeds)."""
-    single = [Config(num_actors=8).apex_epsilon_of(i) for i in range(8)]
-    machines = [Config(num_actors=4, first_actor=first, total_actors=8) for first in (0, 4)]
+    single = [Config(actors=8).apex_epsilon_of(i) for i in range(8)]
+    machines = [Config(actors=4, first_actor=first, total_actors=8) for first in (0, 4)]
     assert [m.apex_epsilon_of(i) for m in machines for i in range(4)] == pytest.approx(single)
     assert [m.run_actor(i) for m in machines for i in range(4)] == list(range(8))
     with pytest.raises(ConfigError, match=r"actors 4\.\.7 do not fit in total_actors=6"):
-        Config(num_actors=4, first_actor=4, total_actors=6)
+        Config(actors=4, first_actor=4, total_actors=6)
 
 
 def test_describe_has_a_doc_and_a_section_for_every_field():
@@ -362,7 +355,7 @@ def test_describe_has_a_doc_and_a_section_for_every_field():
         assert kind == FIELDS[name] and (default == getattr(defaults, name) or derived)
         assert isinstance(doc, str) and doc.strip(), f"{name} has no doc"
     sections = {r[1]: r[0] for r in rows}
-    assert (sections["env_id"], sections["gamma"], sections["replay_capacity"]) == (ENV, LEARNER, REPLAY)
+    assert (sections["env"], sections["gamma"], sections["replay_capacity"]) == (ENV, LEARNER, REPLAY)
     assert [s for s in SECTIONS if s in sections.values()] == list(SECTIONS), "every section has fields"
     docs = {r[1]: r[4] for r in rows}
     assert docs["gamma"] == "Discount factor."
@@ -372,11 +365,11 @@ def test_describe_has_a_doc_and_a_section_for_every_field():
 def test_save_then_from_dict_round_trips(tmp_path):
     """config.json written by save() loads back into an equal Config, non-defaults included."""
     config = Config(
-        env_id="MarioApexTest-v0",
+        env="MarioApexTest-v0",
         lr=2.5e-4,
         headless=True,
         seed=7,
-        host="::1",
+        bind="::1",
         gamma=0.9,
         replay_capacity=5000,
         learning_starts=100,
@@ -408,3 +401,42 @@ def test_a_batch_must_fit_in_one_message_when_frames_travel_in_it():
         Config(max_message_bytes=fits - 1)
     assert frames_per_message(32, 4, 84, fits) == 32
     assert frames_per_message(32, 4, 84, 64 * 1024 * 1024) == 1184
+
+
+def test_renamed_fields_are_read_under_their_old_names_and_each_has_its_flag():
+    """A config.json or checkpoint written before the fields took their flags' names loads as before."""
+    from dataclasses import fields
+
+    from common.config import RENAMED
+
+    flagged = {f.name for f in fields(Config) if "flag" in f.metadata}
+    assert set(RENAMED.values()) <= flagged
+    old = {
+        "env_id": "MarioApexTest-v0",
+        "num_actors": 2,
+        "record_video": False,
+        "level_mode": "curriculum",
+        "checkpoint_every_episodes": 7,
+        "host": "::1",
+        "learner_address": "gpu-box:6000",
+        "replay_address": "replay-box",
+    }
+    new = dict(
+        env="MarioApexTest-v0",
+        actors=2,
+        video=False,
+        curriculum=True,
+        checkpoint_every=7,
+        bind="::1",
+        learner="gpu-box:6000",
+        replay="replay-box",
+    )
+    assert Config.from_dict(old) == Config(**new)
+    assert Config.from_dict({"level_mode": "sample"}).curriculum is False
+    assert Config.from_dict({**old, "actors": 3}).actors == 3  # the new name wins over the old
+    with pytest.raises(ConfigError, match="level_mode must be sample or curriculum, got 'random'"):
+        Config.from_dict({"level_mode": "random"})
+    assert [parse_assignment(f"{k}={v}") for k, v in (("num_actors", "2"), ("level_mode", "curriculum"))] == [
+        ("actors", 2),
+        ("curriculum", True),
+    ]

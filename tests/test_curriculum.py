@@ -50,7 +50,7 @@ def test_sampled_level_lists_stay_random():
 
 
 def test_make_env_builds_a_curriculum_from_the_config():
-    env = make_env(Config(env_id="MarioApexTest-v0,MarioApexTest-v0", level_mode="curriculum"))
+    env = make_env(Config(env="MarioApexTest-v0,MarioApexTest-v0", curriculum=True))
     levels = find_wrapper(env, LevelSampler)
     assert levels.curriculum and levels.names == ["MarioApexTest-v0", "MarioApexTest-v0"]
     obs, _ = env.reset()

@@ -13,7 +13,7 @@ NOOP, RIGHT, RIGHT_A = 0, 1, 2
 
 
 def corridor():
-    env = make_env(Config(env_id=TEST_ENV_ID))
+    env = make_env(Config(env=TEST_ENV_ID))
     return env, find_wrapper(env, FrameSkip)
 
 

@@ -92,13 +92,13 @@ BAD_REPORTS = {
 @pytest.fixture
 def supervisor(tmp_path):
     config = Config(
-        env_id="MarioApexTest-v0",
+        env="MarioApexTest-v0",
         runs_dir=str(tmp_path),
         base_port=free_base_port(),
-        num_actors=2,
+        actors=2,
         device="cpu",
         headless=True,
-        record_video=False,
+        video=False,
     )
     sup = Supervisor(config, role="all")
     sup.console = Console(0, interactive=False)

@@ -269,7 +269,7 @@ def test_the_learner_on_the_replay_machine_drops_bad_shared_batches_and_snapshot
     if not ring.shared:
         pytest.skip("no memfd here: the frame ring cannot be shared")
     ring.announce(BATCH * STACK2)  # frames 0 .. 255 are written
-    config = Config(env_id=TEST_ENV_ID, base_port=free_base_port(), headless=True, record_video=False)
+    config = Config(env=TEST_ENV_ID, base_port=free_base_port(), headless=True, video=False)
     fake = FakeReplay(local_address(config, "replay_sample"), ring)
     reports = fake.ctx.socket(zmq.PULL)
     port = reports.bind_to_random_port("tcp://127.0.0.1")

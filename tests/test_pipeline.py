@@ -109,7 +109,7 @@ def test_mario_1_1_headless_bounded_run(launch):
     assert any(name.startswith("events.out.tfevents") for name in files)
     state = load_checkpoint(str(run.run_dir / "checkpoint_final.pth"))
     assert state["counters"]["updates"] == summary["updates"]
-    assert state["config"]["env_id"] == "SuperMarioBros-1-1-v0"
+    assert state["config"]["env"] == "SuperMarioBros-1-1-v0"
     assert "Traceback" not in run.output()
 
 

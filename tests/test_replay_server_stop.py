@@ -34,7 +34,7 @@ def chunk() -> bytes:
 def held_back_server(tmp_path, stop_event, run_stop_event=None) -> tuple[ReplayServer, RoleRuntime]:
     """A replay server whose pinned ratio holds the actors back: it has stored more than the learner sampled."""
     config = Config(
-        env_id=TEST_ENV_ID,
+        env=TEST_ENV_ID,
         base_port=free_base_port(),
         replay_capacity=4096,
         learning_starts=4,

@@ -128,7 +128,7 @@ def test_checkpoints_taken_while_training_are_consistent(launch):
         "--max-steps",
         "6000",
         "--set",
-        "checkpoint_every_episodes=50",
+        "checkpoint_every=50",
         "--set",
         "checkpoint_time_share=1",
         "--set",

@@ -25,7 +25,7 @@ LEARNER_SIDE = (
     "--set",
     "replay_capacity=20000",
     "--set",
-    "checkpoint_every_episodes=0",
+    "checkpoint_every=0",
 )
 
 

@@ -82,7 +82,7 @@ def test_serial_learns_the_test_env_and_writes_the_usual_run_folder(launch):
     # less than a batch short, the last chunk (at most 63 transitions and n - 1 pending ones) untrained.
     assert 3000 - 500 - 64 - 66 - 32 < summary["replay"]["sampled"] <= 3000 - 500, summary
     assert summary["updates"] == summary["replay"]["sampled"] // 32
-    assert Config.from_dict(json.loads((run.run_dir / "config.json").read_text())).env_id == TEST_ENV_ID
+    assert Config.from_dict(json.loads((run.run_dir / "config.json").read_text())).env == TEST_ENV_ID
 
     train, evaluation = read_log(str(run.run_dir / "log.txt"))
     assert len(train.steps) == summary["episodes"] and max(train.steps) <= 3000
@@ -135,7 +135,7 @@ def test_ctrl_c_stops_serial_cleanly_with_a_final_checkpoint(launch):
     [
         (("--role", "learner"), "--serial runs one actor, the replay and the learner in this process"),
         (("--actors", "2"), "it takes no --role, --resume or more than one actor"),
-        (("--set", "num_actors=3"), "it takes no --role, --resume or more than one actor"),
+        (("--set", "actors=3"), "it takes no --role, --resume or more than one actor"),
         (("--resume", "runs"), "it takes no --role, --resume or more than one actor"),
         (("--env", "Tetris-v0"), "unknown env id 'Tetris-v0'"),
         (
@@ -203,7 +203,7 @@ def test_serial_update_is_the_distributed_learners_update_on_the_same_batch(shar
     asks for transitions_per_request (256) transitions and splits them into batches; here one batch per request,
     so both take the very same batch."""
     config = Config(
-        env_id=TEST_ENV_ID,
+        env=TEST_ENV_ID,
         device="cpu",
         learning_starts=0,
         replay_capacity=2000,

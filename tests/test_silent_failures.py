@@ -37,7 +37,7 @@ def wait_until(predicate, timeout: float = 10.0) -> bool:
 def replay_server(logs: list):
     from replay_server.server import ReplayServer
 
-    config = Config(env_id=TEST_ENV_ID, base_port=free_base_port(), replay_capacity=256, learning_starts=256)
+    config = Config(env=TEST_ENV_ID, base_port=free_base_port(), replay_capacity=256, learning_starts=256)
     runtime = RoleRuntime("replay", 0, config, StopAtCap(), os.getppid())
     runtime.log = logs.append
     return ReplayServer(runtime, "."), runtime
@@ -194,7 +194,7 @@ def test_a_role_whose_authenticator_thread_died_stops_and_says_why(tmp_path):
     keys = load_keys(str(tmp_path / "learner"), True, False)
     transport = Transport(1 << 20)
     reports = transport.socket(zmq.PULL, bind=f"ipc://{tmp_path}/reports")
-    config = Config(env_id=TEST_ENV_ID, base_port=free_base_port())
+    config = Config(env=TEST_ENV_ID, base_port=free_base_port())
     context = mp.get_context("spawn")  # as the launcher starts roles
     stop = context.Event()  # referenced until the child has it (start() lets go of its args)
     role = context.Process(
@@ -234,7 +234,7 @@ def test_refusal_lines_are_limited_per_reason_so_an_impostor_is_not_hidden_behin
     so an impostor's "not authorized" with its address never showed."""
     from common.transport import Refusal
 
-    config = Config(env_id=TEST_ENV_ID, base_port=free_base_port())
+    config = Config(env=TEST_ENV_ID, base_port=free_base_port())
     runtime = RoleRuntime("replay", 0, config, StopAtCap(), os.getppid())
     try:
         logs, seen = [], []
@@ -297,9 +297,9 @@ def restarted_actor(tmp_path, restarts: int, **start):
     from actor.actor import Actor
 
     config = Config(
-        env_id=TEST_ENV_ID,
+        env=TEST_ENV_ID,
         headless=True,
-        record_video=False,
+        video=False,
         base_port=free_base_port(),
         eval_every_episodes=0,
         max_episodes=4,

@@ -22,7 +22,7 @@ from replay_server.snapshot import (
     write_snapshot,
 )
 
-CONFIG = Config(env_id=TEST_ENV_ID, replay_capacity=1024, learning_starts=1024)
+CONFIG = Config(env=TEST_ENV_ID, replay_capacity=1024, learning_starts=1024)
 FRAME_BYTES = CONFIG.frame_size**2
 
 
@@ -206,7 +206,7 @@ def test_a_failed_final_serial_save_leaves_no_replay_files(tmp_path, monkeypatch
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(DQNLearner, "save", full)
-    config = CONFIG.replace(runs_dir=str(tmp_path), max_steps=300, headless=True, record_video=False, device="cpu")
+    config = CONFIG.replace(runs_dir=str(tmp_path), max_steps=300, headless=True, video=False, device="cpu")
     assert serial.run_serial(config) == 0
     (run_dir,) = tmp_path.iterdir()
     left = [p.name for p in run_dir.iterdir() if ".replay.npz" in p.name or FRAME_FILE.match(p.name)]

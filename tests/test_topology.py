@@ -64,14 +64,14 @@ def sockets(tmp_path, keep_process_hooks):
     from replay_server.server import ReplayServer
 
     config = Config(
-        env_id=TEST_ENV_ID,
+        env=TEST_ENV_ID,
         base_port=free_base_port(),
         replay_capacity=256,
         learning_starts=256,
         samples_per_insert=4,  # pinned ratio: the actors' queue is 4 chunks, not ZeroMQ's default
         device="cpu",
         headless=True,
-        record_video=False,
+        video=False,
         acting_precision="float32",
         runs_dir=str(tmp_path / "runs"),
     )

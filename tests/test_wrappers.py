@@ -109,7 +109,7 @@ def test_flag_unclipped_adds_the_flag_bonus_after_the_clip(env_reward, x, prev, 
 @pytest.mark.parametrize("scheme,flag_reward", [("original", 1.0), ("flag_unclipped", 100.5)])
 def test_the_reward_scheme_reaches_the_shaping(scheme, flag_reward):
     """make_env hands config.reward_scheme to ShapedReward, and ShapedReward shapes the flag step by it."""
-    env = make_env(Config(env_id=TEST_ENV, reward_scheme=scheme), seed=0)
+    env = make_env(Config(env=TEST_ENV, reward_scheme=scheme), seed=0)
     assert find_wrapper(env, ShapedReward).scheme == scheme
     env.close()
     flag_step = (rgb(1), 4.0, True, False, {"x_pos": 60, "flag_get": True})
@@ -332,7 +332,7 @@ def test_time_limit_passes_inner_truncation_through():
 
 def test_make_env_test_env_observations():
     """The factory chain on MarioApexTest-v0 gives (4, 84, 84) uint8 stacks and keeps the last RGB frame."""
-    env = make_env(Config(env_id=TEST_ENV))
+    env = make_env(Config(env=TEST_ENV))
     assert env.observation_space.shape == (4, 84, 84)
     obs, info = env.reset(seed=0)
     assert obs.shape == (4, 84, 84) and obs.dtype == np.uint8
@@ -347,7 +347,7 @@ def test_make_env_test_env_observations():
 
 def test_find_wrapper_missing_kind():
     with pytest.raises(LookupError):
-        find_wrapper(make_env(Config(env_id=TEST_ENV)), gym.wrappers.RecordEpisodeStatistics)
+        find_wrapper(make_env(Config(env=TEST_ENV)), gym.wrappers.RecordEpisodeStatistics)
 
 
 @pytest.mark.parametrize(
@@ -359,7 +359,7 @@ def test_find_wrapper_missing_kind():
 )
 def test_make_env_episode_rewards(action, rewards, info):
     """With frame skip 4 one agent step is one cell; shaped rewards are exactly the documented values."""
-    env = make_env(Config(env_id=TEST_ENV))
+    env = make_env(Config(env=TEST_ENV))
     env.reset()
     got, terminated = [], False
     while not terminated:
@@ -372,7 +372,7 @@ def test_make_env_episode_rewards(action, rewards, info):
 
 def test_make_env_time_limit_and_frame_skip_from_config():
     """max_episode_steps truncates; frame_skip=1 moves Mario one x unit per agent step."""
-    env = make_env(Config(env_id=TEST_ENV, max_episode_steps=3, frame_skip=1, frame_stack=2, frame_size=42))
+    env = make_env(Config(env=TEST_ENV, max_episode_steps=3, frame_skip=1, frame_stack=2, frame_size=42))
     obs, _ = env.reset()
     assert obs.shape == (2, 42, 42)
     out = [env.step(1) for _ in range(3)]
@@ -440,7 +440,7 @@ def test_level_list_samples_a_level_per_episode():
     from common.config import Config
     from common.envs import LevelSampler, make_env, unknown_env_ids
 
-    env = make_env(Config(env_id="SuperMarioBros-1-1-v0,SuperMarioBros-1-2-v0"), seed=3)
+    env = make_env(Config(env="SuperMarioBros-1-1-v0,SuperMarioBros-1-2-v0"), seed=3)
     sampler = env
     while not isinstance(sampler, LevelSampler):
         sampler = sampler.env
@@ -503,7 +503,7 @@ def test_evaluations_end_a_stall_as_a_truncation_even_with_stall_terminal():
     penalty in the reward they report; training keeps its terminal stall afterwards."""
     from common.envs import evaluation_limits
 
-    config = Config(env_id="MarioApexTest-v0", stall_steps=7, stall_terminal=True, eval_stall_steps=5)
+    config = Config(env="MarioApexTest-v0", stall_steps=7, stall_terminal=True, eval_stall_steps=5)
     env = make_env(config)
     limit = find_wrapper(env, TimeLimit)
     assert (limit.stall_steps, limit.stall_terminal) == (7, True)

@@ -31,7 +31,7 @@ from actor.display import LiveWindow, display_available
 from actor.env_thread import GREEDY, EnvThread
 from actor.epsilon import actor_epsilon
 from actor.recorder import EpisodeRecorder, RecordingError, VideoWriter
-from common.envs import LevelSampler, evaluation_limits, find_wrapper, make_env
+from actor.envs import LevelSampler, evaluation_limits, find_wrapper, make_env
 from common.log_limit import LogLimit
 from common.metrics import Metrics
 from common.network import build_network, greedy_action, network_from_arrays
@@ -39,7 +39,7 @@ from common.protocol import ProtocolError, decode, encode
 from common.records import ActorDone, ActorProgress, ActorStart, EpisodeReport, EvalResult
 from common.runtime import RoleRuntime
 from common.topology import connect_socket
-from common.wrappers import FrameSkip
+from actor.wrappers import FrameSkip
 
 LAST_SEND_WAIT_MS = 1000  # at the stop, how long the last flush waits for room in a full queue
 

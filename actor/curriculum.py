@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from common.envs import LevelSampler
+from actor.envs import LevelSampler
 
 
 class Curriculum:

@@ -13,9 +13,9 @@ import torch
 
 from common.checkpoint import CheckpointError, load_checkpoint
 from common.config import Config
-from common.envs import evaluation_limits, find_wrapper, make_env
+from actor.envs import evaluation_limits, find_wrapper, make_env
 from common.network import build_network, greedy_action
-from common.wrappers import FrameSkip
+from actor.wrappers import FrameSkip
 
 
 @dataclass

@@ -15,7 +15,7 @@ import numpy as np
 from actor.display import LiveWindow, display_available
 from actor.evaluate import EpisodeResult, load_policy, play
 from actor.recorder import RecordingError, VideoWriter
-from common.envs import joypad_actions
+from actor.envs import joypad_actions
 
 
 class _Screen:

@@ -30,7 +30,7 @@ from actor.display import display_available
 from benchmarks.common import machine, parser
 from common.addresses import bind_addresses
 from common.config import Config
-from common.envs import _make_raw
+from actor.envs import _make_raw
 from common.network import build_network
 from common.runtime import RoleRuntime
 from common.transport import Transport

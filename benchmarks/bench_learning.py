@@ -81,7 +81,7 @@ _EVAL = re.compile(
 def optimal_test_steps() -> int:
     """Fewest steps to the flag in the test env: jump right (action 2) every step."""
     from common.config import TEST_ENV_ID, Config
-    from common.envs import make_env
+    from actor.envs import make_env
 
     env = make_env(Config(env=TEST_ENV_ID))
     env.reset()

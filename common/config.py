@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 ACTION_SETS = {"simple": 7, "right_only": 5, "complex": 12}
 """Actions in each joypad action set (gym_super_mario_bros.actions; the learner does not import it)."""
 TEST_ENV_ID = "MarioApexTest-v0"
-"""Id of the tiny built-in test environment (see common/toy_level.py)."""
+"""Id of the tiny built-in test environment (see actor/toy_level.py)."""
 MAX_SAMPLE_BATCH = 4096  # transitions in one sample request
 MAX_N_STEP = 16
 """Largest n_step; bounds how many context frames a transitions chunk may carry."""

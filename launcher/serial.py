@@ -37,7 +37,7 @@ from actor.chunks import ChunkBuilder
 from actor.curriculum import Curriculum
 from actor.epsilon import actor_epsilon
 from common.config import Config
-from common.envs import EnvError, LevelSampler, evaluation_limits, find_wrapper, level_ids, make_env, refused_settings
+from actor.envs import EnvError, LevelSampler, evaluation_limits, find_wrapper, level_ids, make_env, refused_settings
 from common.metrics import Metrics
 from common.network import greedy_action, network_from_arrays, weights_to_arrays
 from common.records import CheckpointCounters, EpisodeReport, EvalResult, as_map

@@ -219,7 +219,7 @@ class Supervisor:
                         raise StartError(f"cannot bind {address}: {reason}")
 
     def _check_env(self) -> None:
-        from common.envs import refused_settings, unknown_env_ids
+        from actor.envs import refused_settings, unknown_env_ids
 
         unknown = unknown_env_ids(self.config.env)
         if unknown:

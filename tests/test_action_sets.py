@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from common.config import Config
-from common.envs import find_wrapper, make_env
+from actor.envs import find_wrapper, make_env
 from tests.harness import REPO
 
 

@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from common.area_resize import AreaShrinker, area_weights, shrinks_faster
-from common.wrappers import GrayResize
+from actor.area_resize import AreaShrinker, area_weights, shrinks_faster
+from actor.wrappers import GrayResize
 from tests.test_wrappers import ScriptedEnv
 
 

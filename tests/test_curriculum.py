@@ -4,7 +4,7 @@ import numpy as np
 
 from actor.curriculum import Curriculum
 from common.config import Config
-from common.envs import LevelSampler, find_wrapper, make_env
+from actor.envs import LevelSampler, find_wrapper, make_env
 
 
 class _Level:

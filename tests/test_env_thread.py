@@ -5,9 +5,9 @@ import pytest
 
 from actor.env_thread import GREEDY, EnvThread, Step
 from common.config import TEST_ENV_ID, Config
-from common.envs import find_wrapper, make_env
-from common.quiet_gym import gym
-from common.wrappers import FrameSkip
+from actor.envs import find_wrapper, make_env
+from actor.quiet_gym import gym
+from actor.wrappers import FrameSkip
 
 NOOP, RIGHT, RIGHT_A = 0, 1, 2
 

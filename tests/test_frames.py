@@ -5,8 +5,8 @@ import warnings
 
 import numpy as np
 
-from common.envs import _make_raw
-from common.wrappers import contiguous_rgb
+from actor.envs import _make_raw
+from actor.wrappers import contiguous_rgb
 
 
 def test_fast_path_matches_a_plain_copy_on_real_mario_frames():

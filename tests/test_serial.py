@@ -18,7 +18,7 @@ from actor.chunks import ChunkBuilder
 from actor.evaluate import load_policy, play
 from common.checkpoint import load_checkpoint
 from common.config import TEST_ENV_ID, Config
-from common.envs import make_env
+from actor.envs import make_env
 from common.protocol import decode, decode_parts
 from common.records import ReplayStats
 from launcher.plot import read_log

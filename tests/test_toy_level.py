@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from common.toy_level import CELL_UNITS, GOAL_CELL, GOOMBA_CELLS, TIME_LIMIT_FRAMES, CorridorEnv
+from actor.toy_level import CELL_UNITS, GOAL_CELL, GOOMBA_CELLS, TIME_LIMIT_FRAMES, CorridorEnv
 
 NOOP, RIGHT, RIGHT_A, RIGHT_B, RIGHT_A_B, A, LEFT = range(7)
 MARIO_INFO_KEYS = {"x_pos", "y_pos", "flag_get", "time", "life", "world", "stage", "score", "coins", "status"}

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from common.config import Config
-from common.envs import find_wrapper, make_env
-from common.quiet_gym import gym
-from common.wrappers import (
+from actor.envs import find_wrapper, make_env
+from actor.quiet_gym import gym
+from actor.wrappers import (
     FrameSkip,
     FrameStack,
     GrayResize,
@@ -395,7 +395,7 @@ def test_make_env_time_limit_and_frame_skip_from_config():
     ],
 )
 def test_progress_scheme(x, prev, life_lost, flag, expected):
-    from common.wrappers import shape_progress_reward
+    from actor.wrappers import shape_progress_reward
 
     assert shape_progress_reward(x, prev, life_lost, flag) == pytest.approx(expected)
 
@@ -418,7 +418,7 @@ class _Lives(gym.Env):
 
 @pytest.mark.parametrize("single_life, terminated_at", [(True, 3), (False, None)])
 def test_single_life_ends_the_episode_on_a_lost_life(single_life, terminated_at):
-    from common.wrappers import ShapedReward
+    from actor.wrappers import ShapedReward
 
     env = ShapedReward(_Lives(), "progress", single_life)
     env.reset()
@@ -438,7 +438,7 @@ def test_single_life_ends_the_episode_on_a_lost_life(single_life, terminated_at)
 def test_level_list_samples_a_level_per_episode():
     """A comma-separated env id: each reset plays one of the levels, chosen uniformly, seeded."""
     from common.config import Config
-    from common.envs import LevelSampler, make_env, unknown_env_ids
+    from actor.envs import LevelSampler, make_env, unknown_env_ids
 
     env = make_env(Config(env="SuperMarioBros-1-1-v0,SuperMarioBros-1-2-v0"), seed=3)
     sampler = env
@@ -501,7 +501,7 @@ def test_a_stall_with_stall_terminal_ends_the_episode_as_a_death_with_its_penalt
 def test_evaluations_end_a_stall_as_a_truncation_even_with_stall_terminal():
     """Evaluation episodes are not trained on: their stall (eval_stall_steps) is a plain cut, with no death
     penalty in the reward they report; training keeps its terminal stall afterwards."""
-    from common.envs import evaluation_limits
+    from actor.envs import evaluation_limits
 
     config = Config(env="MarioApexTest-v0", stall_steps=7, stall_terminal=True, eval_stall_steps=5)
     env = make_env(config)
@@ -574,7 +574,7 @@ def test_jump_repress_forgets_a_held_button_on_reset():
 
 def _jumps_holding_right_a(jump_repress: bool) -> tuple[list[int], int]:
     """Hold "right A" in real 1-1 for 300 emulator frames: the peak height of each jump, and the final x_pos."""
-    from common.envs import _make_raw
+    from actor.envs import _make_raw
 
     env = _make_raw("SuperMarioBros-1-1-v0", "right_only", jump_repress)
     env.reset()
@@ -607,7 +607,7 @@ def test_jump_repress_on_real_mario_jumps_again_and_as_high():
 
 def test_jump_repress_lets_a_constant_action_clear_1_1():
     """Why jump_repress is not the default: with it, holding "right A" reaches the flag with no learning."""
-    from common.envs import evaluation_limits
+    from actor.envs import evaluation_limits
 
     for repress, flag in ((False, False), (True, True)):
         config = Config(action_set="right_only", jump_repress=repress)

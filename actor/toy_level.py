@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.quiet_gym import gym
+from actor.quiet_gym import gym
 
 HEIGHT, WIDTH = 240, 256
 CELL_UNITS = 4  # x_pos units (= emulator frames of walking) per cell

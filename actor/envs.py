@@ -11,8 +11,8 @@ import warnings
 import numpy as np
 
 from common.config import TEST_ENV_ID, Config
-from common.quiet_gym import gym
-from common.wrappers import FrameSkip, FrameStack, GrayResize, JumpRepress, ShapedReward, ShowAButton, TimeLimit
+from actor.quiet_gym import gym
+from actor.wrappers import FrameSkip, FrameStack, GrayResize, JumpRepress, ShapedReward, ShowAButton, TimeLimit
 
 
 class EnvError(ValueError):
@@ -66,7 +66,7 @@ def find_wrapper(env: gym.Env, kind: type):
 
 def _make_raw(env_id: str, action_set: str = "simple", jump_repress: bool = False) -> gym.Env:
     if env_id == TEST_ENV_ID:
-        from common.toy_level import CorridorEnv
+        from actor.toy_level import CorridorEnv
 
         return CorridorEnv()
     import gym_super_mario_bros

@@ -1,6 +1,6 @@
 """`import gym`, minus the "Gym has been unmaintained" banner gym 0.26 prints on every import.
 
-Actor-side only. Import gym as `from common.quiet_gym import gym`.
+Actor-side only. Import gym as `from actor.quiet_gym import gym`.
 """
 
 import contextlib

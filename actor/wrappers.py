@@ -10,8 +10,8 @@ from collections import deque
 import cv2
 import numpy as np
 
-from common.area_resize import AreaShrinker, shrinks_faster
-from common.quiet_gym import gym
+from actor.area_resize import AreaShrinker, shrinks_faster
+from actor.quiet_gym import gym
 
 PROGRESS_BONUS = 1.0
 REGRESS_PENALTY = -1.0
@@ -184,7 +184,7 @@ class ShapedReward(gym.Wrapper):
 
 
 class GrayResize(gym.ObservationWrapper):
-    """RGB (H, W, 3) -> grayscale (size, size) uint8, area interpolation (common/area_resize.py where
+    """RGB (H, W, 3) -> grayscale (size, size) uint8, area interpolation (actor/area_resize.py where
     it is faster, OpenCV otherwise)."""
 
     def __init__(self, env: gym.Env, size: int):

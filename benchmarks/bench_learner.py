@@ -17,7 +17,9 @@ from learner.learning import DQNLearner
 GOAL = 1_000  # compiled updates/s at batch 32 on a CUDA GPU (issue 19: 295 eager on an H200)
 
 
-def updates_per_s(batch_size: int, mixed: bool, compiled: bool, device: torch.device, seconds: float) -> tuple:
+def updates_per_s(
+    batch_size: int, mixed: bool, compiled: bool, device: torch.device, seconds: float, min_iters: int = 3
+) -> tuple:
     """(updates/s, the learner, seconds the first update took: compiling, with compile_update)."""
     if compiled:
         torch._dynamo.reset()  # each compiled learner compiles afresh, for its own batch size only
@@ -38,7 +40,7 @@ def updates_per_s(batch_size: int, mixed: bool, compiled: bool, device: torch.de
     start = time.perf_counter()
     for _ in range(3 if compiled else 0):  # compiling, and on CUDA the CUDA-graph warm-up and recording
         update()
-    return rate(update, seconds), learner, time.perf_counter() - start
+    return rate(update, seconds, min_iters), learner, time.perf_counter() - start
 
 
 def main() -> None:
@@ -48,16 +50,16 @@ def main() -> None:
     device = pick_device("auto")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
     print(f"machine: {machine()}; learner device: {name}")
-    seconds = 0.5 if args.smoke else 10.0
+    seconds, min_iters = (0.5, 1) if args.smoke else (10.0, 3)  # smoke: bfloat16 at batch 256 can take 5 s an update
     compiled_32 = None
     for batch_size, mixed in ((32, False), (256, False), (32, True), (256, True)):
-        per_s, learner, _ = updates_per_s(batch_size, mixed, False, device, seconds)
+        per_s, learner, _ = updates_per_s(batch_size, mixed, False, device, seconds, min_iters)
         precision = f"mixed {str(learner.autocast_dtype).split('.')[-1]}" if mixed else "float32"
         row = f"learner batch {batch_size:>3}, {precision:>14}: {per_s:8.1f} updates/s  {per_s * batch_size:10.0f} "
         if not args.compile:
             print(f"{row}samples/s (torch threads {torch.get_num_threads()})", flush=True)
             continue
-        fast, learner, warm_up = updates_per_s(batch_size, mixed, True, device, seconds)
+        fast, learner, warm_up = updates_per_s(batch_size, mixed, True, device, seconds, min_iters)
         state = f"first 3 updates {warm_up:.1f} s" if learner.compiled else "compile failed: eager"
         print(f"{row}samples/s, compiled {fast:8.1f} updates/s ({fast / per_s:.2f}x; {state})", flush=True)
         if batch_size == 32 and not mixed and learner.compiled:

@@ -12,7 +12,7 @@ import sys
 import textwrap
 
 from common.addresses import has_ipc, ipc_only, is_loopback
-from common.config import TEST_ENV_ID, Config, ConfigError, current_names, parse_assignment, parse_endpoint
+from common.config import TEST_ENV_ID, Config, ConfigError, parse_assignment, parse_endpoint
 
 EPILOG = f"""\
 examples:
@@ -192,7 +192,7 @@ def _field_value(name: str):
 def config_from_args(args: argparse.Namespace, base: dict | None = None) -> Config:
     """Defaults (or a resumed run's config), then --set values, then the fields' own flags (which win).
     Raises ConfigError."""
-    values = current_names(dict(base or {}))
+    values = dict(base or {})  # old field names too: Config.from_dict reads them, a new name given wins
     for assignment in args.set:
         name, value = parse_assignment(assignment)
         values[name] = value

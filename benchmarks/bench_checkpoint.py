@@ -174,13 +174,16 @@ def bench_live(minutes: float, env: str) -> None:
                             sizes[name] = max(sizes.get(name, 0), os.path.getsize(os.path.join(folder, name)))
             time.sleep(0.2)
         output = proc.stdout.read()
-    seconds = [float(m) for m in re.findall(r"saved checkpoint\S*\.pth with replay memory .* in (\d+\.\d+) s", output)]
+    saved = re.findall(r"saved (checkpoint\S*)\.pth with replay memory .* in (\d+\.\d+) s", output)
+    periodic = [float(s) for name, s in saved if name == "checkpoint"]
+    final = sum(float(s) for name, s in saved if name != "checkpoint")
     summary = re.search(r"stopped: (.*?);", output)
-    if proc.returncode != 0 or not seconds:
+    if proc.returncode != 0 or not saved:
         sys.exit(f"the live run failed (exit {proc.returncode}):\n{output[-3000:]}")
     print(
-        f"live run, {'test env' if env == 'test' else LIVE_ENVS[env]}, {minutes:g} min ({summary[1] if summary else 'stopped'}): {len(seconds)} checkpoints "
-        f"with replay memory, {sum(seconds):.1f} s of them ({sum(seconds) / (minutes * 60):.1%} of the run), "
+        f"live run, {'test env' if env == 'test' else LIVE_ENVS[env]}, {minutes:g} min ({summary[1] if summary else 'stopped'}): "
+        f"{len(periodic)} periodic checkpoints with replay memory, {sum(periodic):.1f} s of them "
+        f"({sum(periodic) / (minutes * 60):.1%} of the run), then the final one on stopping in {final:.1f} s; "
         f"{sum(sizes.values()) / 1e6:.0f} MB of replay files written"
     )
 

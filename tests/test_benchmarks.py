@@ -31,7 +31,8 @@ pytestmark = pytest.mark.slow
             "bench_checkpoint --live 0.3",
             [
                 re.compile(
-                    r"live run, test env, 0.3 min \(.*\): \d+ checkpoints with replay memory, .* MB of replay files"
+                    r"live run, test env, 0.3 min \(.*\): \d+ periodic checkpoints with replay memory, .* s of them "
+                    r"\(.*% of the run\), then the final one on stopping in .* s; .* MB of replay files"
                 )
             ],
         ),

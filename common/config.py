@@ -8,6 +8,7 @@ the final config as `config.json` in the run folder.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -54,12 +55,20 @@ class Section:
 
 
 ENV = Section("env", "the game, its wrappers and episode limits")
+MODEL = Section("model", "what actors, replay and learner must agree on: observations, actions, network, return")
 ACTOR = Section("actor", "exploration, evaluation and acting")
 REPLAY = Section("replay", "the prioritized replay buffer and the replay ratio")
 LEARNER = Section("learner", "the update, the target network, checkpoints and the device")
 NETWORK = Section("network", "addresses, links, message limits and restarts")
 RUN = Section("run", "folders, the window, videos, limits and the actor processes")
-SECTIONS = (ENV, ACTOR, REPLAY, LEARNER, NETWORK, RUN)
+SECTIONS = (ENV, MODEL, ACTOR, REPLAY, LEARNER, NETWORK, RUN)
+ROLE_SECTIONS = {
+    "actor": (ENV, MODEL, ACTOR, REPLAY, NETWORK, RUN),  # REPLAY: actors wait when the replay ratio is pinned
+    "replay": (MODEL, REPLAY, NETWORK, RUN),
+    "learner": (MODEL, REPLAY, LEARNER, NETWORK, RUN),
+}
+"""The sections each role process reads (Config.for_role): the learner and replay server never see the game's
+settings, actors never see the optimizer's."""
 
 
 @dataclass
@@ -71,14 +80,14 @@ class Config:
         flag="ID",
     )
     frame_skip: int = ENV(4, "Emulator frames per agent step (the action repeats; rewards are summed).")
-    frame_size: int = ENV(84, "Observations are frame_size x frame_size grayscale frames.")
-    frame_stack: int = ENV(4, "Frames stacked into one observation.")
+    frame_size: int = MODEL(84, "Observations are frame_size x frame_size grayscale frames.")
+    frame_stack: int = MODEL(4, "Frames stacked into one observation.")
     action_set: str = ENV(
         "simple",
         "gym-super-mario-bros joypad action set: simple (SIMPLE_MOVEMENT, 7 actions), right_only (RIGHT_ONLY, 5: "
         "no-op and right with A/B combinations) or complex (COMPLEX_MOVEMENT, 12). The test env has simple only.",
     )
-    num_actions: int = ENV(0, "Size of the action set; 0 = that of action_set (checked against the env at start).")
+    num_actions: int = MODEL(0, "Size of the action set; 0 = that of action_set (checked against the env at start).")
     reward_scheme: str = ENV(
         "original",
         "original: env reward +1 forward, -1 back, -50 death, +1000 flag; progress (the original's later "
@@ -148,7 +157,7 @@ class Config:
     apex_alpha: float = ACTOR(
         7.0, "... and the exponent spread (the last actor gets apex_epsilon ** (1 + apex_alpha))."
     )
-    seed: int = ACTOR(0, "Base random seed; actor i uses seed + first_actor + i.", flag="N")
+    seed: int = RUN(0, "Base random seed; actor i uses seed + first_actor + i.", flag="N")
     acting_precision: str = ACTOR(
         "auto",
         "The actors' greedy forward: float32 (exact); int8 (the first linear layer as int8, one scale per row, "
@@ -178,12 +187,12 @@ class Config:
         "curve over env steps does not depend on machine load (false: actors never wait, the ratio is a cap).",
     )
 
-    n_step: int = LEARNER(
+    n_step: int = MODEL(
         3, "Steps of real rewards before bootstrapping: R = sum_i gamma^i r_(t+i) + gamma^n Q(s_(t+n)) (Ape-X uses 3)."
     )
-    dueling: bool = LEARNER(True, "Dueling head: Q = V + A - mean(A).")
+    dueling: bool = MODEL(True, "Dueling head: Q = V + A - mean(A).")
     batch_size: int = LEARNER(32, "Transitions per gradient update.")
-    gamma: float = LEARNER(0.99, "Discount factor.")
+    gamma: float = MODEL(0.99, "Discount factor.")
     lr: float = LEARNER(1e-4, "Adam learning rate at the start.")
     lr_end_factor: float = LEARNER(0.1, "The LR scheduler decays the learning rate linearly to lr * lr_end_factor ...")
     lr_decay_updates: int = LEARNER(1_000_000, "... over this many learner updates, then holds it.")
@@ -197,7 +206,7 @@ class Config:
         0.0, "0: hard target updates (above); > 0: soft updates every step, target += tau * (online - target)."
     )
     publish_every: int = LEARNER(100, "Learner updates between weight broadcasts to the actors.")
-    prefetch_batches: int = LEARNER(2, "Sample requests the learner keeps in flight so it never waits for data.")
+    prefetch_batches: int = NETWORK(2, "Sample requests the learner keeps in flight so it never waits for data.")
     transitions_per_request: int = LEARNER(
         256,
         "Smaller batches are fetched several per request (shuffled, then split): ZeroMQ's per-message cost "
@@ -470,10 +479,51 @@ class Config:
             json.dump(self.to_dict(), f, indent=2, sort_keys=True)
             f.write("\n")
 
+    def for_role(self, role: str) -> "Config":
+        """This config as the role process `role` sees it (ROLE_SECTIONS): reading a field of another section
+        raises AttributeError, so a role cannot come to depend on a setting it was not meant to read."""
+        view = copy.copy(self)
+        view.__class__ = RoleConfig
+        view.__dict__["_role"] = role
+        view.__dict__["_sections"] = {s.name for s in ROLE_SECTIONS[role]}
+        return view
+
     @staticmethod
     def describe() -> list[tuple[Section, str, str, object, str]]:
         """(section, name, type, default, doc) for every field, for --help-config."""
         return [(f.metadata["section"], f.name, f.type, f.default, f.metadata["doc"]) for f in fields(Config)]
+
+
+class _SectionField:
+    """A field of RoleConfig: read only by a role that receives its section."""
+
+    def __init__(self, name: str, section: Section):
+        self.name, self.section = name, section.name
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        if self.section not in obj.__dict__["_sections"]:
+            raise AttributeError(
+                f"the {obj.__dict__['_role']} does not receive {self.section} settings ({self.name}); "
+                "see ROLE_SECTIONS in common/config.py"
+            )
+        return obj.__dict__[self.name]
+
+    def __set__(self, obj, value) -> None:
+        raise AttributeError(f"a role's config is read-only ({self.name})")
+
+
+class RoleConfig(Config):
+    """Config.for_role's view. Its to_dict() is still the whole run's config: what a checkpoint records, so that
+    --resume gets back every setting of the run."""
+
+    def to_dict(self) -> dict:
+        return {f.name: self.__dict__[f.name] for f in fields(Config)}
+
+
+for _field in fields(Config):
+    setattr(RoleConfig, _field.name, _SectionField(_field.name, _field.metadata["section"]))
 
 
 def parse_assignment(text: str) -> tuple[str, object]:

@@ -148,7 +148,7 @@ def run_role(
     _set_process_name(f"mario-{process_name(role, index)}")
     runtime = None
     try:
-        config = Config.from_dict(config_dict)
+        config = Config.from_dict(config_dict).for_role(role)
         runtime = RoleRuntime(role, index, config, stop_event, parent_pid, start, reports_address, keys, run_stop_event)
         main(runtime, run_dir)
     except TransportError as exc:

@@ -12,7 +12,7 @@ import sys
 import textwrap
 
 from common.addresses import has_ipc, ipc_only, is_loopback
-from common.config import TEST_ENV_ID, Config, ConfigError, parse_assignment, parse_endpoint
+from common.config import TEST_ENV_ID, SECTIONS, Config, ConfigError, parse_assignment, parse_endpoint
 
 EPILOG = f"""\
 examples:
@@ -239,7 +239,7 @@ def help_config() -> str:
     """Every config field by section, with its type, default and doc (from the fields' metadata)."""
     lines, section = ["config fields, by section (change any with --set NAME=VALUE):"], None
     flags = {f.name: field_flag(f) for f in dataclasses.fields(Config) if "flag" in f.metadata}
-    for field_section, name, kind, default, doc in Config.describe():
+    for field_section, name, kind, default, doc in sorted(Config.describe(), key=lambda row: SECTIONS.index(row[0])):
         if field_section is not section:
             section = field_section
             lines += ["", f"[{section.name}] {section.title}"]

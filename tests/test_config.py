@@ -9,7 +9,9 @@ import pytest
 from common.config import (
     ENV,
     LEARNER,
+    MODEL,
     REPLAY,
+    ROLE_SECTIONS,
     SECTIONS,
     Config,
     ConfigError,
@@ -355,7 +357,12 @@ def test_describe_has_a_doc_and_a_section_for_every_field():
         assert kind == FIELDS[name] and (default == getattr(defaults, name) or derived)
         assert isinstance(doc, str) and doc.strip(), f"{name} has no doc"
     sections = {r[1]: r[0] for r in rows}
-    assert (sections["env"], sections["gamma"], sections["replay_capacity"]) == (ENV, LEARNER, REPLAY)
+    assert (sections["env"], sections["gamma"], sections["replay_capacity"], sections["lr"]) == (
+        ENV,
+        MODEL,
+        REPLAY,
+        LEARNER,
+    )
     assert [s for s in SECTIONS if s in sections.values()] == list(SECTIONS), "every section has fields"
     docs = {r[1]: r[4] for r in rows}
     assert docs["gamma"] == "Discount factor."
@@ -440,3 +447,39 @@ def test_renamed_fields_are_read_under_their_old_names_and_each_has_its_flag():
         ("actors", 2),
         ("curriculum", True),
     ]
+
+
+def test_a_role_reads_only_its_sections_and_its_checkpoints_still_record_the_whole_run():
+    """run_role gives each role process Config.for_role: another section's field is an error, not a value."""
+    config = Config(env="SuperMarioBros-1-2-v0", lr=3e-4, actors=3)
+    learner, actor = config.for_role("learner"), config.for_role("actor")
+    assert (learner.lr, learner.frame_stack, learner.actors) == (3e-4, 4, 3)
+    with pytest.raises(AttributeError, match=r"the learner does not receive env settings \(env\)"):
+        learner.env
+    with pytest.raises(AttributeError, match="the actor does not receive learner settings"):
+        actor.lr
+    with pytest.raises(AttributeError, match="the replay does not receive actor settings"):
+        config.for_role("replay").epsilon_start
+    assert actor.env == "SuperMarioBros-1-2-v0" and actor.actor_queue_chunks() == config.actor_queue_chunks()
+    assert learner.to_dict() == config.to_dict()  # what its checkpoints record for --resume
+    assert Config.from_dict(learner.to_dict()) == config
+    with pytest.raises(AttributeError):
+        learner.lr = 1.0
+
+
+def test_no_role_package_reads_a_setting_its_role_does_not_receive():
+    """The static side of for_role: a `.field` of another section in a role's code would fail at run time
+    only on the path that reads it; this finds it in every module."""
+    import pathlib
+    import re
+
+    section = {f.name: f.metadata["section"] for f in dataclasses.fields(Config)}
+    root = pathlib.Path(__file__).resolve().parent.parent
+    found = []
+    for package, role in (("actor", "actor"), ("learner", "learner"), ("replay_server", "replay")):
+        for path in sorted((root / package).glob("*.py")):
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                for name in re.findall(r"\.([a-z_]+)\b", line):
+                    if name in section and section[name] not in ROLE_SECTIONS[role]:
+                        found.append(f"{package}/{path.name}:{number}: {name} ({section[name].name})")
+    assert not found, found

@@ -191,19 +191,10 @@ def test_ten_thousand_bad_messages_at_every_bound_port(launch):
                 raw.connect(run.channel_path(offset))
                 junk = rng.bytes(int(rng.integers(1, 5000)))
                 raw.sendall(junk if offset == 2 else b"\xff" + junk)
-    for sock in (push, xsub):
-        sock.close(linger=20_000)
-
-    def replay_dropped() -> int:
-        """Ask the replay server itself (as the learner does): messages can still wait in its queues after
-        the send, and those a stop leaves unread are never counted."""
-        dealer.send(encode("ask_stats"))
-        if not dealer.poll(10_000):
-            raise AssertionError(f"the replay server did not answer ask_stats:\n{run.output()}")
-        return decode_parts(dealer.recv_multipart(), 1 << 20, expect=("stats",))["stats"].dropped
-
-    run.wait_for(lambda: replay_dropped() == sent, 120, f"the replay server to count {sent} dropped messages")
-    dealer.close(linger=0)
+    xsub.close(linger=20_000)
+    _wait_until_replay_dropped(run, ctx, sent)
+    for sock in (push, dealer):
+        sock.close(linger=0)
     ctx.term()
     updates = run.status_value("updates")
     run.wait_for_updates(updates + 20, timeout=120)  # training goes on
@@ -214,6 +205,25 @@ def test_ten_thousand_bad_messages_at_every_bound_port(launch):
     # No fuzz here reaches the learner's input (its DEALER talks only to the replay server), so its dropped
     # counter is not checked here: test_learner_fuzz.py answers the real learner's requests with bad replies.
     assert "exited unexpectedly" not in run.output() and "Traceback" not in run.output()
+
+
+def _wait_until_replay_dropped(run, ctx: zmq.Context, count: int) -> None:
+    """Ask the replay server itself (as the learner does) until it has counted `count` dropped messages.
+    Sent is not received: with the replay ratio pinned the server reads replay-in only as fast as the
+    learner samples, so on a loaded machine messages wait in the sender's queue, and a close that gives up
+    on them (a linger) or a stop before they are read leaves them uncounted. The sending sockets stay open
+    until this returns."""
+    asker = ctx.socket(zmq.DEALER)  # its own: a test's DEALER may also get batches for its requests
+    asker.connect(f"ipc://{run.channel_path(1)}")
+
+    def replay_dropped() -> int:
+        asker.send(encode("ask_stats"))
+        if not asker.poll(10_000):
+            raise AssertionError(f"the replay server did not answer ask_stats:\n{run.output()}")
+        return decode_parts(asker.recv_multipart(), 1 << 20, expect=("stats",))["stats"].dropped
+
+    run.wait_for(lambda: replay_dropped() == count, 120, f"the replay server to count {count} dropped messages")
+    asker.close(linger=0)
 
 
 def _chunk(**changes) -> dict:
@@ -362,8 +372,10 @@ def test_semantically_wrong_messages_at_every_socket_are_dropped_and_counted(lau
         for raw in _wrong_reports():
             reports.send(raw)
             to_launcher += 1
-        for sock in (push, dealer, reports):
-            sock.close(linger=20_000)
+        _wait_until_replay_dropped(run, ctx, to_replay)  # a close with a 20 s linger once gave up on six
+        for sock in (push, dealer):
+            sock.close(linger=0)
+        reports.close(linger=20_000)  # the launcher reads its reports at once
         ctx.term()
 
         episodes = len(run.log_lines())

@@ -323,7 +323,7 @@ class Actor:
                 self.steps = share
                 self.rt.log(f"joined a run at {int(run_steps):,} env steps: epsilon {self.epsilon():.2f}")
         self.joining = False
-        self.weights_version, self.weights_updates = msg["version"], msg["updates"]
+        self.weights_version, self.weights_updates = msg["weights_version"], msg["weights_updates"]
 
     def _finish_episode(self, reward: float, steps: int, info: dict, epsilon: float) -> None:
         self.episodes += 1

@@ -224,10 +224,10 @@ def _weights_subscriber(address: str, ready, done, conn, step_s: float) -> None:
                 msg = decode(payload, config.max_message_bytes, expect=("weights",))
                 make_policy(network_from_arrays(config, msg["tensors"]), precision)  # as Actor._poll_weights
                 t_acting = time.monotonic_ns()  # the next action uses these weights
-                if msg["version"] == 0:
+                if msg["weights_version"] == 0:
                     ready.set()
                 else:
-                    records.append((msg["version"], t_recv, t_acting))
+                    records.append((msg["weights_version"], t_recv, t_acting))
             end = time.perf_counter() + step_s  # one env step: the emulator keeps a core busy
             while time.perf_counter() < end:
                 pass
@@ -256,7 +256,7 @@ def _weights_publisher(address: str, ready, conn, count: int, seed: int) -> None
         while not ready.is_set():  # slow joiner: version 0 until the subscriber has one
             if time.monotonic() > deadline:
                 raise RuntimeError("the subscriber never received weights")
-            pub.send(encode("weights", version=0, updates=0, tensors=weights_to_arrays(net)))
+            pub.send(encode("weights", weights_version=0, weights_updates=0, tensors=weights_to_arrays(net)))
             ready.wait(0.05)
         time.sleep(0.2)
         rng = random.Random(seed)
@@ -264,7 +264,9 @@ def _weights_publisher(address: str, ready, conn, count: int, seed: int) -> None
         for version in range(1, count + 1):
             time.sleep(rng.uniform(0.05, 0.15))  # not in step with the subscriber's 6 ms steps
             t_publish = time.monotonic_ns()  # LearnerService.publish(): weights_to_arrays, encode, send
-            payload = encode("weights", version=version, updates=t_publish, tensors=weights_to_arrays(net))
+            payload = encode(
+                "weights", weights_version=version, weights_updates=t_publish, tensors=weights_to_arrays(net)
+            )
             pub.send(payload)
             sent.append((version, t_publish, time.monotonic_ns(), len(payload)))
         conn.send(sent)

@@ -29,7 +29,8 @@ from common.records import (
     field_kinds,
 )
 
-PROTOCOL_VERSION = 3  # 2: batch_mirror (a learner's copy of the frame ring); 3: typed records; both sides must agree
+PROTOCOL_VERSION = 4  # 2: batch_mirror (a learner's copy of the frame ring); 3: typed records; 4: weights_version
+# and weights_updates, the names the counters have everywhere; both sides must agree
 
 ALLOWED_DTYPES = frozenset({"uint8", "int8", "int16", "int32", "int64", "float32", "float64", "bool"})
 MAX_ARRAY_DIMS = 4
@@ -138,7 +139,12 @@ SCHEMAS: dict[str, dict[str, str]] = {
     "stats": {"stats": "record ReplayStats"},
     # learner -> actors: network weights after `updates` learner updates, and the run's counters as the
     # replay server counted them (episodes, env_steps, best_reward): what a joining actor continues from.
-    "weights": {"version": "count", "updates": "count", "tensors": "arrays float32", "run?": "record RunCounters"},
+    "weights": {
+        "weights_version": "count",
+        "weights_updates": "count",
+        "tensors": "arrays float32",
+        "run?": "record RunCounters",
+    },
     # learner -> actors: the learner is stopping (after writing `checkpoint`); actors play on.
     "bye": {"checkpoint": "str"},
     # any process -> launcher: progress, the last words of a failing process, or a stop request.

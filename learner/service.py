@@ -223,8 +223,8 @@ class LearnerService:
             self._published_updates = self.learner.updates
             self._weights_msg = encode(
                 "weights",
-                version=self.weights_version,
-                updates=self.learner.updates,
+                weights_version=self.weights_version,
+                weights_updates=self.learner.updates,
                 tensors=weights_to_arrays(self.learner.online),
                 run=self.replay_stats.run(),
             )

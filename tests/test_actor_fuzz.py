@@ -32,7 +32,7 @@ def _bad_weights(good: dict[str, np.ndarray]) -> list[bytes]:
     name = next(iter(good))
 
     def changed(**arrays) -> bytes:
-        return encode("weights", version=9, updates=900, tensors={**good, **arrays})
+        return encode("weights", weights_version=9, weights_updates=900, tensors={**good, **arrays})
 
     missing = {k: v for k, v in good.items() if k != name}
     nan = good[name].copy()
@@ -42,16 +42,17 @@ def _bad_weights(good: dict[str, np.ndarray]) -> list[bytes]:
     return [
         b"\x00garbage",
         msgpack.packb([1, 2, 3]),
-        encode("weights", version=9, updates=900, tensors=missing),  # a parameter missing
+        encode("weights", weights_version=9, weights_updates=900, tensors=missing),  # a parameter missing
         changed(extra=np.zeros(3, np.float32)),  # a parameter too many
         changed(**{name: good[name][:1]}),  # wrong shape
         changed(**{name: np.array(1.0, np.float32)}),  # 0-d
         changed(**{name: good[name].astype(np.float64)}),  # float64
         changed(**{name: nan}),  # NaN
         changed(**{name: inf}),  # -inf
-        encode("weights", version=-1, updates=900, tensors=good),  # a negative version
+        encode("weights", weights_version=-1, weights_updates=900, tensors=good),  # a negative version
         msgpack.packb(
-            {"v": PROTOCOL_VERSION, "t": "weights", "version": 9, "updates": 900, "tensors": "no"}, use_bin_type=True
+            {"v": PROTOCOL_VERSION, "t": "weights", "weights_version": 9, "weights_updates": 900, "tensors": "no"},
+            use_bin_type=True,
         ),
         encode("sample", batch_size=32, beta=0.5),  # a message type the actor never gets
     ]
@@ -70,7 +71,7 @@ def test_bad_weights_are_ignored_counted_and_told_once_while_good_ones_are_taken
             deliver(
                 actor,
                 pub,
-                encode("weights", version=1, updates=100, tensors=first),
+                encode("weights", weights_version=1, weights_updates=100, tensors=first),
                 lambda: actor.weights_version,
                 resend=True,
             )
@@ -78,7 +79,11 @@ def test_bad_weights_are_ignored_counted_and_told_once_while_good_ones_are_taken
                 deliver(actor, pub, message, lambda: actor.dropped, i + 1)
             states.append((weights_to_arrays(actor.net), actor.weights_version, actor.weights_updates))
             deliver(
-                actor, pub, encode("weights", version=2, updates=200, tensors=last), lambda: actor.weights_version, 2
+                actor,
+                pub,
+                encode("weights", weights_version=2, weights_updates=200, tensors=last),
+                lambda: actor.weights_version,
+                2,
             )
         finally:
             pub.close(linger=0)

@@ -135,7 +135,7 @@ def test_weights_from_the_learners_socket_replace_the_policy_the_env_thread_acts
     with torch.no_grad():
         sender.head[2].weight.zero_()
         sender.head[2].bias.copy_(torch.eye(7)[5])
-    message = encode("weights", version=1, updates=100, tensors=weights_to_arrays(sender))
+    message = encode("weights", weights_version=1, weights_updates=100, tensors=weights_to_arrays(sender))
     initial = []
 
     def take_weights(actor):

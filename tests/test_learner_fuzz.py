@@ -68,7 +68,7 @@ def _bad_batches(rng: np.random.Generator) -> list[list]:
         [msgpack.packb([1, 2, 3])],
         [_raw("batch", v=2)],
         [encode("sample", batch_size=32, beta=0.5)],
-        [encode("weights", version=1, updates=1, tensors={})],  # a type the learner never gets
+        [encode("weights", weights_version=1, weights_updates=1, tensors={})],  # a type the learner never gets
         encode_parts("batch", {"frames": np.zeros((BATCH, STACK2, 84, 84), np.float32)}, **_fields(BATCH, 0)),
         _batch(0, frames=np.zeros((BATCH, 4, 84, 84), np.uint8)),  # obs without next obs
         _batch(0, frames=np.zeros((BATCH, STACK2, 42, 42), np.uint8)),  # another frame size

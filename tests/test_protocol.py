@@ -85,8 +85,8 @@ EXAMPLES = {
     "frame_ring": dict(pid=1234, fd=7, token=2**55 + 3, frames=112_501, size=84),
     "priorities": dict(ids=np.array([3, 1, 4], np.int64), priorities=np.array([1e-6, 0.5, 12.25], np.float64)),
     "weights": dict(
-        version=3,
-        updates=300,
+        weights_version=3,
+        weights_updates=300,
         tensors={
             "features.0.weight": RNG.standard_normal((32, 4, 8, 8)).astype(np.float32),
             "head.2.bias": RNG.standard_normal(7).astype(np.float32),
@@ -333,10 +333,10 @@ def test_non_map_top_level_is_rejected(body):
     assert "not a map" in reject(pack(body))
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, 4, -1, "3", None, 3.0, [3]])
+@pytest.mark.parametrize("version", [0, 1, 2, 3, 5, -1, "4", None, 4.0, [4]])
 def test_wrong_version_is_rejected(version):
-    """Only the integer PROTOCOL_VERSION (3) is accepted: not version 2 (before typed records), nor 3.0, which
-    equals 3 in Python."""
+    """Only the integer PROTOCOL_VERSION (4) is accepted: not version 3 (the weights' counters named version and
+    updates), nor 4.0, which equals 4 in Python."""
     body = body_for("sample")
     body["v"] = version
     assert "version" in reject(pack(body))

@@ -39,3 +39,17 @@ def test_the_quick_readme_commands_run_as_written(tmp_path):
         result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, (command, result.stderr)
     assert (Path(tmp_path) / "mykeys" / "learner").is_dir() and (Path(tmp_path) / "mykeys" / "actor").is_dir()
+
+
+def test_the_architecture_section_names_every_module():
+    """ "How it works" is where a newcomer finds which file holds what: a module added, renamed or moved
+    between packages without it being described there fails here."""
+    section = README.split("\n## How it works\n", 1)[1].split("\n## ", 1)[0]
+    missing = []
+    for package in ("common", "actor", "replay_server", "learner", "launcher"):
+        bullet = re.search(rf"^- \*\*{package}/\*\*:(.*?)(?=^- \*\*|^\S)", section, re.M | re.S)
+        assert bullet, f"no bullet for {package}/ in How it works"
+        for module in sorted((REPO / package).glob("*.py")):
+            if module.name != "__init__.py" and not re.search(rf"`(?:{package}/)?{module.name}`", bullet.group(1)):
+                missing.append(f"{package}/{module.name}")
+    assert not missing, f"modules the README's How it works section does not describe in their package: {missing}"

@@ -5,15 +5,52 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import TYPE_CHECKING
 
-from common.config import Config, parse_endpoint, tcp_address
 from common.topology import CHANNELS
+
+if TYPE_CHECKING:
+    from common.config import Config
 
 PORT_OFFSETS = {name: ch.port_offset for name, ch in CHANNELS.items() if ch.port_offset is not None}
 """Networked channels' ports relative to base_port."""
 LOCAL_FOR_ANY = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 """Bound to every interface: this machine's own roles connect over loopback."""
 LOOPBACK = ("localhost", "::1")
+
+
+class AddressError(ValueError):
+    """A HOST[:PORT] that cannot be used, with a one-line message naming the setting."""
+
+
+def parse_endpoint(text: str, default_port: int, what: str = "address") -> tuple[str, int]:
+    """ "HOST", "HOST:PORT", "[IPV6]:PORT" or "IPV6" -> (host, port); AddressError if unusable."""
+    text = text.strip()
+    host, port = text, default_port
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise AddressError(f"{what}: expected HOST[:PORT], got {text!r}")
+            port = rest[1:]
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    try:
+        port = int(port)
+    except ValueError:
+        raise AddressError(f"{what}: the port in {text!r} is not a number") from None
+    if not valid_host(host) or not 1 <= port <= 65_533:
+        raise AddressError(f"{what}: expected HOST[:PORT] with a port between 1 and 65533, got {text!r}")
+    return host, port
+
+
+def valid_host(host: str) -> bool:
+    """A host name or IP address, not a URL, a path or a wildcard."""
+    return bool(host) and not any(ch in host for ch in "/ []*")
+
+
+def tcp_address(host: str, port: int) -> str:
+    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
 
 
 def is_loopback(host: str) -> bool:

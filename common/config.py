@@ -14,6 +14,8 @@ import json
 import math
 from dataclasses import dataclass, fields
 
+from common.addresses import AddressError, parse_endpoint, valid_host
+
 
 ACTION_SETS = {"simple": 7, "right_only": 5, "complex": 12}
 """Actions in each joypad action set (gym_super_mario_bros.actions; the learner does not import it)."""
@@ -391,8 +393,11 @@ class Config:
             raise ConfigError(f"apex_alpha must be between 0 and 100, got {self.apex_alpha}")
         for name in ("learner", "replay"):
             if getattr(self, name):
-                parse_endpoint(getattr(self, name), self.base_port, name)
-        if not _valid_host(self.bind):
+                try:
+                    parse_endpoint(getattr(self, name), self.base_port, name)
+                except AddressError as exc:
+                    raise ConfigError(str(exc)) from None
+        if not valid_host(self.bind):
             raise ConfigError(
                 f"bind must be a host name or IP address (0.0.0.0 for every interface), got {self.bind!r}"
             )
@@ -564,35 +569,6 @@ def current_names(data: dict) -> dict:
                 value = value == "curriculum"
             out[new] = value
     return out
-
-
-def parse_endpoint(text: str, default_port: int, what: str = "address") -> tuple[str, int]:
-    """ "HOST", "HOST:PORT", "[IPV6]:PORT" or "IPV6" -> (host, port); ConfigError if unusable."""
-    text = text.strip()
-    host, port = text, default_port
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        if rest:
-            if not rest.startswith(":"):
-                raise ConfigError(f"{what}: expected HOST[:PORT], got {text!r}")
-            port = rest[1:]
-    elif text.count(":") == 1:
-        host, port = text.split(":")
-    try:
-        port = int(port)
-    except ValueError:
-        raise ConfigError(f"{what}: the port in {text!r} is not a number") from None
-    if not _valid_host(host) or not 1 <= port <= 65_533:
-        raise ConfigError(f"{what}: expected HOST[:PORT] with a port between 1 and 65533, got {text!r}")
-    return host, port
-
-
-def _valid_host(host: str) -> bool:
-    return bool(host) and not any(ch in host for ch in "/ []*")
-
-
-def tcp_address(host: str, port: int) -> str:
-    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
 
 
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}

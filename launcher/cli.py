@@ -12,7 +12,8 @@ import sys
 import textwrap
 
 from common.addresses import has_ipc, ipc_only, is_loopback
-from common.config import TEST_ENV_ID, SECTIONS, Config, ConfigError, parse_assignment, parse_endpoint
+from common.addresses import AddressError, parse_endpoint
+from common.config import TEST_ENV_ID, SECTIONS, Config, ConfigError, parse_assignment
 
 EPILOG = f"""\
 examples:
@@ -182,7 +183,7 @@ def _field_value(name: str):
                 return text
             _, value = parse_assignment(f"{name}={text}")
             Config(**{name: value})
-        except ConfigError as exc:  # (argparse names the flag: "argument --learner: the port in ...")
+        except (ConfigError, AddressError) as exc:  # (argparse names the flag: "argument --learner: the port in ...")
             raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{name}: ")) from None
         return value
 
@@ -200,9 +201,12 @@ def config_from_args(args: argparse.Namespace, base: dict | None = None) -> Conf
         if "flag" in f.metadata and getattr(args, f.name) is not None:
             values[f.name] = getattr(args, f.name)
     if args.bind:
-        values["bind"], values["base_port"] = parse_endpoint(
-            args.bind, values.get("base_port", Config.base_port), "--bind"
-        )
+        try:
+            values["bind"], values["base_port"] = parse_endpoint(
+                args.bind, values.get("base_port", Config.base_port), "--bind"
+            )
+        except AddressError as exc:
+            raise ConfigError(str(exc)) from None
     return Config.from_dict(values)
 
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from common.addresses import AddressError, parse_endpoint
 from common.config import (
     ENV,
     LEARNER,
@@ -18,7 +19,6 @@ from common.config import (
     frames_per_message,
     _coerce,
     parse_assignment,
-    parse_endpoint,
 )
 
 FIELDS = {f.name: f.type for f in dataclasses.fields(Config)}
@@ -321,7 +321,7 @@ def test_parse_endpoint(text, expected):
     ],
 )
 def test_parse_endpoint_rejects(text):
-    with pytest.raises(ConfigError):
+    with pytest.raises(AddressError):
         parse_endpoint(text, 47555, "--learner")
 
 

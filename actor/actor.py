@@ -313,9 +313,10 @@ class Actor:
                 f"weights of update {self.weights_updates:,}, experience queues until a learner is back"
             )
             return
+        self.weights_version, self.weights_updates = msg["weights_version"], msg["weights_updates"]
         if self.learner_stopped:
             self.learner_stopped = False
-            self.rt.log(f"a learner is back: weights of update {msg['updates']:,}")
+            self.rt.log(f"a learner is back: weights of update {self.weights_updates:,}")
         run_steps = msg["run"].env_steps if "run" in msg else 0  # (a RunCounters record)
         if self.joining and self.config.epsilon_schedule == "anneal" and run_steps > 0:
             share = run_steps // self.config.actors
@@ -323,7 +324,6 @@ class Actor:
                 self.steps = share
                 self.rt.log(f"joined a run at {int(run_steps):,} env steps: epsilon {self.epsilon():.2f}")
         self.joining = False
-        self.weights_version, self.weights_updates = msg["weights_version"], msg["weights_updates"]
 
     def _finish_episode(self, reward: float, steps: int, info: dict, epsilon: float) -> None:
         self.episodes += 1

@@ -140,13 +140,7 @@ def test_weights_from_the_learners_socket_replace_the_policy_the_env_thread_acts
 
     def take_weights(actor):
         initial.append(actor.policy)
-        pub = actor.rt.transport.socket(zmq.PUB, bind=bind_addresses(actor.config, "weights"))
-        deadline = time.monotonic() + 10
-        while actor.weights_version == 0 and time.monotonic() < deadline:
-            pub.send(message)  # until the SUB has connected: PUB drops what comes before
-            time.sleep(0.02)
-            actor._poll_weights()
-        pub.close(linger=0)
+        _publish_until(actor, [message], lambda: actor.weights_version == 1)
 
     actor, messages = play(
         tmp_path, take_weights, max_steps=60, epsilon_start=0.0, epsilon_end=0.0, acting_precision=precision
@@ -155,6 +149,41 @@ def test_weights_from_the_learners_socket_replace_the_policy_the_env_thread_acts
     assert actor.policy is not initial[0] and isinstance(actor.policy, Int8Policy) == (precision == "int8")
     actions = [a for m in messages if m["t"] == "transitions" for a in m["actions"].tolist()]
     assert len(actions) == 60 and set(actions) == {5}
+
+
+def _publish_until(actor, messages: list[bytes], taken, timeout: float = 10) -> None:
+    """Publish `messages` on a real PUB socket at the actor's weights address, over and over (a PUB drops
+    what comes before the SUB has connected), until `taken()` says the actor has acted on them."""
+    pub = actor.rt.transport.socket(zmq.PUB, bind=bind_addresses(actor.config, "weights"))
+    deadline = time.monotonic() + timeout
+    while not taken() and time.monotonic() < deadline:
+        for message in messages:
+            pub.send(message)
+            time.sleep(0.02)
+            actor._poll_weights()
+    pub.close(linger=0)
+
+
+def test_after_the_learners_goodbye_new_weights_say_a_learner_is_back(tmp_path):
+    """A "bye" leaves the actor playing on with its weights; the next weights message (a learner restarted)
+    is taken and named in one line with its update."""
+    weights = encode(
+        "weights",
+        weights_version=2,
+        weights_updates=200,
+        tensors=weights_to_arrays(build_network(Config(env=TEST_ENV_ID))),
+    )
+    logs = []
+
+    def bye_then_weights(actor):
+        actor.rt.log = logs.append
+        _publish_until(actor, [encode("bye", checkpoint="checkpoint_final.pth")], lambda: actor.learner_stopped)
+        _publish_until(actor, [weights], lambda: actor.weights_version == 2)
+
+    actor, _ = play(tmp_path, bye_then_weights, max_steps=20)
+    assert not actor.learner_stopped and (actor.weights_version, actor.weights_updates) == (2, 200)
+    assert any("the learner stopped (it saved checkpoint_final.pth)" in line for line in logs), logs
+    assert "a learner is back: weights of update 200" in logs, logs
 
 
 def test_a_role_runtime_built_here_leaves_the_process_hooks_as_they_were():

@@ -1,5 +1,6 @@
 """Where each channel of common/topology.py is bound and reached, from a Config's host, ports and --learner /
---replay: ipc sockets in this user's folder between roles on one machine, tcp between machines."""
+--replay (HOST[:PORT] texts, parsed here): ipc sockets in this user's folder between roles on one machine, tcp
+between machines."""
 
 from __future__ import annotations
 

@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.network import QNetwork, greedy_action
+from common.network import QNetwork, greedy_actions
 
-Policy = Callable[[np.ndarray], int]
-"""A stacked uint8 observation -> the greedy action."""
+Policy = Callable[[np.ndarray], np.ndarray]
+"""A batch of stacked uint8 observations (B, S, H, W) -> their greedy actions (B,)."""
 
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,16 +70,16 @@ class Int8Policy:
         x = x.add_(self.fc1_bias).relu_()
         return F.linear(x.float(), self.fc2_weight, self.fc2_bias)
 
-    def __call__(self, obs: np.ndarray) -> int:
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return int(self.head(torch.from_numpy(obs).unsqueeze(0)).argmax())
+            return self.head(torch.from_numpy(batch)).argmax(dim=1).numpy()
 
 
 def make_policy(net: QNetwork, precision: str) -> Policy:
     """The greedy policy of `net` at a precision chosen by `choose_precision` (float32 or int8)."""
     if precision == "int8":
         return Int8Policy(net)
-    return lambda obs: greedy_action(net, obs)
+    return lambda batch: greedy_actions(net, batch)
 
 
 def choose_precision(net: QNetwork, config) -> tuple[str, str]:
@@ -88,7 +88,7 @@ def choose_precision(net: QNetwork, config) -> tuple[str, str]:
     if config.acting_precision == "float32":
         return "float32", "as configured"
     shape = (config.frame_stack, config.frame_size, config.frame_size)
-    obs = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    obs = np.random.default_rng(0).integers(0, 256, (1, *shape), dtype=np.uint8)  # a batch of one
     try:
         int8 = Int8Policy(net)
         int8(obs)

@@ -8,8 +8,10 @@ Sockets (addresses from the config, types and options from common/topology.py):
   actor plays on with the weights it has; its transitions queue (up to the socket's limit, then are
   dropped and counted) until a learner is back, which ZeroMQ reconnects to by itself.
 It reports each episode to the launcher (which writes log.txt) and writes TensorBoard scalars.
-The emulator and the network's forward run in an env thread (actor/env_thread.py) while the main
-thread does everything else.
+It steps envs_per_actor envs (EnvSlot: each with its own seed, epsilon, episode and n-step chunk) in
+an env thread (actor/env_thread.py), in two groups: while the emulators play one group's step, the
+main thread takes the other group's results, chooses its next actions in one batched forward and does
+the bookkeeping. With one env, its next action is chosen as soon as its step is back.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import math
 import os
 import time
 import warnings
+from collections import deque
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,7 +32,7 @@ from actor.best_eval import BestEval
 from actor.chunks import ChunkBuilder
 from actor.curriculum import Curriculum
 from actor.display import LiveWindow, display_available
-from actor.env_thread import GREEDY, EnvThread
+from actor.env_thread import RESET, EnvThread, Reset, Step
 from actor.epsilon import actor_epsilon
 from actor.recorder import EpisodeRecorder, RecordingError, VideoWriter
 from actor.envs import LevelSampler, evaluation_limits, find_wrapper, make_env
@@ -44,6 +48,24 @@ from actor.wrappers import FrameSkip
 LAST_SEND_WAIT_MS = 1000  # at the stop, how long the last flush waits for room in a full queue
 
 
+@dataclass(eq=False)
+class EnvSlot:
+    """One of an actor's envs, with what is its own: seed, exploration coin, episode, n-step chunk,
+    curriculum and best-episode recorder."""
+
+    index: int  # within the actor
+    seed: int
+    env: object
+    frame_skip: FrameSkip
+    rng: np.random.Generator
+    chunk: ChunkBuilder
+    curriculum: Curriculum | None = None
+    recorder: EpisodeRecorder | None = None
+    obs: np.ndarray | None = None  # the newest observation; None: the episode ended, a reset is due
+    reward: float = 0.0  # the episode's so far
+    steps: int = 0
+
+
 class Actor:
     def __init__(self, runtime: RoleRuntime, run_dir: str):
         self.rt = runtime
@@ -51,27 +73,25 @@ class Actor:
         self.index = runtime.index
         start: ActorStart = runtime.start
         self.restarts = start.restarts
-        self.seed = actor_seed(c.seed, c.run_actor(self.index), self.restarts)
-        self.env = make_env(c, seed=self.seed)
-        if self.env.action_space.n != c.num_actions:
-            raise ValueError(f"{c.env} has {self.env.action_space.n} actions but num_actions is {c.num_actions}")
-        self.frame_skip = find_wrapper(self.env, FrameSkip)
-        self.curriculum = self._make_curriculum()
+        self.slots = [self._make_slot(j) for j in range(c.envs_per_actor)]
+        half = (len(self.slots) + 1) // 2  # two groups, stepped in turn; one with a single env
+        self.groups = [self.slots[:half], self.slots[half:]] if len(self.slots) > 1 else [self.slots]
         self.net = build_network(c).eval()
         self.precision, why = choose_precision(self.net, c)
-        restarted = f"; restart {self.restarts}: a new seed, {self.seed}" if self.restarts else ""
-        runtime.log(f"acting in {self.precision} ({why}){restarted}")
+        seeds = ", ".join(str(slot.seed) for slot in self.slots)
+        new_seeds = "a new seed" if len(self.slots) == 1 else "new seeds"
+        restarted = f"; restart {self.restarts}: {new_seeds}, {seeds}" if self.restarts else ""
+        envs = f"; {len(self.slots)} envs, seeds {seeds}" if len(self.slots) > 1 and not self.restarts else ""
+        runtime.log(f"acting in {self.precision} ({why}){envs}{restarted}")
         self.policy = make_policy(self.net, self.precision)
-        self.stepper = EnvThread(self.env, self._greedy, self.frame_skip)
-        self.rng = np.random.default_rng(self.seed)
+        self.stepper = EnvThread([slot.env for slot in self.slots], [slot.frame_skip for slot in self.slots])
         self.push = connect_socket(runtime.transport, c, "replay_in")
         self.sub = connect_socket(runtime.transport, c, "weights")
-        self.chunk = ChunkBuilder(c.frame_stack, c.n_step, c.gamma)
         self.window = self._open_window()
-        self.run_video, self.episode_video = self._open_recorders(run_dir)
+        self.run_video = self._open_recorders(run_dir)
         self.metrics = Metrics(run_dir, f".actor{self.index}", runtime.log)
         self.best_eval = BestEval(run_dir, c, runtime.log)
-        self.steps = start.actor_steps  # this actor's env steps over the whole run
+        self.steps = start.actor_steps  # this actor's env steps over the whole run (all its envs)
         self.session_steps = start.session_steps  # ... since this launch (what limits count)
         self.joining = start.join  # an actor side of its own: continue the run's exploration
         reset = start.reset_epsilon  # --resume-reset-exploration: decay again from here
@@ -87,13 +107,30 @@ class Actor:
         self._bad_weights_log = LogLimit()
         self.step_cap = math.ceil(c.max_steps / c.actors) if c.max_steps else 0
         self.episode_cap = math.ceil(c.max_episodes / c.actors) if c.max_episodes else 0
+        self._steps_in_flight = 0  # steps submitted to the env thread and not yet counted
 
-    def _make_curriculum(self) -> Curriculum | None:
+    def _make_slot(self, j: int) -> EnvSlot:
+        c = self.config
+        seed = actor_seed(c.seed, c.run_env(self.index, j), self.restarts)
+        env = make_env(c, seed=seed)
+        if env.action_space.n != c.num_actions:
+            raise ValueError(f"{c.env} has {env.action_space.n} actions but num_actions is {c.num_actions}")
+        return EnvSlot(
+            index=j,
+            seed=seed,
+            env=env,
+            frame_skip=find_wrapper(env, FrameSkip),
+            rng=np.random.default_rng(seed),
+            chunk=ChunkBuilder(c.frame_stack, c.n_step, c.gamma),
+            curriculum=self._make_curriculum(env),
+        )
+
+    def _make_curriculum(self, env) -> Curriculum | None:
         c = self.config
         if not c.curriculum:
             return None
         try:
-            levels = find_wrapper(self.env, LevelSampler)
+            levels = find_wrapper(env, LevelSampler)
         except LookupError:
             return None  # one level: nothing to move on to
         levels.index = min(self.rt.start.level, len(levels.levels) - 1)  # after a restart
@@ -105,75 +142,78 @@ class Actor:
         if not display_available():
             self.rt.log("no display found (DISPLAY is not set): running without the live window")
             return None
-        height, width = self.frame_skip.env.observation_space.shape[:2]
+        height, width = self.slots[0].frame_skip.env.observation_space.shape[:2]
         return LiveWindow(height, width)
 
-    def _open_recorders(self, run_dir: str):
-        """mario_run.mp4 for the display actor (a new mario_run_N.mp4 segment on resume); every
-        actor records its episodes so the run's best one can be kept."""
+    def _open_recorders(self, run_dir: str) -> VideoWriter | None:
+        """mario_run.mp4 for the display actor (a new mario_run_N.mp4 segment on resume); every env
+        records its episodes so the run's best one can be kept."""
         if not self.config.video:
-            return None, None
-        height, width = self.frame_skip.env.observation_space.shape[:2]
+            return None
+        height, width = self.slots[0].frame_skip.env.observation_space.shape[:2]
         fps = 60.0 / self.config.frame_skip  # one frame per agent step plays at the game's speed
         run_video = None
         try:
             if self.index == 0:
                 run_video = VideoWriter(_next_segment(run_dir), fps, width, height)
-            return run_video, EpisodeRecorder(run_dir, self.index, fps, width, height)
+            for slot in self.slots:
+                slot.recorder = EpisodeRecorder(run_dir, self.index, fps, width, height, env_index=slot.index)
+            return run_video
         except RecordingError as exc:
             self.rt.log(f"{exc}; recording is off, training goes on")
             if run_video is not None:
                 run_video.close()
-            return None, None
+            for slot in self.slots:
+                slot.recorder = None
+            return None
 
-    def _show_and_record(self, rgb: np.ndarray, episode: bool = True) -> None:
-        """Window and run video always; the episode video (best-run candidate) for training episodes."""
-        if self.window is not None and self.window.open:
-            self.window.show(rgb)
-        for name in ("run_video", "episode_video") if episode else ("run_video",):
-            recorder = getattr(self, name)
-            if recorder is None:
-                continue
-            try:
-                recorder.write(rgb)
-            except RecordingError as exc:
-                self.rt.log(f"{exc}; recording stops, training goes on")
-                recorder.close()
-                setattr(self, name, None)
+    def _show_and_record(self, rgb: np.ndarray, slot: EnvSlot | None = None) -> None:
+        """Env 0's training frames and every evaluation frame (slot None) go to the window and the run
+        video; a training frame also to its env's episode video (a best-run candidate)."""
+        if slot is None or slot.index == 0:
+            if self.window is not None and self.window.open:
+                self.window.show(rgb)
+            if self.run_video is not None:
+                self.run_video = self._write(self.run_video, rgb)
+        if slot is not None and slot.recorder is not None:
+            slot.recorder = self._write(slot.recorder, rgb)
+
+    def _write(self, recorder, rgb: np.ndarray):
+        """The recorder, or None once it failed (training goes on without it)."""
+        try:
+            recorder.write(rgb)
+            return recorder
+        except RecordingError as exc:
+            self.rt.log(f"{exc}; recording stops, training goes on")
+            recorder.close()
+            return None
 
     # --- loop --------------------------------------------------------------------------------
     def run(self) -> None:
-        """Play until stopped or capped. The env and the greedy forward run in the env thread, which
-        always has the next step queued; this thread does the bookkeeping (chunks, sends, window,
-        video, weights) meanwhile, so the emulator does not wait for it."""
+        """Play until stopped or capped. The env thread steps one group of envs while this thread takes
+        the other group's results, chooses its next actions and does the bookkeeping (chunks, sends,
+        window, video, weights), so the emulators do not wait for it."""
         self._session_started = time.monotonic()
         steps_at_start = self.session_steps  # a restarted process continues the count, not the clock
-        self._reset()
-        episode_reward, episode_steps = 0.0, 0
         started, steps_at_report = self._session_started, steps_at_start  # for the steps/s figure
-        self._submit_ahead()
-        while self.stepper.in_flight:
-            step = self.stepper.result()
-            done = step.terminated or step.truncated
-            self.steps += 1
-            self.session_steps += 1
-            if not done:
-                self._submit_ahead()  # first: the env thread must never wait for what follows
+        jobs: deque[tuple[list[EnvSlot], list[EnvSlot]]] = deque()  # (group, its slots in the job), oldest first
+        for group in self.groups:
+            self._submit(group, jobs)
+        while jobs:
+            group, slots = jobs.popleft()
+            results = self.stepper.result()
+            ended = False
+            for slot, result in zip(slots, results):
+                finished = isinstance(result, Step) and (result.terminated or result.truncated)
+                slot.obs = None if finished else result.obs
+                ended |= finished
             self._poll_weights()
-            self.chunk.add(step.obs[-1], step.action, step.reward, step.terminated, step.truncated)
-            episode_reward += step.reward
-            episode_steps += 1
-            self._show_and_record(step.rgb)
-            if done or len(self.chunk) >= self.config.chunk_size:
-                self._send(encode("transitions", actor=self.index, **self.chunk.take()))
-            if done:
-                self.stepper.drain()  # steps queued behind the episode's end: not played
-                self._finish_episode(episode_reward, episode_steps, step.info, self.epsilon())
-                if self._evaluation_due():
-                    self._evaluate()
-                self._reset()
-                episode_reward, episode_steps = 0.0, 0
-                self._submit_ahead()
+            if not ended:
+                self._submit(group, jobs)  # first: the env thread must never wait for what follows
+            for slot, result in zip(slots, results):
+                self._take(slot, result)
+            if ended:  # after the bookkeeping, which may have played an evaluation on an ended env
+                self._submit(group, jobs)
             if self.rt.progress_due():
                 self.rt.check_links()
                 now = time.monotonic()
@@ -181,9 +221,10 @@ class Actor:
                 started, steps_at_report = now, self.session_steps
                 self.metrics.scalar("Actor/StepsPerSec", rate, self.steps)
                 self._report_progress(rate, self.epsilon())
-        self.chunk.flush_pending()  # stopping mid-episode is a truncation: nothing is lost
-        if len(self.chunk):
-            self._send(encode("transitions", actor=self.index, **self.chunk.take()))
+        for slot in self.slots:
+            slot.chunk.flush_pending()  # stopping mid-episode is a truncation: nothing is lost
+            if len(slot.chunk):
+                self._send(encode("transitions", actor=self.index, **slot.chunk.take()))
         elapsed = time.monotonic() - self._session_started
         self._report_progress((self.session_steps - steps_at_start) / max(elapsed, 1e-9), self.epsilon())  # its mean
         if self._cap_reached():
@@ -192,16 +233,60 @@ class Actor:
             while not self.rt.should_stop():  # wait for the launcher to stop everyone
                 time.sleep(0.1)
 
-    def _submit_ahead(self) -> None:
-        """Keep the env thread busy: up to two steps in flight, each a random action or GREEDY (the env
-        thread asks the network once the step's observation exists). Each step's coin is flipped once,
-        when it is queued, with the epsilon of the newest finished step."""
-        while self.stepper.in_flight < 2 and not (self.rt.should_stop() or self._cap_reached(self.stepper.in_flight)):
-            explore = self.rng.random() < self.epsilon()
-            self.stepper.submit(int(self.rng.integers(self.config.num_actions)) if explore else GREEDY)
+    def _submit(self, group: list[EnvSlot], jobs: deque) -> None:
+        """Queue the group's next step in the env thread: a reset for each env whose episode ended, an
+        action for the others (a coin flip with the env's epsilon, then one batched forward for the envs
+        that act greedily). Nothing once stopping or capped; fewer steps where the step limit is near."""
+        job, greedy = [], []
+        for slot in group:
+            if self.rt.should_stop() or self._cap_reached(self._steps_in_flight):
+                break
+            if slot.obs is None:
+                job.append((slot, RESET))
+                continue
+            self._steps_in_flight += 1
+            if slot.rng.random() < self.epsilon(slot):
+                job.append((slot, int(slot.rng.integers(self.config.num_actions))))
+            else:
+                greedy.append(len(job))
+                job.append((slot, None))
+        if greedy:
+            actions = self.policy(np.stack([job[i][0].obs for i in greedy]))
+            for i, action in zip(greedy, actions):
+                job[i] = (job[i][0], int(action))
+        if job:
+            self.stepper.submit([(slot.index, action) for slot, action in job])
+            jobs.append((group, [slot for slot, _ in job]))
 
-    def epsilon(self) -> float:
-        return actor_epsilon(self.config, self.index, self.steps - self.epsilon_origin, self.epsilon_start)
+    def _take(self, slot: EnvSlot, result: Step | Reset) -> None:
+        """One env's result: a new episode, or a step into its chunk (sent when full or at the episode's
+        end), the window and videos; at an episode's end its report and perhaps an evaluation."""
+        if isinstance(result, Reset):  # nes-py takes no seed; exploration randomness comes from slot.rng
+            slot.chunk.start_episode(result.obs[-1])
+            slot.reward, slot.steps = 0.0, 0
+            if slot.recorder is not None:
+                slot.recorder.start_episode()
+            self._show_and_record(result.rgb, slot)
+            return
+        self.steps += 1
+        self.session_steps += 1
+        self._steps_in_flight -= 1
+        slot.chunk.add(result.obs[-1], result.action, result.reward, result.terminated, result.truncated)
+        slot.reward += result.reward
+        slot.steps += 1
+        self._show_and_record(result.rgb, slot)
+        done = result.terminated or result.truncated
+        if done or len(slot.chunk) >= self.config.chunk_size:
+            self._send(encode("transitions", actor=self.index, **slot.chunk.take()))
+        if done:
+            self._finish_episode(slot, result.info)
+            if self._evaluation_due():
+                self._evaluate(slot)
+
+    def epsilon(self, slot: EnvSlot | None = None) -> float:
+        """An env's exploration rate now (env 0's without one)."""
+        env = slot.index if slot is not None else 0
+        return actor_epsilon(self.config, self.index, self.steps - self.epsilon_origin, self.epsilon_start, env)
 
     def _cap_reached(self, ahead: int = 0) -> bool:
         """This session's step or episode limit is reached, counting `ahead` steps already submitted."""
@@ -216,16 +301,18 @@ class Actor:
         every = self.config.eval_every_episodes
         return self.index == 0 and every > 0 and self.episodes % every == 0 and not self._cap_reached()
 
-    def _evaluate(self) -> None:
-        """Greedy episodes (epsilon eval_epsilon) with the newest weights, kept for the whole evaluation
-        (new ones wait) so the network behind a result is one network: the best is saved to replay it.
-        Nothing is sent for training and no training counter moves; the window and mario_run.mp4 show them."""
+    def _evaluate(self, slot: EnvSlot) -> None:
+        """Greedy episodes (epsilon eval_epsilon) on the env of `slot`, whose training episode just ended (the
+        env thread is stepping other envs meanwhile), with the newest weights, kept for the whole
+        evaluation (new ones wait) so the network behind a result is one network: the best is saved to
+        replay it. Nothing is sent for training and no training counter moves; the window and
+        mario_run.mp4 show them."""
         c = self.config
         self._poll_weights()
         net, results = self.net, []
         for _ in range(c.eval_episodes):
-            with evaluation_limits(self.env, c):
-                result = self._evaluation_episode()
+            with evaluation_limits(slot.env, c):
+                result = self._evaluation_episode(slot)
             if result is None:
                 return
             self.rt.report("eval", result)  # the launcher logs it to log.txt
@@ -235,16 +322,17 @@ class Actor:
         self.metrics.scalar("Eval/XPos", float(np.mean([r.x_pos for r in results])), self.steps)
         self.metrics.scalar("Eval/FlagRate", float(np.mean([r.flag for r in results])), self.steps)
 
-    def _evaluation_episode(self) -> EvalResult | None:
+    def _evaluation_episode(self, slot: EnvSlot) -> EvalResult | None:
         """One evaluation episode's result (None: stopped midway)."""
-        obs, _ = self.env.reset()  # the env thread is idle: between episodes
-        self._show_and_record(self.frame_skip.last_rgb, episode=False)
+        env = slot.env
+        obs, _ = env.reset()
+        self._show_and_record(slot.frame_skip.last_rgb)
         total, steps, done, info = 0.0, 0, False, {}
         while not done:
             if self.rt.should_stop():
                 return None
-            obs, reward, terminated, truncated, info = self.env.step(self._act(obs, self.config.eval_epsilon))
-            self._show_and_record(self.frame_skip.last_rgb, episode=False)
+            obs, reward, terminated, truncated, info = env.step(self._act(slot.rng, obs, self.config.eval_epsilon))
+            self._show_and_record(slot.frame_skip.last_rgb)
             total, steps, done = total + reward, steps + 1, terminated or truncated
         return EvalResult(
             actor=self.index,
@@ -255,20 +343,9 @@ class Actor:
             actor_steps=self.steps,
         )
 
-    def _reset(self) -> None:
-        obs, _, rgb = self.stepper.reset()  # nes-py takes no seed; exploration randomness comes from self.rng
-        self.chunk.start_episode(obs[-1])
-        if self.episode_video is not None:
-            self.episode_video.start_episode()
-        self._show_and_record(rgb)
-
-    def _greedy(self, obs: np.ndarray) -> int:
-        """The env thread's policy; replaced whole when weights arrive, never changed in place."""
-        return self.policy(obs)
-
-    def _act(self, obs: np.ndarray, epsilon: float) -> int:
-        if self.rng.random() < epsilon:
-            return int(self.rng.integers(self.config.num_actions))
+    def _act(self, rng: np.random.Generator, obs: np.ndarray, epsilon: float) -> int:
+        if rng.random() < epsilon:
+            return int(rng.integers(self.config.num_actions))
         return greedy_action(self.net, obs)
 
     def _send(self, payload: bytes) -> None:
@@ -325,8 +402,9 @@ class Actor:
                 self.rt.log(f"joined a run at {int(run_steps):,} env steps: epsilon {self.epsilon():.2f}")
         self.joining = False
 
-    def _finish_episode(self, reward: float, steps: int, info: dict, epsilon: float) -> None:
+    def _finish_episode(self, slot: EnvSlot, info: dict) -> None:
         self.episodes += 1
+        reward, steps, epsilon = slot.reward, slot.steps, self.epsilon(slot)
         x_pos, flag = int(info.get("x_pos", 0)), bool(info.get("flag_get", False))
         values = {
             "actor": self.index,
@@ -339,19 +417,20 @@ class Actor:
             "actor_steps": self.steps,
         }
         self._send(encode("episode", **values))
-        self.rt.report("episode", EpisodeReport(**values, session_steps=self.session_steps, level=self._level()))
-        if self.curriculum is not None:
-            self.metrics.scalar("Episode/Level", self.curriculum.levels.index, self.steps)
-            moved = self.curriculum.on_episode(reward)
+        self.rt.report("episode", EpisodeReport(**values, session_steps=self.session_steps, level=self._level(slot)))
+        if slot.curriculum is not None:
+            if slot.index == 0:
+                self.metrics.scalar("Episode/Level", slot.curriculum.levels.index, self.steps)
+            moved = slot.curriculum.on_episode(reward)
             if moved:
-                self.rt.log(moved)
-        if self.episode_video is not None:
+                self.rt.log(moved if len(self.slots) == 1 else f"env {slot.index}: {moved}")
+        if slot.recorder is not None:
             try:
-                best = self.episode_video.end_episode(reward)
+                best = slot.recorder.end_episode(reward)
             except RecordingError as exc:
                 self.rt.log(f"{exc}; recording stops, training goes on")
-                self.episode_video.close()
-                self.episode_video = None
+                slot.recorder.close()
+                slot.recorder = None
                 best = None
             if best:
                 self.rt.log(f"new best episode (reward {reward:.2f}): {os.path.basename(best)}")
@@ -364,9 +443,11 @@ class Actor:
         ):
             self.metrics.scalar(tag, value, self.steps)
 
-    def _level(self) -> int:
-        """The curriculum position, for the launcher to hand back if this process is restarted."""
-        return self.curriculum.levels.index if self.curriculum is not None else 0
+    def _level(self, slot: EnvSlot | None = None) -> int:
+        """The curriculum position (env 0's without a slot), for the launcher to hand back if this process
+        is restarted."""
+        slot = slot or self.slots[0]
+        return slot.curriculum.levels.index if slot.curriculum is not None else 0
 
     def _report_progress(self, rate: float, epsilon: float) -> None:
         self.rt.report(
@@ -389,22 +470,23 @@ class Actor:
     def close(self) -> None:
         if self.window is not None:
             self.window.close()
-        for recorder in (self.run_video, self.episode_video):
+        for recorder in (self.run_video, *(slot.recorder for slot in self.slots)):
             if recorder is not None:
                 recorder.close()
         self.metrics.close()
         if self.stepper.close():
-            self.env.close()
-        else:  # closing the emulator under a running step could crash the process
-            self.rt.log("the env thread is stuck in a step; leaving the emulator to the process exit")
+            for slot in self.slots:
+                slot.env.close()
+        else:  # closing an emulator under a running step could crash the process
+            self.rt.log("the env thread is stuck in a step; leaving the emulators to the process exit")
 
 
-def actor_seed(seed: int, run_actor: int, restarts: int) -> int:
-    """seed + actor at the first start; a restart gets another seed, from (seed, actor, restart count), so a
-    restarted actor does not replay the episodes of the process it replaces."""
+def actor_seed(seed: int, run_env: int, restarts: int) -> int:
+    """seed + env (run-wide) at the first start; a restart gets another seed, from (seed, env, restart
+    count), so a restarted actor does not replay the episodes of the process it replaces."""
     if not restarts:
-        return seed + run_actor
-    return int(np.random.SeedSequence([seed, run_actor, restarts]).generate_state(1)[0])
+        return seed + run_env
+    return int(np.random.SeedSequence([seed, run_env, restarts]).generate_state(1)[0])
 
 
 def _next_segment(run_dir: str) -> str:

@@ -190,12 +190,13 @@ class EpisodeRecorder:
     mario_best_run_<reward:.2f>.mp4 if its reward beats the best of the whole run (all actors), replacing the previous
     best file, else discards it. Memory stays bounded (frames are encoded as they come, never listed)."""
 
-    def __init__(self, run_dir: str, actor_index: int, fps: float, width: int, height: int):
+    def __init__(self, run_dir: str, actor_index: int, fps: float, width: int, height: int, env_index: int = 0):
         _check_format(fps, width, height)
         self.run_dir = run_dir
         self.fps, self.width, self.height = fps, width, height
         # A leading dot keeps the unfinished episode from looking like a result.
-        self.temp_path = os.path.join(run_dir, f".episode_actor{actor_index}.mp4")
+        env = f"_env{env_index}" if env_index else ""
+        self.temp_path = os.path.join(run_dir, f".episode_actor{actor_index}{env}.mp4")
         self._writer: VideoWriter | None = None
 
     def start_episode(self) -> None:

@@ -23,6 +23,7 @@ TEST_ENV_ID = "MarioApexTest-v0"
 """Id of the tiny built-in test environment (see actor/toy_level.py)."""
 MAX_SAMPLE_BATCH = 4096  # transitions in one sample request
 MAX_N_STEP = 16
+MAX_ENVS_PER_ACTOR = 64  # each is an emulator in the actor's process
 """Largest n_step; bounds how many context frames a transitions chunk may carry."""
 
 
@@ -159,7 +160,9 @@ class Config:
     apex_alpha: float = ACTOR(
         7.0, "... and the exponent spread (the last actor gets apex_epsilon ** (1 + apex_alpha))."
     )
-    seed: int = RUN(0, "Base random seed; actor i uses seed + first_actor + i.", flag="N")
+    seed: int = RUN(
+        0, "Base random seed; env j of actor i uses seed + (first_actor + i) * envs_per_actor + j.", flag="N"
+    )
     acting_precision: str = ACTOR(
         "auto",
         "The actors' greedy forward: float32 (exact); int8 (the first linear layer as int8, one scale per row, "
@@ -302,6 +305,13 @@ class Config:
     max_steps: int = RUN(0, "Stop cleanly after this many env steps over all actors (0 = no limit).", flag="N")
     max_minutes: float = RUN(0.0, "Stop cleanly after this many minutes of wall time (0 = no limit).", flag="M")
     actors: int = RUN(1, "Actor processes to start.", flag="N")
+    envs_per_actor: int = RUN(
+        2,
+        "Envs each actor process steps, in two groups: while the emulators play one group's step, the actor "
+        "chooses the other group's actions in one batched forward (each env has its own seed, epsilon, "
+        "episodes and n-step chunks). Actor 0's env 0 is the one shown and recorded to mario_run.mp4.",
+        flag="K",
+    )
     first_actor: int = RUN(
         0,
         "With actors on several machines: the run-wide number of this launcher's first actor, so seeds and "
@@ -341,6 +351,7 @@ class Config:
             "publish_every",
             "prefetch_batches",
             "actors",
+            "envs_per_actor",
             "curriculum_window",
         )
         for name in positive:
@@ -420,6 +431,8 @@ class Config:
             raise ConfigError(f"max_message_bytes must be at least 1024, got {self.max_message_bytes}")
         if not 1 <= self.n_step <= MAX_N_STEP:
             raise ConfigError(f"n_step must be between 1 and {MAX_N_STEP}, got {self.n_step}")
+        if self.envs_per_actor > MAX_ENVS_PER_ACTOR:
+            raise ConfigError(f"envs_per_actor must be at most {MAX_ENVS_PER_ACTOR}, got {self.envs_per_actor}")
         if self.frame_size > 256:
             raise ConfigError(f"frame_size must be at most 256, got {self.frame_size}")
         if self.learning_starts > self.replay_capacity:
@@ -452,9 +465,13 @@ class Config:
         """The run-wide number of this launcher's actor `actor` (they differ between actor machines)."""
         return self.first_actor + actor
 
-    def apex_epsilon_of(self, actor: int) -> float:
-        """Ape-X's fixed epsilon of this launcher's actor `actor`, among all the run's actors."""
-        n, i = self.total_actors or self.actors, self.run_actor(actor)
+    def run_env(self, actor: int, env: int = 0) -> int:
+        """The run-wide number of env `env` of this launcher's actor `actor` (actor-major)."""
+        return self.run_actor(actor) * self.envs_per_actor + env
+
+    def apex_epsilon_of(self, actor: int, env: int = 0) -> float:
+        """Ape-X's fixed epsilon of env `env` of this launcher's actor `actor`, among all the run's envs."""
+        n, i = (self.total_actors or self.actors) * self.envs_per_actor, self.run_env(actor, env)
         return self.apex_epsilon ** (1 + self.apex_alpha * i / (n - 1)) if n > 1 else self.apex_epsilon
 
     # --- (de)serialisation ---------------------------------------------------------------

@@ -56,6 +56,12 @@ def greedy_action(net: QNetwork, obs: np.ndarray) -> int:
         return int(net.greedy(torch.from_numpy(obs).unsqueeze(0)).item())
 
 
+def greedy_actions(net: QNetwork, batch: np.ndarray) -> np.ndarray:
+    """argmax_a Q(obs, a) for each of a batch of stacked uint8 observations."""
+    with torch.inference_mode():
+        return net.greedy(torch.from_numpy(batch)).numpy()
+
+
 def build_network(config) -> QNetwork:
     return QNetwork(config.frame_stack, config.frame_size, config.num_actions, config.dueling)
 

@@ -11,7 +11,8 @@ debugging it and stepping through it in a debugger. Where it differs from the de
   samples_per_insert transitions per inserted one, or with samples_per_insert 0 one batch per 4 env steps
   (DQN's classic ratio, batch_size / 4). Updates follow inserts, which come in chunks (every chunk_size
   steps and at each episode's end), as at the replay server.
-- One actor (actor 0's seed), no live window and no videos, no child process, no --resume.
+- One actor with one env (envs_per_actor is not used; actor 0's env 0's seed), no live window and no
+  videos, no child process, no --resume.
 - checkpoint.pth (every checkpoint_every episodes) holds the learner only; checkpoint_final.pth
   names a replay snapshot written synchronously beside it, so `--resume RUN` continues the run in the
   distributed trainer with its replay memory. Ctrl+C stops at the next step (exit status 130; SIGTERM 0);
@@ -116,7 +117,7 @@ def run_serial(c: Config) -> int:
         raise StartError(refused)
     try:
         device = pick_device(c.device)
-        env = make_env(c, seed=c.seed + c.first_actor)
+        env = make_env(c, seed=c.seed + c.run_env(0))
     except (DeviceError, EnvError) as exc:
         raise StartError(str(exc)) from None
     if env.action_space.n != c.num_actions:
@@ -143,7 +144,7 @@ def run_serial(c: Config) -> int:
     ratio = c.samples_per_insert or c.batch_size / STEPS_PER_UPDATE
     limiter = RateLimiter(c.learning_starts, ratio, tolerance=0.0, pin_actors=False)
     sample_rng = np.random.default_rng(c.seed + 10_000)  # the replay server's
-    rng = np.random.default_rng(c.seed + c.first_actor)  # actor 0's
+    rng = np.random.default_rng(c.seed + c.run_env(0))  # actor 0's env 0's
     chunks = ChunkBuilder(c.frame_stack, c.n_step, c.gamma)
     precision, why = choose_precision(learner.online, c)
     say(
@@ -163,7 +164,7 @@ def run_serial(c: Config) -> int:
     while stop.reason is None:
         # 1. act: a random action with probability epsilon, else the acting network's greedy one
         explore = rng.random() < actor_epsilon(c, 0, steps)
-        action = int(rng.integers(c.num_actions)) if explore else policy(obs)
+        action = int(rng.integers(c.num_actions)) if explore else int(policy(obs[None])[0])
         obs, reward, terminated, truncated, info = env.step(action)
         steps, episode_reward, episode_steps = steps + 1, episode_reward + reward, episode_steps + 1
         chunks.add(obs[-1], action, reward, terminated, truncated)

@@ -51,7 +51,7 @@ def test_the_int8_head_tracks_float32_and_picks_the_same_actions(dueling):
     assert clear.sum() > 120
     assert torch.equal(approx.argmax(1)[clear], exact.argmax(1)[clear])
     some = obs[clear.numpy()][:20]
-    assert [policy(o) for o in some] == [greedy_action(net, o) for o in some]
+    assert [int(policy(o[None])[0]) for o in some] == [greedy_action(net, o) for o in some]
 
 
 def test_the_int8_policy_keeps_its_own_copy_of_the_weights():

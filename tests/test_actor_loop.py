@@ -10,7 +10,7 @@ import pytest
 import torch
 import zmq
 
-from actor.acting_network import Int8Policy
+from actor.acting_network import Int8Policy, make_policy
 from actor.actor import Actor
 from actor.best_eval import BEST_EVAL_FILE
 from actor.evaluate import load_policy
@@ -85,8 +85,9 @@ def _complete(messages, actor) -> bool:
     return transitions(messages) >= actor.session_steps and len(episodes(messages)) >= actor.episodes
 
 
-def test_a_step_limit_is_played_exactly_and_every_step_is_sent_once(tmp_path):
-    actor, messages = play(tmp_path, max_steps=157, epsilon_start=0.5, epsilon_end=0.5)
+@pytest.mark.parametrize("envs", [1, 2, 3])
+def test_a_step_limit_is_played_exactly_and_every_step_is_sent_once(tmp_path, envs):
+    actor, messages = play(tmp_path, max_steps=157, epsilon_start=0.5, epsilon_end=0.5, envs_per_actor=envs)
     assert actor.session_steps == actor.steps == 157
     assert transitions(messages) == 157
     sent = episodes(messages)
@@ -95,19 +96,103 @@ def test_a_step_limit_is_played_exactly_and_every_step_is_sent_once(tmp_path):
     assert sum(m["steps"] for m in sent) <= 157  # the last episode was cut by the limit
 
 
+def chunks_by_env(actor, chunks: dict) -> None:
+    """Keep each env's chunks, in the order its ChunkBuilder hands them out for sending."""
+    for slot in actor.slots:
+
+        def take(take=slot.chunk.take, env=slot.index):
+            chunk = take()
+            chunks.setdefault(env, []).append(chunk)
+            return chunk
+
+        slot.chunk.take = take
+
+
+def expand(chunks: list[dict]) -> list[tuple]:
+    """Every transition of these chunks, in order: (obs and next obs frames, action, n-step return, bootstrap)."""
+    return [
+        (chunk["frames"][row].tobytes(), int(action), float(ret), float(bootstrap))
+        for chunk in chunks
+        for row, action, ret, bootstrap in zip(chunk["stack"], chunk["actions"], chunk["rewards"], chunk["bootstraps"])
+    ]
+
+
+def test_each_env_of_a_vectorized_actor_plays_as_a_one_env_actor_with_its_seed(tmp_path):
+    """Three envs (groups of two and one: a batched forward of two) at epsilon 0.5 with a network whose
+    greedy actions depend on the frames: env j's transitions are exactly those of a one-env actor with
+    seed 10 + j and as many steps, so batching the forward and interleaving the envs change nothing."""
+    torch.manual_seed(0)
+    reference = build_network(Config(env=TEST_ENV_ID))
+    with torch.no_grad():
+        reference.head[2].weight.mul_(40)  # clear margins between the actions: no near-ties to flip
+
+    def prepare(chunks):
+        def before_run(actor):
+            actor.net.load_state_dict(reference.state_dict())
+            actor.policy = make_policy(actor.net, actor.precision)
+            chunks_by_env(actor, chunks)
+
+        return before_run
+
+    settings = {"epsilon_start": 0.5, "epsilon_end": 0.5, "acting_precision": "float32", "seed": 10}
+    vectorized: dict = {}
+    play(tmp_path / "three", prepare(vectorized), max_steps=300, envs_per_actor=3, **settings)
+    assert sorted(vectorized) == [0, 1, 2]
+    greedy_actions = set()
+    for env in (0, 1, 2):
+        steps = len(expand(vectorized[env]))
+        assert steps >= 90
+        alone: dict = {}
+        play(
+            tmp_path / f"alone{env}",
+            prepare(alone),
+            max_steps=steps,
+            envs_per_actor=1,
+            **{**settings, "seed": 10 + env},
+        )
+        assert expand(alone[0]) == expand(vectorized[env])
+        greedy_actions |= {t[1] for t in expand(alone[0])}
+    assert len(greedy_actions) >= 3
+
+
+def test_with_two_envs_evaluations_play_on_the_env_whose_episode_ended(tmp_path):
+    """Evaluations come after every episode of either env, on that env while the other env's step runs;
+    both envs' episodes are reported, and the episode limit stops the actor."""
+    evaluated = []
+
+    def watch(actor):
+        play_evaluation = actor._evaluate
+
+        def evaluate(slot):
+            assert slot.obs is None  # its episode ended and no reset is queued for it
+            evaluated.append(slot.index)
+            play_evaluation(slot)
+
+        actor._evaluate = evaluate
+
+    actor, messages = play(
+        tmp_path, watch, max_episodes=6, eval_every_episodes=1, eval_episodes=1, envs_per_actor=2, seed=3
+    )
+    assert actor.episodes == 6 and len(episodes(messages)) == 6
+    assert len(evaluated) == 5 and set(evaluated) == {0, 1}
+    assert transitions(messages) == actor.session_steps >= sum(m["steps"] for m in episodes(messages))
+
+
 def test_an_episode_limit_stops_after_that_episode_with_evaluations_between(tmp_path):
     evaluations = []
 
     def count_evaluations(actor):
         play_evaluation = actor._evaluate
 
-        def evaluate():
+        def evaluate(slot):
             evaluations.append(actor.episodes)
-            play_evaluation()
+            play_evaluation(slot)
 
         actor._evaluate = evaluate
 
-    actor, messages = play(tmp_path, count_evaluations, max_episodes=3, eval_every_episodes=1, eval_episodes=1)
+    actor, messages = play(
+        tmp_path, count_evaluations, max_episodes=3, eval_every_episodes=1, eval_episodes=1, envs_per_actor=1
+    )
     assert actor.episodes == 3 and len(episodes(messages)) == 3
     assert evaluations == [1, 2]  # none after the last: the limit is reached
     assert transitions(messages) == actor.session_steps == sum(m["steps"] for m in episodes(messages))
@@ -118,13 +203,13 @@ def test_the_network_chooses_every_step_at_epsilon_0_and_none_at_1(tmp_path, eps
     asked = []
 
     def count_policy(actor):
-        policy = actor.stepper.policy
-        actor.stepper.policy = lambda obs: asked.append(obs.shape) or policy(obs)
+        policy = actor.policy
+        actor.policy = lambda batch: asked.append(batch.shape) or policy(batch)
 
     actor, messages = play(tmp_path, count_policy, max_steps=60, epsilon_start=epsilon, epsilon_end=epsilon)
     assert actor.session_steps == 60 and transitions(messages) == 60
     assert len(asked) == (60 if epsilon == 0.0 else 0)
-    assert set(asked) <= {(4, 84, 84)}
+    assert set(asked) <= {(1, 4, 84, 84)}
 
 
 @pytest.mark.parametrize("precision", ["int8", "float32"])

@@ -327,18 +327,28 @@ def test_parse_endpoint_rejects(text):
 
 def test_apex_epsilons():
     """eps_i = 0.4 ** (1 + 7 i / (N - 1)): 0.4 for actor 0, 0.4 ** 8 for the last; one actor gets 0.4."""
-    config = Config(actors=8, epsilon_schedule="apex")
+    config = Config(actors=8, envs_per_actor=1, epsilon_schedule="apex")
     eps = [config.apex_epsilon_of(i) for i in range(8)]
     assert eps[0] == pytest.approx(0.4) and eps[-1] == pytest.approx(0.4**8)
     assert eps[3] == pytest.approx(0.4**4) and eps == sorted(eps, reverse=True)
-    assert Config(actors=1).apex_epsilon_of(0) == pytest.approx(0.4)
+    assert Config(actors=1, envs_per_actor=1).apex_epsilon_of(0) == pytest.approx(0.4)
+
+
+def test_apex_epsilons_go_to_every_env_of_every_actor():
+    """4 actors of 2 envs get the 8 epsilons of 8 one-env actors, env j of actor i the (2 i + j)-th, and
+    as many seeds: env j of actor i plays with seed + 2 i + j."""
+    single = [Config(actors=8, envs_per_actor=1).apex_epsilon_of(i) for i in range(8)]
+    config = Config(actors=4, envs_per_actor=2)
+    assert [config.apex_epsilon_of(i, j) for i in range(4) for j in range(2)] == pytest.approx(single)
+    assert [config.run_env(i, j) for i in range(4) for j in range(2)] == list(range(8))
+    assert Config(actors=1, envs_per_actor=2).apex_epsilon_of(0, 1) == pytest.approx(0.4**8)
 
 
 def test_actors_on_two_machines_share_one_apex_schedule():
     """4 actors on each of two machines (first_actor 0 and 4, total_actors 8) get the 8 distinct
     epsilons one 8-actor launcher would, and distinct run-wide numbers (their seeds)."""
-    single = [Config(actors=8).apex_epsilon_of(i) for i in range(8)]
-    machines = [Config(actors=4, first_actor=first, total_actors=8) for first in (0, 4)]
+    single = [Config(actors=8, envs_per_actor=1).apex_epsilon_of(i) for i in range(8)]
+    machines = [Config(actors=4, envs_per_actor=1, first_actor=first, total_actors=8) for first in (0, 4)]
     assert [m.apex_epsilon_of(i) for m in machines for i in range(4)] == pytest.approx(single)
     assert [m.run_actor(i) for m in machines for i in range(4)] == list(range(8))
     with pytest.raises(ConfigError, match=r"actors 4\.\.7 do not fit in total_actors=6"):

@@ -1,9 +1,11 @@
-"""EnvThread: the actor's env steps in a worker thread, exactly as if stepped in order by the caller."""
+"""EnvThread: an actor's envs step in a worker thread, job by job, exactly as if stepped in order by the caller."""
+
+import threading
 
 import numpy as np
 import pytest
 
-from actor.env_thread import GREEDY, EnvThread, Step
+from actor.env_thread import RESET, EnvThread, Reset, Step
 from common.config import TEST_ENV_ID, Config
 from actor.envs import find_wrapper, make_env
 from actor.quiet_gym import gym
@@ -12,14 +14,14 @@ from actor.wrappers import FrameSkip
 NOOP, RIGHT, RIGHT_A = 0, 1, 2
 
 
-def corridor():
-    env = make_env(Config(env=TEST_ENV_ID))
+def corridor(env_id: str = TEST_ENV_ID):
+    env = make_env(Config(env=env_id))
     return env, find_wrapper(env, FrameSkip)
 
 
-def serial(actions: list[int]) -> list[tuple]:
+def serial(actions: list[int], env_id: str = TEST_ENV_ID) -> list[tuple]:
     """The same actions stepped directly, resetting after each episode's end (the reference)."""
-    env, frames = corridor()
+    env, frames = corridor(env_id)
     env.reset()
     out = []
     for action in actions:
@@ -27,41 +29,50 @@ def serial(actions: list[int]) -> list[tuple]:
         out.append((action, obs, reward, terminated, truncated, info, frames.last_rgb))
         if terminated or truncated:
             env.reset()
+    env.close()
     return out
 
 
-def test_steps_match_the_env_stepped_directly_across_episodes():
-    """Random actions over several episodes (deaths and flags), two in flight at a time: every
-    observation, reward, flag, info and RGB frame equals the direct stepping's."""
-    rng = np.random.default_rng(0)
-    actions = [int(a) for a in rng.choice([RIGHT, RIGHT_A, NOOP], size=300, p=[0.5, 0.4, 0.1])]
-    expected = serial(actions)
-    env, frames = corridor()
-    stepper = EnvThread(env, policy=lambda obs: pytest.fail("no GREEDY was submitted"), frame_source=frames)
-    try:
-        stepper.reset()
-        got, queue, episodes = [], list(actions), 0
-        while queue or stepper.in_flight:
-            while queue and stepper.in_flight < 2:
-                stepper.submit(queue.pop(0))
-            step = stepper.result()
-            assert step is not None
-            got.append(step)
-            if step.terminated or step.truncated:
-                episodes += 1
-                queued = stepper.drain()  # not played: they go again after the reset
-                assert queued == [None] * len(queued)
-                queue[:0] = [actions[len(got) + i] for i in range(len(queued))]
-                stepper.reset()
-    finally:
-        stepper.close()
-    assert episodes >= 3
+def assert_same(got: list[Step], expected: list[tuple]) -> None:
     assert len(got) == len(expected)
     for step, (action, obs, reward, terminated, truncated, info, rgb) in zip(got, expected):
         assert step.action == action
         assert np.array_equal(step.obs, obs) and step.reward == reward
         assert (step.terminated, step.truncated) == (terminated, truncated) and step.info == info
         assert np.array_equal(step.rgb, rgb)
+
+
+def test_two_envs_in_alternating_jobs_step_as_each_stepped_directly_across_episodes():
+    """Two envs, each with its own random actions over several episodes (deaths and flags), as an actor
+    with two groups steps them: a job per env, the other env's job queued while one runs, a reset where
+    an episode ended. Every observation, reward, flag, info and RGB frame equals its env's direct stepping."""
+    rng = np.random.default_rng(0)
+    actions = [[int(a) for a in rng.choice([RIGHT, RIGHT_A, NOOP], size=300, p=[0.5, 0.4, 0.1])] for _ in range(2)]
+    (env0, frames0), (env1, frames1) = corridor(), corridor()
+    stepper = EnvThread([env0, env1], [frames0, frames1])
+    got: list[list[Step]] = [[], []]
+    episodes, queued = 0, [0, 1]
+    try:
+        for env in queued:
+            stepper.submit([(env, RESET)])
+        while queued:
+            env = queued.pop(0)
+            (result,) = stepper.result()
+            if isinstance(result, Step):
+                got[env].append(result)
+                ended = result.terminated or result.truncated
+                episodes += ended
+            else:
+                assert isinstance(result, Reset) and result.info["x_pos"] == 0
+                ended = False
+            if len(got[env]) < len(actions[env]):
+                stepper.submit([(env, RESET if ended else actions[env][len(got[env])])])
+                queued.append(env)
+    finally:
+        assert stepper.close()
+    assert episodes >= 6
+    for env in (0, 1):
+        assert_same(got[env], serial(actions[env]))
 
 
 class ReusedScreenEnv(gym.Env):
@@ -88,20 +99,20 @@ class ReusedScreenEnv(gym.Env):
         return self._view(), 0.0, False, False, {"frame": self.frames}
 
 
-def test_frames_handed_out_are_not_overwritten_by_the_steps_in_flight_behind_them():
-    """With two steps in flight, each Step's RGB frame (and observation) is still its own frame when
-    the caller reads it, though the emulator's screen buffer has moved on."""
+def test_frames_handed_out_are_not_overwritten_by_the_jobs_queued_behind_them():
+    """With the next job queued before a result is read, each Step's RGB frame (and observation) is
+    still its own frame when the caller reads it, though the emulator's screen buffer has moved on."""
     env = FrameSkip(ReusedScreenEnv(), skip=1)
-    stepper = EnvThread(env, policy=None, frame_source=env)
+    stepper = EnvThread([env], [env])
     try:
-        _, _, first = stepper.reset()
+        stepper.submit([(0, RESET)])
+        first = stepper.result()[0].rgb
         steps = []
-        for _ in range(2):
-            stepper.submit(NOOP)
+        stepper.submit([(0, NOOP)])
         for _ in range(20):
-            steps.append(stepper.result())
-            stepper.submit(NOOP)
-        steps += stepper.drain()
+            stepper.submit([(0, NOOP)])
+            steps += stepper.result()
+        steps += stepper.result()
     finally:
         stepper.close()
     assert first.shape == (240, 256, 3) and (first == 0).all()
@@ -110,49 +121,21 @@ def test_frames_handed_out_are_not_overwritten_by_the_steps_in_flight_behind_the
         assert (step.rgb == number).all() and (step.obs == number).all()
 
 
-def test_steps_queued_behind_the_end_of_an_episode_are_not_played():
-    """The corridor's time runs out after 50 agent steps standing still; the two steps queued behind
-    the last one return None and the env is not stepped (it would raise on a finished episode)."""
+def test_an_env_that_ended_its_episode_must_be_reset_before_it_steps_again():
+    """The corridor's time runs out after 50 agent steps standing still."""
     env, frames = corridor()
-    stepper = EnvThread(env, policy=None, frame_source=frames)
+    stepper = EnvThread([env], [frames])
     try:
-        stepper.reset()
-        for _ in range(52):
-            stepper.submit(NOOP)
-        results = stepper.drain()
-        last = results[49]
-        assert isinstance(last, Step) and last.terminated and all(isinstance(r, Step) for r in results[:50])
-        assert results[50:] == [None, None]
-        obs, info, _ = stepper.reset()  # playable again
-        assert info["x_pos"] == 0
-        stepper.submit(RIGHT)
-        assert stepper.result().info["x_pos"] == 4
+        stepper.submit([(0, RESET)] + [(0, NOOP)] * 50)
+        results = stepper.result()
+        assert isinstance(results[-1], Step) and results[-1].terminated
+        stepper.submit([(0, NOOP)])
+        with pytest.raises(RuntimeError, match="without a reset"):
+            stepper.result()
+        stepper.submit([(0, RESET), (0, RIGHT)])
+        assert stepper.result()[1].info["x_pos"] == 4  # playable again
     finally:
         stepper.close()
-
-
-def test_greedy_asks_the_policy_with_the_newest_observation():
-    seen = []
-
-    def policy(obs):
-        seen.append(obs.copy())
-        return RIGHT_A
-
-    env, frames = corridor()
-    stepper = EnvThread(env, policy=policy, frame_source=frames)
-    try:
-        obs, _, _ = stepper.reset()
-        previous = [obs]
-        for action in (GREEDY, NOOP, GREEDY, GREEDY):
-            stepper.submit(action)
-        steps = stepper.drain()
-        previous += [s.obs for s in steps]
-    finally:
-        stepper.close()
-    assert [s.action for s in steps] == [RIGHT_A, NOOP, RIGHT_A, RIGHT_A]  # the action actually played
-    assert len(seen) == 3
-    for obs, index in zip(seen, (0, 2, 3)):
-        assert np.array_equal(obs, previous[index])
 
 
 def test_an_env_error_is_raised_in_the_callers_thread_and_the_thread_lives_on():
@@ -170,31 +153,55 @@ def test_an_env_error_is_raised_in_the_callers_thread_and_the_thread_lives_on():
         return real_step(action)
 
     env.step = step
-    stepper = EnvThread(env, policy=None, frame_source=frames)
+    stepper = EnvThread([env], [frames])
     try:
-        stepper.reset()
-        for _ in range(4):
-            stepper.submit(RIGHT)
-        assert isinstance(stepper.result(), Step) and isinstance(stepper.result(), Step)
+        stepper.submit([(0, RESET), (0, RIGHT), (0, RIGHT)])
+        assert [type(r) for r in stepper.result()] == [Reset, Step, Step]
+        stepper.submit([(0, RIGHT), (0, RIGHT)])
         with pytest.raises(Boom, match="emulator fault"):
             stepper.result()
-        assert stepper.result() is None  # the failed episode is over until a reset
-        stepper.reset()
-        stepper.submit(RIGHT)
-        assert stepper.result().info["x_pos"] == 4
+        stepper.submit([(0, RIGHT)])
+        with pytest.raises(RuntimeError, match="without a reset"):  # the failed episode is over
+            stepper.result()
+        stepper.submit([(0, RESET), (0, RIGHT)])
+        assert stepper.result()[1].info["x_pos"] == 4
     finally:
         stepper.close()
 
 
 def test_misuse_is_refused_and_close_stops_the_thread():
     env, frames = corridor()
-    stepper = EnvThread(env, policy=None, frame_source=frames)
-    with pytest.raises(RuntimeError, match="no step in flight"):
+    stepper = EnvThread([env], [frames])
+    with pytest.raises(RuntimeError, match="no job in flight"):
         stepper.result()
-    stepper.reset()
-    stepper.submit(RIGHT)
-    with pytest.raises(RuntimeError, match="drain"):
-        stepper.reset()
-    assert stepper.result() is not None
+    stepper.submit([(0, RESET)])
+    assert isinstance(stepper.result()[0], Reset)
     assert stepper.close() is True
     assert not stepper._thread.is_alive()
+
+
+def test_two_mario_emulators_step_at_once_in_two_threads_as_they_do_alone():
+    """An actor plays an evaluation on one env in its main thread while the env thread steps its other
+    envs: two nes-py emulators stepping at the same time must not disturb each other."""
+    rng = np.random.default_rng(1)
+    actions = [[int(a) for a in rng.integers(0, 7, size=150)] for _ in range(2)]
+    expected = [serial(actions[i], "SuperMarioBros-1-1-v0") for i in (0, 1)]
+    envs = [corridor("SuperMarioBros-1-1-v0") for _ in (0, 1)]
+    got: list[list] = [[], []]
+
+    def play(i: int) -> None:
+        env, frames = envs[i]
+        env.reset()
+        for action in actions[i]:
+            obs, reward, terminated, truncated, info = env.step(action)
+            got[i].append(Step(action, obs, reward, terminated, truncated, info, frames.last_rgb))
+            if terminated or truncated:
+                env.reset()
+
+    other = threading.Thread(target=play, args=(1,))
+    other.start()
+    play(0)
+    other.join()
+    for i in (0, 1):
+        envs[i][0].close()
+        assert_same(got[i], expected[i])

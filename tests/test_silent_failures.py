@@ -298,6 +298,7 @@ def restarted_actor(tmp_path, restarts: int, **start):
 
     config = Config(
         env=TEST_ENV_ID,
+        envs_per_actor=1,  # one seed to check
         headless=True,
         video=False,
         base_port=free_base_port(),
@@ -344,8 +345,8 @@ def test_a_restarted_actor_gets_another_seed_and_says_so(tmp_path):
     for restarts in (0, 2):
         actor, runtime, logs, _ = restarted_actor(tmp_path, restarts)
         try:
-            draws[restarts], lines[restarts] = actor.rng.random(4).tolist(), logs[0]
-            assert actor.seed == seeds[(0, 0, restarts)]
+            draws[restarts], lines[restarts] = actor.slots[0].rng.random(4).tolist(), logs[0]
+            assert actor.slots[0].seed == seeds[(0, 0, restarts)]
         finally:
             actor.close()
             runtime.close()

@@ -113,7 +113,7 @@ def main() -> None:
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)  # as actor.main does
-    rounds, steps = (1, 150) if args.smoke else (args.rounds, args.steps)
+    rounds, steps = (1, 60) if args.smoke else (args.rounds, args.steps)
     envs = [int(k) for k in args.envs.split(",")] if not args.smoke else [1, 2]
     base = Config(max_steps=steps, epsilon_start=0.5, epsilon_end=0.5, base_port=47_655, headless=True, video=False)
     k = base.envs_per_actor

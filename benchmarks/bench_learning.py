@@ -244,9 +244,10 @@ def learn_mario(args, runs_dir: str) -> None:
     print per-seed figures, their medians and the goal."""
     extra = tuple(a for pair in args.set for a in ("--set", pair))
     budgets = [int(float(b)) for b in args.at.split(",")] if args.at else []
-    if args.smoke:  # only checks the script: a few evaluations, training from 500 transitions
-        args.steps, budgets = 1_500, [1_000]
-        extra += ("--set", "learning_starts=500", "--set", "eval_every_episodes=1", "--set", "stall_steps=50")
+    if args.smoke:  # only checks the script: a few evaluations, training from 300 transitions, fewer updates
+        args.steps, budgets = 800, [600]
+        extra += ("--set", "learning_starts=300", "--set", "eval_every_episodes=1", "--set", "stall_steps=50")
+        extra += ("--set", "samples_per_insert=1")
     if not args.report:
         if _asks_jump_repress(args.set):
             print(f"note: this run does not count toward the goal: {NOT_LEARNING}")

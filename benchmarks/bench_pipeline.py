@@ -152,8 +152,8 @@ def run_launcher(args: list[str], timeout: float) -> dict:
 
 # --- 1. learner starvation -------------------------------------------------------------------------
 def learner_starvation(smoke: bool, actor_counts: list[int]) -> None:
-    steps = 6_000 if smoke else 60_000  # the test env's actor makes 1,000-3,500 steps/s
-    starts = 1_000
+    steps = 2_500 if smoke else 60_000  # the test env's actor makes 1,000-3,500 steps/s
+    starts = 500 if smoke else 1_000
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"

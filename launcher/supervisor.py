@@ -196,8 +196,8 @@ class Supervisor:
         """The env where actors run (gym is imported only there), the device where the learner runs."""
         if "actor" in self.roles:
             self._check_env()
-        if "learner" in self.roles:
-            from learner.device import DeviceError, pick_device
+        if "learner" in self.roles and self.config.device not in ("auto", "cpu"):  # those never fail; torch
+            from learner.device import DeviceError, pick_device  # takes seconds to import, so only when asked
 
             try:
                 pick_device(self.config.device)

@@ -44,7 +44,7 @@ pytestmark = pytest.mark.slow
                 re.compile(
                     r"seed 0: (first greedy flag after|no greedy flag).*; \d+ evaluations "
                     r"\(\d+ with the flag, median x_pos \d+\); "
-                    r"at 1,000: x \d+, flags \d+%"
+                    r"at 600: x \d+, flags \d+%"
                 ),
                 re.compile(
                     r"goal \(first greedy flag within 1,000,000 env steps and 120 minutes "

@@ -247,7 +247,7 @@ def learn_mario(args, runs_dir: str) -> None:
     if args.smoke:  # only checks the script: a few evaluations, training from 300 transitions, fewer updates
         args.steps, budgets = 800, [600]
         extra += ("--set", "learning_starts=300", "--set", "eval_every_episodes=1", "--set", "stall_steps=50")
-        extra += ("--set", "samples_per_insert=1")
+        extra += ("--set", "samples_per_insert=1", "--set", "max_episode_steps=150")  # an evaluation after 600
     if not args.report:
         if _asks_jump_repress(args.set):
             print(f"note: this run does not count toward the goal: {NOT_LEARNING}")

@@ -158,7 +158,9 @@ def run_role(
     finally:
         if runtime is not None:
             runtime.close()
-    sys.exit(0)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # all is closed by now; the interpreter's own teardown (torch, the emulators) took 1-2 s a stop
 
 
 def _set_process_name(name: str) -> None:

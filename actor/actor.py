@@ -64,6 +64,8 @@ class EnvSlot:
     obs: np.ndarray | None = None  # the newest observation; None: the episode ended, a reset is due
     reward: float = 0.0  # the episode's so far
     steps: int = 0
+    first_frame: np.ndarray | None = None  # shown and recorded with the episode's first step, so a reset
+    # taken after the stop leaves no frame that no step follows
 
 
 class Actor:
@@ -266,8 +268,11 @@ class Actor:
             slot.reward, slot.steps = 0.0, 0
             if slot.recorder is not None:
                 slot.recorder.start_episode()
-            self._show_and_record(result.rgb, slot)
+            slot.first_frame = result.rgb
             return
+        if slot.first_frame is not None:
+            self._show_and_record(slot.first_frame, slot)
+            slot.first_frame = None
         self.steps += 1
         self.session_steps += 1
         self._steps_in_flight -= 1

@@ -13,6 +13,7 @@ import zmq
 from actor.acting_network import Int8Policy, make_policy
 from actor.actor import Actor
 from actor.best_eval import BEST_EVAL_FILE
+from actor.env_thread import RESET
 from actor.evaluate import load_policy
 from actor.evaluate import play as evaluate
 from benchmarks.bench_actor import StopAtCap
@@ -33,9 +34,18 @@ pytestmark = pytest.mark.usefixtures("keep_process_hooks")  # play() builds a Ro
 QUIET_MS = 3000
 
 
-def play(tmp_path, before_run=lambda actor: None, serve_replay=True, **changes):
-    """Run one actor to its limit; returns it (closed) and the messages it sent to the replay server
-    (none is bound without serve_replay)."""
+class StopAtCapOrWhenTold(StopAtCap):
+    """StopAtCap, or once `told` (the launcher's stop, at a moment a test picks)."""
+
+    told = False
+
+    def is_set(self) -> bool:
+        return self.told or super().is_set()
+
+
+def play(tmp_path, before_run=lambda actor: None, serve_replay=True, stop=None, **changes):
+    """Run one actor to its limit or its stop; returns it (closed) and the messages it sent to the replay
+    server (none is bound without serve_replay)."""
     config = Config(
         **{
             "env": TEST_ENV_ID,
@@ -48,7 +58,7 @@ def play(tmp_path, before_run=lambda actor: None, serve_replay=True, **changes):
     )
     transport = Transport(config.max_message_bytes)
     pull = transport.socket(zmq.PULL, bind=bind_addresses(config, "replay_in") if serve_replay else "inproc://none")
-    stop = StopAtCap()
+    stop = stop or StopAtCap()
     runtime = RoleRuntime("actor", 0, config, stop, os.getppid())
     closed = False
     try:
@@ -94,6 +104,34 @@ def test_a_step_limit_is_played_exactly_and_every_step_is_sent_once(tmp_path, en
     assert len(sent) == actor.episodes >= 2  # the corridor ends within 50 steps
     assert [m["episode"] for m in sent] == list(range(1, actor.episodes + 1))
     assert sum(m["steps"] for m in sent) <= 157  # the last episode was cut by the limit
+
+
+def test_a_reset_queued_just_before_the_stop_adds_no_frame_to_the_run_video(tmp_path):
+    """The run video holds each step's frame and the first frame of each episode that took a step: a new
+    episode's reset, queued before the stop and taken after it, must not leave a frame no step follows."""
+    stop, frames = StopAtCapOrWhenTold(), []
+
+    class Frames:
+        def write(self, rgb):
+            frames.append(rgb)
+
+        def close(self):
+            pass
+
+    def before_run(actor):
+        actor.run_video = Frames()
+        submit = actor.stepper.submit
+
+        def submit_then_stop(job):
+            submit(job)
+            if actor.episodes == 2 and any(action is RESET for _, action in job):
+                stop.told = True  # the stop comes while the third episode's reset is in flight
+
+        actor.stepper.submit = submit_then_stop
+
+    actor, messages = play(tmp_path, before_run, stop=stop, epsilon_start=0.5, epsilon_end=0.5, envs_per_actor=1)
+    assert actor.episodes == 2 and sum(m["steps"] for m in episodes(messages)) == actor.session_steps > 0
+    assert len(frames) == actor.session_steps + 2
 
 
 def chunks_by_env(actor, chunks: dict) -> None:

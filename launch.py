@@ -3,7 +3,9 @@
 
 import sys
 
-from launcher.cli import main
-
 if __name__ == "__main__":
+    # Imported here, not above: each role's process re-imports this file (multiprocessing spawn) and
+    # would otherwise load the whole launcher (replay snapshots, numba) for nothing, ~2 s per role.
+    from launcher.cli import main
+
     sys.exit(main())

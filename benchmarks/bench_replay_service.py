@@ -195,7 +195,7 @@ class Poller:
 def bench_ours(capacity: int, seconds: float, chunks: list[dict], shared: bool, mirror: bool = False) -> dict:
     """The replay server and a sample client: over ipc:// reading shared memory (`shared`), else over
     loopback tcp:// (as from another machine, without keys), with a copy of the ring (`mirror`) or not."""
-    from launcher.supervisor import role_entry
+    from common.runtime import role_entry
 
     config = Config(
         local_ipc=shared,

@@ -163,6 +163,46 @@ def run_role(
     os._exit(0)  # all is closed by now; the interpreter's own teardown (torch, the emulators) took 1-2 s a stop
 
 
+def _role_main(role: str):
+    """The process body of a role, imported lazily so each process loads only what it needs."""
+    if role == "replay":
+        from replay_server.server import main
+    elif role == "learner":
+        from learner.service import main
+    else:
+        from actor.actor import main
+    return main
+
+
+def role_entry(
+    role: str,
+    index: int,
+    config_dict: dict,
+    run_dir: str,
+    stop_event,
+    parent_pid: int,
+    start: ActorStart | str,
+    reports_address: str = "",
+    keys: dict | None = None,
+    run_stop_event=None,
+) -> None:
+    """What the launcher spawns: the role's process body, run by run_role. It lives here, not in the
+    launcher, so a role process does not import the launcher (replay snapshots, numba: ~2 s each)."""
+    run_role(
+        _role_main(role),
+        role,
+        index,
+        config_dict,
+        run_dir,
+        stop_event,
+        parent_pid,
+        start,
+        reports_address,
+        keys,
+        run_stop_event,
+    )
+
+
 def _set_process_name(name: str) -> None:
     """Show the role in ps/top (Linux; elsewhere a no-op)."""
     try:

@@ -36,7 +36,7 @@ from common.keys import CurveKeys
 from common.log_limit import LogLimit
 from common.protocol import ProtocolError, check_report, decode
 from common.records import ActorStart
-from common.runtime import process_name, run_role
+from common.runtime import process_name, role_entry
 from common.topology import bind_socket, bound_by
 from common.transport import ADDRESS_IN_USE, Transport, TransportError
 from launcher.console import Console
@@ -69,44 +69,6 @@ def role_processes(role: str, config: Config) -> tuple[str, ...]:
 
 class StartError(RuntimeError):
     """The run cannot start (bad env id, device, ports, run folder); one-line message."""
-
-
-def _role_main(role: str):
-    """The process body of a role, imported lazily so each process loads only what it needs."""
-    if role == "replay":
-        from replay_server.server import main
-    elif role == "learner":
-        from learner.service import main
-    else:
-        from actor.actor import main
-    return main
-
-
-def role_entry(
-    role: str,
-    index: int,
-    config_dict: dict,
-    run_dir: str,
-    stop_event,
-    parent_pid: int,
-    start: ActorStart | str,
-    reports_address: str = "",
-    keys: dict | None = None,
-    run_stop_event=None,
-) -> None:
-    run_role(
-        _role_main(role),
-        role,
-        index,
-        config_dict,
-        run_dir,
-        stop_event,
-        parent_pid,
-        start,
-        reports_address,
-        keys,
-        run_stop_event,
-    )
 
 
 def make_run_dir(runs_dir: str) -> str:

@@ -19,7 +19,7 @@ from common.config import TEST_ENV_ID, Config
 from common.protocol import PROTOCOL_VERSION, decode, decode_parts, encode, encode_parts
 from common.shared_frames import FrameRing, stores_in_order
 from common.records import ReplayStats, as_map
-from launcher.supervisor import role_entry
+from common.runtime import role_entry
 from tests.conftest import FAST_TEST_ENV
 from tests.harness import free_base_port
 

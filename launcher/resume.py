@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 from common.config import Config, ConfigError
 from common.records import ActorStart, CheckpointCounters
-from replay_server.snapshot import SnapshotError, check_snapshot
 
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint.pth")
 # What a checkpoint and its replay memory were built with: changing any of these cannot continue a run
@@ -169,6 +168,9 @@ def _first_mismatch(exc: RuntimeError, limit: int = 160) -> str:
 
 
 def _check_snapshot(path: str, config: Config) -> None:
+    # Imported here: the snapshot module loads the replay buffer and numba, ~1 s a launch that resumes nothing.
+    from replay_server.snapshot import SnapshotError, check_snapshot
+
     try:
         check_snapshot(path, config.replay_capacity, config.frame_size, config.frame_stack, config.num_actions)
     except SnapshotError as exc:

@@ -36,3 +36,17 @@ def test_role_packages_do_not_import_each_other():
                 for name in names:
                     top = name.split(".")[0]
                     assert top not in roles or top == role, f"{path.relative_to(REPO)} imports {name}"
+
+
+def test_a_role_process_loads_none_of_the_launcher_before_its_role():
+    """spawn re-runs launch.py (as __mp_main__) in every role process, then imports role_entry's module:
+    neither may load the launcher, numba or torch (the launcher alone cost each role ~2 s of start-up)."""
+    code = (
+        "import runpy, sys\n"
+        "runpy.run_path('launch.py', run_name='__mp_main__')\n"
+        "from common.runtime import role_entry\n"
+        "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in ('launcher', 'numba', 'torch'))))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "", f"imported: {result.stdout.strip()[:300]}"

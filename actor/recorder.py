@@ -18,10 +18,12 @@ from fractions import Fraction
 
 import numpy as np
 
-# Measured at 256x240 on one thread (Mario-like scrolling frames, CPU time incl. RGB->YUV): veryfast ~0.9 ms/frame,
-# ultrafast ~0.4 ms/frame. Both are small next to an agent step, and veryfast makes files 3-8x smaller at the same
-# crf and similar quality, so it wins.
+# CPU per 256x240 Mario frame on this project's 2-core host, one thread: OpenCV's RGB->I420 0.05 ms (PyAV's own
+# conversion took ~0.4 ms of each frame), then libx264 veryfast ~0.7 ms or ultrafast ~0.3 ms; veryfast files are
+# about half the size at the same crf. The run video is kept: veryfast. Each env records every episode as a
+# best-run candidate and nearly all are dropped: ultrafast.
 PRESET = "veryfast"
+CANDIDATE_PRESET = "ultrafast"
 CRF = 23
 KEYFRAME_EVERY_S = 2.0
 # Fragments are cut at every keyframe and also every half second between them: a kill then loses at most
@@ -65,7 +67,7 @@ class _UnbufferedFile(io.FileIO):
 class VideoWriter:
     """Streams RGB frames into an H.264 (yuv420p) fragmented MP4 that stays playable if the process is killed."""
 
-    def __init__(self, path: str, fps: float, width: int, height: int):
+    def __init__(self, path: str, fps: float, width: int, height: int, preset: str = PRESET):
         import av  # here, not at the top: an actor that records nothing does not need PyAV
 
         _check_format(fps, width, height)
@@ -97,13 +99,14 @@ class VideoWriter:
             self._stream.pix_fmt = "yuv420p"
             self._stream.codec_context.gop_size = max(1, round(KEYFRAME_EVERY_S * fps))
             # One thread: the actors already keep every core busy, and frame threads would delay output.
-            self._stream.options = {"preset": PRESET, "crf": str(CRF), "threads": "1"}
+            self._stream.options = {"preset": preset, "crf": str(CRF), "threads": "1"}
         except (OSError, av.FFmpegError) as error:
             self._fail(error)
 
     def write(self, rgb: np.ndarray) -> None:
         """Encode one frame; a RecordingError leaves the writer closed and failed."""
         import av
+        import cv2
 
         if self._failure is not None:
             raise RecordingError(self._failure)
@@ -113,7 +116,9 @@ class VideoWriter:
             raise ValueError(
                 f"expected a uint8 frame of shape {(self.height, self.width, 3)}, got {rgb.dtype} {rgb.shape}"
             )
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        frame = av.VideoFrame.from_ndarray(
+            cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2YUV_I420), format="yuv420p"
+        )
         frame.pts = self.frames
         frame.time_base = self._time_base
         try:
@@ -202,7 +207,7 @@ class EpisodeRecorder:
     def start_episode(self) -> None:
         """Begin a new temporary recording, dropping an unfinished one."""
         self._discard()
-        self._writer = VideoWriter(self.temp_path, self.fps, self.width, self.height)
+        self._writer = VideoWriter(self.temp_path, self.fps, self.width, self.height, CANDIDATE_PRESET)
 
     def write(self, rgb: np.ndarray) -> None:
         if self._writer is None:

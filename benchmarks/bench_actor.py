@@ -38,6 +38,34 @@ from common.runtime import RoleRuntime
 from common.transport import Transport
 
 
+def encoder_ms(config: Config, frames: int, run_dir: str) -> dict[str, float]:
+    """CPU ms per frame of each video writer the actor keeps, on real 1-1 frames (median of 3 passes): the run
+    video (PRESET) and the best-run candidate every env records (CANDIDATE_PRESET)."""
+    from actor.recorder import CANDIDATE_PRESET, PRESET, VideoWriter
+
+    env, rng, shots = _make_raw(config.env), np.random.default_rng(0), []
+    env.reset()
+    while len(shots) < frames:
+        _, _, terminated, truncated, _ = env.step(int(rng.integers(config.num_actions)))
+        shots.append(np.ascontiguousarray(env.render()))
+        if terminated or truncated:
+            env.reset()
+    env.close()
+    height, width = shots[0].shape[:2]
+    costs = {}
+    for name, preset in (("run video", PRESET), ("best-run candidate", CANDIDATE_PRESET)):
+        passes = []
+        for _ in range(3):
+            writer = VideoWriter(os.path.join(run_dir, "encoder.mp4"), 15, width, height, preset)
+            start = time.process_time()
+            for shot in shots:
+                writer.write(shot)
+            writer.close()
+            passes.append((time.process_time() - start) / len(shots) * 1e3)
+        costs[f"{name} ({preset})"] = float(np.median(passes))
+    return costs
+
+
 def bare_emulator(config: Config, steps: int) -> float:
     """Steps/s of the raw emulator (one thread, so one core: the limit of an actor's env thread)."""
     env = _make_raw(config.env)
@@ -156,6 +184,10 @@ def main() -> None:
     off = rates["actor loop, window+video off"]
     for name in [n for n in modes if "video on" in n]:
         print(f"{name}: {median([r / o for r, o in zip(rates[name], off)]):.2f} of the window+video-off rate")
+    if video:
+        with tempfile.TemporaryDirectory(dir="/tmp") as folder:
+            costs = encoder_ms(base, 100 if args.smoke else 600, folder)
+        print("video encoding, CPU per 256x240 frame: " + "; ".join(f"{k} {v:.2f} ms" for k, v in costs.items()))
     if not video:
         print("actor loops with video: skipped (PyAV is not installed)")
     elif "actor loop, window+video on" not in modes:

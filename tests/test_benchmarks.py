@@ -16,7 +16,15 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize(
     "name, expected",
     [
-        ("bench_actor", ["bare emulator, frame skip 4:", "actor loop, window+video off:", "actor loop, video on:"]),
+        (
+            "bench_actor",
+            [
+                "bare emulator, frame skip 4:",
+                "actor loop, window+video off:",
+                "actor loop, video on:",
+                "video encoding, CPU per 256x240 frame: run video (veryfast)",
+            ],
+        ),
         ("bench_replay", ["insert:", "sample+update batch  32:", "sample+update batch 256:"]),
         (
             "bench_learner",

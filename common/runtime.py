@@ -174,33 +174,11 @@ def _role_main(role: str):
     return main
 
 
-def role_entry(
-    role: str,
-    index: int,
-    config_dict: dict,
-    run_dir: str,
-    stop_event,
-    parent_pid: int,
-    start: ActorStart | str,
-    reports_address: str = "",
-    keys: dict | None = None,
-    run_stop_event=None,
-) -> None:
-    """What the launcher spawns: the role's process body, run by run_role. It lives here, not in the
-    launcher, so a role process does not import the launcher (replay snapshots, numba: ~2 s each)."""
-    run_role(
-        _role_main(role),
-        role,
-        index,
-        config_dict,
-        run_dir,
-        stop_event,
-        parent_pid,
-        start,
-        reports_address,
-        keys,
-        run_stop_event,
-    )
+def role_entry(role: str, *args) -> None:
+    """What the launcher spawns: run_role with the role's process body, `args` being run_role's after `role`.
+    It lives here, not in the launcher, so a role process does not import the launcher (replay snapshots,
+    numba: ~2 s each)."""
+    run_role(_role_main(role), role, *args)
 
 
 def _set_process_name(name: str) -> None:

@@ -70,6 +70,13 @@ def episodes(run_dir) -> list[tuple]:
     return [(int(m[1]), float(m[2]), int(m[3]), int(m[4]), int(m[5]), m[6] == "yes", float(m[7])) for m in parsed]
 
 
+def run_video_frames(steps: int, log: list) -> int:
+    """What a one-env actor's mario_run.mp4 holds: each step's frame and the first frame of each episode that
+    took a step: the logged ones, and the one the cap or the stop cut short if any (none when the last logged
+    episode ended exactly there)."""
+    return steps + len(log) + (sum(e[3] for e in log) < steps)
+
+
 def test_videos_log_and_tensorboard_after_a_run(launch):
     require("ffprobe")
     # One env per actor: mario_run.mp4 shows actor 0's env 0, so then it holds every step of the run.
@@ -82,7 +89,7 @@ def test_videos_log_and_tensorboard_after_a_run(launch):
     video = probe(run.run_dir / "mario_run.mp4")
     assert (video["codec_name"], video["pix_fmt"], video["width"], video["height"]) == ("h264", "yuv420p", 256, 240)
     assert video["avg_frame_rate"] == "15/1", "one frame per agent step at frame skip 4 = the game's speed"
-    assert int(video["nb_read_frames"]) == 1500 + len(log) + 1, "every step plus each reset frame"
+    assert int(video["nb_read_frames"]) == run_video_frames(1500, log)
 
     best_files = sorted(run.run_dir.glob("mario_best_run_*.mp4"))
     best_reward = max(e[1] for e in log)
@@ -121,10 +128,7 @@ def test_ctrl_c_leaves_videos_that_play_to_the_end(launch):
     run.interrupt()
     assert run.wait(10) == 130, run.output()
     steps = run.summary()["actors"]["0"]["actor_steps"]
-    log = episodes(run.run_dir)
-    # Every step, the first frame and each new episode's first: none after an episode that ended at the stop.
-    resets = len(log) + 1 if sum(e[3] for e in log) < steps else len(log)
-    assert int(probe(run.run_dir / "mario_run.mp4")["nb_read_frames"]) == steps + resets
+    assert int(probe(run.run_dir / "mario_run.mp4")["nb_read_frames"]) == run_video_frames(steps, episodes(run.run_dir))
 
 
 def test_sigkill_of_the_actor_leaves_a_playable_run_video(launch):

@@ -10,15 +10,18 @@ from tests.harness import REPO
 EMULATOR_MODULES = ("gym", "nes_py", "gym_super_mario_bros", "cv2")
 
 
-def test_learner_and_replay_import_no_emulator_or_opencv():
-    code = (
-        "import sys, launch, launcher.supervisor, learner.service, replay_server.server, common.runtime\n"
-        f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {EMULATOR_MODULES!r})\n"
-        "print(','.join(bad))"
-    )
+def loaded(code: str, packages: tuple[str, ...]) -> str:
+    """The modules of `packages` a fresh interpreter has loaded after running `code`, comma-separated."""
+    code += f"\nprint(','.join(sorted(m for m in sys.modules if m.split('.')[0] in {packages!r})))"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "", f"imported: {result.stdout.strip()}"
+    return result.stdout.strip()
+
+
+def test_learner_and_replay_import_no_emulator_or_opencv():
+    code = "import sys, launch, launcher.supervisor, learner.service, replay_server.server, common.runtime"
+    imported = loaded(code, EMULATOR_MODULES)
+    assert imported == "", f"imported: {imported}"
 
 
 def test_role_packages_do_not_import_each_other():
@@ -42,11 +45,7 @@ def test_a_role_process_loads_none_of_the_launcher_before_its_role():
     """spawn re-runs launch.py (as __mp_main__) in every role process, then imports role_entry's module:
     neither may load the launcher, numba or torch (the launcher alone cost each role ~2 s of start-up)."""
     code = (
-        "import runpy, sys\n"
-        "runpy.run_path('launch.py', run_name='__mp_main__')\n"
-        "from common.runtime import role_entry\n"
-        "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in ('launcher', 'numba', 'torch'))))"
+        "import runpy, sys\nrunpy.run_path('launch.py', run_name='__mp_main__')\nfrom common.runtime import role_entry"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "", f"imported: {result.stdout.strip()[:300]}"
+    imported = loaded(code, ("launcher", "numba", "torch"))
+    assert imported == "", f"imported: {imported[:300]}"

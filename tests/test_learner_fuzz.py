@@ -20,12 +20,13 @@ from common.protocol import PROTOCOL_VERSION, decode, decode_parts, encode, enco
 from common.shared_frames import FrameRing, stores_in_order
 from common.records import ReplayStats, as_map
 from common.runtime import role_entry
-from tests.conftest import FAST_TEST_ENV
+from tests.conftest import FAST_TEST_ENV, TEST_FRAME_SIZE
 from tests.harness import free_base_port
 
 pytestmark = pytest.mark.slow
 
 BATCH = 32  # the default batch_size, which FAST_TEST_ENV keeps
+SIZE = TEST_FRAME_SIZE  # the frame size of a FAST_TEST_ENV learner
 STACK2 = 8  # obs and next obs, 4 frames each
 ACTIONS = 7  # the test env's action count
 STATS = ReplayStats(size=1000, inserted=1000, env_steps=1000)
@@ -45,7 +46,7 @@ def _fields(n: int, first_id: int, **changes) -> dict:
 
 def _batch(first_id: int, n: int = BATCH, frames=None, **changes) -> list:
     """A "batch" as the replay server sends it: its frames as their own message part."""
-    frames = np.full((n, STACK2, 84, 84), 7, np.uint8) if frames is None else frames
+    frames = np.full((n, STACK2, SIZE, SIZE), 7, np.uint8) if frames is None else frames
     return encode_parts("batch", {"frames": frames}, **_fields(n, first_id, **changes))
 
 
@@ -69,9 +70,9 @@ def _bad_batches(rng: np.random.Generator) -> list[list]:
         [_raw("batch", v=2)],
         [encode("sample", batch_size=32, beta=0.5)],
         [encode("weights", weights_version=1, weights_updates=1, tensors={})],  # a type the learner never gets
-        encode_parts("batch", {"frames": np.zeros((BATCH, STACK2, 84, 84), np.float32)}, **_fields(BATCH, 0)),
-        _batch(0, frames=np.zeros((BATCH, 4, 84, 84), np.uint8)),  # obs without next obs
-        _batch(0, frames=np.zeros((BATCH, STACK2, 42, 42), np.uint8)),  # another frame size
+        encode_parts("batch", {"frames": np.zeros((BATCH, STACK2, SIZE, SIZE), np.float32)}, **_fields(BATCH, 0)),
+        _batch(0, frames=np.zeros((BATCH, 4, SIZE, SIZE), np.uint8)),  # obs without next obs
+        _batch(0, frames=np.zeros((BATCH, STACK2, SIZE + 1, SIZE + 1), np.uint8)),  # another frame size
         _batch(0, actions=np.array(3, np.uint8)),  # 0-d actions
         _batch(0, weights=np.array(1.0, np.float32)),  # 0-d weights
         _batch(0, actions=np.zeros(BATCH - 1, np.uint8)),  # lengths disagree
@@ -90,7 +91,7 @@ def _bad_batches(rng: np.random.Generator) -> list[list]:
                 "batch",
                 **{
                     **msgpack.unpackb(
-                        encode("batch", frames=np.zeros((1, STACK2, 84, 84), np.uint8), **_fields(1, 0)), raw=False
+                        encode("batch", frames=np.zeros((1, STACK2, SIZE, SIZE), np.uint8), **_fields(1, 0)), raw=False
                     ),
                     "stats": {**as_map(STATS), "size": math.nan},
                 },
@@ -107,7 +108,7 @@ def _bad_batches(rng: np.random.Generator) -> list[list]:
         [
             encode("batch_shared", frame_numbers=np.zeros((BATCH, STACK2), np.int32), ring=12345, **_fields(BATCH, 0))
         ],  # int32 numbers
-        [_raw("frame_ring", pid="me", fd=3, token=1, frames=10, size=84)],
+        [_raw("frame_ring", pid="me", fd=3, token=1, frames=10, size=SIZE)],
         [_raw("snapshot_done", name="x.replay.npz", ok="yes", stats={})],
         [_raw("snapshot_done", name=7, ok=True, stats={})],
     ]
@@ -221,7 +222,7 @@ def test_the_learner_drops_and_counts_bad_replies_and_trains_on_the_good_ones(la
     another machine (loopback TCP: local_ipc=false, which needs --insecure): every bad reply is dropped and counted in summary.json, none stops it asking, and it trains on
     each good batch exactly once (their ids come back as priorities)."""
     with remote_learner(launch) as (run, fake):
-        ring = FrameRing(10, 84)
+        ring = FrameRing(10, SIZE)
         bad = _bad_batches(np.random.default_rng(3))
         unsolicited = [[encode("frame_ring", **ring.describe())]]  # a real ring on this machine, never asked for
         late = [encode("snapshot_done", name="checkpoint-1.replay.npz", ok=True, stats=STATS)]  # after a give-up:

@@ -10,8 +10,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from actor.evaluate import load_policy, play
 from common.checkpoint import load_checkpoint
+from common.config import frames_per_message
 from launcher.plot import read_log
-from tests.conftest import FAST_TEST_ENV
+from tests.conftest import FAST_TEST_ENV, TEST_FRAME_SIZE
 from tests.harness import REPO
 
 matplotlib.use("Agg")
@@ -162,6 +163,9 @@ def test_samples_per_insert_limit_holds_the_learner_back(launch, limit):
     assert within is (limit > 0), replay
 
 
+MESSAGE_BYTES = 16 << 20  # at the tests' small frames, 64 MiB holds more than 4096 transitions
+
+
 def test_frames_in_the_messages_with_a_request_larger_than_a_message_still_train(launch):
     """shared_frames=false (as for a learner on another machine) and 4096 transitions per request: the
     learner asks for what one message carries, says so, and trains (it once reconnected silently forever)."""
@@ -174,8 +178,12 @@ def test_frames_in_the_messages_with_a_request_larger_than_a_message_still_train
         "--set",
         "transitions_per_request=4096",
         "--set",
+        f"max_message_bytes={MESSAGE_BYTES}",
+        "--set",
         "samples_per_insert=1",
     )
     assert run.wait(180) == 0, run.output()
-    assert "asking for 1184 transitions per request, not 4096" in run.output()
-    assert run.summary()["updates"] >= 37, "at least one full request trained"
+    fits = frames_per_message(32, 4, TEST_FRAME_SIZE, MESSAGE_BYTES)
+    assert fits < 4096
+    assert f"asking for {fits} transitions per request, not 4096" in run.output()
+    assert run.summary()["updates"] >= fits // 32, "at least one full request trained"

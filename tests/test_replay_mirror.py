@@ -23,6 +23,7 @@ from common.records import ReplayStats
 from learner.replay_batches import FrameMirror, ReplayBatches
 from replay_server.rate_limit import RateLimiter
 from replay_server.server import MAX_MIRRORS, Mirrors, ReplayServer
+from tests.conftest import TEST_FRAME_SIZE
 from tests.test_shared_frames import ACTIONS, MAX_BYTES, SIZE, Book, S, fill, insert, make_buffer
 
 B = 8
@@ -381,7 +382,7 @@ def test_batch_mirror_is_sent_by_the_replay_server_in_the_topology():
 
 # --- the real learner process against a fake replay server over tcp -------------------------------------
 RING_FRAMES = 1000
-FAKE_FRAMES = np.random.default_rng(11).integers(0, 256, (2 * 256, 84, 84), dtype=np.uint8)
+FAKE_FRAMES = np.random.default_rng(11).integers(0, 256, (2 * 256, TEST_FRAME_SIZE, TEST_FRAME_SIZE), dtype=np.uint8)
 
 
 def _fake_mirror(first_id: int, full: bool = True, numbers=None, new=None, frames=None, **changes):
@@ -415,9 +416,9 @@ def test_the_remote_learner_drops_and_counts_bad_mirror_replies_and_trains_on_th
     numbers = np.arange(BATCH * STACK2, dtype=np.int64).reshape(BATCH, STACK2)
     new = np.arange(BATCH * STACK2, dtype=np.int64)
     bad = [
-        _fake_mirror(0, frames=np.zeros((len(new), 84, 42), np.uint8)),  # another frame size
-        _fake_mirror(0, frames=np.zeros((len(new), 84, 84), np.int16)),  # not uint8
-        _fake_mirror(0, frames=np.zeros((len(new), 1, 84, 84), np.uint8)),  # 4-d
+        _fake_mirror(0, frames=np.zeros((len(new), TEST_FRAME_SIZE, 84), np.uint8)),  # another frame size
+        _fake_mirror(0, frames=np.zeros((len(new), TEST_FRAME_SIZE, TEST_FRAME_SIZE), np.int16)),  # not uint8
+        _fake_mirror(0, frames=np.zeros((len(new), 1, TEST_FRAME_SIZE, TEST_FRAME_SIZE), np.uint8)),  # 4-d
         _fake_mirror(0, frames=FAKE_FRAMES[: len(new) + 1]),  # a frame more than numbers
         _fake_mirror(0, new=np.r_[new[:-1], new[:1]]),  # a frame twice (and one missing)
         _fake_mirror(0, new=new.astype(np.int32)),  # int32 numbers

@@ -17,7 +17,7 @@ from common.records import CheckpointCounters, EpisodeReport, EvalResult
 from learner.learning import DQNLearner
 from replay_server.buffer import PrioritizedReplay
 from replay_server.snapshot import FRAME_FILE, frame_file_name, frame_files_named, read_snapshot
-from tests.conftest import FAST_TEST_ENV
+from tests.conftest import FAST_TEST_ENV, TEST_FRAME_SIZE
 from tests.harness import REPO, LaunchedRun, free_base_port
 
 pytestmark = pytest.mark.slow
@@ -227,7 +227,7 @@ def test_incompatible_override_is_refused(finished_run):
     assert result.returncode == 2
     assert result.stderr.strip() == (
         f"launch.py: error: {folder / 'checkpoint_final.pth'}: incompatible: it was "
-        "trained with frame_size=84, this run has frame_size=64"
+        f"trained with frame_size={TEST_FRAME_SIZE}, this run has frame_size=64"
     )
     assert _folder_state(folder) == before
 

@@ -9,13 +9,14 @@ import sys
 
 import pytest
 
-from tests.conftest import FAST_TEST_ENV
+from tests.conftest import FAST_TEST_ENV, SMALL_FRAMES
 from tests.harness import REPO
 
 pytestmark = pytest.mark.slow
 
 # The learner side of FAST_TEST_ENV: what the replay server and learner need to know.
 LEARNER_SIDE = (
+    *SMALL_FRAMES,
     "--set",
     "learning_starts=500",
     "--set",

@@ -439,8 +439,7 @@ def scaling(smoke: bool, actor_counts: list[int]) -> None:
     # about 20 s of play per run; smoke: the same loop, once
     steps = {2: 300} if smoke else {n: 4_000 if n == 1 else 3_500 * n for n in actor_counts}
     # Full mode keeps the learner idle, so the curve is the actors' own. Smoke mode lets it train from
-    # 200 transitions: a learner that never got a batch spends 5 s of its stop waiting for the sample
-    # requests it has in flight (LearnerService._drain_in_flight), too long for a smoke run.
+    # 200 transitions, so its one short run also checks a learner training beside two Mario actors.
     starts = 200 if smoke else 100_000
     learner = (
         "learner training from 200 transitions"

@@ -15,9 +15,9 @@ from tests.harness import LaunchedRun
 
 # Settings that make the test env learn in seconds on 2 cores. Its episodes last ~15 steps, so
 # per-episode video files would dominate the actor: tests about videos use WITH_VIDEO instead.
-# TEST_FRAME_SIZE (42x42) frames make each forward and update about a quarter of the 84x84 cost (the Nature CNN takes
-# 36 and up); the corridor is as plain at that size. Every role of a run needs the same size, so a
-# learner side started without the env settings takes SMALL_FRAMES; the Mario tests keep 84.
+# The corridor is as plain at 42x42 as at 84x84, and each forward and update costs about a quarter
+# (the Nature CNN takes 36 and up); the Mario tests keep 84. Every role of a run needs the same size,
+# so a learner side started without the env settings takes SMALL_FRAMES.
 TEST_FRAME_SIZE = 42
 SMALL_FRAMES = ("--set", f"frame_size={TEST_FRAME_SIZE}")
 WITH_VIDEO = (

@@ -15,10 +15,12 @@ import pytest
 import zmq
 
 from common.protocol import PROTOCOL_VERSION, decode_parts, encode
-from tests.conftest import FAST_TEST_ENV
+from tests.conftest import FAST_TEST_ENV, TEST_FRAME_SIZE
 from tests.harness import free_base_port
 
 pytestmark = pytest.mark.slow
+
+SIZE = TEST_FRAME_SIZE  # the frame size of a FAST_TEST_ENV run: every chunk below has it
 
 
 def _bad_messages(rng: np.random.Generator) -> list[list[bytes]]:
@@ -26,7 +28,7 @@ def _bad_messages(rng: np.random.Generator) -> list[list[bytes]]:
     valid_chunk = encode(
         "transitions",
         actor=0,
-        frames=np.zeros((2, 84, 84), np.uint8),
+        frames=np.zeros((2, SIZE, SIZE), np.uint8),
         stack=np.array([[0, 0, 0, 0, 0, 0, 0, 1]], np.int32),
         actions=np.zeros(1, np.uint8),
         rewards=np.zeros(1, np.float32),
@@ -44,7 +46,7 @@ def _bad_messages(rng: np.random.Generator) -> list[list[bytes]]:
             encode(
                 "transitions",
                 actor=0,
-                frames=np.zeros((1, 84, 84), np.uint8),  # index out of range
+                frames=np.zeros((1, SIZE, SIZE), np.uint8),  # index out of range
                 stack=np.array([[0, 0, 0, 0, 0, 0, 0, 7]], np.int32),
                 actions=np.zeros(1, np.uint8),
                 rewards=np.zeros(1, np.float32),
@@ -55,7 +57,7 @@ def _bad_messages(rng: np.random.Generator) -> list[list[bytes]]:
             encode(
                 "transitions",
                 actor=0,
-                frames=np.zeros((2, 84, 84), np.float32),  # wrong dtype
+                frames=np.zeros((2, SIZE, SIZE), np.float32),  # wrong dtype
                 stack=np.array([[0, 0, 0, 0, 0, 0, 0, 1]], np.int32),
                 actions=np.zeros(1, np.uint8),
                 rewards=np.zeros(1, np.float32),
@@ -227,10 +229,10 @@ def _wait_until_replay_dropped(run, ctx: zmq.Context, count: int) -> None:
 
 
 def _chunk(**changes) -> dict:
-    """A valid one-transition chunk (the test env: 84x84 frames, stack 4, 7 actions), with changes."""
+    """A valid one-transition chunk of a FAST_TEST_ENV run (SIZE x SIZE frames, stack 4, 7 actions), with changes."""
     fields = dict(
         actor=0,
-        frames=np.zeros((2, 84, 84), np.uint8),
+        frames=np.zeros((2, SIZE, SIZE), np.uint8),
         stack=np.array([[0, 0, 0, 0, 0, 0, 0, 1]], np.int32),
         actions=np.zeros(1, np.uint8),
         rewards=np.zeros(1, np.float32),
@@ -252,7 +254,7 @@ def _wrong_actor_messages() -> list[bytes]:
         encode("transitions", **_chunk(actions=np.array(0, np.uint8))),  # 0-d actions (issue 16)
         encode("transitions", **_chunk(rewards=np.array(0.0, np.float32))),  # 0-d rewards
         encode("transitions", **_chunk(actions=np.zeros((1, 1), np.uint8))),  # 2-d actions
-        encode("transitions", **_chunk(frames=np.zeros((1, 2, 84, 84), np.uint8))),  # 4-d frames
+        encode("transitions", **_chunk(frames=np.zeros((1, 2, SIZE, SIZE), np.uint8))),  # 4-d frames
         encode("transitions", **_chunk(actions=np.zeros(2, np.uint8))),  # lengths disagree
         encode("transitions", **_chunk(stack=np.zeros((2, 8), np.int32))),
         encode("transitions", **_chunk(stack=np.zeros((1, 8), np.int64))),  # wrong dtype
@@ -274,7 +276,7 @@ def _wrong_actor_messages() -> list[bytes]:
         _raw(
             "transitions",
             **{k: v for k, v in _encoded_fields(_chunk()).items() if k != "frames"},
-            frames={"dtype": "uint8", "shape": [2**40, 84, 84], "data": b"\0" * 10},
+            frames={"dtype": "uint8", "shape": [2**40, SIZE, SIZE], "data": b"\0" * 10},
         ),  # huge shape
         _raw("transitions", **{**_encoded_fields(_chunk()), "actor": -1}),
         _raw("episode", **{**episode, "steps": -3}),
@@ -287,6 +289,17 @@ def _wrong_actor_messages() -> list[bytes]:
 def _encoded_fields(fields: dict) -> dict:
     """A chunk's fields as encode() writes them (arrays as raw maps), to change one past encode()."""
     return {k: v for k, v in msgpack.unpackb(encode("transitions", **fields), raw=False).items() if k not in "vt"}
+
+
+def test_the_chunk_the_wrong_messages_change_is_stored_unchanged():
+    """Each wrong chunk above changes one field of _chunk() and must be dropped for that change alone:
+    unchanged, it is stored by the replay buffer of a FAST_TEST_ENV run."""
+    from common.protocol import decode
+    from replay_server.buffer import PrioritizedReplay
+
+    msg = decode(encode("transitions", **_chunk()), 1 << 20, expect=("transitions",))
+    buffer = PrioritizedReplay(100, TEST_FRAME_SIZE, 4, 0.6, 7)
+    assert buffer.add_chunk(msg["frames"], msg["stack"], msg["actions"], msg["rewards"], msg["bootstraps"]) == 1
 
 
 def _wrong_learner_messages() -> list[bytes]:

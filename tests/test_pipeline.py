@@ -166,10 +166,11 @@ def test_samples_per_insert_limit_holds_the_learner_back(launch, limit):
 MESSAGE_BYTES = 16 << 20  # at the tests' small frames, 64 MiB holds more than 4096 transitions
 
 
-def test_frames_in_the_messages_with_a_request_larger_than_a_message_still_train(launch):
-    """shared_frames=false (as for a learner on another machine) and 4096 transitions per request: the
-    learner asks for what one message carries, says so, and trains (it once reconnected silently forever)."""
-    run = launch(  # the ratio pinned, so the learner trains however loaded the machine
+def test_a_learner_taking_its_frames_from_the_messages_keeps_a_copy_of_the_ring_and_trains(launch):
+    """shared_frames=false, as for a learner on another machine: it keeps a copy of the replay server's frame
+    ring, trains and drops nothing; and asked for 4096 transitions per request, more than one message carries,
+    it asks for what fits, says so, and trains on them (it once reconnected silently forever)."""
+    run = launch(  # the ratio pinned (1 sampled per inserted): about 78 updates however loaded the machine
         *FAST_TEST_ENV,
         "--max-steps",
         "3000",
@@ -186,4 +187,9 @@ def test_frames_in_the_messages_with_a_request_larger_than_a_message_still_train
     fits = frames_per_message(32, 4, TEST_FRAME_SIZE, MESSAGE_BYTES)
     assert fits < 4096
     assert f"asking for {fits} transitions per request, not 4096" in run.output()
-    assert run.summary()["updates"] >= fits // 32, "at least one full request trained"
+    summary = run.summary()
+    assert summary["updates"] >= fits // 32, "at least one full request trained"
+    assert "keeping a copy of the replay server's frame ring" in run.output()
+    assert "reading batch frames from the replay server's shared memory" not in run.output()
+    assert summary["learner"]["dropped"] == 0 and summary["learner"]["torn_batches"] == 0, summary["learner"]
+    assert summary["learner"]["mirror_frames"] > 0 and summary["learner"]["mirror_restarts"] == 0, summary["learner"]

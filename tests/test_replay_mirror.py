@@ -454,21 +454,3 @@ def test_the_remote_learner_drops_and_counts_bad_mirror_replies_and_trains_on_th
         assert summary["learner"]["mirror_restarts"] >= 1, summary["learner"]
         assert "keeping a copy of the replay server's frame ring" in run.output()
         assert "exited unexpectedly" not in run.output() and "Traceback" not in run.output()
-
-
-@pytest.mark.slow
-def test_the_pipeline_trains_through_a_copy_of_the_ring(launch):
-    """The whole run with shared_frames=false (the learner takes its frames as one on another machine does):
-    it keeps a copy of the ring, trains, and drops nothing."""
-    from tests.conftest import FAST_TEST_ENV
-
-    # The ratio pinned (1 sampled per inserted): about 78 updates however loaded the machine (unpinned, the actor
-    # could play its 3,000 steps before a starved learner made 10).
-    run = launch(*FAST_TEST_ENV, "--max-steps", "3000", "--set", "shared_frames=false", "--set", "samples_per_insert=1")
-    assert run.wait(180) == 0, run.output()
-    summary = run.summary()
-    assert "keeping a copy of the replay server's frame ring" in run.output()
-    assert "reading batch frames from the replay server's shared memory" not in run.output()
-    assert summary["updates"] > 10, summary
-    assert summary["learner"]["dropped"] == 0 and summary["learner"]["torn_batches"] == 0, summary["learner"]
-    assert summary["learner"]["mirror_frames"] > 0 and summary["learner"]["mirror_restarts"] == 0, summary["learner"]

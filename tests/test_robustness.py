@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import zmq
 
-from common.protocol import PROTOCOL_VERSION, decode_parts, encode
+from common.protocol import PROTOCOL_VERSION, decode, decode_parts, encode
+from replay_server.buffer import PrioritizedReplay
 from tests.conftest import FAST_TEST_ENV, TEST_FRAME_SIZE
 from tests.harness import free_base_port
 
@@ -294,9 +295,6 @@ def _encoded_fields(fields: dict) -> dict:
 def test_the_chunk_the_wrong_messages_change_is_stored_unchanged():
     """Each wrong chunk above changes one field of _chunk() and must be dropped for that change alone:
     unchanged, it is stored by the replay buffer of a FAST_TEST_ENV run."""
-    from common.protocol import decode
-    from replay_server.buffer import PrioritizedReplay
-
     msg = decode(encode("transitions", **_chunk()), 1 << 20, expect=("transitions",))
     buffer = PrioritizedReplay(100, TEST_FRAME_SIZE, 4, 0.6, 7)
     assert buffer.add_chunk(msg["frames"], msg["stack"], msg["actions"], msg["rewards"], msg["bootstraps"]) == 1

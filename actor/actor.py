@@ -43,7 +43,7 @@ from common.protocol import ProtocolError, decode, encode
 from common.records import ActorDone, ActorProgress, ActorStart, EpisodeReport, EvalResult
 from common.runtime import RoleRuntime
 from common.topology import connect_socket
-from actor.wrappers import FrameSkip
+from actor.wrappers import FrameSkip, episode_end
 
 LAST_SEND_WAIT_MS = 1000  # at the stop, how long the last flush waits for room in a full queue
 
@@ -284,7 +284,7 @@ class Actor:
         if done or len(slot.chunk) >= self.config.chunk_size:
             self._send(encode("transitions", actor=self.index, **slot.chunk.take()))
         if done:
-            self._finish_episode(slot, result.info)
+            self._finish_episode(slot, result.info, episode_end(result.terminated, result.info))
             if self._evaluation_due():
                 self._evaluate(slot)
 
@@ -332,7 +332,7 @@ class Actor:
         env = slot.env
         obs, _ = env.reset()
         self._show_and_record(slot.frame_skip.last_rgb)
-        total, steps, done, info = 0.0, 0, False, {}
+        total, steps, done, terminated, info = 0.0, 0, False, False, {}
         while not done:
             if self.rt.should_stop():
                 return None
@@ -346,6 +346,7 @@ class Actor:
             x_pos=int(info.get("x_pos", 0)),
             flag=bool(info.get("flag_get", False)),
             actor_steps=self.steps,
+            end=episode_end(terminated, info),
         )
 
     def _act(self, rng: np.random.Generator, obs: np.ndarray, epsilon: float) -> int:
@@ -407,7 +408,7 @@ class Actor:
                 self.rt.log(f"joined a run at {int(run_steps):,} env steps: epsilon {self.epsilon():.2f}")
         self.joining = False
 
-    def _finish_episode(self, slot: EnvSlot, info: dict) -> None:
+    def _finish_episode(self, slot: EnvSlot, info: dict, end: int) -> None:
         self.episodes += 1
         reward, steps, epsilon = slot.reward, slot.steps, self.epsilon(slot)
         x_pos, flag = int(info.get("x_pos", 0)), bool(info.get("flag_get", False))
@@ -422,7 +423,8 @@ class Actor:
             "actor_steps": self.steps,
         }
         self._send(encode("episode", **values))
-        self.rt.report("episode", EpisodeReport(**values, session_steps=self.session_steps, level=self._level(slot)))
+        report = EpisodeReport(**values, end=end, session_steps=self.session_steps, level=self._level(slot))
+        self.rt.report("episode", report)
         if slot.curriculum is not None:
             if slot.index == 0:
                 self.metrics.scalar("Episode/Level", slot.curriculum.levels.index, self.steps)

@@ -15,7 +15,7 @@ from common.checkpoint import CheckpointError, load_checkpoint
 from common.config import Config
 from actor.envs import evaluation_limits, find_wrapper, make_env
 from common.network import build_network, greedy_action
-from actor.wrappers import FrameSkip
+from actor.wrappers import FrameSkip, episode_end
 
 
 @dataclass
@@ -29,6 +29,8 @@ class EpisodeResult:
     action against an obstacle."""
     last_action_repeats: int = 0
     """For how many of the episode's last steps last_action was taken in a row."""
+    end: int = 0
+    """How it ended, an index into common.records.EPISODE_ENDS."""
 
 
 def load_policy(path: str, config: Config | None = None) -> tuple[torch.nn.Module, Config]:
@@ -65,7 +67,7 @@ def play(
                 obs, info = env.reset()
                 if on_frame:
                     on_frame(frame_skip.last_rgb)
-                total, steps, done, last, repeats = 0.0, 0, False, -1, 0
+                total, steps, done, terminated, last, repeats = 0.0, 0, False, False, -1, 0
                 while not done:
                     explore = rng.random() < epsilon
                     action = int(rng.integers(config.num_actions)) if explore else greedy_action(net, obs)
@@ -77,9 +79,8 @@ def play(
                     total += reward
                     steps += 1
                     done = terminated or truncated
-                result = EpisodeResult(
-                    total, int(info.get("x_pos", 0)), bool(info.get("flag_get", False)), steps, last, repeats
-                )
+                x_pos, flag = int(info.get("x_pos", 0)), bool(info.get("flag_get", False))
+                result = EpisodeResult(total, x_pos, flag, steps, last, repeats, episode_end(terminated, info))
                 results.append(result)
                 if on_episode:
                     on_episode(episode, result)

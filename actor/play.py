@@ -16,6 +16,10 @@ from actor.display import LiveWindow, display_available
 from actor.evaluate import EpisodeResult, load_policy, play
 from actor.recorder import RecordingError, VideoWriter
 from actor.envs import joypad_actions
+from common.records import DEATH_END, STALL_END, STEP_LIMIT_END
+
+ENDED_BY = {DEATH_END: "died", STALL_END: "stalled", STEP_LIMIT_END: "out of steps"}
+"""What the episode line says of an episode that did not reach the flag."""
 
 
 class _Screen:
@@ -73,9 +77,10 @@ def play_checkpoint(
     def report(episode: int, result: EpisodeResult) -> None:
         greedy_stop = not result.flag and epsilon == 0  # with exploration the last steps are partly random
         held = f" (its last {result.last_action_repeats} steps: {names[result.last_action]!r})" if greedy_stop else ""
+        end = "" if result.flag else f": {ENDED_BY.get(result.end, 'ended')}"
         say(
             f"episode {episode}: reward {result.reward:.2f}, x_pos {result.x_pos}, steps {result.steps}, "
-            f"flag {'reached' if result.flag else 'not reached'}{held}"
+            f"flag {'reached' if result.flag else 'not reached'}{end}{held}"
         )
 
     try:

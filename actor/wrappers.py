@@ -12,6 +12,7 @@ import numpy as np
 
 from actor.area_resize import AreaShrinker, shrinks_faster
 from actor.quiet_gym import gym
+from common.records import DEATH_END, FLAG_END, STALL_END, STEP_LIMIT_END
 
 PROGRESS_BONUS = 1.0
 REGRESS_PENALTY = -1.0
@@ -285,8 +286,19 @@ class TimeLimit(gym.Wrapper):
         if x_pos > self._best_x:
             self._best_x, self._best_at = x_pos, self._steps
         stalled = self.stall_steps and self._steps - self._best_at >= self.stall_steps
-        if stalled and self.stall_terminal and not terminated:
-            terminated = True
-        elif (self._steps >= self.max_steps or stalled) and not terminated:
-            truncated = True
+        if (stalled or self._steps >= self.max_steps) and not terminated:
+            info = {**info, "cut": STALL_END if stalled else STEP_LIMIT_END}  # what episode_end reads
+            if stalled and self.stall_terminal:
+                terminated = True
+            else:
+                truncated = True
         return obs, reward, terminated, truncated, info
+
+
+def episode_end(terminated: bool, info: dict) -> int:
+    """How the episode that ended on this step (terminated or truncated) ended, an EPISODE_ENDS index: the
+    flag, TimeLimit's cut (a stall or the step limit), else a death if the env ended it (the step limit if not:
+    another wrapper's cut)."""
+    if info.get("flag_get"):
+        return FLAG_END
+    return info.get("cut") or (DEATH_END if terminated else STEP_LIMIT_END)

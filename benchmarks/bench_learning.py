@@ -27,8 +27,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):  # run as a file path: make the repository importable
@@ -36,6 +38,7 @@ if __package__ in (None, ""):  # run as a file path: make the repository importa
 
 from benchmarks.common import free_base_port, machine, parser  # noqa: E402
 from common.config import ConfigError, parse_assignment  # noqa: E402
+from common.records import EPISODE_ENDS  # noqa: E402
 from launcher.plot import read_log  # noqa: E402
 
 TEST_SETTINGS = (
@@ -77,8 +80,20 @@ GOAL_STEPS, GOAL_MINUTES = 1_000_000, 120
 NOT_LEARNING = "jump_repress changes the game (the constant action 'right A' reaches the flag)"
 _EVAL = re.compile(
     r"Eval \d+, Reward: (-?[\d.]+), Actor: \d+, Steps: (\d+), X: (\d+), Flag: (yes|no), "
-    r"Env steps: (\d+)"
+    r"Env steps: (\d+)(?:, End: ([a-z ]+))?"
 )
+
+
+class Evaluation(NamedTuple):
+    """One greedy evaluation's line of log.txt."""
+
+    env_steps: int
+    x_pos: int
+    flag: bool
+    minutes: float
+    """How long the run had been running (the time between a stop and a --resume left out)."""
+    end: str = ""
+    """How it ended (common/records.py EPISODE_ENDS); "" in logs from before the field."""
 
 
 def optimal_test_steps() -> int:
@@ -149,9 +164,8 @@ STOPPED_S = 300
 """No log.txt line for this long: the run was stopped and later resumed (--resume); not counted as its time."""
 
 
-def evaluations(run_dir: Path) -> list[tuple[int, int, bool, float]]:
-    """(env steps, x_pos, flag, minutes the run had been running) of every greedy evaluation in log.txt;
-    the time between a stop and a --resume does not count."""
+def evaluations(run_dir: Path) -> list[Evaluation]:
+    """Every greedy evaluation in log.txt."""
     found, running = [], 0.0
     try:
         last = datetime.strptime(run_dir.name[:19], "%Y-%m-%d_%H-%M-%S")  # the run folder's name: its start
@@ -168,18 +182,18 @@ def evaluations(run_dir: Path) -> list[tuple[int, int, bool, float]]:
         last = now
         match = _EVAL.search(line)
         if match:
-            found.append((int(match[5]), int(match[3]), match[4] == "yes", running / 60))
+            found.append(Evaluation(int(match[5]), int(match[3]), match[4] == "yes", running / 60, match[6] or ""))
     return found
 
 
-def at_budget(evals: list, budget: int, last: int = 5) -> tuple[float, float] | None:
+def at_budget(evals: list[Evaluation], budget: int, last: int = 5) -> tuple[float, float] | None:
     """(median x_pos, flag rate) of the last `last` evaluations up to `budget` env steps; None if the
     run did not get that far (or had no evaluation by then)."""
-    upto = [e for e in evals if e[0] <= budget]
-    if not upto or max(e[0] for e in evals) < budget * 0.98:
+    upto = [e for e in evals if e.env_steps <= budget]
+    if not upto or max(e.env_steps for e in evals) < budget * 0.98:
         return None
     window = upto[-last:]
-    return statistics.median(e[1] for e in window), sum(e[2] for e in window) / len(window)
+    return statistics.median(e.x_pos for e in window), sum(e.flag for e in window) / len(window)
 
 
 TRAINING_WINDOW = 200
@@ -199,9 +213,24 @@ def training_at(episodes, budget: int, after: int = 0) -> tuple[float, int] | No
     return float(statistics.median(episodes.x_pos[played][-TRAINING_WINDOW:])), int(episodes.flag[played].sum())
 
 
-def first_flag(evals: list) -> tuple[int, float] | None:
+def first_flag(evals: list[Evaluation]) -> tuple[int, float] | None:
     """(env steps, minutes) of the first greedy evaluation that reached the flag."""
-    return next(((steps, minutes) for steps, _, flag, minutes in evals if flag), None)
+    return next(((e.env_steps, e.minutes) for e in evals if e.flag), None)
+
+
+def ends(evals: list[Evaluation]) -> str:
+    """How the evaluations ended, counted ("death 40, stall 23 (at x 434 x12, 594 x5), ..."): a stall is
+    a greedy Mario holding one action against an obstacle, most often "right A" at a pipe (see the README's
+    "The A button"), so its places are named. "" when the log has no ends (written before the field)."""
+    counts = Counter(e.end for e in evals if e.end)
+    if not counts:
+        return ""
+    stalls = Counter(e.x_pos for e in evals if e.end == "stall").most_common(5)
+    where = f" (at x {', '.join(f'{x} x{n}' for x, n in stalls)})" if stalls else ""
+    unknown = len(evals) - sum(counts.values())
+    return ", ".join(f"{name} {counts[name]}" + (where if name == "stall" else "") for name in EPISODE_ENDS[1:]) + (
+        f"; {unknown} logged without an end" if unknown else ""
+    )
 
 
 def compare(checkpoint: Path, episodes: int) -> dict[str, tuple[float, float, float]]:
@@ -271,9 +300,9 @@ def learn_mario(args, runs_dir: str) -> None:
                 solved=None if args.until_budget else lambda m: m[4] == "yes",
             )
         run_dirs.append(run_dir)
-        evals = [e for e in evaluations(run_dir) if e[0] > args.after]
+        evals = [e for e in evaluations(run_dir) if e.env_steps > args.after]
         flag = first_flag(evals)
-        best = max(evals, key=lambda e: e[1], default=None)
+        best = max(evals, key=lambda e: e.x_pos, default=None)
         episodes, _ = read_log(str(run_dir / "log.txt"))
         training = [training_at(episodes, b, args.after) for b in budgets]
         rows.append((flag, best, [at_budget(evals, b) for b in budgets], training))
@@ -282,11 +311,13 @@ def learn_mario(args, runs_dir: str) -> None:
             + (f", training x {t[0]:.0f} (median of the last {TRAINING_WINDOW}), {t[1]} training flags" if t else "")
             for b, r, t in zip(budgets, rows[-1][2], training)
         )
+        ended = ends(evals)
         reached = f"first greedy flag after {flag[0]:,} env steps, {flag[1]:.1f} minutes" if flag else "no greedy flag"
         print(
-            f"{'run' if args.report else 'seed'} {seed}: {reached}; best greedy x_pos {best[1] if best else 0} "
-            f"(at {best[0] if best else 0:,} env steps); {len(evals)} evaluations ({sum(e[2] for e in evals)} with the "
-            f"flag, median x_pos {statistics.median(e[1] for e in evals) if evals else 0:.0f}); {at}; run folder {run_dir}",
+            f"{'run' if args.report else 'seed'} {seed}: {reached}; best greedy x_pos {best.x_pos if best else 0} "
+            f"(at {best.env_steps if best else 0:,} env steps); {len(evals)} evaluations ({sum(e.flag for e in evals)} with the "
+            f"flag, median x_pos {statistics.median(e.x_pos for e in evals) if evals else 0:.0f}"
+            f"{'; ended: ' + ended if ended else ''}); {at}; run folder {run_dir}",
             flush=True,
         )
     flags = [r[0] for r in rows if r[0]]
@@ -296,7 +327,7 @@ def learn_mario(args, runs_dir: str) -> None:
             f"median over seeds with a flag: {statistics.median(f[0] for f in flags):,.0f} env steps, "
             f"{statistics.median(f[1] for f in flags):.1f} minutes"
         )
-    print(f"median best greedy x_pos: {statistics.median(r[1][1] if r[1] else 0 for r in rows):.0f}")
+    print(f"median best greedy x_pos: {statistics.median(r[1].x_pos if r[1] else 0 for r in rows):.0f}")
     for i, budget in enumerate(budgets):
         points = [r[2][i] for r in rows if r[2][i]]
         trained = [r[3][i] for r in rows if r[3][i]]

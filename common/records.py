@@ -109,6 +109,13 @@ class LearnerProgress:
     """Mean Q-value of the sampled actions, likewise."""
 
 
+EPISODE_ENDS = ("", "flag", "death", "stall", "step limit")
+"""How an episode ended, by its index (EpisodeResult.end): the flag; a death (a lost life where it ends the
+episode, the game clock too); a stall (stall_steps or eval_stall_steps steps without a new rightmost x_pos);
+the step limit (max_episode_steps). 0, "", is not known."""
+FLAG_END, DEATH_END, STALL_END, STEP_LIMIT_END = 1, 2, 3, 4
+
+
 @dataclass(frozen=True)
 class EpisodeResult:
     """What any episode's line in log.txt gives."""
@@ -125,6 +132,14 @@ class EpisodeResult:
     """It reached the flag."""
     actor_steps: int = 0
     """The actor's env steps over the whole run, at its end."""
+    end: int = 0
+    """How it ended, an index into EPISODE_ENDS (a number, as reports carry only numbers): where greedy
+    Mario fails (deaths, or stalls at a pipe) is what the learning benchmark counts."""
+
+    @property
+    def ended(self) -> str:
+        """The end's name; "" when not known (or a code this version does not know)."""
+        return EPISODE_ENDS[self.end] if self.end < len(EPISODE_ENDS) else ""
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,9 @@ class EpisodeLog:
     def write(self, number: int, episode: EpisodeReport) -> str | None:
         """A training episode's line; returns an error message when writing fails: the first time, then at
         most once per 30 s with the count (a lost line is never silent for long)."""
-        return self._append(f"Episode {number}, {self._common(episode)}, Epsilon: {episode.epsilon:.3f}")
+        return self._append(
+            f"Episode {number}, {self._common(episode)}, Epsilon: {episode.epsilon:.3f}{self._end(episode)}"
+        )
 
     def write_resumed(self, checkpoint: str, counters: CheckpointCounters) -> str | None:
         """The line that starts a resumed session. Episodes logged after that checkpoint was saved (a crash, say)
@@ -46,7 +48,7 @@ class EpisodeLog:
 
     def write_eval(self, number: int, result: EvalResult, env_steps: int) -> str | None:
         """A greedy evaluation episode's line, marked "Eval", with the run's env steps when it was played."""
-        return self._append(f"Eval {number}, {self._common(result)}, Env steps: {env_steps}")
+        return self._append(f"Eval {number}, {self._common(result)}, Env steps: {env_steps}{self._end(result)}")
 
     @staticmethod
     def _common(e: EpisodeResult) -> str:
@@ -54,6 +56,11 @@ class EpisodeLog:
             f"Reward: {e.reward:.2f}, Actor: {e.actor}, Steps: {e.steps}, X: {e.x_pos}, "
             f"Flag: {'yes' if e.flag else 'no'}"
         )
+
+    @staticmethod
+    def _end(e: EpisodeResult) -> str:
+        """Last on the line, so that parsers of the lines before it still read them."""
+        return f", End: {e.ended}" if e.ended else ""
 
     def _append(self, text: str) -> str | None:
         line = f"[{datetime.now().strftime('%Y-%m-%d %H:%M:%S')}] {text}\n"

@@ -39,6 +39,7 @@ from actor.curriculum import Curriculum
 from actor.epsilon import actor_epsilon
 from common.config import Config
 from actor.envs import EnvError, LevelSampler, evaluation_limits, find_wrapper, level_ids, make_env, refused_settings
+from actor.wrappers import episode_end
 from common.metrics import Metrics
 from common.network import greedy_action, network_from_arrays, weights_to_arrays
 from common.records import CheckpointCounters, EpisodeReport, EvalResult, as_map
@@ -91,7 +92,7 @@ def evaluate(env, net, c: Config, rng: np.random.Generator, stop: Stop, run_step
     """A greedy evaluation episode (epsilon eval_epsilon), never trained on; None if stopped midway."""
     with evaluation_limits(env, c):
         obs, _ = env.reset()
-        total, steps, done, info = 0.0, 0, False, {}
+        total, steps, done, terminated, info = 0.0, 0, False, False, {}
         while not done:
             if stop.reason:
                 return None
@@ -106,6 +107,7 @@ def evaluate(env, net, c: Config, rng: np.random.Generator, stop: Stop, run_step
         x_pos=int(info.get("x_pos", 0)),
         flag=bool(info.get("flag_get", False)),
         actor_steps=run_steps,
+        end=episode_end(terminated, info),
     )
 
 
@@ -208,6 +210,7 @@ def run_serial(c: Config) -> int:
                     flag=flag,
                     epsilon=actor_epsilon(c, 0, steps),
                     actor_steps=steps,
+                    end=episode_end(terminated, info),
                     session_steps=steps,
                     level=curriculum.levels.index if curriculum else 0,
                 ),

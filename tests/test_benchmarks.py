@@ -51,7 +51,7 @@ pytestmark = pytest.mark.slow
             [
                 re.compile(
                     r"seed 0: (first greedy flag after|no greedy flag).*; \d+ evaluations "
-                    r"\(\d+ with the flag, median x_pos \d+\); "
+                    r"\(\d+ with the flag, median x_pos \d+; ended: flag \d+, death \d+, stall \d+.*, step limit \d+\); "
                     r"at 600: x \d+, flags \d+%"
                 ),
                 re.compile(
@@ -135,7 +135,7 @@ def test_checkpoint_smoke_refuses_an_explicit_capacity():
 def test_learning_minutes_leave_out_the_time_between_a_stop_and_a_resume(tmp_path):
     """bench_learning --report on a resumed run: minutes to an evaluation count the time the run ran, not
     the hour it stood stopped before --resume (no log.txt line for 5 minutes or more)."""
-    from benchmarks.bench_learning import evaluations
+    from benchmarks.bench_learning import Evaluation, evaluations
 
     run = tmp_path / "2026-12-03_10-00-00_run"
     run.mkdir()
@@ -146,22 +146,27 @@ def test_learning_minutes_leave_out_the_time_between_a_stop_and_a_resume(tmp_pat
                 eval_line.format("2026-12-03 10:04:00", 1, 300, "no", 1000),
                 "[2026-12-03 10:08:00] Episode 9, Reward: 1.00, Actor: 0, Steps: 10, X: 40, Flag: no, Epsilon: 0.500",
                 eval_line.format("2026-12-03 11:30:00", 1, 900, "no", 2000),  # resumed at 11:30
-                eval_line.format("2026-12-03 11:34:00", 2, 3161, "yes", 3000),
+                eval_line.format("2026-12-03 11:34:00", 2, 3161, "yes", 3000) + ", End: flag",
             ]
         )
         + "\n"
     )
-    assert evaluations(run) == [(1000, 300, False, 4.0), (2000, 900, False, 8.0), (3000, 3161, True, 12.0)]
+    assert evaluations(run) == [
+        Evaluation(1000, 300, False, 4.0),
+        Evaluation(2000, 900, False, 8.0),
+        Evaluation(3000, 3161, True, 12.0, "flag"),
+    ]
 
 
 def learning_report(run, rows, *args: str, config: dict | None = None) -> str:
-    """bench_learning --report on a run folder whose log.txt holds these (eval, x, flag, env steps) rows,
+    """bench_learning --report on a run folder whose log.txt holds these (eval, x, flag, env steps[, end]) rows,
     a minute apart from 10:01 (and this config.json, if given); its stdout."""
     run.mkdir()
     if config is not None:
         (run / "config.json").write_text(json.dumps(config))
     eval_line = "[2026-12-03 10:0{}:00] Eval {}, Reward: 1.00, Actor: 0, Steps: 10, X: {}, Flag: {}, Env steps: {}"
-    (run / "log.txt").write_text("\n".join(eval_line.format(i, i, x, f, s) for i, x, f, s in rows) + "\n")
+    lines = [eval_line.format(i, i, x, f, s) + (f", End: {end[0]}" if end else "") for i, x, f, s, *end in rows]
+    (run / "log.txt").write_text("\n".join(lines) + "\n")
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.bench_learning", "--env", "mario", "--report", str(run), *args],
         cwd=REPO,
@@ -188,6 +193,15 @@ def test_learning_report_counts_an_evaluation_at_step_0_by_default(tmp_path):
     out = learning_report(tmp_path / "2026-12-03_10-00-00_run", rows, "--at", "1000")
     assert "first greedy flag after 0 env steps, 1.0 minutes" in out
     assert "2 evaluations (1 with the flag, median x_pos 2000)" in out
+
+
+def test_learning_report_counts_how_the_evaluations_ended_and_where_they_stalled(tmp_path):
+    """Deaths, stalls (with the x_pos they stalled at, the most frequent first) and the rest; an older line
+    without an end is counted apart."""
+    rows = [(1, 434, "no", 100, "stall"), (2, 722, "no", 200, "stall"), (3, 434, "no", 300, "stall")]
+    rows += [(4, 1100, "no", 400, "death"), (5, 900, "no", 500)]
+    out = learning_report(tmp_path / "2026-12-03_10-00-00_run", rows, "--at", "500")
+    assert "ended: flag 0, death 1, stall 3 (at x 434 x2, 722 x1), step limit 0; 1 logged without an end)" in out, out
 
 
 @pytest.mark.parametrize("jump_repress,verdict", [(False, "met"), (True, "not counted: jump_repress changes the game")])

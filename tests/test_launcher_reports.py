@@ -16,7 +16,7 @@ import zmq
 
 from common.config import Config
 from common.protocol import PROTOCOL_VERSION, encode
-from common.records import ActorDone, ActorProgress, EvalResult, LearnerProgress, ReplayStats, as_map
+from common.records import STALL_END, ActorDone, ActorProgress, EvalResult, LearnerProgress, ReplayStats, as_map
 from launcher.console import Console
 from launcher.supervisor import Supervisor
 from tests.conftest import kept_process_hooks
@@ -31,6 +31,7 @@ EPISODE = {
     "flag": False,
     "epsilon": 0.5,
     "actor_steps": 120,
+    "end": 2,
     "session_steps": 120,
     "level": 0,
 }
@@ -159,7 +160,7 @@ def test_real_reports_are_accepted(supervisor):
         ),
         report("learner", 0, "progress", LearnerProgress(updates=7, weights_version=1, lr=1e-4, loss=0.25)),
         report("replay", 0, "progress", ReplayStats(size=5, inserted=5, actors=1, episodes=1, env_steps=5)),
-        report("actor", 1, "eval", EvalResult(actor=1, reward=1.0, steps=3, x_pos=5, flag=True, actor_steps=10)),
+        report("actor", 1, "eval", EvalResult(actor=1, reward=1.0, steps=3, x_pos=5, actor_steps=10, end=STALL_END)),
         report("actor", 0, "log", {}, text="hello"),
         report("actor", 1, "done", ActorDone(session_steps=5, episodes=1)),
     ]
@@ -169,7 +170,8 @@ def test_real_reports_are_accepted(supervisor):
     assert sup.status.learner.loss == 0.25 and sup.status.actors[0].epsilon == 0.9
     assert sup.status.done_actors == {1}
     evals = [line for line in open(sup.episode_log.path).read().splitlines() if "] Eval " in line]
-    assert len(evals) == 1 and evals[0].endswith("Env steps: 20"), evals  # actor 1's 10 and actor 0's 10: the run's
+    # the run's env steps (actor 1's 10 and actor 0's 10), and the end the actor named
+    assert len(evals) == 1 and evals[0].endswith("Env steps: 20, End: stall"), evals
 
 
 def test_bad_reports_during_stop_neither_raise_nor_hang(supervisor):

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 LOG_LINE = re.compile(
     r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] Episode (\d+), Reward: (-?\d+\.\d\d), Actor: (\d+), "
-    r"Steps: (\d+), X: (\d+), Flag: (yes|no), Epsilon: (\d\.\d{3})$"
+    r"Steps: (\d+), X: (\d+), Flag: (yes|no), Epsilon: (\d\.\d{3}), End: (flag|death|stall|step limit)$"
 )
 
 
@@ -67,7 +67,11 @@ def episodes(run_dir) -> list[tuple]:
     lines = (run_dir / "log.txt").read_text().splitlines()
     parsed = [LOG_LINE.match(line) for line in lines]
     assert all(parsed), [line for line, m in zip(lines, parsed) if not m][:3]
-    return [(int(m[1]), float(m[2]), int(m[3]), int(m[4]), int(m[5]), m[6] == "yes", float(m[7])) for m in parsed]
+    found = [
+        (int(m[1]), float(m[2]), int(m[3]), int(m[4]), int(m[5]), m[6] == "yes", float(m[7]), m[8]) for m in parsed
+    ]
+    assert all(flag == (end == "flag") for *_, flag, _, end in found), found  # the end the actor named
+    return found
 
 
 def run_video_frames(steps: int, log: list) -> int:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from common.config import Config
+from common.records import EPISODE_ENDS
 from actor.envs import find_wrapper, make_env
 from actor.quiet_gym import gym
 from actor.wrappers import (
@@ -14,6 +15,7 @@ from actor.wrappers import (
     ShapedReward,
     ShowAButton,
     TimeLimit,
+    episode_end,
     shape_reward,
 )
 
@@ -496,6 +498,29 @@ def test_a_stall_with_stall_terminal_ends_the_episode_as_a_death_with_its_penalt
     env.reset()
     steps = [env.step(0)[1:4] for _ in range(4)]
     assert steps == [(0.1, False, False), (0.0, False, False), (0.0, False, False), (-1.0, True, False)]
+
+
+@pytest.mark.parametrize(
+    "script,limits,end",
+    [
+        (x_steps([11, 12, 13]), {"max_steps": 3}, "step limit"),
+        (x_steps([11, 11, 11]), {"max_steps": 100, "stall_steps": 2}, "stall"),
+        (x_steps([11, 11, 11]), {"max_steps": 100, "stall_steps": 2, "stall_terminal": True}, "stall"),
+        ([(rgb(0), 0.0, k == 2, False, {"x_pos": 10 + k}) for k in (1, 2)], {"max_steps": 2}, "death"),
+        ([(rgb(0), 0.0, True, False, {"x_pos": 3161, "flag_get": True})], {"max_steps": 1}, "flag"),
+        ([(rgb(0), 0.0, False, True, {"x_pos": 11})], {"max_steps": 100}, "step limit"),  # another wrapper's cut
+    ],
+)
+def test_an_episode_end_is_named_by_what_ended_it(script, limits, end):
+    """The flag wins over every cut; TimeLimit's cut (a stall, stall_terminal's too, or the step limit) over
+    a death on the same step; a termination otherwise is a death."""
+    env = TimeLimit(ScriptedEnv(script, rgb(0), {"x_pos": 10}), **limits)
+    env.reset()
+    done = False
+    while not done:
+        _, _, terminated, truncated, info = env.step(0)
+        done = terminated or truncated
+    assert EPISODE_ENDS[episode_end(terminated, info)] == end
 
 
 def test_evaluations_end_a_stall_as_a_truncation_even_with_stall_terminal():

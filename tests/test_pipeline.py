@@ -114,41 +114,31 @@ def test_mario_1_1_headless_bounded_run(launch):
     assert "Traceback" not in run.output()
 
 
-@pytest.mark.parametrize("pinned", [True, False])
-def test_a_pinned_replay_ratio_holds_the_actors_back_for_a_slow_learner(launch, pinned):
-    """samples_per_insert=8 is more than this learner can sample at the test env's speed. Pinned, the
-    actors wait for it, so it samples 8 per insert (within the tolerance and a few queued chunks);
-    unpinned (the control), the actors run ahead and the ratio falls far short."""
-    ratio = 8
-    run = launch(
-        *FAST_TEST_ENV,
-        "--max-steps",
-        "2000",
-        "--set",
-        f"samples_per_insert={ratio}",
-        "--set",
-        "spi_tolerance=200",
-        "--set",
-        f"pin_replay_ratio={str(pinned).lower()}",
-    )
-    assert run.wait(240) == 0, run.output()
+def replay_counts(run) -> tuple[int, int]:
+    """(inserted, sampled) beyond learning_starts (500 in FAST_TEST_ENV): what the rate limiter counts."""
     replay = run.summary()["replay"]
-    pinned_floor = (replay["inserted"] - 500 - 2 * 4 * 64) * ratio - 200  # chunks queued on either side
-    assert replay["sampled"] <= (replay["inserted"] - 500) * ratio + 200, replay
-    assert (replay["sampled"] >= pinned_floor) is pinned, replay
+    return replay["inserted"] - 500, replay["sampled"]
 
 
-@pytest.mark.parametrize("limit", [0.1, 0.0])
-def test_samples_per_insert_limit_holds_the_learner_back(launch, limit):
+def test_a_pinned_replay_ratio_holds_the_actors_back_for_a_slow_learner(launch):
+    """samples_per_insert=8 is more than this learner can sample at the test env's speed (the unlimited run
+    below is the control): pinned, the actors wait for it, so it samples 8 per insert (within the tolerance
+    and a few chunks queued on either side)."""
+    run = launch(*FAST_TEST_ENV, "--max-steps", "2000", "--set", "samples_per_insert=8", "--set", "spi_tolerance=200")
+    assert run.wait(240) == 0, run.output()
+    inserted, sampled = replay_counts(run)
+    assert (inserted - 2 * 4 * 64) * 8 - 200 <= sampled <= inserted * 8 + 200, (inserted, sampled)
+
+
+def test_samples_per_insert_limit_holds_the_learner_back(launch):
     """With samples_per_insert=0.1 the learner may sample only one transition per ten inserted (plus the
-    tolerance), though it trains; unlimited (the control), it samples far more than that (given steps enough
-    that the learner's start-up, which the actor does not wait for, is a small part of the run)."""
+    tolerance), though it trains."""
     run = launch(
         *FAST_TEST_ENV,
         "--max-steps",
-        "4000" if limit else "12000",
+        "4000",
         "--set",
-        f"samples_per_insert={limit}",
+        "samples_per_insert=0.1",
         "--set",
         "spi_tolerance=200",
         "--set",
@@ -157,10 +147,21 @@ def test_samples_per_insert_limit_holds_the_learner_back(launch, limit):
         "transitions_per_request=32",  # one batch per request: at 256, the budget (about 550) held two
     )  # requests, and the stop often came before the second, granted near the end, had trained
     assert run.wait(120) == 0, run.output()
-    replay = run.summary()["replay"]
+    inserted, sampled = replay_counts(run)
     assert run.summary()["updates"] > 10
-    within = replay["sampled"] <= (replay["inserted"] - 500) * 0.1 + 200
-    assert within is (limit > 0), replay
+    assert sampled <= inserted * 0.1 + 200, (inserted, sampled)
+
+
+def test_without_a_limit_the_learner_samples_more_than_one_per_ten_and_less_than_eight_per_insert(launch):
+    """The control of the two tests above: unlimited (samples_per_insert=0), the actors run ahead of the
+    learner, which samples far short of 8 per insert, and far more than 0.1 (given steps enough that the
+    learner's start-up, which the actor does not wait for, is a small part of the run)."""
+    run = launch(
+        *FAST_TEST_ENV, "--max-steps", "12000", "--set", "samples_per_insert=0", "--set", "transitions_per_request=32"
+    )
+    assert run.wait(120) == 0, run.output()
+    inserted, sampled = replay_counts(run)
+    assert inserted * 0.1 + 200 < sampled < (inserted - 2 * 4 * 64) * 8 - 200, (inserted, sampled)
 
 
 MESSAGE_BYTES = 16 << 20  # at the tests' small frames, 64 MiB holds more than 4096 transitions

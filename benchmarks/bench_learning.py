@@ -2,14 +2,16 @@
 
 - `--env test` (default): the built-in test environment. Trains until a greedy evaluation episode is
   optimal (the flag in the fewest steps) and prints the wall time to that point (goal: < 60 s on
-  2 cores), then compares the final greedy policy with a random policy and the untrained network.
+  2 cores), then compares the final greedy policy with the same network exploring a little, a random
+  policy and the untrained network.
 - `--env mario`: Super Mario Bros 1-1 for a fixed env-step budget (`--steps`, default 1,000,000), with
   the replay ratio pinned (`samples_per_insert`, actors and learner wait for each other), so the curve
   over env steps is the same on a busy or a quiet machine; wall time is measured too. It stops at the
   first greedy evaluation that reaches the flag (`--until-budget` plays the whole budget), and prints
   the env steps and minutes to that flag or the best greedy x_pos, the greedy x_pos and flag rate at
-  each `--at` budget (the median of the last 5 evaluations up to it), and the goal met or missed.
-  `--seeds N` runs seeds 0..N-1 one after another and prints medians; `--set NAME=VALUE` is passed to
+  each `--at` budget (the median of the last 5 evaluations up to it), how the evaluations ended, and the
+  goal met or missed; `--compare` then plays the final network as the test env's comparison does (with
+  1% exploration too). `--seeds N` runs seeds 0..N-1 one after another and prints medians; `--set NAME=VALUE` is passed to
   the launcher, so variants are compared with the same command.
 
 Run with `.venv/bin/python -m benchmarks.bench_learning [--env mario --seeds 2]`; `--smoke` is a
@@ -233,10 +235,12 @@ def ends(evals: list[Evaluation]) -> str:
     )
 
 
-def compare(checkpoint: Path, episodes: int) -> dict[str, tuple[float, float, float]]:
-    """(mean x_pos, mean reward, flag rate) of the trained greedy policy, the trained policy with 5%
-    exploration, a random policy and untrained networks (one greedy episode each of `episodes`
-    freshly initialised networks: where training starts from)."""
+def compare(checkpoint: Path, episodes: int) -> dict[str, tuple[float, float, float, str]]:
+    """(mean x_pos, mean reward, flag rate, how the episodes ended) of the trained greedy policy, the trained
+    policy with 1% and 5% exploration, a random policy and untrained networks (one greedy episode each of
+    `episodes` freshly initialised networks: where training starts from). Greedy play on the emulator is
+    deterministic: one episode says all; a little exploration shows whether greedy Mario fails for want of
+    skill or by repeating one mistake (a held A at a pipe) that a random press gets him out of."""
     import warnings
 
     import numpy as np
@@ -254,18 +258,27 @@ def compare(checkpoint: Path, episodes: int) -> dict[str, tuple[float, float, fl
         untrained += play(build_network(config).eval(), config, 1)
 
     def summary(results):
+        ended = Counter(EPISODE_ENDS[r.end] for r in results)
         return (
             float(np.mean([r.x_pos for r in results])),
             float(np.mean([r.reward for r in results])),
             float(np.mean([r.flag for r in results])),
+            ", ".join(f"{name} {n}" for name, n in ended.most_common()),
         )
 
     return {
         "trained, greedy": summary(play(net, config, 1)),  # greedy play is deterministic
+        "trained, epsilon 0.01": summary(play(net, config, episodes, epsilon=0.01, seed=3)),
         "trained, epsilon 0.05": summary(play(net, config, episodes, epsilon=0.05, seed=1)),
         "untrained networks (start)": summary(untrained),
         "random policy": summary(play(net, config, episodes, epsilon=1.0, seed=2)),
     }
+
+
+def print_comparison(checkpoint: Path, episodes: int) -> None:
+    print(f"{'policy':28s} {'x_pos':>8s} {'reward':>8s} {'flags':>6s}  ended")
+    for name, (x_pos, reward, flags, ended) in compare(checkpoint, episodes).items():
+        print(f"{name:28s} {x_pos:8.0f} {reward:8.2f} {flags:6.0%}  {ended}", flush=True)
 
 
 def learn_mario(args, runs_dir: str) -> None:
@@ -320,6 +333,9 @@ def learn_mario(args, runs_dir: str) -> None:
             f"{'; ended: ' + ended if ended else ''}); {at}; run folder {run_dir}",
             flush=True,
         )
+        if args.compare:
+            print(f"its final network ({run_dir / 'checkpoint_final.pth'}), {args.episodes} episodes per policy:")
+            print_comparison(run_dir / "checkpoint_final.pth", args.episodes)
     flags = [r[0] for r in rows if r[0]]
     print(f"flag reached in {len(flags)} of {len(rows)} {'runs' if args.report else 'seeds'}")
     if flags:
@@ -398,16 +414,22 @@ def main() -> None:
         "both from the run's start",
     )
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="passed to the launcher")
-    p.add_argument("--episodes", type=int, default=5, help="test: evaluation episodes per policy (default 5)")
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="mario: then play each run's final network greedily, at epsilon 0.01 and 0.05, and a random policy and "
+        "untrained networks (--episodes each), and say how their episodes ended (the test env always does)",
+    )
+    p.add_argument("--episodes", type=int, default=5, help="episodes per policy compared (default 5; 2 with --smoke)")
     p.add_argument("--keep", metavar="DIR", help="keep the run folders under DIR (default: a temporary folder)")
     args = p.parse_args()
     print(f"machine: {machine()}")
     runs_dir = args.keep or tempfile.mkdtemp(prefix="bench_learning_")
+    args.episodes = 2 if args.smoke else args.episodes
     if args.env == "mario":
         learn_mario(args, runs_dir)
         return
     minutes = args.minutes or (0.25 if args.smoke else 1.0)
-    episodes = 2 if args.smoke else args.episodes
     optimum = optimal_test_steps()
     print(
         f"training on the test env until a greedy evaluation is optimal ({optimum} steps to the flag), "
@@ -428,9 +450,7 @@ def main() -> None:
             f"(goal < 60 s, {'met' if seconds < 60 else 'missed'})"
         )
     print(f"run folder: {run_dir}")
-    print(f"{'policy':28s} {'x_pos':>8s} {'reward':>8s} {'flags':>6s}")
-    for name, (x_pos, reward, flags) in compare(run_dir / "checkpoint_final.pth", episodes).items():
-        print(f"{name:28s} {x_pos:8.0f} {reward:8.2f} {flags:6.0%}")
+    print_comparison(run_dir / "checkpoint_final.pth", args.episodes)
     from launcher.plot import PlotError, plot_run
 
     try:

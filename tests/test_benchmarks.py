@@ -45,7 +45,18 @@ pytestmark = pytest.mark.slow
             ],
         ),
         ("bench_pipeline", ["learner batch  32:", "weights publish->act:", "replay    20,000:", "actors 2:"]),
-        ("bench_learning", ["test env solved:", "trained, greedy", "random policy", "untrained networks (start)"]),
+        (
+            "bench_learning",
+            [
+                "test env solved:",
+                "trained, greedy",
+                "random policy",
+                "untrained networks (start)",
+                re.compile(
+                    r"trained, epsilon 0\.01 +\d+ +-?\d+\.\d\d +\d+%  ((flag|death|stall|step limit) \d+(, )?)+\n"
+                ),
+            ],
+        ),
         (
             "bench_learning --env mario",
             [

@@ -10,8 +10,8 @@
   first greedy evaluation that reaches the flag (`--until-budget` plays the whole budget), and prints
   the env steps and minutes to that flag or the best greedy x_pos, the greedy x_pos and flag rate at
   each `--at` budget (the median of the last 5 evaluations up to it), how the evaluations ended, and the
-  goal met or missed; `--compare` then plays the final network as the test env's comparison does (with
-  1% exploration too). `--seeds N` runs seeds 0..N-1 one after another and prints medians; `--set NAME=VALUE` is passed to
+  goal met or missed; `--compare` then plays the final network as the test env's comparison does.
+  `--seeds N` runs seeds 0..N-1 one after another and prints medians; `--set NAME=VALUE` is passed to
   the launcher, so variants are compared with the same command.
 
 Run with `.venv/bin/python -m benchmarks.bench_learning [--env mario --seeds 2]`; `--smoke` is a

@@ -38,12 +38,13 @@ from actor.recorder import EpisodeRecorder, RecordingError, VideoWriter
 from actor.envs import LevelSampler, evaluation_limits, find_wrapper, make_env
 from common.log_limit import LogLimit
 from common.metrics import Metrics
-from common.network import build_network, greedy_action, network_from_arrays
+from common.network import build_network, network_from_arrays
 from common.protocol import ProtocolError, decode, encode
 from common.records import ActorDone, ActorProgress, ActorStart, EpisodeReport, EvalResult
 from common.runtime import RoleRuntime
 from common.topology import connect_socket
 from actor.wrappers import FrameSkip, episode_end
+from actor.evaluate import epsilon_greedy, play_episode
 
 LAST_SEND_WAIT_MS = 1000  # at the stop, how long the last flush waits for room in a full queue
 
@@ -329,30 +330,10 @@ class Actor:
 
     def _evaluation_episode(self, slot: EnvSlot) -> EvalResult | None:
         """One evaluation episode's result (None: stopped midway)."""
-        env = slot.env
-        obs, _ = env.reset()
-        self._show_and_record(slot.frame_skip.last_rgb)
-        total, steps, done, terminated, info = 0.0, 0, False, False, {}
-        while not done:
-            if self.rt.should_stop():
-                return None
-            obs, reward, terminated, truncated, info = env.step(self._act(slot.rng, obs, self.config.eval_epsilon))
-            self._show_and_record(slot.frame_skip.last_rgb)
-            total, steps, done = total + reward, steps + 1, terminated or truncated
-        return EvalResult(
-            actor=self.index,
-            reward=float(total),
-            steps=steps,
-            x_pos=int(info.get("x_pos", 0)),
-            flag=bool(info.get("flag_get", False)),
-            actor_steps=self.steps,
-            end=episode_end(terminated, info),
-        )
-
-    def _act(self, rng: np.random.Generator, obs: np.ndarray, epsilon: float) -> int:
-        if rng.random() < epsilon:
-            return int(rng.integers(self.config.num_actions))
-        return greedy_action(self.net, obs)
+        c = self.config
+        choose = epsilon_greedy(self.net, c.eval_epsilon, slot.rng, c.num_actions)
+        played = play_episode(slot.env, choose, self._show_and_record, self.rt.should_stop)
+        return None if played is None else played.as_eval(self.index, self.steps)
 
     def _send(self, payload: bytes) -> None:
         """Queue a message for the replay server. With a pinned replay ratio a full queue means the learner

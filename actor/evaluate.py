@@ -1,6 +1,7 @@
-"""Greedy evaluation: play whole episodes with a checkpoint's network, no exploration.
+"""Greedy evaluation: play whole episodes with a network, no exploration (or a little).
 
-Used by the tests to check that learning happened, and the base of the play mode.
+The one episode loop of every evaluation: the actor's and the serial launcher's evaluations, the play mode,
+the tests that check that learning happened and the learning benchmark's comparison.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 
 from common.checkpoint import CheckpointError, load_checkpoint
 from common.config import Config
+from common.records import EvalResult
 from actor.envs import evaluation_limits, find_wrapper, make_env
 from common.network import build_network, greedy_action
 from actor.wrappers import FrameSkip, episode_end
@@ -31,6 +33,60 @@ class EpisodeResult:
     """For how many of the episode's last steps last_action was taken in a row."""
     end: int = 0
     """How it ended, an index into common.records.EPISODE_ENDS."""
+
+    def as_eval(self, actor: int, actor_steps: int) -> EvalResult:
+        """The record an evaluation reports (log.txt, TensorBoard, best_eval.pth)."""
+        return EvalResult(
+            actor=actor,
+            reward=float(self.reward),
+            steps=self.steps,
+            x_pos=self.x_pos,
+            flag=self.flag,
+            actor_steps=actor_steps,
+            end=self.end,
+        )
+
+
+def epsilon_greedy(
+    net: torch.nn.Module, epsilon: float, rng: np.random.Generator, num_actions: int
+) -> Callable[[np.ndarray], int]:
+    """net's greedy action, or a uniformly random one with probability epsilon (0: fully greedy)."""
+
+    def choose(obs: np.ndarray) -> int:
+        if rng.random() < epsilon:
+            return int(rng.integers(num_actions))
+        return greedy_action(net, obs)
+
+    return choose
+
+
+def play_episode(
+    env,
+    choose: Callable[[np.ndarray], int],
+    on_frame: Callable[[np.ndarray], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> EpisodeResult | None:
+    """One episode of env (from its reset) with choose(obs)'s actions; on_frame gets every RGB frame shown
+    (a window, a video). None if should_stop() said so midway."""
+    frame_skip = find_wrapper(env, FrameSkip)
+    obs, info = env.reset()
+    if on_frame:
+        on_frame(frame_skip.last_rgb)
+    total, steps, done, terminated, last, repeats = 0.0, 0, False, False, -1, 0
+    while not done:
+        if should_stop and should_stop():
+            return None
+        action = choose(obs)
+        repeats = repeats + 1 if action == last else 1
+        last = action
+        obs, reward, terminated, truncated, info = env.step(action)
+        if on_frame:
+            on_frame(frame_skip.last_rgb)
+        total += reward
+        steps += 1
+        done = terminated or truncated
+    x_pos, flag = int(info.get("x_pos", 0)), bool(info.get("flag_get", False))
+    return EpisodeResult(total, x_pos, flag, steps, last, repeats, episode_end(terminated, info))
 
 
 def load_policy(path: str, config: Config | None = None) -> tuple[torch.nn.Module, Config]:
@@ -58,29 +114,12 @@ def play(
     """Play `episodes` episodes; epsilon 0 is fully greedy, 1 is a uniformly random policy.
     on_frame gets every RGB frame shown (for a window or a video), on_episode each result."""
     env = make_env(config)
-    frame_skip = find_wrapper(env, FrameSkip)
-    rng = np.random.default_rng(seed)
+    choose = epsilon_greedy(net, epsilon, np.random.default_rng(seed), config.num_actions)
     results = []
     try:
         with evaluation_limits(env, config):
             for episode in range(1, episodes + 1):
-                obs, info = env.reset()
-                if on_frame:
-                    on_frame(frame_skip.last_rgb)
-                total, steps, done, terminated, last, repeats = 0.0, 0, False, False, -1, 0
-                while not done:
-                    explore = rng.random() < epsilon
-                    action = int(rng.integers(config.num_actions)) if explore else greedy_action(net, obs)
-                    repeats = repeats + 1 if action == last else 1
-                    last = action
-                    obs, reward, terminated, truncated, info = env.step(action)
-                    if on_frame:
-                        on_frame(frame_skip.last_rgb)
-                    total += reward
-                    steps += 1
-                    done = terminated or truncated
-                x_pos, flag = int(info.get("x_pos", 0)), bool(info.get("flag_get", False))
-                result = EpisodeResult(total, x_pos, flag, steps, last, repeats, episode_end(terminated, info))
+                result = play_episode(env, choose, on_frame)
                 results.append(result)
                 if on_episode:
                     on_episode(episode, result)

@@ -39,9 +39,10 @@ from actor.curriculum import Curriculum
 from actor.epsilon import actor_epsilon
 from common.config import Config
 from actor.envs import EnvError, LevelSampler, evaluation_limits, find_wrapper, level_ids, make_env, refused_settings
+from actor.evaluate import epsilon_greedy, play_episode
 from actor.wrappers import episode_end
 from common.metrics import Metrics
-from common.network import greedy_action, network_from_arrays, weights_to_arrays
+from common.network import network_from_arrays, weights_to_arrays
 from common.records import CheckpointCounters, EpisodeReport, EvalResult, as_map
 from launcher.episode_log import EpisodeLog
 from launcher.supervisor import StartError, make_run_dir
@@ -91,24 +92,8 @@ def learn(learner: DQNLearner, replay: PrioritizedReplay, rng: np.random.Generat
 def evaluate(env, net, c: Config, rng: np.random.Generator, stop: Stop, run_steps: int) -> EvalResult | None:
     """A greedy evaluation episode (epsilon eval_epsilon), never trained on; None if stopped midway."""
     with evaluation_limits(env, c):
-        obs, _ = env.reset()
-        total, steps, done, terminated, info = 0.0, 0, False, False, {}
-        while not done:
-            if stop.reason:
-                return None
-            explore = rng.random() < c.eval_epsilon
-            action = int(rng.integers(c.num_actions)) if explore else greedy_action(net, obs)
-            obs, reward, terminated, truncated, info = env.step(action)
-            total, steps, done = total + reward, steps + 1, terminated or truncated
-    return EvalResult(
-        actor=0,
-        reward=float(total),
-        steps=steps,
-        x_pos=int(info.get("x_pos", 0)),
-        flag=bool(info.get("flag_get", False)),
-        actor_steps=run_steps,
-        end=episode_end(terminated, info),
-    )
+        played = play_episode(env, epsilon_greedy(net, c.eval_epsilon, rng, c.num_actions), None, lambda: stop.reason)
+    return None if played is None else played.as_eval(0, run_steps)
 
 
 def run_serial(c: Config) -> int:

@@ -246,10 +246,11 @@ def compare(checkpoint: Path, episodes: int) -> dict[str, tuple[float, float, fl
     import numpy as np
     import torch
 
-    warnings.filterwarnings("ignore", module="gym")  # its env checker's numpy deprecation chatter
-
     from actor.evaluate import load_policy, play
     from common.network import build_network
+
+    # gym's env checker's numpy deprecation chatter; after gym's import, whose own "once" filter goes first
+    warnings.filterwarnings("ignore", module="gym")
 
     net, config = load_policy(str(checkpoint))
     untrained = []

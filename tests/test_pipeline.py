@@ -124,7 +124,8 @@ def test_a_pinned_replay_ratio_holds_the_actors_back_for_a_slow_learner(launch):
     """samples_per_insert=8 is more than this learner can sample at the test env's speed (the unlimited run
     below is the control): pinned, the actors wait for it, so it samples 8 per insert (within the tolerance
     and a few chunks queued on either side)."""
-    run = launch(*FAST_TEST_ENV, "--max-steps", "2000", "--set", "samples_per_insert=8", "--set", "spi_tolerance=200")
+    pinned = ("--set", "samples_per_insert=8", "--set", "spi_tolerance=200", "--set", "pin_replay_ratio=true")
+    run = launch(*FAST_TEST_ENV, "--max-steps", "2000", *pinned)
     assert run.wait(240) == 0, run.output()
     inserted, sampled = replay_counts(run)
     assert (inserted - 2 * 4 * 64) * 8 - 200 <= sampled <= inserted * 8 + 200, (inserted, sampled)

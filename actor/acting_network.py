@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.network import QNetwork, greedy_actions
+from common.network import QNetwork, greedy_actions, head_to_q
 
 Policy = Callable[[np.ndarray], np.ndarray]
 """A batch of stacked uint8 observations (B, S, H, W) -> their greedy actions (B,)."""
@@ -60,9 +60,11 @@ class Int8Policy:
         self.fc1_weight, scale = quantize_rows(fc1.weight.detach())
         self.fc1_scale, self.fc1_bias = scale.to(bf16), fc1.bias.detach().to(bf16)
         self.fc2_weight, self.fc2_bias = fc2.weight.detach().clone(), fc2.bias.detach().clone()
+        self.num_actions = net.num_actions
 
     def head(self, frames: torch.Tensor) -> torch.Tensor:
-        """The action head's float32 outputs (advantages, or Q without dueling) for a uint8 batch."""
+        """The action head's float32 outputs (advantages, or Q without dueling; quantiles of either with
+        QR-DQN) for a uint8 batch."""
         x = frames.to(torch.bfloat16)
         for weight, bias, stride, padding in self.convs:
             x = F.conv2d(x, weight, bias, stride, padding).relu_()
@@ -72,7 +74,7 @@ class Int8Policy:
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return self.head(torch.from_numpy(batch)).argmax(dim=1).numpy()
+            return head_to_q(self.head(torch.from_numpy(batch)), self.num_actions).argmax(dim=1).numpy()
 
 
 def make_policy(net: QNetwork, precision: str) -> Policy:

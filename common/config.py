@@ -22,8 +22,9 @@ ACTION_SETS = {"simple": 7, "right_only": 5, "complex": 12}
 TEST_ENV_ID = "MarioApexTest-v0"
 """Id of the tiny built-in test environment (see actor/toy_level.py)."""
 MAX_SAMPLE_BATCH = 4096  # transitions in one sample request
-MAX_N_STEP = 16
 MAX_ENVS_PER_ACTOR = 64  # each is an emulator in the actor's process
+MAX_QUANTILES = 256  # QR-DQN's quantiles per action (the paper used 200)
+MAX_N_STEP = 16
 """Largest n_step; bounds how many context frames a transitions chunk may carry."""
 
 
@@ -196,6 +197,12 @@ class Config:
         3, "Steps of real rewards before bootstrapping: R = sum_i gamma^i r_(t+i) + gamma^n Q(s_(t+n)) (Ape-X uses 3)."
     )
     dueling: bool = MODEL(True, "Dueling head: Q = V + A - mean(A).")
+    quantiles: int = MODEL(
+        0,
+        "0: the network estimates each action's expected return (DQN). N > 0: QR-DQN (Dabney et al., 2018), N "
+        "quantiles of each action's return, trained with the quantile Huber loss against the n-step target's "
+        "quantiles; actions are chosen by their mean (32 is a usual N).",
+    )
     batch_size: int = LEARNER(32, "Transitions per gradient update.")
     gamma: float = MODEL(0.99, "Discount factor.")
     lr: float = LEARNER(1e-4, "Adam learning rate at the start.")
@@ -431,6 +438,8 @@ class Config:
             raise ConfigError(f"max_message_bytes must be at least 1024, got {self.max_message_bytes}")
         if not 1 <= self.n_step <= MAX_N_STEP:
             raise ConfigError(f"n_step must be between 1 and {MAX_N_STEP}, got {self.n_step}")
+        if not 0 <= self.quantiles <= MAX_QUANTILES:
+            raise ConfigError(f"quantiles must be between 0 and {MAX_QUANTILES}, got {self.quantiles}")
         if self.envs_per_actor > MAX_ENVS_PER_ACTOR:
             raise ConfigError(f"envs_per_actor must be at most {MAX_ENVS_PER_ACTOR}, got {self.envs_per_actor}")
         if self.frame_size > 256:

@@ -31,6 +31,28 @@ def td_targets(
     return rewards + bootstraps * next_value
 
 
+def quantile_targets(
+    rewards: torch.Tensor, bootstraps: torch.Tensor, next_z_target: torch.Tensor, next_z_online: torch.Tensor | None
+) -> torch.Tensor:
+    """QR-DQN's target quantiles (B, N): R + bootstrap * each quantile of Z_target(s', a'), with a' chosen
+    by the mean of the quantiles (Q) as td_targets chooses it; next_z_* are (B, actions, N)."""
+    chooser = next_z_online if next_z_online is not None else next_z_target
+    next_actions = chooser.mean(dim=2).argmax(dim=1)
+    next_z = next_z_target[torch.arange(len(next_actions), device=next_actions.device), next_actions]
+    return rewards.unsqueeze(1) + bootstraps.unsqueeze(1) * next_z
+
+
+def quantile_huber_loss(z: torch.Tensor, target_z: torch.Tensor) -> torch.Tensor:
+    """QR-DQN's loss per transition (B,) for quantiles z (B, N) against target quantiles (B, N): the sum
+    over quantiles i of the mean over targets j of |tau_i - 1{u_ij < 0}| * Huber(u_ij), where
+    u_ij = target_j - z_i and tau_i = (2i + 1) / 2N is the quantile z_i estimates."""
+    n = z.shape[1]
+    tau = (torch.arange(n, device=z.device, dtype=z.dtype) + 0.5) / n
+    u = target_z.unsqueeze(1) - z.unsqueeze(2)  # (B, i, j)
+    huber = torch.where(u.abs() <= 1.0, 0.5 * u * u, u.abs() - 0.5)
+    return ((tau.view(1, n, 1) - (u.detach() < 0).to(z.dtype)).abs() * huber).mean(dim=2).sum(dim=1)
+
+
 def linear_decay(end_factor: float, updates: int):
     """LR multiplier: 1 at update 0, falling linearly to end_factor at `updates`, then held."""
 
@@ -178,7 +200,10 @@ class DQNLearner:
         return loss, td_error, q_mean
 
     def _loss(self, obs, next_obs, actions, rewards, bootstraps, weights) -> tuple[torch.Tensor, ...]:
-        """(weighted Huber loss, TD errors, mean Q) for one batch: what compile_update compiles."""
+        """(weighted Huber loss, TD errors, mean Q) for one batch: what compile_update compiles. With QR-DQN
+        the loss is the quantile Huber loss and the "TD errors" (the new priorities) each transition's share of it."""
+        if self.config.quantiles:
+            return self._quantile_loss(obs, next_obs, actions, rewards, bootstraps, weights)
         with self._autocast():
             q_all = self.online(obs).float()
             with torch.no_grad():
@@ -188,6 +213,17 @@ class DQNLearner:
         y = td_targets(rewards, bootstraps, next_q_target, next_q_online)
         loss = (weights * F.smooth_l1_loss(q, y, reduction="none")).mean()
         return loss, (y - q).detach(), q_all.detach().mean()
+
+    def _quantile_loss(self, obs, next_obs, actions, rewards, bootstraps, weights) -> tuple[torch.Tensor, ...]:
+        with self._autocast():
+            z_all = self.online.quantiles_of(obs).float()
+            with torch.no_grad():
+                next_z_target = self.target.quantiles_of(next_obs).float()
+                next_z_online = self.online.quantiles_of(next_obs).float() if self.config.double_dqn else None
+        z = z_all[torch.arange(len(actions), device=actions.device), actions]
+        target_z = quantile_targets(rewards, bootstraps, next_z_target, next_z_online)
+        per_transition = quantile_huber_loss(z, target_z)
+        return (weights * per_transition).mean(), per_transition.detach(), z_all.detach().mean()
 
     def _update_target(self) -> None:
         """Hard copy every target_update_every updates, or soft (Polyak) updates with target_tau."""

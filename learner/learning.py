@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from common.config import Config
 from common.network import build_network
+from learner.adam import Adam
 
 
 def td_targets(
@@ -87,12 +88,8 @@ class DQNLearner:
         self.target.load_state_dict(self.online.state_dict())
         self.target.requires_grad_(False)
         # One fused kernel for the whole Adam step on CUDA: the update is launch-bound there.
-        self.optimizer = torch.optim.Adam(
-            self.online.parameters(), lr=config.lr, eps=config.adam_eps, fused=device.type == "cuda"
-        )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, linear_decay(config.lr_end_factor, config.lr_decay_updates)
-        )
+        self.optimizer = Adam(self.online.parameters(), lr=config.lr, eps=config.adam_eps, fused=device.type == "cuda")
+        self.lr_factor = linear_decay(config.lr_end_factor, config.lr_decay_updates)
         self.updates = 0
         # Mixed precision: autocast for the forward passes; on CUDA float16 with a gradient scaler.
         cuda = device.type == "cuda"
@@ -175,8 +172,8 @@ class DQNLearner:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.online.parameters(), self.config.grad_clip_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.scheduler.step()
         self.updates += 1
+        self.optimizer.lr = self.config.lr * self.lr_factor(self.updates)
         self._update_target()
 
         # Priorities and metrics come back in one transfer: one wait for the GPU per update, not four.
@@ -187,7 +184,7 @@ class DQNLearner:
             "loss": float(back[-3]),
             "q_mean": float(back[-2]),
             "grad_norm": float(back[-1]),
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": self.optimizer.lr,
         }
         return metrics, priorities
 
@@ -195,7 +192,7 @@ class DQNLearner:
         """The loss and its gradients (a compiled backward is compiled at its first call, so errors show
         up here too)."""
         loss, td_error, q_mean = self._loss_fn(*inputs)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.online.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         return loss, td_error, q_mean
 
@@ -242,7 +239,6 @@ class DQNLearner:
             "online": self.online.state_dict(),
             "target": self.target.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "counters": {**(counters or {}), "updates": self.updates},
             "rng": {"torch": torch.get_rng_state()},
@@ -258,10 +254,10 @@ class DQNLearner:
             self.online.load_state_dict(state["online"])
             self.target.load_state_dict(state["target"])
             self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
             if state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
             self.updates = int(state["counters"]["updates"])
+            self.optimizer.lr = self.config.lr * self.lr_factor(self.updates)  # the schedule follows the updates
             if "rng" in state:
                 torch.set_rng_state(state["rng"]["torch"])
         except (KeyError, TypeError, RuntimeError, ValueError) as exc:

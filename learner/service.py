@@ -262,7 +262,7 @@ class LearnerService:
             mirror_frames=self.batches.mirror_frames,
             mirror_restarts=self.batches.mirror_restarts,
             dropped_priorities=self.dropped_priorities,
-            lr=self.learner.optimizer.param_groups[0]["lr"],
+            lr=self.learner.optimizer.lr,
             wait_fraction=self._wait_fraction,
             loss=self._losses[0],
             q_mean=self._losses[1],

@@ -342,7 +342,7 @@ def test_learner_save_restore_is_identical(tmp_path, one_torch_thread):
     assert_identical(learner.online.state_dict(), restored.online.state_dict(), "online")
     assert_identical(learner.target.state_dict(), restored.target.state_dict(), "target")
     assert_identical(learner.optimizer.state_dict(), restored.optimizer.state_dict(), "optimizer")
-    assert_identical(learner.scheduler.state_dict(), restored.scheduler.state_dict(), "scheduler")
+    assert restored.optimizer.lr == learner.optimizer.lr < config.lr, "the learning rate schedule goes on"
     with pytest.raises(AssertionError):  # the target is not simply a copy of online
         assert_identical(learner.online.state_dict(), learner.target.state_dict())
 

@@ -99,9 +99,7 @@ def test_priorities_the_replay_server_could_not_take_are_counted_and_reported():
     reports = []
     service = LearnerService.__new__(LearnerService)
     step = lambda *batch: ({"loss": 1.0, "q_mean": 0.5}, np.ones(len(batch[1]), np.float32))  # noqa: E731
-    service.learner = SimpleNamespace(
-        updates=0, step=step, beta=lambda: 0.4, optimizer=SimpleNamespace(param_groups=[{"lr": 1e-4}])
-    )
+    service.learner = SimpleNamespace(updates=0, step=step, beta=lambda: 0.4, optimizer=SimpleNamespace(lr=1e-4))
     service.config = Config(prefetch_batches=2, publish_every=1000)
     service.rt = SimpleNamespace(log=lambda text: None, report=lambda kind, values: reports.append(values))
     service.batches = SimpleNamespace(sample_request=lambda *args: b"", torn=0, mirror_frames=0, mirror_restarts=0)

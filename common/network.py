@@ -23,7 +23,7 @@ class QNetwork(nn.Module):
 
     def __init__(self, frame_stack: int, frame_size: int, num_actions: int, dueling: bool = False, quantiles: int = 0):
         super().__init__()
-        self.num_actions, self.quantiles = num_actions, quantiles
+        self.num_actions = num_actions
         per_output = max(1, quantiles)
         self.features = nn.Sequential(
             nn.Conv2d(frame_stack, 32, kernel_size=8, stride=4),

@@ -173,7 +173,7 @@ class DQNLearner:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.updates += 1
-        self.optimizer.lr = self.config.lr * self.lr_factor(self.updates)
+        self._follow_lr_schedule()
         self._update_target()
 
         # Priorities and metrics come back in one transfer: one wait for the GPU per update, not four.
@@ -199,28 +199,27 @@ class DQNLearner:
     def _loss(self, obs, next_obs, actions, rewards, bootstraps, weights) -> tuple[torch.Tensor, ...]:
         """(weighted Huber loss, TD errors, mean Q) for one batch: what compile_update compiles. With QR-DQN
         the loss is the quantile Huber loss and the "TD errors" (the new priorities) each transition's share of it."""
-        if self.config.quantiles:
-            return self._quantile_loss(obs, next_obs, actions, rewards, bootstraps, weights)
-        with self._autocast():
-            q_all = self.online(obs).float()
-            with torch.no_grad():
-                next_q_target = self.target(next_obs).float()
-                next_q_online = self.online(next_obs).float() if self.config.double_dqn else None
-        q = q_all.gather(1, actions.unsqueeze(1)).squeeze(1)
-        y = td_targets(rewards, bootstraps, next_q_target, next_q_online)
-        loss = (weights * F.smooth_l1_loss(q, y, reduction="none")).mean()
-        return loss, (y - q).detach(), q_all.detach().mean()
-
-    def _quantile_loss(self, obs, next_obs, actions, rewards, bootstraps, weights) -> tuple[torch.Tensor, ...]:
-        with self._autocast():
+        with self._autocast():  # (B, actions, quantiles), quantiles 1 without QR-DQN
             z_all = self.online.quantiles_of(obs).float()
             with torch.no_grad():
                 next_z_target = self.target.quantiles_of(next_obs).float()
                 next_z_online = self.online.quantiles_of(next_obs).float() if self.config.double_dqn else None
-        z = z_all[torch.arange(len(actions), device=actions.device), actions]
-        target_z = quantile_targets(rewards, bootstraps, next_z_target, next_z_online)
-        per_transition = quantile_huber_loss(z, target_z)
-        return (weights * per_transition).mean(), per_transition.detach(), z_all.detach().mean()
+        if self.config.quantiles:
+            z = z_all[torch.arange(len(actions), device=actions.device), actions]
+            target_z = quantile_targets(rewards, bootstraps, next_z_target, next_z_online)
+            per_transition = quantile_huber_loss(z, target_z)
+            return (weights * per_transition).mean(), per_transition.detach(), z_all.detach().mean()
+        q_all = z_all.squeeze(2)
+        q = q_all.gather(1, actions.unsqueeze(1)).squeeze(1)
+        y = td_targets(
+            rewards, bootstraps, next_z_target.squeeze(2), None if next_z_online is None else next_z_online.squeeze(2)
+        )
+        loss = (weights * F.smooth_l1_loss(q, y, reduction="none")).mean()
+        return loss, (y - q).detach(), q_all.detach().mean()
+
+    def _follow_lr_schedule(self) -> None:
+        """The learning rate for the next update: lr times the schedule's factor at the updates made so far."""
+        self.optimizer.lr = self.config.lr * self.lr_factor(self.updates)
 
     def _update_target(self) -> None:
         """Hard copy every target_update_every updates, or soft (Polyak) updates with target_tau."""
@@ -257,7 +256,7 @@ class DQNLearner:
             if state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
             self.updates = int(state["counters"]["updates"])
-            self.optimizer.lr = self.config.lr * self.lr_factor(self.updates)  # the schedule follows the updates
+            self._follow_lr_schedule()
             if "rng" in state:
                 torch.set_rng_state(state["rng"]["torch"])
         except (KeyError, TypeError, RuntimeError, ValueError) as exc:

@@ -5,7 +5,8 @@
    PUB socket and a CONFLATE SUB socket on loopback (goal: < 50 ms);
 3. replay memory: resident bytes of a replay buffer process per stored transition at two capacities
    (goal: 1,000,000 transitions fit in 8 GiB);
-4. scaling: total env steps/s of real launcher runs on Super Mario Bros 1-1 with 1 and 2 actors.
+4. scaling: total env steps/s of real launcher runs on Super Mario Bros 1-1 with 1 and 2 actors (`--ray`:
+   each also placed by the --cluster backend on a Ray cluster of this machine, interleaved).
 
 Run with `.venv/bin/python -m benchmarks.bench_pipeline` (3-5 minutes; `--smoke` under a minute).
 Rates of launcher runs come from the TensorBoard scalars the processes write once a second
@@ -435,7 +436,7 @@ def replay_memory(smoke: bool, actor_counts: list[int]) -> None:
 
 
 # --- 4. scaling ------------------------------------------------------------------------------------
-def scaling(smoke: bool, actor_counts: list[int]) -> None:
+def scaling(smoke: bool, actor_counts: list[int], ray_cluster: str = "") -> None:
     # about 20 s of play per run; smoke: the same loop, once
     steps = {2: 300} if smoke else {n: 4_000 if n == 1 else 3_500 * n for n in actor_counts}
     # Full mode keeps the learner idle, so the curve is the actors' own. Smoke mode lets it train from
@@ -448,23 +449,59 @@ def scaling(smoke: bool, actor_counts: list[int]) -> None:
     )
     print(
         f"\n4. scaling: real launcher runs on {MARIO_ENV}, headless, no video, {learner}; "
-        f"this machine has {os.cpu_count()} cores. Total env steps/s after {WARMUP_S:.0f} s of start-up:"
+        f"this machine has {os.cpu_count()} cores. Total env steps/s after {WARMUP_S:.0f} s of start-up"
+        f"{'; each count also on the --cluster backend (a Ray cluster on this machine), interleaved' if ray_cluster else ''}:"
     )
-    base = None
+    backends = {"": []}
+    if ray_cluster:
+        backends["ray"] = ["--cluster", ray_cluster, "--learner-resource", RAY_LEARNER_RESOURCE]
+    base = {}
     for actors, n in steps.items():
-        run = run_launcher(
-            ["--env", MARIO_ENV, "--actors", str(actors), "--max-steps", str(n), "--set", f"learning_starts={starts}"],
-            timeout=90 if smoke else 180,
-        )
-        rates = [slope(points, WARMUP_S)[0] for points in run["actors"]]
-        total = sum(rates)
-        base = base or total
-        s = run["summary"]
-        print(
-            f"actors {actors}: {total:6.0f} steps/s ({total / base:.2f}x; per actor "
-            f"{', '.join(f'{r:.0f}' for r in rates)}; {s['env_steps']:,} env steps, "
-            f"{s['replay'].get('inserted', 0):,} stored, run {run['wall']:.0f} s wall)"
-        )
+        totals = {}
+        for backend, extra in backends.items():
+            run = run_launcher(
+                [
+                    "--env",
+                    MARIO_ENV,
+                    "--actors",
+                    str(actors),
+                    "--max-steps",
+                    str(n),
+                    "--set",
+                    f"learning_starts={starts}",
+                ]
+                + extra,
+                timeout=90 if smoke else 180,
+            )
+            rates = [slope(points, WARMUP_S)[0] for points in run["actors"]]
+            total = totals[backend] = sum(rates)
+            base[backend] = base.get(backend) or total
+            s = run["summary"]
+            against = f"; {total / totals['']:.2f} of plain --actors {actors}" if backend else ""
+            print(
+                f"{'on Ray ' if backend else ''}actors {actors}: {total:6.0f} steps/s ({total / base[backend]:.2f}x"
+                f"{against}; per actor {', '.join(f'{r:.0f}' for r in rates)}; {s['env_steps']:,} env steps, "
+                f"{s['replay'].get('inserted', 0):,} stored, run {run['wall']:.0f} s wall)",
+                flush=True,
+            )
+
+
+RAY_LEARNER_RESOURCE = "mario_learner"
+
+
+def local_ray_cluster():
+    """A one-node Ray cluster for the scaling part's --ray runs: every core, and the learner's resource."""
+    from ray.cluster_utils import Cluster
+
+    return Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": os.cpu_count(),
+            "resources": {RAY_LEARNER_RESOURCE: 1},
+            "include_dashboard": False,
+            "no_monitor": True,
+        },
+    )
 
 
 PARTS = {"starvation": learner_starvation, "broadcast": weight_broadcast, "memory": replay_memory, "scaling": scaling}
@@ -475,6 +512,12 @@ def main() -> None:
     p.add_argument("--parts", default=",".join(PARTS), help=f"which parts to run, comma-separated: {', '.join(PARTS)}")
     p.add_argument(
         "--actors", default="1,2", help="actor counts for the scaling curve (e.g. 1,2,4,8,16 on a bigger machine)"
+    )
+    p.add_argument(
+        "--ray",
+        action="store_true",
+        help="scaling: run each actor count also with --cluster on a Ray cluster of this machine, which the "
+        "benchmark starts and stops (needs requirements-cluster.txt): the cost of Ray's placement",
     )
     args = p.parse_args()
     try:
@@ -489,9 +532,17 @@ def main() -> None:
         f"{'; smoke mode (figures are not meaningful)' if args.smoke else ''}",
         flush=True,
     )
-    for part in parts:
-        part(args.smoke, actor_counts)
-        sys.stdout.flush()
+    cluster = local_ray_cluster() if args.ray else None
+    try:
+        for part in parts:
+            if part is scaling and cluster is not None:
+                part(args.smoke, actor_counts, cluster.address)
+            else:
+                part(args.smoke, actor_counts)
+            sys.stdout.flush()
+    finally:
+        if cluster is not None:
+            cluster.shutdown()
     print(f"\ntotal {time.monotonic() - started:.0f} s")
 
 

@@ -101,6 +101,20 @@ def build_parser() -> OneLineParser:
         "can reach the ports can send experience and read weights)",
     )
     p.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="place the roles on a running Ray cluster (pip install -r requirements-cluster.txt; `ray start` on "
+        "each machine): auto (RAY_ADDRESS, or the cluster this machine belongs to), HOST:PORT of its head, or "
+        "ray://HEAD:10001 (Ray Client). The replay server and learner go on a node with a GPU, actors 1.. on "
+        "free CPUs, actor 0 (window, video) here",
+    )
+    p.add_argument(
+        "--learner-resource",
+        metavar="NAME",
+        help="with --cluster: the Ray resource the learner's node has (default GPU; e.g. a custom resource "
+        "from `ray start --resources '{\"learner\": 1}'`)",
+    )
+    p.add_argument(
         "--resume",
         metavar="PATH",
         help="continue from a checkpoint file or a run folder (the newer of "
@@ -274,13 +288,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--resume-new-env needs --resume")
     from common.keys import KeysError
 
+    if args.learner_resource and not args.cluster:
+        parser.error("--learner-resource is for --cluster")
     try:
         config = config_from_args(args)
-        keys = None if args.serial else check_network(args, config)
+        keys = None if args.serial or args.cluster else check_network(args, config)
     except (ConfigError, KeysError) as exc:
         parser.error(str(exc))
     if args.serial:
         return _serial(parser, args, config)
+    if args.cluster:
+        return _cluster(parser, args, config)
     from launcher.resume import ResumeError, ResumePlan, latest_checkpoint, load_resume_state, plan_resume
 
     resume_from = args.resume
@@ -299,6 +317,37 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         supervisor = Supervisor(config, plan, args.role, keys)
+    except StartError as exc:
+        parser.error(str(exc))
+    return supervisor.run()
+
+
+def _cluster(parser: OneLineParser, args: argparse.Namespace, config: Config) -> int:
+    """--cluster: the roles placed by Ray (launcher/ray_backend.py; Ray is imported only here)."""
+    given = [
+        flag
+        for flag, value in (
+            ("--role", args.role != "all"),
+            ("--resume", args.resume),
+            ("--keys", args.keys),
+            ("--bind", args.bind),
+            ("--learner", args.learner),
+            ("--replay", args.replay),
+        )
+        if value
+    ]
+    if given:
+        parser.error(
+            f"--cluster places every role and makes this run's keys and addresses itself: it takes no {given[0]}"
+        )
+    try:
+        from launcher.ray_backend import ClusterSupervisor
+    except ImportError as exc:
+        parser.error(f"--cluster needs Ray: pip install -r requirements-cluster.txt ({exc})")
+    from launcher.supervisor import StartError
+
+    try:
+        supervisor = ClusterSupervisor(config, None, args.cluster, args.learner_resource or "GPU")
     except StartError as exc:
         parser.error(str(exc))
     return supervisor.run()

@@ -138,6 +138,7 @@ class Supervisor:
         self.stop_seconds: float | None = None  # from the stop to the last process gone (summary.json)
         self.exit_code = 0
         self.console: Console | None = None
+        self.extra_summary: dict = {}  # more for summary.json (the cluster backend's placement)
 
     def _bind_reports(self) -> tuple[zmq.Socket, str]:
         """The report channel: an ipc socket in a fresh directory that only this user may enter (0700,
@@ -216,25 +217,34 @@ class Supervisor:
     def _start(self, role: str, index: int, start: ActorStart | str) -> None:
         """Spawn one role process; `start` is what it continues from (see ResumePlan.for_role)."""
         name = process_name(role, index)
-        proc = self._mp.Process(
+        proc = self._new_process(name, role, index, start)
+        self._spawn_holding_ctrl_c(proc)
+        self.processes[name] = proc
+
+    def _new_process(self, name: str, role: str, index: int, start: ActorStart | str):
+        """The process of one role on this machine (the cluster backend places some elsewhere)."""
+        config, keys = self._settings_for(role)
+        return self._mp.Process(
             target=role_entry,
             name=name,
             daemon=False,
             args=(
                 role,
                 index,
-                self.config.to_dict(),
+                config.to_dict(),
                 self.run_dir,
                 self.stop_events[role],
                 os.getpid(),
                 start,
                 self.reports_address,
-                self.keys,
+                keys,
                 self.stop_events[STOP_ORDER[0]],  # the first one set: every role learns the stop has begun
             ),
         )
-        self._spawn_holding_ctrl_c(proc)
-        self.processes[name] = proc
+
+    def _settings_for(self, role: str) -> tuple[Config, dict | None]:
+        """The config and keys a role process here gets (the same for all, but on a cluster)."""
+        return self.config, self.keys
 
     @staticmethod
     def _spawn_holding_ctrl_c(proc: mp.Process) -> None:
@@ -478,6 +488,7 @@ class Supervisor:
             "exit_code": self.exit_code,
             "stop_seconds": self.stop_seconds,
             **self.status.summary(),
+            **self.extra_summary,
         }
         try:
             with open(os.path.join(self.run_dir, "summary.json"), "w", encoding="utf-8") as f:

@@ -1,0 +1,249 @@
+"""`--cluster`: the same run, with its roles placed on a Ray cluster instead of started here.
+
+Ray does the placement, the start-up on each node, and the cleanup when the launcher goes away; the
+run itself is unchanged. The replay server and the learner go together on a node with a GPU (or with
+the resource --learner-resource names), actors 1..N-1 spread over the cluster's CPUs (one each), and
+actor 0, with the window and mario_run.mp4, runs here as a plain child, as without a cluster.
+ZeroMQ stays the data plane: the learner's node binds its own address with fresh CurveZMQ keys made
+for this run, and every actor connects to it with them (ipc only between roles on one node).
+
+Each role on the cluster runs in a RoleHost (launcher/ray_host.py); here a RemoteProcess stands for
+it with multiprocessing.Process's interface, so the Supervisor starts, watches, restarts and stops
+it exactly as a local child: a thread relays the stop events to the host and its reports into the
+launcher's report socket. A host that dies with its node ends as a crashed child, and a crashed actor
+is started again wherever Ray finds a free CPU (up to actor_restarts times, as on one machine).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import socket
+import threading
+
+import ray
+import zmq
+from ray.exceptions import GetTimeoutError, RayActorError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from common.addresses import AddressError, parse_endpoint
+from common.config import Config
+from common.keys import CurveKeys
+from common.records import ActorStart
+from launcher.ray_host import RoleHost
+from launcher.resume import ResumePlan
+from launcher.supervisor import STOP_ORDER, StartError, Supervisor
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+POLL_S = 0.2
+PLACE_TIMEOUT_S = 120.0  # a host Ray cannot place (no free CPU, no learner node) fails the start after this
+CLOSE_TIMEOUT_S = 5.0
+CONNECT_TIMEOUT_S = 10.0
+LOST = -signal.SIGKILL  # the exit code of a role whose host (worker or node) went away
+HOST_ENV = ("OMP_NUM_THREADS",)  # Ray sets it to the host's CPUs (1); a role gets the launcher's
+RemoteHost = ray.remote(max_concurrency=4)(RoleHost)
+
+
+class RemoteProcess:
+    """A role process in a RoleHost on a cluster node, with the parts of multiprocessing.Process's
+    interface the Supervisor uses (start, exitcode, is_alive, terminate, kill, join, name)."""
+
+    def __init__(self, host, name: str, args: tuple, events: tuple, reports_address: str, context: zmq.Context):
+        self.host, self.name, self._args = host, name, args
+        self._role_stop, self._run_stop = events
+        self._reports_address, self._context = reports_address, context
+        self.exitcode: int | None = None
+        self.lost = ""  # why the host went away, if it did
+        self._pump = threading.Thread(target=self._relay, name=f"relay-{name}", daemon=True)
+
+    def start(self) -> None:
+        self.pid = ray.get(self.host.start.remote(*self._args), timeout=PLACE_TIMEOUT_S)
+        self._pump.start()
+
+    def _relay(self) -> None:
+        """Until the role exits: stop events to the host, its reports to the launcher's socket."""
+        out = self._context.socket(zmq.PUSH)
+        out.setsockopt(zmq.LINGER, 1000)
+        out.connect(self._reports_address)
+        sent = (False, False)
+        try:
+            while True:
+                now = (self._role_stop.is_set(), self._run_stop.is_set())
+                if now != sent:
+                    self.host.set_events.remote(*now)
+                    sent = now
+                try:
+                    exitcode, reports = ray.get(self.host.poll.remote(POLL_S))
+                except RayActorError as exc:  # died, or unreachable: either way it is replaced, so make sure
+                    self.lost = f"its Ray host went away ({type(exc).__name__})"  # it cannot come back
+                    ray.kill(self.host, no_restart=True)
+                    self.exitcode = LOST
+                    return
+                for raw in reports:
+                    out.send(raw)
+                if exitcode is not None:
+                    self.exitcode = exitcode
+                    self._close_host()
+                    return
+        finally:
+            out.close()
+
+    def _close_host(self) -> None:
+        try:
+            ray.get(self.host.close.remote(), timeout=CLOSE_TIMEOUT_S)
+        except (RayActorError, GetTimeoutError):
+            pass
+        ray.kill(self.host, no_restart=True)
+
+    def is_alive(self) -> bool:
+        return self.exitcode is None
+
+    def terminate(self) -> None:
+        self.host.terminate.remote()
+
+    def kill(self) -> None:
+        self._close_host()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._pump.is_alive():
+            self._pump.join(timeout)
+
+
+def fresh_keys() -> tuple[CurveKeys, CurveKeys, bytes]:
+    """This run's CurveZMQ keys: the learner node's (server pair, and a client pair for its own link to
+    the replay server), the actors' (client pair, the server's public key), and the one client public
+    key the server accepts. Made per run, so nothing is copied to the nodes beforehand."""
+    server_public, server_secret = zmq.curve_keypair()
+    client_public, client_secret = zmq.curve_keypair()
+    client = CurveKeys(client_public=client_public, client_secret=client_secret, known_server=server_public)
+    server = dataclasses.replace(client, server_public=server_public, server_secret=server_secret)
+    return server, client, client_public
+
+
+class ClusterSupervisor(Supervisor):
+    """The Supervisor with the replay server, the learner and actors 1.. placed by Ray."""
+
+    def __init__(self, config: Config, resume: ResumePlan | None, address: str, learner_resource: str):
+        self.learner_resource = learner_resource
+        self._connect(address)
+        self._check_resources(config)
+        self.server_keys, self.client_keys, self.authorized = fresh_keys()
+        self.placement: dict[str, dict] = {}
+        self._here = self._local_node_id()
+        self._place_learner_node()
+        super().__init__(dataclasses.replace(config, runs_dir=os.path.abspath(config.runs_dir)), resume, "all")
+
+    @staticmethod
+    def _connect(address: str) -> None:
+        if address != "auto" and "://" not in address:  # a head's HOST:PORT: Ray would retry it for minutes
+            try:
+                host, port = parse_endpoint(address, 6379, "--cluster")
+                socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+            except (AddressError, OSError) as exc:
+                raise StartError(
+                    f"cannot connect to the Ray cluster at {address}: {getattr(exc, 'strerror', None) or exc}"
+                ) from None
+        try:
+            ray.init(
+                address=address,  # "auto": RAY_ADDRESS, or this machine's cluster; never a new one
+                runtime_env={"working_dir": REPO, "excludes": ["runs", "*.pth", "*.npy", "*.mp4"]},
+                logging_level="WARNING",
+                configure_logging=True,
+            )
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = "RAY_ADDRESS or a local `ray start`" if address == "auto" else address
+            raise StartError(f"cannot connect to the Ray cluster at {where}: {exc}") from None
+
+    def _check_resources(self, config: Config) -> None:
+        """Fail in one line before starting anything if the cluster cannot hold the run."""
+        total, free = ray.cluster_resources(), ray.available_resources()
+        if total.get(self.learner_resource, 0) < 1:
+            raise StartError(
+                f"no node in the Ray cluster has the resource {self.learner_resource!r} for the learner "
+                f"(the cluster has: {', '.join(sorted(k for k in total if not k.startswith('node:')))}); "
+                "start one with `ray start --num-gpus 1` or `--resources '{\"NAME\": 1}'` and pass --learner-resource NAME"
+            )
+        needed = 1 + (config.actors - 1)  # the learner, and the actors not started here
+        if free.get("CPU", 0) < needed:
+            raise StartError(
+                f"the Ray cluster has {free.get('CPU', 0):g} free CPUs; this run needs {needed} "
+                f"(the learner and {config.actors - 1} actor(s) beside actor 0 here)"
+            )
+
+    @staticmethod
+    def _local_node_id() -> str:
+        """This machine's node id, or "" under Ray Client (ray://), where the launcher is not a node."""
+        return "" if ray.util.client.ray.is_connected() else ray.get_runtime_context().get_node_id()
+
+    def _check_env_and_device(self) -> None:
+        self._check_env()  # the learner's device is checked where it runs
+
+    def _check_ports(self) -> None:
+        pass  # bound on the learner's node; one in use there fails the learner with the reason
+
+    def _place_learner_node(self) -> None:
+        """Create the learner's host first: where Ray puts it decides the replay server's node and the
+        address every actor connects to."""
+        resource = {"num_gpus": 1} if self.learner_resource == "GPU" else {"resources": {self.learner_resource: 1}}
+        self._learner_host = RemoteHost.options(num_cpus=1, **resource).remote()
+        try:
+            self.learner_node = ray.get(self._learner_host.node.remote(), timeout=PLACE_TIMEOUT_S)
+        except GetTimeoutError:
+            raise StartError(f"Ray could not place the learner on a node with {self.learner_resource!r}") from None
+
+    def _role_config(self, role: str, node_id: str) -> Config:
+        """The learner's node binds its own address (ipc between its replay server and learner); an
+        actor connects there, by ipc if it is on that node."""
+        if role in ("replay", "learner"):
+            return dataclasses.replace(self.config, bind=self.learner_node["ip"], local_ipc=True)
+        return dataclasses.replace(
+            self.config,
+            learner=f"{self.learner_node['ip']}:{self.config.base_port}",
+            local_ipc=node_id == self.learner_node["node_id"],
+        )
+
+    def _settings_for(self, role: str) -> tuple[Config, dict | None]:
+        return self._role_config(role, self._here), self.client_keys.to_dict()  # actor 0, here
+
+    def _new_process(self, name: str, role: str, index: int, start: ActorStart | str):
+        if role == "actor" and index == 0:  # here, with the window and the run video
+            self._placed(name, {"node_id": self._here, "ip": "this machine", "hostname": ""})
+            return super()._new_process(name, role, index, start)
+        host = self._host(role)
+        try:
+            node = ray.get(host.node.remote(), timeout=PLACE_TIMEOUT_S)
+        except GetTimeoutError:
+            raise StartError(f"Ray could not place {name} within {PLACE_TIMEOUT_S:g} s (no free CPU?)") from None
+        self._placed(name, node)
+        env = {name: os.environ.get(name) for name in HOST_ENV}
+        config = self._role_config(role, node["node_id"]).to_dict()
+        keys, authorized = (self.client_keys, []) if role == "actor" else (self.server_keys, [self.authorized])
+        args = (role, index, config, self.run_dir, start, keys.to_dict(), authorized, env)
+        events = (self.stop_events[role], self.stop_events[STOP_ORDER[0]])
+        return RemoteProcess(host, name, args, events, self.reports_address, self.transport.context)
+
+    def _host(self, role: str):
+        if role == "learner":
+            return self._learner_host
+        if role == "replay":
+            pin = NodeAffinitySchedulingStrategy(self.learner_node["node_id"], soft=False)
+            return RemoteHost.options(num_cpus=0, scheduling_strategy=pin).remote()
+        return RemoteHost.options(num_cpus=1, scheduling_strategy="SPREAD").remote()
+
+    def _placed(self, name: str, node: dict) -> None:
+        self.placement[name] = node
+        where = node["ip"] + (f" ({node['hostname']})" if node["hostname"] else "")
+        print(f"mario-apex: {name} on node {node['node_id'][:8] or '-'} at {where}", flush=True)
+
+    def _reason(self, name: str) -> str:
+        proc = self.processes.get(name)
+        lost = getattr(proc, "lost", "")
+        return f": {lost}" if lost else super()._reason(name)
+
+    def _finish(self) -> None:
+        self.extra_summary["placement"] = {name: node["node_id"] for name, node in self.placement.items()}
+        try:
+            super()._finish()
+        finally:
+            ray.shutdown()  # the hosts are owned by this driver: Ray removes any left

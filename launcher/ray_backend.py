@@ -41,6 +41,7 @@ PLACE_TIMEOUT_S = 120.0  # a host Ray cannot place (no free CPU, no learner node
 CLOSE_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 10.0
 LOST = -signal.SIGKILL  # the exit code of a role whose host (worker or node) went away
+CODE_EXCLUDES = [".git", ".venv", "runs", "*.pth", "*.npy", "*.mp4"]  # what the nodes need not get
 HOST_ENV = ("OMP_NUM_THREADS",)  # Ray sets it to the host's CPUs (1); a role gets the launcher's
 RemoteHost = ray.remote(max_concurrency=4)(RoleHost)
 
@@ -103,7 +104,8 @@ class RemoteProcess:
         self.host.terminate.remote()
 
     def kill(self) -> None:
-        self._close_host()
+        """At once, even for a host that no longer answers: Ray kills the worker and its child, the role."""
+        ray.kill(self.host, no_restart=True)
 
     def join(self, timeout: float | None = None) -> None:
         if self._pump.is_alive():
@@ -144,10 +146,11 @@ class ClusterSupervisor(Supervisor):
                 raise StartError(
                     f"cannot connect to the Ray cluster at {address}: {getattr(exc, 'strerror', None) or exc}"
                 ) from None
+        os.environ["RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES"] = ""  # ours below (Ray's own warn about each)
         try:
             ray.init(
                 address=address,  # "auto": RAY_ADDRESS, or this machine's cluster; never a new one
-                runtime_env={"working_dir": REPO, "excludes": ["runs", "*.pth", "*.npy", "*.mp4"]},
+                runtime_env={"working_dir": REPO, "excludes": CODE_EXCLUDES},
                 logging_level="WARNING",
                 configure_logging=True,
             )
@@ -235,6 +238,14 @@ class ClusterSupervisor(Supervisor):
         self.placement[name] = node
         where = node["ip"] + (f" ({node['hostname']})" if node["hostname"] else "")
         print(f"mario-apex: {name} on node {node['node_id'][:8] or '-'} at {where}", flush=True)
+
+    def _stop_all(self) -> None:
+        """Tell every host at once that the stop has begun (and the actors to stop): each relay would pass
+        it on only after its current poll, a round trip that a loaded machine or Ray Client makes long."""
+        for name, proc in self.processes.items():
+            if isinstance(proc, RemoteProcess) and proc.is_alive():
+                proc.host.set_events.remote(name.startswith("actor"), True)
+        super()._stop_all()
 
     def _reason(self, name: str) -> str:
         proc = self.processes.get(name)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -44,16 +45,24 @@ def placed(run: LaunchedRun, name: str) -> list[str]:
     return re.findall(rf"mario-apex: {name} on node (\S+) at", run.output())
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.fixture
 def cluster():
-    """A head with no CPU, a learner node (1 CPU and the learner resource) and two worker nodes (1 CPU
-    each): actor 1 must go to a worker node, and after that node dies, to the other one."""
+    """A head with no CPU (and Ray Client's server), a learner node (1 CPU and the learner resource) and two
+    worker nodes (1 CPU each): actor 1 must go to a worker node, and after that node dies, to the other one."""
+    client_port = free_port()
     c = ray_cluster_utils.Cluster(
         initialize_head=True,
         head_node_args={
             "num_cpus": 0,
             "include_dashboard": False,
             "no_monitor": True,
+            "ray_client_server_port": client_port,
             "_system_config": {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000},
         },
     )
@@ -63,19 +72,31 @@ def cluster():
         "w2": c.add_node(num_cpus=1),
     }
     c.wait_for_nodes()
-    yield c, nodes
+    yield c, nodes, client_port
     c.shutdown()
 
 
 @pytest.mark.slow
 def test_cluster_run_places_restarts_and_stops(tmp_path, cluster, monkeypatch):
-    c, nodes = cluster
+    c, nodes, client_port = cluster
     short = {name: node.node_id[:8] for name, node in nodes.items()}
-    monkeypatch.setenv("RAY_ADDRESS", c.address)  # --cluster auto finds it there, as Ray's own tools do
+    # --cluster auto finds the cluster in RAY_ADDRESS, as Ray's own tools do; it has no GPU node
+    monkeypatch.setenv("RAY_ADDRESS", c.address)
+    result = subprocess.run(
+        [sys.executable, "launch.py", "--cluster", "auto", "--runs-dir", str(tmp_path / "none"), *FAST_TEST_ENV],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "no node in the Ray cluster has the resource 'GPU'" in result.stderr, result
+    assert not (tmp_path / "none").exists()
+    # the run itself from "another machine", through Ray Client (ray://)
+    client = f"ray://127.0.0.1:{client_port}"
     run = LaunchedRun(
         tmp_path,
         "--cluster",
-        "auto",
+        client,
         "--learner-resource",
         LEARNER_RESOURCE,
         "--actors",
@@ -92,7 +113,7 @@ def test_cluster_run_places_restarts_and_stops(tmp_path, cluster, monkeypatch):
         assert placed(run, "learner") == [short["learner"]], run.output()
         first = placed(run, "actor-1")
         assert len(first) == 1 and first[0] in (short["w1"], short["w2"]), run.output()
-        assert "mario-apex: actor-0 on node" in run.output() and "at this machine" in run.output()
+        assert placed(run, "actor-0") == ["-"], run.output()  # here; under Ray Client, not a node of the cluster
         # actor 1 is on another node: it reaches the learner over TCP, with this run's keys
         assert re.search(r"\[replay\] listening on tcp://\S+:\d+", run.output()), run.output()
         run.wait_for(lambda: re.search(r"actors \d+/[1-9]\d* steps/s", run.output()), 120, "steps from actor 1")

@@ -9,22 +9,27 @@ for this run, and every actor connects to it with them (ipc only between roles o
 
 Each role on the cluster runs in a RoleHost (launcher/ray_host.py); here a RemoteProcess stands for
 it with multiprocessing.Process's interface, so the Supervisor starts, watches, restarts and stops
-it exactly as a local child: a thread relays the stop events to the host and its reports into the
-launcher's report socket. A host that dies with its node ends as a crashed child, and a crashed actor
-is started again wherever Ray finds a free CPU (up to actor_restarts times, as on one machine).
+it exactly as a local child. A thread of its own waits for Ray to place the host, starts the role
+there, then relays: the stop events out, the role's reports and its exit in (through a queue the
+launcher drains with its own reports). The launcher's loop never waits on Ray, so Ctrl+C is served
+at once even while a host waits for a free CPU. A host that dies with its node, or that Ray cannot
+place, ends as a crashed child, and a crashed actor is started again wherever Ray finds a free CPU
+(up to actor_restarts times, as on one machine).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import queue
 import signal
 import socket
 import threading
+from typing import Callable
 
 import ray
 import zmq
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import GetTimeoutError, RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from common.addresses import AddressError, parse_endpoint
@@ -33,83 +38,92 @@ from common.keys import CurveKeys
 from common.records import ActorStart
 from launcher.ray_host import RoleHost
 from launcher.resume import ResumePlan
-from launcher.supervisor import STOP_ORDER, StartError, Supervisor
+from launcher.supervisor import REPORTS_PER_DRAIN, STOP_ORDER, StartError, Supervisor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CODE = ["common", "actor", "learner", "replay_server", "launcher"]  # what the nodes get: these packages only
 POLL_S = 0.2
-PLACE_TIMEOUT_S = 120.0  # a host Ray cannot place (no free CPU, no learner node) fails the start after this
+CALL_TIMEOUT_S = 30.0  # a host that answers no call for this long is taken for gone
+PLACE_TIMEOUT_S = 120.0  # a host Ray cannot place (no free CPU, no learner node) is given up after this
 CLOSE_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 10.0
 LOST = -signal.SIGKILL  # the exit code of a role whose host (worker or node) went away
-CODE_EXCLUDES = [".git", ".venv", "runs", "*.pth", "*.npy", "*.mp4"]  # what the nodes need not get
 HOST_ENV = ("OMP_NUM_THREADS",)  # Ray sets it to the host's CPUs (1); a role gets the launcher's
 RemoteHost = ray.remote(max_concurrency=4)(RoleHost)
 
 
 class RemoteProcess:
     """A role process in a RoleHost on a cluster node, with the parts of multiprocessing.Process's
-    interface the Supervisor uses (start, exitcode, is_alive, terminate, kill, join, name)."""
+    interface the Supervisor uses (start, exitcode, is_alive, terminate, kill, join, name).
+    `args_for(node)` gives RoleHost.start's arguments once the node is known."""
 
-    def __init__(self, host, name: str, args: tuple, events: tuple, reports_address: str, context: zmq.Context):
-        self.host, self.name, self._args = host, name, args
+    def __init__(self, host, name: str, args_for: Callable[[dict], tuple], events: tuple, inbox: queue.SimpleQueue):
+        self.host, self.name, self._args_for = host, name, args_for
         self._role_stop, self._run_stop = events
-        self._reports_address, self._context = reports_address, context
+        self._inbox = inbox  # ("placed", name, node) and ("report", raw) for the launcher's thread
         self.exitcode: int | None = None
         self.lost = ""  # why the host went away, if it did
-        self._pump = threading.Thread(target=self._relay, name=f"relay-{name}", daemon=True)
+        self._relay_thread = threading.Thread(target=self._relay, name=f"relay-{name}", daemon=True)
 
     def start(self) -> None:
-        self.pid = ray.get(self.host.start.remote(*self._args), timeout=PLACE_TIMEOUT_S)
-        self._pump.start()
+        self._relay_thread.start()
 
     def _relay(self) -> None:
-        """Until the role exits: stop events to the host, its reports to the launcher's socket."""
-        out = self._context.socket(zmq.PUSH)
-        out.setsockopt(zmq.LINGER, 1000)
-        out.connect(self._reports_address)
-        sent = (False, False)
+        phase = "placing"
         try:
+            node = ray.get(self.host.node.remote(), timeout=PLACE_TIMEOUT_S)
+            self._inbox.put(("placed", self.name, node))
+            phase = "starting"
+            ray.get(self.host.start.remote(*self._args_for(node)), timeout=PLACE_TIMEOUT_S)
+            phase = "running"
+            sent = (False, False)
             while True:
                 now = (self._role_stop.is_set(), self._run_stop.is_set())
                 if now != sent:
                     self.host.set_events.remote(*now)
                     sent = now
-                try:
-                    exitcode, reports = ray.get(self.host.poll.remote(POLL_S))
-                except RayActorError as exc:  # died, or unreachable: either way it is replaced, so make sure
-                    self.lost = f"its Ray host went away ({type(exc).__name__})"  # it cannot come back
-                    ray.kill(self.host, no_restart=True)
-                    self.exitcode = LOST
-                    return
+                exitcode, reports = ray.get(self.host.poll.remote(POLL_S), timeout=POLL_S + CALL_TIMEOUT_S)
                 for raw in reports:
-                    out.send(raw)
+                    self._inbox.put(("report", raw))
                 if exitcode is not None:
-                    self.exitcode = exitcode
                     self._close_host()
+                    self.exitcode = exitcode  # after its last reports: the launcher reads those first
                     return
-        finally:
-            out.close()
+        except Exception as exc:  # any Ray failure (died, unreachable, unplaceable, a client gone): the
+            self.lost = (  # host is replaced, if at all, so make sure it cannot come back
+                f"Ray could not place it ({type(exc).__name__})"
+                if phase == "placing"
+                else f"its Ray host went away while {phase} ({type(exc).__name__})"
+            )
+            self.kill()
+            self.exitcode = LOST
 
     def _close_host(self) -> None:
         try:
             ray.get(self.host.close.remote(), timeout=CLOSE_TIMEOUT_S)
-        except (RayActorError, GetTimeoutError):
+        except (RayError, GetTimeoutError):
             pass
-        ray.kill(self.host, no_restart=True)
+        self.kill()
 
     def is_alive(self) -> bool:
         return self.exitcode is None
 
     def terminate(self) -> None:
-        self.host.terminate.remote()
+        try:
+            self.host.terminate.remote()
+        except Exception:  # a Ray Client gone: kill() follows
+            pass
 
     def kill(self) -> None:
         """At once, even for a host that no longer answers: Ray kills the worker and its child, the role."""
-        ray.kill(self.host, no_restart=True)
+        try:
+            ray.kill(self.host, no_restart=True)
+        except Exception:  # gone already, or the client connection with it
+            pass
 
     def join(self, timeout: float | None = None) -> None:
-        if self._pump.is_alive():
-            self._pump.join(timeout)
+        if self._relay_thread.is_alive():
+            self._relay_thread.join(timeout)
 
 
 def fresh_keys() -> tuple[CurveKeys, CurveKeys, bytes]:
@@ -132,6 +146,7 @@ class ClusterSupervisor(Supervisor):
         self._check_resources(config)
         self.server_keys, self.client_keys, self.authorized = fresh_keys()
         self.placement: dict[str, dict] = {}
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._here = self._local_node_id()
         self._place_learner_node()
         super().__init__(dataclasses.replace(config, runs_dir=os.path.abspath(config.runs_dir)), resume, "all")
@@ -146,11 +161,13 @@ class ClusterSupervisor(Supervisor):
                 raise StartError(
                     f"cannot connect to the Ray cluster at {address}: {getattr(exc, 'strerror', None) or exc}"
                 ) from None
-        os.environ["RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES"] = ""  # ours below (Ray's own warn about each)
         try:
             ray.init(
                 address=address,  # "auto": RAY_ADDRESS, or this machine's cluster; never a new one
-                runtime_env={"working_dir": REPO, "excludes": CODE_EXCLUDES},
+                runtime_env={
+                    "py_modules": [os.path.join(REPO, package) for package in CODE],
+                    "excludes": ["__pycache__"],
+                },
                 logging_level="WARNING",
                 configure_logging=True,
             )
@@ -192,8 +209,11 @@ class ClusterSupervisor(Supervisor):
         self._learner_host = RemoteHost.options(num_cpus=1, **resource).remote()
         try:
             self.learner_node = ray.get(self._learner_host.node.remote(), timeout=PLACE_TIMEOUT_S)
-        except GetTimeoutError:
-            raise StartError(f"Ray could not place the learner on a node with {self.learner_resource!r}") from None
+        except (RayError, GetTimeoutError) as exc:
+            ray.kill(self._learner_host, no_restart=True)
+            raise StartError(
+                f"Ray could not place the learner on a node with {self.learner_resource!r} ({type(exc).__name__})"
+            ) from None
 
     def _role_config(self, role: str, node_id: str) -> Config:
         """The learner's node binds its own address (ipc between its replay server and learner); an
@@ -213,18 +233,15 @@ class ClusterSupervisor(Supervisor):
         if role == "actor" and index == 0:  # here, with the window and the run video
             self._placed(name, {"node_id": self._here, "ip": "this machine", "hostname": ""})
             return super()._new_process(name, role, index, start)
-        host = self._host(role)
-        try:
-            node = ray.get(host.node.remote(), timeout=PLACE_TIMEOUT_S)
-        except GetTimeoutError:
-            raise StartError(f"Ray could not place {name} within {PLACE_TIMEOUT_S:g} s (no free CPU?)") from None
-        self._placed(name, node)
         env = {name: os.environ.get(name) for name in HOST_ENV}
-        config = self._role_config(role, node["node_id"]).to_dict()
         keys, authorized = (self.client_keys, []) if role == "actor" else (self.server_keys, [self.authorized])
-        args = (role, index, config, self.run_dir, start, keys.to_dict(), authorized, env)
+
+        def args_for(node: dict) -> tuple:
+            config = self._role_config(role, node["node_id"]).to_dict()
+            return (role, index, config, self.run_dir, start, keys.to_dict(), authorized, env)
+
         events = (self.stop_events[role], self.stop_events[STOP_ORDER[0]])
-        return RemoteProcess(host, name, args, events, self.reports_address, self.transport.context)
+        return RemoteProcess(self._host(role), name, args_for, events, self._inbox)
 
     def _host(self, role: str):
         if role == "learner":
@@ -239,12 +256,28 @@ class ClusterSupervisor(Supervisor):
         where = node["ip"] + (f" ({node['hostname']})" if node["hostname"] else "")
         print(f"mario-apex: {name} on node {node['node_id'][:8] or '-'} at {where}", flush=True)
 
+    def _drain_reports(self, timeout_ms: int) -> None:
+        """What the relays passed on (placements, the remote roles' reports), then actor 0's reports."""
+        for _ in range(REPORTS_PER_DRAIN):
+            try:
+                kind, *item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "placed":
+                self._placed(*item)
+            else:
+                self._handle_report(*item)
+        super()._drain_reports(timeout_ms)
+
     def _stop_all(self) -> None:
         """Tell every host at once that the stop has begun (and the actors to stop): each relay would pass
         it on only after its current poll, a round trip that a loaded machine or Ray Client makes long."""
         for name, proc in self.processes.items():
             if isinstance(proc, RemoteProcess) and proc.is_alive():
-                proc.host.set_events.remote(name.startswith("actor"), True)
+                try:
+                    proc.host.set_events.remote(name.startswith("actor"), True)
+                except Exception:  # a Ray Client gone: the deadlines below still hold
+                    pass
         super()._stop_all()
 
     def _reason(self, name: str) -> str:

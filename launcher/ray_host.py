@@ -7,7 +7,7 @@ each `poll` (so no port opens towards the launcher's machine, which a cluster of
 If the host dies (its node went away, or the launcher killed it), the role process sees its parent
 gone and stops by itself (RoleRuntime.orphaned).
 
-Kept light: it imports neither Ray nor the launcher (the roles' spawned children re-import it).
+It imports Ray only where it runs in a Ray worker, and nothing of the launcher's supervisor.
 """
 
 from __future__ import annotations
@@ -24,6 +24,29 @@ import zmq
 from common.runtime import process_name, role_entry
 
 REPORTS_PER_POLL = 1000
+SCRATCH_PREFIX = "mario-apex-host-"
+
+
+def _remove_stale_scratch() -> None:
+    """The folders of hosts that were killed (ray.kill, a lost node) before they could remove their own:
+    each is named for its host's pid."""
+    root = tempfile.gettempdir()
+    for name in os.listdir(root):
+        if not name.startswith(SCRATCH_PREFIX):
+            continue
+        pid = name[len(SCRATCH_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 class RoleHost:
@@ -34,7 +57,8 @@ class RoleHost:
         self._process: mp.Process | None = None
         self._context = zmq.Context()
         self._reports: zmq.Socket | None = None
-        self._scratch = tempfile.mkdtemp(prefix="mario-apex-host-")  # 0700: only this user reaches the socket
+        _remove_stale_scratch()
+        self._scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")  # 0700: this user only
 
     def node(self) -> dict:
         """Where this host runs: Ray's node id and address (for placement, --learner and printing)."""

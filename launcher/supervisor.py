@@ -367,10 +367,13 @@ class Supervisor:
                 raw = self.reports.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            try:
-                self._on_report(decode(raw, self.config.max_message_bytes, expect=("report",)))
-            except Exception as exc:  # ProtocolError, or one no check foresaw: that report is lost, not the run
-                self._drop_report(str(exc) if isinstance(exc, ProtocolError) else f"{type(exc).__name__}: {exc}")
+            self._handle_report(raw)
+
+    def _handle_report(self, raw: bytes) -> None:
+        try:
+            self._on_report(decode(raw, self.config.max_message_bytes, expect=("report",)))
+        except Exception as exc:  # ProtocolError, or one no check foresaw: that report is lost, not the run
+            self._drop_report(str(exc) if isinstance(exc, ProtocolError) else f"{type(exc).__name__}: {exc}")
 
     def _on_report(self, msg: dict) -> None:
         msg = check_report(msg)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+import zmq
 
 from tests.conftest import FAST_TEST_ENV
 from tests.harness import REPO, LaunchedRun, process_table
@@ -63,7 +64,6 @@ def cluster():
             "include_dashboard": False,
             "no_monitor": True,
             "ray_client_server_port": client_port,
-            "_system_config": {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000},
         },
     )
     nodes = {
@@ -114,9 +114,17 @@ def test_cluster_run_places_restarts_and_stops(tmp_path, cluster, monkeypatch):
         first = placed(run, "actor-1")
         assert len(first) == 1 and first[0] in (short["w1"], short["w2"]), run.output()
         assert placed(run, "actor-0") == ["-"], run.output()  # here; under Ray Client, not a node of the cluster
-        # actor 1 is on another node: it reaches the learner over TCP, with this run's keys
-        assert re.search(r"\[replay\] listening on tcp://\S+:\d+", run.output()), run.output()
+        # actor 1 is on another node: it reaches the learner over TCP, with this run's keys; no one else does
+        replay_in = re.search(r"\[replay\] listening on (tcp://\S+:\d+)", run.output())
+        assert replay_in, run.output()
         run.wait_for(lambda: re.search(r"actors \d+/[1-9]\d* steps/s", run.output()), 120, "steps from actor 1")
+        context = zmq.Context()
+        stranger = context.socket(zmq.PUSH)
+        stranger.connect(replay_in.group(1))
+        run.wait_for(
+            lambda: "[replay] refused a connection to replay-in" in run.output(), 60, "a keyless client refused"
+        )
+        context.destroy(linger=0)
 
         doomed = next(name for name in ("w1", "w2") if short[name] == first[0])
         c.remove_node(nodes[doomed], allow_graceful=False)
@@ -124,9 +132,12 @@ def test_cluster_run_places_restarts_and_stops(tmp_path, cluster, monkeypatch):
         assert "its Ray host went away" in run.output() and "restarting it (1 of 3)" in run.output(), run.output()
         other = short["w2" if doomed == "w1" else "w1"]
         run.wait_for(lambda: placed(run, "actor-1")[1:] == [other], 120, "actor 1 on the other worker node")
-        run.wait_for(lambda: run.output().count("[actor-1] acting") == 2, 120, "actor 1 to play again")
+        run.wait_for(lambda: run.output().count("[actor-1] acting") >= 2, 120, "actor 1 to play again")
 
+        roles = cluster_processes()
+        assert {name for name in roles.values() if name.startswith("mario-")} >= {"mario-replay", "mario-learner"}
         run.interrupt()
+        run.wait_gone(set(roles), 10)  # every role and host on every node, within 10 s of Ctrl+C
         assert run.wait(15) == 130, run.output()
         summary = run.summary()
         assert summary["stop_reason"] == "interrupted (Ctrl+C)"

@@ -44,8 +44,17 @@ pytestmark = pytest.mark.slow
                 )
             ],
         ),
-        ("bench_pipeline", ["learner batch  32:", "weights publish->act:", "replay    20,000:", "actors 2:"]),
-        ("bench_pipeline --parts scaling --ray", ["actors 2:", "on Ray actors 2:", "of plain --actors 2;"]),
+        (
+            "bench_pipeline --ray",
+            [
+                "learner batch  32:",
+                "weights publish->act:",
+                "replay    20,000:",
+                "actors 2:",
+                "on Ray actors 2:",
+                "of plain --actors 2;",
+            ],
+        ),
         (
             "bench_learning",
             [

@@ -347,7 +347,7 @@ def _cluster(parser: OneLineParser, args: argparse.Namespace, config: Config) ->
     from launcher.supervisor import StartError
 
     try:
-        supervisor = ClusterSupervisor(config, None, args.cluster, args.learner_resource or "GPU")
+        supervisor = ClusterSupervisor(config, args.cluster, args.learner_resource or "GPU")
     except StartError as exc:
         parser.error(str(exc))
     return supervisor.run()

@@ -37,7 +37,6 @@ from common.config import Config
 from common.keys import CurveKeys
 from common.records import ActorStart
 from launcher.ray_host import RoleHost
-from launcher.resume import ResumePlan
 from launcher.supervisor import REPORTS_PER_DRAIN, STOP_ORDER, StartError, Supervisor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -140,7 +139,7 @@ def fresh_keys() -> tuple[CurveKeys, CurveKeys, bytes]:
 class ClusterSupervisor(Supervisor):
     """The Supervisor with the replay server, the learner and actors 1.. placed by Ray."""
 
-    def __init__(self, config: Config, resume: ResumePlan | None, address: str, learner_resource: str):
+    def __init__(self, config: Config, address: str, learner_resource: str):
         self.learner_resource = learner_resource
         self._connect(address)
         self._check_resources(config)
@@ -149,7 +148,7 @@ class ClusterSupervisor(Supervisor):
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._here = self._local_node_id()
         self._place_learner_node()
-        super().__init__(dataclasses.replace(config, runs_dir=os.path.abspath(config.runs_dir)), resume, "all")
+        super().__init__(dataclasses.replace(config, runs_dir=os.path.abspath(config.runs_dir)))
 
     @staticmethod
     def _connect(address: str) -> None:

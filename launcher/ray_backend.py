@@ -183,7 +183,7 @@ class ClusterSupervisor(Supervisor):
                 f"(the cluster has: {', '.join(sorted(k for k in total if not k.startswith('node:')))}); "
                 "start one with `ray start --num-gpus 1` or `--resources '{\"NAME\": 1}'` and pass --learner-resource NAME"
             )
-        needed = 1 + (config.actors - 1)  # the learner, and the actors not started here
+        needed = config.actors  # the learner, and actors 1..N-1 (actor 0 runs here)
         if free.get("CPU", 0) < needed:
             raise StartError(
                 f"the Ray cluster has {free.get('CPU', 0):g} free CPUs; this run needs {needed} "

@@ -43,6 +43,17 @@ def group_alive(group: int) -> set[int]:
     return {pid for pid, (_, state, pgrp) in process_table().items() if pgrp == group and state != "Z"}
 
 
+def descendants_of(root: int) -> set[int]:
+    """Every process below `root` (children, their children, ...), zombies included."""
+    table = process_table()
+    found, frontier = set(), {root}
+    while frontier:
+        children = {pid for pid, (ppid, _, _) in table.items() if ppid in frontier} - found
+        found |= children
+        frontier = children
+    return found
+
+
 def alive(pids) -> set[int]:
     """The pids that still exist and are not zombies."""
     table = process_table()
@@ -136,13 +147,7 @@ class LaunchedRun:
         self.wait_for(lambda: self.status_value("updates") >= n, timeout, f"{n} learner updates")
 
     def descendants(self) -> set[int]:
-        table = process_table()
-        found, frontier = set(), {self.proc.pid}
-        while frontier:
-            children = {pid for pid, (ppid, _, _) in table.items() if ppid in frontier} - found
-            found |= children
-            frontier = children
-        return found
+        return descendants_of(self.proc.pid)
 
     def role_pids(self) -> dict[str, int]:
         """Process name (replay, learner, actor-0, ...) -> pid, for this launcher's role processes: its

@@ -87,15 +87,15 @@ def slope(points: list[tuple[float, int]], skip_s: float = 0.0) -> tuple[float, 
     return (s1 - s0) / (t1 - t0), t1 - t0
 
 
-def run_launcher(args: list[str], timeout: float) -> dict:
-    """Run launch.py headless and without videos in a temporary runs folder on free ports; returns
-    summary.json plus the TensorBoard points read before the folder is removed. Nothing survives it."""
+def run_launcher(args: list[str], timeout: float, live: bool = False) -> dict:
+    """Run launch.py headless and without videos (`live`: with its window and video, on $DISPLAY) in a
+    temporary runs folder on free ports; returns summary.json plus the TensorBoard points read before
+    the folder is removed. Nothing survives it."""
     with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as tmp:
         cmd = [
             sys.executable,
             "launch.py",
-            "--headless",
-            "--no-video",
+            *([] if live else ["--headless", "--no-video"]),
             "--runs-dir",
             os.path.join(tmp, "runs"),
             "--base-port",
@@ -103,7 +103,8 @@ def run_launcher(args: list[str], timeout: float) -> dict:
             *args,
         ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env.pop("DISPLAY", None)
+        if not live:
+            env.pop("DISPLAY", None)
         out_path = os.path.join(tmp, "launcher.out")
         started = time.monotonic()
         with open(out_path, "w") as out:

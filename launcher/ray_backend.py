@@ -46,6 +46,8 @@ CALL_TIMEOUT_S = 30.0  # a host that answers no call for this long is taken for 
 PLACE_TIMEOUT_S = 120.0  # a host Ray cannot place (no free CPU, no learner node) is given up after this
 CLOSE_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 10.0
+CLIENT_TRIES = 3  # Ray Client's per-client server dies at start now and then (ray-project/ray#63202)
+CLIENT_SERVER_FAILED = "Starting Ray client server failed"  # what the head answers then
 LOST = -signal.SIGKILL  # the exit code of a role whose host (worker or node) went away
 HOST_ENV = ("OMP_NUM_THREADS",)  # Ray sets it to the host's CPUs (1); a role gets the launcher's
 RemoteHost = ray.remote(max_concurrency=4)(RoleHost)
@@ -160,19 +162,30 @@ class ClusterSupervisor(Supervisor):
                 raise StartError(
                     f"cannot connect to the Ray cluster at {address}: {getattr(exc, 'strerror', None) or exc}"
                 ) from None
-        try:
-            ray.init(
-                address=address,  # "auto": RAY_ADDRESS, or this machine's cluster; never a new one
-                runtime_env={
-                    "py_modules": [os.path.join(REPO, package) for package in CODE],
-                    "excludes": ["__pycache__"],
-                },
-                logging_level="WARNING",
-                configure_logging=True,
-            )
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            where = "RAY_ADDRESS or a local `ray start`" if address == "auto" else address
-            raise StartError(f"cannot connect to the Ray cluster at {where}: {exc}") from None
+        for attempt in range(1, CLIENT_TRIES + 1):
+            try:
+                ray.init(
+                    address=address,  # "auto": RAY_ADDRESS, or this machine's cluster; never a new one
+                    runtime_env={
+                        "py_modules": [os.path.join(REPO, package) for package in CODE],
+                        "excludes": ["__pycache__"],
+                    },
+                    logging_level="WARNING",
+                    configure_logging=True,
+                )
+                return
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                if CLIENT_SERVER_FAILED in str(exc) and attempt < CLIENT_TRIES:
+                    # a race in Ray: the head forks the client's server while gRPC runs; another try gets another
+                    print(
+                        f"mario-apex: Ray Client's server for this launcher died at start on the head (a known "
+                        f"Ray race, ray-project/ray#63202); connecting again ({attempt + 1} of {CLIENT_TRIES})",
+                        flush=True,
+                    )
+                    ray.shutdown()
+                    continue
+                where = "RAY_ADDRESS or a local `ray start`" if address == "auto" else address
+                raise StartError(f"cannot connect to the Ray cluster at {where}: {exc}") from None
 
     def _check_resources(self, config: Config) -> None:
         """Fail in one line before starting anything if the cluster cannot hold the run."""

@@ -1,6 +1,7 @@
 """Every benchmark script runs in its smoke mode and prints its figures, so none of them rots."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -288,3 +289,80 @@ def test_a_free_base_port_has_no_ipc_socket_file_left_by_a_killed_run(tmp_path, 
     picks = iter([30_000, 40_000])
     monkeypatch.setattr(common.random, "randint", lambda low, high: next(picks))
     assert common.free_base_port() == 40_000
+
+
+# A stand-in for the original trainer's mario_gym.py (not part of this project) with the same shape: an
+# unused torchvision import, the start-up prompt, the env made at module level under JoypadSpace, a window.
+ORIGINAL_LIKE = """
+import sys
+import cv2
+import gym_super_mario_bros
+from gym_super_mario_bros.actions import SIMPLE_MOVEMENT
+from nes_py.wrappers import JoypadSpace
+from torchvision import transforms as T
+
+env = JoypadSpace(
+    gym_super_mario_bros.make("SuperMarioBros-v0", apply_api_compatibility=True, render_mode="rgb_array"),
+    SIMPLE_MOVEMENT,
+)
+if __name__ == "__main__":
+    assert input("Start new training (n) or load from checkpoint (l)? [n/l]: ") == "n"
+    env.reset()
+    for step in range(STEPS):
+        obs, reward, terminated, truncated, info = env.step(step % len(SIMPLE_MOVEMENT))
+        if SHOW:
+            cv2.imshow("Mario", obs)
+            cv2.waitKey(1)
+        if terminated or truncated:
+            env.reset()
+"""
+
+
+def test_the_original_trainer_runs_unmodified_with_every_emulator_step_counted(tmp_path):
+    """bench_vs_original's child runs the script as `python mario_gym.py` would (prompt answered "n",
+    torchvision stubbed where missing) and counts each emulator step once."""
+    import multiprocessing as mp
+
+    from benchmarks.bench_vs_original import _run_original
+
+    script = tmp_path / "mario_gym.py"
+    script.write_text(ORIGINAL_LIKE.replace("STEPS", "57").replace("SHOW", "False"))
+    ctx = mp.get_context("spawn")
+    steps = ctx.RawValue("q", 0)
+    child = ctx.Process(target=_run_original, args=(str(script), str(tmp_path), steps))
+    child.start()
+    child.join(120)
+    assert child.exitcode == 0, (tmp_path / "original.out").read_text()
+    assert steps.value == 57
+
+
+def test_bench_vs_original_smoke_prints_both_rates_and_the_ratio(tmp_path, xvfb):
+    script = tmp_path / "mario_gym.py"
+    script.write_text(ORIGINAL_LIKE.replace("STEPS", "10**9").replace("SHOW", "True"))
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_vs_original", "--original", str(script), "--smoke"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "DISPLAY": xvfb},
+    )
+    assert result.returncode == 0, result.stderr
+    for pattern in (
+        r"round 1: original +[1-9][\d.]* NES frames/s\n",
+        r"round 1: ours +[1-9][\d.]* NES frames/s over \d+ s of training \(1 actor\(s\); [\d,]+ env steps, [1-9][\d,]* updates",
+        r"median: original [\d.]+ NES frames/s, ours [\d.]+: [\d.]+x \(goal >= 30x: (met|missed)\)",
+    ):
+        assert re.search(pattern, result.stdout), f"{pattern!r} not in:\n{result.stdout}"
+
+
+def test_bench_vs_original_refuses_a_missing_script_in_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_vs_original", "--original", str(tmp_path / "nope.py")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "no such file" in result.stderr.strip().splitlines()[-1]

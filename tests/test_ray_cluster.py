@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -44,12 +45,25 @@ def placed(run: LaunchedRun, name: str) -> list[str]:
     return re.findall(rf"mario-apex: {name} on node (\S+) at", run.output())
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.fixture
 def cluster():
-    """A head with no CPU, a learner node (1 CPU and the learner resource) and two
+    """A head with no CPU (and Ray Client's server), a learner node (1 CPU and the learner resource) and two
     worker nodes (1 CPU each): actor 1 must go to a worker node, and after that node dies, to the other one."""
+    client_port = free_port()
     c = ray_cluster_utils.Cluster(
-        initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False, "no_monitor": True}
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 0,
+            "include_dashboard": False,
+            "no_monitor": True,
+            "ray_client_server_port": client_port,
+        },
     )
     nodes = {
         "learner": c.add_node(num_cpus=1, resources={LEARNER_RESOURCE: 1}),
@@ -57,13 +71,13 @@ def cluster():
         "w2": c.add_node(num_cpus=1),
     }
     c.wait_for_nodes()
-    yield c, nodes
+    yield c, nodes, client_port
     c.shutdown()
 
 
 @pytest.mark.slow
 def test_cluster_run_places_restarts_and_stops(tmp_path, cluster, monkeypatch):
-    c, nodes = cluster
+    c, nodes, client_port = cluster
     short = {name: node.node_id[:8] for name, node in nodes.items()}
     # --cluster auto finds the cluster in RAY_ADDRESS, as Ray's own tools do; it has no GPU node
     monkeypatch.setenv("RAY_ADDRESS", c.address)
@@ -94,12 +108,11 @@ def test_cluster_run_places_restarts_and_stops(tmp_path, cluster, monkeypatch):
     )
     assert result.returncode == 2 and "the Ray cluster has 3 free CPUs; this run needs 9" in result.stderr, result
     assert not (tmp_path / "none").exists()
-    # the run itself (through the cluster's address: Ray Client's per-client server once failed to start
-    # here under a loaded suite, "SpecificServer startup failed", so ray:// is not what this test rests on)
+    # the run itself from "another machine", through Ray Client (ray://)
     run = LaunchedRun(
         tmp_path,
         "--cluster",
-        "auto",
+        f"ray://127.0.0.1:{client_port}",
         "--learner-resource",
         LEARNER_RESOURCE,
         "--actors",
@@ -194,3 +207,42 @@ def test_learner_resource_needs_cluster():
         [sys.executable, "launch.py", "--learner-resource", "x"], cwd=REPO, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2 and "--learner-resource is for --cluster" in result.stderr, result.stderr
+
+
+def test_ray_client_server_dying_at_start_is_tried_again(monkeypatch, capsys):
+    """Ray's head sometimes loses the per-client server it forks for a ray:// connection (ray-project/ray#63202):
+    the launcher connects again, up to CLIENT_TRIES times, and says why; other failures are one line at once."""
+    from launcher import ray_backend
+    from launcher.supervisor import StartError
+
+    failure = ConnectionAbortedError(
+        f"Initialization failure from server:\n{ray_backend.CLIENT_SERVER_FAILED}. See `ray_client_server_23000.err`"
+    )
+    calls = []
+
+    def init(**kwargs):
+        calls.append(kwargs["address"])
+        if len(calls) < ray_backend.CLIENT_TRIES:
+            raise failure
+
+    monkeypatch.setattr(ray_backend.ray, "init", init)
+    monkeypatch.setattr(ray_backend.ray, "shutdown", lambda: None)
+    ray_backend.ClusterSupervisor._connect("ray://head:10001")
+    assert calls == ["ray://head:10001"] * ray_backend.CLIENT_TRIES
+    assert capsys.readouterr().out.count("ray-project/ray#63202") == ray_backend.CLIENT_TRIES - 1
+
+    calls.clear()
+    monkeypatch.setattr(ray_backend.ray, "init", lambda **kwargs: (calls.append(1), _raise(failure)))
+    with pytest.raises(StartError, match="cannot connect to the Ray cluster at ray://head:10001"):
+        ray_backend.ClusterSupervisor._connect("ray://head:10001")
+    assert len(calls) == ray_backend.CLIENT_TRIES
+
+    calls.clear()
+    monkeypatch.setattr(ray_backend.ray, "init", lambda **kwargs: (calls.append(1), _raise(ConnectionError("refused"))))
+    with pytest.raises(StartError, match="refused"):
+        ray_backend.ClusterSupervisor._connect("ray://head:10001")
+    assert len(calls) == 1
+
+
+def _raise(exc: Exception):
+    raise exc

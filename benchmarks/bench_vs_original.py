@@ -109,7 +109,7 @@ def our_rate(actors: int, seconds: float, smoke: bool = False) -> tuple[float, f
     """NES frames/s of `python launch.py --actors N` (window, video) while its learner trains: from
     WARMUP_S after the learner's first update (it waits for learning_starts transitions, a minute
     here) to the end of the run; and the seconds that covers."""
-    start_s, extra = (20.0, ["--set", "learning_starts=500"]) if smoke else (START_S, [])
+    start_s, extra = (60.0, ["--set", "learning_starts=500"]) if smoke else (START_S, [])  # loaded CI: slow starts
     run = run_launcher(
         ["--actors", str(actors), "--max-minutes", f"{(seconds + 2 * WARMUP_S + start_s) / 60:.4f}", *extra],
         timeout=seconds + start_s + 180,

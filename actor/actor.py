@@ -46,7 +46,7 @@ from common.topology import connect_socket
 from actor.wrappers import FrameSkip, episode_end
 from actor.evaluate import epsilon_greedy, play_episode
 
-LAST_SEND_WAIT_MS = 1000  # at the stop, how long the last flush waits for room in a full queue
+LAST_SEND_WAIT_MS = 1000  # at the stop, how long the last flush (all its messages together) waits for room
 
 
 @dataclass(eq=False)
@@ -111,6 +111,7 @@ class Actor:
         self.step_cap = math.ceil(c.max_steps / c.actors) if c.max_steps else 0
         self.episode_cap = math.ceil(c.max_episodes / c.actors) if c.max_episodes else 0
         self._steps_in_flight = 0  # steps submitted to the env thread and not yet counted
+        self._last_flush_ends: float | None = None  # monotonic deadline of the last flush, set at the stop
 
     def _make_slot(self, j: int) -> EnvSlot:
         c = self.config
@@ -344,7 +345,11 @@ class Actor:
                 break
             self._poll_weights()
         if self.rt.should_stop():  # the last flush: the replay server takes everything once the stop began
-            self.push.poll(LAST_SEND_WAIT_MS, zmq.POLLOUT)
+            if self._last_flush_ends is None:  # one wait for all the messages, however many envs flush
+                self._last_flush_ends = time.monotonic() + LAST_SEND_WAIT_MS / 1000
+            left_ms = int((self._last_flush_ends - time.monotonic()) * 1000)
+            if left_ms > 0:
+                self.push.poll(left_ms, zmq.POLLOUT)
         try:
             self.push.send(payload, zmq.NOBLOCK)
         except zmq.Again:

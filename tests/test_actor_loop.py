@@ -427,6 +427,7 @@ def test_the_last_flush_at_the_stop_waits_for_room_in_a_full_queue():
         assert queued >= config.actor_queue_chunks()
         actor = Actor.__new__(Actor)  # only what _send uses
         actor.config, actor.push, actor.learner_stopped, actor.dropped_chunks = config, push, False, 0
+        actor._last_flush_ends = None
         actor.rt = type("Stopping", (), {"should_stop": staticmethod(lambda: True), "log": print})()
         actor._drop_log = LogLimit()
         received = []
@@ -438,3 +439,38 @@ def test_the_last_flush_at_the_stop_waits_for_room_in_a_full_queue():
         assert received[-1] == b"last"
     finally:
         transport.close()
+
+
+def test_the_last_flush_waits_once_for_all_its_messages(monkeypatch):
+    """An actor with many envs flushes one chunk per env at the stop; when the replay server takes none of
+    them, the wait is LAST_SEND_WAIT_MS in all, not per message (a slow stop the launcher had to kill)."""
+    import actor.actor as actor_module
+    from common.log_limit import LogLimit
+
+    clock = [100.0]
+    monkeypatch.setattr(actor_module.time, "monotonic", lambda: clock[0])
+
+    class FullQueue:
+        """A push socket whose queue never has room: poll waits its whole timeout, send raises Again."""
+
+        waited_ms = 0
+
+        def poll(self, timeout_ms, _flags):
+            self.waited_ms += timeout_ms
+            clock[0] += timeout_ms / 1000
+            return 0
+
+        def send(self, _payload, _flags):
+            raise zmq.Again
+
+    actor = Actor.__new__(Actor)  # only what _send uses
+    actor.config = Config(env=TEST_ENV_ID, samples_per_insert=1)
+    actor.push, actor.learner_stopped, actor.dropped_chunks, actor._last_flush_ends = FullQueue(), False, 0, None
+    actor.rt = type(
+        "Stopping", (), {"should_stop": staticmethod(lambda: True), "log": staticmethod(lambda _msg: None)}
+    )()
+    actor._drop_log = LogLimit()
+    for _ in range(8):
+        actor._send(b"chunk")
+    assert actor.dropped_chunks == 8
+    assert actor.push.waited_ms == actor_module.LAST_SEND_WAIT_MS

@@ -13,7 +13,7 @@ import textwrap
 
 from common.addresses import has_ipc, ipc_only, is_loopback
 from common.addresses import AddressError, parse_endpoint
-from common.config import TEST_ENV_ID, SECTIONS, Config, ConfigError, parse_assignment
+from common.config import LAUNCH_LIMITS, TEST_ENV_ID, SECTIONS, Config, ConfigError, parse_assignment
 
 EPILOG = f"""\
 examples:
@@ -224,6 +224,12 @@ def config_from_args(args: argparse.Namespace, base: dict | None = None) -> Conf
     return Config.from_dict(values)
 
 
+def resumed_base(saved: dict, runs_dir: str) -> dict:
+    """A resumed run's config before the flags given now: the saved one, without the last launch's stop
+    limits, in the runs folder of this launch."""
+    return {**{k: v for k, v in saved.items() if k not in LAUNCH_LIMITS}, "runs_dir": runs_dir}
+
+
 def check_network(args: argparse.Namespace, config: Config):
     """The role's flags fit together and links off this machine are secured; returns the CurveKeys
     to use (None without --keys). Raises ConfigError (or KeysError) with one line."""
@@ -309,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     if resume_from:
         try:  # the checkpoint's config, with the flags given now on top
             checkpoint, state = load_resume_state(resume_from)
-            config = config_from_args(args, base={**state["config"], "runs_dir": config.runs_dir})
+            config = config_from_args(args, base=resumed_base(state["config"], config.runs_dir))
             plan = plan_resume(checkpoint, state, config, args.resume_reset_exploration, args.resume_new_env)
         except (ResumeError, ConfigError) as exc:
             parser.error(str(exc))

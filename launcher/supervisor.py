@@ -67,6 +67,16 @@ def role_processes(role: str, config: Config) -> tuple[str, ...]:
     return ROLES[role]
 
 
+def launch_limits(c: Config) -> str:
+    """This launch's stop limits in words ("" for none), so that none comes as a surprise."""
+    parts = [
+        f"{c.max_steps:,} env steps" if c.max_steps else "",
+        f"{c.max_episodes:,} episodes" if c.max_episodes else "",
+        f"{c.max_minutes:g} minutes" if c.max_minutes else "",
+    ]
+    return " or ".join(part for part in parts if part)
+
+
 class StartError(RuntimeError):
     """The run cannot start (bad env id, device, ports, run folder); one-line message."""
 
@@ -294,6 +304,9 @@ class Supervisor:
         c = self.config
         if self.role == "all":
             print(f"mario-apex: env {c.env}, {c.actors} actor(s); Ctrl+C stops everything cleanly", flush=True)
+        if limits := launch_limits(c):
+            print(f"mario-apex: stops after {limits}", flush=True)
+        if self.role == "all":
             return
         if self.role != "actor":
             what = " and ".join(r if r == "learner" else "replay server" for r in self.roles)

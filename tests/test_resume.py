@@ -118,6 +118,7 @@ def test_resume_continues_counters_and_restores_identical_state(launch, finished
     assert numbers == list(range(1, len(episodes) + 1)), "episode numbers continue"
     assert after["counters"]["episodes"] == len(episodes) == len(log_after) - 1
     assert "resuming from checkpoint_final.pth" in second.output()
+    assert "mario-apex: stops after 600 env steps\n" in second.output(), "its own limit, not the saved 4,000 too"
 
 
 def test_checkpoints_taken_while_training_are_consistent(launch):

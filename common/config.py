@@ -19,9 +19,10 @@ from common.addresses import AddressError, parse_endpoint, valid_host
 
 ACTION_SETS = {"simple": 7, "right_only": 5, "complex": 12}
 """Actions in each joypad action set (gym_super_mario_bros.actions; the learner does not import it)."""
-LAUNCH_LIMITS = ("max_episodes", "max_steps", "max_minutes")
-"""Stop limits of one launch, counted from its start: --resume does not take them from the saved config
-(a run stopped by --max-minutes would otherwise stop again that many minutes after each resume)."""
+LAUNCH_ONLY = ("headless", "max_episodes", "max_steps", "max_minutes")
+"""What one launch chose for itself: --resume does not take these from the saved config. The stop limits
+count from the launch's start (a run stopped by --max-minutes would otherwise stop again that many minutes
+after each resume), and a run started on a server and resumed at a desk shows its window again."""
 TEST_ENV_ID = "MarioApexTest-v0"
 """Id of the tiny built-in test environment (see actor/toy_level.py)."""
 MAX_SAMPLE_BATCH = 4096  # transitions in one sample request

@@ -13,7 +13,7 @@ import textwrap
 
 from common.addresses import has_ipc, ipc_only, is_loopback
 from common.addresses import AddressError, parse_endpoint
-from common.config import LAUNCH_LIMITS, TEST_ENV_ID, SECTIONS, Config, ConfigError, parse_assignment
+from common.config import LAUNCH_ONLY, TEST_ENV_ID, SECTIONS, Config, ConfigError, parse_assignment
 
 EPILOG = f"""\
 examples:
@@ -225,9 +225,9 @@ def config_from_args(args: argparse.Namespace, base: dict | None = None) -> Conf
 
 
 def resumed_base(saved: dict, runs_dir: str) -> dict:
-    """A resumed run's config before the flags given now: the saved one, without the last launch's stop
-    limits, in the runs folder of this launch."""
-    return {**{k: v for k, v in saved.items() if k not in LAUNCH_LIMITS}, "runs_dir": runs_dir}
+    """A resumed run's config before the flags given now: the saved one, without what the last launch chose
+    for itself (LAUNCH_ONLY), in the runs folder of this launch."""
+    return {**{k: v for k, v in saved.items() if k not in LAUNCH_ONLY}, "runs_dir": runs_dir}
 
 
 def check_network(args: argparse.Namespace, config: Config):

@@ -222,19 +222,20 @@ def test_resume_on_another_env_is_refused_unless_asked(tmp_path):
     assert plan_resume(checkpoint, state, Config.from_dict(state["config"]), None).checkpoint == checkpoint
 
 
-def test_resume_does_not_take_the_last_launchs_stop_limits():
-    """A run stopped by --max-minutes 22 and resumed stopped again 22 minutes later, with no word about it:
-    the limits belong to one launch (they count from its start), so a resume has only those given now."""
-    from common.config import LAUNCH_LIMITS, Config
+def test_resume_does_not_take_what_the_last_launch_chose_for_itself():
+    """A run stopped by --max-minutes 22 and resumed stopped again 22 minutes later, with no word about it,
+    and a run started with --headless stayed without its window: those belong to one launch, so a resume
+    has only those given now."""
+    from common.config import LAUNCH_ONLY, Config
     from launcher.cli import build_parser, config_from_args, resumed_base
 
-    saved = Config(max_steps=1_000_000, max_episodes=50, max_minutes=22.0, lr=0.0003).to_dict()
+    saved = Config(max_steps=1_000_000, max_episodes=50, max_minutes=22.0, headless=True, lr=0.0003).to_dict()
     resumed = config_from_args(build_parser().parse_args(["--resume", "run"]), resumed_base(saved, "elsewhere"))
-    assert [getattr(resumed, name) for name in LAUNCH_LIMITS] == [0, 0, 0.0]
+    assert [getattr(resumed, name) for name in LAUNCH_ONLY] == [False, 0, 0, 0.0]
     assert resumed.lr == 0.0003 and resumed.runs_dir == "elsewhere", "the rest of the saved config goes on"
-    given = build_parser().parse_args(["--resume", "run", "--max-minutes", "5", "--set", "max_steps=700"])
+    given = build_parser().parse_args(["--resume", "run", "--max-minutes", "5", "--set", "max_steps=700", "--headless"])
     resumed = config_from_args(given, resumed_base(saved, "runs"))
-    assert (resumed.max_minutes, resumed.max_steps, resumed.max_episodes) == (5.0, 700, 0)
+    assert (resumed.max_minutes, resumed.max_steps, resumed.max_episodes, resumed.headless) == (5.0, 700, 0, True)
 
 
 @pytest.mark.parametrize("name", ["show_a_button", "jump_repress"])

@@ -287,6 +287,8 @@ class Supervisor:
                 flush=True,
             )
         self._print_role()
+        if limits := launch_limits(self.config):
+            print(f"mario-apex: stops after {limits}", flush=True)
         self.console = Console(self.config.max_steps)
         try:
             self._start_all()
@@ -304,9 +306,6 @@ class Supervisor:
         c = self.config
         if self.role == "all":
             print(f"mario-apex: env {c.env}, {c.actors} actor(s); Ctrl+C stops everything cleanly", flush=True)
-        if limits := launch_limits(c):
-            print(f"mario-apex: stops after {limits}", flush=True)
-        if self.role == "all":
             return
         if self.role != "actor":
             what = " and ".join(r if r == "learner" else "replay server" for r in self.roles)

@@ -405,13 +405,24 @@ def test_evaluations_give_up_after_eval_stall_steps_without_progress(tmp_path):
     )
 
 
+def _stopping_sender(config: Config, push) -> Actor:
+    """An Actor with only what _send uses, its run stopping (the last flush)."""
+    from common.log_limit import LogLimit
+
+    actor = Actor.__new__(Actor)
+    actor.config, actor.push, actor.learner_stopped, actor.dropped_chunks = config, push, False, 0
+    actor._last_flush_ends = None
+    actor.rt = type("Stopping", (), {"should_stop": staticmethod(lambda: True), "log": staticmethod(print)})()
+    actor._drop_log = LogLimit()
+    return actor
+
+
 def test_the_last_flush_at_the_stop_waits_for_room_in_a_full_queue():
     """With the ratio pinned the queue to the replay server is short and full when the run stops (the learner
     behind); the replay server takes everything once the stop begins, so the actor's last chunk waits for
     room (a second at most) instead of being dropped at once."""
     import threading
 
-    from common.log_limit import LogLimit
     from common.topology import bind_socket, connect_socket
 
     config = Config(env=TEST_ENV_ID, base_port=free_base_port(), samples_per_insert=1)
@@ -425,11 +436,7 @@ def test_the_last_flush_at_the_stop_waits_for_room_in_a_full_queue():
             push.send(b"x" * 100_000, zmq.NOBLOCK)
             queued += 1
         assert queued >= config.actor_queue_chunks()
-        actor = Actor.__new__(Actor)  # only what _send uses
-        actor.config, actor.push, actor.learner_stopped, actor.dropped_chunks = config, push, False, 0
-        actor._last_flush_ends = None
-        actor.rt = type("Stopping", (), {"should_stop": staticmethod(lambda: True), "log": print})()
-        actor._drop_log = LogLimit()
+        actor = _stopping_sender(config, push)
         received = []
         reader = threading.Timer(0.3, lambda: received.extend(pull.recv() for _ in range(queued + 1)))
         reader.start()  # the replay server, once told the run is stopping
@@ -445,7 +452,6 @@ def test_the_last_flush_waits_once_for_all_its_messages(monkeypatch):
     """An actor with many envs flushes one chunk per env at the stop; when the replay server takes none of
     them, the wait is LAST_SEND_WAIT_MS in all, not per message (a slow stop the launcher had to kill)."""
     import actor.actor as actor_module
-    from common.log_limit import LogLimit
 
     clock = [100.0]
     monkeypatch.setattr(actor_module.time, "monotonic", lambda: clock[0])
@@ -463,13 +469,7 @@ def test_the_last_flush_waits_once_for_all_its_messages(monkeypatch):
         def send(self, _payload, _flags):
             raise zmq.Again
 
-    actor = Actor.__new__(Actor)  # only what _send uses
-    actor.config = Config(env=TEST_ENV_ID, samples_per_insert=1)
-    actor.push, actor.learner_stopped, actor.dropped_chunks, actor._last_flush_ends = FullQueue(), False, 0, None
-    actor.rt = type(
-        "Stopping", (), {"should_stop": staticmethod(lambda: True), "log": staticmethod(lambda _msg: None)}
-    )()
-    actor._drop_log = LogLimit()
+    actor = _stopping_sender(Config(env=TEST_ENV_ID, samples_per_insert=1), FullQueue())
     for _ in range(8):
         actor._send(b"chunk")
     assert actor.dropped_chunks == 8

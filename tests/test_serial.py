@@ -73,6 +73,7 @@ def test_serial_learns_the_test_env_and_writes_the_usual_run_folder(launch):
     run = launch(*SERIAL, "--max-steps", "3000", "--set", "eval_every_episodes=50")
     assert watch_alone(run, 240) >= 5, run.output()
     assert run.wait(10) == 0, run.output()
+    assert "mario-apex: stops after 3,000 env steps\n" in run.output(), "the limit is said at the start"
     assert "mario-apex: stopped: reached --max-steps" in run.output()
 
     summary = run.summary()

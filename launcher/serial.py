@@ -45,7 +45,7 @@ from common.metrics import Metrics
 from common.network import network_from_arrays, weights_to_arrays
 from common.records import CheckpointCounters, EpisodeReport, EvalResult, as_map
 from launcher.episode_log import EpisodeLog
-from launcher.supervisor import StartError, launch_limits, make_run_dir
+from launcher.supervisor import StartError, limits_line, make_run_dir
 from learner.device import DeviceError, pick_device
 from learner.learning import DQNLearner
 from replay_server.buffer import PrioritizedReplay
@@ -118,8 +118,8 @@ def run_serial(c: Config) -> int:
         f"serial: env {c.env}, actor, replay and learner in this process (no ZeroMQ), learner on {device}; "
         "Ctrl+C stops cleanly"
     )
-    if limits := launch_limits(c):
-        say(f"stops after {limits}")
+    if limits := limits_line(c):
+        say(limits)
     if not c.headless or c.video:
         say("--serial shows no live window and records no videos")
     log, metrics = EpisodeLog(os.path.join(run_dir, "log.txt")), Metrics(run_dir, ".serial", say)

@@ -67,14 +67,15 @@ def role_processes(role: str, config: Config) -> tuple[str, ...]:
     return ROLES[role]
 
 
-def launch_limits(c: Config) -> str:
-    """This launch's stop limits in words ("" for none), so that none comes as a surprise."""
+def limits_line(c: Config) -> str:
+    """This launch's stop limits in words ("" for none), said at the start so that none comes as a surprise."""
     parts = [
         f"{c.max_steps:,} env steps" if c.max_steps else "",
         f"{c.max_episodes:,} episodes" if c.max_episodes else "",
         f"{c.max_minutes:g} minutes" if c.max_minutes else "",
     ]
-    return " or ".join(part for part in parts if part)
+    limits = " or ".join(part for part in parts if part)
+    return f"stops after {limits}" if limits else ""
 
 
 class StartError(RuntimeError):
@@ -287,8 +288,8 @@ class Supervisor:
                 flush=True,
             )
         self._print_role()
-        if limits := launch_limits(self.config):
-            print(f"mario-apex: stops after {limits}", flush=True)
+        if limits := limits_line(self.config):
+            print(f"mario-apex: {limits}", flush=True)
         self.console = Console(self.config.max_steps)
         try:
             self._start_all()

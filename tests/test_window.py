@@ -56,9 +56,14 @@ def test_live_window_shows_the_game_at_2x(launch, xvfb, tmp_path):
         f'a window named "Mario" of {2 * FRAME_W}x{2 * FRAME_H}',
     )
     run.wait_for(lambda: run.status_value("steps") >= 50, 60, "50 env steps")
+
+    def painted():
+        """The window's pixels once it shows more than one colour (wait_for wants a truthy value, not an array)."""
+        window = _screenshot(xvfb, tmp_path / "screen.png")[y : y + height, x : x + width]
+        return (window,) if window.std() > 20 else None
+
     # A loaded X server may show the mapped window unpainted for a moment: look again for up to 30 s.
-    grab = lambda: _screenshot(xvfb, tmp_path / "screen.png")[y : y + height, x : x + width]
-    (window,) = run.wait_for(lambda: (w := grab()).std() > 20 and (w,), 30, "the window to show more than one colour")
+    (window,) = run.wait_for(painted, 30, "the window to show more than one colour")
     sky = np.all(np.abs(window.astype(int) - SKY_BGR) < 12, axis=2).mean()
     assert sky > 0.3, f"only {sky:.0%} of the window is Mario's sky"
     run.interrupt()
